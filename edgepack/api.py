@@ -1,0 +1,134 @@
+"""The Python API: the same operations and options as the CLI, keyword-only.
+
+>>> from edgepack import api
+>>> result = api.convert(model="model.keras", output="bundle", calibration="calib.npy")
+>>> report = api.validate(bundle="bundle", data="heldout.npz", max_drop=1.0)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgepack.errors import OptionError
+from edgepack.packaging.manifest import Manifest
+
+__all__ = ["ConvertResult", "convert", "inspect", "targets", "target", "validate"]
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    bundle: Path
+    manifest: Manifest
+
+    def summary(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"bundle": str(self.bundle), "mode": m.quantization.mode, "target": m.target.name,
+                "model_bytes": m.artifact("model").bytes, "inputs": [t.name for t in m.inputs],
+                "outputs": [t.name for t in m.outputs], "ops": m.ops,
+                "seconds": round(sum(s.seconds for s in m.stages), 3)}
+
+
+def _enum(enum_cls, value, option: str):
+    try:
+        return enum_cls(value)
+    except ValueError:
+        raise OptionError(option, value, [e.value for e in enum_cls]) from None
+
+
+def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
+            calibration: str | Path | None = None, calibration_samples: int = 200, seed: int = 0,
+            target: str = "generic", labels: str | Path | None = None, force: bool = False,
+            trust_model: bool = False, per_tensor: bool = False, verbose: bool = False,
+            progress: Callable[[str], None] | None = None) -> ConvertResult:
+    """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``."""
+    from edgepack._native import quiet_tensorflow
+    from edgepack.converter.pipeline import run_pipeline
+    from edgepack.converter.request import ConvertRequest, QuantizeMode
+
+    quiet_tensorflow(verbose)
+    request = ConvertRequest(
+        model=Path(model), output=Path(output), quantize=_enum(QuantizeMode, quantize, "--quantize"),
+        calibration=Path(calibration) if calibration is not None else None,
+        calibration_samples=calibration_samples, seed=seed, target=target,
+        labels=Path(labels) if labels is not None else None, force=force, trust_model=trust_model,
+        per_tensor=per_tensor, verbose=verbose)
+    state = run_pipeline(request, progress=progress)
+    return ConvertResult(bundle=request.output, manifest=state.manifest)
+
+
+def validate(*, bundle: str | Path, data: str | Path, reference: str | Path | None = None,
+             runtime: str = "litert", max_drop: float | None = None, trust_model: bool = False,
+             verbose: bool = False, progress: Callable[[int], None] | None = None, check: bool = True):
+    """Validate a bundle on ``data``; raises :class:`ValidationFailed` past the budget when ``check``."""
+    from edgepack._native import quiet_tensorflow
+    from edgepack.validation.runtimes import Runtime
+    from edgepack.validation.validate import raise_if_failed, validate_bundle
+
+    quiet_tensorflow(verbose)
+    report = validate_bundle(Path(bundle), Path(data), reference=Path(reference) if reference else None,
+                             runtime=_enum(Runtime, runtime, "--runtime"), max_drop=max_drop,
+                             trust_model=trust_model, progress=progress)
+    if check:
+        raise_if_failed(report)
+    return report
+
+
+def inspect(*, path: str | Path) -> dict[str, Any]:
+    """Inputs/outputs with quantization, op table and sizes of a bundle or a bare ``.tflite``."""
+    from edgepack.errors import BundleError
+    from edgepack.packaging.manifest import read_manifest
+    from edgepack.tflite_model import read_tflite
+
+    p = Path(path)
+    manifest = None
+    if p.is_dir():
+        manifest = read_manifest(p)
+        model_path = p / manifest.artifact("model").path
+    elif p.is_file():
+        model_path = p
+    else:
+        raise BundleError(f"{p}: no such file or directory")
+    info = read_tflite(model_path)
+    if manifest is not None:
+        inputs = [t.__dict__ for t in manifest.inputs]
+        outputs = [t.__dict__ for t in manifest.outputs]
+    else:
+        inputs = [_tensor_dict(info.tensor(i), info.signature_inputs) for i in info.inputs]
+        outputs = [_tensor_dict(info.tensor(i), info.signature_outputs) for i in info.outputs]
+    out: dict[str, Any] = {
+        "path": str(p), "model": str(model_path), "bytes": info.size, "mode": info.quantization_mode,
+        "granularity": info.granularity, "inputs": inputs, "outputs": outputs, "ops": info.op_counts,
+        "subgraphs": info.subgraphs, "tensors": len(info.tensors),
+    }
+    if manifest is not None:
+        out["manifest"] = manifest.to_dict()
+        out["artifacts"] = [a.__dict__ for a in manifest.artifacts]
+        val = p / "validation.json"
+        if val.is_file():
+            out["validation"] = json.loads(val.read_text("utf-8"))
+    return out
+
+
+def _tensor_dict(t, sig: dict[str, int]) -> dict[str, Any]:
+    name = next((k for k, v in sig.items() if v == t.index), t.name)
+    return {"name": name, "tflite_name": t.name, "index": t.index, "shape": list(t.shape), "dtype": t.dtype,
+            "scale": t.scale, "zero_point": t.zero_point}
+
+
+def targets() -> list[dict[str, Any]]:
+    from edgepack.targets import all_targets
+
+    return [t.to_dict() for t in all_targets()]
+
+
+def target(name: str) -> dict[str, Any]:
+    from edgepack.targets import load_target
+    from edgepack.targets.checks import describe_checks
+
+    d = load_target(name).to_dict()
+    d["checks"] = dict(describe_checks())
+    return d

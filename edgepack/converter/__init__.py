@@ -1,0 +1,1 @@
+"""Model loading, optimization and the TFLite converter call, as pipeline stages."""

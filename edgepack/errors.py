@@ -1,0 +1,74 @@
+"""One error family for the whole library.
+
+Every error a user can cause is an :class:`EdgepackError`. Its message is one line that says what
+went wrong, which file or option it concerns, and what to do. The CLI prints that line and exits
+with :attr:`EdgepackError.exit_code` (1, or 2 for usage errors); library code never calls
+``sys.exit`` and never prints a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class EdgepackError(Exception):
+    """Base class; ``str(err)`` is the one line shown to the user."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}; {hint}")
+
+
+class UsageError(EdgepackError):
+    """An option or argument that cannot work together with the others (exit code 2)."""
+
+    exit_code = 2
+
+
+class OptionError(UsageError):
+    """An option value that is not one of the valid values."""
+
+    def __init__(self, option: str, value: object, valid: list[str] | tuple[str, ...] | None = None,
+                 *, hint: str | None = None) -> None:
+        self.option, self.value, self.valid = option, value, valid
+        msg = f"invalid value {value!r} for {option}"
+        if valid:
+            msg += f" (valid: {', '.join(valid)})"
+        super().__init__(msg, hint=hint)
+
+
+class ModelLoadError(EdgepackError):
+    """The model file is missing, corrupt, of an unknown format, or unsafe to load."""
+
+
+class UnsafeModelError(ModelLoadError):
+    """Loading the model would run code stored in it (e.g. a Lambda layer)."""
+
+
+class CalibrationError(EdgepackError):
+    """Calibration or evaluation data is missing, malformed or does not fit the model."""
+
+
+class ConversionError(EdgepackError):
+    """The TFLite converter (or onnx2tf) failed on the model."""
+
+
+class TargetConstraintError(EdgepackError):
+    """The produced model does not fit the chosen target (ops, size, memory, mode)."""
+
+
+class PackagingError(EdgepackError):
+    """The bundle could not be written (existing output, permissions, disk)."""
+
+
+class BundleError(EdgepackError):
+    """A bundle on disk is missing files, or its manifest is invalid."""
+
+
+class RuntimeUnavailable(EdgepackError):
+    """The requested interpreter is not installed or cannot load the model."""
+
+
+class ValidationFailed(EdgepackError):
+    """Validation ran, and the bundle missed the user's accuracy budget."""

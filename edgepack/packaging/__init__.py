@@ -1,0 +1,1 @@
+"""Bundles: the manifest schema, atomic writing, verification and firmware sources."""

@@ -1,0 +1,168 @@
+"""The bundle manifest: one schema, in one module.
+
+``manifest.json`` is what a device app, a CI job or a later ``edgepack validate`` reads to know
+what is in a bundle. It is versioned (:data:`SCHEMA_VERSION`), described by a JSON Schema shipped
+next to this module (``manifest.schema.json``), and mirrored by the frozen dataclasses below.
+``example_manifest.json`` is a documented example that the tests parse and validate, so the
+docs cannot go stale.
+
+Quantization fields are read back from the produced model, never echoed from the options.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from edgepack.errors import BundleError
+
+SCHEMA_VERSION = "1.0"
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    file: str
+    format: str
+    sha256: str
+    path: str | None = None  # absolute path at conversion time, for validate's default reference
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    name: str
+    runtime: str
+    delegate: str | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationInfo:
+    source: str
+    samples: int
+    available: int
+    seed: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class QuantizationInfo:
+    mode: str  # read back from the model's tensor types
+    requested: str
+    granularity: str | None  # "per-channel", "per-tensor" or None for float models
+    calibration: CalibrationInfo | None = None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: str
+    role: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str  # the source model's name
+    tflite_name: str
+    index: int  # tensor index in the .tflite
+    shape: list[int]
+    dtype: str
+    scale: float | None = None
+    zero_point: int | None = None
+    shape_signature: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    name: str
+    seconds: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    edgepack_version: str
+    created: str
+    source: SourceInfo
+    target: TargetInfo
+    quantization: QuantizationInfo
+    artifacts: list[Artifact]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    ops: dict[str, int]
+    versions: dict[str, str]
+    stages: list[StageRecord] = field(default_factory=list)
+    labels: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)  # sections added by optional stages
+    schema_version: str = SCHEMA_VERSION
+
+    def artifact(self, role: str) -> Artifact:
+        for a in self.artifacts:
+            if a.role == role:
+                return a
+        raise BundleError(f"manifest lists no {role} artifact")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"schema_version": d.pop("schema_version"), **d}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+        calib = d["quantization"].get("calibration")
+        q = {**d["quantization"], "calibration": CalibrationInfo(**calib) if calib else None}
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        kw.update(
+            source=SourceInfo(**d["source"]),
+            target=TargetInfo(**d["target"]),
+            quantization=QuantizationInfo(**q),
+            artifacts=[Artifact(**a) for a in d["artifacts"]],
+            inputs=[TensorInfo(**t) for t in d["inputs"]],
+            outputs=[TensorInfo(**t) for t in d["outputs"]],
+            stages=[StageRecord(**s) for s in d.get("stages", [])],
+        )
+        return cls(**kw)
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema every manifest conforms to."""
+    return json.loads(resources.files(__package__).joinpath("manifest.schema.json").read_text("utf-8"))
+
+
+def example() -> dict[str, Any]:
+    """The documented example manifest shipped with the package."""
+    return json.loads(resources.files(__package__).joinpath("example_manifest.json").read_text("utf-8"))
+
+
+def validate_dict(d: dict[str, Any], *, where: str = "manifest") -> None:
+    """Raise :class:`BundleError` naming the first schema violation."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(d, schema())
+    except jsonschema.ValidationError as err:
+        loc = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise BundleError(f"{where}: invalid at {loc}: {err.message}",
+                          hint="re-create the bundle with this edgepack version") from err
+
+
+def read_manifest(bundle: str | Path) -> Manifest:
+    """Load and schema-check ``bundle/manifest.json``."""
+    path = Path(bundle) / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"{bundle}: no {MANIFEST_NAME}; is this an edgepack bundle?",
+                          hint="create one with 'edgepack convert'")
+    try:
+        d = json.loads(path.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"{path}: not valid JSON ({err})") from err
+    if d.get("schema_version", "").split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise BundleError(f"{path}: schema_version {d.get('schema_version')!r} is not supported "
+                          f"(this edgepack reads {SCHEMA_VERSION})")
+    validate_dict(d, where=str(path))
+    return Manifest.from_dict(d)

@@ -1,0 +1,85 @@
+"""Constraint checks a model must pass for a target.
+
+Each check returns ``(ok, detail)``. Its docstring is the rule as the user reads it: it is printed
+by ``edgepack targets NAME`` and written into ``docs/targets.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgepack.errors import TargetConstraintError
+from edgepack.targets.spec import TargetSpec
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the checks need to know about a produced model."""
+
+    mode: str
+    size: int
+    op_counts: dict[str, int]
+    arena_bytes: int | None = None
+
+
+Check = Callable[[TargetSpec, ModelFacts], "tuple[bool, str]"]
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:.1f} KiB"
+
+
+def check_quantize_mode(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
+    """The model's quantization mode is one the target runs."""
+    if facts.mode in spec.quantize_modes:
+        return True, f"mode {facts.mode}"
+    return False, (f"mode {facts.mode} is not supported by target {spec.name} "
+                   f"(supported: {', '.join(spec.quantize_modes)})")
+
+
+def check_ops(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
+    """Every operator in the model is one the target's runtime provides."""
+    if spec.ops is None:
+        return True, f"{len(facts.op_counts)} op types (runtime has all builtin ops)"
+    missing = {op: n for op, n in facts.op_counts.items() if op not in spec.ops}
+    if not missing:
+        return True, f"{len(facts.op_counts)} op types, all supported"
+    listed = ", ".join(f"{op} x{n}" for op, n in sorted(missing.items()))
+    return False, f"ops not supported by {spec.runtime} on target {spec.name}: {listed}"
+
+
+def check_flash(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
+    """The model fits the target's flash (storage) budget."""
+    if spec.flash_bytes is None:
+        return True, f"model {_kib(facts.size)} (no flash limit)"
+    if facts.size <= spec.flash_bytes:
+        return True, f"model {_kib(facts.size)} <= flash budget {_kib(spec.flash_bytes)}"
+    return False, (f"model is {facts.size} bytes ({_kib(facts.size)}), over target {spec.name}'s flash budget "
+                   f"of {spec.flash_bytes} bytes ({_kib(spec.flash_bytes)})")
+
+
+def check_arena(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
+    """The tensor arena, measured by allocating the model in the target's runtime, fits in RAM."""
+    if spec.ram_bytes is None or facts.arena_bytes is None:
+        return True, "no RAM limit" if spec.ram_bytes is None else "arena not measured for this runtime"
+    if facts.arena_bytes <= spec.ram_bytes:
+        return True, f"arena {_kib(facts.arena_bytes)} <= RAM budget {_kib(spec.ram_bytes)}"
+    return False, (f"tensor arena needs {facts.arena_bytes} bytes ({_kib(facts.arena_bytes)}), over target "
+                   f"{spec.name}'s RAM budget of {spec.ram_bytes} bytes ({_kib(spec.ram_bytes)})")
+
+
+CHECKS: tuple[Check, ...] = (check_quantize_mode, check_ops, check_flash, check_arena)
+
+
+def run_checks(spec: TargetSpec, facts: ModelFacts) -> list[tuple[str, bool, str]]:
+    """``(check name, ok, detail)`` for every check; raises once, listing every failure."""
+    results = [(c.__name__.removeprefix("check_"), *c(spec, facts)) for c in CHECKS]
+    failures = [detail for _, ok, detail in results if not ok]
+    if failures:
+        raise TargetConstraintError("; ".join(failures))
+    return results
+
+
+def describe_checks() -> list[tuple[str, str]]:
+    return [(c.__name__.removeprefix("check_"), (c.__doc__ or "").strip()) for c in CHECKS]

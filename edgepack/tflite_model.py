@@ -1,0 +1,153 @@
+"""Reading a ``.tflite`` flatbuffer: tensors, quantization, ops, signatures, and the mode it was
+quantized to — read back from the tensor types, never taken from the options that produced it.
+
+Uses the flatbuffer schema that ships with ai-edge-litert, so ``inspect`` never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgepack.errors import BundleError
+
+_DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 5: "string", 6: "bool",
+           7: "int16", 8: "complex64", 9: "int8", 10: "float64", 13: "resource", 15: "uint32",
+           16: "uint16", 17: "int4", 18: "bfloat16"}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    shape_signature: tuple[int, ...] | None
+    dtype: str
+    scales: tuple[float, ...]
+    zero_points: tuple[int, ...]
+    constant: bool
+
+    @property
+    def scale(self) -> float | None:
+        return self.scales[0] if len(self.scales) == 1 else None
+
+    @property
+    def zero_point(self) -> int | None:
+        return self.zero_points[0] if len(self.zero_points) == 1 else None
+
+    @property
+    def per_channel(self) -> bool:
+        return len(self.scales) > 1
+
+
+@dataclass(frozen=True)
+class TfliteModel:
+    """What a ``.tflite`` file holds, as plain data."""
+
+    size: int
+    tensors: tuple[Tensor, ...]
+    inputs: tuple[int, ...]  # tensor indices, graph order
+    outputs: tuple[int, ...]
+    ops: tuple[str, ...]  # op name per operator, execution order (main subgraph)
+    signature_inputs: dict[str, int]  # signature name -> tensor index (serving_default / first)
+    signature_outputs: dict[str, int]
+    subgraphs: int
+
+    @property
+    def op_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(self.ops).items()))
+
+    def tensor(self, index: int) -> Tensor:
+        return self.tensors[index]
+
+    @property
+    def quantization_mode(self) -> str:
+        """``int8``, ``int8-float-io``, ``int16x8``, ``float16``, ``dynamic`` or ``none``."""
+        io = set(self.inputs) | set(self.outputs)
+        io_types = {self.tensors[i].dtype for i in io}
+        acts = [t for t in self.tensors if not t.constant and t.index not in io and t.dtype != "resource"]
+        act_types = Counter(t.dtype for t in acts)
+        weights = {t.dtype for t in self.tensors if t.constant and len(t.shape) >= 2}
+        quantized_acts = act_types["int8"] + act_types["int16"]
+        float_acts = act_types["float32"]
+        if act_types["int16"] and act_types["int16"] >= act_types["int8"] or "int16" in io_types:
+            return "int16x8"
+        if quantized_acts and quantized_acts >= float_acts:
+            return "int8" if io_types <= {"int8", "uint8", "int32", "int64", "bool"} else "int8-float-io"
+        if weights & {"int8", "int4"}:
+            return "dynamic"
+        if "float16" in weights:
+            return "float16"
+        return "none"
+
+    @property
+    def granularity(self) -> str | None:
+        """``per-channel`` when any weight tensor has one scale per channel, ``per-tensor`` when
+        weights are quantized with one scale, None for float models."""
+        quantized = [t for t in self.tensors if t.constant and t.scales and t.dtype in ("int8", "int4", "int16")
+                     and len(t.shape) >= 2]
+        if not quantized:
+            return None
+        return "per-channel" if any(t.per_channel for t in quantized) else "per-tensor"
+
+
+def read_tflite(source: str | Path | bytes) -> TfliteModel:
+    """Parse a ``.tflite`` file or buffer; :class:`BundleError` when it is not a TFLite model."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    name = "<buffer>"
+    if isinstance(source, (str, Path)):
+        name = str(source)
+        try:
+            buf = Path(source).read_bytes()
+        except OSError as err:
+            raise BundleError(f"{name}: cannot read ({err.strerror})") from err
+    else:
+        buf = bytes(source)
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise BundleError(f"{name}: not a TFLite model (no TFL3 identifier)")
+    try:
+        model = schema.ModelT.InitFromPackedBuf(bytearray(buf), 0)
+    except Exception as err:  # flatbuffers raises assorted errors on corrupt input
+        raise BundleError(f"{name}: corrupt TFLite flatbuffer ({err})") from err
+    sg = model.subgraphs[0]
+    buffers = model.buffers or []
+
+    def is_const(t) -> bool:
+        if not t.buffer or t.buffer >= len(buffers):
+            return False
+        b = buffers[t.buffer]
+        return (b.data is not None and len(b.data) > 0) or bool(getattr(b, "size", 0))
+
+    tensors = []
+    for i, t in enumerate(sg.tensors):
+        q = t.quantization
+        scales = tuple(float(s) for s in (q.scale if q is not None and q.scale is not None else ()))
+        zps = tuple(int(z) for z in (q.zeroPoint if q is not None and q.zeroPoint is not None else ()))
+        tensors.append(Tensor(
+            index=i, name=(t.name or b"").decode("utf-8", "replace"),
+            shape=tuple(int(d) for d in (t.shape if t.shape is not None else ())),
+            shape_signature=tuple(int(d) for d in t.shapeSignature) if t.shapeSignature is not None else None,
+            dtype=_DTYPES.get(t.type, f"type{t.type}"), scales=scales, zero_points=zps, constant=is_const(t)))
+
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for oc in model.operatorCodes or []:
+        code = max(oc.builtinCode, oc.deprecatedBuiltinCode)
+        if code == schema.BuiltinOperator.CUSTOM:
+            codes.append("CUSTOM:" + (oc.customCode or b"?").decode())
+        else:
+            codes.append(op_names.get(code, f"OP{code}"))
+    ops = tuple(codes[op.opcodeIndex] for op in (sg.operators or []))
+
+    sig_in: dict[str, int] = {}
+    sig_out: dict[str, int] = {}
+    sigs = model.signatureDefs or []
+    chosen = next((s for s in sigs if s.signatureKey == b"serving_default"), sigs[0] if sigs else None)
+    if chosen is not None and chosen.subgraphIndex == 0:
+        sig_in = {m.name.decode(): int(m.tensorIndex) for m in chosen.inputs or []}
+        sig_out = {m.name.decode(): int(m.tensorIndex) for m in chosen.outputs or []}
+    return TfliteModel(size=len(buf), tensors=tuple(tensors), inputs=tuple(int(i) for i in sg.inputs),
+                       outputs=tuple(int(i) for i in sg.outputs), ops=ops, signature_inputs=sig_in,
+                       signature_outputs=sig_out, subgraphs=len(model.subgraphs))

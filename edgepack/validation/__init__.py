@@ -1,0 +1,1 @@
+"""Local validation on the runtimes devices use: LiteRT, tflite-runtime (and TFLite Micro)."""

@@ -1,0 +1,101 @@
+"""The validation report: collected first, rendered as a table or JSON, stored as validation.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    name: str
+    max_abs_error: float
+    cosine_similarity: float
+    sqnr_db: float | None  # None when the outputs are identical (infinite SQNR)
+
+
+@dataclass
+class ValidationReport:
+    bundle: str
+    runtime: str
+    data: str
+    samples: int
+    mode: str
+    reference: str | None = None
+    accuracy_bundle: float | None = None
+    accuracy_reference: float | None = None
+    top1_agreement: float | None = None
+    outputs: list[OutputComparison] = field(default_factory=list)
+    max_drop_pp: float | None = None
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    runtimes: dict[str, Any] = field(default_factory=dict)  # extra runtimes (e.g. TFLM) and their results
+
+    @property
+    def accuracy_drop_pp(self) -> float | None:
+        if self.accuracy_bundle is None or self.accuracy_reference is None:
+            return None
+        return round((self.accuracy_reference - self.accuracy_bundle) * 100.0, 4)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["accuracy_drop_pp"] = self.accuracy_drop_pp
+        d["passed"] = self.passed
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.2f}%"
+
+
+def render(report: ValidationReport, console) -> None:
+    """Print the report as rich tables."""
+    from rich.table import Table
+
+    head = Table(title=f"edgepack validate · {report.bundle}", show_header=False, title_justify="left")
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("model", f"{report.mode} on {report.runtime}")
+    head.add_row("data", f"{report.data} ({report.samples} samples)")
+    head.add_row("reference", report.reference or "none")
+    if report.accuracy_bundle is not None:
+        head.add_row("accuracy (bundle)", _pct(report.accuracy_bundle))
+    if report.accuracy_reference is not None:
+        head.add_row("accuracy (reference)", _pct(report.accuracy_reference))
+    if report.accuracy_drop_pp is not None:
+        budget = "" if report.max_drop_pp is None else f" (budget {report.max_drop_pp:g} pp)"
+        head.add_row("accuracy drop", f"{report.accuracy_drop_pp:.2f} pp{budget}")
+    if report.top1_agreement is not None:
+        head.add_row("top-1 agreement", _pct(report.top1_agreement))
+    for name, rt in report.runtimes.items():
+        acc = rt.get("accuracy")
+        extra = f", max diff vs litert {rt['max_abs_diff_vs_litert']:.4g}" if "max_abs_diff_vs_litert" in rt else ""
+        head.add_row(f"{name}", f"accuracy {_pct(acc)}{extra}")
+    head.add_row("time", f"{report.seconds:.2f}s")
+    console.print(head)
+    if report.outputs:
+        t = Table(title="outputs vs reference", title_justify="left")
+        for col in ("output", "max abs error", "cosine", "SQNR (dB)"):
+            t.add_column(col, justify="right" if col != "output" else "left")
+        for o in report.outputs:
+            sq = "inf" if o.sqnr_db is None else f"{o.sqnr_db:.2f}"
+            t.add_row(o.name, f"{o.max_abs_error:.5g}", f"{o.cosine_similarity:.6f}", sq)
+        console.print(t)
+    for note in report.notes:
+        console.print(f"note: {note}")
+    verdict = "[green]PASS[/green]" if report.passed else "[red]FAIL[/red]: " + "; ".join(report.failures)
+    console.print(verdict)
+
+
+def finite_or_none(x: float) -> float | None:
+    return None if math.isinf(x) or math.isnan(x) else x
