@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -17,19 +18,19 @@ def load_npy(path: Path, *, what: str = "--calibration") -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
-        if "allow_pickle" in str(err) or "Object arrays" in str(err):
+        if "allow_pickle" in str(err) or "Object arrays" in str(err) or "Python objects" in str(err):
             raise CalibrationError(f"{what} {path}: the array holds pickled Python objects", hint=_PICKLE_HINT) from err
         raise CalibrationError(f"{what} {path}: not a readable .npy array ({err})") from err
     except (OSError, EOFError) as err:
         raise CalibrationError(f"{what} {path}: not a readable .npy file ({err})", hint="write it with np.save") from err
 
 
-def load_npz(path: Path, *, what: str = "--calibration") -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` file, by key."""
+def load_npz(path: Path, *, what: str = "--calibration", keys: list[str] | None = None) -> dict[str, np.ndarray]:
+    """All arrays (or those in ``keys``) of an ``.npz`` file, by key."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             out = {}
-            for key in npz.files:
+            for key in (npz.files if keys is None else keys):
                 try:
                     out[key] = npz[key]
                 except ValueError as err:
@@ -52,3 +53,97 @@ def load_arrays(path: str | Path, *, what: str = "--calibration") -> dict[str, n
     if p.suffix == ".npy":
         return {"": load_npy(p, what=what)}
     raise CalibrationError(f"{what} {p}: unsupported file type {p.suffix or '(none)'!r}", hint="use .npy or .npz")
+
+
+class OffsetArray:
+    """A C-ordered array inside a file, read by offset: rows are fetched with ``pread`` on demand.
+
+    Unlike a memory map, pages read here are not mapped into the process, so a pass over a file of
+    any size keeps the resident memory flat (a mapped file's pages count towards RSS as it is read).
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path, self.offset, self.shape, self.dtype = path, offset, tuple(shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (sorted or not), reading each run of consecutive rows in one call."""
+        out = np.empty((len(idx), *self.shape[1:]), self.dtype)
+        flat = out.reshape(len(idx), -1).view(np.uint8).reshape(len(idx), self.row_bytes)
+        with open(self.path, "rb", buffering=0) as f:
+            fd = f.fileno()
+            start = 0
+            while start < len(idx):
+                end = start + 1
+                while end < len(idx) and idx[end] == idx[end - 1] + 1:
+                    end += 1
+                want = (end - start) * self.row_bytes
+                data = os.pread(fd, want, self.offset + int(idx[start]) * self.row_bytes)
+                if len(data) != want:
+                    raise CalibrationError(f"{self.path}: file is truncated (row {int(idx[start])} is cut off)",
+                                           hint="re-write the file")
+                flat[start:end] = np.frombuffer(data, np.uint8).reshape(end - start, self.row_bytes)
+                start = end
+        return out
+
+
+def _npy_header(f, path: Path, what: str) -> tuple[tuple[int, ...], np.dtype, bool]:
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except ValueError as err:
+        raise CalibrationError(f"{what} {path}: not a readable .npy array ({err})", hint="write it with np.save") from err
+    if dtype.hasobject:
+        raise CalibrationError(f"{what} {path}: the array holds pickled Python objects", hint=_PICKLE_HINT)
+    return tuple(shape), dtype, fortran
+
+
+def open_npy(path: Path, *, what: str = "--calibration") -> OffsetArray | np.ndarray:
+    """An ``.npy`` file for reading by offset (a Fortran-ordered file falls back to a memory map)."""
+    try:
+        with open(path, "rb") as f:
+            shape, dtype, fortran = _npy_header(f, path, what)
+            offset = f.tell()
+    except OSError as err:
+        raise CalibrationError(f"{what} {path}: not a readable .npy file ({err})", hint="write it with np.save") from err
+    if fortran or not shape:
+        return load_npy(path, what=what)
+    arr = OffsetArray(path, offset, shape, dtype)
+    expected = offset + arr.row_bytes * shape[0]
+    if path.stat().st_size < expected:
+        raise CalibrationError(f"{what} {path}: file is truncated ({path.stat().st_size} of {expected} bytes)",
+                               hint="re-write it with np.save")
+    return arr
+
+
+def open_npz(path: Path, *, what: str = "--calibration") -> dict[str, OffsetArray | np.ndarray]:
+    """Arrays of an ``.npz``: stored (np.savez) members are read by offset, compressed ones are loaded."""
+    out: dict[str, OffsetArray | np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+            for info in zf.infolist():
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                if info.compress_type != zipfile.ZIP_STORED:
+                    out[key] = None  # loaded below, whole
+                    continue
+                with zf.open(info) as member:
+                    shape, dtype, fortran = _npy_header(member, path, f"{what} array {key!r} in")
+                    header_len = member.tell()
+                # the member's data starts after its local file header (30 bytes + name + extra)
+                raw.seek(info.header_offset + 26)
+                name_len, extra_len = np.frombuffer(raw.read(4), "<u2")
+                data_start = info.header_offset + 30 + int(name_len) + int(extra_len) + header_len
+                out[key] = None if fortran or not shape else OffsetArray(path, data_start, shape, dtype)
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise CalibrationError(f"{what} {path}: not a readable .npz file ({err})", hint="write it with np.savez") from err
+    missing = [k for k, v in out.items() if v is None]
+    if missing:
+        out.update(load_npz(path, what=what, keys=missing))
+    return out

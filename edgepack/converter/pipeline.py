@@ -17,7 +17,7 @@ from typing import Any
 from edgepack.calibration import Dataset
 from edgepack.converter.load import LoadedModel, load_model
 from edgepack.converter.request import ConvertRequest, QuantizeMode
-from edgepack.errors import CalibrationError, ConversionError, UsageError
+from edgepack.errors import ConversionError, UsageError
 from edgepack.packaging import bundle as bundle_mod
 from edgepack.packaging.manifest import (MANIFEST_NAME, CalibrationInfo, Manifest, QuantizationInfo,
                                          SourceInfo, StageRecord, TargetInfo, TensorInfo, validate_dict)
@@ -41,6 +41,8 @@ class PipelineState:
     info: TfliteModel | None = None
     labels: list[str] | None = None
     stages: list[StageRecord] = field(default_factory=list)
+    # Optional stages add files to the bundle (relpath -> (data, role)) and manifest sections.
+    extra_files: dict[str, tuple[bytes | str, str]] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     manifest: Manifest | None = None
 
@@ -123,6 +125,10 @@ def stage_convert(st: PipelineState) -> dict:
 def stage_read_back(st: PipelineState) -> dict:
     st.info = read_tflite(st.tflite)
     actual, requested = st.info.quantization_mode, st.request.quantize.value
+    if requested == "dynamic" and actual == "none":
+        raise ConversionError("--quantize dynamic left every weight float32: the converter quantizes only "
+                              "weight tensors of 1024 or more elements, and this model has none",
+                              hint="use --quantize int8 (with --calibration), float16 or none")
     if actual != requested:
         raise ConversionError(f"the converter produced a {actual} model although --quantize {requested} was "
                               "requested; edgepack does not relabel or fall back",
@@ -164,6 +170,8 @@ def stage_package(st: PipelineState) -> dict:
         writer.add("model.tflite", st.tflite, role="model")
         if st.labels is not None:
             writer.add("labels.txt", "\n".join(st.labels) + "\n", role="labels")
+        for relpath, (data, role) in st.extra_files.items():
+            writer.add(relpath, data, role=role)
         manifest = Manifest(
             edgepack_version=edgepack.__version__,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -211,5 +219,3 @@ def run_pipeline(request: ConvertRequest, stages=STAGES,
         log.info("stage %s: %.2fs %s", name, time.perf_counter() - start, detail or "")
     return st
 
-
-__all__ = ["CalibrationError", "ConvertRequest", "PipelineState", "QuantizeMode", "run_pipeline"]

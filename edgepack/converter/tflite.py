@@ -30,10 +30,11 @@ def signature_name(name: str) -> str:
     return out if out and out[0].isalnum() else f"t{out}"
 
 
-def _tensor_specs(loaded: LoadedModel):
+def _tensor_specs(loaded: LoadedModel, batch: int | None = None):
+    """Input signature; ``batch`` None keeps the batch dimension dynamic."""
     import tensorflow as tf
 
-    return [tf.TensorSpec((None, *spec.shape), tf.as_dtype(spec.dtype), name=signature_name(spec.name))
+    return [tf.TensorSpec((batch, *spec.shape), tf.as_dtype(spec.dtype), name=signature_name(spec.name))
             for spec in loaded.inputs]
 
 
@@ -51,10 +52,22 @@ def _keras_fn(loaded: LoadedModel) -> Callable:
     return fn
 
 
-def _make_converter(loaded: LoadedModel, workdir: Path):
+def _fixed_batch_saved_model(loaded: LoadedModel, batch: int):
+    """The SavedModel's signature re-traced with a static batch (its own signature is dynamic)."""
+    import tensorflow as tf
+
+    obj, sig = loaded.model
+    names = [signature_name(s.name) for s in loaded.inputs]
+    fn = tf.function(lambda *args: sig(**dict(zip(names, args))), input_signature=_tensor_specs(loaded, batch))
+    return tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], obj)
+
+
+def _make_converter(loaded: LoadedModel, workdir: Path, batch: int | None = None):
     import tensorflow as tf
 
     if loaded.format is ModelFormat.SAVED_MODEL:
+        if batch is not None:
+            return _fixed_batch_saved_model(loaded, batch)
         return tf.lite.TFLiteConverter.from_saved_model(str(loaded.path), signature_keys=["serving_default"])
     fn = _keras_fn(loaded)
     if loaded.uses_keras3:
@@ -62,11 +75,11 @@ def _make_converter(loaded: LoadedModel, workdir: Path):
 
         archive = keras.export.ExportArchive()
         archive.track(loaded.model)
-        archive.add_endpoint(name="serving_default", fn=fn, input_signature=_tensor_specs(loaded))
+        archive.add_endpoint(name="serving_default", fn=fn, input_signature=_tensor_specs(loaded, batch))
         archive.write_out(str(workdir / "saved_model"), verbose=False)
         return tf.lite.TFLiteConverter.from_saved_model(str(workdir / "saved_model"),
                                                         signature_keys=["serving_default"])
-    concrete = tf.function(fn, input_signature=_tensor_specs(loaded)).get_concrete_function()
+    concrete = tf.function(fn, input_signature=_tensor_specs(loaded, batch)).get_concrete_function()
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], loaded.model)
 
 
@@ -114,14 +127,15 @@ def _converter_error(err: Exception, captured: str) -> ConversionError:
 
 
 def convert_to_tflite(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset | None, *,
-                      per_tensor: bool = False, verbose: bool = False) -> bytes:
-    """Run TensorFlow's converter; returns the flatbuffer."""
+                      per_tensor: bool = False, verbose: bool = False, batch: int | None = None) -> bytes:
+    """Run TensorFlow's converter; returns the flatbuffer. ``batch`` fixes the batch dimension
+    (microcontroller runtimes plan memory for static shapes); None keeps it dynamic."""
     import tensorflow as tf  # noqa: F401  (imported before capture so import noise is captured too)
 
     with tempfile.TemporaryDirectory(prefix="edgepack-convert-") as tmp, \
             capture_native_output(not verbose) as cap:
         try:
-            conv = _make_converter(loaded, Path(tmp))
+            conv = _make_converter(loaded, Path(tmp), batch)
             rep = representative_dataset(loaded, calibration) if calibration is not None else None
             _configure(conv, mode, rep, per_tensor)
             return bytes(conv.convert())

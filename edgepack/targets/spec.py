@@ -32,6 +32,11 @@ class TargetSpec:
     arch: str | None = None
     delegate: str | None = None
     vela: dict[str, str] | None = None
+    # Microcontroller keys: a fixed batch dimension (TFLM wants static shapes), the safety margin
+    # added to the measured tensor arena in the generated firmware, and where the op list came from.
+    batch: int | None = None
+    arena_margin_percent: int = 0
+    ops_source: str | None = None
     inherits: str | None = None
     source_file: str = field(default="", compare=False)
 
