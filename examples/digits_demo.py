@@ -8,7 +8,6 @@ downloaded: the digits data ships inside scikit-learn.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys
@@ -16,7 +15,9 @@ from pathlib import Path
 
 
 def prepare(workdir: Path, epochs: int, seed: int) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from edgepack._native import quiet_tensorflow
+
+    quiet_tensorflow(verbose=False)  # TensorFlow's import-time log noise stays off the terminal
     import keras
     import numpy as np
     from sklearn.datasets import load_digits
