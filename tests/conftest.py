@@ -14,34 +14,30 @@ INPUT_SHAPE = (8, 8, 1)
 CLASSES = 4
 
 
+def _build(k, name: str):
+    """A small conv classifier, deterministic weights; ``k`` is the keras or tf_keras module."""
+    k.utils.set_random_seed(0)
+    return k.Sequential([
+        k.Input(INPUT_SHAPE, name="image"),
+        k.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        k.layers.MaxPooling2D(),
+        k.layers.Flatten(),
+        k.layers.Dense(16, activation="relu"),  # 2,048 weights: enough for dynamic-range quantization
+        k.layers.Dense(CLASSES, name="logits"),
+    ], name=name)
+
+
 def build_keras3(name: str = "tiny"):
-    """A small conv classifier in Keras 3 (deterministic weights)."""
     import keras
 
-    keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input(INPUT_SHAPE, name="image"),
-        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(),
-        keras.layers.Dense(16, activation="relu"),  # 2,048 weights: enough for dynamic-range quantization
-        keras.layers.Dense(CLASSES, name="logits"),
-    ], name=name)
+    return _build(keras, name)
 
 
 def build_tf_keras(name: str = "tiny"):
     """The same classifier in tf_keras (Keras 2)."""
     import tf_keras
 
-    tf_keras.utils.set_random_seed(0)
-    return tf_keras.Sequential([
-        tf_keras.Input(INPUT_SHAPE, name="image"),
-        tf_keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-        tf_keras.layers.MaxPooling2D(),
-        tf_keras.layers.Flatten(),
-        tf_keras.layers.Dense(16, activation="relu"),  # 2,048 weights: enough for dynamic-range quantization
-        tf_keras.layers.Dense(CLASSES, name="logits"),
-    ], name=name)
+    return _build(tf_keras, name)
 
 
 def save_model(kind: str, folder: Path) -> Path:
