@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 from edgepack.errors import OptionError
 from edgepack.packaging.manifest import Manifest
 
-__all__ = ["ConvertResult", "convert", "inspect", "targets", "target", "validate"]
+__all__ = ["ConvertResult", "convert", "inspect", "targets", "target", "target_docs", "validate"]
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,28 @@ def _enum(enum_cls, value, option: str):
 
 
 def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
-            calibration: str | Path | None = None, calibration_samples: int = 200, seed: int = 0,
+            calibration: str | Path | Mapping[str, str | Path] | None = None, calibration_samples: int = 200,
+            seed: int = 0,
             target: str = "generic", labels: str | Path | None = None, force: bool = False,
             trust_model: bool = False, per_tensor: bool = False, verbose: bool = False,
-            progress: Callable[[str], None] | None = None) -> ConvertResult:
-    """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``."""
+            progress: Callable[[str], None] | None = None,
+            input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+            preprocess: str | None = None, recipe: str | Path | None = None,
+            label_column: str | None = None, prune: str | None = None, prune_norm: str = "l1",
+            prune_layers: Sequence[str] = (), keep_layers: Sequence[str] = (), qat: bool = False,
+            train_data: str | Path | None = None, epochs: int = 10, distill: bool = False,
+            distribute: str | None = None) -> ConvertResult:
+    """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
+
+    ``calibration`` is an ``.npy``/``.npz``/``.csv`` file or an image folder, or ``{input name: path}``
+    for models with several inputs; ``preprocess`` (``"resize=96x96,mean=127.5,std=127.5"``) or a
+    ``recipe`` file say how raw data becomes model input, and are recorded in the manifest.
+
+    ``input_shapes`` fixes an ONNX model's dynamic dimensions: ``{"input": (1, 3, 224, 224)}`` or
+    ``["input:1x3x224x224"]``.
+
+    ``prune`` (``"channels:0.5"``, ``"sparsity:0.8"``, ``"2:4"``) and ``qat`` optimize a Keras model
+    before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y)."""
     from edgepack._native import quiet_tensorflow
     from edgepack.converter.pipeline import run_pipeline
     from edgepack.converter.request import ConvertRequest, QuantizeMode
@@ -52,26 +69,66 @@ def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
     quiet_tensorflow(verbose)
     request = ConvertRequest(
         model=Path(model), output=Path(output), quantize=_enum(QuantizeMode, quantize, "--quantize"),
-        calibration=Path(calibration) if calibration is not None else None,
+        calibration=Path(calibration) if calibration is not None and not isinstance(calibration, Mapping) else None,
+        calibration_inputs=tuple((str(k), Path(v)) for k, v in calibration.items())
+        if isinstance(calibration, Mapping) else (),
+        preprocess=preprocess, recipe=Path(recipe) if recipe is not None else None, label_column=label_column,
         calibration_samples=calibration_samples, seed=seed, target=target,
         labels=Path(labels) if labels is not None else None, force=force, trust_model=trust_model,
-        per_tensor=per_tensor, verbose=verbose)
+        per_tensor=per_tensor, verbose=verbose, input_shapes=_input_shapes(input_shapes),
+        **_optimize_fields(prune, prune_norm, prune_layers, keep_layers, qat, train_data, epochs, distill,
+                           distribute))
     state = run_pipeline(request, progress=progress)
     return ConvertResult(bundle=request.output, manifest=state.manifest)
 
 
-def validate(*, bundle: str | Path, data: str | Path, reference: str | Path | None = None,
+def _optimize_fields(prune, prune_norm, prune_layers, keep_layers, qat, train_data, epochs, distill,
+                     distribute) -> dict[str, Any]:
+    """Request fields for pruning/QAT, with option values checked before anything heavy runs."""
+    from edgepack.converter.optimize import parse_prune
+
+    if prune is not None:
+        parse_prune(prune)
+    if prune_norm not in ("l1", "l2"):
+        raise OptionError("--prune-norm", prune_norm, ["l1", "l2"])
+    if distribute not in (None, "mirrored"):
+        raise OptionError("--distribute", distribute, ["mirrored"])
+    if epochs < 1:
+        raise OptionError("--epochs", epochs, hint="give at least 1")
+    return {"prune": prune, "prune_norm": prune_norm, "prune_layers": tuple(prune_layers),
+            "keep_layers": tuple(keep_layers), "qat": qat, "epochs": epochs, "distill": distill,
+            "train_data": Path(train_data) if train_data is not None else None, "distribute": distribute}
+
+
+def _input_shapes(spec: Mapping[str, Sequence[int]] | Sequence[str] | None) -> tuple:
+    if not spec:
+        return ()
+    if isinstance(spec, Mapping):
+        return tuple((str(k), tuple(int(d) for d in v)) for k, v in spec.items())
+    from edgepack.converter.onnx_model import parse_input_shape
+
+    return tuple(parse_input_shape(s) for s in ([spec] if isinstance(spec, str) else spec))
+
+
+def validate(*, bundle: str | Path, data: str | Path | Mapping[str, str | Path], reference: str | Path | None = None,
              runtime: str = "litert", max_drop: float | None = None, trust_model: bool = False,
-             verbose: bool = False, progress: Callable[[int], None] | None = None, check: bool = True):
-    """Validate a bundle on ``data``; raises :class:`ValidationFailed` past the budget when ``check``."""
+             verbose: bool = False, progress: Callable[[int], None] | None = None, check: bool = True,
+             preprocess: str | None = None, recipe: str | Path | None = None, label_column: str | None = None):
+    """Validate a bundle on ``data``; raises :class:`ValidationFailed` past the budget when ``check``.
+
+    ``data`` takes the same sources as ``convert``'s calibration (class subfolders of an image
+    folder give labels); the preprocessing recorded in the manifest is applied unless
+    ``preprocess``/``recipe`` say otherwise (``preprocess="none"``: data is model-ready)."""
     from edgepack._native import quiet_tensorflow
     from edgepack.validation.runtimes import Runtime
     from edgepack.validation.validate import raise_if_failed, validate_bundle
 
     quiet_tensorflow(verbose)
-    report = validate_bundle(Path(bundle), Path(data), reference=Path(reference) if reference else None,
+    data = {str(k): Path(v) for k, v in data.items()} if isinstance(data, Mapping) else Path(data)
+    report = validate_bundle(Path(bundle), data, reference=Path(reference) if reference else None,
                              runtime=_enum(Runtime, runtime, "--runtime"), max_drop=max_drop,
-                             trust_model=trust_model, progress=progress)
+                             trust_model=trust_model, progress=progress, preprocess=preprocess,
+                             recipe=Path(recipe) if recipe is not None else None, label_column=label_column)
     if check:
         raise_if_failed(report)
     return report
@@ -123,6 +180,18 @@ def targets() -> list[dict[str, Any]]:
     from edgepack.targets import all_targets
 
     return [t.to_dict() for t in all_targets()]
+
+
+def target_docs(*, path: str | Path = "docs/targets.md") -> Path:
+    """Write the targets document (every profile, every check's rule) to ``path``."""
+    from edgepack.targets.docs import write_targets_md
+
+    try:
+        return write_targets_md(Path(path))
+    except OSError as err:
+        from edgepack.errors import UsageError
+
+        raise UsageError(f"--docs {path}: cannot write ({err.strerror})") from err
 
 
 def target(name: str) -> dict[str, Any]:

@@ -68,7 +68,60 @@ def _emit_json(data: Any) -> None:
 def _console(stderr: bool = False):
     from rich.console import Console
 
+    if stderr:  # one stderr console, so data-pass progress bars can nest in the status spinner
+        from edgepack.calibration.progress import stderr_console
+
+        return stderr_console()
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def data_options(fn):
+    """--preprocess / --recipe / --label-column, shared by convert and validate."""
+    fn = click.option("--label-column", metavar="NAME|INDEX",
+                      help="CSV data: the column holding labels (header name or 0-based index).")(fn)
+    fn = click.option("--recipe", type=click.Path(path_type=str),
+                      help="Preprocessing recipe file (TOML or JSON; [inputs.NAME] tables per input).")(fn)
+    fn = click.option("--preprocess", metavar="SPEC",
+                      help='How raw data becomes model input, e.g. "resize=96x96,mean=127.5,std=127.5" '
+                           "(keys: resize, resize_method, crop, color, scale, mean, std, layout, dtype; "
+                           '"none" for model-ready data). Recorded in the manifest.')(fn)
+    return fn
+
+
+_OPTIMIZE_NAMES = ("prune", "prune_norm", "prune_layers", "keep_layers", "qat", "train_data", "epochs", "distill",
+                   "distribute")
+
+
+def optimize_options(fn):
+    """--prune/--qat and their fine-tuning options, handed to the command as one ``optimize`` dict."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any):
+        kwargs["optimize"] = {name: kwargs.pop(name) for name in _OPTIMIZE_NAMES}
+        return fn(*args, **kwargs)
+
+    opts = [
+        click.option("--prune", metavar="channels:R|sparsity:R|M:N",
+                     help="channels:0.5 removes half the conv/dense channels (a smaller, faster model); "
+                          "sparsity:0.8 zeroes 80%% of the weights (smaller zip); 2:4 is m:n sparsity."),
+        click.option("--prune-norm", type=click.Choice(["l1", "l2"]), default="l1", show_default=True,
+                     help="Filter ranking for --prune channels."),
+        click.option("--prune-layers", multiple=True, metavar="PATTERN",
+                     help="Only prune layers whose name matches (fnmatch, repeatable)."),
+        click.option("--keep-layers", multiple=True, metavar="PATTERN",
+                     help="Never prune layers whose name matches (fnmatch, repeatable)."),
+        click.option("--qat", is_flag=True, help="Quantization-aware training before int8 conversion."),
+        click.option("--train-data", type=click.Path(path_type=str),
+                     help="Fine-tuning data: .npz with x (or input names) and, if labelled, y."),
+        click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
+                     help="Fine-tuning epochs (early stopping on a held-out 10%%)."),
+        click.option("--distill", is_flag=True, help="Learn the original model's outputs even when labels exist."),
+        click.option("--distribute", type=click.Choice(["mirrored"]),
+                     help="Fine-tune under tf.distribute.MirroredStrategy (all GPUs, else all CPU devices)."),
+    ]
+    for opt in reversed(opts):
+        wrapper = opt(wrapper)
+    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -83,8 +136,9 @@ def main() -> None:
 @click.option("--quantize", type=click.Choice(QUANTIZE_CHOICES), default="int8", show_default=True,
               help="int8: full integer with int8 I/O; int8-float-io: integer inside, float I/O; "
                    "int16x8: int16 activations; float16; dynamic: int8 weights only; none: float32.")
-@click.option("--calibration", type=click.Path(path_type=str),
-              help="Representative inputs: .npy (N, *input_shape) or .npz keyed by input name.")
+@click.option("--calibration", multiple=True, metavar="PATH|NAME=PATH",
+              help="Representative inputs: .npy (N, *input_shape), .npz keyed by input name, .csv, or a folder "
+                   "of JPEG/PNG/BMP images; repeat as NAME=PATH to give each input of a multi-input model its own.")
 @click.option("--calibration-samples", type=click.IntRange(min=1), default=200, show_default=True,
               help="Samples used for calibration (seeded selection).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sample selection.")
@@ -93,12 +147,20 @@ def main() -> None:
 @click.option("--per-tensor", is_flag=True, help="Quantize weights per tensor instead of per channel.")
 @click.option("--trust-model", is_flag=True, help="Allow loading models whose layers run Python code (Lambda).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224",
+              help="ONNX: fix an input's dynamic dimensions (repeatable, one per input).")
+@data_options
+@optimize_options
 @common_options
 @handle_errors
 def convert(model, output, quantize, calibration, calibration_samples, seed, target, labels, per_tensor,
-            trust_model, force, verbose, quiet, as_json) -> None:
+            trust_model, force, input_shapes, preprocess, recipe, label_column, verbose, quiet, as_json,
+            optimize=None) -> None:
     """Convert MODEL (.keras, .h5, SavedModel dir, .onnx) into a TFLite bundle in OUTPUT."""
     from edgepack import api
+    from edgepack.calibration.sources import data_option
+
+    calibration = data_option(calibration, "--calibration")
 
     status = None
     if not as_json and quiet == 0 and sys.stderr.isatty():
@@ -114,7 +176,8 @@ def convert(model, output, quantize, calibration, calibration_samples, seed, tar
         result = api.convert(model=model, output=output, quantize=quantize, calibration=calibration,
                              calibration_samples=calibration_samples, seed=seed, target=target, labels=labels,
                              force=force, trust_model=trust_model, per_tensor=per_tensor, verbose=verbose > 0,
-                             progress=progress)
+                             progress=progress, input_shapes=input_shapes, preprocess=preprocess, recipe=recipe,
+                             label_column=label_column, **(optimize or {}))
     finally:
         if status is not None:
             status.stop()
@@ -129,24 +192,32 @@ def convert(model, output, quantize, calibration, calibration_samples, seed, tar
 
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=str))
-@click.option("--data", required=True, type=click.Path(path_type=str),
-              help="Labelled data: .npz with x (or input names) and y.")
+@click.option("--data", required=True, multiple=True, metavar="PATH|NAME=PATH",
+              help="Labelled data: .npz with x (or input names) and y, a folder with one subfolder of images per "
+                   "class, a .csv with --label-column; NAME=PATH per input for multi-input models.")
 @click.option("--reference", type=click.Path(path_type=str),
               help="Model to compare against (default: the source recorded in the manifest).")
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="litert", show_default=True)
 @click.option("--max-drop", type=click.FloatRange(min=0), help="Fail (exit 1) if accuracy drops more "
               "than this many percentage points.")
 @click.option("--trust-model", is_flag=True, help="Allow loading a reference model with Lambda layers.")
+@data_options
 @common_options
 @handle_errors
-def validate(bundle, data, reference, runtime, max_drop, trust_model, verbose, quiet, as_json) -> None:
-    """Run BUNDLE on a device runtime over labelled data and compare with the source model."""
+def validate(bundle, data, reference, runtime, max_drop, trust_model, preprocess, recipe, label_column,
+             verbose, quiet, as_json) -> None:
+    """Run BUNDLE on a device runtime over labelled data and compare with the source model.
+
+    The preprocessing recorded in the bundle's manifest is applied to --data unless --preprocess or
+    --recipe is given."""
     from edgepack import api
+    from edgepack.calibration.sources import data_option
     from edgepack.validation.report import render
     from edgepack.validation.validate import raise_if_failed
 
-    report = api.validate(bundle=bundle, data=data, reference=reference, runtime=runtime, max_drop=max_drop,
-                          trust_model=trust_model, verbose=verbose > 0, check=False)
+    report = api.validate(bundle=bundle, data=data_option(data, "--data"), reference=reference, runtime=runtime,
+                          max_drop=max_drop, trust_model=trust_model, verbose=verbose > 0, check=False,
+                          preprocess=preprocess, recipe=recipe, label_column=label_column)
     if as_json:
         _emit_json(report.to_dict())
     elif quiet == 0:
@@ -173,11 +244,14 @@ def inspect(path, verbose, quiet, as_json) -> None:
               + (f" ({info['granularity']})" if info["granularity"] else ""))
     for kind in ("inputs", "outputs"):
         t = Table(title=kind, title_justify="left")
-        for col in ("name", "tflite tensor", "shape", "dtype", "scale", "zero point"):
+        with_source = any(x.get("source_shape") is not None for x in info[kind])
+        for col in ("name", *(("source",) if with_source else ()), "tflite tensor", "shape", "dtype",
+                    "scale", "zero point"):
             t.add_column(col)
         for x in info[kind]:
-            t.add_row(x["name"], f"{x['tflite_name']} (#{x['index']})", "x".join(map(str, x["shape"])), x["dtype"],
-                      "-" if x["scale"] is None else f"{x['scale']:.6g}",
+            src = (_source_cell(x),) if with_source else ()
+            t.add_row(x["name"], *src, f"{x['tflite_name']} (#{x['index']})", "x".join(map(str, x["shape"])),
+                      x["dtype"], "-" if x["scale"] is None else f"{x['scale']:.6g}",
                       "-" if x["zero_point"] is None else str(x["zero_point"]))
         con.print(t)
     ops = Table(title="ops", title_justify="left")
@@ -190,14 +264,31 @@ def inspect(path, verbose, quiet, as_json) -> None:
         con.print(f"artifact {art['path']}: {art['bytes']} bytes ({art['role']})")
 
 
+def _source_cell(x: dict) -> str:
+    """The source (ONNX) side of an I/O mapping: "NCHW Nx3x8x8", or the shape alone when the
+    TFLite tensor has the same layout."""
+    shape = "x".join("?" if d is None else str(d) for d in x["source_shape"])
+    return f"{x['source_layout']} {shape}" if x.get("source_layout") else shape
+
+
 @main.command()
 @click.argument("name", required=False)
+@click.option("--docs", "docs_path", is_flag=False, flag_value="docs/targets.md", default=None, metavar="[PATH]",
+              help="Write the targets document (generated from the profiles and checks) to PATH "
+                   "[default: docs/targets.md].")
 @common_options
 @handle_errors
-def targets(name, verbose, quiet, as_json) -> None:
+def targets(name, docs_path, verbose, quiet, as_json) -> None:
     """List target profiles, or show the profile NAME."""
     from edgepack import api
 
+    if docs_path is not None:
+        written = api.target_docs(path=docs_path)
+        if as_json:
+            _emit_json({"docs": str(written)})
+        elif quiet == 0:
+            click.echo(f"wrote {written}")
+        return
     data = api.target(name) if name else api.targets()
     if as_json:
         _emit_json(data)

@@ -67,6 +67,8 @@ class TfliteModel:
         io = set(self.inputs) | set(self.outputs)
         io_types = {self.tensors[i].dtype for i in io}
         acts = [t for t in self.tensors if not t.constant and t.index not in io and t.dtype != "resource"]
+        if not acts:  # a single-op graph: only its I/O tensors carry activations
+            acts = [self.tensors[i] for i in io]
         act_types = Counter(t.dtype for t in acts)
         weights = {t.dtype for t in self.tensors if t.constant and len(t.shape) >= 2}
         quantized_acts = act_types["int8"] + act_types["int16"]

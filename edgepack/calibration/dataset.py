@@ -1,24 +1,26 @@
 """The one dataset object used by calibration, validation and (later) training.
 
-A :class:`Dataset` holds one array per model input (samples on the first axis) and optional
-labels. It checks the data against the model's inputs once, up front, with messages that name the
-file, the input and the sample index; it selects samples with a seed; it hashes what it selected,
-so the manifest can say exactly which samples calibrated the model.
+A :class:`Dataset` holds one :class:`~edgepack.calibration.source.Source` per model input (samples
+read on demand, never all at once) and optional labels. It checks the data against the model's
+inputs up front, with messages that name the file, the input and the sample; it selects samples
+with a seed as a list of indices (nothing is copied); it hashes what it selected, so the manifest
+can say exactly which samples calibrated the model.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from edgepack.calibration.arrays import load_arrays
+from edgepack.calibration.arrays import OffsetArray
+from edgepack.calibration.preprocess import Preprocess
+from edgepack.calibration.source import ArraySource, Source, fmt_shape
 from edgepack.errors import CalibrationError
 
-_CHUNK = 256  # samples checked at a time, so a memory-mapped file is never read whole
+_CHUNK = 64  # samples read at a time: memory stays at a few batches whatever the dataset size
 
 
 @dataclass(frozen=True)
@@ -30,120 +32,182 @@ class InputSpec:
     dtype: str = "float32"
 
 
-def _fmt_shape(shape: Sequence[int | None]) -> str:
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
-
-
 class Dataset:
-    """Arrays keyed by model input name, plus optional labels ``y``."""
+    """Samples keyed by model input name, plus optional labels ``y``.
 
-    def __init__(self, arrays: dict[str, np.ndarray], labels: np.ndarray | None = None, *,
-                 source: str = "<memory>") -> None:
+    ``arrays`` maps input names to arrays (in memory or memory-mapped) or to sources; ``indices``
+    (ascending) restricts the dataset to those samples without copying them.
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray | OffsetArray | Source], labels: np.ndarray | None = None, *,
+                 source: str = "<memory>", indices: np.ndarray | None = None) -> None:
         if not arrays:
             raise CalibrationError(f"{source}: holds no input arrays")
-        counts = {k: len(v) for k, v in arrays.items()}
+        self.sources: dict[str, Source] = {
+            k: v if isinstance(v, Source) else ArraySource(v, where=source) for k, v in arrays.items()}
+        counts = {k: len(v) for k, v in self.sources.items()}
         if len(set(counts.values())) != 1:
             raise CalibrationError(f"{source}: inputs have different sample counts {counts}",
                                    hint="every input needs one entry per sample")
-        self.arrays = arrays
-        self.labels = labels
         self.source = source
-        if labels is not None and len(labels) != len(self):
-            raise CalibrationError(f"{source}: {len(labels)} labels for {len(self)} samples")
+        self.class_names: list[str] | None = None
+        self._all_labels = labels
+        total = next(iter(counts.values()))
+        self._indices = indices
+        self._observers: tuple[Callable[[dict[str, np.ndarray]], None], ...] = ()
+        if labels is not None and len(labels) != total:
+            raise CalibrationError(f"{source}: {len(labels)} labels for {total} samples")
 
     def __len__(self) -> int:
-        return len(next(iter(self.arrays.values())))
+        if self._indices is not None:
+            return len(self._indices)
+        return len(next(iter(self.sources.values())))
 
     @property
     def names(self) -> list[str]:
-        return list(self.arrays)
+        return list(self.sources)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        if self._all_labels is None or self._indices is None:
+            return self._all_labels
+        return np.asarray(self._all_labels[self._indices])
+
+    @property
+    def indices(self) -> np.ndarray:
+        """Positions of this dataset's samples in the underlying files."""
+        return self._indices if self._indices is not None else np.arange(len(self))
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every input as one array. Plain (or memory-mapped) arrays come back as they are; anything
+        else (a selection, files read by offset, images, CSV, preprocessing) is read whole here, so
+        prefer :meth:`batches` for data of unknown size."""
+        out = {}
+        for name, src in self.sources.items():
+            plain = isinstance(src, ArraySource) and isinstance(src.array, np.ndarray) and src.preprocess is None
+            out[name] = src.array if plain and self._indices is None else src.read(self.indices)
+        return out
+
+    @property
+    def preprocessing(self) -> dict[str, Preprocess | None]:
+        """The preprocessing each input's samples get (what the manifest records)."""
+        return {k: s.preprocess for k, s in self.sources.items()}
+
+    def _view(self, indices: np.ndarray | None) -> "Dataset":
+        ds = Dataset.__new__(Dataset)
+        ds.__dict__.update(self.__dict__)
+        ds._indices = indices
+        return ds
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_file(cls, path: str | Path, inputs: Sequence[InputSpec], *, what: str = "--calibration",
-                  label_key: str = "y", require_labels: bool = False) -> "Dataset":
-        """Read ``path`` (``.npy`` for one input; ``.npz`` keyed by input name, or ``x``) for ``inputs``."""
-        raw = load_arrays(path, what=what)
-        labels = raw.pop(label_key, None) if len(raw) > 1 or "" not in raw else None
-        arrays: dict[str, np.ndarray] = {}
-        if "" in raw:  # .npy
-            if len(inputs) != 1:
-                raise CalibrationError(
-                    f"{what} {path}: one .npy array for a model with {len(inputs)} inputs "
-                    f"({', '.join(i.name for i in inputs)})", hint="give an .npz keyed by input name")
-            arrays[inputs[0].name] = raw[""]
-        else:
-            for spec in inputs:
-                if spec.name in raw:
-                    arrays[spec.name] = raw[spec.name]
-                elif len(inputs) == 1 and "x" in raw:
-                    arrays[spec.name] = raw["x"]
-                else:
-                    keys = ", ".join(sorted(raw)) or "none"
-                    raise CalibrationError(f"{what} {path}: no array for model input {spec.name!r} (keys: {keys})",
-                                           hint=f"save it as np.savez(..., **{{{spec.name!r}: array}})")
-        if require_labels and labels is None:
-            raise CalibrationError(f"{what} {path}: no labels", hint=f"store them under the key {label_key!r}")
-        ds = cls(arrays, labels, source=f"{what} {path}")
+    def from_file(cls, path, inputs: Sequence[InputSpec], *, what: str = "--calibration",
+                  label_key: str = "y", require_labels: bool = False,
+                  preprocess: Mapping[str, Preprocess | None] | None = None, label_column: str | None = None,
+                  class_names: Sequence[str] | None = None) -> "Dataset":
+        """Open ``path`` (``.npy``/``.npz``/``.csv``/image folder, or ``{input: path}``) for ``inputs`` and check it."""
+        from edgepack.calibration.sources import open_dataset
+
+        ds = open_dataset(path, inputs, what=what, preprocess=preprocess, label_key=label_key,
+                          label_column=label_column, class_names=class_names)
+        if require_labels and ds.labels is None:
+            raise CalibrationError(f"{ds.source}: no labels",
+                                   hint=f"store them under the key {label_key!r}, use class subfolders, "
+                                        "or pass --label-column")
         ds.check(inputs)
         return ds
 
     # -- checks ---------------------------------------------------------------------------------
     def check(self, inputs: Sequence[InputSpec]) -> None:
-        """Shape, dtype and finiteness of every array against the model's inputs."""
+        """Every input has data of a numeric kind and of the model's shape.
+
+        Values (NaN/Inf, undecodable images) are checked as samples are read, naming the sample.
+        """
         if len(self) == 0:
             raise CalibrationError(f"{self.source}: holds 0 samples")
         for spec in inputs:
-            arr = self.arrays[spec.name]
-            label = f"{self.source}" + (f" input {spec.name!r}" if len(inputs) > 1 else "")
-            if arr.dtype.kind not in "iuf":
-                raise CalibrationError(f"{label}: dtype {arr.dtype} cannot feed a {spec.dtype} model input",
-                                       hint="store real numbers (float32, or integers for image data)")
-            sample = tuple(arr.shape[1:])
-            want = spec.shape
+            src = self.sources.get(spec.name)
+            if src is None:
+                raise CalibrationError(f"{self.source}: no data for model input {spec.name!r}",
+                                       hint=f"inputs with data: {', '.join(self.names)}")
+            label = f"{src.where}" + (f" input {spec.name!r}" if len(inputs) > 1 else "")
+            src.check_kind(label)
+            sample, want = tuple(src.sample_shape), spec.shape
             if len(sample) != len(want) or any(w is not None and w != s for w, s in zip(want, sample)):
                 raise CalibrationError(
-                    f"{label}: sample shape {_fmt_shape(sample)} does not match model input "
-                    f"{spec.name!r} shape {_fmt_shape(want)}",
-                    hint="the first axis is the sample axis; reshape the data to (N, *input_shape)")
-            if np.dtype(spec.dtype).kind in "iu" and arr.dtype.kind == "f":
-                raise CalibrationError(f"{label}: float data ({arr.dtype}) for integer model input "
+                    f"{label}: sample shape {fmt_shape(sample)} does not match model input "
+                    f"{spec.name!r} shape {fmt_shape(want)}", hint=src.shape_hint)
+            if np.dtype(spec.dtype).kind in "iu" and src.dtype.kind == "f":
+                raise CalibrationError(f"{label}: float data ({src.dtype}) for integer model input "
                                        f"{spec.name!r} ({spec.dtype})", hint="store integers")
-            if arr.dtype.kind == "f":
-                for start in range(0, len(arr), _CHUNK):
-                    chunk = np.asarray(arr[start:start + _CHUNK])
-                    bad = ~np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
-                    if bad.any():
-                        idx = start + int(np.argmax(bad))
-                        kind = "NaN" if np.isnan(chunk[idx - start]).any() else "Inf"
-                        raise CalibrationError(f"{label}: sample {idx} contains {kind}",
-                                               hint="remove or fix non-finite samples")
 
     # -- selection and iteration ----------------------------------------------------------------
     def select(self, count: int | None, seed: int) -> "Dataset":
-        """A seeded, order-preserving subset of ``count`` samples (all when count is None or larger)."""
+        """A seeded, order-preserving subset of ``count`` samples (all when count is None or larger).
+
+        The subset is a list of indices into the same files: nothing is read or copied here.
+        """
         n = len(self)
         if count is None or count >= n:
             return self
         idx = np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
-        arrays = {k: np.asarray(v[idx]) for k, v in self.arrays.items()}
-        labels = None if self.labels is None else np.asarray(self.labels[idx])
-        return Dataset(arrays, labels, source=self.source)
+        return self._view(self.indices[idx])
 
-    def samples(self, dtypes: dict[str, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def observe(self, fn: Callable[[dict[str, np.ndarray]], None]) -> "Dataset":
+        """The same samples; ``fn`` sees every batch that :meth:`batches` yields (for statistics)."""
+        ds = self._view(self._indices)
+        ds._observers = (*self._observers, fn)
+        return ds
+
+    def _read(self, positions: np.ndarray, dtypes: Mapping[str, str] | None) -> dict[str, np.ndarray]:
+        idx = positions if self._indices is None else self._indices[positions]
+        out = {}
+        for name, src in self.sources.items():
+            batch = src.read(idx)
+            want = (dtypes or {}).get(name)
+            out[name] = batch if want is None else np.asarray(batch, dtype=want)
+        return out
+
+    def batches(self, size: int, dtypes: Mapping[str, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """``{input: batch}`` of up to ``size`` samples, in order, read lazily."""
+        for start in range(0, len(self), size):
+            chunk = self._read(np.arange(start, min(start + size, len(self))), dtypes)
+            for fn in self._observers:
+                fn(chunk)
+            yield chunk
+
+    def samples(self, dtypes: Mapping[str, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
         """One ``{input: array with a batch axis of 1}`` per sample, in order."""
-        for i in range(len(self)):
-            yield {k: np.asarray(v[i:i + 1], dtype=(dtypes or {}).get(k, v.dtype)) for k, v in self.arrays.items()}
-
-    def batches(self, size: int, dtypes: dict[str, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
-        for i in range(0, len(self), size):
-            yield {k: np.asarray(v[i:i + size], dtype=(dtypes or {}).get(k, v.dtype)) for k, v in self.arrays.items()}
+        for chunk in self.batches(_CHUNK, dtypes):
+            n = len(next(iter(chunk.values())))
+            for i in range(n):
+                yield {k: v[i:i + 1].copy() for k, v in chunk.items()}
 
     def sha256(self) -> str:
-        """Hash of the samples (as float32, C order, inputs in order): identifies the calibration set."""
-        h = hashlib.sha256()
-        for name in self.names:
-            h.update(name.encode())
-            for start in range(0, len(self), _CHUNK):
-                h.update(np.ascontiguousarray(self.arrays[name][start:start + _CHUNK], dtype=np.float32).tobytes())
-        return h.hexdigest()
+        """Hash of the samples (as float32, C order): identifies the calibration set."""
+        hashers = new_hashers(self.names)
+        for chunk in self.batches(_CHUNK):
+            update_hashers(hashers, chunk)
+        return combine_hashers(hashers)
+
+
+def new_hashers(names: Sequence[str]) -> dict[str, "hashlib._Hash"]:
+    hashers = {}
+    for name in names:
+        hashers[name] = hashlib.sha256()
+        hashers[name].update(name.encode())
+    return hashers
+
+
+def update_hashers(hashers: Mapping[str, "hashlib._Hash"], chunk: Mapping[str, np.ndarray]) -> None:
+    for name, h in hashers.items():
+        h.update(np.ascontiguousarray(chunk[name], dtype=np.float32).tobytes())
+
+
+def combine_hashers(hashers: Mapping[str, "hashlib._Hash"]) -> str:
+    """One input: its hash (as before multi-input support); several: the hash of their hashes, in order."""
+    if len(hashers) == 1:
+        return next(iter(hashers.values())).hexdigest()
+    return hashlib.sha256("".join(h.hexdigest() for h in hashers.values()).encode()).hexdigest()
+

@@ -1,6 +1,6 @@
 """The conversion pipeline: a straight line of small, timed stages.
 
-prepare → load → calibrate → convert → read back → check target → package.
+prepare → load → optimize (--prune/--qat) → calibrate → convert → read back → check target → package.
 Each stage appends a :class:`StageRecord` (name, seconds, detail) that ends up in the manifest.
 """
 
@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.calibration import Dataset
-from edgepack.converter.load import LoadedModel, load_model
+from edgepack.converter import mcu, optimize
+from edgepack.converter.load import LoadedModel, ModelFormat, load_model
 from edgepack.converter.request import ConvertRequest, QuantizeMode
 from edgepack.errors import ConversionError, UsageError
 from edgepack.packaging import bundle as bundle_mod
@@ -44,6 +45,14 @@ class PipelineState:
     # Optional stages add files to the bundle (relpath -> (data, role)) and manifest sections.
     extra_files: dict[str, tuple[bytes | str, str]] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    arena_bytes: int | None = None  # TFLM tensor arena, measured (microcontroller targets)
+    vela_model: bytes | None = None  # Ethos-U targets: the Vela-compiled model
+    # ONNX: per "inputs"/"outputs", source name -> TensorInfo's source layout/shape fields
+    source_io: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # Per input name: the manifest's `preprocessing` spec and calibration data `statistics`
+    input_data: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # --prune/--qat: the model as loaded, kept when `loaded` is replaced by the optimized one
+    original: LoadedModel | None = None
     manifest: Manifest | None = None
 
 
@@ -57,11 +66,11 @@ def stage_prepare(st: PipelineState) -> dict:
     if req.quantize.value not in st.target.quantize_modes:
         raise UsageError(f"--quantize {req.quantize} is not supported by target {st.target.name}",
                          hint=f"use one of: {', '.join(st.target.quantize_modes)}")
-    if req.quantize.needs_calibration and req.calibration is None:
+    if req.quantize.needs_calibration and req.calibration_data is None:
         raise UsageError(f"--quantize {req.quantize} needs calibration data",
                          hint="pass --calibration FILE (.npy or .npz of representative inputs), "
                               "or choose --quantize dynamic/float16/none")
-    if req.calibration is not None and not req.quantize.needs_calibration:
+    if req.calibration_data is not None and not req.quantize.needs_calibration:
         log.warning("--calibration is not used by --quantize %s; ignoring it", req.quantize)
     if req.calibration_samples < 1:
         raise UsageError("--calibration-samples must be at least 1")
@@ -84,6 +93,13 @@ def _read_labels(path: Path) -> list[str]:
 
 def stage_load(st: PipelineState) -> dict:
     st.loaded = load_model(st.request.model, trust_model=st.request.trust_model)
+    if st.request.input_shapes:
+        if st.loaded.format is not ModelFormat.ONNX:
+            raise UsageError("--input-shape applies to ONNX models only",
+                             hint="Keras and SavedModel inputs keep the shapes they were built with")
+        from edgepack.converter.onnx_model import with_input_shapes
+
+        st.loaded = with_input_shapes(st.loaded, dict(st.request.input_shapes))
     if st.labels is not None and len(st.loaded.output_names) == 1:
         classes = _output_classes(st.loaded)
         if classes is not None and classes != len(st.labels):
@@ -99,27 +115,51 @@ def _output_classes(loaded: LoadedModel) -> int | None:
 
 
 def stage_calibrate(st: PipelineState) -> dict | None:
+    from edgepack.calibration.calibrate import calibration_set, input_preprocessing
+
     req = st.request
     if not req.quantize.needs_calibration:
+        if req.preprocess is not None or req.recipe is not None:  # recorded for the device app all the same
+            pre = input_preprocessing(st.loaded.inputs, spec=req.preprocess, recipe=req.recipe)
+            st.input_data = {k: {"preprocessing": p.to_dict() if p else None} for k, p in pre.items()}
         return None
-    full = Dataset.from_file(req.calibration, st.loaded.inputs, what="--calibration")
-    min_n = st.target.min_calibration_samples
-    chosen = full.select(req.calibration_samples, req.seed)
-    if len(chosen) < min_n:
-        log.warning("calibrating with %d samples, fewer than target %s's minimum of %d; "
-                    "int8 accuracy may suffer", len(chosen), st.target.name, min_n)
-    st.calibration = chosen
-    st.calibration_info = CalibrationInfo(source=Path(req.calibration).name, samples=len(chosen),
-                                          available=len(full), seed=req.seed, sha256=chosen.sha256())
-    return {"samples": len(chosen), "available": len(full)}
+    specs = st.loaded.inputs
+    if st.loaded.format is ModelFormat.ONNX:  # ONNX (NCHW) or TFLite (NHWC) layout: resolved at convert
+        from edgepack.converter.layout import relaxed_specs
+
+        specs = relaxed_specs(specs)
+    cal = calibration_set(req.calibration_data, specs, count=req.calibration_samples, seed=req.seed,
+                          spec=req.preprocess, recipe=req.recipe, label_column=req.label_column,
+                          min_samples=st.target.min_calibration_samples, target=st.target.name)
+    st.calibration = cal.data
+    st.calibration_info = CalibrationInfo(source=cal.source, samples=len(cal.data), available=cal.available,
+                                          seed=req.seed, sha256=cal.sha256)
+    st.input_data = {k: {"preprocessing": cal.preprocessing[k], "statistics": cal.statistics[k]}
+                     for k in cal.data.names}
+    return {"samples": len(cal.data), "available": cal.available, "warnings": len(cal.warnings)}
 
 
 def stage_convert(st: PipelineState) -> dict:
     from edgepack.converter.tflite import convert_to_tflite
 
+    if st.loaded.format is ModelFormat.ONNX:
+        return _convert_onnx(st)
     st.tflite = convert_to_tflite(st.loaded, st.request.quantize, st.calibration,
-                                  per_tensor=st.request.per_tensor, verbose=st.request.verbose)
+                                  per_tensor=st.request.per_tensor, verbose=st.request.verbose,
+                                  batch=st.target.batch)
     return {"bytes": len(st.tflite)}
+
+
+def _convert_onnx(st: PipelineState) -> dict:
+    from edgepack.converter.onnx_convert import convert_onnx
+
+    req = st.request
+    res = convert_onnx(st.loaded, req.quantize, st.calibration, per_tensor=req.per_tensor, verbose=req.verbose,
+                       batch=st.target.batch)
+    st.tflite = res.tflite
+    st.source_io = {"inputs": {m.name: m.manifest_fields() for m in res.inputs},
+                    "outputs": {m.name: m.manifest_fields() for m in res.outputs}}
+    return {"bytes": len(st.tflite), **res.detail}
 
 
 def stage_read_back(st: PipelineState) -> dict:
@@ -137,13 +177,16 @@ def stage_read_back(st: PipelineState) -> dict:
 
 
 def stage_check_target(st: PipelineState) -> dict:
-    facts = ModelFacts(mode=st.info.quantization_mode, size=len(st.tflite), op_counts=st.info.op_counts)
+    facts = ModelFacts(mode=st.info.quantization_mode, size=len(st.tflite), op_counts=st.info.op_counts,
+                       arena_bytes=st.arena_bytes)
     results = run_checks(st.target, facts)
     return {name: detail for name, _, detail in results}
 
 
-def tensor_infos(info: TfliteModel, names: list[str], which: str) -> list[TensorInfo]:
-    """Source-order tensor descriptions, matched through the signature's names."""
+def tensor_infos(info: TfliteModel, names: list[str], which: str,
+                 source: dict[str, dict[str, Any]] | None = None) -> list[TensorInfo]:
+    """Source-order tensor descriptions, matched through the signature's names; ``source`` adds
+    per-name source layout/shape fields (ONNX)."""
     from edgepack.converter.tflite import signature_name
 
     sig = info.signature_inputs if which == "inputs" else info.signature_outputs
@@ -158,7 +201,16 @@ def tensor_infos(info: TfliteModel, names: list[str], which: str) -> list[Tensor
         t = info.tensor(idx)
         out.append(TensorInfo(name=name, tflite_name=t.name, index=t.index, shape=list(t.shape),
                               dtype=t.dtype, scale=t.scale, zero_point=t.zero_point,
-                              shape_signature=list(t.shape_signature) if t.shape_signature else None))
+                              shape_signature=list(t.shape_signature) if t.shape_signature else None,
+                              **(source or {}).get(name, {})))
+    return out
+
+
+def _merged(*per_name: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for d in per_name:
+        for name, fields_ in (d or {}).items():
+            out.setdefault(name, {}).update(fields_)
     return out
 
 
@@ -175,14 +227,16 @@ def stage_package(st: PipelineState) -> dict:
         manifest = Manifest(
             edgepack_version=edgepack.__version__,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            source=SourceInfo(file=req.model.name, format=st.loaded.format.value, sha256=st.loaded.sha256,
+            source=SourceInfo(file=req.model.name, format=(st.original or st.loaded).format.value,
+                              sha256=st.loaded.sha256,
                               path=str(req.model.resolve())),
             target=TargetInfo(name=st.target.name, runtime=st.target.runtime, delegate=st.target.delegate),
             quantization=QuantizationInfo(mode=info.quantization_mode, requested=req.quantize.value,
                                           granularity=info.granularity, calibration=st.calibration_info),
             artifacts=list(writer.artifacts),
-            inputs=tensor_infos(info, [s.name for s in st.loaded.inputs], "inputs"),
-            outputs=tensor_infos(info, st.loaded.output_names, "outputs"),
+            inputs=tensor_infos(info, [s.name for s in st.loaded.inputs], "inputs",
+                                _merged(st.source_io.get("inputs"), st.input_data)),
+            outputs=tensor_infos(info, st.loaded.output_names, "outputs", st.source_io.get("outputs")),
             ops=info.op_counts,
             versions=edgepack.dependency_versions(),
             stages=list(st.stages),
@@ -198,10 +252,15 @@ def stage_package(st: PipelineState) -> dict:
 STAGES: tuple[tuple[str, Stage], ...] = (
     ("prepare", stage_prepare),
     ("load", stage_load),
+    ("optimize", optimize.stage_optimize),
     ("calibrate", stage_calibrate),
     ("convert", stage_convert),
     ("read_back", stage_read_back),
+    ("measure_optimized", optimize.stage_measure),
+    ("measure_arena", mcu.stage_measure_arena),
     ("check_target", stage_check_target),
+    ("vela", mcu.stage_vela),
+    ("firmware", mcu.stage_firmware),
     ("package", stage_package),
 )
 

@@ -34,3 +34,25 @@ class ConvertRequest:
     trust_model: bool = False
     per_tensor: bool = False
     verbose: bool = False
+    # ONNX: static shapes for inputs with dynamic dimensions, ((name, (1, 3, 224, 224)), ...)
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # Calibration data per model input (multi-input models): ((name, path), ...); replaces `calibration`
+    calibration_inputs: tuple[tuple[str, Path], ...] = ()
+    preprocess: str | None = None  # "resize=96x96,mean=127.5,std=127.5" (or "none")
+    recipe: Path | None = None  # preprocessing recipe file (TOML/JSON)
+    label_column: str | None = None  # CSV calibration data: the column that holds labels
+    # Optimization before conversion (issue 5): "channels:0.5", "sparsity:0.8", "2:4"; QAT; fine-tuning
+    prune: str | None = None
+    prune_norm: str = "l1"  # filter ranking for channel pruning: "l1" or "l2"
+    prune_layers: tuple[str, ...] = ()  # fnmatch patterns of layer names to prune (default: all)
+    keep_layers: tuple[str, ...] = ()  # fnmatch patterns of layer names never to prune
+    qat: bool = False
+    train_data: Path | None = None
+    epochs: int = 10
+    distill: bool = False  # learn the original model's outputs even when labels exist
+    distribute: str | None = None  # "mirrored": tf.distribute.MirroredStrategy
+
+    @property
+    def calibration_data(self) -> Path | dict[str, Path] | None:
+        """What to read calibration samples from: one path, or a path per input."""
+        return dict(self.calibration_inputs) if self.calibration_inputs else self.calibration

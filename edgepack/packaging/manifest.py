@@ -73,6 +73,14 @@ class TensorInfo:
     scale: float | None = None
     zero_point: int | None = None
     shape_signature: list[int] | None = None
+    # Source models with another layout (ONNX, channels first): the source tensor and how it maps.
+    source_shape: list[int | str | None] | None = None  # as declared; str = symbolic dimension
+    source_layout: str | None = None  # e.g. "NCHW" (the TFLite tensor is then NHWC); None = same layout
+    perm: list[int] | None = None  # tflite tensor = source tensor.transpose(perm)
+    # Inputs: what a device app does to raw data before invoke() (edgepack.calibration.preprocess), and
+    # statistics of the calibration data after it (min/max/mean/std/percentiles)
+    preprocessing: dict[str, Any] | None = None
+    statistics: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

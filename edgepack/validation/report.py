@@ -80,6 +80,10 @@ def render(report: ValidationReport, console) -> None:
     for name, rt in report.runtimes.items():
         acc = rt.get("accuracy")
         extra = f", max diff vs litert {rt['max_abs_diff_vs_litert']:.4g}" if "max_abs_diff_vs_litert" in rt else ""
+        if "top1_agreement_vs_litert" in rt:
+            extra += f", top-1 agreement {_pct(rt['top1_agreement_vs_litert'])}"
+        if "arena_bytes" in rt:
+            extra += f", arena {rt['arena_bytes']} bytes"
         head.add_row(f"{name}", f"accuracy {_pct(acc)}{extra}")
     head.add_row("time", f"{report.seconds:.2f}s")
     console.print(head)

@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgepack.calibration import Dataset, InputSpec
+from edgepack.calibration.evaluate import RangeWatch, evaluation_data
+from edgepack.calibration.progress import progress_bar
+from edgepack.converter.layout import outputs_to_source, read_dataset, source_specs
 from edgepack.errors import BundleError, ValidationFailed
 from edgepack.packaging.bundle import verify_artifacts, write_file_atomic
 from edgepack.packaging.manifest import read_manifest
@@ -32,9 +34,10 @@ def _resolve_reference(manifest, reference: Path | None, bundle: Path) -> Path |
     return None
 
 
-def validate_bundle(bundle: Path, data: Path, *, reference: Path | None = None, runtime: Runtime = Runtime.LITERT,
-                    max_drop: float | None = None, trust_model: bool = False,
-                    progress: Callable[[int], None] | None = None) -> ValidationReport:
+def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Path | None = None,
+                    runtime: Runtime = Runtime.LITERT, max_drop: float | None = None, trust_model: bool = False,
+                    progress: Callable[[int], None] | None = None, preprocess: str | None = None,
+                    recipe: Path | None = None, label_column: str | None = None) -> ValidationReport:
     start = time.perf_counter()
     if not bundle.is_dir():
         raise BundleError(f"{bundle}: not a bundle directory", hint="give the -o folder of 'edgepack convert'")
@@ -47,16 +50,35 @@ def validate_bundle(bundle: Path, data: Path, *, reference: Path | None = None, 
         from edgepack.converter.load import load_model
 
         loaded = load_model(ref_path, trust_model=trust_model)
-    specs = loaded.inputs if loaded is not None else [
-        InputSpec(t.name, tuple(t.shape[1:]), "float32") for t in manifest.inputs]
-    ds = Dataset.from_file(data, specs, what="--data")
+    specs = loaded.inputs if loaded is not None else source_specs(manifest.inputs)
+    if any(t.perm for t in manifest.inputs):
+        # ONNX bundles: data in the ONNX layout (NCHW) or the TFLite one; outputs compared in ONNX layout
+        ds, ds_tflite = read_dataset(data, specs, manifest.inputs, what="--data")
+    else:  # any source (folders, CSV, per-input), with the recorded preprocessing applied
+        ds = ds_tflite = evaluation_data(bundle, manifest, data, specs, preprocess=preprocess, recipe=recipe,
+                                         label_column=label_column)
+    watch = RangeWatch(manifest.inputs, len(ds))
+    with progress_bar(len(ds), f"validating on {runtime.value}") as advance:
+        def step(n: int) -> None:
+            advance(n)
+            if progress:
+                progress(n)
 
-    outs = run_tflite(runtime, model_path, manifest.inputs, manifest.outputs, ds, progress)
+        outs = outputs_to_source(run_tflite(runtime, model_path, manifest.inputs, manifest.outputs,
+                                            ds_tflite.observe(watch.observe), step),
+                                 [t.perm for t in manifest.outputs])
     report = ValidationReport(bundle=str(bundle), runtime=runtime.value, data=str(data), samples=len(ds),
                               mode=manifest.quantization.mode, reference=str(ref_path) if ref_path else None,
                               max_drop_pp=max_drop)
+    for warning in watch.warnings():
+        log.warning("%s", warning)
+        report.notes.append(warning)
     if ds.labels is not None:
         report.accuracy_bundle = metrics.accuracy(outs[0], ds.labels)
+    if manifest.target.runtime == "tflm":  # microcontroller targets: TFLM too, on the same data
+        from edgepack.validation.tflm import compare_with_litert
+
+        report.runtimes["tflm"] = compare_with_litert(model_path, manifest, ds, outs, report.notes)
     if loaded is not None:
         refs = run_reference(loaded, ds)
         if ds.labels is not None:

@@ -100,3 +100,16 @@ def test_dynamic_on_a_model_too_small_to_quantize_is_refused(tmp_path):
     with pytest.raises(ConversionError, match="1024 or more elements"):
         api.convert(model=tmp_path / "small.keras", output=tmp_path / "b", quantize="dynamic")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("mode", ["int8", "int16x8", "none"])
+def test_single_op_model_reads_back_its_mode(mode, tmp_path):
+    """A graph with no internal activations (one pooling op) is still read back correctly."""
+    import keras
+
+    keras.Sequential([keras.Input((4, 4, 2), name="x"), keras.layers.AveragePooling2D(2, name="pool")]).save(
+        tmp_path / "pool.keras")
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).random((16, 4, 4, 2), dtype=np.float32))
+    calib = tmp_path / "c.npy" if mode != "none" else None
+    m = api.convert(model=tmp_path / "pool.keras", output=tmp_path / "b", quantize=mode, calibration=calib).manifest
+    assert m.quantization.mode == mode

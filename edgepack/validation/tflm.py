@@ -1,0 +1,212 @@
+"""TensorFlow Lite Micro on the host: the exact tensor arena a model needs, running it, and the
+builtin ops the interpreter registers.
+
+Everything here goes through the ``tflite_micro`` package's Python interpreter (the reference
+kernels of TFLM, compiled for the host), so the numbers come from TFLM itself, not a model of it.
+The host is 64-bit: TFLM's pointer-holding structs (node and eval-tensor records) are larger than
+on a 32-bit Cortex-M, so the arena measured here is an upper bound for those parts. Optimized
+kernels (CMSIS-NN, ESP-NN) may ask for scratch buffers the reference kernels do not; the target's
+``arena_margin_percent`` covers that in the generated firmware.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgepack._native import capture_native_output
+from edgepack.calibration import Dataset
+from edgepack.errors import RuntimeUnavailable
+from edgepack.packaging.manifest import TensorInfo
+
+log = logging.getLogger(__name__)
+
+_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
+_HEAD = re.compile(r"Arena allocation head (\d+) bytes")
+_TAIL = re.compile(r"Arena allocation tail (\d+) bytes")
+_MAX_ARENA = 256 * 1024 * 1024  # beyond any microcontroller; stops the doubling search
+_PROBE_SENTINEL = b"edgepack_probe_sentinel"
+# TFLM's words when the arena is too small (allocator and planner messages differ).
+_OUT_OF_ARENA = re.compile(r"failed to allocate|unable to allocate|failed to resize buffer|missing: \d+",
+                           re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ArenaMeasurement:
+    """Bytes of tensor arena TFLM used to allocate and run the model once."""
+
+    total: int  # the smallest arena that works: allocating with it succeeds (checked)
+    head: int  # non-persistent (activations, scratch): reused between layers
+    tail: int  # persistent (tensor structs, kernel data)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"arena_bytes": self.total, "arena_head_bytes": self.head, "arena_tail_bytes": self.tail}
+
+
+def _runtime():
+    try:
+        from tflite_micro import runtime
+    except ImportError as err:
+        raise RuntimeUnavailable(f"TFLite Micro's Python interpreter is not installed ({err})",
+                                 hint="pip install tflite-micro") from err
+    return runtime
+
+
+def _interpreter(model: bytes, arena_size: int):
+    """A TFLM interpreter with tensors allocated; ``None`` if ``arena_size`` is too small."""
+    runtime = _runtime()
+    with capture_native_output() as cap:
+        try:
+            return runtime.Interpreter.from_bytes(model, arena_size=arena_size)
+        except RuntimeError:
+            pass
+    if not _OUT_OF_ARENA.search(cap.text):  # not a size problem: an unsupported op, a bad model
+        raise RuntimeUnavailable(f"TFLite Micro cannot load the model: {_first_error(cap.text)}")
+    return None
+
+
+def _first_error(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else "no message"
+
+
+def _zeros_for(interp, index: int) -> np.ndarray:
+    d = interp.get_input_details(index)
+    return np.zeros(tuple(int(x) for x in d["shape"]), dtype=d["dtype"])
+
+
+def _invoke_once(interp, n_inputs: int) -> None:
+    for i in range(n_inputs):
+        interp.set_input(_zeros_for(interp, i), i)
+    with capture_native_output():
+        interp.invoke()
+
+
+def measure_arena(model: bytes, n_inputs: int) -> ArenaMeasurement:
+    """Allocate and invoke ``model`` in TFLM, read the recording allocator's totals, then prove the
+    total by allocating again with exactly that many bytes."""
+    size = max(64 * 1024, 4 * len(model))
+    interp = _interpreter(model, size)
+    while interp is None:
+        size *= 2
+        if size > _MAX_ARENA:
+            raise RuntimeUnavailable(f"TFLite Micro could not allocate the model in {_MAX_ARENA} bytes")
+        interp = _interpreter(model, size)
+    _invoke_once(interp, n_inputs)
+    with capture_native_output() as cap:
+        interp.print_allocations()
+    found = [rx.search(cap.text) for rx in (_TOTAL, _HEAD, _TAIL)]
+    if not all(found):
+        raise RuntimeUnavailable("TFLite Micro did not report its arena usage; is tflite-micro too old?")
+    total, head, tail = (int(m.group(1)) for m in found)
+    # The interpreter aligns the arena start; allow for that before calling the number exact.
+    for slack in (0, 16, 32, 64):
+        if _interpreter(model, total + slack) is not None:
+            return ArenaMeasurement(total=total + slack, head=head, tail=tail)
+    raise RuntimeUnavailable(f"TFLite Micro reported a {total}-byte arena but cannot allocate in it")
+
+
+def run_tflm(model: bytes, graph_inputs: tuple[int, ...], graph_outputs: tuple[int, ...],
+             inputs: list[TensorInfo], outputs: list[TensorInfo], data: Dataset,
+             progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """Dequantized outputs (source order) for every sample, one sample per invoke as on a device."""
+    from edgepack.validation.runtimes import dequantize, quantize
+
+    interp = _interpreter(model, measure_arena(model, len(graph_inputs)).total)
+    in_pos = [graph_inputs.index(t.index) for t in inputs]
+    out_pos = [graph_outputs.index(t.index) for t in outputs]
+    results: list[list[np.ndarray]] = [[] for _ in outputs]
+    for chunk in data.batches(1):
+        for t, pos in zip(inputs, in_pos):
+            interp.set_input(quantize(chunk[t.name], t).reshape(t.shape), pos)
+        with capture_native_output():
+            interp.invoke()
+        for i, (t, pos) in enumerate(zip(outputs, out_pos)):
+            results[i].append(dequantize(np.asarray(interp.get_output(pos)), t).reshape(1, *t.shape[1:]))
+        if progress:
+            progress(1)
+    return [np.concatenate(r, axis=0) for r in results]
+
+
+def _probe_model(code: int) -> bytes:
+    """A model of two bare operators: ``code``, then a custom op no build registers.
+
+    TFLM looks up every operator's kernel before running any kernel code, so the error names the
+    first operator it cannot find: the sentinel if ``code`` is registered, ``code`` itself if not.
+    """
+    import flatbuffers
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as s
+
+    def opcode(builtin: int, custom: bytes | None = None):
+        oc = s.OperatorCodeT()
+        oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = builtin, min(builtin, 127), 1
+        oc.customCode = custom
+        return oc
+
+    def operator(index: int):
+        op = s.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = index, [], []
+        if code == s.BuiltinOperator.VAR_HANDLE and index == 0:  # the runtime reads its options
+            op.builtinOptionsType, op.builtinOptions = s.BuiltinOptions.VarHandleOptions, s.VarHandleOptionsT()
+        return op
+
+    model = s.ModelT()
+    model.version = 3
+    model.operatorCodes = [opcode(code), opcode(s.BuiltinOperator.CUSTOM, _PROBE_SENTINEL)]
+    sg = s.SubGraphT()
+    sg.tensors, sg.inputs, sg.outputs, sg.operators = [], [], [], [operator(0), operator(1)]
+    model.subgraphs, model.buffers = [sg], [s.BufferT()]
+    builder = flatbuffers.Builder(256)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def registered_builtin_ops() -> list[str]:
+    """Builtin op names the installed TFLM interpreter has kernels for, asked of TFLM itself."""
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as s
+
+    runtime = _runtime()
+    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    found = []
+    for code, name in sorted(names.items()):
+        if name in ("CUSTOM", "PLACEHOLDER_FOR_GREATER_OP_CODES"):
+            continue
+        with capture_native_output() as cap:
+            try:
+                runtime.Interpreter.from_bytes(_probe_model(code), arena_size=4096)
+            except RuntimeError:
+                pass
+        if "op code CUSTOM" in cap.text:  # got past ``code``'s lookup to the sentinel
+            found.append(name)
+    return sorted(found)
+
+
+def compare_with_litert(model_path, manifest, data: Dataset, litert_outs: list[np.ndarray],
+                        notes: list[str]) -> dict:
+    """Run the bundle's model on TFLM over ``data``: accuracy, and how far it is from LiteRT's outputs.
+
+    For Ethos-U targets this is the plain int8 model (the host has no Ethos-U kernel), and a note
+    says so.
+    """
+    from edgepack.tflite_model import read_tflite
+    from edgepack.validation import metrics
+
+    model = model_path.read_bytes()
+    info = read_tflite(model)
+    arena = measure_arena(model, len(info.inputs))
+    outs = run_tflm(model, info.inputs, info.outputs, manifest.inputs, manifest.outputs, data)
+    diff = max(metrics.max_abs_error(a, b) for a, b in zip(litert_outs, outs))
+    step = manifest.outputs[0].scale
+    section = {"accuracy": metrics.accuracy(outs[0], data.labels) if data.labels is not None else None,
+               "max_abs_diff_vs_litert": diff,
+               "max_diff_steps_vs_litert": round(diff / step) if step else None,
+               "top1_agreement_vs_litert": metrics.top1_agreement(litert_outs[0], outs[0]),
+               **arena.to_dict()}
+    if "vela" in manifest.extras:
+        notes.append("validated the plain int8 model.tflite on LiteRT and TFLM: the host cannot run the "
+                     f"Ethos-U custom op in {manifest.extras['vela'].get('model', 'the Vela model')}")
+    return section

@@ -1,0 +1,133 @@
+"""Tiny ONNX models built with onnx.helper for the ONNX tests (no checked-in binaries)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+OPSET = 13
+
+
+def _init(name: str, arr: np.ndarray):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(arr, np.float32), name)
+
+
+def _save(graph, path: Path, **save_kw) -> Path:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgepack-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path), **save_kw)
+    return path
+
+
+def classifier(path: Path, *, batch: int | str = "N", size: int = 8, classes: int = 10,
+               hw: tuple[int | str, int | str] | None = None, external: bool = False) -> Path:
+    """Conv -> Relu -> MaxPool -> Flatten -> Gemm on a 3-channel NCHW image (a PyTorch-style export).
+
+    The Gemm has 8*(size/2)^2*classes >= 1024 weights so that dynamic-range quantization applies.
+    """
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(1)
+    h, w = hw or (size, size)
+    feat = 8 * (size // 2) ** 2
+    nodes = [
+        helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["conv"], ["relu"], name="relu"),
+        helper.make_node("MaxPool", ["relu"], ["pool"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes, "classifier",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, h, w])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
+        [_init("conv_w", rng.normal(0, 0.4, (8, 3, 3, 3))), _init("conv_b", rng.normal(0, 0.1, 8)),
+         _init("fc_w", rng.normal(0, 0.3, (feat, classes))), _init("fc_b", np.zeros(classes))])
+    kw = {"save_as_external_data": True, "all_tensors_to_one_file": True, "location": "weights.bin",
+          "size_threshold": 0} if external else {}
+    return _save(graph, path, **kw)
+
+
+def two_in_two_out(path: Path) -> Path:
+    """Inputs (``tokens`` 2-D, ``image`` 4-D NCHW), outputs (``score`` 2-D, ``feature_map`` 4-D),
+    declared in an order that is not alphabetical, to check ONNX order survives."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node("Conv", ["image", "cw"], ["feature_map"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("ReduceMean", ["feature_map"], ["pooled"], axes=[2, 3], keepdims=0, name="gap"),
+        helper.make_node("MatMul", ["tokens", "tw"], ["proj"], name="proj"),
+        helper.make_node("Add", ["pooled", "proj"], ["score"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes, "two_in_two_out",
+        [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, [1, 6]),
+         helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 2, 6, 6])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1, 5]),
+         helper.make_tensor_value_info("feature_map", TensorProto.FLOAT, [1, 5, 6, 6])],
+        [_init("cw", rng.normal(0, 0.5, (5, 2, 3, 3))), _init("tw", rng.normal(0, 0.5, (6, 5)))])
+    return _save(graph, path)
+
+
+def shape_flatten(path: Path) -> Path:
+    """A dynamic-batch export that flattens through Shape/Gather/Concat/Reshape (as torch.flatten
+    exports do); onnx2tf needs onnx-simplifier to fold it."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Shape", ["c"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0, name="gather"),
+        helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"], name="unsqueeze"),
+        helper.make_node("Concat", ["n1", "minus_one"], ["target"], axis=0, name="concat"),
+        helper.make_node("Reshape", ["c", "target"], ["flat"], name="reshape"),
+        helper.make_node("MatMul", ["flat", "fc"], ["y"], name="fc"),
+    ]
+    from onnx import numpy_helper
+
+    graph = helper.make_graph(
+        nodes, "shape_flatten",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [_init("w", rng.normal(0, 0.5, (2, 3, 3, 3))), _init("fc", rng.normal(0, 0.5, (32, 3))),
+         numpy_helper.from_array(np.array(0, np.int64), "zero"),
+         numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+         numpy_helper.from_array(np.array([-1], np.int64), "minus_one")])
+    return _save(graph, path)
+
+
+def custom_op(path: Path) -> Path:
+    """A graph with an op from a custom domain that no converter knows."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("FancyActivation", ["r"], ["y"], domain="com.example", name="fancy_1")]
+    graph = helper.make_graph(nodes, "custom", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    import onnx
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid("com.example", 1)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def separable_images(n: int, classes: int, seed: int, *, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """NCHW images in [0, 1]: a class-specific pattern plus noise, so logits have clear winners."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.random((classes, 3, size, size)).astype(np.float32)
+    y = rng.integers(0, classes, n)
+    x = 0.7 * patterns[y] + 0.3 * rng.random((n, 3, size, size), dtype=np.float32)
+    return x.astype(np.float32), y
