@@ -1,6 +1,8 @@
 """The conversion pipeline: a straight line of small, timed stages.
 
-prepare → load → optimize (--prune/--qat) → calibrate → convert → read back → check target → package.
+prepare → load → optimize (--prune/--qat) → calibrate → convert → read back → measure (optimization
+results, TFLM arena) → check target → vela (Ethos-U) → firmware (MCU sources) → package.
+Stages that do not apply to a request or target return None and change nothing.
 Each stage appends a :class:`StageRecord` (name, seconds, detail) that ends up in the manifest.
 """
 
