@@ -19,10 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import selectors
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,12 +77,14 @@ def _run_bundle(bundle: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
     interp = Interpreter(model_path=str(bundle / "model.tflite"))
     interp.allocate_tensors()
     for t, x in zip(m.inputs, inputs):
-        x = np.transpose(x, t.perm) if t.perm else x
+        x = np.transpose(x, t.perm) if t.perm else x.reshape(t.shape) if x.ndim == 0 else x  # scalars: shape [1]
         interp.set_tensor(t.index, quantize(x, t) if t.dtype in ("int8", "int16") else x.astype(t.dtype))
     interp.invoke()
     outs = []
     for t in m.outputs:
         y = dequantize(interp.get_tensor(t.index), t) if t.dtype in ("int8", "int16") else interp.get_tensor(t.index)
+        if t.source_shape == [] and y.size == 1:  # an ONNX scalar output
+            y = y.reshape(())
         outs.append(np.transpose(y, np.argsort(t.perm)) if t.perm else y)
     return outs
 
@@ -105,6 +110,18 @@ def _compare(got: list[np.ndarray], want: list[np.ndarray], loose: bool) -> str:
     return ""
 
 
+# What a bundle's inputs and outputs can be: the dtypes LiteRT's builtin kernels compute on (and the
+# manifest schema allows). Cases with other I/O (float64, uint16/32/64, strings, float8, bfloat16, 4-bit)
+# test ONNX semantics that a TFLite bundle cannot carry, so they are "n/a", not failures.
+BUNDLE_DTYPES = frozenset({"float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool"})
+
+
+def not_applicable(inputs: list[np.ndarray], expected: list[np.ndarray]) -> str:
+    """Why a case is outside what a TFLite bundle can hold ("" when it is not)."""
+    bad = sorted({str(a.dtype) for a in (*inputs, *expected)} - BUNDLE_DTYPES)
+    return f"not applicable: {'/'.join(bad)} inputs or outputs (not a TFLite bundle dtype)" if bad else ""
+
+
 def run_case(case: Path, work: Path, *, int8: bool = True) -> CaseResult:
     """Convert one node test case and compare; never raises."""
     from edgepack import api
@@ -118,6 +135,10 @@ def run_case(case: Path, work: Path, *, int8: bool = True) -> CaseResult:
     except Exception as err:  # sequences, optionals, strings: outside what a TFLite bundle holds
         res.detail = f"skipped: {err}"
         return res
+    res.detail = not_applicable(inputs, expected)
+    if res.detail:
+        res.float32 = "n/a"
+        return res
     try:
         api.convert(model=case / "model.onnx", output=work / "f32", quantize="none", force=True)
         problem = _compare(_run_bundle(work / "f32", inputs), expected, loose=False)
@@ -125,19 +146,27 @@ def run_case(case: Path, work: Path, *, int8: bool = True) -> CaseResult:
     except EdgepackError as err:
         res.float32, res.detail = "error", str(err).splitlines()[0][:200]
     except Exception as err:  # the interpreter or a layout surprise; recorded, not fatal
-        res.float32, res.detail = "error", f"{type(err).__name__}: {str(err).splitlines()[0][:180] if str(err) else ''}"
+        res.float32, res.detail = "error", _one_line(err)
     meaningful = all(x.dtype == np.float32 and x.ndim >= 1 and x.shape[0] == 1 for x in inputs) and \
         all(y.dtype == np.float32 for y in expected)
     if int8 and res.float32 == "pass" and meaningful:
-        res.int8 = _run_int8(case, work, inputs, expected)
+        res.int8, problem = _run_int8(case, work, inputs, expected)
+        res.detail = f"int8: {problem}" if problem else res.detail
     res.seconds = round(time.perf_counter() - start, 2)
     return res
 
 
-def _run_int8(case: Path, work: Path, inputs: list[np.ndarray], expected: list[np.ndarray]) -> str:
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0][:180] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}"
+
+
+def _run_int8(case: Path, work: Path, inputs: list[np.ndarray], expected: list[np.ndarray]) -> tuple[str, str]:
+    """(pass | fail | error, what went wrong)."""
     import onnx
 
     from edgepack import api
+    from edgepack.errors import EdgepackError
 
     proto = onnx.load(str(case / "model.onnx"), load_external_data=False)
     init = {t.name for t in proto.graph.initializer}
@@ -146,9 +175,12 @@ def _run_int8(case: Path, work: Path, inputs: list[np.ndarray], expected: list[n
     try:
         api.convert(model=case / "model.onnx", output=work / "i8", quantize="int8", calibration=work / "calib.npz",
                     force=True)
-        return "fail" if _compare(_run_bundle(work / "i8", inputs), expected, loose=True) else "pass"
-    except Exception:  # the int8 column records only pass/fail/error
-        return "error"
+        problem = _compare(_run_bundle(work / "i8", inputs), expected, loose=True)
+        return ("fail", problem) if problem else ("pass", "")
+    except EdgepackError as err:
+        return "error", str(err).splitlines()[0][:200]
+    except Exception as err:  # recorded, not fatal
+        return "error", _one_line(err)
 
 
 def _worker(names: list[str]) -> None:
@@ -168,41 +200,108 @@ def _worker(names: list[str]) -> None:
             out.flush()
 
 
-def _run_chunk(names: list[str], timeout: float) -> list[CaseResult]:
-    try:
-        proc = subprocess.run([sys.executable, __file__, "--worker", *names], capture_output=True, text=True,
-                              timeout=timeout, cwd=ROOT)
-        stdout = proc.stdout
-    except subprocess.TimeoutExpired as err:
-        stdout = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
-    done = {}
-    for line in stdout.splitlines():
-        if line.startswith("{"):
-            r = CaseResult(**json.loads(line))
-            done[r.case] = r
-    return [done.get(n) or CaseResult(n, "error", "n/a", "process crashed or timed out") for n in names]
+def _read_results(proc: subprocess.Popen, case_timeout: float) -> tuple[dict[str, CaseResult], str]:
+    """Result lines from a worker as they come; ``(results, "")`` on a clean exit, else why it died."""
+    done: dict[str, CaseResult] = {}
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    buf = b""
+    deadline = time.monotonic() + case_timeout + 30  # + interpreter and TensorFlow start-up
+    while True:
+        if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+            proc.kill()
+            proc.wait()
+            return done, f"timed out (no result within {case_timeout:.0f} s)"
+        data = os.read(proc.stdout.fileno(), 65536)
+        if not data:
+            break
+        buf += data
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            if line.startswith(b"{"):
+                r = CaseResult(**json.loads(line))
+                done[r.case] = r
+                deadline = time.monotonic() + case_timeout
+    rc = proc.wait()
+    if rc < 0:
+        return done, f"worker killed by {signal.Signals(-rc).name}"
+    return done, "" if rc == 0 else f"worker exited with code {rc}"
 
 
-def write_doc(results: list[CaseResult], total_cases: int, note: str, seconds: float) -> str:
-    ran = [r for r in results if r.float32 != "skip"]
-    passed = sum(r.float32 == "pass" for r in ran)
+def _run_chunk(names: list[str], case_timeout: float, command: list[str] | None = None) -> list[CaseResult]:
+    """Run ``names`` in worker processes. A case that kills its worker (onnx2tf and TensorFlow can
+    die on a signal) or hangs is recorded as ``crashed``/``timeout``; the rest of the chunk runs in a
+    fresh worker, so one bad case never loses its neighbours."""
+    results: list[CaseResult] = []
+    pending = list(names)
+    while pending:
+        with tempfile.TemporaryFile() as err:  # stderr to a file: a full pipe would block the worker
+            argv = [*(command or [sys.executable, __file__, "--worker"]), *pending]
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+            done, why = _read_results(proc, case_timeout)
+        finished = 0
+        while finished < len(pending) and pending[finished] in done:
+            results.append(done[pending[finished]])
+            finished += 1
+        if finished == len(pending):
+            break
+        status = "timeout" if why.startswith("timed out") else "crashed"
+        results.append(CaseResult(pending[finished], status, "n/a", why or "worker stopped without a result"))
+        pending = pending[finished + 1:]
+    return results
+
+
+def rates(results: list[CaseResult]) -> dict[str, tuple[int, int]]:
+    """(passed, counted) for float32 and int8. Skipped (non-tensor) and not-applicable (dtype) cases
+    are not counted; crashes and time-outs count as failures."""
+    ran = [r for r in results if r.float32 not in ("skip", "n/a")]
     i8 = [r for r in ran if r.int8 != "n/a"]
-    i8_pass = sum(r.int8 == "pass" for r in i8)
-    rate = passed / len(ran) if ran else 0.0
+    return {"float32": (sum(r.float32 == "pass" for r in ran), len(ran)),
+            "int8": (sum(r.int8 == "pass" for r in i8), len(i8))}
+
+
+def _rate(passed: int, total: int) -> str:
+    return f"{passed}/{total}" + (f" = {passed / total:.1%}" if total else "")
+
+
+def write_doc(results: list[CaseResult], total_cases: int, note: str, seconds: float, *,
+              command: str = "", date: str = "") -> str:
+    r = rates(results)
+    status = Counter(x.float32 for x in results)
+    i8_status = Counter(x.int8 for x in results if x.int8 != "n/a")
+    versions = _versions()
     lines = [
         "# ONNX coverage: the ONNX backend node tests through edgepack", "",
         "Generated by `benchmarks/onnx_conformance.py`; do not edit by hand.", "",
+        f"- run: {date or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        + (f", `{command}`" if command else ""),
+        f"- versions: {versions}",
         f"- cases in onnx {_onnx_version()}: {total_cases}; run: {len(results)} ({note})",
-        f"- skipped (non-tensor inputs/outputs): {len(results) - len(ran)}",
-        f"- **float32 pass rate: {passed}/{len(ran)} = {rate:.1%}** (rtol 1e-3, atol 1e-4)",
-        f"- int8 pass rate (float inputs with batch 1, calibrated on the case's inputs, error within 10% of "
-        f"range + 0.02): {i8_pass}/{len(i8)}" + (f" = {i8_pass / len(i8):.1%}" if i8 else ""),
+        f"- float32 outcomes: {', '.join(f'{k} {v}' for k, v in sorted(status.items()))}",
+        f"- skipped (sequence/optional inputs or outputs): {status['skip']}; not applicable (I/O dtypes a TFLite "
+        f"bundle cannot carry: {', '.join(sorted(_NA_EXAMPLES))}): {status['n/a']}",
+        f"- **float32 pass rate: {_rate(*r['float32'])}** (rtol 1e-3, atol 1e-4; crashes and time-outs count "
+        "as failures)",
+        f"- **int8 pass rate: {_rate(*r['int8'])}** (cases whose float32 run passed and whose inputs are all "
+        "float with batch 1, calibrated on the case's own inputs; error within 10% of the output range + 0.02); "
+        f"int8 outcomes: {', '.join(f'{k} {v}' for k, v in sorted(i8_status.items())) or 'none'}",
         f"- wall time: {seconds / 60:.1f} min", "",
         "| case | float32 | int8 | detail |", "|---|---|---|---|",
     ]
-    for r in sorted(results, key=lambda r: r.case):
-        lines.append(f"| {r.case} | {r.float32} | {r.int8} | {r.detail.replace('|', '/')[:160]} |")
+    for x in sorted(results, key=lambda x: x.case):
+        lines.append(f"| {x.case} | {x.float32} | {x.int8} | {x.detail.replace('|', '/')[:160]} |")
     return "\n".join(lines) + "\n"
+
+
+_NA_EXAMPLES = ("float64", "uint16", "uint32", "uint64", "strings", "float8", "bfloat16", "4-bit")
+
+
+def _versions() -> str:
+    from edgepack import dependency_versions
+
+    v = dependency_versions()
+    keys = ("edgepack", "onnx2tf", "tensorflow", "ai-edge-litert", "onnxruntime", "onnx")
+    return ", ".join(f"{k} {v[k]}" for k in keys if k in v)
 
 
 def _onnx_version() -> str:
@@ -217,31 +316,36 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=1, help="run every Nth case (a deterministic subset)")
     ap.add_argument("--match", default="", help="only cases whose name contains this")
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--chunk", type=int, default=25)
+    ap.add_argument("--chunk", type=int, default=25, help="cases per worker process")
+    ap.add_argument("--case-timeout", type=float, default=240, help="seconds one case may take")
+    ap.add_argument("--cases", nargs="*", default=None, help="only these cases (by name)")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/onnx-coverage.md")
     args = ap.parse_args()
     if args.worker is not None:
         _worker(args.worker)
         return
     all_cases = node_cases()
-    names = [c.name for c in all_cases if args.match in c.name][::args.stride]
+    names = [c.name for c in all_cases if args.match in c.name and (not args.cases or c.name in args.cases)]
+    names = names[::args.stride]
     chunks = [names[i:i + args.chunk] for i in range(0, len(names), args.chunk)]
     start = time.perf_counter()
     results: list[CaseResult] = []
     with ThreadPoolExecutor(args.jobs) as pool:
-        for chunk_results in pool.map(lambda c: _run_chunk(c, timeout=60 + 40 * len(c)), chunks):
+        for chunk_results in pool.map(lambda c: _run_chunk(c, args.case_timeout), chunks):
             for r in chunk_results:
                 print(f"{r.case:60s} float32 {r.float32:5s} int8 {r.int8:5s} {r.detail[:80]}", flush=True)
             results.extend(chunk_results)
     seconds = time.perf_counter() - start
-    ran = [r for r in results if r.float32 != "skip"]
-    passed = sum(r.float32 == "pass" for r in ran)
-    print(f"float32 pass rate: {passed}/{len(ran)} = {passed / max(1, len(ran)):.1%} in {seconds / 60:.1f} min")
+    r = rates(results)
+    print(f"float32 pass rate: {_rate(*r['float32'])}; int8 pass rate: {_rate(*r['int8'])}; "
+          f"{seconds / 60:.1f} min")
     if not args.no_doc:
-        note = "all cases" if args.stride == 1 and not args.match else \
-            f"every {args.stride}th case" + (f" matching {args.match!r}" if args.match else "")
+        note = "all cases" if args.stride == 1 and not args.match and not args.cases else \
+            f"every {args.stride}th case" + (f" matching {args.match!r}" if args.match else "") + \
+            (f" of {len(args.cases)} named" if args.cases else "")
         DOC.parent.mkdir(exist_ok=True)
-        DOC.write_text(write_doc(results, len(all_cases), note, seconds), encoding="utf-8")
+        command = "python benchmarks/onnx_conformance.py " + " ".join(sys.argv[1:])
+        DOC.write_text(write_doc(results, len(all_cases), note, seconds, command=command.strip()), encoding="utf-8")
         print(f"wrote {DOC}")
 
 

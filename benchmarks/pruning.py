@@ -4,10 +4,10 @@
    for several R, fine-tuned, full-int8 → params, MACs, .tflite bytes, LiteRT p50, test accuracy.
    tfmot's own magnitude pruning (``--prune sparsity:0.5``) is the upstream baseline: same bytes,
    same latency, only the zip shrinks.
-2. PTQ vs QAT int8 accuracy on the same digits model.
+2. PTQ vs QAT int8 accuracy on the same digits model, and on it after ``--prune channels:0.9``.
 3. A larger conv net (keras.applications MobileNet, weights=None, random init) for timing only.
 
-Run: ``python benchmarks/pruning.py [--workdir build/bench-pruning] [--epochs 40]``
+Run: ``python benchmarks/pruning.py [--workdir build/bench-pruning] [--epochs 40] [--qat-only]``
 """
 
 from __future__ import annotations
@@ -132,16 +132,36 @@ def digits_table(w: Path, model: Path, x_te, y_te, epochs: int) -> dict:
     return results
 
 
-def qat_table(w: Path, model: Path, x_te, y_te, epochs: int, float_acc: float, ptq_acc: float) -> dict:
-    convert(model, w / "qat", calibration=w / "calibration.npy", train_data=w / "train.npz", qat=True,
-                epochs=epochs)
-    qat_acc = tflite_accuracy(w / "qat" / "model.tflite", x_te, y_te)
-    convert(model, w / "ptq_per_tensor", calibration=w / "calibration.npy", per_tensor=True)
-    ptq_pt = tflite_accuracy(w / "ptq_per_tensor" / "model.tflite", x_te, y_te)
-    print(f"\nPTQ vs QAT on digits (test set, {len(y_te)} samples): float {float_acc:.2f}%, "
-          f"PTQ int8 {ptq_acc:.2f}% ({ptq_acc - float_acc:+.2f}), PTQ int8 per-tensor {ptq_pt:.2f}% "
-          f"({ptq_pt - float_acc:+.2f}), QAT int8 {qat_acc:.2f}% ({qat_acc - float_acc:+.2f})")
-    return {"float": float_acc, "ptq": ptq_acc, "ptq_per_tensor": ptq_pt, "qat": qat_acc}
+def tflite_acc_of(model: Path, out: Path, x_te, y_te, **kw) -> float:
+    convert(model, out, **kw)
+    return tflite_accuracy(out / "model.tflite", x_te, y_te)
+
+
+def qat_table(w: Path, model: Path, x_te, y_te, epochs: int, float_acc: float) -> dict:
+    """Float vs full-int8 PTQ vs QAT (tfmot quantize_model + fine-tune, then the same int8 conversion).
+
+    Two cases: the digits CNN as trained, and the same CNN after aggressive channel pruning
+    (``channels:0.9``, fine-tuned), whose float reference is the pruned model converted without
+    quantization (the seeded fine-tune is the same in all three runs).
+    """
+    calib, train = w / "calibration.npy", w / "train.npz"
+    cases = {}
+    ptq = tflite_acc_of(model, w / "qat_cnn_ptq", x_te, y_te, calibration=calib)
+    qat = tflite_acc_of(model, w / "qat_cnn_qat", x_te, y_te, calibration=calib, train_data=train, qat=True,
+                        epochs=epochs)
+    cases["digits CNN"] = {"float": float_acc, "ptq": ptq, "qat": qat}
+    pruned = {"calibration": calib, "train_data": train, "epochs": epochs, "prune": "channels:0.9"}
+    cases["CNN channels:0.9"] = {
+        "float": tflite_acc_of(model, w / "qat_p90_float", x_te, y_te, quantize="none", **pruned),
+        "ptq": tflite_acc_of(model, w / "qat_p90_ptq", x_te, y_te, **pruned),
+        "qat": tflite_acc_of(model, w / "qat_p90_qat", x_te, y_te, qat=True, **pruned)}
+    widths = [18, 8, 16, 16]
+    print("\n" + row(["PTQ vs QAT", "float %", "PTQ int8 %", "QAT int8 %"], widths)
+          + f"   (test set: {len(y_te)} digits, one digit = {100 / len(y_te):.2f} points)")
+    for label, c in cases.items():
+        print(row([label, f"{c['float']:.2f}", f"{c['ptq']:.2f} ({c['ptq'] - c['float']:+.2f})",
+                   f"{c['qat']:.2f} ({c['qat'] - c['float']:+.2f})"], widths))
+    return cases
 
 
 def mobilenet_table(w: Path) -> dict:
@@ -174,6 +194,7 @@ def main() -> int:
     ap.add_argument("--finetune-epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-mobilenet", action="store_true")
+    ap.add_argument("--qat-only", action="store_true", help="only the PTQ vs QAT section (implies no MobileNet)")
     args = ap.parse_args()
     w = args.workdir
     w.mkdir(parents=True, exist_ok=True)
@@ -186,10 +207,11 @@ def main() -> int:
 
     float_acc = float(np.mean(keras.saving.load_model(model).predict(x_te, verbose=0).argmax(-1) == y_te)) * 100
     print(f"digits CNN float accuracy: {float_acc:.2f}% on {len(y_te)} test digits\n")
-    results = {"float_acc": float_acc, "digits": digits_table(w, model, x_te, y_te, args.finetune_epochs)}
-    results["qat"] = qat_table(w, model, x_te, y_te, args.finetune_epochs, float_acc,
-                               results["digits"]["original (PTQ)"]["acc"])
-    if not args.skip_mobilenet:
+    results = {"float_acc": float_acc}
+    if not args.qat_only:
+        results["digits"] = digits_table(w, model, x_te, y_te, args.finetune_epochs)
+    results["qat"] = qat_table(w, model, x_te, y_te, args.finetune_epochs, float_acc)
+    if not (args.skip_mobilenet or args.qat_only):
         results["mobilenet"] = mobilenet_table(w)
     (w / "results.json").write_text(json.dumps(results, indent=2, default=float))
     return 0

@@ -103,7 +103,7 @@ def optimize_options(fn):
     opts = [
         click.option("--prune", metavar="channels:R|sparsity:R|M:N",
                      help="channels:0.5 removes half the conv/dense channels (a smaller, faster model); "
-                          "sparsity:0.8 zeroes 80%% of the weights (smaller zip); 2:4 is m:n sparsity."),
+                          "sparsity:0.8 zeroes 80% of the weights (smaller zip); 2:4 is m:n sparsity."),
         click.option("--prune-norm", type=click.Choice(["l1", "l2"]), default="l1", show_default=True,
                      help="Filter ranking for --prune channels."),
         click.option("--prune-layers", multiple=True, metavar="PATTERN",
@@ -114,7 +114,7 @@ def optimize_options(fn):
         click.option("--train-data", type=click.Path(path_type=str),
                      help="Fine-tuning data: .npz with x (or input names) and, if labelled, y."),
         click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
-                     help="Fine-tuning epochs (early stopping on a held-out 10%%)."),
+                     help="Fine-tuning epochs (early stopping on a held-out 10%)."),
         click.option("--distill", is_flag=True, help="Learn the original model's outputs even when labels exist."),
         click.option("--distribute", type=click.Choice(["mirrored"]),
                      help="Fine-tune under tf.distribute.MirroredStrategy (all GPUs, else all CPU devices)."),

@@ -154,6 +154,10 @@ class Dataset:
         idx = np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
         return self._view(self.indices[idx])
 
+    def take(self, positions: np.ndarray) -> "Dataset":
+        """The samples at ``positions`` (ascending) of this dataset, as a view: nothing is read or copied."""
+        return self._view(self.indices[np.asarray(positions, dtype=np.int64)])
+
     def observe(self, fn: Callable[[dict[str, np.ndarray]], None]) -> "Dataset":
         """The same samples; ``fn`` sees every batch that :meth:`batches` yields (for statistics)."""
         ds = self._view(self._indices)

@@ -1,10 +1,11 @@
 """One fine-tuning loop for pruning, sparsity and QAT.
 
-Training data comes through the calibration layer's :class:`~edgepack.calibration.Dataset`. A seeded
-held-out split drives early stopping (best weights restored). With labels the task loss is used;
-without labels, or with ``distill``, the original model is the teacher and the student learns its
-outputs (MSE on logits, KL divergence on probabilities), so unlabelled data is enough. Training runs
-under a ``tf.distribute`` strategy when asked; progress is logged once per epoch.
+Training data streams from the calibration layer's :class:`~edgepack.calibration.Dataset` through
+``tf.data`` (see :mod:`edgepack.converter.traindata`). A seeded held-out split drives early stopping
+(best weights restored). With labels the task loss is used; without labels, or with ``distill``, the
+original model is the teacher and the student learns its outputs (MSE on logits, KL divergence on
+probabilities), so unlabelled data is enough. Training runs under a ``tf.distribute`` strategy when
+asked. Each epoch shows a progress bar on a terminal and logs one line when it ends.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.calibration import Dataset
 from edgepack.converter.graph import keras_module
-from edgepack.errors import UsageError
+from edgepack.converter.traindata import TrainingData, predict
+
+__all__ = ["FinetuneOptions", "FinetuneResult", "TrainingData", "finetune", "predict"]
 
 log = logging.getLogger(__name__)
 
@@ -34,39 +36,6 @@ class FinetuneOptions:
     validation_split: float = 0.1
     patience: int = 3
     learning_rate: float = 1e-3
-
-
-@dataclass
-class TrainingData:
-    """Arrays in the model's input order, labels if any."""
-
-    x: list[np.ndarray]
-    y: np.ndarray | None
-
-    @classmethod
-    def from_dataset(cls, data: Dataset, inputs: list[Any]) -> "TrainingData":
-        dtypes = {s.name: s.dtype for s in inputs}
-        chunks = list(data.batches(256, dtypes))
-        x = [np.concatenate([c[s.name] for c in chunks]) for s in inputs]
-        y = None if data.labels is None else np.asarray(data.labels)
-        return cls(x, y)
-
-    def __len__(self) -> int:
-        return len(self.x[0])
-
-    def take(self, idx: np.ndarray) -> "TrainingData":
-        return TrainingData([a[idx] for a in self.x], None if self.y is None else self.y[idx])
-
-    def split(self, fraction: float, seed: int) -> tuple["TrainingData", "TrainingData"]:
-        n = len(self)
-        if n < 4:
-            raise UsageError(f"--train-data: {n} samples are too few to fine-tune", hint="give at least 4")
-        order = np.random.default_rng(seed).permutation(n)
-        n_val = max(1, int(round(n * fraction)))
-        return self.take(np.sort(order[n_val:])), self.take(np.sort(order[:n_val]))
-
-    def inputs(self) -> np.ndarray | list[np.ndarray]:
-        return self.x[0] if len(self.x) == 1 else self.x
 
 
 @dataclass(frozen=True)
@@ -87,16 +56,6 @@ class FinetuneResult:
                 "final_val_loss": self.val_loss, "metric": self.metric, f"{self.metric}_before": self.before,
                 f"{self.metric}_after": self.after, f"{self.metric}_original": self.teacher,
                 "replicas": self.replicas}
-
-
-def predict(model: Any, x: np.ndarray | list[np.ndarray], batch: int = 256) -> np.ndarray:
-    xs = x if isinstance(x, list) else [x]
-    outs = []
-    for i in range(0, len(xs[0]), batch):
-        chunk = [a[i:i + batch] for a in xs]
-        out = model(chunk if len(chunk) > 1 else chunk[0], training=False)
-        outs.append(np.asarray(out[0] if isinstance(out, (list, tuple)) else out, dtype=np.float32))
-    return np.concatenate(outs)
 
 
 def is_probability(out: np.ndarray) -> bool:
@@ -131,14 +90,32 @@ def strategy_scope(distribute: str | None):
     return strategy.scope(), strategy.num_replicas_in_sync
 
 
-def _epoch_logger(kmod: Any, total: int, label: str):
-    class EpochLog(kmod.callbacks.Callback):
+def _epoch_progress(kmod: Any, total: int, steps: int, label: str):
+    """A progress bar per epoch (stderr, terminals only) and one log line when the epoch ends."""
+    from edgepack.calibration.progress import progress_bar
+
+    class EpochProgress(kmod.callbacks.Callback):
+        bar = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.bar = progress_bar(steps, f"{label} epoch {epoch + 1}/{total}")
+            self.advance = self.bar.__enter__()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.advance(1)
+
         def on_epoch_end(self, epoch, logs=None):
+            self.on_train_end()
             logs = logs or {}
             log.info("%s epoch %d/%d: loss %.4f, val_loss %.4f", label, epoch + 1, total,
                      logs.get("loss", float("nan")), logs.get("val_loss", float("nan")))
 
-    return EpochLog()
+        def on_train_end(self, logs=None):
+            if self.bar is not None:
+                self.bar.__exit__(None, None, None)
+                self.bar = None
+
+    return EpochProgress()
 
 
 def _loss(kmod: Any, use_labels: bool, probabilities: bool, data: TrainingData):
@@ -153,25 +130,28 @@ def finetune(build: Callable[[], Any], teacher: Any, data: TrainingData, opts: F
              label: str = "fine-tune", callbacks: Callable[[Any], list] | None = None) -> tuple[Any, FinetuneResult]:
     """Build the student inside the strategy scope, train it, and score it before and after."""
     train, val = data.split(opts.validation_split, opts.seed)
-    teacher_train, teacher_val = predict(teacher, train.inputs()), predict(teacher, val.inputs())
+    teacher_val = predict(teacher, val)
     use_labels = data.y is not None and not opts.distill
     probabilities = is_probability(teacher_val)
-    y_train = train.y if use_labels else teacher_train
-    y_val = val.y if use_labels else teacher_val
     scope, replicas = strategy_scope(opts.distribute)
     with scope:
         model = build()
         kmod = keras_module(model)
         model.compile(optimizer=kmod.optimizers.Adam(opts.learning_rate),
                       loss=_loss(kmod, use_labels, probabilities, data))
-    metric, before = score(predict(model, val.inputs()), val, teacher_val, use_labels)
+    metric, before = score(predict(model, val), val, teacher_val, use_labels)
+    # Streamed: the strategy splits each global batch over the replicas.
+    batch = opts.batch_size * replicas
+    source = None if use_labels else teacher
+    train_ds = train.tf_dataset(batch, teacher=source, seed=opts.seed)
+    val_ds = val.tf_dataset(batch, teacher=source)
     stop = kmod.callbacks.EarlyStopping(monitor="val_loss", patience=opts.patience, restore_best_weights=True)
     extra = callbacks(kmod) if callbacks else []
-    hist = model.fit(train.inputs(), y_train, validation_data=(val.inputs(), y_val), epochs=opts.epochs,
-                     batch_size=opts.batch_size * replicas, shuffle=True, verbose=0,
-                     callbacks=[stop, _epoch_logger(kmod, opts.epochs, label), *extra])
+    steps = -(-len(train) // batch)
+    hist = model.fit(train_ds, validation_data=val_ds, epochs=opts.epochs, verbose=0, shuffle=False,
+                     callbacks=[stop, _epoch_progress(kmod, opts.epochs, steps, label), *extra])
     history = {k: [round(float(v), 6) for v in vals] for k, vals in hist.history.items()}
-    _, after = score(predict(model, val.inputs()), val, teacher_val, use_labels)
+    _, after = score(predict(model, val), val, teacher_val, use_labels)
     best = int(np.argmin(history["val_loss"])) if history.get("val_loss") else -1
     result = FinetuneResult(epochs=len(history.get("loss", [])), target="labels" if use_labels else "teacher",
                             loss=history["loss"][best], val_loss=history["val_loss"][best], metric=metric,

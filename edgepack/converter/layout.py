@@ -139,14 +139,32 @@ def source_specs(tensors) -> list[InputSpec]:
                       "float32") for t in tensors]
 
 
-def read_dataset(path, specs: Sequence[InputSpec], tensors, *, what: str) -> tuple[Dataset, Dataset]:
-    """``(source layout, TFLite layout)`` views of a data file for a bundle's input ``tensors``."""
+def bundle_views(ds: Dataset, specs: Sequence[InputSpec], tensors) -> tuple[Dataset, Dataset]:
+    """``(source layout, TFLite layout)`` views of ``ds`` (opened with :func:`relaxed_specs`) for a
+    bundle's input ``tensors``; samples are transposed batch by batch as they are read."""
     perms = {t.name: t.perm for t in tensors}
-    if not any(perms.values()):
-        ds = Dataset.from_file(path, specs, what=what)
-        return ds, ds
-    ds = Dataset.from_file(path, relaxed_specs(specs), what=what)
     source, tflite = to_layouts(ds, specs, {t.name: tuple(t.shape[1:]) for t in tensors}, perms)
     dtypes = {s.name: s.dtype for s in specs}
     tflite.check([InputSpec(t.name, tuple(t.shape[1:]), dtypes.get(t.name, "float32")) for t in tensors])
     return source, tflite
+
+
+def read_dataset(path, specs: Sequence[InputSpec], tensors, *, what: str) -> tuple[Dataset, Dataset]:
+    """``(source layout, TFLite layout)`` views of model-ready data (no preprocessing) for a bundle's
+    input ``tensors``; :func:`read_bundle_data` applies the bundle's recorded preprocessing."""
+    if not any(t.perm for t in tensors):
+        ds = Dataset.from_file(path, specs, what=what)
+        return ds, ds
+    return bundle_views(Dataset.from_file(path, relaxed_specs(specs), what=what), specs, tensors)
+
+
+def read_bundle_data(bundle, manifest, data, specs: Sequence[InputSpec], *, preprocess: str | None = None,
+                     recipe=None, label_column: str | None = None) -> tuple[Dataset, Dataset]:
+    """``validate``'s data for a bundle whose inputs were transposed (ONNX): any source (``.npy``,
+    ``.npz``, image folders, CSV, ``NAME=PATH``) with the recorded preprocessing (or ``preprocess``/
+    ``recipe``), in the ONNX layout or the TFLite one; streamed, never read whole."""
+    from edgepack.calibration.evaluate import evaluation_data
+
+    ds = evaluation_data(bundle, manifest, data, relaxed_specs(specs), preprocess=preprocess, recipe=recipe,
+                         label_column=label_column)
+    return bundle_views(ds, specs, manifest.inputs)

@@ -50,16 +50,22 @@ def stage_vela(st: PipelineState) -> dict[str, Any] | None:
     if not _is_mcu(st) or not st.target.vela:
         return None
     from edgepack.converter.vela import compile_for_ethos_u
+    from edgepack.targets.checks import VELA_CHECKS, ModelFacts, run_checks
 
     result = compile_for_ethos_u(st.tflite, st.target.vela)
+    r = result.report
+    # The device runs the Vela model: gate its flash and SRAM too (check_target saw the plain model).
+    facts = ModelFacts(mode=st.info.quantization_mode, size=len(st.tflite), op_counts=st.info.op_counts,
+                       arena_bytes=st.arena_bytes, vela_size=len(result.model), vela_flash_bytes=r.flash_bytes,
+                       vela_sram_bytes=r.sram_bytes)
+    checks = {name: detail for name, _, detail in run_checks(st.target, facts, VELA_CHECKS)}
     st.vela_model = result.model
     st.extra_files[VELA_MODEL] = (result.model, "vela-model")
     st.extras["vela"] = {"model": VELA_MODEL, **result.report.to_dict(),
                          "validation": "validate runs the plain int8 model.tflite: the host cannot run "
                                        "the Ethos-U custom op"}
-    r = result.report
     return {"npu_ops": r.npu_ops, "cpu_ops": r.cpu_ops, "sram_bytes": r.sram_bytes, "flash_bytes": r.flash_bytes,
-            "cycles_total": r.cycles_total}
+            "cycles_total": r.cycles_total, **checks}
 
 
 def stage_firmware(st: PipelineState) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,6 +247,8 @@ def _input_perm(shape: tuple[int, ...], tf_shape: tuple, name: str) -> tuple[tup
     """onnx2tf turns every 3-D/4-D/5-D input channels-last; other ranks keep their layout.
     Returns the permutation and the static TFLite shape (onnx2tf may leave dimensions unknown)."""
     rank = len(shape)
+    if rank == 0 and len(tf_shape) == 1 and tf_shape[0] in (None, 1):
+        return None, (1,)  # onnx2tf gives a scalar input one axis; the bundle's tensor holds 1 value
     perm = layout.channels_last_perm(rank) if rank in (3, 4, 5) else None
     want = tuple(shape[p] for p in perm) if perm else tuple(shape)
     if len(tf_shape) != rank or any(d is not None and int(d) != w for d, w in zip(tf_shape, want)):
@@ -255,9 +257,10 @@ def _input_perm(shape: tuple[int, ...], tf_shape: tuple, name: str) -> tuple[tup
 
 
 def _output_candidates(tf_shape: tuple[int, ...], nhwc: bool | None,
-                       ref_shape: tuple[int, ...] | None) -> list[tuple[int, ...] | None]:
+                       ref_shape: Sequence[int | None] | None) -> list[tuple[int, ...] | None]:
     """Permutations that could map the ONNX output onto onnx2tf's, most likely first: the layout
-    onnx2tf reports, the same layout, channels-last, then any that fits the shapes."""
+    onnx2tf reports, the same layout, channels-last, then any that fits the shapes. ``ref_shape``
+    may hold None (and ``tf_shape`` -1) for dimensions that are not known."""
     rank = len(tf_shape)
     last = layout.channels_last_perm(rank) if rank >= 3 else None
     ordered = [last if nhwc else None, None, last, *itertools.permutations(range(rank))]
@@ -266,9 +269,21 @@ def _output_candidates(tf_shape: tuple[int, ...], nhwc: bool | None,
         perm = None if perm is None or tuple(perm) == tuple(range(rank)) else tuple(perm)
         if perm in out:
             continue
-        if ref_shape is None or tuple(ref_shape[p] for p in (perm or range(rank))) == tuple(tf_shape):
+        if ref_shape is None or len(ref_shape) != rank or _same_dims([ref_shape[p] for p in (perm or range(rank))],
+                                                                     tf_shape):
             out.append(perm)
     return out
+
+
+def _same_dims(a: Sequence[int | None], b: Sequence[int]) -> bool:
+    return all(x is None or y == -1 or x == y for x, y in zip(a, b))
+
+
+def _static_shape(shape: Sequence) -> tuple[int | None, ...] | None:
+    """The ONNX graph's declared output shape, unknown dimensions as None (None when undeclared)."""
+    if not shape:
+        return None
+    return tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
 
 
 def _error(got: np.ndarray, ref: np.ndarray) -> float:
@@ -294,7 +309,8 @@ def map_io(model: OnnxModel, tf_model, shapes: dict[str, tuple[int, ...]],
         inputs.append(IoMap(t.name, t.shape, tf_shape, perm, tf_in.dtype.name))
     got = None
     if refs is not None:
-        args = [np.transpose(feeds[m.name], m.perm) if m.perm else feeds[m.name] for m in inputs]
+        args = [(np.transpose(feeds[m.name], m.perm) if m.perm else feeds[m.name]).reshape(m.tflite_shape)
+                for m in inputs]
         got = tf_model(args if len(args) > 1 else args[0], training=False)
         got = [np.asarray(g) for g in (got if isinstance(got, (list, tuple)) else [got])]
     layouts = getattr(tf_model, "onnx_output_layouts", {}) or {}
@@ -302,7 +318,11 @@ def map_io(model: OnnxModel, tf_model, shapes: dict[str, tuple[int, ...]],
     for i, (t, tf_out) in enumerate(zip(model.outputs, tf_model.outputs)):
         tf_shape = tuple(-1 if d is None else int(d) for d in tf_out.shape)
         ref = refs[i] if refs is not None else None
-        cands = _output_candidates(tf_shape, layouts.get(t.name), ref.shape if ref is not None else None)
+        # without onnxruntime's output, the declared ONNX shape still rules out impossible layouts
+        cands = _output_candidates(tf_shape, layouts.get(t.name), ref.shape if ref is not None else
+                                   _static_shape(t.shape))
+        if not cands and ref is None:  # declared shapes can be stale (--input-shape): fall back to the order
+            cands = _output_candidates(tf_shape, layouts.get(t.name), None)
         if not cands:
             raise ConversionError(f"cannot map ONNX output {t.name!r} {tuple(ref.shape)} to the TensorFlow "
                                   f"output {tf_shape}")
@@ -326,8 +346,8 @@ def probe_inputs(model: OnnxModel, shapes: dict[str, tuple[int, ...]]) -> dict[s
             feeds[t.name] = rng.random(shapes[t.name]).astype(t.dtype)
         elif t.dtype == "bool":
             feeds[t.name] = rng.random(shapes[t.name]) > 0.5
-        else:
-            feeds[t.name] = rng.integers(0, 2, size=shapes[t.name]).astype(t.dtype)
+        else:  # ones, not zeros: an integer Div/Mod by zero kills the process (SIGFPE) inside onnxruntime
+            feeds[t.name] = np.ones(shapes[t.name], dtype=t.dtype)
     return feeds
 
 

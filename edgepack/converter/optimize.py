@@ -150,7 +150,7 @@ def _bridge(st: "PipelineState", model: Any, data, section: dict) -> tuple[Any, 
 
     if is_tf_keras(model):
         return model, st.loaded.format
-    sample = [a[:16] for a in data.x]
+    sample = data.head(16)
     twin, report = to_tf_keras(model, sample if len(sample) > 1 else sample[0])
     section["keras_bridge"] = report.to_dict()
     log.info("rebuilt the Keras 3 model in tf_keras for tfmot (max abs diff %.3g)", report.max_abs_diff)

@@ -27,6 +27,21 @@ class QatReport:
         return {"scheme": self.scheme, "unquantized_layers": self.unquantized, **self.finetune.to_dict()}
 
 
+# tfmot folds BatchNormalization into the conv/dense layer before it (its layout transforms), so such
+# a BatchNormalization is quantized with that layer even though the registry does not list it.
+_BN = ("BatchNormalization", "SyncBatchNormalization")
+_FOLDS_BN = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def _folded_batchnorm(layer: Any) -> bool:
+    if type(layer).__name__ not in _BN or len(layer._inbound_nodes) != 1:
+        return False
+    before = layer._inbound_nodes[0].inbound_layers
+    before = before[0] if isinstance(before, (list, tuple)) and len(before) == 1 else before
+    return type(before).__name__ in _FOLDS_BN and getattr(before, "activation", None) is not None and \
+        before.activation.__name__ == "linear"
+
+
 def unsupported_layers(model: Any) -> list[str]:
     """``name (Class)`` of the layers tfmot's default 8-bit scheme cannot quantize."""
     import_tfmot()
@@ -35,7 +50,7 @@ def unsupported_layers(model: Any) -> list[str]:
 
     reg = registry.Default8BitQuantizeRegistry()
     return [f"{layer.name} ({type(layer).__name__})" for layer in model.layers
-            if type(layer).__name__ != "InputLayer" and not reg.supports(layer)]
+            if type(layer).__name__ != "InputLayer" and not reg.supports(layer) and not _folded_batchnorm(layer)]
 
 
 def quantize_aware(model: Any, data: TrainingData, opts: FinetuneOptions, *,

@@ -21,6 +21,10 @@ class ModelFacts:
     size: int
     op_counts: dict[str, int]
     arena_bytes: int | None = None
+    # Ethos-U targets: the Vela-compiled model (what the device runs) and the memory Vela reports
+    vela_size: int | None = None
+    vela_flash_bytes: int | None = None
+    vela_sram_bytes: int | None = None
 
 
 Check = Callable[[TargetSpec, ModelFacts], "tuple[bool, str]"]
@@ -50,7 +54,10 @@ def check_ops(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
 
 
 def check_flash(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
-    """The model fits the target's flash (storage) budget."""
+    """The model fits the target's flash (storage) budget. On Ethos-U targets the device flashes the
+    Vela-compiled model instead, so vela_flash below gates that one."""
+    if spec.vela and spec.flash_bytes is not None:
+        return True, f"plain model {_kib(facts.size)}; flash is checked on the Vela model"
     if spec.flash_bytes is None:
         return True, f"model {_kib(facts.size)} (no flash limit)"
     if facts.size <= spec.flash_bytes:
@@ -69,12 +76,43 @@ def check_arena(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
                    f"{spec.name}'s RAM budget of {spec.ram_bytes} bytes ({_kib(spec.ram_bytes)})")
 
 
+def check_vela_flash(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
+    """Ethos-U targets: the Vela-compiled model, which is what the device runs, fits the flash budget
+    (the flash Vela reports, or the Vela model file's size when that is larger)."""
+    if facts.vela_size is None:
+        return True, "no Vela model for this target"
+    needed = max(facts.vela_size, facts.vela_flash_bytes or 0)
+    what = "Vela model file" if needed == facts.vela_size else "Vela's reported flash"
+    if spec.flash_bytes is None:
+        return True, f"Vela model {_kib(needed)} (no flash limit)"
+    if needed <= spec.flash_bytes:
+        return True, f"Vela model {_kib(needed)} <= flash budget {_kib(spec.flash_bytes)}"
+    return False, (f"Vela model needs {needed} bytes of flash ({_kib(needed)}, {what}), over target {spec.name}'s "
+                   f"flash budget of {spec.flash_bytes} bytes ({_kib(spec.flash_bytes)})")
+
+
+def check_vela_sram(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
+    """Ethos-U targets: the SRAM Vela reports for the compiled model (tensor arena and any weights
+    it places in SRAM) fits the RAM budget."""
+    if facts.vela_sram_bytes is None:
+        return True, "no Vela model for this target"
+    if spec.ram_bytes is None:
+        return True, f"Vela SRAM {_kib(facts.vela_sram_bytes)} (no RAM limit)"
+    if facts.vela_sram_bytes <= spec.ram_bytes:
+        return True, f"Vela SRAM {_kib(facts.vela_sram_bytes)} <= RAM budget {_kib(spec.ram_bytes)}"
+    return False, (f"Vela model needs {facts.vela_sram_bytes} bytes of SRAM ({_kib(facts.vela_sram_bytes)}), over "
+                   f"target {spec.name}'s RAM budget of {spec.ram_bytes} bytes ({_kib(spec.ram_bytes)})")
+
+
 CHECKS: tuple[Check, ...] = (check_quantize_mode, check_ops, check_flash, check_arena)
+# Run after Vela has compiled the model (Ethos-U targets only), before anything is written.
+VELA_CHECKS: tuple[Check, ...] = (check_vela_flash, check_vela_sram)
 
 
-def run_checks(spec: TargetSpec, facts: ModelFacts) -> list[tuple[str, bool, str]]:
+def run_checks(spec: TargetSpec, facts: ModelFacts, checks: tuple[Check, ...] = CHECKS
+               ) -> list[tuple[str, bool, str]]:
     """``(check name, ok, detail)`` for every check; raises once, listing every failure."""
-    results = [(c.__name__.removeprefix("check_"), *c(spec, facts)) for c in CHECKS]
+    results = [(c.__name__.removeprefix("check_"), *c(spec, facts)) for c in checks]
     failures = [detail for _, ok, detail in results if not ok]
     if failures:
         raise TargetConstraintError("; ".join(failures))
@@ -82,4 +120,6 @@ def run_checks(spec: TargetSpec, facts: ModelFacts) -> list[tuple[str, bool, str
 
 
 def describe_checks() -> list[tuple[str, str]]:
-    return [(c.__name__.removeprefix("check_"), (c.__doc__ or "").strip()) for c in CHECKS]
+    # docstrings wrap over lines; the docs and `edgepack targets` show each rule as one line
+    return [(c.__name__.removeprefix("check_"), " ".join((c.__doc__ or "").split()))
+            for c in (*CHECKS, *VELA_CHECKS)]

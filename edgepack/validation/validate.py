@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgepack.calibration.evaluate import RangeWatch, evaluation_data
 from edgepack.calibration.progress import progress_bar
-from edgepack.converter.layout import outputs_to_source, read_dataset, source_specs
+from edgepack.converter.layout import outputs_to_source, read_bundle_data, source_specs
 from edgepack.errors import BundleError, ValidationFailed
 from edgepack.packaging.bundle import verify_artifacts, write_file_atomic
 from edgepack.packaging.manifest import read_manifest
@@ -53,7 +53,8 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
     specs = loaded.inputs if loaded is not None else source_specs(manifest.inputs)
     if any(t.perm for t in manifest.inputs):
         # ONNX bundles: data in the ONNX layout (NCHW) or the TFLite one; outputs compared in ONNX layout
-        ds, ds_tflite = read_dataset(data, specs, manifest.inputs, what="--data")
+        ds, ds_tflite = read_bundle_data(bundle, manifest, data, specs, preprocess=preprocess, recipe=recipe,
+                                         label_column=label_column)
     else:  # any source (folders, CSV, per-input), with the recorded preprocessing applied
         ds = ds_tflite = evaluation_data(bundle, manifest, data, specs, preprocess=preprocess, recipe=recipe,
                                          label_column=label_column)

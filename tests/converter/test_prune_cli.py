@@ -66,3 +66,9 @@ def test_train_data_must_fit_the_model(tmp_path, keras3_model, calib_npy):
                                     str(calib_npy), "--prune", "channels:0.5", "--train-data", str(bad)])
     assert res.exit_code == 1
     assert "--train-data" in res.output and "does not match model input" in res.output
+
+
+def test_help_shows_plain_percent_signs():
+    res = CliRunner().invoke(main, ["convert", "--help"], terminal_width=200)
+    assert res.exit_code == 0
+    assert "zeroes 80% of the weights" in res.output and "held-out 10%" in res.output and "%%" not in res.output

@@ -36,3 +36,29 @@ def test_unquantizable_layers_are_named():
     x = tf_keras.layers.LayerNormalization(name="ln")(x)
     model = tf_keras.Model(i, tf_keras.layers.Dense(2, name="out")(tf_keras.layers.Flatten()(x)))
     assert unsupported_layers(model) == ["ln (LayerNormalization)"]
+
+
+def test_channel_pruning_then_qat_gives_a_smaller_int8_model(tmp_path, keras3_model, calib_npy, labelled_npz):
+    out = tmp_path / "bundle"
+    api.convert(model=keras3_model, output=out, calibration=calib_npy, prune="channels:0.5", qat=True,
+                train_data=labelled_npz, epochs=1)
+    assert read_tflite(out / "model.tflite").quantization_mode == "int8"
+    opt = json.loads((out / "manifest.json").read_text())["extras"]["optimize"]
+    assert opt["after"]["params"] < opt["before"]["params"] and opt["after"]["macs"] <= 0.55 * opt["before"]["macs"]
+    assert opt["after"]["tflite_bytes"] == (out / "model.tflite").stat().st_size < opt["before"]["tflite_bytes"]
+    assert opt["channels"]["finetune"]["epochs"] == 1 and opt["qat"]["epochs"] == 1
+    assert opt["qat"]["unquantized_layers"] == []
+
+
+def test_batchnorm_after_a_conv_is_folded_not_reported():
+    import tf_keras
+
+    from edgepack.converter.qat import unsupported_layers
+
+    i = tf_keras.Input((4, 4, 2))
+    x = tf_keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(i)
+    x = tf_keras.layers.BatchNormalization(name="bn_folded")(x)
+    x = tf_keras.layers.ReLU(6.0, name="relu")(x)
+    x = tf_keras.layers.BatchNormalization(name="bn_alone")(x)  # after an activation: nothing to fold into
+    model = tf_keras.Model(i, tf_keras.layers.Dense(2, name="out")(tf_keras.layers.Flatten()(x)))
+    assert unsupported_layers(model) == ["bn_alone (BatchNormalization)"]

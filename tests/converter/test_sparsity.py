@@ -13,7 +13,7 @@ def train():
     from edgepack.converter.finetune import TrainingData
 
     rng = np.random.default_rng(0)
-    return TrainingData([rng.random((120, *INPUT_SHAPE), dtype=np.float32)], rng.integers(0, CLASSES, 120))
+    return TrainingData.from_arrays([rng.random((120, *INPUT_SHAPE), dtype=np.float32)], rng.integers(0, CLASSES, 120))
 
 
 def test_magnitude_sparsity_reaches_the_target(train):

@@ -62,6 +62,24 @@ def test_over_ram_names_arena_and_limit():
     assert "\n" not in msg
 
 
+def test_vela_gates_name_the_vela_numbers_and_the_limits():
+    from edgepack.targets.checks import VELA_CHECKS
+
+    u55 = load_target("cortex-m55-ethos-u55")
+    fits = run_checks(u55, _facts(vela_size=40_000, vela_flash_bytes=30_000, vela_sram_bytes=9_000), VELA_CHECKS)
+    assert [(n, ok) for n, ok, _ in fits] == [("vela_flash", True), ("vela_sram", True)]
+    # the plain model's flash is not the gate on an Ethos-U target; the Vela model's is
+    assert run_checks(u55, _facts(size=5_000_000))[2][2].endswith("flash is checked on the Vela model")
+    with pytest.raises(TargetConstraintError) as err:
+        run_checks(u55, _facts(vela_size=4_000_000, vela_flash_bytes=4_300_000, vela_sram_bytes=3_000_000),
+                   VELA_CHECKS)
+    msg = str(err.value)
+    assert "Vela model needs 4300000 bytes of flash (4199.2 KiB, Vela's reported flash), over target " \
+           "cortex-m55-ethos-u55's flash budget of 4194304 bytes" in msg
+    assert "Vela model needs 3000000 bytes of SRAM" in msg and "RAM budget of 2097152 bytes" in msg
+    assert "\n" not in msg
+
+
 def test_unsupported_ops_listed_with_counts_and_all_failures_at_once():
     with pytest.raises(TargetConstraintError) as err:
         run_checks(load_target("cortex-m4"),

@@ -75,3 +75,22 @@ def test_ethos_u_target_packs_vela_model_and_report(tmp_path, keras3_model, cali
     report = api.validate(bundle=out, data=labelled_npz)
     assert any("cannot run the Ethos-U custom op" in n for n in report.notes)
     assert report.runtimes["tflm"]["accuracy"] is not None
+
+
+def test_ethos_u_refuses_a_vela_model_over_the_flash_budget(tmp_path, monkeypatch, keras3_model, calib_npy):
+    """The budget gates the Vela model (what the device flashes), not only the plain int8 one."""
+    import dataclasses
+
+    from edgepack.converter import pipeline
+    from edgepack.errors import TargetConstraintError
+    from edgepack.targets import load_target
+
+    tight = dataclasses.replace(load_target("cortex-m55-ethos-u55"), name="u55-4k-flash", flash_bytes=4096)
+    monkeypatch.setattr(pipeline, "load_target", lambda name: tight)
+    out = tmp_path / "u55"
+    with pytest.raises(TargetConstraintError) as err:
+        api.convert(model=keras3_model, output=out, calibration=calib_npy, target="u55-4k-flash")
+    msg = str(err.value)
+    assert msg.startswith("Vela model needs ") and "over target u55-4k-flash's flash budget of 4096 bytes" in msg
+    assert int(msg.split("needs ")[1].split(" bytes")[0]) > 4096
+    assert not out.exists()
