@@ -269,14 +269,20 @@ def _output_candidates(tf_shape: tuple[int, ...], nhwc: bool | None,
         perm = None if perm is None or tuple(perm) == tuple(range(rank)) else tuple(perm)
         if perm in out:
             continue
-        if ref_shape is None or len(ref_shape) != rank or _same_dims([ref_shape[p] for p in (perm or range(rank))],
-                                                                     tf_shape):
+        if ref_shape is None or _fits(ref_shape, perm, tf_shape):
             out.append(perm)
     return out
 
 
-def _same_dims(a: Sequence[int | None], b: Sequence[int]) -> bool:
-    return all(x is None or y == -1 or x == y for x, y in zip(a, b))
+def _fits(ref_shape: Sequence[int | None], perm: tuple[int, ...] | None, tf_shape: tuple[int, ...]) -> bool:
+    """``ref_shape`` permuted by ``perm`` is ``tf_shape`` (None and -1 match anything); an ONNX scalar
+    fits onnx2tf's one-element vector."""
+    if len(ref_shape) == 0:
+        return tf_shape in ((), (1,), (-1,))
+    if len(ref_shape) != len(tf_shape):
+        return False
+    permuted = [ref_shape[p] for p in (perm or range(len(tf_shape)))]
+    return all(x is None or y == -1 or x == y for x, y in zip(permuted, tf_shape))
 
 
 def _static_shape(shape: Sequence) -> tuple[int | None, ...] | None:
@@ -289,6 +295,8 @@ def _static_shape(shape: Sequence) -> tuple[int | None, ...] | None:
 def _error(got: np.ndarray, ref: np.ndarray) -> float:
     """Largest absolute difference relative to the reference's magnitude (at least 1)."""
     g, r = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    if r.ndim == 0 and g.size == 1:  # an ONNX scalar output as onnx2tf's one-element vector
+        g = g.reshape(())
     if g.shape != r.shape:
         return float("inf")
     if not r.size:
