@@ -69,11 +69,14 @@ class TfliteModel:
         acts = [t for t in self.tensors if not t.constant and t.index not in io and t.dtype != "resource"]
         if not acts:  # a single-op graph: only its I/O tensors carry activations
             acts = [self.tensors[i] for i in io]
-        act_types = Counter(t.dtype for t in acts)
+        # Integer tensors without a scale are plain integer data (indices, int compare), not quantized.
+        act_types = Counter(t.dtype if t.scales or t.dtype not in ("int8", "int16") else "int"
+                            for t in acts)
         weights = {t.dtype for t in self.tensors if t.constant and len(t.shape) >= 2}
         quantized_acts = act_types["int8"] + act_types["int16"]
         float_acts = act_types["float32"]
-        if act_types["int16"] and act_types["int16"] >= act_types["int8"] or "int16" in io_types:
+        quantized_io = {self.tensors[i].dtype for i in io if self.tensors[i].scales}
+        if act_types["int16"] and act_types["int16"] >= act_types["int8"] or "int16" in quantized_io:
             return "int16x8"
         if quantized_acts and quantized_acts >= float_acts:
             return "int8" if io_types <= {"int8", "uint8", "int32", "int64", "bool"} else "int8-float-io"

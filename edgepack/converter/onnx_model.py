@@ -178,6 +178,23 @@ def _unsafe_location(loc: str, folder: Path, root: Path) -> str | None:
     return None
 
 
+def _lower_ir_version(proto, path: Path) -> None:
+    """Lower (never raise) the IR version to the minimum the model's opsets need.
+
+    The stack's own onnx 1.19 writes IR version 12 by default, which its onnxruntime (IR <= 11) and
+    onnx-simplifier's checker (IR <= 10) refuse, although nothing in such a model needs it.
+    """
+    from onnx import helper
+
+    try:
+        needed = helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    except (ValueError, TypeError):  # an opset this onnx does not know: leave the model as it is
+        return
+    if proto.ir_version > needed:
+        log.debug("%s: IR version %d lowered to %d, the minimum for its opsets", path, proto.ir_version, needed)
+        proto.ir_version = needed
+
+
 def load_onnx(path: Path, sha256: str) -> LoadedModel:
     """Read ``path`` (checking external data first); I/O in the ONNX model's order."""
     import onnx
@@ -193,6 +210,7 @@ def load_onnx(path: Path, sha256: str) -> LoadedModel:
             external_data_helper.load_external_data_for_model(proto, str(path.parent))
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"{path}: cannot read external data ({err})") from err
+    _lower_ir_version(proto, path)
     init_names = {t.name for t in proto.graph.initializer}
     inputs = [_tensor_info(vi) for vi in proto.graph.input if vi.name not in init_names]
     outputs = [_tensor_info(vi) for vi in proto.graph.output]

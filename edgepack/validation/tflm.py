@@ -11,10 +11,15 @@ kernels (CMSIS-NN, ESP-NN) may ask for scratch buffers the reference kernels do 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +34,7 @@ _TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 _HEAD = re.compile(r"Arena allocation head (\d+) bytes")
 _TAIL = re.compile(r"Arena allocation tail (\d+) bytes")
 _MAX_ARENA = 256 * 1024 * 1024  # beyond any microcontroller; stops the doubling search
+_PROBE_TIMEOUT = 600  # seconds for the child process that measures the arena
 _PROBE_SENTINEL = b"edgepack_probe_sentinel"
 # TFLM's words when the arena is too small (allocator and planner messages differ).
 _OUT_OF_ARENA = re.compile(r"failed to allocate|unable to allocate|failed to resize buffer|missing: \d+",
@@ -87,8 +93,32 @@ def _invoke_once(interp, n_inputs: int) -> None:
 
 
 def measure_arena(model: bytes, n_inputs: int) -> ArenaMeasurement:
-    """Allocate and invoke ``model`` in TFLM, read the recording allocator's totals, then prove the
-    total by allocating again with exactly that many bytes."""
+    """The smallest tensor arena TFLM allocates ``model`` in, measured in a child process.
+
+    Isolated because TFLM can crash (SIGSEGV) instead of failing cleanly on some too-small arenas
+    while the search probes them; a crash then becomes one clear error, not a dead edgepack.
+    """
+    with tempfile.TemporaryDirectory(prefix="edgepack-tflm-") as tmp:
+        path = Path(tmp) / "model.tflite"
+        path.write_bytes(model)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "edgepack.validation.tflm", str(path), str(n_inputs)],
+                                  capture_output=True, text=True, timeout=_PROBE_TIMEOUT)
+        except subprocess.TimeoutExpired as err:
+            raise RuntimeUnavailable(f"TFLite Micro did not finish allocating the model in {_PROBE_TIMEOUT}s") from err
+    if proc.returncode < 0:
+        raise RuntimeUnavailable(f"TFLite Micro crashed (signal {-proc.returncode}) while allocating the model",
+                                 hint="the model may use an op or shape TFLite Micro's kernels do not handle")
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["no message"]
+        raise RuntimeUnavailable(lines[-1].removeprefix("error: "))
+    return ArenaMeasurement(**json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _measure_arena_here(model: bytes, n_inputs: int) -> ArenaMeasurement:
+    """Allocate and invoke in TFLM, read the recording allocator's totals, then search for the
+    smallest arena that really allocates: the report leaves out temporary planning space, so it can
+    be too small, and it is never trusted without an allocation that proves it."""
     size = max(64 * 1024, 4 * len(model))
     interp = _interpreter(model, size)
     while interp is None:
@@ -103,11 +133,18 @@ def measure_arena(model: bytes, n_inputs: int) -> ArenaMeasurement:
     if not all(found):
         raise RuntimeUnavailable("TFLite Micro did not report its arena usage; is tflite-micro too old?")
     total, head, tail = (int(m.group(1)) for m in found)
-    # The interpreter aligns the arena start; allow for that before calling the number exact.
-    for slack in (0, 16, 32, 64):
-        if _interpreter(model, total + slack) is not None:
-            return ArenaMeasurement(total=total + slack, head=head, tail=tail)
-    raise RuntimeUnavailable(f"TFLite Micro reported a {total}-byte arena but cannot allocate in it")
+    if _interpreter(model, total) is not None:
+        return ArenaMeasurement(total=total, head=head, tail=tail)
+    lo, hi = total, size  # lo fails, hi allocates; bisect down to 16-byte granularity
+    while hi - lo > 16:
+        mid = (lo + hi) // 2 // 16 * 16
+        if mid <= lo:
+            break
+        if _interpreter(model, mid) is None:
+            lo = mid
+        else:
+            hi = mid
+    return ArenaMeasurement(total=hi, head=head, tail=tail)
 
 
 def run_tflm(model: bytes, graph_inputs: tuple[int, ...], graph_outputs: tuple[int, ...],
@@ -210,3 +247,18 @@ def compare_with_litert(model_path, manifest, data: Dataset, litert_outs: list[n
         notes.append("validated the plain int8 model.tflite on LiteRT and TFLM: the host cannot run the "
                      f"Ethos-U custom op in {manifest.extras['vela'].get('model', 'the Vela model')}")
     return section
+
+
+def _main(argv: list[str]) -> int:
+    """Child-process entry for :func:`measure_arena`: prints the measurement as JSON."""
+    try:
+        m = _measure_arena_here(Path(argv[0]).read_bytes(), int(argv[1]))
+    except RuntimeUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    print(json.dumps({"total": m.total, "head": m.head, "tail": m.tail}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -113,3 +113,20 @@ def test_single_op_model_reads_back_its_mode(mode, tmp_path):
     calib = tmp_path / "c.npy" if mode != "none" else None
     m = api.convert(model=tmp_path / "pool.keras", output=tmp_path / "b", quantize=mode, calibration=calib).manifest
     assert m.quantization.mode == mode
+
+
+def test_integer_only_graph_is_not_mistaken_for_quantized(tmp_path):
+    """int16 data without quantization scales (an equality test) is plain integer data: mode none."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Equal", ["a", "b"], ["gt"])], "cmp",
+                          [helper.make_tensor_value_info("a", TensorProto.INT16, [1, 4]),
+                           helper.make_tensor_value_info("b", TensorProto.INT16, [1, 4])],
+                          [helper.make_tensor_value_info("gt", TensorProto.BOOL, [1, 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "cmp.onnx")
+    m = api.convert(model=tmp_path / "cmp.onnx", output=tmp_path / "b", quantize="none").manifest
+    assert m.quantization.mode == "none"
+    assert [t.dtype for t in m.inputs] == ["int16", "int16"]

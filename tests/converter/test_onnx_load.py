@@ -138,3 +138,24 @@ def test_sample_file_matches_what_onnx2tf_reads(tmp_path, no_network):
     finally:
         os.chdir(cwd)
     assert data.shape == (20, 128, 128, 3) and data.dtype == np.float32 and no_network == []
+
+
+def test_models_written_by_the_stacks_own_onnx_run_in_its_onnxruntime(tmp_path):
+    """onnx 1.19 writes IR version 12 by default; onnxruntime 1.23 reads at most 11. The loader
+    lowers the IR version to what the opsets need, so the reference run works."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgepack.converter.load import load_model
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    assert model.ir_version == 12
+    onnx.save(model, tmp_path / "relu.onnx")
+    loaded = load_model(tmp_path / "relu.onnx")
+    assert loaded.model.proto.ir_version == 7  # the minimum for opset 13
+    x = np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32)
+    np.testing.assert_array_equal(loaded.model({"x": x})[0], np.maximum(x, 0))

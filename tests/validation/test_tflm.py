@@ -94,3 +94,21 @@ def test_ethos_u_refuses_a_vela_model_over_the_flash_budget(tmp_path, monkeypatc
     assert msg.startswith("Vela model needs ") and "over target u55-4k-flash's flash budget of 4096 bytes" in msg
     assert int(msg.split("needs ")[1].split(" bytes")[0]) > 4096
     assert not out.exists()
+
+
+def test_arena_is_searched_when_tflm_report_is_too_small(tmp_path):
+    """Wide 1x1 convs need temporary planning space TFLM's own report leaves out: the measured
+    arena must still be one that allocates, and 16 bytes less must not."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    keras.Sequential([keras.Input((2, 2, 64), name="x"), keras.layers.Conv2D(512, 1), keras.layers.Conv2D(512, 1),
+                      keras.layers.Flatten(), keras.layers.Dense(4)]).save(tmp_path / "wide.keras")
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).random((20, 2, 2, 64), dtype=np.float32))
+    api.convert(model=tmp_path / "wide.keras", output=tmp_path / "b", calibration=tmp_path / "c.npy",
+                target="cortex-m7")
+    model = (tmp_path / "b" / "model.tflite").read_bytes()
+    arena = tflm.measure_arena(model, 1)
+    assert tflm._interpreter(model, arena.total) is not None
+    assert tflm._interpreter(model, arena.total - 16) is None
+    assert arena.total > arena.head + arena.tail  # more than the report's head + tail
