@@ -22,36 +22,19 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from digits_demo import digits_cnn, digits_split  # noqa: E402  (the demo's data split and CNN)
 
 
 def digits_data(workdir: Path, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    x = (d.images.astype("float32") / 16.0)[..., None]
-    y = d.target.astype("int64")
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
+    x_tr, x_te, y_tr, y_te = digits_split(seed)
     np.save(workdir / "calibration.npy", x_tr, allow_pickle=False)
     np.savez(workdir / "train.npz", x=x_tr, y=y_tr)
     return x_tr, y_tr, x_te, y_te
 
 
 def train_digits(workdir: Path, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> Path:
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1), name="image"),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(),
-        keras.layers.Dense(64, activation="relu"),
-        keras.layers.Dense(10, name="logits"),
-    ], name="digits_cnn")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model = digits_cnn(seed, filters=(32, 64))
     model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
     path = workdir / "digits.keras"
     model.save(path)

@@ -15,25 +15,26 @@ import sys
 from pathlib import Path
 
 
-def prepare(workdir: Path, epochs: int, seed: int) -> None:
-    from edgepack._native import quiet_tensorflow
-
-    quiet_tensorflow(verbose=False)  # TensorFlow's import-time log noise stays off the terminal
-    import keras
-    import numpy as np
+def digits_split(seed: int):
+    """scikit-learn's bundled digits as (N, 8, 8, 1) floats in [0, 1]; stratified 80/20 split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    x = (digits.images.astype("float32") / 16.0)[..., None]  # (1797, 8, 8, 1) in [0, 1]
+    x = (digits.images.astype("float32") / 16.0)[..., None]
     y = digits.target.astype("int64")
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
+    return train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
+
+
+def digits_cnn(seed: int, filters: tuple[int, int] = (16, 32)):
+    """The demo's CNN (compiled); ``filters`` widens it for benchmarks."""
+    import keras
 
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([
         keras.Input((8, 8, 1), name="image"),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(filters[0], 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(filters[1], 3, padding="same", activation="relu"),
         keras.layers.MaxPooling2D(),
         keras.layers.Flatten(),
         keras.layers.Dense(64, activation="relu"),
@@ -41,6 +42,17 @@ def prepare(workdir: Path, epochs: int, seed: int) -> None:
     ], name="digits_cnn")
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model
+
+
+def prepare(workdir: Path, epochs: int, seed: int) -> None:
+    from edgepack._native import quiet_tensorflow
+
+    quiet_tensorflow(verbose=False)  # TensorFlow's import-time log noise stays off the terminal
+    import numpy as np
+
+    x_train, x_test, y_train, y_test = digits_split(seed)
+    model = digits_cnn(seed)
     model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0, validation_split=0.1)
     _, acc = model.evaluate(x_test, y_test, verbose=0)
     print(f"trained digits CNN: float accuracy on {len(x_test)} held-out digits = {acc * 100:.2f}%")
