@@ -53,27 +53,31 @@ def check_ops(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
     return False, f"ops not supported by {spec.runtime} on target {spec.name}: {listed}"
 
 
+def _budget(spec: TargetSpec, label: str, needed: int, budget: int | None, kind: str,
+            over: str) -> tuple[bool, str]:
+    """One budget comparison: ``needed`` bytes against the target's ``kind`` (flash/RAM) budget."""
+    if budget is None:
+        return True, f"{label} {_kib(needed)} (no {kind} limit)"
+    if needed <= budget:
+        return True, f"{label} {_kib(needed)} <= {kind} budget {_kib(budget)}"
+    return False, f"{over}, over target {spec.name}'s {kind} budget of {budget} bytes ({_kib(budget)})"
+
+
 def check_flash(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
     """The model fits the target's flash (storage) budget. On Ethos-U targets the device flashes the
     Vela-compiled model instead, so vela_flash below gates that one."""
     if spec.vela and spec.flash_bytes is not None:
         return True, f"plain model {_kib(facts.size)}; flash is checked on the Vela model"
-    if spec.flash_bytes is None:
-        return True, f"model {_kib(facts.size)} (no flash limit)"
-    if facts.size <= spec.flash_bytes:
-        return True, f"model {_kib(facts.size)} <= flash budget {_kib(spec.flash_bytes)}"
-    return False, (f"model is {facts.size} bytes ({_kib(facts.size)}), over target {spec.name}'s flash budget "
-                   f"of {spec.flash_bytes} bytes ({_kib(spec.flash_bytes)})")
+    return _budget(spec, "model", facts.size, spec.flash_bytes, "flash",
+                   f"model is {facts.size} bytes ({_kib(facts.size)})")
 
 
 def check_arena(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
     """The tensor arena, measured by allocating the model in the target's runtime, fits in RAM."""
     if spec.ram_bytes is None or facts.arena_bytes is None:
         return True, "no RAM limit" if spec.ram_bytes is None else "arena not measured for this runtime"
-    if facts.arena_bytes <= spec.ram_bytes:
-        return True, f"arena {_kib(facts.arena_bytes)} <= RAM budget {_kib(spec.ram_bytes)}"
-    return False, (f"tensor arena needs {facts.arena_bytes} bytes ({_kib(facts.arena_bytes)}), over target "
-                   f"{spec.name}'s RAM budget of {spec.ram_bytes} bytes ({_kib(spec.ram_bytes)})")
+    return _budget(spec, "arena", facts.arena_bytes, spec.ram_bytes, "RAM",
+                   f"tensor arena needs {facts.arena_bytes} bytes ({_kib(facts.arena_bytes)})")
 
 
 def check_vela_flash(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
@@ -83,12 +87,8 @@ def check_vela_flash(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
         return True, "no Vela model for this target"
     needed = max(facts.vela_size, facts.vela_flash_bytes or 0)
     what = "Vela model file" if needed == facts.vela_size else "Vela's reported flash"
-    if spec.flash_bytes is None:
-        return True, f"Vela model {_kib(needed)} (no flash limit)"
-    if needed <= spec.flash_bytes:
-        return True, f"Vela model {_kib(needed)} <= flash budget {_kib(spec.flash_bytes)}"
-    return False, (f"Vela model needs {needed} bytes of flash ({_kib(needed)}, {what}), over target {spec.name}'s "
-                   f"flash budget of {spec.flash_bytes} bytes ({_kib(spec.flash_bytes)})")
+    return _budget(spec, "Vela model", needed, spec.flash_bytes, "flash",
+                   f"Vela model needs {needed} bytes of flash ({_kib(needed)}, {what})")
 
 
 def check_vela_sram(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
@@ -96,12 +96,9 @@ def check_vela_sram(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
     it places in SRAM) fits the RAM budget."""
     if facts.vela_sram_bytes is None:
         return True, "no Vela model for this target"
-    if spec.ram_bytes is None:
-        return True, f"Vela SRAM {_kib(facts.vela_sram_bytes)} (no RAM limit)"
-    if facts.vela_sram_bytes <= spec.ram_bytes:
-        return True, f"Vela SRAM {_kib(facts.vela_sram_bytes)} <= RAM budget {_kib(spec.ram_bytes)}"
-    return False, (f"Vela model needs {facts.vela_sram_bytes} bytes of SRAM ({_kib(facts.vela_sram_bytes)}), over "
-                   f"target {spec.name}'s RAM budget of {spec.ram_bytes} bytes ({_kib(spec.ram_bytes)})")
+    sram = facts.vela_sram_bytes
+    return _budget(spec, "Vela SRAM", sram, spec.ram_bytes, "RAM",
+                   f"Vela model needs {sram} bytes of SRAM ({_kib(sram)})")
 
 
 CHECKS: tuple[Check, ...] = (check_quantize_mode, check_ops, check_flash, check_arena)
