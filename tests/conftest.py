@@ -104,3 +104,19 @@ def int8_bundle(tmp_path_factory, keras3_model, calib_npy) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "int8"
     api.convert(model=keras3_model, output=out, calibration=calib_npy, labels=None)
     return out
+
+
+@pytest.fixture(scope="session")
+def target_bundle(tmp_path_factory, keras3_model, calib_npy):
+    """Factory: the tiny classifier converted to full int8 for a target, built once per target."""
+    from edgepack import api
+
+    made: dict[str, Path] = {}
+
+    def make(target: str) -> Path:
+        if target not in made:
+            made[target] = tmp_path_factory.mktemp("targets") / target
+            api.convert(model=keras3_model, output=made[target], calibration=calib_npy, target=target)
+        return made[target]
+
+    return make

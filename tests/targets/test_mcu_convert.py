@@ -16,10 +16,8 @@ from edgepack.tflite_model import read_tflite
 
 
 @pytest.fixture(scope="module")
-def m4_bundle(tmp_path_factory, keras3_model, calib_npy) -> Path:
-    out = tmp_path_factory.mktemp("mcu") / "m4"
-    api.convert(model=keras3_model, output=out, calibration=calib_npy, target="cortex-m4")
-    return out
+def m4_bundle(target_bundle) -> Path:
+    return target_bundle("cortex-m4")
 
 
 def test_fixed_batch_has_no_shape_ops(m4_bundle):

@@ -14,10 +14,8 @@ from edgepack.validation import tflm
 
 
 @pytest.fixture(scope="module")
-def m33_bundle(tmp_path_factory, keras3_model, calib_npy) -> Path:
-    out = tmp_path_factory.mktemp("tflm") / "m33"
-    api.convert(model=keras3_model, output=out, calibration=calib_npy, target="cortex-m33")
-    return out
+def m33_bundle(target_bundle) -> Path:
+    return target_bundle("cortex-m33")
 
 
 def test_measured_arena_is_the_smallest_that_allocates(m33_bundle):
