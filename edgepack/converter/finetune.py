@@ -127,8 +127,13 @@ def _loss(kmod: Any, use_labels: bool, probabilities: bool, data: TrainingData):
 
 
 def finetune(build: Callable[[], Any], teacher: Any, data: TrainingData, opts: FinetuneOptions, *,
-             label: str = "fine-tune", callbacks: Callable[[Any], list] | None = None) -> tuple[Any, FinetuneResult]:
-    """Build the student inside the strategy scope, train it, and score it before and after."""
+             label: str = "fine-tune", callbacks: Callable[[Any], list] | None = None,
+             start: Any = None) -> tuple[Any, FinetuneResult]:
+    """Build the student inside the strategy scope, train it, and score it before and after.
+
+    "Before" scores ``start`` when given: QAT passes the float model it starts from, because a freshly
+    wrapped fake-quant model still has tfmot's initial ±6 ranges and its score means nothing.
+    """
     train, val = data.split(opts.validation_split, opts.seed)
     teacher_val = predict(teacher, val)
     use_labels = data.y is not None and not opts.distill
@@ -139,7 +144,7 @@ def finetune(build: Callable[[], Any], teacher: Any, data: TrainingData, opts: F
         kmod = keras_module(model)
         model.compile(optimizer=kmod.optimizers.Adam(opts.learning_rate),
                       loss=_loss(kmod, use_labels, probabilities, data))
-    metric, before = score(predict(model, val), val, teacher_val, use_labels)
+    metric, before = score(predict(model if start is None else start, val), val, teacher_val, use_labels)
     # Streamed: the strategy splits each global batch over the replicas.
     batch = opts.batch_size * replicas
     source = None if use_labels else teacher

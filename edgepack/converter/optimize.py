@@ -68,6 +68,9 @@ def _check_request(st: "PipelineState", spec: PruneSpec | None) -> None:
         what = "--qat" if req.qat else f"--prune {req.prune}"
         raise UsageError(f"{what} needs training data", hint="pass --train-data FILE (.npz with x, and y if "
                                                              "labelled; without y the original model teaches)")
+    if req.qat and req.per_tensor and spec is not None and spec.uses_tfmot:
+        raise UsageError("--per-tensor cannot be combined with sparsity-preserving QAT: tfmot's prune-preserve "
+                         "scheme quantizes conv weights per channel", hint="drop --per-tensor, or --prune sparsity/m:n")
     if req.train_data is None and (req.distill or req.distribute):
         log.warning("--distill/--distribute only apply when fine-tuning with --train-data; ignoring them")
 
@@ -134,7 +137,8 @@ def stage_optimize(st: "PipelineState") -> dict | None:
     if req.qat:
         from edgepack.converter.qat import quantize_aware
 
-        model, qreport = quantize_aware(model, data, opts, preserve_sparsity=spec is not None and spec.uses_tfmot)
+        model, qreport = quantize_aware(model, data, opts, preserve_sparsity=spec is not None and spec.uses_tfmot,
+                                        per_tensor=req.per_tensor)
         section["qat"] = qreport.to_dict()
     st.original = st.loaded
     st.loaded = dataclasses.replace(st.loaded, model=model, format=fmt)

@@ -54,7 +54,7 @@ def unsupported_layers(model: Any) -> list[str]:
 
 
 def quantize_aware(model: Any, data: TrainingData, opts: FinetuneOptions, *,
-                   preserve_sparsity: bool = False) -> tuple[Any, QatReport]:
+                   preserve_sparsity: bool = False, per_tensor: bool = False) -> tuple[Any, QatReport]:
     """QAT-fine-tune a tf_keras ``model``; returns the fake-quantized model, ready for the converter."""
     import tf_keras
 
@@ -70,6 +70,9 @@ def quantize_aware(model: Any, data: TrainingData, opts: FinetuneOptions, *,
     if preserve_sparsity:
         scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
         scheme_name = "default_8bit_prune_preserve"
+    elif per_tensor:
+        scheme = qk.default_8bit.Default8BitQuantizeScheme(disable_per_axis=True)
+        scheme_name = "default_8bit_per_tensor"
 
     def build() -> Any:
         def annotate(layer):
@@ -81,5 +84,5 @@ def quantize_aware(model: Any, data: TrainingData, opts: FinetuneOptions, *,
         with qk.quantize_scope():
             return qk.quantize_apply(annotated, scheme) if scheme is not None else qk.quantize_apply(annotated)
 
-    trained, result = finetune(build, model, data, opts, label="qat")
+    trained, result = finetune(build, model, data, opts, label="qat", start=model)
     return trained, QatReport(scheme_name, skipped, result)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from edgepack import api
 from edgepack.tflite_model import read_tflite
 
@@ -62,3 +64,25 @@ def test_batchnorm_after_a_conv_is_folded_not_reported():
     x = tf_keras.layers.BatchNormalization(name="bn_alone")(x)  # after an activation: nothing to fold into
     model = tf_keras.Model(i, tf_keras.layers.Dense(2, name="out")(tf_keras.layers.Flatten()(x)))
     assert unsupported_layers(model) == ["bn_alone (BatchNormalization)"]
+
+
+def test_per_tensor_qat_trains_and_converts_per_tensor(tmp_path, keras3_model, calib_npy, labelled_npz):
+    out = tmp_path / "bundle"
+    result = api.convert(model=keras3_model, output=out, calibration=calib_npy, qat=True, per_tensor=True,
+                         train_data=labelled_npz, epochs=1)
+    assert result.manifest.quantization.granularity == "per-tensor"
+    weights = [t for t in read_tflite(out / "model.tflite").tensors if t.constant and t.dtype == "int8"]
+    assert weights and all(len(t.scales) == 1 for t in weights)
+    qat = result.manifest.extras["optimize"]["qat"]
+    assert qat["scheme"] == "default_8bit_per_tensor"
+    # "before" is the float model QAT starts from (no pruning here, so the original itself)
+    assert qat["accuracy_before"] == qat["accuracy_original"]
+
+
+def test_per_tensor_cannot_combine_with_sparsity_preserving_qat(tmp_path, keras3_model, calib_npy, labelled_npz):
+    from edgepack.errors import UsageError
+
+    with pytest.raises(UsageError, match="--per-tensor cannot be combined"):
+        api.convert(model=keras3_model, output=tmp_path / "b", calibration=calib_npy, qat=True, per_tensor=True,
+                    prune="2:4", train_data=labelled_npz, epochs=1)
+    assert not (tmp_path / "b").exists()
