@@ -47,7 +47,7 @@ def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
             progress: Callable[[str], None] | None = None,
             input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
             preprocess: str | None = None, recipe: str | Path | None = None,
-            label_column: str | None = None, prune: str | None = None, prune_norm: str = "l1",
+            label_column: str | None = None, prune: str | None = None, prune_norm: str = "l1", prune_round: int = 1,
             prune_layers: Sequence[str] = (), keep_layers: Sequence[str] = (), qat: bool = False,
             train_data: str | Path | None = None, epochs: int = 10, distill: bool = False,
             distribute: str | None = None) -> ConvertResult:
@@ -76,13 +76,13 @@ def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
         calibration_samples=calibration_samples, seed=seed, target=target,
         labels=Path(labels) if labels is not None else None, force=force, trust_model=trust_model,
         per_tensor=per_tensor, verbose=verbose, input_shapes=_input_shapes(input_shapes),
-        **_optimize_fields(prune, prune_norm, prune_layers, keep_layers, qat, train_data, epochs, distill,
-                           distribute))
+        **_optimize_fields(prune, prune_norm, prune_round, prune_layers, keep_layers, qat, train_data, epochs,
+                           distill, distribute))
     state = run_pipeline(request, progress=progress)
     return ConvertResult(bundle=request.output, manifest=state.manifest)
 
 
-def _optimize_fields(prune, prune_norm, prune_layers, keep_layers, qat, train_data, epochs, distill,
+def _optimize_fields(prune, prune_norm, prune_round, prune_layers, keep_layers, qat, train_data, epochs, distill,
                      distribute) -> dict[str, Any]:
     """Request fields for pruning/QAT, with option values checked before anything heavy runs."""
     from edgepack.converter.optimize import parse_prune
@@ -91,11 +91,13 @@ def _optimize_fields(prune, prune_norm, prune_layers, keep_layers, qat, train_da
         parse_prune(prune)
     if prune_norm not in ("l1", "l2"):
         raise OptionError("--prune-norm", prune_norm, ["l1", "l2"])
+    if prune_round < 1:
+        raise OptionError("--prune-round", prune_round, hint="give 1 (exact ratio) or a channel multiple such as 8")
     if distribute not in (None, "mirrored"):
         raise OptionError("--distribute", distribute, ["mirrored"])
     if epochs < 1:
         raise OptionError("--epochs", epochs, hint="give at least 1")
-    return {"prune": prune, "prune_norm": prune_norm, "prune_layers": tuple(prune_layers),
+    return {"prune": prune, "prune_norm": prune_norm, "prune_round": prune_round, "prune_layers": tuple(prune_layers),
             "keep_layers": tuple(keep_layers), "qat": qat, "epochs": epochs, "distill": distill,
             "train_data": Path(train_data) if train_data is not None else None, "distribute": distribute}
 

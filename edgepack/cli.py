@@ -88,7 +88,7 @@ def data_options(fn):
     return fn
 
 
-_OPTIMIZE_NAMES = ("prune", "prune_norm", "prune_layers", "keep_layers", "qat", "train_data", "epochs", "distill",
+_OPTIMIZE_NAMES = ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "qat", "train_data", "epochs", "distill",
                    "distribute")
 
 
@@ -106,6 +106,8 @@ def optimize_options(fn):
                           "sparsity:0.8 zeroes 80% of the weights (smaller zip); 2:4 is m:n sparsity."),
         click.option("--prune-norm", type=click.Choice(["l1", "l2"]), default="l1", show_default=True,
                      help="Filter ranking for --prune channels."),
+        click.option("--prune-round", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+                     help="--prune channels keeps a multiple of N channels per layer (8 or 16 suit SIMD kernels)."),
         click.option("--prune-layers", multiple=True, metavar="PATTERN",
                      help="Only prune layers whose name matches (fnmatch, repeatable)."),
         click.option("--keep-layers", multiple=True, metavar="PATTERN",

@@ -53,9 +53,10 @@ class PruneReport:
     norm: str
     layers: dict[str, tuple[int, int]]  # producer layer -> (channels before, after)
     groups: int  # channel groups tied across several producers
+    round_to: int = 1  # kept channel counts are multiples of this
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ratio": self.ratio, "norm": self.norm, "tied_groups": self.groups,
+        return {"ratio": self.ratio, "norm": self.norm, "round_to": self.round_to, "tied_groups": self.groups,
                 "layers": [{"name": k, "channels_before": b, "channels_after": a} for k, (b, a) in self.layers.items()]}
 
 
@@ -162,8 +163,11 @@ class _Planner:
             root.scores = root.scores + _normalised(norms)
 
     # -- choice -------------------------------------------------------------------------------
-    def choose(self, ratio: float) -> dict[int, np.ndarray]:
-        """Sorted channel indices to keep, per root space that is pruned."""
+    def choose(self, ratio: float, round_to: int = 1) -> dict[int, np.ndarray]:
+        """Sorted channel indices to keep, per root space that is pruned.
+
+        With ``round_to`` > 1 the kept count is the nearest multiple of it (at least one multiple, at most
+        the whole space), so kernels that work in SIMD blocks of 8 or 16 channels waste no lanes."""
         keep: dict[int, np.ndarray] = {}
         for sid in range(len(self.spaces)):
             root = self.find(sid)
@@ -171,6 +175,8 @@ class _Planner:
             if root != sid or sp.frozen or sp.scores is None or sp.size < 2:
                 continue
             n = max(1, int(round(sp.size * (1.0 - ratio))))
+            if round_to > 1:
+                n = min(sp.size, max(round_to, round_to * int(round(n / round_to))))
             if n < sp.size:
                 keep[root] = np.sort(np.argsort(-sp.scores, kind="stable")[:n])
         return keep
@@ -221,7 +227,7 @@ def _selected(name: str, prune_layers: tuple[str, ...], keep_layers: tuple[str, 
     return not prune_layers or any(fnmatch.fnmatchcase(name, p) for p in prune_layers)
 
 
-def prune_channels(model: Any, ratio: float, *, norm: str = "l1", prune_layers: tuple[str, ...] = (),
+def prune_channels(model: Any, ratio: float, *, norm: str = "l1", round_to: int = 1, prune_layers: tuple[str, ...] = (),
                    keep_layers: tuple[str, ...] = ()) -> tuple[Any, PruneReport]:
     """A new model (same Keras flavour) with ``ratio`` of the prunable channels removed."""
     if not 0.0 <= ratio < 1.0:
@@ -238,7 +244,7 @@ def prune_channels(model: Any, ratio: float, *, norm: str = "l1", prune_layers: 
     for sid, sp in enumerate(planner.spaces):  # frozen flags set after unions live on the roots
         if sp.frozen:
             planner.spaces[planner.find(sid)].frozen = True
-    keep = planner.choose(ratio)
+    keep = planner.choose(ratio, round_to)
     new_model, new_layers = _build(model, graph, planner, keep)
     layers: dict[str, tuple[int, int]] = {}
     tied = 0
@@ -251,7 +257,7 @@ def prune_channels(model: Any, ratio: float, *, norm: str = "l1", prune_layers: 
             layers[p] = (sp.size, after)
     order = [n.layer.name for n in graph.nodes]
     layers = dict(sorted(layers.items(), key=lambda kv: order.index(kv[0])))
-    return new_model, PruneReport(ratio, norm, layers, tied)
+    return new_model, PruneReport(ratio, norm, layers, tied, round_to)
 
 
 def _build(model: Any, graph: Graph, planner: _Planner, keep: dict[int, np.ndarray]) -> tuple[Any, dict]:

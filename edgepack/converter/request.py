@@ -44,6 +44,7 @@ class ConvertRequest:
     # Optimization before conversion (issue 5): "channels:0.5", "sparsity:0.8", "2:4"; QAT; fine-tuning
     prune: str | None = None
     prune_norm: str = "l1"  # filter ranking for channel pruning: "l1" or "l2"
+    prune_round: int = 1  # channel pruning keeps a multiple of this many channels per group
     prune_layers: tuple[str, ...] = ()  # fnmatch patterns of layer names to prune (default: all)
     keep_layers: tuple[str, ...] = ()  # fnmatch patterns of layer names never to prune
     qat: bool = False

@@ -164,3 +164,31 @@ def test_ratio_out_of_range_is_a_usage_error(branchy):
 
     with pytest.raises(UsageError, match=r"\[0, 1\)"):
         prune_channels(branchy, 1.0)
+
+
+def test_round_to_keeps_multiples_of_n_channels():
+    import keras
+
+    from edgepack.converter.prune import prune_channels
+
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    i = keras.Input((8, 8, 3))
+    x = L.Conv2D(40, 3, padding="same", name="a")(i)
+    x = L.Conv2D(12, 3, padding="same", name="b")(x)
+    x = L.Conv2D(6, 3, padding="same", name="c")(x)
+    model = keras.Model(i, L.Dense(3, name="out")(L.Flatten()(x)))
+    _, exact = prune_channels(model, 0.6)
+    assert exact.layers["a"] == (40, 16) and exact.layers["b"] == (12, 5) and exact.layers["c"] == (6, 2)
+    pruned, rounded = prune_channels(model, 0.6, round_to=8)
+    # 16 stays 16; 5 rounds up to one multiple (8); a space smaller than the multiple stays whole
+    assert rounded.layers["a"] == (40, 16) and rounded.layers["b"] == (12, 8) and rounded.layers["c"] == (6, 6)
+    assert rounded.to_dict()["round_to"] == 8
+    assert pruned.get_layer("b").get_weights()[0].shape == (3, 3, 16, 8)
+
+
+def test_prune_round_must_be_positive(tmp_path):
+    from edgepack import api
+
+    with pytest.raises(OptionError, match="--prune-round"):
+        api.convert(model=tmp_path / "m.keras", output=tmp_path / "b", prune="channels:0.5", prune_round=0)
