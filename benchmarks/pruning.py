@@ -4,10 +4,11 @@
    for several R, fine-tuned, full-int8 → params, MACs, .tflite bytes, LiteRT p50, test accuracy.
    tfmot's own magnitude pruning (``--prune sparsity:0.5``) is the upstream baseline: same bytes,
    same latency, only the zip shrinks.
-2. PTQ vs QAT int8 accuracy on the same digits model, and on it after ``--prune channels:0.9``.
+2. PTQ vs QAT int8 accuracy, k-fold over all 1,797 digits: the digits CNN, the CNN after
+   ``--prune channels:0.9``, and a MobileNet-style net (depthwise, BatchNorm, ReLU6).
 3. A larger conv net (keras.applications MobileNet, weights=None, random init) for timing only.
 
-Run: ``python benchmarks/pruning.py [--workdir build/bench-pruning] [--epochs 40] [--qat-only]``
+Run: ``python benchmarks/pruning.py [--workdir build/bench-pruning] [--epochs 40] [--qat-only] [--folds 5]``
 """
 
 from __future__ import annotations
@@ -120,27 +121,78 @@ def tflite_acc_of(model: Path, out: Path, x_te, y_te, **kw) -> float:
     return tflite_accuracy(out / "model.tflite", x_te, y_te)
 
 
-def qat_table(w: Path, model: Path, x_te, y_te, epochs: int, float_acc: float) -> dict:
-    """Float vs full-int8 PTQ vs QAT (tfmot quantize_model + fine-tune, then the same int8 conversion).
+def mobilenet_style(seed: int, width: int = 64):
+    """A small MobileNet-style digits net: depthwise-separable blocks, BatchNorm, ReLU6 (compiled)."""
+    import keras
 
-    Two cases: the digits CNN as trained, and the same CNN after aggressive channel pruning
-    (``channels:0.9``, fine-tuned), whose float reference is the pruned model converted without
-    quantization (the seeded fine-tune is the same in all three runs).
+    L = keras.layers
+    keras.utils.set_random_seed(seed)
+
+    def bn_relu6(x):
+        return L.ReLU(6.0)(L.BatchNormalization(momentum=0.9)(x))
+
+    inp = keras.Input((8, 8, 1), name="image")
+    x = bn_relu6(L.Conv2D(width // 2, 3, padding="same", use_bias=False)(inp))
+    for c, stride in ((width, 1), (width, 2), (2 * width, 1), (2 * width, 2), (2 * width, 1)):
+        x = bn_relu6(L.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(x))
+        x = bn_relu6(L.Conv2D(c, 1, use_bias=False)(x))
+    model = keras.Model(inp, L.Dense(10, name="logits")(L.GlobalAveragePooling2D()(x)), name="mobilenet_style")
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model
+
+
+def qat_table(w: Path, folds: int, epochs: int, finetune_epochs: int, seed: int) -> dict:
+    """Float vs full-int8 PTQ vs QAT, k-fold over all 1,797 digits (one digit = 0.056 points).
+
+    Each fold trains the model on the other folds; PTQ calibrates on them, QAT fine-tunes on them (tfmot
+    ``quantize_model``, ranges calibrated first, Adam 1e-4, early stopping), and both go through the same
+    full-int8 conversion; accuracy is LiteRT's on the held-out fold. Three models: the digits CNN, the
+    same CNN after ``--prune channels:0.9`` (its float reference is the pruned, fine-tuned model
+    converted without quantization), and a MobileNet-style net (depthwise, BatchNorm, ReLU6).
     """
-    calib, train = w / "calibration.npy", w / "train.npz"
-    cases = {}
-    ptq = tflite_acc_of(model, w / "qat_cnn_ptq", x_te, y_te, calibration=calib)
-    qat = tflite_acc_of(model, w / "qat_cnn_qat", x_te, y_te, calibration=calib, train_data=train, qat=True,
-                        epochs=epochs)
-    cases["digits CNN"] = {"float": float_acc, "ptq": ptq, "qat": qat}
-    pruned = {"calibration": calib, "train_data": train, "epochs": epochs, "prune": "channels:0.9"}
-    cases["CNN channels:0.9"] = {
-        "float": tflite_acc_of(model, w / "qat_p90_float", x_te, y_te, quantize="none", **pruned),
-        "ptq": tflite_acc_of(model, w / "qat_p90_ptq", x_te, y_te, **pruned),
-        "qat": tflite_acc_of(model, w / "qat_p90_qat", x_te, y_te, qat=True, **pruned)}
-    widths = [18, 8, 16, 16]
+    import keras
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import StratifiedKFold
+
+    digits = load_digits()
+    x = (digits.images.astype("float32") / 16.0)[..., None]
+    y = digits.target.astype("int64")
+    builders = {"digits CNN": lambda s: digits_cnn(s, filters=(32, 64)), "digits CNN, channels:0.9": None,
+                "MobileNet-style": mobilenet_style}
+    correct = {name: {"float": 0, "ptq": 0, "qat": 0} for name in builders}
+    n = 0
+    for k, (tr, te) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)):
+        f = w / f"fold{k}"
+        f.mkdir(parents=True, exist_ok=True)
+        np.save(f / "calibration.npy", x[tr], allow_pickle=False)
+        np.savez(f / "train.npz", x=x[tr], y=y[tr])
+        calib, train = f / "calibration.npy", f / "train.npz"
+        n += len(te)
+        for name, build in builders.items():
+            c = correct[name]
+            if build is None:  # the pruned CNN, from the CNN of this fold
+                pruned = {"calibration": calib, "train_data": train, "epochs": finetune_epochs, "prune": "channels:0.9"}
+                src = f / "digits_CNN.keras"
+                for key, extra in (("float", {"quantize": "none"}), ("ptq", {}), ("qat", {"qat": True})):
+                    acc = tflite_acc_of(src, f / f"p90_{key}", x[te], y[te], **pruned, **extra)
+                    c[key] += round(acc * len(te) / 100)
+                continue
+            model = build(seed + k)
+            model.fit(x[tr], y[tr], epochs=epochs, batch_size=32, verbose=0)
+            src = f / (name.replace(" ", "_") + ".keras")
+            model.save(src)
+            c["float"] += int(np.sum(model.predict(x[te], verbose=0).argmax(-1) == y[te]))
+            keras.backend.clear_session()
+            c["ptq"] += round(tflite_acc_of(src, f / f"{src.stem}_ptq", x[te], y[te], calibration=calib)
+                              * len(te) / 100)
+            c["qat"] += round(tflite_acc_of(src, f / f"{src.stem}_qat", x[te], y[te], calibration=calib,
+                                            train_data=train, qat=True, epochs=finetune_epochs) * len(te) / 100)
+        print(f"fold {k + 1}/{folds}: " + "; ".join(f"{m} {c}" for m, c in correct.items()), flush=True)
+    cases = {name: {key: v / n * 100 for key, v in c.items()} | {"correct": c, "n": n} for name, c in correct.items()}
+    widths = [26, 8, 16, 16]
     print("\n" + row(["PTQ vs QAT", "float %", "PTQ int8 %", "QAT int8 %"], widths)
-          + f"   (test set: {len(y_te)} digits, one digit = {100 / len(y_te):.2f} points)")
+          + f"   ({folds}-fold over {n} digits, one digit = {100 / n:.3f} points)")
     for label, c in cases.items():
         print(row([label, f"{c['float']:.2f}", f"{c['ptq']:.2f} ({c['ptq'] - c['float']:+.2f})",
                    f"{c['qat']:.2f} ({c['qat'] - c['float']:+.2f})"], widths))
@@ -176,6 +228,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=40, help="training epochs of the digits CNN")
     ap.add_argument("--finetune-epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--folds", type=int, default=5, help="folds of the PTQ vs QAT comparison")
     ap.add_argument("--skip-mobilenet", action="store_true")
     ap.add_argument("--qat-only", action="store_true", help="only the PTQ vs QAT section (implies no MobileNet)")
     args = ap.parse_args()
@@ -184,16 +237,17 @@ def main() -> int:
     from edgepack._native import quiet_tensorflow
 
     quiet_tensorflow(False)
-    x_tr, y_tr, x_te, y_te = digits_data(w, args.seed)
-    model = train_digits(w, x_tr, y_tr, args.epochs, args.seed)
-    import keras
-
-    float_acc = float(np.mean(keras.saving.load_model(model).predict(x_te, verbose=0).argmax(-1) == y_te)) * 100
-    print(f"digits CNN float accuracy: {float_acc:.2f}% on {len(y_te)} test digits\n")
-    results = {"float_acc": float_acc}
+    results: dict = {}
     if not args.qat_only:
+        import keras
+
+        x_tr, y_tr, x_te, y_te = digits_data(w, args.seed)
+        model = train_digits(w, x_tr, y_tr, args.epochs, args.seed)
+        float_acc = float(np.mean(keras.saving.load_model(model).predict(x_te, verbose=0).argmax(-1) == y_te)) * 100
+        print(f"digits CNN float accuracy: {float_acc:.2f}% on {len(y_te)} test digits\n")
+        results["float_acc"] = float_acc
         results["digits"] = digits_table(w, model, x_te, y_te, args.finetune_epochs)
-    results["qat"] = qat_table(w, model, x_te, y_te, args.finetune_epochs, float_acc)
+    results["qat"] = qat_table(w / "qat", args.folds, args.epochs, args.finetune_epochs, args.seed)
     if not (args.skip_mobilenet or args.qat_only):
         results["mobilenet"] = mobilenet_table(w)
     (w / "results.json").write_text(json.dumps(results, indent=2, default=float))

@@ -50,7 +50,7 @@ def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
             label_column: str | None = None, prune: str | None = None, prune_norm: str = "l1", prune_round: int = 1,
             prune_layers: Sequence[str] = (), keep_layers: Sequence[str] = (), qat: bool = False,
             train_data: str | Path | None = None, epochs: int = 10, distill: bool = False,
-            distribute: str | None = None) -> ConvertResult:
+            distribute: str | None = None, learning_rate: float | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
 
     ``calibration`` is an ``.npy``/``.npz``/``.csv`` file or an image folder, or ``{input name: path}``
@@ -77,13 +77,13 @@ def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
         labels=Path(labels) if labels is not None else None, force=force, trust_model=trust_model,
         per_tensor=per_tensor, verbose=verbose, input_shapes=_input_shapes(input_shapes),
         **_optimize_fields(prune, prune_norm, prune_round, prune_layers, keep_layers, qat, train_data, epochs,
-                           distill, distribute))
+                           distill, distribute, learning_rate))
     state = run_pipeline(request, progress=progress)
     return ConvertResult(bundle=request.output, manifest=state.manifest)
 
 
 def _optimize_fields(prune, prune_norm, prune_round, prune_layers, keep_layers, qat, train_data, epochs, distill,
-                     distribute) -> dict[str, Any]:
+                     distribute, learning_rate=None) -> dict[str, Any]:
     """Request fields for pruning/QAT, with option values checked before anything heavy runs."""
     from edgepack.converter.optimize import parse_prune
 
@@ -95,11 +95,14 @@ def _optimize_fields(prune, prune_norm, prune_round, prune_layers, keep_layers, 
         raise OptionError("--prune-round", prune_round, hint="give 1 (exact ratio) or a channel multiple such as 8")
     if distribute not in (None, "mirrored"):
         raise OptionError("--distribute", distribute, ["mirrored"])
+    if learning_rate is not None and not 0 < learning_rate < 1:
+        raise OptionError("--learning-rate", learning_rate, hint="give a rate in (0, 1), e.g. 1e-4")
     if epochs < 1:
         raise OptionError("--epochs", epochs, hint="give at least 1")
     return {"prune": prune, "prune_norm": prune_norm, "prune_round": prune_round, "prune_layers": tuple(prune_layers),
             "keep_layers": tuple(keep_layers), "qat": qat, "epochs": epochs, "distill": distill,
-            "train_data": Path(train_data) if train_data is not None else None, "distribute": distribute}
+            "train_data": Path(train_data) if train_data is not None else None, "distribute": distribute,
+            "learning_rate": learning_rate}
 
 
 def _input_shapes(spec: Mapping[str, Sequence[int]] | Sequence[str] | None) -> tuple:

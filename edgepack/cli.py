@@ -89,7 +89,7 @@ def data_options(fn):
 
 
 _OPTIMIZE_NAMES = ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "qat", "train_data", "epochs", "distill",
-                   "distribute")
+                   "distribute", "learning_rate")
 
 
 def optimize_options(fn):
@@ -117,6 +117,8 @@ def optimize_options(fn):
                      help="Fine-tuning data: .npz with x (or input names) and, if labelled, y."),
         click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
                      help="Fine-tuning epochs (early stopping on a held-out 10%)."),
+        click.option("--learning-rate", type=float, metavar="LR",
+                     help="Fine-tuning rate (Adam). Default 1e-3 after pruning, 1e-4 for QAT."),
         click.option("--distill", is_flag=True, help="Learn the original model's outputs even when labels exist."),
         click.option("--distribute", type=click.Choice(["mirrored"]),
                      help="Fine-tune under tf.distribute.MirroredStrategy (all GPUs, else all CPU devices)."),

@@ -35,7 +35,7 @@ class FinetuneOptions:
     batch_size: int = 32
     validation_split: float = 0.1
     patience: int = 3
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # QAT uses qat.LEARNING_RATE unless --learning-rate is given
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,13 @@ class FinetuneResult:
     replicas: int
     teacher: float  # the original model's score on the same held-out split
     history: dict[str, list[float]] = field(default_factory=dict)
+    learning_rate: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "target": self.target, "final_loss": self.loss,
                 "final_val_loss": self.val_loss, "metric": self.metric, f"{self.metric}_before": self.before,
                 f"{self.metric}_after": self.after, f"{self.metric}_original": self.teacher,
-                "replicas": self.replicas}
+                "replicas": self.replicas, "learning_rate": self.learning_rate}
 
 
 def is_probability(out: np.ndarray) -> bool:
@@ -127,13 +128,8 @@ def _loss(kmod: Any, use_labels: bool, probabilities: bool, data: TrainingData):
 
 
 def finetune(build: Callable[[], Any], teacher: Any, data: TrainingData, opts: FinetuneOptions, *,
-             label: str = "fine-tune", callbacks: Callable[[Any], list] | None = None,
-             start: Any = None) -> tuple[Any, FinetuneResult]:
-    """Build the student inside the strategy scope, train it, and score it before and after.
-
-    "Before" scores ``start`` when given: QAT passes the float model it starts from, because a freshly
-    wrapped fake-quant model still has tfmot's initial ±6 ranges and its score means nothing.
-    """
+             label: str = "fine-tune", callbacks: Callable[[Any], list] | None = None) -> tuple[Any, FinetuneResult]:
+    """Build the student inside the strategy scope, train it, and score it before and after."""
     train, val = data.split(opts.validation_split, opts.seed)
     teacher_val = predict(teacher, val)
     use_labels = data.y is not None and not opts.distill
@@ -144,7 +140,7 @@ def finetune(build: Callable[[], Any], teacher: Any, data: TrainingData, opts: F
         kmod = keras_module(model)
         model.compile(optimizer=kmod.optimizers.Adam(opts.learning_rate),
                       loss=_loss(kmod, use_labels, probabilities, data))
-    metric, before = score(predict(model if start is None else start, val), val, teacher_val, use_labels)
+    metric, before = score(predict(model, val), val, teacher_val, use_labels)
     # Streamed: the strategy splits each global batch over the replicas.
     batch = opts.batch_size * replicas
     source = None if use_labels else teacher
@@ -161,5 +157,6 @@ def finetune(build: Callable[[], Any], teacher: Any, data: TrainingData, opts: F
     result = FinetuneResult(epochs=len(history.get("loss", [])), target="labels" if use_labels else "teacher",
                             loss=history["loss"][best], val_loss=history["val_loss"][best], metric=metric,
                             before=before, after=after, replicas=replicas,
-                            teacher=score(teacher_val, val, teacher_val, use_labels)[1], history=history)
+                            teacher=score(teacher_val, val, teacher_val, use_labels)[1], history=history,
+                            learning_rate=opts.learning_rate)
     return model, result

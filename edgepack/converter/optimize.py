@@ -109,7 +109,8 @@ def stage_optimize(st: "PipelineState") -> dict | None:
     from edgepack.converter.finetune import FinetuneOptions, finetune
 
     data = _training_data(st)
-    opts = FinetuneOptions(epochs=req.epochs, distill=req.distill, distribute=req.distribute, seed=req.seed)
+    opts = FinetuneOptions(epochs=req.epochs, distill=req.distill, distribute=req.distribute, seed=req.seed,
+                           **({"learning_rate": req.learning_rate} if req.learning_rate is not None else {}))
     original = model = st.loaded.model
     section: dict[str, Any] = {"before": _totals(original)}
     if spec is not None and spec.kind == "channels":
@@ -135,9 +136,10 @@ def stage_optimize(st: "PipelineState") -> dict | None:
                                   m_by_n=spec.m_by_n, prune_layers=req.prune_layers, keep_layers=req.keep_layers)
         section["sparsity"] = sreport.to_dict()
     if req.qat:
-        from edgepack.converter.qat import quantize_aware
+        from edgepack.converter.qat import LEARNING_RATE, quantize_aware
 
-        model, qreport = quantize_aware(model, data, opts, preserve_sparsity=spec is not None and spec.uses_tfmot,
+        qopts = opts if req.learning_rate is not None else dataclasses.replace(opts, learning_rate=LEARNING_RATE)
+        model, qreport = quantize_aware(model, data, qopts, preserve_sparsity=spec is not None and spec.uses_tfmot,
                                         per_tensor=req.per_tensor)
         section["qat"] = qreport.to_dict()
     st.original = st.loaded

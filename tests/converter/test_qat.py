@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from edgepack import api
@@ -74,9 +75,7 @@ def test_per_tensor_qat_trains_and_converts_per_tensor(tmp_path, keras3_model, c
     weights = [t for t in read_tflite(out / "model.tflite").tensors if t.constant and t.dtype == "int8"]
     assert weights and all(len(t.scales) == 1 for t in weights)
     qat = result.manifest.extras["optimize"]["qat"]
-    assert qat["scheme"] == "default_8bit_per_tensor"
-    # "before" is the float model QAT starts from (no pruning here, so the original itself)
-    assert qat["accuracy_before"] == qat["accuracy_original"]
+    assert qat["scheme"] == "default_8bit_per_tensor" and qat["learning_rate"] == 1e-4
 
 
 def test_per_tensor_cannot_combine_with_sparsity_preserving_qat(tmp_path, keras3_model, calib_npy, labelled_npz):
@@ -86,3 +85,36 @@ def test_per_tensor_cannot_combine_with_sparsity_preserving_qat(tmp_path, keras3
         api.convert(model=keras3_model, output=tmp_path / "b", calibration=calib_npy, qat=True, per_tensor=True,
                     prune="2:4", train_data=labelled_npz, epochs=1)
     assert not (tmp_path / "b").exists()
+
+
+def test_ranges_are_calibrated_before_qat():
+    """tfmot starts ranges at [-6, 6] (input layer: [0, 0]); calibration sets them from the data."""
+    import tf_keras
+
+    from edgepack.converter.finetune import TrainingData
+    from edgepack.converter.qat import calibrate_ranges, import_tfmot
+
+    qk = import_tfmot().quantization.keras
+    tf_keras.utils.set_random_seed(0)
+    i = tf_keras.Input((6,))
+    h = tf_keras.layers.Dense(8, activation="relu")(i)
+    model = tf_keras.Model(i, tf_keras.layers.Dense(3, name="logits")(h))
+    x = np.random.default_rng(0).normal(0, 20, (300, 6)).astype("float32")
+    ref = model(x).numpy()
+    q = qk.quantize_model(model)
+    before = [w.copy() for w in q.get_weights()]
+    fresh_err = np.median(np.abs(q(x, training=False).numpy() - ref))
+    assert calibrate_ranges(q, TrainingData.from_arrays([x]), seed=0) == 3  # input, hidden, logits
+
+    def var(layer, suffix: str) -> float:
+        (v,) = [v for v in layer.weights if v.name.endswith(suffix)]
+        return float(v.numpy())
+
+    (inp,) = [layer for layer in q.layers if type(layer).__name__ == "QuantizeLayer"]
+    assert var(inp, "_min:0") < -40 and var(inp, "_max:0") > 40  # input ~ N(0, 20)
+    assert var(q.layers[-1], "post_activation_max:0") > 6  # logits beyond tfmot's initial 6
+    # with calibrated ranges the fake-quant model tracks the float one; trainable weights are untouched
+    err = np.median(np.abs(q(x, training=False).numpy() - ref))
+    assert err < 0.02 * np.max(np.abs(ref)) and err < fresh_err / 10
+    changed = [a for a, b in zip(before, q.get_weights()) if a.shape != b.shape or not np.array_equal(a, b)]
+    assert len(changed) == 3 * 2  # only the three min/max pairs
