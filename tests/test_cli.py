@@ -178,3 +178,11 @@ def test_python_dash_m_and_quiet_tensorflow(keras3_model, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stderr.strip() == "", p.stderr
     assert p.stdout.startswith(f"wrote {out}: dynamic model")
+
+
+@pytest.mark.parametrize("value", ["0", "2", "-1e-3"])
+def test_learning_rate_out_of_range_is_a_usage_error(keras3_model, calib_npy, labelled_npz, tmp_path, value):
+    r = run("convert", keras3_model, "-o", tmp_path / "out", "--calibration", calib_npy, "--qat",
+            "--train-data", labelled_npz, "--learning-rate", value)
+    assert_one_line_error(r, 2, "--learning-rate", "(0, 1)")
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ and moves it 0.1% per step, so a short fine-tune ends with ranges near ±6 whate
 that reach 16 are clipped at about 7 in the converted model and tie. One forward pass over a seeded
 sample of the training data sets each range to what that sample produces, as PTQ calibration would;
 training then starts from the int8 model PTQ would give and moves the ranges from there.
+BatchNormalization layers are frozen (inference mode, fixed statistics) while QAT trains.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ class QatReport:
     unquantized: list[str]  # layers tfmot could not quantize (converted post-training instead)
     finetune: FinetuneResult
     calibrated_ranges: int = 0  # activation ranges set from data before training
+    frozen_batchnorm: int = 0  # BatchNormalization layers kept in inference mode while training
 
     def to_dict(self) -> dict[str, Any]:
         return {"scheme": self.scheme, "unquantized_layers": self.unquantized,
-                "calibrated_ranges": self.calibrated_ranges, **self.finetune.to_dict()}
+                "calibrated_ranges": self.calibrated_ranges, "frozen_batchnorm": self.frozen_batchnorm,
+                **self.finetune.to_dict()}
 
 
 # tfmot folds BatchNormalization into the conv/dense layer before it (its layout transforms), so such
@@ -107,6 +110,22 @@ def calibrate_ranges(qmodel: Any, data: TrainingData, seed: int = 0) -> int:
     return len(seen)
 
 
+def freeze_batchnorm(layer: Any) -> bool:
+    """Run every BatchNormalization in inference mode with fixed statistics (and scale/offset).
+
+    QAT fine-tunes a trained model in small batches; BatchNormalization in training mode would normalise
+    with each batch's statistics and drag its moving averages along with them. Freezing it is the usual
+    QAT practice (Krishnamoorthi 2018; PyTorch's ``freeze_bn_stats``). On a MobileNet-style digits net,
+    QAT with live BatchNorm lost 0.33 points (5-fold) where PTQ lost none. Applied to the annotated layer
+    before ``quantize_apply``: tfmot's wrapper copies the layer's trainable weights when it is built.
+    Returns whether ``layer`` was frozen.
+    """
+    if type(layer).__name__ not in _BN:
+        return False
+    layer.trainable = False
+    return True
+
+
 def quantize_aware(model: Any, data: TrainingData, opts: FinetuneOptions, *,
                    preserve_sparsity: bool = False, per_tensor: bool = False) -> tuple[Any, QatReport]:
     """QAT-fine-tune a tf_keras ``model``; returns the fake-quantized model, ready for the converter."""
@@ -128,11 +147,14 @@ def quantize_aware(model: Any, data: TrainingData, opts: FinetuneOptions, *,
         scheme = qk.default_8bit.Default8BitQuantizeScheme(disable_per_axis=True)
         scheme_name = "default_8bit_per_tensor"
 
-    calibrated = []
+    calibrated: list[int] = []
+    frozen: set[str] = set()
 
     def build() -> Any:
         def annotate(layer):
             clone = layer.__class__.from_config(layer.get_config())
+            if freeze_batchnorm(clone):
+                frozen.add(clone.name)
             return clone if layer.name in skipped_names else qk.quantize_annotate_layer(clone)
 
         annotated = tf_keras.models.clone_model(model, clone_function=annotate)
@@ -144,4 +166,4 @@ def quantize_aware(model: Any, data: TrainingData, opts: FinetuneOptions, *,
 
     # "before" scores the calibrated fake-quant model: about the accuracy PTQ would give
     trained, result = finetune(build, model, data, opts, label="qat")
-    return trained, QatReport(scheme_name, skipped, result, calibrated[-1])
+    return trained, QatReport(scheme_name, skipped, result, calibrated[-1], len(frozen))

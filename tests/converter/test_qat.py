@@ -118,3 +118,26 @@ def test_ranges_are_calibrated_before_qat():
     assert err < 0.02 * np.max(np.abs(ref)) and err < fresh_err / 10
     changed = [a for a, b in zip(before, q.get_weights()) if a.shape != b.shape or not np.array_equal(a, b)]
     assert len(changed) == 3 * 2  # only the three min/max pairs
+
+
+def test_qat_freezes_batchnorm_statistics():
+    import tf_keras
+
+    from edgepack.converter.finetune import FinetuneOptions, TrainingData
+    from edgepack.converter.qat import quantize_aware
+
+    tf_keras.utils.set_random_seed(0)
+    L = tf_keras.layers
+    i = tf_keras.Input((6, 6, 1))
+    x = L.ReLU(6.0)(L.BatchNormalization(name="bn")(L.Conv2D(4, 3, use_bias=False)(i)))
+    model = tf_keras.Model(i, L.Dense(3)(L.Flatten()(x)))
+    rng = np.random.default_rng(0)
+    x_train = rng.normal(3.0, 2.0, (64, 6, 6, 1)).astype("float32")  # far from the BN's initial statistics
+    stats = [w.copy() for w in model.get_layer("bn").get_weights()]
+    trained, report = quantize_aware(model, TrainingData.from_arrays([x_train], rng.integers(0, 3, 64)),
+                                     FinetuneOptions(epochs=2, learning_rate=1e-3))
+    assert report.frozen_batchnorm == 1 and report.to_dict()["frozen_batchnorm"] == 1
+    (bn,) = [getattr(layer, "layer", layer) for layer in trained.layers
+             if type(getattr(layer, "layer", layer)).__name__ == "BatchNormalization"]
+    for before, after in zip(stats, bn.get_weights()):  # gamma, beta, moving mean and variance unchanged
+        np.testing.assert_array_equal(before, after)
