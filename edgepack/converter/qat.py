@@ -20,6 +20,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from edgepack.converter.finetune import FinetuneOptions, FinetuneResult, TrainingData, finetune
 from edgepack.converter.sparsity import _set_unwrapped_weights, import_tfmot
 
@@ -72,42 +74,47 @@ def unsupported_layers(model: Any) -> list[str]:
             if type(layer).__name__ != "InputLayer" and not reg.supports(layer) and not _folded_batchnorm(layer)]
 
 
-def calibrate_ranges(qmodel: Any, data: TrainingData, seed: int = 0) -> int:
-    """Set every activation range of a fake-quant model from one seeded data sample.
+def calibrate_ranges(qmodel: Any, data: TrainingData, seed: int = 0, batch: int = 32) -> int:
+    """Set every activation range of a fake-quant model from a seeded data sample, as PTQ would.
 
-    The sample goes through the model once in training mode with the averaging switched off, so each
-    moving-average range becomes that sample's min/max (and the input layer's running min/max, which
-    starts at [0, 0], covers the sample). Every other variable (BatchNormalization statistics, weights,
-    the weight quantizers' ranges) is restored afterwards. Returns how many ranges were set.
+    The sample goes through the model in training mode, ``batch`` samples at a time, with tfmot's
+    averaging switched off; each range ends as the min/max over the whole sample (the input layer's
+    running range, which starts at [0, 0], included). Every other variable (weights, BatchNormalization
+    statistics, the weight quantizers' ranges) is restored afterwards. Returns how many ranges were set.
     """
     from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
 
     n = min(len(data), CALIBRATION_SAMPLES)
     sample = data.split(n / len(data), seed)[1] if n < len(data) else data
-    xs = sample.head(len(sample))
-    seen: list[tuple[Any, Any]] = []
+    pairs: dict[int, tuple[Any, Any]] = {}
     moving_avg, all_values = quant_ops.MovingAvgQuantize, quant_ops.AllValuesQuantize
 
     def set_from_batch(inputs, min_var, max_var, **kw):
-        seen.append((min_var, max_var))
+        pairs.setdefault(id(min_var), (min_var, max_var))
         return moving_avg(inputs, min_var, max_var, **{**kw, "ema_decay": 0.0})
 
-    def widen_to_batch(inputs, min_var, max_var, **kw):  # the input layer's running min/max (starts at 0)
-        seen.append((min_var, max_var))
+    def widen_to_batch(inputs, min_var, max_var, **kw):
+        pairs.setdefault(id(min_var), (min_var, max_var))
         return all_values(inputs, min_var, max_var, **kw)
 
     snapshot = qmodel.get_weights()
+    seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # running min/max over the batches
     quant_ops.MovingAvgQuantize, quant_ops.AllValuesQuantize = set_from_batch, widen_to_batch
     try:
-        qmodel(xs if len(xs) > 1 else xs[0], training=True)
+        for xs, _ in sample.chunks(batch):
+            qmodel(xs if len(xs) > 1 else xs[0], training=True)
+            for key, (lo_var, hi_var) in pairs.items():
+                lo, hi = lo_var.numpy(), hi_var.numpy()
+                if key in seen:
+                    lo, hi = np.minimum(lo, seen[key][0]), np.maximum(hi, seen[key][1])
+                seen[key] = (lo, hi)
     finally:
         quant_ops.MovingAvgQuantize, quant_ops.AllValuesQuantize = moving_avg, all_values
-    ranges = [(lo.numpy(), hi.numpy()) for lo, hi in seen]
     qmodel.set_weights(snapshot)
-    for (lo_var, hi_var), (lo, hi) in zip(seen, ranges):
-        lo_var.assign(lo)
-        hi_var.assign(hi)
-    return len(seen)
+    for key, (lo_var, hi_var) in pairs.items():
+        lo_var.assign(seen[key][0])
+        hi_var.assign(seen[key][1])
+    return len(pairs)
 
 
 def freeze_batchnorm(layer: Any) -> bool:
