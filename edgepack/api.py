@@ -83,7 +83,7 @@ def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
 
 
 def _optimize_fields(prune, prune_norm, prune_round, prune_layers, keep_layers, qat, train_data, epochs, distill,
-                     distribute, learning_rate=None) -> dict[str, Any]:
+                     distribute, learning_rate) -> dict[str, Any]:
     """Request fields for pruning/QAT, with option values checked before anything heavy runs."""
     from edgepack.converter.optimize import parse_prune
 

@@ -88,8 +88,8 @@ def data_options(fn):
     return fn
 
 
-_OPTIMIZE_NAMES = ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "qat", "train_data", "epochs", "distill",
-                   "distribute", "learning_rate")
+_OPTIMIZE_NAMES = ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "qat", "train_data", "epochs",
+                   "distill", "distribute", "learning_rate")
 
 
 def optimize_options(fn):

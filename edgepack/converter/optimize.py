@@ -116,8 +116,8 @@ def stage_optimize(st: "PipelineState") -> dict | None:
     if spec is not None and spec.kind == "channels":
         from edgepack.converter.prune import prune_channels
 
-        pruned, report = prune_channels(model, spec.ratio, norm=req.prune_norm, round_to=req.prune_round, prune_layers=req.prune_layers,
-                                        keep_layers=req.keep_layers)
+        pruned, report = prune_channels(model, spec.ratio, norm=req.prune_norm, round_to=req.prune_round,
+                                        prune_layers=req.prune_layers, keep_layers=req.keep_layers)
         section["channels"] = report.to_dict()
         model = pruned
         if data is not None:

@@ -118,7 +118,7 @@ def calibrate_ranges(qmodel: Any, data: TrainingData, seed: int = 0, batch: int 
 
 
 def freeze_batchnorm(layer: Any) -> bool:
-    """Run every BatchNormalization in inference mode with fixed statistics (and scale/offset).
+    """Freeze ``layer`` if it is a BatchNormalization: inference mode, fixed statistics and scale/offset.
 
     QAT fine-tunes a trained model in small batches; BatchNormalization in training mode would normalise
     with each batch's statistics and drag its moving averages along with them. Freezing it is the usual

@@ -53,22 +53,21 @@ int main(int argc, char** argv) {
 """
 
 
-def test_c_identifier_is_safe():
-    assert c_identifier("digits") == "digits"
-    assert c_identifier("My Model-v2.1") == "my_model_v2_1"
-    assert c_identifier("2nd") == "model_2nd"
-    assert c_identifier("class") == "class_model"
-    assert c_identifier("tflite") == "tflite_model"
-    assert c_identifier("ü!!") == "model"
+@pytest.mark.parametrize("name, ident", [
+    ("digits", "digits"), ("My Model-v2.1", "my_model_v2_1"), ("2nd", "model_2nd"), ("class", "class_model"),
+    ("tflite", "tflite_model"), ("ü!!", "model")])
+def test_c_identifier_is_safe(name, ident):
+    assert c_identifier(name) == ident
 
 
-def test_resolver_method_names():
-    assert resolver_method("CONV_2D") == "AddConv2D"
-    assert resolver_method("DEPTHWISE_CONV_2D") == "AddDepthwiseConv2D"
-    assert resolver_method("FULLY_CONNECTED") == "AddFullyConnected"
-    assert resolver_method("SPACE_TO_BATCH_ND") == "AddSpaceToBatchNd"
-    assert resolver_method("PADV2") == "AddPadV2"
-    assert resolver_method("CUSTOM:ethos-u") == "AddEthosU"
+@pytest.mark.parametrize("op, method", [
+    ("CONV_2D", "AddConv2D"), ("DEPTHWISE_CONV_2D", "AddDepthwiseConv2D"), ("FULLY_CONNECTED", "AddFullyConnected"),
+    ("SPACE_TO_BATCH_ND", "AddSpaceToBatchNd"), ("PADV2", "AddPadV2"), ("CUSTOM:ethos-u", "AddEthosU")])
+def test_resolver_method_names(op, method):
+    assert resolver_method(op) == method
+
+
+def test_resolver_method_rejects_unknown_custom_ops():
     with pytest.raises(ValueError):
         resolver_method("CUSTOM:mystery")
 
