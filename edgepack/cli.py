@@ -9,7 +9,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -41,24 +45,102 @@ def common_options(fn):
     return fn
 
 
+def _log_dir() -> Path:
+    return Path(os.environ.get("EDGEPACK_LOG_DIR") or Path.home() / ".cache" / "edgepack" / "logs")
+
+
+def _write_log(command: str, err: BaseException) -> Path | None:
+    """The full traceback of an unexpected failure, in a file the one-line message can point to."""
+    import traceback
+
+    try:
+        folder = _log_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"edgepack-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        text = "".join(traceback.format_exception(err))
+        path.write_text(f"edgepack {__version__} {command}\nargv: {sys.argv!r}\n\n{text}", encoding="utf-8")
+        return path
+    except OSError:
+        return None
+
+
+def _fail(command: str, err: BaseException, verbose: int) -> None:
+    """One line on stderr (the traceback only with -vv, and in the log file), then exit."""
+    from edgepack.errors import InternalError
+
+    internal = not isinstance(err, EdgepackError) or isinstance(err, InternalError)
+    if internal and not isinstance(err, EdgepackError):
+        err = InternalError(command, err)
+    if verbose >= 2:
+        logging.getLogger("edgepack").error("details", exc_info=err.__cause__ or err)
+    line = f"error: {err}"
+    if internal:
+        log = _write_log(command, err.__cause__ or err)
+        line += f" (full traceback: {log})" if log else ""
+    click.echo(" ".join(line.split("\n")), err=True)
+    sys.exit(err.exit_code)
+
+
 def handle_errors(fn):
-    """Turn library errors into one line on stderr and the error's exit code."""
+    """Turn every failure into one line on stderr and an exit code: the error's own for library
+    errors, 1 with a log file for anything unexpected, 130 for Ctrl-C."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, verbose: int = 0, quiet: int = 0, **kwargs: Any):
         _setup_logging(verbose, quiet)
         try:
             return fn(*args, verbose=verbose, quiet=quiet, **kwargs)
-        except EdgepackError as err:
-            if verbose >= 2:
-                logging.getLogger("edgepack").exception("details")
-            click.echo(f"error: {err}", err=True)
-            sys.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("error: interrupted; nothing was written", err=True)
             sys.exit(130)
+        except Exception as err:  # the promise is one line, never a traceback, whatever raised
+            _fail(fn.__name__, err, verbose)
 
     return wrapper
+
+
+class FiniteFloat(click.ParamType):
+    """A float that must be finite (``nan`` would switch comparisons off) and within bounds."""
+
+    name = "number"
+
+    def __init__(self, min: float | None = None, max: float | None = None) -> None:
+        self.min, self.max = min, max
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.min is not None and number < self.min:
+            self.fail(f"{value!r} is below the minimum {self.min:g}", param, ctx)
+        if self.max is not None and number > self.max:
+            self.fail(f"{value!r} is above the maximum {self.max:g}", param, ctx)
+        return number
+
+
+class EdgepackGroup(click.Group):
+    """Click's own usage errors as one line (``error: ...``, exit 2), like edgepack's."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.UsageError as err:
+            where = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+            click.echo(f"error: {' '.join(err.format_message().split())}{where}", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            click.echo("error: interrupted; nothing was written", err=True)
+            sys.exit(130)
+        except click.ClickException as err:
+            click.echo(f"error: {' '.join(err.format_message().split())}", err=True)
+            sys.exit(err.exit_code)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _emit_json(data: Any) -> None:
@@ -117,7 +199,7 @@ def optimize_options(fn):
                      help="Fine-tuning data: .npz with x (or input names) and, if labelled, y."),
         click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
                      help="Fine-tuning epochs (early stopping on a held-out 10%)."),
-        click.option("--learning-rate", type=float, metavar="LR",
+        click.option("--learning-rate", type=FiniteFloat(), metavar="LR",
                      help="Fine-tuning rate (Adam). Default 1e-3 after pruning, 1e-4 for QAT."),
         click.option("--distill", is_flag=True, help="Learn the original model's outputs even when labels exist."),
         click.option("--distribute", type=click.Choice(["mirrored"]),
@@ -128,7 +210,7 @@ def optimize_options(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=EdgepackGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edgepack")
 def main() -> None:
     """Turn Keras/ONNX models into validated TFLite (LiteRT) bundles for phones and microcontrollers."""
@@ -202,7 +284,7 @@ def convert(model, output, quantize, calibration, calibration_samples, seed, tar
 @click.option("--reference", type=click.Path(path_type=str),
               help="Model to compare against (default: the source recorded in the manifest).")
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="litert", show_default=True)
-@click.option("--max-drop", type=click.FloatRange(min=0), help="Fail (exit 1) if accuracy drops more "
+@click.option("--max-drop", type=FiniteFloat(min=0), help="Fail (exit 1) if accuracy drops more "
               "than this many percentage points.")
 @click.option("--trust-model", is_flag=True, help="Allow loading a reference model with Lambda layers.")
 @data_options

@@ -72,3 +72,16 @@ class RuntimeUnavailable(EdgepackError):
 
 class ValidationFailed(EdgepackError):
     """Validation ran, and the bundle missed the user's accuracy budget."""
+
+
+class InternalError(EdgepackError):
+    """An unexpected exception inside a stage (edgepack's own bug or a third-party library's).
+
+    ``stage`` names where it happened; the original exception is the ``__cause__``, and the CLI
+    writes its full traceback to a log file whose path the one-line message gives."""
+
+    def __init__(self, stage: str, err: BaseException) -> None:
+        self.stage = stage
+        text = (str(err).strip().splitlines() or [""])[0][:300]
+        super().__init__(f"stage '{stage}' failed unexpectedly: {type(err).__name__}" + (f": {text}" if text else ""),
+                         hint="this is a bug in edgepack or a library it uses; please report it with the log file")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,13 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.calibration import InputSpec
+from edgepack.converter import safety
 from edgepack.errors import ModelLoadError, UnsafeModelError
 
 log = logging.getLogger(__name__)
-
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-_ZIP_MAGIC = b"PK\x03\x04"
-_UNSAFE_LAYERS = ("Lambda", "TFOpLambda")
 
 
 class ModelFormat(StrEnum):
@@ -70,7 +68,12 @@ def file_sha256(path: Path) -> str:
 
 
 def detect_format(path: Path) -> tuple[ModelFormat, dict | None]:
-    """The model format and, for Keras files, the parsed model config."""
+    """The model format and, for Keras files, the parsed model config.
+
+    Both signatures are looked for over the whole file (a zip's directory is at its end, an HDF5
+    superblock may sit at offset 512 or later), and a file that is both is refused: Keras picks its
+    loader by the file name, so a polyglot would be checked as one format and loaded as the other.
+    """
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file or directory")
     if path.is_dir():
@@ -78,11 +81,13 @@ def detect_format(path: Path) -> tuple[ModelFormat, dict | None]:
             return ModelFormat.SAVED_MODEL, None
         raise ModelLoadError(f"{path}: a directory without saved_model.pb is not a SavedModel",
                              hint="give a .keras/.h5/.onnx file or a SavedModel directory")
-    with path.open("rb") as f:
-        head = f.read(8)
-    if head.startswith(_ZIP_MAGIC):
+    is_zip, is_h5 = safety.signatures(path)
+    if is_zip and is_h5:
+        raise UnsafeModelError(f"{path}: the file is both a zip archive and an HDF5 file; refusing an "
+                               "ambiguous model file", hint="re-save the model with model.save()")
+    if is_zip:
         return _detect_keras_zip(path)
-    if head == _HDF5_MAGIC:
+    if is_h5:
         return _detect_h5(path)
     if path.suffix.lower() == ".onnx":
         return ModelFormat.ONNX, None
@@ -96,16 +101,25 @@ def detect_format(path: Path) -> tuple[ModelFormat, dict | None]:
 def _detect_keras_zip(path: Path) -> tuple[ModelFormat, dict]:
     try:
         with zipfile.ZipFile(path) as zf:
+            safety.check_archive(path, zf)
             names = set(zf.namelist())
             if "config.json" not in names:
                 raise ModelLoadError(f"{path}: zip archive without config.json is not a .keras model")
-            config = json.loads(zf.read("config.json"))
-            meta = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
+            config = safety.read_member_json(path, zf, "config.json")
+            meta = safety.read_member_json(path, zf, "metadata.json") if "metadata.json" in names else {}
     except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, KeyError) as err:
         raise ModelLoadError(f"{path}: corrupt .keras archive ({err})", hint="re-save the model") from err
-    version = str(meta.get("keras_version", "3"))
-    fmt = ModelFormat.KERAS3 if version.split(".")[0] >= "3" else ModelFormat.TF_KERAS
+    if not isinstance(config, dict) or not isinstance(meta, dict):
+        raise ModelLoadError(f"{path}: corrupt .keras archive (config.json is not a JSON object)",
+                             hint="re-save the model")
+    fmt = ModelFormat.KERAS3 if _major(meta.get("keras_version", "3")) >= 3 else ModelFormat.TF_KERAS
     return fmt, config
+
+
+def _major(version: Any) -> int:
+    """The major number of a Keras version string ("2.19.0" -> 2); unknown counts as Keras 3."""
+    head = str(version).split(".")[0]
+    return int(head) if head.isdigit() else 3
 
 
 def _detect_h5(path: Path) -> tuple[ModelFormat, dict]:
@@ -121,22 +135,13 @@ def _detect_h5(path: Path) -> tuple[ModelFormat, dict]:
         raise ModelLoadError(f"{path}: HDF5 file holds weights only (no model_config)",
                              hint="save the whole model with model.save('model.h5')")
     version = version.decode() if isinstance(version, bytes) else str(version)
-    config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    return (ModelFormat.KERAS3_H5 if version.startswith("3") else ModelFormat.TF_KERAS_H5), config
-
-
-def _find_unsafe_layers(config: Any) -> list[str]:
-    found: list[str] = []
-    if isinstance(config, dict):
-        if config.get("class_name") in _UNSAFE_LAYERS:
-            cfg = config.get("config") or {}
-            found.append(f"{cfg.get('name', '?')} ({config['class_name']})")
-        for v in config.values():
-            found.extend(_find_unsafe_layers(v))
-    elif isinstance(config, list):
-        for v in config:
-            found.extend(_find_unsafe_layers(v))
-    return found
+    if len(raw) > safety.MAX_CONFIG_BYTES:
+        raise ModelLoadError(f"{path}: model_config is larger than {safety.MAX_CONFIG_BYTES >> 20} MiB")
+    try:
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"{path}: corrupt model_config in HDF5 file ({err})", hint="re-save the model") from err
+    return (ModelFormat.KERAS3_H5 if _major(version) >= 3 else ModelFormat.TF_KERAS_H5), config
 
 
 def load_model(path: str | Path, *, trust_model: bool = False) -> LoadedModel:
@@ -144,14 +149,12 @@ def load_model(path: str | Path, *, trust_model: bool = False) -> LoadedModel:
     p = Path(path)
     fmt, config = detect_format(p)
     if config is not None and not trust_model:
-        unsafe = _find_unsafe_layers(config)
-        if unsafe:
-            raise UnsafeModelError(
-                f"{p}: layer {unsafe[0]} holds Python code that would run on load",
-                hint="re-run with --trust-model only if you trust where this file came from")
+        safety.check_keras_config(p, config)
+    if fmt is ModelFormat.SAVED_MODEL and not trust_model:
+        safety.check_saved_model(p)
     sha = file_sha256(p)
     if fmt is ModelFormat.ONNX:
-        from edgepack.converter import onnx_model  # noqa: F401  (issue: ONNX path)
+        from edgepack.converter import onnx_model
 
         return onnx_model.load_onnx(p, sha)
     if fmt is ModelFormat.SAVED_MODEL:
@@ -182,23 +185,36 @@ def _input_name(tensor: Any, i: int) -> str:
     return name.split(":")[0]
 
 
+_SUFFIX = {ModelFormat.KERAS3: ".keras", ModelFormat.TF_KERAS: ".keras",
+           ModelFormat.KERAS3_H5: ".h5", ModelFormat.TF_KERAS_H5: ".h5"}
+
+
 def _load_keras(p: Path, fmt: ModelFormat, trust_model: bool) -> Any:
-    try:
-        if fmt in (ModelFormat.KERAS3, ModelFormat.KERAS3_H5):
-            import keras
+    """Keras chooses its loader from the file *name*; edgepack chose the format from the bytes and
+    checked that format. A link named for the detected format makes Keras run the loader that was
+    checked, and every loader runs inside Keras' safe-mode scope (tf_keras' HDF5 path ignores the
+    ``safe_mode`` argument but honours the scope)."""
+    with tempfile.TemporaryDirectory(prefix="edgepack-load-") as tmp:
+        link = Path(tmp) / f"model{_SUFFIX[fmt]}"
+        link.symlink_to(p.resolve())
+        try:
+            if fmt in (ModelFormat.KERAS3, ModelFormat.KERAS3_H5):
+                import keras
+                from keras.src.saving.serialization_lib import SafeModeScope
 
-            return keras.saving.load_model(p, compile=False, safe_mode=not trust_model)
-        import tf_keras
+                with SafeModeScope(not trust_model):
+                    return keras.saving.load_model(link, compile=False, safe_mode=not trust_model)
+            import tf_keras
+            from tf_keras.src.saving.serialization_lib import SafeModeScope
 
-        if fmt is ModelFormat.TF_KERAS_H5:
-            return tf_keras.models.load_model(p, compile=False)
-        return tf_keras.models.load_model(p, compile=False, safe_mode=not trust_model)
-    except Exception as err:  # Keras raises many types for bad files; wrap them all, keep the cause
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        hint = "re-save the model, or pass --trust-model if it needs custom code you trust"
-        if "Unknown layer" in first or "custom" in first.lower() or "Could not locate" in first:
-            hint = "the model uses a custom class; edgepack loads only built-in layers"
-        raise ModelLoadError(f"{p}: cannot load {fmt.value} model: {first[:300]}", hint=hint) from err
+            with SafeModeScope(not trust_model):
+                return tf_keras.models.load_model(str(link), compile=False, safe_mode=not trust_model)
+        except Exception as err:  # Keras raises many types for bad files; wrap them all, keep the cause
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            hint = "re-save the model, or pass --trust-model if it needs custom code you trust"
+            if "Unknown layer" in first or "custom" in first.lower() or "Could not locate" in first:
+                hint = "the model uses a custom class; edgepack loads only built-in layers"
+            raise ModelLoadError(f"{p}: cannot load {fmt.value} model: {first[:300]}", hint=hint) from err
 
 
 def _load_saved_model(p: Path, sha: str) -> LoadedModel:

@@ -20,7 +20,7 @@ from edgepack.calibration import Dataset
 from edgepack.converter import mcu, optimize
 from edgepack.converter.load import LoadedModel, ModelFormat, load_model
 from edgepack.converter.request import ConvertRequest, QuantizeMode
-from edgepack.errors import ConversionError, UsageError
+from edgepack.errors import ConversionError, EdgepackError, InternalError, UsageError
 from edgepack.packaging import bundle as bundle_mod
 from edgepack.packaging.manifest import (MANIFEST_NAME, CalibrationInfo, Manifest, QuantizationInfo,
                                          SourceInfo, StageRecord, TargetInfo, TensorInfo, validate_dict)
@@ -267,14 +267,19 @@ STAGES: tuple[tuple[str, Stage], ...] = (
 )
 
 
-def run_pipeline(request: ConvertRequest, stages=STAGES,
+def run_pipeline(request: ConvertRequest, stages=None,
                  progress: Callable[[str], None] | None = None) -> PipelineState:
     st = PipelineState(request=request)
-    for name, stage in stages:
+    for name, stage in STAGES if stages is None else stages:
         if progress:
             progress(name)
         start = time.perf_counter()
-        detail = stage(st)
+        try:
+            detail = stage(st)
+        except (EdgepackError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # anything else is a bug here or in a library: name the stage
+            raise InternalError(name, err) from err
         if name != "package":
             st.stages.append(StageRecord(name, round(time.perf_counter() - start, 4), detail or {}))
         log.info("stage %s: %.2fs %s", name, time.perf_counter() - start, detail or "")
