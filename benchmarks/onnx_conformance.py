@@ -71,7 +71,7 @@ def _run_bundle(bundle: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
     from ai_edge_litert.interpreter import Interpreter
 
     from edgepack.packaging.manifest import read_manifest
-    from edgepack.validation.runtimes import dequantize, quantize
+    from edgepack.runtimes.litert import dequantize, quantize
 
     m = read_manifest(bundle)
     interp = Interpreter(model_path=str(bundle / "model.tflite"))

@@ -58,7 +58,7 @@ def tflite_accuracy(model_path: Path, x: np.ndarray, y: np.ndarray) -> float:
 
 def convert(model: Path, out: Path, **kw) -> dict:
     from edgepack import api
-    from edgepack.converter.measure import count_macs
+    from edgepack.optimize.measure import count_macs
 
     start = time.perf_counter()
     res = api.convert(model=model, output=out, force=True, **kw)
@@ -66,7 +66,7 @@ def convert(model: Path, out: Path, **kw) -> dict:
     opt = res.manifest.extras.get("optimize", {})
     after = opt.get("after")
     if after is None:  # not optimized: count on the source model
-        from edgepack.converter.load import load_model
+        from edgepack.converter.formats.detect import load_model
 
         src = load_model(model).model
         after = {"params": src.count_params(), "macs": count_macs(src)}
@@ -77,7 +77,7 @@ def convert(model: Path, out: Path, **kw) -> dict:
 
 def stable_p50(results: dict[str, dict], rounds: int = 7, runs: int = 100) -> None:
     """Interleaved rounds, best p50 per model: the machine is shared, so one p50 alone is noisy."""
-    from edgepack.converter.measure import litert_p50_ms
+    from edgepack.optimize.measure import litert_p50_ms
 
     best = {k: float("inf") for k in results}
     for _ in range(rounds):
@@ -93,7 +93,7 @@ def row(cells: list, widths: list[int]) -> str:
 
 
 def digits_table(w: Path, model: Path, x_te, y_te, epochs: int) -> dict:
-    from edgepack.converter.measure import zip_size
+    from edgepack.optimize.measure import zip_size
 
     results = {}
     runs = [("original (PTQ)", {})] + [(f"channels:{r}", {"prune": f"channels:{r}"}) for r in (0.25, 0.5, 0.75)] \

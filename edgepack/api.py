@@ -63,8 +63,8 @@ def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
     ``prune`` (``"channels:0.5"``, ``"sparsity:0.8"``, ``"2:4"``) and ``qat`` optimize a Keras model
     before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y)."""
     from edgepack._native import quiet_tensorflow
-    from edgepack.converter.pipeline import run_pipeline
-    from edgepack.converter.request import ConvertRequest, QuantizeMode
+    from edgepack.pipeline.run import run_pipeline
+    from edgepack.request import ConvertRequest, QuantizeMode
 
     quiet_tensorflow(verbose)
     request = ConvertRequest(
@@ -85,7 +85,7 @@ def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
 def _optimize_fields(prune, prune_norm, prune_round, prune_layers, keep_layers, qat, train_data, epochs, distill,
                      distribute, learning_rate) -> dict[str, Any]:
     """Request fields for pruning/QAT, with option values checked before anything heavy runs."""
-    from edgepack.converter.optimize import parse_prune
+    from edgepack.pipeline.optimize import parse_prune
 
     if prune is not None:
         parse_prune(prune)
@@ -110,7 +110,7 @@ def _input_shapes(spec: Mapping[str, Sequence[int]] | Sequence[str] | None) -> t
         return ()
     if isinstance(spec, Mapping):
         return tuple((str(k), tuple(int(d) for d in v)) for k, v in spec.items())
-    from edgepack.converter.onnx_model import parse_input_shape
+    from edgepack.converter.formats.onnx import parse_input_shape
 
     return tuple(parse_input_shape(s) for s in ([spec] if isinstance(spec, str) else spec))
 
@@ -125,7 +125,7 @@ def validate(*, bundle: str | Path, data: str | Path | Mapping[str, str | Path],
     folder give labels); the preprocessing recorded in the manifest is applied unless
     ``preprocess``/``recipe`` say otherwise (``preprocess="none"``: data is model-ready)."""
     from edgepack._native import quiet_tensorflow
-    from edgepack.validation.runtimes import Runtime
+    from edgepack.runtimes.litert import Runtime
     from edgepack.validation.validate import raise_if_failed, validate_bundle
 
     quiet_tensorflow(verbose)

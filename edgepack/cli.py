@@ -13,13 +13,14 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from edgepack import __version__
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, UsageError
 
 QUANTIZE_CHOICES = ("int8", "int8-float-io", "int16x8", "float16", "dynamic", "none")
 RUNTIME_CHOICES = ("litert", "tflite-runtime")
@@ -157,6 +158,26 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
+def data_option(values: Sequence[str], option: str) -> Path | dict[str, Path] | None:
+    """Parse a repeatable data option: one ``PATH``, or ``NAME=PATH`` once per model input."""
+    if not values:
+        return None
+    mapping: dict[str, Path] = {}
+    plain: list[str] = []
+    for v in values:
+        name, sep, path = v.partition("=")
+        # a path that exists wins over NAME=PATH parsing (file names may contain '=')
+        if sep and name and path and not Path(v).exists():
+            if name in mapping:
+                raise UsageError(f"{option} {name}=...: input {name!r} given twice")
+            mapping[name] = Path(path)
+        else:
+            plain.append(v)
+    if plain and (mapping or len(plain) > 1):
+        raise UsageError(f"{option} {plain[-1]}: give one {option} PATH, or {option} NAME=PATH for each model input")
+    return mapping or Path(plain[0])
+
+
 def data_options(fn):
     """--preprocess / --recipe / --label-column, shared by convert and validate."""
     fn = click.option("--label-column", metavar="NAME|INDEX",
@@ -244,7 +265,6 @@ def convert(model, output, quantize, calibration, calibration_samples, seed, tar
             optimize=None) -> None:
     """Convert MODEL (.keras, .h5, SavedModel dir, .onnx) into a TFLite bundle in OUTPUT."""
     from edgepack import api
-    from edgepack.calibration.sources import data_option
 
     calibration = data_option(calibration, "--calibration")
 
@@ -297,7 +317,6 @@ def validate(bundle, data, reference, runtime, max_drop, trust_model, preprocess
     The preprocessing recorded in the bundle's manifest is applied to --data unless --preprocess or
     --recipe is given."""
     from edgepack import api
-    from edgepack.calibration.sources import data_option
     from edgepack.validation.report import render
     from edgepack.validation.validate import raise_if_failed
 

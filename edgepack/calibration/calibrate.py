@@ -16,6 +16,7 @@ from typing import Any
 from edgepack.calibration import preprocess as pp
 from edgepack.calibration.dataset import Dataset, InputSpec
 from edgepack.calibration.progress import progress_bar
+from edgepack.calibration.sources import open_dataset
 from edgepack.calibration.stats import data_warnings, describe, scan
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def calibration_set(data: Path | Mapping[str, Path], inputs: Sequence[InputSpec]
                     label_column: str | None = None, min_samples: int = 100, target: str = "") -> CalibrationSet:
     """Open, check, select and scan the calibration data; log statistics (``-v``) and warnings."""
     pre = input_preprocessing(inputs, spec=spec, recipe=recipe)
-    full = Dataset.from_file(data, inputs, what="--calibration", preprocess=pre, label_column=label_column)
+    full = open_dataset(data, inputs, what="--calibration", preprocess=pre, label_column=label_column)
     chosen = full.select(count, seed)
     with progress_bar(len(chosen), "reading calibration data") as advance:
         result = scan(chosen, seed=seed, progress=advance)

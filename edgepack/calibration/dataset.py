@@ -100,24 +100,6 @@ class Dataset:
         ds._indices = indices
         return ds
 
-    # -- construction -------------------------------------------------------------------------
-    @classmethod
-    def from_file(cls, path, inputs: Sequence[InputSpec], *, what: str = "--calibration",
-                  label_key: str = "y", require_labels: bool = False,
-                  preprocess: Mapping[str, Preprocess | None] | None = None, label_column: str | None = None,
-                  class_names: Sequence[str] | None = None) -> "Dataset":
-        """Open ``path`` (``.npy``/``.npz``/``.csv``/image folder, or ``{input: path}``) for ``inputs`` and check it."""
-        from edgepack.calibration.sources import open_dataset
-
-        ds = open_dataset(path, inputs, what=what, preprocess=preprocess, label_key=label_key,
-                          label_column=label_column, class_names=class_names)
-        if require_labels and ds.labels is None:
-            raise CalibrationError(f"{ds.source}: no labels",
-                                   hint=f"store them under the key {label_key!r}, use class subfolders, "
-                                        "or pass --label-column")
-        ds.check(inputs)
-        return ds
-
     # -- checks ---------------------------------------------------------------------------------
     def check(self, inputs: Sequence[InputSpec]) -> None:
         """Every input has data of a numeric kind and of the model's shape.

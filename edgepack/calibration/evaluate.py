@@ -15,6 +15,7 @@ import numpy as np
 
 from edgepack.calibration import preprocess as pp
 from edgepack.calibration.dataset import Dataset, InputSpec
+from edgepack.calibration.sources import open_dataset
 from edgepack.calibration.stats import collector, compare_ranges
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def evaluation_data(bundle: Path, manifest: Any, data: Path | Mapping[str, Path]
     if applied and preprocess is None and recipe is None:
         log.info("--data: applying the bundle's recorded preprocessing %s (pass --preprocess none for "
                  "model-ready data)", applied)
-    return Dataset.from_file(data, specs, what="--data", preprocess=pre, label_column=label_column,
+    return open_dataset(data, specs, what="--data", preprocess=pre, label_column=label_column,
                              class_names=bundle_class_names(bundle, manifest.labels))
 
 

@@ -89,8 +89,10 @@ def _npz_multi(p: Path, inputs: Sequence["InputSpec"], *, what: str, pre: Mappin
 
 def open_dataset(data: DataArg, inputs: Sequence["InputSpec"], *, what: str = "--calibration",
                  preprocess: Mapping[str, Preprocess | None] | None = None, label_key: str = "y",
-                 label_column: str | None = None, class_names: Sequence[str] | None = None) -> "Dataset":
-    """A :class:`Dataset` for ``inputs`` from ``data`` (one path, or ``{input name: path}``)."""
+                 label_column: str | None = None, class_names: Sequence[str] | None = None,
+                 require_labels: bool = False) -> "Dataset":
+    """A checked :class:`Dataset` for ``inputs`` from ``data`` (one path, or ``{input name: path}``):
+    ``.npy``/``.npz``/``.csv``/image folder; ``require_labels`` refuses data without labels."""
     from edgepack.calibration.dataset import Dataset
 
     pre = dict(preprocess or {})
@@ -131,26 +133,9 @@ def open_dataset(data: DataArg, inputs: Sequence["InputSpec"], *, what: str = "-
         class_found = next((s.class_names for s in sources.values() if s.class_names), None)
     ds = Dataset(sources, labels, source=source)
     ds.class_names = class_found
+    if require_labels and ds.labels is None:
+        raise CalibrationError(f"{ds.source}: no labels",
+                               hint=f"store them under the key {label_key!r}, use class subfolders, "
+                                    "or pass --label-column")
+    ds.check(inputs)
     return ds
-
-
-def data_option(values: Sequence[str], option: str) -> Path | dict[str, Path] | None:
-    """Parse a repeatable data option: one ``PATH``, or ``NAME=PATH`` once per model input."""
-    from edgepack.errors import UsageError
-
-    if not values:
-        return None
-    mapping: dict[str, Path] = {}
-    plain: list[str] = []
-    for v in values:
-        name, sep, path = v.partition("=")
-        # a path that exists wins over NAME=PATH parsing (file names may contain '=')
-        if sep and name and path and not Path(v).exists():
-            if name in mapping:
-                raise UsageError(f"{option} {name}=...: input {name!r} given twice")
-            mapping[name] = Path(path)
-        else:
-            plain.append(v)
-    if plain and (mapping or len(plain) > 1):
-        raise UsageError(f"{option} {plain[-1]}: give one {option} PATH, or {option} NAME=PATH for each model input")
-    return mapping or Path(plain[0])

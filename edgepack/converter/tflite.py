@@ -16,18 +16,11 @@ from pathlib import Path
 
 from edgepack._native import capture_native_output
 from edgepack.calibration import Dataset
-from edgepack.converter.load import LoadedModel, ModelFormat
-from edgepack.converter.request import QuantizeMode
+from edgepack.converter.formats.base import LoadedModel, ModelFormat, signature_name
 from edgepack.errors import ConversionError
+from edgepack.request import QuantizeMode
 
 log = logging.getLogger(__name__)
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.\-/]")
-
-
-def signature_name(name: str) -> str:
-    """A TensorFlow-legal placeholder name for a source input/output name."""
-    out = _SAFE_NAME.sub("_", name)
-    return out if out and out[0].isalnum() else f"t{out}"
 
 
 def _tensor_specs(loaded: LoadedModel, batch: int | None = None):

@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 
-from edgepack.errors import OptionError, EdgepackError
+from edgepack.errors import EdgepackError, OptionError
 
 QUANTIZE_MODES = ("int8", "int8-float-io", "int16x8", "float16", "dynamic", "none")
 RUNTIMES = ("litert", "tflm")

@@ -8,14 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgepack.calibration.evaluate import RangeWatch, evaluation_data
+from edgepack.calibration.layout import outputs_to_source, read_bundle_data, source_specs
 from edgepack.calibration.progress import progress_bar
-from edgepack.converter.layout import outputs_to_source, read_bundle_data, source_specs
 from edgepack.errors import BundleError, ValidationFailed
 from edgepack.packaging.bundle import verify_artifacts, write_file_atomic
 from edgepack.packaging.manifest import read_manifest
+from edgepack.runtimes.litert import Runtime, run_tflite
 from edgepack.validation import metrics
+from edgepack.validation.reference import run_reference
 from edgepack.validation.report import OutputComparison, ValidationReport, finite_or_none
-from edgepack.validation.runtimes import Runtime, run_reference, run_tflite
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "validation.json"
@@ -47,7 +48,7 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
     ref_path = _resolve_reference(manifest, reference, bundle)
     loaded = None
     if ref_path is not None:
-        from edgepack.converter.load import load_model
+        from edgepack.converter.formats.detect import load_model
 
         loaded = load_model(ref_path, trust_model=trust_model)
     specs = loaded.inputs if loaded is not None else source_specs(manifest.inputs)

@@ -13,7 +13,7 @@ from edgepack.cli import main
 from edgepack.errors import ConversionError, UsageError
 from edgepack.packaging.manifest import read_manifest
 
-from .onnx_builders import classifier, custom_op, separable_images, shape_flatten, two_in_two_out
+from tests.converter.onnx_builders import classifier, custom_op, separable_images, shape_flatten, two_in_two_out
 
 MODES = ("int8", "int8-float-io", "int16x8", "float16", "dynamic", "none")
 
@@ -82,7 +82,7 @@ def test_cli_validate_reference_onnx_and_inspect_mapping(onnx_dir, int8_onnx_bun
 def test_multi_input_multi_output_keep_onnx_order_and_values(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgepack.converter.load import load_model
+    from edgepack.converter.formats.detect import load_model
 
     path = two_in_two_out(tmp_path / "two.onnx")
     m = api.convert(model=path, output=tmp_path / "b", quantize="none").manifest
@@ -148,7 +148,7 @@ def test_unsupported_op_lists_type_and_node(tmp_path):
 
 def test_onnx2tf_sys_exit_becomes_conversion_error(tmp_path):
     """onnx2tf calls sys.exit(1) for a missing file: our process must survive it."""
-    from edgepack.converter.onnx_convert import run_onnx2tf
+    from edgepack.converter.onnx.translate import run_onnx2tf
 
     with pytest.raises(ConversionError, match=r"onnx2tf failed: The specified \*\.onnx file does not exist"):
         run_onnx2tf(tmp_path / "missing.onnx", tmp_path, {}, verbose=False)

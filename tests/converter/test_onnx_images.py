@@ -14,7 +14,7 @@ import pytest
 
 from edgepack import api
 
-from .onnx_builders import classifier, separable_images
+from tests.converter.onnx_builders import classifier, separable_images
 
 CLASSES = 3
 SPEC = "resize=8x8,scale=0.00392157,layout=nchw"  # 16x16 PNGs -> the model's 3x8x8 input in [0, 1]
@@ -61,7 +61,7 @@ def test_onnx_model_calibrates_from_png_folder_and_validates_from_labelled_folde
 def test_bundle_data_is_streamed_and_transposed_per_batch(png_case):
     """validate's view of an image folder reads files on demand and transposes only what it reads."""
     from edgepack.calibration import InputSpec
-    from edgepack.converter.layout import TransposedSource, read_bundle_data
+    from edgepack.calibration.layout import TransposedSource, read_bundle_data
     from edgepack.packaging.manifest import TensorInfo
 
     tensor = TensorInfo(name="image", tflite_name="image", index=0, shape=[1, 3, 8, 8], dtype="float32",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgepack.converter.onnx_io import _input_perm, _output_candidates
+from edgepack.converter.onnx.iomap import _input_perm, _output_candidates
 from edgepack.errors import ConversionError
 
 

@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from edgepack.cli import main
-from edgepack.converter import safety
-from edgepack.converter.load import load_model
+from edgepack.converter.formats import safety
+from edgepack.converter.formats.detect import load_model
 from edgepack.errors import ModelLoadError, UnsafeModelError
 from tests.conftest import build_keras3, build_tf_keras
 

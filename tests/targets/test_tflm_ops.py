@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgepack.targets import load_target
-from edgepack.validation.tflm import registered_builtin_ops
+from edgepack.runtimes.tflm import registered_builtin_ops
 
 
 def test_profile_op_list_matches_installed_tflm():

@@ -9,7 +9,7 @@ import pytest
 
 from edgepack.packaging.manifest import TensorInfo
 from edgepack.validation import metrics
-from edgepack.validation.runtimes import dequantize, quantize
+from edgepack.runtimes.litert import dequantize, quantize
 
 
 def test_accuracy_and_agreement_by_hand():

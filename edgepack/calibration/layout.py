@@ -1,0 +1,170 @@
+"""Layouts: a source model's tensors (ONNX: channels first) against the TFLite tensors they became.
+
+A mapping is a permutation ``perm`` with ``tflite = source.transpose(perm)`` (batch axis included),
+or None when both layouts are the same. Data for a model may come in either layout: each input is
+matched by shape, the source layout winning when both fit (a 3x3x3 image, say).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+
+from edgepack.calibration import Dataset, InputSpec, open_dataset
+from edgepack.calibration.source import Source
+from edgepack.errors import CalibrationError
+
+_CHANNELS_FIRST = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
+_CHANNELS_LAST = {3: "NWC", 4: "NHWC", 5: "NDHWC"}
+
+
+def channels_last_perm(rank: int) -> tuple[int, ...]:
+    """(0, 2, ..., rank-1, 1): NCHW -> NHWC and its 3-D/5-D cousins."""
+    return (0, *range(2, rank), 1)
+
+
+def inverse(perm: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argsort(perm))
+
+
+def layout_names(perm: Sequence[int] | None, rank: int) -> tuple[str | None, str | None]:
+    """(source layout, TFLite layout) names such as ("NCHW", "NHWC"); None when not transposed."""
+    if perm is None or tuple(perm) == tuple(range(rank)):
+        return None, None
+    if tuple(perm) == channels_last_perm(rank) and rank in _CHANNELS_FIRST:
+        return _CHANNELS_FIRST[rank], _CHANNELS_LAST[rank]
+    return "perm" + "".join(map(str, perm)), None
+
+
+def _fits(shape: Sequence[int], want: Sequence[int | None]) -> bool:
+    return len(shape) == len(want) and all(w is None or w == s for w, s in zip(want, shape))
+
+
+def _sample_perm(perm: Sequence[int]) -> tuple[int, ...]:
+    """The permutation of a sample's axes (``perm`` without the batch axis, which stays first)."""
+    if perm[0] != 0:
+        raise ValueError(f"layout permutation {list(perm)} moves the batch axis")
+    return tuple(p - 1 for p in perm[1:])
+
+
+class TransposedSource(Source):
+    """Another source's samples with their axes permuted as they are read (nothing is copied)."""
+
+    def __init__(self, base: Source, axes: Sequence[int]) -> None:
+        self.base = base
+        self.axes = tuple(axes)
+        self.where = base.where
+        self.labels = base.labels
+        self.class_names = base.class_names
+        self.preprocess = base.preprocess
+        self.raw_range = base.raw_range
+        self.shape_hint = base.shape_hint
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    @property
+    def sample_shape(self) -> tuple[int | None, ...]:
+        shape = self.base.sample_shape
+        return tuple(shape[a] for a in self.axes)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    def read(self, idx: np.ndarray) -> np.ndarray:
+        return np.transpose(self.base.read(idx), (0, *(a + 1 for a in self.axes)))
+
+    def locate(self, i: int) -> str:
+        return self.base.locate(i)
+
+    def check_kind(self, label: str) -> None:
+        self.base.check_kind(label)
+
+
+def _with_sources(ds: Dataset, sources: dict[str, Source]) -> Dataset:
+    """``ds`` (same selection, labels, observers) reading from ``sources``."""
+    out = copy.copy(ds)
+    out.sources = sources
+    return out
+
+
+def to_layouts(ds: Dataset, specs: Sequence[InputSpec], tflite_shapes: dict[str, Sequence[int]],
+               perms: dict[str, Sequence[int] | None]) -> tuple[Dataset, Dataset]:
+    """``(source layout, TFLite layout)`` views of ``ds``, whichever layout each input came in.
+
+    ``specs`` are the source model's inputs (shapes without batch, None = dynamic);
+    ``tflite_shapes`` the TFLite inputs' shapes without batch; ``perms`` the source->TFLite
+    permutations (batch axis included).
+    """
+    source: dict[str, Source] = {}
+    tflite: dict[str, Source] = {}
+    for spec in specs:
+        src = ds.sources[spec.name]
+        perm = perms.get(spec.name)
+        sample = tuple(src.sample_shape)
+        if perm is None:
+            source[spec.name] = tflite[spec.name] = src
+            continue
+        axes = _sample_perm(perm)
+        if _fits(sample, spec.shape):
+            source[spec.name], tflite[spec.name] = src, TransposedSource(src, axes)
+        elif _fits(sample, tuple(tflite_shapes[spec.name])):
+            source[spec.name], tflite[spec.name] = TransposedSource(src, inverse(axes)), src
+        else:
+            want = "x".join("?" if d is None else str(d) for d in spec.shape)
+            tfl = "x".join(map(str, tflite_shapes[spec.name]))
+            raise CalibrationError(
+                f"{ds.source} input {spec.name!r}: sample shape {'x'.join(map(str, sample))} fits neither the "
+                f"ONNX layout ({want}) nor the TFLite layout ({tfl})",
+                hint="store samples on the first axis, e.g. (N, C, H, W) as the ONNX model takes them")
+    return _with_sources(ds, source), _with_sources(ds, tflite)
+
+
+def relaxed_specs(specs: Sequence[InputSpec]) -> list[InputSpec]:
+    """Specs that accept any sample shape of the right rank (the layout is resolved later)."""
+    return [InputSpec(s.name, tuple(None for _ in s.shape), s.dtype) for s in specs]
+
+
+def outputs_to_source(outputs: Sequence[np.ndarray], perms: Sequence[Sequence[int] | None]) -> list[np.ndarray]:
+    """TFLite-layout outputs back in the source model's layout."""
+    return [o if p is None else np.transpose(o, inverse(p)) for o, p in zip(outputs, perms)]
+
+
+def source_specs(tensors) -> list[InputSpec]:
+    """Input specs in the source layout from manifest tensors (``TensorInfo``)."""
+    return [InputSpec(t.name, tuple(d if isinstance(d, int) else None for d in (t.source_shape or t.shape)[1:]),
+                      "float32") for t in tensors]
+
+
+def bundle_views(ds: Dataset, specs: Sequence[InputSpec], tensors) -> tuple[Dataset, Dataset]:
+    """``(source layout, TFLite layout)`` views of ``ds`` (opened with :func:`relaxed_specs`) for a
+    bundle's input ``tensors``; samples are transposed batch by batch as they are read."""
+    perms = {t.name: t.perm for t in tensors}
+    source, tflite = to_layouts(ds, specs, {t.name: tuple(t.shape[1:]) for t in tensors}, perms)
+    dtypes = {s.name: s.dtype for s in specs}
+    tflite.check([InputSpec(t.name, tuple(t.shape[1:]), dtypes.get(t.name, "float32")) for t in tensors])
+    return source, tflite
+
+
+def read_dataset(path, specs: Sequence[InputSpec], tensors, *, what: str) -> tuple[Dataset, Dataset]:
+    """``(source layout, TFLite layout)`` views of model-ready data (no preprocessing) for a bundle's
+    input ``tensors``; :func:`read_bundle_data` applies the bundle's recorded preprocessing."""
+    if not any(t.perm for t in tensors):
+        ds = open_dataset(path, specs, what=what)
+        return ds, ds
+    return bundle_views(open_dataset(path, relaxed_specs(specs), what=what), specs, tensors)
+
+
+def read_bundle_data(bundle, manifest, data, specs: Sequence[InputSpec], *, preprocess: str | None = None,
+                     recipe=None, label_column: str | None = None) -> tuple[Dataset, Dataset]:
+    """``validate``'s data for a bundle whose inputs were transposed (ONNX): any source (``.npy``,
+    ``.npz``, image folders, CSV, ``NAME=PATH``) with the recorded preprocessing (or ``preprocess``/
+    ``recipe``), in the ONNX layout or the TFLite one; streamed, never read whole."""
+    from edgepack.calibration.evaluate import evaluation_data
+
+    ds = evaluation_data(bundle, manifest, data, relaxed_specs(specs), preprocess=preprocess, recipe=recipe,
+                         label_column=label_column)
+    return bundle_views(ds, specs, manifest.inputs)

@@ -1,0 +1,262 @@
+"""Loading ONNX models: safe external data, I/O in the model's order, onnxruntime as the reference.
+
+Tensors stored outside the ``.onnx`` file are read only from inside the model's folder: no
+absolute paths, no ``..``, no symlinks. ``LoadedModel.model`` is an :class:`OnnxModel`, a callable
+that runs a batch (``{input name: array}``, ONNX layout) through onnxruntime and returns the
+outputs in the ONNX output order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepack.calibration import InputSpec
+from edgepack.converter.formats.base import LoadedModel, ModelFormat
+from edgepack.errors import ModelLoadError, UsageError
+
+log = logging.getLogger(__name__)
+
+Dim = int | str | None  # fixed size, symbolic name, or unknown
+
+
+@dataclass(frozen=True)
+class OnnxTensor:
+    """One graph input or output: ONNX name, full shape (batch included) and numpy dtype."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+
+    @property
+    def dynamic_axes(self) -> list[int]:
+        return [i for i, d in enumerate(self.shape) if not isinstance(d, int)]
+
+
+@dataclass
+class OnnxModel:
+    """An ONNX model in memory (external data loaded) and a lazily created onnxruntime session."""
+
+    proto: Any = field(repr=False)
+    path: Path
+    inputs: list[OnnxTensor]
+    outputs: list[OnnxTensor]
+    shape_overrides: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _session: Any = field(default=None, repr=False)
+
+    def conversion_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Static input shapes for conversion: --input-shape wins, a dynamic batch becomes 1,
+        any other dynamic dimension is an error naming the input."""
+        out: dict[str, tuple[int, ...]] = {}
+        for t in self.inputs:
+            if t.name in self.shape_overrides:
+                out[t.name] = self.shape_overrides[t.name]
+                continue
+            dims = list(t.shape)
+            if dims and not isinstance(dims[0], int):
+                log.info("input %r: dynamic batch dimension %r converted as 1", t.name, dims[0])
+                dims[0] = 1
+            bad = [(i, d) for i, d in enumerate(dims) if not isinstance(d, int)]
+            if bad:
+                i, d = bad[0]
+                example = "x".join(str(x) if isinstance(x, int) else "N" for x in dims)
+                raise UsageError(f"ONNX input {t.name!r} has a dynamic dimension {d or '?'!r} at axis {i} "
+                                 f"(shape {format_shape(t.shape)})",
+                                 hint=f"fix it with --input-shape {t.name}:{example}")
+            out[t.name] = tuple(int(x) for x in dims)
+        return out
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        sess = self.session()
+        n = len(next(iter(feeds.values())))
+        fixed = {t.name: t.shape[0] for t in self.inputs if t.shape and isinstance(t.shape[0], int)}
+        step = min(fixed.values()) if fixed else n
+        if step == n or step < 1:
+            return [np.asarray(o) for o in sess.run(None, {k: np.asarray(v) for k, v in feeds.items()})]
+        # A model exported with a fixed batch (often 1) gets the batch in slices of that size.
+        parts = [sess.run(None, {k: np.asarray(v[i:i + step]) for k, v in feeds.items()}) for i in range(0, n, step)]
+        return [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(self.outputs))]
+
+    def session(self):
+        if self._session is None:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            opts.intra_op_num_threads = 2
+            try:
+                self._session = ort.InferenceSession(self.proto.SerializeToString(), opts,
+                                                     providers=["CPUExecutionProvider"])
+            except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ModelLoadError(f"{self.path}: onnxruntime cannot run the model: {first[:300]}") from err
+        return self._session
+
+
+def format_shape(shape: Sequence[Dim]) -> str:
+    return "x".join(str(d) if isinstance(d, int) else (d or "?") for d in shape) or "scalar"
+
+
+def _tensor_info(vi) -> OnnxTensor:
+    from onnx import helper
+
+    tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+    if tt is None:
+        kind = vi.type.WhichOneof("value") or "unknown"
+        raise ModelLoadError(f"ONNX graph input/output {vi.name!r} is a {kind.replace('_type', '')}, not a tensor",
+                             hint="edgepack converts models with tensor inputs and outputs only")
+    dims: list[Dim] = []
+    for d in tt.shape.dim if tt.HasField("shape") else []:
+        dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None))
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+    return OnnxTensor(vi.name, tuple(dims), dtype)
+
+
+# -- external data ------------------------------------------------------------------------------
+def _all_tensors(graph) -> Iterator[Any]:
+    """Every TensorProto of a graph: initializers, sparse ones, node attributes, subgraphs."""
+    from onnx import AttributeProto
+
+    yield from graph.initializer
+    for sp in graph.sparse_initializer:
+        yield sp.values
+        yield sp.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == AttributeProto.GRAPH:
+                yield from _all_tensors(attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_tensors(g)
+
+
+def check_external_data(model, folder: Path) -> int:
+    """Refuse external data outside ``folder``; returns the number of externally stored tensors."""
+    from onnx import TensorProto
+
+    root = folder.resolve()
+    count = 0
+    for t in _all_tensors(model.graph):
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        count += 1
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        why = _unsafe_location(loc, folder, root)
+        if why:
+            raise ModelLoadError(f"ONNX tensor {t.name!r}: external data location {loc!r} {why}",
+                                 hint=f"keep external data files inside {folder} and refer to them by relative path")
+    return count
+
+
+def _unsafe_location(loc: str, folder: Path, root: Path) -> str | None:
+    if not loc:
+        return "is empty"
+    if os.path.isabs(loc) or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[1] == ":"):
+        return "is an absolute path"
+    parts = Path(loc.replace("\\", "/")).parts
+    if ".." in parts:
+        return "leaves the model's folder (..)"
+    current = folder
+    for part in parts:
+        current = current / part
+        if current.is_symlink():
+            return f"goes through a symlink ({current.name})"
+    if not current.is_file():
+        return f"does not exist in {folder}"
+    if root not in current.resolve().parents:
+        return "resolves outside the model's folder"
+    return None
+
+
+def _lower_ir_version(proto, path: Path) -> None:
+    """Lower (never raise) the IR version to the minimum the model's opsets need.
+
+    The stack's own onnx 1.19 writes IR version 12 by default, which its onnxruntime (IR <= 11) and
+    onnx-simplifier's checker (IR <= 10) refuse, although nothing in such a model needs it.
+    """
+    from onnx import helper
+
+    try:
+        needed = helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    except (ValueError, TypeError):  # an opset this onnx does not know: leave the model as it is
+        return
+    if proto.ir_version > needed:
+        log.debug("%s: IR version %d lowered to %d, the minimum for its opsets", path, proto.ir_version, needed)
+        proto.ir_version = needed
+
+
+def load_onnx(path: Path, sha256: str) -> LoadedModel:
+    """Read ``path`` (checking external data first); I/O in the ONNX model's order."""
+    import onnx
+    from onnx import external_data_helper
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf DecodeError and friends
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(err).__name__}: {err})",
+                             hint="re-export the model (torch.onnx.export)") from err
+    if check_external_data(proto, path.parent):
+        try:
+            external_data_helper.load_external_data_for_model(proto, str(path.parent))
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"{path}: cannot read external data ({err})") from err
+    _lower_ir_version(proto, path)
+    init_names = {t.name for t in proto.graph.initializer}
+    inputs = [_tensor_info(vi) for vi in proto.graph.input if vi.name not in init_names]
+    outputs = [_tensor_info(vi) for vi in proto.graph.output]
+    if not inputs or not outputs:
+        raise ModelLoadError(f"{path}: the ONNX graph has no {'inputs' if not inputs else 'outputs'}")
+    model = OnnxModel(proto=proto, path=path, inputs=inputs, outputs=outputs)
+    return LoadedModel(path, ModelFormat.ONNX, sha256, _input_specs(model), [t.name for t in outputs], model)
+
+
+def _input_specs(model: OnnxModel) -> list[InputSpec]:
+    specs = []
+    for t in model.inputs:
+        shape = model.shape_overrides.get(t.name, t.shape)
+        specs.append(InputSpec(t.name, tuple(d if isinstance(d, int) else None for d in shape[1:]), t.dtype))
+    return specs
+
+
+# -- --input-shape --------------------------------------------------------------------------------
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``NAME:1x3x224x224`` -> (NAME, (1, 3, 224, 224)); the name may itself contain ':'."""
+    name, sep, dims = text.rpartition(":")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or any(d < 1 for d in shape):
+        raise UsageError(f"--input-shape {text!r}: expected NAME:DIMxDIMx... with positive sizes",
+                         hint="e.g. --input-shape input:1x3x224x224")
+    return name, shape
+
+
+def with_input_shapes(loaded: LoadedModel, shapes: Mapping[str, Sequence[int]]) -> LoadedModel:
+    """``loaded`` with dynamic input dimensions fixed; checks names, ranks and fixed sizes."""
+    model: OnnxModel = loaded.model
+    by_name = {t.name: t for t in model.inputs}
+    fixed: dict[str, tuple[int, ...]] = {}
+    for name, dims in shapes.items():
+        t = by_name.get(name)
+        if t is None:
+            raise UsageError(f"--input-shape {name}: the ONNX model has no input {name!r}",
+                             hint=f"inputs: {', '.join(by_name)}")
+        dims = tuple(int(d) for d in dims)
+        if len(dims) != len(t.shape) or any(isinstance(d, int) and d != g for d, g in zip(t.shape, dims)):
+            raise UsageError(f"--input-shape {name}:{format_shape(dims)} does not fit the ONNX input's "
+                             f"shape {format_shape(t.shape)}",
+                             hint="give every axis, keeping the fixed sizes and choosing the dynamic ones")
+        fixed[name] = dims
+    new = replace(model, shape_overrides={**model.shape_overrides, **fixed}, _session=model._session)
+    return replace(loaded, inputs=_input_specs(new), model=new)

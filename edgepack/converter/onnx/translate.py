@@ -1,0 +1,315 @@
+"""ONNX -> TFLite: onnx2tf builds the TensorFlow graph, TensorFlow's converter (``tflite.py``) does
+every quantize mode with edgepack's calibration data.
+
+onnx2tf is kept on a short leash:
+
+- it runs in a temporary working directory that is removed afterwards;
+- it never goes online: the sample images it would download for 3-channel 4-D inputs are written
+  into that directory beforehand, and its download function is swapped for a local read;
+- edgepack fixes input shapes and runs onnx-simplifier itself, through its Python API (onnx2tf
+  would shell out to an ``onnxsim`` command, which an unactivated venv does not have on PATH);
+- its console output is captured, and its ``sys.exit`` calls and exceptions become one
+  :class:`ConversionError` naming the op types and nodes that failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepack._native import capture_native_output
+from edgepack.calibration import Dataset, InputSpec, layout
+from edgepack.converter.formats.detect import LoadedModel, ModelFormat
+from edgepack.converter.formats.onnx import OnnxModel
+from edgepack.converter.onnx.iomap import IoMap, map_io
+from edgepack.errors import ConversionError
+from edgepack.request import QuantizeMode
+
+log = logging.getLogger(__name__)
+
+# The file onnx2tf's download_test_image_data() looks for in the working directory before it
+# goes to GitHub: 20 images of 128x128x3, float32 in [0, 1].
+SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+_SAMPLE_SHAPE = (20, 128, 128, 3)
+
+
+@dataclass
+class OnnxConversion:
+    tflite: bytes
+    inputs: list[IoMap]
+    outputs: list[IoMap]
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+# -- preparing the graph ---------------------------------------------------------------------------
+def _walk_nodes(graph) -> Iterator[Any]:
+    from onnx import AttributeProto
+
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == AttributeProto.GRAPH:
+                yield from _walk_nodes(attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _walk_nodes(g)
+
+
+def name_nodes(proto) -> dict[str, str]:
+    """Give unnamed nodes a stable name (``Conv_3``) so errors can point at them; name -> op type."""
+    seen: dict[str, str] = {}
+    for i, node in enumerate(_walk_nodes(proto.graph)):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen[node.name] = node.op_type
+    return seen
+
+
+def unsupported_ops(proto) -> dict[str, list[str]]:
+    """Op types onnx2tf has no translation for -> the nodes using them."""
+    missing: dict[str, list[str]] = {}
+    for node in _walk_nodes(proto.graph):
+        custom = node.domain not in ("", "ai.onnx")
+        if custom or importlib.util.find_spec(f"onnx2tf.ops.{node.op_type}") is None:
+            key = f"{node.domain}.{node.op_type}" if custom else node.op_type
+            missing.setdefault(key, []).append(node.name)
+    return missing
+
+
+def _ops_message(ops: dict[str, list[str]]) -> str:
+    parts = []
+    for op, nodes in sorted(ops.items()):
+        more = f" and {len(nodes) - 3} more" if len(nodes) > 3 else ""
+        parts.append(f"{op} (node{'s' if len(nodes) > 1 else ''} {', '.join(nodes[:3])}{more})")
+    return "; ".join(parts)
+
+
+def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]]):
+    """A copy of the graph with static input shapes, named nodes and onnx-simplifier applied."""
+    import onnx
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    for vi in proto.graph.input:
+        if vi.name in shapes:
+            dims = vi.type.tensor_type.shape.dim
+            for d, size in zip(dims, shapes[vi.name]):
+                d.Clear()
+                d.dim_value = size
+    names = name_nodes(proto)
+    missing = unsupported_ops(proto)
+    if missing:
+        raise ConversionError(f"onnx2tf has no translation for: {_ops_message(missing)}",
+                              hint="replace these ops in the exported model, or export with another opset")
+    return _simplify(proto), names
+
+
+def _simplify(proto):
+    """onnx-simplifier folds the shape arithmetic that dynamic exports leave behind."""
+    try:
+        import onnxsim
+
+        with capture_native_output() as cap:
+            simplified, ok = onnxsim.simplify(proto)
+    except Exception as err:  # onnxsim raises RuntimeError/ValidationError for graphs it cannot handle
+        log.warning("onnx-simplifier skipped (%s); converting the graph as exported",
+                    (str(err).strip().splitlines() or [type(err).__name__])[0][:200])
+        return proto
+    if not ok:
+        log.warning("onnx-simplifier's result failed its own check; converting the graph as exported")
+        log.debug("onnxsim output: %s", cap.tail())
+        return proto
+    return simplified
+
+
+# -- running onnx2tf -------------------------------------------------------------------------------
+def write_sample_images(folder: Path) -> Path:
+    """The sample file onnx2tf would download, seeded and local (it only feeds onnx2tf's self-check)."""
+    path = folder / SAMPLE_FILE
+    np.save(path, np.random.default_rng(0).random(_SAMPLE_SHAPE, dtype=np.float32), allow_pickle=False)
+    return path
+
+
+@contextlib.contextmanager
+def offline_onnx2tf(workdir: Path) -> Iterator[None]:
+    """cwd = ``workdir`` (where onnx2tf looks for its sample file) and its downloader made local."""
+    import onnx2tf.onnx2tf as core
+    import onnx2tf.utils.common_functions as common
+
+    sample = write_sample_images(workdir)
+
+    def local_sample() -> np.ndarray:
+        return np.load(sample, allow_pickle=False)
+
+    saved = {mod: getattr(mod, "download_test_image_data", None) for mod in (core, common)}
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        for mod in saved:
+            mod.download_test_image_data = local_sample
+        yield
+    finally:
+        os.chdir(cwd)
+        for mod, fn in saved.items():
+            if fn is not None:
+                mod.download_test_image_data = fn
+
+
+def run_onnx2tf(onnx_path: Path, workdir: Path, names: dict[str, str], verbose: bool):
+    """onnx2tf's tf_keras model for ``onnx_path``; failures become one ConversionError."""
+    import tensorflow  # noqa: F401  (imported outside the capture so its start-up noise is handled once)
+
+    failure: BaseException | None = None
+    printed = io.StringIO()  # onnx2tf print()s its log; sys.stdout may not be fd 1 (pytest, notebooks)
+    with capture_native_output(not verbose) as cap, _redirect_python_output(printed, not verbose):
+        import onnx2tf
+
+        try:
+            with offline_onnx2tf(workdir):
+                model = onnx2tf.convert(
+                    input_onnx_file_path=str(onnx_path.resolve()), output_folder_path=str(workdir.resolve() / "onnx2tf_out"),
+                    disable_model_save=True, not_use_onnxsim=True, not_use_opname_auto_generate=True,
+                    non_verbose=not verbose, verbosity="info" if verbose else "error")
+        except KeyboardInterrupt:
+            raise
+        except (SystemExit, Exception) as err:  # onnx2tf calls sys.exit(1) or raises anything at all
+            failure = err
+    text = printed.getvalue() + cap.text
+    if failure is not None:
+        raise _onnx2tf_error(failure, text, names) from failure
+    if model is None:
+        raise _onnx2tf_error(RuntimeError("onnx2tf returned no model"), text, names)
+    return model
+
+
+@contextlib.contextmanager
+def _redirect_python_output(buf: io.StringIO, enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        yield
+
+
+_BOILERPLATE = ("trace log", "input_onnx_file_path:", "onnx_op_name:", "Read this", "Alternatively",
+                "If the input OP", "Also, for models")
+
+
+def _onnx2tf_error(err: BaseException, text: str, names: dict[str, str]) -> ConversionError:
+    clean = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    failing = {getattr(err, "onnx_op_name", None)} | set(re.findall(r"onnx_op_name: (\S+)", clean))
+    ops: dict[str, list[str]] = {}
+    for node in sorted(n for n in failing if n):
+        ops.setdefault(names.get(node, "?"), []).append(node)
+    for op in re.findall(r"(\S+) OP is not yet implemented", clean):
+        ops.setdefault(op, [])
+    if isinstance(err, SystemExit):  # onnx2tf logs its reason as "ERROR: ..." right before exiting
+        said = [ln.split("ERROR:", 1)[-1].strip() for ln in clean.splitlines() if "ERROR:" in ln]
+        reason = next((s for s in said if s and not s.startswith(_BOILERPLATE)), f"exit status {err.code}")
+    else:
+        reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+    where = f" at {_ops_message(ops)}" if ops else ""
+    return ConversionError(f"onnx2tf failed{where}: {reason[:300]}",
+                           hint="run with -v to see onnx2tf's log; fixing dynamic shapes with --input-shape "
+                                "often helps")
+
+
+def probe_inputs(model: OnnxModel, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for t in model.inputs:
+        if np.dtype(t.dtype).kind == "f":
+            feeds[t.name] = rng.random(shapes[t.name]).astype(t.dtype)
+        elif t.dtype == "bool":
+            feeds[t.name] = rng.random(shapes[t.name]) > 0.5
+        else:  # ones, not zeros: an integer Div/Mod by zero kills the process (SIGFPE) inside onnxruntime
+            feeds[t.name] = np.ones(shapes[t.name], dtype=t.dtype)
+    return feeds
+
+
+# -- the TensorFlow side ---------------------------------------------------------------------------
+def save_signature(tf_model, inputs: list[IoMap], outputs: list[IoMap], path: Path) -> Path:
+    """A SavedModel whose serving signature uses the ONNX names, static shapes, ONNX order."""
+    import tensorflow as tf
+
+    from edgepack.converter.formats.base import signature_name
+
+    specs = [tf.TensorSpec(m.tflite_shape, tf.as_dtype(m.dtype), name=signature_name(m.name)) for m in inputs]
+    out_names = [signature_name(m.name) for m in outputs]
+
+    def serve(*args):
+        out = tf_model(list(args) if len(args) > 1 else args[0], training=False)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        return dict(zip(out_names, outs))
+
+    fn = tf.function(serve, input_signature=specs)
+    module = tf.Module()
+    module.model = tf_model
+    tf.saved_model.save(module, str(path), signatures={"serving_default": fn.get_concrete_function()})
+    return path
+
+
+def calibration_for_tflite(calibration: Dataset, loaded: LoadedModel, inputs: list[IoMap]) -> Dataset:
+    """Calibration samples in the TFLite layout, whichever layout they were given in."""
+    tflite_shapes = {m.name: m.tflite_shape[1:] for m in inputs}
+    perms = {m.name: m.perm for m in inputs}
+    _, tflite = layout.to_layouts(calibration, loaded.inputs, tflite_shapes, perms)
+    tflite.check([InputSpec(m.name, m.tflite_shape[1:], s.dtype) for s, m in zip(loaded.inputs, inputs)])
+    return tflite
+
+
+def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset | None, *,
+                 per_tensor: bool = False, verbose: bool = False, batch: int | None = None) -> OnnxConversion:
+    """onnx2tf, then TensorFlow's converter; everything onnx2tf writes stays in a temp dir.
+    ``batch`` (a target's static batch) replaces the inputs' batch size."""
+    from edgepack.converter.tflite import convert_to_tflite
+
+    model: OnnxModel = loaded.model
+    shapes = model.conversion_shapes()
+    if batch is not None:
+        shapes = {k: (batch, *v[1:]) if v else v for k, v in shapes.items()}
+    with tempfile.TemporaryDirectory(prefix="edgepack-onnx2tf-") as tmp:
+        work = Path(tmp)
+        proto, names = prepare(model, shapes)
+        onnx_path = work / "model.onnx"
+        _save_onnx(proto, onnx_path)
+        tf_model = run_onnx2tf(onnx_path, work, names, verbose)
+        feeds = probe_inputs(model, shapes)
+        try:
+            refs = model(feeds)
+        except Exception as exc:  # onnxruntime may reject random data (e.g. out-of-range indices)
+            log.info("onnxruntime probe skipped: %s", exc)
+            refs = None
+        inputs, outputs, probe = map_io(model, tf_model, shapes, feeds, refs)
+        if probe is not None and probe > 1e-3:
+            log.warning("onnx2tf's TensorFlow graph differs from onnxruntime by %.3g (relative) on a random "
+                        "input; check the bundle with 'edgepack validate --reference'", probe)
+        with capture_native_output(not verbose):
+            saved = save_signature(tf_model, inputs, outputs, work / "saved_model")
+        tf_loaded = LoadedModel(saved, ModelFormat.SAVED_MODEL, loaded.sha256,
+                                [InputSpec(m.name, m.tflite_shape[1:], m.dtype) for m in inputs],
+                                [m.name for m in outputs], None)
+        calib = calibration_for_tflite(calibration, loaded, inputs) if calibration is not None else None
+        tflite = convert_to_tflite(tf_loaded, mode, calib, per_tensor=per_tensor, verbose=verbose)
+    detail = {"onnx_nodes": len(model.proto.graph.node), "simplified_nodes": len(proto.graph.node),
+              "probe_max_rel_error": None if probe is None else round(probe, 8)}
+    return OnnxConversion(tflite, inputs, outputs, detail)
+
+
+def _save_onnx(proto, path: Path) -> None:
+    import onnx
+
+    # Large models keep their weights next to the graph (protobuf's 2 GB limit).
+    large = proto.ByteSize() > (1 << 30)
+    onnx.save(proto, str(path), save_as_external_data=large, location="weights.bin" if large else None)

@@ -1,0 +1,182 @@
+"""The optimize stage (between load and calibrate) and the measure stage (after read-back).
+
+optimize: channel pruning → fine-tune → (Keras 3 → tf_keras bridge when tfmot is needed) → sparsity
+→ QAT, on ``st.loaded.model``; the converter then converts the optimized model. The original stays
+in ``st.original`` for the manifest and for the before/after measurements.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from edgepack.errors import OptionError, UsageError
+
+if TYPE_CHECKING:
+    from edgepack.pipeline.state import PipelineState
+
+log = logging.getLogger(__name__)
+PRUNE_FORMS = ["channels:RATIO", "sparsity:RATIO", "M:N (e.g. 2:4)"]
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    kind: str  # "channels", "sparsity" or "m_by_n"
+    ratio: float = 0.0
+    m_by_n: tuple[int, int] | None = None
+
+    @property
+    def uses_tfmot(self) -> bool:
+        return self.kind != "channels"
+
+
+def parse_prune(text: str) -> PruneSpec:
+    """``channels:0.5`` / ``sparsity:0.8`` / ``2:4``; :class:`OptionError` otherwise."""
+    t = text.strip().lower()
+    mn = re.fullmatch(r"(\d+):(\d+)", t)
+    if mn:
+        m, n = int(mn.group(1)), int(mn.group(2))
+        if not 0 < m < n:
+            raise OptionError("--prune", text, PRUNE_FORMS, hint="M:N keeps M of every N weights, M < N")
+        return PruneSpec("m_by_n", m_by_n=(m, n))
+    kind, _, value = t.partition(":")
+    if kind not in ("channels", "sparsity"):
+        raise OptionError("--prune", text, PRUNE_FORMS)
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise OptionError("--prune", text, PRUNE_FORMS, hint="RATIO is a number such as 0.5") from None
+    if not 0.0 <= ratio < 1.0:
+        raise OptionError("--prune", text, PRUNE_FORMS, hint="RATIO must be at least 0 and below 1")
+    return PruneSpec(kind, ratio=ratio)
+
+
+def _check_request(st: "PipelineState", spec: PruneSpec | None) -> None:
+    from edgepack.request import QuantizeMode
+
+    req = st.request
+    if not st.loaded.is_keras:
+        raise UsageError(f"--prune/--qat need a Keras model (.keras or .h5); {req.model.name} is "
+                         f"{st.loaded.format.value}", hint="convert the Keras source instead")
+    if req.qat and req.quantize not in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO):
+        raise UsageError(f"--qat trains for integer inference; --quantize {req.quantize} does not use it",
+                         hint="use --quantize int8 or int8-float-io")
+    if req.train_data is None and (req.qat or (spec is not None and spec.uses_tfmot)):
+        what = "--qat" if req.qat else f"--prune {req.prune}"
+        raise UsageError(f"{what} needs training data", hint="pass --train-data FILE (.npz with x, and y if "
+                                                             "labelled; without y the original model teaches)")
+    if req.qat and req.per_tensor and spec is not None and spec.uses_tfmot:
+        raise UsageError("--per-tensor cannot be combined with sparsity-preserving QAT: tfmot's prune-preserve "
+                         "scheme quantizes conv weights per channel", hint="drop --per-tensor, or --prune sparsity/m:n")
+    if req.train_data is None and (req.distill or req.distribute):
+        log.warning("--distill/--distribute only apply when fine-tuning with --train-data; ignoring them")
+
+
+def _training_data(st: "PipelineState"):
+    from edgepack.calibration import open_dataset
+    from edgepack.optimize.finetune import TrainingData
+
+    req = st.request
+    if req.train_data is None:
+        return None
+    ds = open_dataset(req.train_data, st.loaded.inputs, what="--train-data")
+    return TrainingData.from_dataset(ds, st.loaded.inputs)
+
+
+def _clone(model: Any) -> Any:
+    from edgepack.optimize.graph import keras_module
+
+    copy = keras_module(model).models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _totals(model: Any) -> dict[str, int]:
+    from edgepack.optimize.measure import count_macs
+
+    return {"params": int(model.count_params()), "macs": count_macs(model)}
+
+
+def stage_optimize(st: "PipelineState") -> dict | None:
+    req = st.request
+    spec = parse_prune(req.prune) if req.prune else None
+    if spec is None and not req.qat:
+        return None
+    _check_request(st, spec)
+    from edgepack.optimize.finetune import FinetuneOptions, finetune
+
+    data = _training_data(st)
+    opts = FinetuneOptions(epochs=req.epochs, distill=req.distill, distribute=req.distribute, seed=req.seed,
+                           **({"learning_rate": req.learning_rate} if req.learning_rate is not None else {}))
+    original = model = st.loaded.model
+    section: dict[str, Any] = {"before": _totals(original)}
+    if spec is not None and spec.kind == "channels":
+        from edgepack.optimize.prune import prune_channels
+
+        pruned, report = prune_channels(model, spec.ratio, norm=req.prune_norm, round_to=req.prune_round,
+                                        prune_layers=req.prune_layers, keep_layers=req.keep_layers)
+        section["channels"] = report.to_dict()
+        model = pruned
+        if data is not None:
+            model, result = finetune(lambda: _clone(pruned), original, data, opts, label="prune")
+            section["channels"]["finetune"] = result.to_dict()
+        else:
+            log.warning("pruned without fine-tuning; pass --train-data to recover accuracy")
+    section["after"] = _totals(model)
+    fmt = st.loaded.format
+    if req.qat or (spec is not None and spec.uses_tfmot):
+        model, fmt = _bridge(st, model, data, section)
+    if spec is not None and spec.uses_tfmot:
+        from edgepack.optimize.sparsity import sparsify
+
+        model, sreport = sparsify(model, data, opts, target=spec.ratio if spec.kind == "sparsity" else None,
+                                  m_by_n=spec.m_by_n, prune_layers=req.prune_layers, keep_layers=req.keep_layers)
+        section["sparsity"] = sreport.to_dict()
+    if req.qat:
+        from edgepack.optimize.qat import LEARNING_RATE, quantize_aware
+
+        qopts = opts if req.learning_rate is not None else dataclasses.replace(opts, learning_rate=LEARNING_RATE)
+        model, qreport = quantize_aware(model, data, qopts, preserve_sparsity=spec is not None and spec.uses_tfmot,
+                                        per_tensor=req.per_tensor)
+        section["qat"] = qreport.to_dict()
+    st.original = st.loaded
+    st.loaded = dataclasses.replace(st.loaded, model=model, format=fmt)
+    st.extras["optimize"] = section
+    return {k: v for k, v in (("prune", req.prune), ("qat", req.qat), ("params", section["after"]["params"]),
+                              ("macs", section["after"]["macs"])) if v}
+
+
+def _bridge(st: "PipelineState", model: Any, data, section: dict) -> tuple[Any, Any]:
+    from edgepack.converter.formats.detect import ModelFormat
+    from edgepack.optimize.graph import is_tf_keras
+    from edgepack.optimize.keras_bridge import to_tf_keras
+
+    if is_tf_keras(model):
+        return model, st.loaded.format
+    sample = data.head(16)
+    twin, report = to_tf_keras(model, sample if len(sample) > 1 else sample[0])
+    section["keras_bridge"] = report.to_dict()
+    log.info("rebuilt the Keras 3 model in tf_keras for tfmot (max abs diff %.3g)", report.max_abs_diff)
+    return twin, ModelFormat.TF_KERAS
+
+
+def stage_measure(st: "PipelineState") -> dict | None:
+    """.tflite bytes, zip bytes and LiteRT p50 latency of the original and the optimized model."""
+    if st.original is None or "optimize" not in st.extras:
+        return None
+    from edgepack.converter.tflite import convert_to_tflite
+    from edgepack.optimize.measure import litert_p50_ms, zip_size
+
+    req = st.request
+    before = convert_to_tflite(st.original, req.quantize, st.calibration, per_tensor=req.per_tensor,
+                               verbose=req.verbose)
+    section = st.extras["optimize"]
+    for key, blob in (("before", before), ("after", st.tflite)):
+        section[key].update(tflite_bytes=len(blob), zip_bytes=zip_size(blob), litert_p50_ms=litert_p50_ms(blob))
+    b, a = section["before"], section["after"]
+    section["reduction"] = {k: round(1 - a[k] / b[k], 4) if b[k] else 0.0
+                            for k in ("params", "macs", "tflite_bytes", "zip_bytes", "litert_p50_ms")}
+    return {"macs": f"{b['macs']} -> {a['macs']}", "p50_ms": f"{b['litert_p50_ms']} -> {a['litert_p50_ms']}"}

@@ -1,0 +1,56 @@
+"""The conversion pipeline: a straight line of small, timed stages.
+
+prepare → load → optimize (--prune/--qat) → calibrate → convert → read back → measure (optimization
+results, TFLM arena) → check target → vela (Ethos-U) → firmware (MCU sources) → package.
+Stages that do not apply to a request or target return None and change nothing.
+Each stage appends a :class:`StageRecord` (name, seconds, detail) that ends up in the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from edgepack.errors import EdgepackError, InternalError
+from edgepack.packaging.manifest import StageRecord
+from edgepack.pipeline import mcu, optimize, stages
+from edgepack.pipeline.state import PipelineState, Stage
+from edgepack.request import ConvertRequest
+
+log = logging.getLogger(__name__)
+
+STAGES: tuple[tuple[str, Stage], ...] = (
+    ("prepare", stages.stage_prepare),
+    ("load", stages.stage_load),
+    ("optimize", optimize.stage_optimize),
+    ("calibrate", stages.stage_calibrate),
+    ("convert", stages.stage_convert),
+    ("read_back", stages.stage_read_back),
+    ("measure_optimized", optimize.stage_measure),
+    ("measure_arena", mcu.stage_measure_arena),
+    ("check_target", stages.stage_check_target),
+    ("vela", mcu.stage_vela),
+    ("firmware", mcu.stage_firmware),
+    ("package", stages.stage_package),
+)
+
+
+def run_pipeline(request: ConvertRequest, stages=None,
+                 progress: Callable[[str], None] | None = None) -> PipelineState:
+    st = PipelineState(request=request)
+    for name, stage in STAGES if stages is None else stages:
+        if progress:
+            progress(name)
+        start = time.perf_counter()
+        try:
+            detail = stage(st)
+        except (EdgepackError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # anything else is a bug here or in a library: name the stage
+            raise InternalError(name, err) from err
+        if name != "package":
+            st.stages.append(StageRecord(name, round(time.perf_counter() - start, 4), detail or {}))
+        log.info("stage %s: %.2fs %s", name, time.perf_counter() - start, detail or "")
+    return st
+

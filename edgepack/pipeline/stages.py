@@ -1,0 +1,218 @@
+"""The core stages: prepare, load, calibrate, convert, read back, check target, package."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgepack.converter.formats.detect import LoadedModel, ModelFormat, load_model
+from edgepack.errors import ConversionError, UsageError
+from edgepack.packaging import bundle as bundle_mod
+from edgepack.packaging.manifest import (
+    MANIFEST_NAME,
+    CalibrationInfo,
+    Manifest,
+    QuantizationInfo,
+    SourceInfo,
+    TargetInfo,
+    TensorInfo,
+    validate_dict,
+)
+from edgepack.pipeline.state import PipelineState
+from edgepack.targets import load_target
+from edgepack.targets.checks import ModelFacts, run_checks
+from edgepack.tflite_model import TfliteModel, read_tflite
+
+log = logging.getLogger(__name__)
+
+
+def stage_prepare(st: PipelineState) -> dict:
+    req = st.request
+    bundle_mod.check_output(req.output, req.force)
+    st.target = load_target(req.target)
+    if req.quantize.value not in st.target.quantize_modes:
+        raise UsageError(f"--quantize {req.quantize} is not supported by target {st.target.name}",
+                         hint=f"use one of: {', '.join(st.target.quantize_modes)}")
+    if req.quantize.needs_calibration and req.calibration_data is None:
+        raise UsageError(f"--quantize {req.quantize} needs calibration data",
+                         hint="pass --calibration FILE (.npy or .npz of representative inputs), "
+                              "or choose --quantize dynamic/float16/none")
+    if req.calibration_data is not None and not req.quantize.needs_calibration:
+        log.warning("--calibration is not used by --quantize %s; ignoring it", req.quantize)
+    if req.calibration_samples < 1:
+        raise UsageError("--calibration-samples must be at least 1")
+    if req.labels is not None:
+        st.labels = _read_labels(req.labels)
+    return {"target": st.target.name}
+
+
+def _read_labels(path: Path) -> list[str]:
+    try:
+        labels = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        raise UsageError(f"--labels {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--labels {path}: cannot read as UTF-8 text ({err})") from err
+    if not labels:
+        raise UsageError(f"--labels {path}: file has no labels", hint="one label per line")
+    return labels
+
+
+def stage_load(st: PipelineState) -> dict:
+    st.loaded = load_model(st.request.model, trust_model=st.request.trust_model)
+    if st.request.input_shapes:
+        if st.loaded.format is not ModelFormat.ONNX:
+            raise UsageError("--input-shape applies to ONNX models only",
+                             hint="Keras and SavedModel inputs keep the shapes they were built with")
+        from edgepack.converter.formats.onnx import with_input_shapes
+
+        st.loaded = with_input_shapes(st.loaded, dict(st.request.input_shapes))
+    if st.labels is not None and len(st.loaded.output_names) == 1:
+        classes = _output_classes(st.loaded)
+        if classes is not None and classes != len(st.labels):
+            raise UsageError(f"--labels {st.request.labels}: {len(st.labels)} labels for an output of "
+                             f"{classes} classes", hint="give one label per output class, one per line")
+    return {"format": st.loaded.format.value, "inputs": len(st.loaded.inputs), "outputs": len(st.loaded.output_names)}
+
+
+def _output_classes(loaded: LoadedModel) -> int | None:
+    model = loaded.model
+    shape = getattr(model.outputs[0], "shape", None) if hasattr(model, "outputs") else None
+    return int(shape[-1]) if shape is not None and shape[-1] is not None else None
+
+
+def stage_calibrate(st: PipelineState) -> dict | None:
+    from edgepack.calibration.calibrate import calibration_set, input_preprocessing
+
+    req = st.request
+    if not req.quantize.needs_calibration:
+        if req.preprocess is not None or req.recipe is not None:  # recorded for the device app all the same
+            pre = input_preprocessing(st.loaded.inputs, spec=req.preprocess, recipe=req.recipe)
+            st.input_data = {k: {"preprocessing": p.to_dict() if p else None} for k, p in pre.items()}
+        return None
+    specs = st.loaded.inputs
+    if st.loaded.format is ModelFormat.ONNX:  # ONNX (NCHW) or TFLite (NHWC) layout: resolved at convert
+        from edgepack.calibration.layout import relaxed_specs
+
+        specs = relaxed_specs(specs)
+    cal = calibration_set(req.calibration_data, specs, count=req.calibration_samples, seed=req.seed,
+                          spec=req.preprocess, recipe=req.recipe, label_column=req.label_column,
+                          min_samples=st.target.min_calibration_samples, target=st.target.name)
+    st.calibration = cal.data
+    st.calibration_info = CalibrationInfo(source=cal.source, samples=len(cal.data), available=cal.available,
+                                          seed=req.seed, sha256=cal.sha256)
+    st.input_data = {k: {"preprocessing": cal.preprocessing[k], "statistics": cal.statistics[k]}
+                     for k in cal.data.names}
+    return {"samples": len(cal.data), "available": cal.available, "warnings": len(cal.warnings)}
+
+
+def stage_convert(st: PipelineState) -> dict:
+    from edgepack.converter.tflite import convert_to_tflite
+
+    if st.loaded.format is ModelFormat.ONNX:
+        return _convert_onnx(st)
+    st.tflite = convert_to_tflite(st.loaded, st.request.quantize, st.calibration,
+                                  per_tensor=st.request.per_tensor, verbose=st.request.verbose,
+                                  batch=st.target.batch)
+    return {"bytes": len(st.tflite)}
+
+
+def _convert_onnx(st: PipelineState) -> dict:
+    from edgepack.converter.onnx.translate import convert_onnx
+
+    req = st.request
+    res = convert_onnx(st.loaded, req.quantize, st.calibration, per_tensor=req.per_tensor, verbose=req.verbose,
+                       batch=st.target.batch)
+    st.tflite = res.tflite
+    st.source_io = {"inputs": {m.name: m.manifest_fields() for m in res.inputs},
+                    "outputs": {m.name: m.manifest_fields() for m in res.outputs}}
+    return {"bytes": len(st.tflite), **res.detail}
+
+
+def stage_read_back(st: PipelineState) -> dict:
+    st.info = read_tflite(st.tflite)
+    actual, requested = st.info.quantization_mode, st.request.quantize.value
+    if requested == "dynamic" and actual == "none":
+        raise ConversionError("--quantize dynamic left every weight float32: the converter quantizes only "
+                              "weight tensors of 1024 or more elements, and this model has none",
+                              hint="use --quantize int8 (with --calibration), float16 or none")
+    if actual != requested:
+        raise ConversionError(f"the converter produced a {actual} model although --quantize {requested} was "
+                              "requested; edgepack does not relabel or fall back",
+                              hint="run with -v to see the converter log")
+    return {"mode": actual, "granularity": st.info.granularity}
+
+
+def stage_check_target(st: PipelineState) -> dict:
+    facts = ModelFacts(mode=st.info.quantization_mode, size=len(st.tflite), op_counts=st.info.op_counts,
+                       arena_bytes=st.arena_bytes)
+    results = run_checks(st.target, facts)
+    return {name: detail for name, _, detail in results}
+
+
+def tensor_infos(info: TfliteModel, names: list[str], which: str,
+                 source: dict[str, dict[str, Any]] | None = None) -> list[TensorInfo]:
+    """Source-order tensor descriptions, matched through the signature's names; ``source`` adds
+    per-name source layout/shape fields (ONNX)."""
+    from edgepack.converter.formats.base import signature_name
+
+    sig = info.signature_inputs if which == "inputs" else info.signature_outputs
+    graph = info.inputs if which == "inputs" else info.outputs
+    out = []
+    for pos, name in enumerate(names):
+        idx = sig.get(signature_name(name))
+        if idx is None:
+            if len(names) != len(graph):
+                raise ConversionError(f"cannot match the model's {which} to the TFLite model's")
+            idx = graph[pos]
+        t = info.tensor(idx)
+        out.append(TensorInfo(name=name, tflite_name=t.name, index=t.index, shape=list(t.shape),
+                              dtype=t.dtype, scale=t.scale, zero_point=t.zero_point,
+                              shape_signature=list(t.shape_signature) if t.shape_signature else None,
+                              **(source or {}).get(name, {})))
+    return out
+
+
+def _merged(*per_name: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for d in per_name:
+        for name, fields_ in (d or {}).items():
+            out.setdefault(name, {}).update(fields_)
+    return out
+
+
+def stage_package(st: PipelineState) -> dict:
+    import edgepack
+
+    req, info = st.request, st.info
+    with bundle_mod.atomic_bundle(req.output, force=req.force) as writer:
+        writer.add("model.tflite", st.tflite, role="model")
+        if st.labels is not None:
+            writer.add("labels.txt", "\n".join(st.labels) + "\n", role="labels")
+        for relpath, (data, role) in st.extra_files.items():
+            writer.add(relpath, data, role=role)
+        manifest = Manifest(
+            edgepack_version=edgepack.__version__,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            source=SourceInfo(file=req.model.name, format=(st.original or st.loaded).format.value,
+                              sha256=st.loaded.sha256,
+                              path=str(req.model.resolve())),
+            target=TargetInfo(name=st.target.name, runtime=st.target.runtime, delegate=st.target.delegate),
+            quantization=QuantizationInfo(mode=info.quantization_mode, requested=req.quantize.value,
+                                          granularity=info.granularity, calibration=st.calibration_info),
+            artifacts=list(writer.artifacts),
+            inputs=tensor_infos(info, [s.name for s in st.loaded.inputs], "inputs",
+                                _merged(st.source_io.get("inputs"), st.input_data)),
+            outputs=tensor_infos(info, st.loaded.output_names, "outputs", st.source_io.get("outputs")),
+            ops=info.op_counts,
+            versions=edgepack.dependency_versions(),
+            stages=list(st.stages),
+            labels="labels.txt" if st.labels is not None else None,
+            extras=st.extras,
+        )
+        validate_dict(manifest.to_dict())
+        writer.write_text(MANIFEST_NAME, manifest.to_json())
+        st.manifest = manifest
+    return {"path": str(req.output)}

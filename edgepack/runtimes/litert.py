@@ -1,0 +1,83 @@
+"""Running a bundle's model on the interpreters devices use, and the source model as reference.
+
+Inputs are quantized and outputs dequantized with the manifest's scale and zero point, exactly as a
+device app would do it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+
+from edgepack._native import capture_native_output
+from edgepack.calibration import Dataset
+from edgepack.errors import RuntimeUnavailable
+from edgepack.packaging.manifest import TensorInfo
+
+_BATCH = 64
+
+
+class Runtime(StrEnum):
+    LITERT = "litert"
+    TFLITE_RUNTIME = "tflite-runtime"
+
+
+def quantize(x: np.ndarray, t: TensorInfo) -> np.ndarray:
+    """float → the tensor's dtype, with its scale/zero point (no-op for float tensors)."""
+    if t.dtype in ("float32", "float16") or t.scale is None or t.scale == 0:
+        return np.asarray(x, dtype=t.dtype if t.dtype in ("float32", "float16") else None)
+    info = np.iinfo(t.dtype)
+    q = np.round(np.asarray(x, np.float64) / t.scale) + (t.zero_point or 0)
+    return np.clip(q, info.min, info.max).astype(t.dtype)
+
+
+def dequantize(q: np.ndarray, t: TensorInfo) -> np.ndarray:
+    if t.scale is None or t.scale == 0 or t.dtype in ("float32", "float16"):
+        return np.asarray(q, np.float32)
+    return ((np.asarray(q, np.float32) - (t.zero_point or 0)) * t.scale).astype(np.float32)
+
+
+def make_interpreter(runtime: Runtime, model_path: Path):
+    try:
+        if runtime is Runtime.LITERT:
+            from ai_edge_litert.interpreter import Interpreter
+        else:
+            from tflite_runtime.interpreter import Interpreter
+    except ImportError as err:
+        raise RuntimeUnavailable(f"--runtime {runtime}: the interpreter is not installed ({err})",
+                                 hint="pip install edgepack's dependencies") from err
+    try:
+        with capture_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on stderr
+            return Interpreter(model_path=str(model_path), num_threads=2)
+    except (ValueError, RuntimeError) as err:
+        raise RuntimeUnavailable(f"--runtime {runtime} cannot load {model_path}: {err}") from err
+
+
+def run_tflite(runtime: Runtime, model_path: Path, inputs: list[TensorInfo], outputs: list[TensorInfo],
+               data: Dataset, progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """Dequantized outputs (source order) for every sample of ``data``."""
+    interp = make_interpreter(runtime, model_path)
+    dynamic_batch = all(t.shape_signature and t.shape_signature[0] == -1 for t in inputs)
+    batch = _BATCH if dynamic_batch else 1
+    current = None
+    results: list[list[np.ndarray]] = [[] for _ in outputs]
+    for chunk in data.batches(batch):
+        n = len(next(iter(chunk.values())))
+        if n != current:
+            if dynamic_batch:
+                for t in inputs:
+                    interp.resize_tensor_input(t.index, [n, *t.shape[1:]])
+            with capture_native_output():  # the delegate announces itself on stderr here
+                interp.allocate_tensors()
+            current = n
+        for t in inputs:
+            interp.set_tensor(t.index, quantize(chunk[t.name], t))
+        interp.invoke()
+        for i, t in enumerate(outputs):
+            results[i].append(dequantize(interp.get_tensor(t.index), t))
+        if progress:
+            progress(n)
+    return [np.concatenate(r, axis=0) for r in results]
