@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from typing import Any
 from edgepack.errors import OptionError
 from edgepack.packaging.manifest import Manifest
 
-__all__ = ["ConvertResult", "convert", "inspect", "targets", "target", "target_docs", "validate"]
+__all__ = ["ConvertResult", "convert", "convert_request", "inspect", "reproduce", "target", "target_docs", "targets",
+           "validate"]
 
 
 @dataclass(frozen=True)
@@ -39,80 +41,55 @@ def _enum(enum_cls, value, option: str):
         raise OptionError(option, value, [e.value for e in enum_cls]) from None
 
 
-def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
-            calibration: str | Path | Mapping[str, str | Path] | None = None, calibration_samples: int = 200,
-            seed: int = 0,
-            target: str = "generic", labels: str | Path | None = None, force: bool = False,
-            trust_model: bool = False, per_tensor: bool = False, verbose: bool = False,
-            progress: Callable[[str], None] | None = None,
+def convert(*, model: str | Path | None = None, output: str | Path | None = None, quantize: str | None = None,
+            calibration: str | Path | Mapping[str, str | Path] | None = None, calibration_samples: int | None = None,
+            seed: int | None = None, target: str | None = None, labels: str | Path | None = None,
+            force: bool | None = None, trust_model: bool | None = None, per_tensor: bool | None = None,
+            verbose: bool = False, progress: Callable[[str], None] | None = None,
             input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+            onnx2tf_options: Mapping[str, Any] | None = None,
             preprocess: str | None = None, recipe: str | Path | None = None,
-            label_column: str | None = None, prune: str | None = None, prune_norm: str = "l1", prune_round: int = 1,
-            prune_layers: Sequence[str] = (), keep_layers: Sequence[str] = (), qat: bool = False,
-            train_data: str | Path | None = None, epochs: int = 10, distill: bool = False,
+            label_column: str | None = None, prune: str | None = None, prune_norm: str | None = None,
+            prune_round: int | None = None, prune_layers: Sequence[str] | None = None,
+            keep_layers: Sequence[str] | None = None, qat: bool | None = None,
+            train_data: str | Path | None = None, epochs: int | None = None, distill: bool | None = None,
             distribute: str | None = None, learning_rate: float | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
 
+    Every option left at ``None`` takes the ``recipe`` file's value, else the default of
+    :mod:`edgepack.request` (the one place defaults live); given options override the recipe.
+
     ``calibration`` is an ``.npy``/``.npz``/``.csv`` file or an image folder, or ``{input name: path}``
-    for models with several inputs; ``preprocess`` (``"resize=96x96,mean=127.5,std=127.5"``) or a
-    ``recipe`` file say how raw data becomes model input, and are recorded in the manifest.
+    for models with several inputs; ``preprocess`` (``"resize=96x96,mean=127.5,std=127.5"``) or the
+    recipe's ``[inputs.NAME]`` tables say how raw data becomes model input, and are recorded in the
+    manifest.
 
     ``input_shapes`` fixes an ONNX model's dynamic dimensions: ``{"input": (1, 3, 224, 224)}`` or
     ``["input:1x3x224x224"]``.
 
     ``prune`` (``"channels:0.5"``, ``"sparsity:0.8"``, ``"2:4"``) and ``qat`` optimize a Keras model
     before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y)."""
+    flags = {k: v for k, v in locals().items() if k not in ("progress", "recipe")}
     from edgepack._native import quiet_tensorflow
     from edgepack.pipeline.run import run_pipeline
-    from edgepack.request import ConvertRequest, QuantizeMode
 
+    request = convert_request(recipe=recipe, **flags)
     quiet_tensorflow(verbose)
-    request = ConvertRequest(
-        model=Path(model), output=Path(output), quantize=_enum(QuantizeMode, quantize, "--quantize"),
-        calibration=Path(calibration) if calibration is not None and not isinstance(calibration, Mapping) else None,
-        calibration_inputs=tuple((str(k), Path(v)) for k, v in calibration.items())
-        if isinstance(calibration, Mapping) else (),
-        preprocess=preprocess, recipe=Path(recipe) if recipe is not None else None, label_column=label_column,
-        calibration_samples=calibration_samples, seed=seed, target=target,
-        labels=Path(labels) if labels is not None else None, force=force, trust_model=trust_model,
-        per_tensor=per_tensor, verbose=verbose, input_shapes=_input_shapes(input_shapes),
-        **_optimize_fields(prune, prune_norm, prune_round, prune_layers, keep_layers, qat, train_data, epochs,
-                           distill, distribute, learning_rate))
     state = run_pipeline(request, progress=progress)
-    return ConvertResult(bundle=request.output, manifest=state.manifest)
+    return ConvertResult(bundle=request.output.path, manifest=state.manifest)
 
 
-def _optimize_fields(prune, prune_norm, prune_round, prune_layers, keep_layers, qat, train_data, epochs, distill,
-                     distribute, learning_rate) -> dict[str, Any]:
-    """Request fields for pruning/QAT, with option values checked before anything heavy runs."""
-    from edgepack.pipeline.optimize import parse_prune
+def convert_request(*, recipe: str | Path | None = None, **flags: Any):
+    """The :class:`~edgepack.request.ConvertRequest` that :func:`convert` would run (recipe + flags)."""
+    from edgepack.request import build_request, read_recipe
 
-    if prune is not None:
-        parse_prune(prune)
-    if prune_norm not in ("l1", "l2"):
-        raise OptionError("--prune-norm", prune_norm, ["l1", "l2"])
-    if prune_round < 1:
-        raise OptionError("--prune-round", prune_round, hint="give 1 (exact ratio) or a channel multiple such as 8")
-    if distribute not in (None, "mirrored"):
-        raise OptionError("--distribute", distribute, ["mirrored"])
-    if learning_rate is not None and not 0 < learning_rate < 1:
-        raise OptionError("--learning-rate", learning_rate, hint="give a rate in (0, 1), e.g. 1e-4")
-    if epochs < 1:
-        raise OptionError("--epochs", epochs, hint="give at least 1")
-    return {"prune": prune, "prune_norm": prune_norm, "prune_round": prune_round, "prune_layers": tuple(prune_layers),
-            "keep_layers": tuple(keep_layers), "qat": qat, "epochs": epochs, "distill": distill,
-            "train_data": Path(train_data) if train_data is not None else None, "distribute": distribute,
-            "learning_rate": learning_rate}
-
-
-def _input_shapes(spec: Mapping[str, Sequence[int]] | Sequence[str] | None) -> tuple:
-    if not spec:
-        return ()
-    if isinstance(spec, Mapping):
-        return tuple((str(k), tuple(int(d) for d in v)) for k, v in spec.items())
-    from edgepack.converter.formats.onnx import parse_input_shape
-
-    return tuple(parse_input_shape(s) for s in ([spec] if isinstance(spec, str) else spec))
+    data: dict[str, Any] = {}
+    base = None
+    if recipe is not None:
+        data = read_recipe(Path(recipe))
+        base = Path(recipe).parent
+        flags["recipe"] = Path(recipe)
+    return build_request(data, flags, where=f"--recipe {recipe}", base=base)
 
 
 def validate(*, bundle: str | Path, data: str | Path | Mapping[str, str | Path], reference: str | Path | None = None,
@@ -206,3 +183,43 @@ def target(name: str) -> dict[str, Any]:
     d = load_target(name).to_dict()
     d["checks"] = dict(describe_checks())
     return d
+
+
+def reproduce(*, bundle: str | Path, output: str | Path, force: bool = False, verbose: bool = False,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the request recorded in ``bundle``'s manifest again into ``output`` and compare the new
+    ``model.tflite`` with the bundle's: byte-identical, or which tensors differ and by how much.
+
+    Refuses (one line) when an input file the request names is gone or changed since."""
+    from edgepack._native import quiet_tensorflow
+    from edgepack.converter.formats.base import file_sha256
+    from edgepack.errors import BundleError
+    from edgepack.packaging.manifest import read_manifest
+    from edgepack.pipeline.run import run_pipeline
+    from edgepack.request import ConvertRequest
+    from edgepack.validation.reproduce import compare_models
+
+    src = Path(bundle)
+    manifest = read_manifest(src)
+    if manifest.request is None:
+        raise BundleError(f"{src}: the manifest holds no request (made by edgepack before 0.1's schema 1.1)",
+                          hint="convert the model again with this edgepack")
+    for role, f in manifest.request["files"].items():
+        path = Path(f["path"])
+        if not path.exists():
+            raise BundleError(f"{src}: the {role} file {path} the bundle was made from no longer exists",
+                              hint="restore it to reproduce the bundle")
+        if file_sha256(path) != f["sha256"]:
+            raise BundleError(f"{src}: the {role} file {path} changed since the bundle was made (sha256 differs)",
+                              hint="restore the original file to reproduce the bundle")
+    settings = manifest.request["settings"]
+    request = ConvertRequest.from_dict({**settings, "output": {**settings.get("output", {}), "path": str(output)}},
+                                       where=f"{src}/manifest.json request")
+    request = dataclasses.replace(request, output=dataclasses.replace(request.output, force=force),
+                                  verbose=verbose)
+    quiet_tensorflow(verbose)
+    run_pipeline(request, progress=progress)
+    old = (src / manifest.artifact("model").path).read_bytes()
+    new = (request.output.path / manifest.artifact("model").path).read_bytes()
+    report = compare_models(old, new, original_name=str(src), new_name=str(request.output.path))
+    return report.to_dict()

@@ -20,9 +20,11 @@ from typing import Any
 import click
 
 from edgepack import __version__
+from edgepack import request as R
 from edgepack.errors import EdgepackError, UsageError
 
-QUANTIZE_CHOICES = ("int8", "int8-float-io", "int16x8", "float16", "dynamic", "none")
+_OPT = R.OptimizeOptions
+
 RUNTIME_CHOICES = ("litert", "tflite-runtime")
 
 
@@ -178,12 +180,38 @@ def data_option(values: Sequence[str], option: str) -> Path | dict[str, Path] | 
     return mapping or Path(plain[0])
 
 
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options the user gave (on the command line or by environment), not Click's defaults:
+    what was not given comes from the recipe, else from edgepack.request's defaults."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {k: v for k, v in options.items()
+            if ctx.get_parameter_source(k) not in (None, ParameterSource.DEFAULT)}
+
+
+def _key_values(values: Sequence[str], option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values read as JSON where they parse (true, 3, [1, 2]), else as text."""
+    out: dict[str, Any] = {}
+    for v in values:
+        key, sep, raw = v.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{option} {v!r}: expected KEY=VALUE",
+                             hint=f"e.g. {option} disable_group_convolution=true")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw
+    return out
+
+
 def data_options(fn):
     """--preprocess / --recipe / --label-column, shared by convert and validate."""
     fn = click.option("--label-column", metavar="NAME|INDEX",
                       help="CSV data: the column holding labels (header name or 0-based index).")(fn)
     fn = click.option("--recipe", type=click.Path(path_type=str),
-                      help="Preprocessing recipe file (TOML or JSON; [inputs.NAME] tables per input).")(fn)
+                      help="Recipe file (TOML): a whole convert request and/or preprocessing "
+                           "([inputs.NAME] tables per input); options given override it.")(fn)
     fn = click.option("--preprocess", metavar="SPEC",
                       help='How raw data becomes model input, e.g. "resize=96x96,mean=127.5,std=127.5" '
                            "(keys: resize, resize_method, crop, color, scale, mean, std, layout, dtype; "
@@ -207,9 +235,9 @@ def optimize_options(fn):
         click.option("--prune", metavar="channels:R|sparsity:R|M:N",
                      help="channels:0.5 removes half the conv/dense channels (a smaller, faster model); "
                           "sparsity:0.8 zeroes 80% of the weights (smaller zip); 2:4 is m:n sparsity."),
-        click.option("--prune-norm", type=click.Choice(["l1", "l2"]), default="l1", show_default=True,
+        click.option("--prune-norm", type=click.Choice(R.PRUNE_NORMS), default=_OPT.prune_norm, show_default=True,
                      help="Filter ranking for --prune channels."),
-        click.option("--prune-round", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+        click.option("--prune-round", type=click.IntRange(min=1), default=_OPT.prune_round, show_default=True, metavar="N",
                      help="--prune channels keeps a multiple of N channels per layer (8 or 16 suit SIMD kernels)."),
         click.option("--prune-layers", multiple=True, metavar="PATTERN",
                      help="Only prune layers whose name matches (fnmatch, repeatable)."),
@@ -218,12 +246,12 @@ def optimize_options(fn):
         click.option("--qat", is_flag=True, help="Quantization-aware training before int8 conversion."),
         click.option("--train-data", type=click.Path(path_type=str),
                      help="Fine-tuning data: .npz with x (or input names) and, if labelled, y."),
-        click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
+        click.option("--epochs", type=click.IntRange(min=1), default=_OPT.epochs, show_default=True,
                      help="Fine-tuning epochs (early stopping on a held-out 10%)."),
         click.option("--learning-rate", type=FiniteFloat(), metavar="LR",
                      help="Fine-tuning rate (Adam). Default 1e-3 after pruning, 1e-4 for QAT."),
         click.option("--distill", is_flag=True, help="Learn the original model's outputs even when labels exist."),
-        click.option("--distribute", type=click.Choice(["mirrored"]),
+        click.option("--distribute", type=click.Choice(R.DISTRIBUTE),
                      help="Fine-tune under tf.distribute.MirroredStrategy (all GPUs, else all CPU devices)."),
     ]
     for opt in reversed(opts):
@@ -238,35 +266,46 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("model", type=click.Path(path_type=str))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Bundle directory to create.")
-@click.option("--quantize", type=click.Choice(QUANTIZE_CHOICES), default="int8", show_default=True,
+@click.argument("model", type=click.Path(path_type=str), required=False)
+@click.option("-o", "--output", type=click.Path(path_type=str), help="Bundle directory to create.")
+@click.option("--quantize", type=click.Choice(R.QUANTIZE_MODES), default=R.QuantizeOptions.mode.value,
+              show_default=True,
               help="int8: full integer with int8 I/O; int8-float-io: integer inside, float I/O; "
                    "int16x8: int16 activations; float16; dynamic: int8 weights only; none: float32.")
 @click.option("--calibration", multiple=True, metavar="PATH|NAME=PATH",
               help="Representative inputs: .npy (N, *input_shape), .npz keyed by input name, .csv, or a folder "
                    "of JPEG/PNG/BMP images; repeat as NAME=PATH to give each input of a multi-input model its own.")
-@click.option("--calibration-samples", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--calibration-samples", type=click.IntRange(min=1), default=R.CalibrationOptions.samples,
+              show_default=True,
               help="Samples used for calibration (seeded selection).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sample selection.")
-@click.option("--target", default="generic", show_default=True, help="Target profile (see 'edgepack targets').")
+@click.option("--seed", type=int, default=R.ConvertRequest.seed, show_default=True,
+              help="Seed for sample selection and fine-tuning.")
+@click.option("--target", default=R.ConvertRequest.target, show_default=True,
+              help="Target profile (see 'edgepack targets').")
 @click.option("--labels", type=click.Path(path_type=str), help="Text file, one class label per line.")
 @click.option("--per-tensor", is_flag=True, help="Quantize weights per tensor instead of per channel.")
 @click.option("--trust-model", is_flag=True, help="Allow loading models whose layers run Python code (Lambda).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224",
               help="ONNX: fix an input's dynamic dimensions (repeatable, one per input).")
+@click.option("--onnx2tf-option", "onnx2tf_options", multiple=True, metavar="KEY=VALUE",
+              help="ONNX: force an onnx2tf option (repeatable; experts), e.g. disable_group_convolution=true.")
 @data_options
 @optimize_options
 @common_options
 @handle_errors
-def convert(model, output, quantize, calibration, calibration_samples, seed, target, labels, per_tensor,
-            trust_model, force, input_shapes, preprocess, recipe, label_column, verbose, quiet, as_json,
-            optimize=None) -> None:
-    """Convert MODEL (.keras, .h5, SavedModel dir, .onnx) into a TFLite bundle in OUTPUT."""
+def convert(recipe, verbose, quiet, as_json, optimize=None, **options) -> None:
+    """Convert MODEL (.keras, .h5, SavedModel dir, .onnx) into a TFLite bundle in OUTPUT.
+
+    --recipe FILE (TOML) can hold the whole request, MODEL and OUTPUT included; options given here
+    override it."""
     from edgepack import api
 
-    calibration = data_option(calibration, "--calibration")
+    given = _given({**options, **(optimize or {})})
+    if "calibration" in given:
+        given["calibration"] = data_option(given["calibration"], "--calibration")
+    if "onnx2tf_options" in given:
+        given["onnx2tf_options"] = _key_values(given["onnx2tf_options"], "--onnx2tf-option")
 
     status = None
     if not as_json and quiet == 0 and sys.stderr.isatty():
@@ -279,11 +318,7 @@ def convert(model, output, quantize, calibration, calibration_samples, seed, tar
         logging.getLogger("edgepack").info("stage: %s", stage)
 
     try:
-        result = api.convert(model=model, output=output, quantize=quantize, calibration=calibration,
-                             calibration_samples=calibration_samples, seed=seed, target=target, labels=labels,
-                             force=force, trust_model=trust_model, per_tensor=per_tensor, verbose=verbose > 0,
-                             progress=progress, input_shapes=input_shapes, preprocess=preprocess, recipe=recipe,
-                             label_column=label_column, **(optimize or {}))
+        result = api.convert(recipe=recipe, verbose=verbose > 0, progress=progress, **given)
     finally:
         if status is not None:
             status.stop()
@@ -328,6 +363,40 @@ def validate(bundle, data, reference, runtime, max_drop, trust_model, preprocess
     elif quiet == 0:
         render(report, _console())
     raise_if_failed(report)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Bundle directory to create.")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--check", is_flag=True, help="Exit 1 unless the new model.tflite is byte-identical.")
+@common_options
+@handle_errors
+def reproduce(bundle, output, force, check, verbose, quiet, as_json) -> None:
+    """Convert again from the request recorded in BUNDLE into OUTPUT and compare the models.
+
+    Every input file must be unchanged (the manifest holds their sha256). Reports whether the new
+    model.tflite is byte-identical and, where not, which tensors differ and by how much."""
+    from edgepack import api
+    from edgepack.errors import ValidationFailed
+
+    report = api.reproduce(bundle=bundle, output=output, force=force, verbose=verbose > 0)
+    if as_json:
+        _emit_json(report)
+    elif quiet == 0:
+        if report["identical"]:
+            click.echo(f"{output}: model.tflite is byte-identical to {bundle}'s ({report['new_bytes']} bytes)")
+        else:
+            click.echo(f"{output}: model.tflite differs from {bundle}'s ({report['original_bytes']} -> "
+                       f"{report['new_bytes']} bytes); {len(report['differences'])} tensors differ")
+            for d in report["differences"][:20]:
+                by = f", max abs diff {d['max_abs_diff']:.6g}" if d["max_abs_diff"] is not None else ""
+                n = f", {d['elements_differing']} elements" if d["elements_differing"] is not None else ""
+                click.echo(f"  {d['name']}: {d['what']}{by}{n}")
+            if report["other"]:
+                click.echo(f"  {report['other']}")
+    if check and not report["identical"]:
+        raise ValidationFailed(f"{output}: model.tflite is not byte-identical to {bundle}'s")
 
 
 @main.command()

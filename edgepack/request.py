@@ -1,10 +1,49 @@
-"""The immutable boundary between the CLI and the core: one frozen request per conversion."""
+"""The immutable boundary between the CLI and the core: one frozen request per conversion.
+
+A :class:`ConvertRequest` is built from typed parts — the source model, quantization, calibration,
+optimization, target and output — and is the one place where modes, defaults and option checks
+live. It round-trips through a plain dict (``to_dict``/``from_dict``), which is what a recipe file
+holds and what the manifest records, so ``edgepack reproduce`` can run the same request again.
+
+A recipe (``--recipe FILE``, TOML) holds any part of a request; flags given on the command line
+override it. Its ``[inputs.NAME]`` tables are the per-input preprocessing (the older
+preprocessing-only recipe, with preprocessing keys at the top level or in a ``[preprocess]`` table,
+is the special case with nothing else in it)::
+
+    model = "model.keras"
+    target = "cortex-m4"
+
+    [quantize]
+    mode = "int8"
+
+    [calibration]
+    data = "calib/"           # or a table: {image = "imgs/", meta = "meta.npy"}
+    samples = 300
+
+    [optimize]
+    prune = "channels:0.5"
+    train_data = "train.npz"
+    epochs = 5
+
+    [inputs.image]
+    resize = [96, 96]
+    mean = 127.5
+    std = 127.5
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
+
+from edgepack.calibration.preprocess import KEYS as PREPROCESS_KEYS
+from edgepack.errors import OptionError, UsageError
 
 
 class QuantizeMode(StrEnum):
@@ -20,30 +59,102 @@ class QuantizeMode(StrEnum):
         return self in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO, QuantizeMode.INT16X8)
 
 
+QUANTIZE_MODES = tuple(m.value for m in QuantizeMode)
+PRUNE_NORMS = ("l1", "l2")
+DISTRIBUTE = ("mirrored",)
+PRUNE_FORMS = ["channels:RATIO", "sparsity:RATIO", "M:N (e.g. 2:4)"]
+
+
+def _enum(enum_cls, value, option: str):
+    try:
+        return enum_cls(value)
+    except ValueError:
+        raise OptionError(option, value, [e.value for e in enum_cls]) from None
+
+
+def _finite(option: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise OptionError(option, value, hint="give a finite number")
+
+
+# -- parts ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ConvertRequest:
-    model: Path
-    output: Path
-    quantize: QuantizeMode = QuantizeMode.INT8
-    calibration: Path | None = None
-    calibration_samples: int = 200
-    seed: int = 0
-    target: str = "generic"
-    labels: Path | None = None
-    force: bool = False
-    trust_model: bool = False
-    per_tensor: bool = False
-    verbose: bool = False
+class PruneSpec:
+    kind: str  # "channels", "sparsity" or "m_by_n"
+    ratio: float = 0.0
+    m_by_n: tuple[int, int] | None = None
+
+    @property
+    def uses_tfmot(self) -> bool:
+        return self.kind != "channels"
+
+
+def parse_prune(text: str) -> PruneSpec:
+    """``channels:0.5`` / ``sparsity:0.8`` / ``2:4``; :class:`OptionError` otherwise."""
+    t = text.strip().lower()
+    mn = re.fullmatch(r"(\d+):(\d+)", t)
+    if mn:
+        m, n = int(mn.group(1)), int(mn.group(2))
+        if not 0 < m < n:
+            raise OptionError("--prune", text, PRUNE_FORMS, hint="M:N keeps M of every N weights, M < N")
+        return PruneSpec("m_by_n", m_by_n=(m, n))
+    kind, _, value = t.partition(":")
+    if kind not in ("channels", "sparsity"):
+        raise OptionError("--prune", text, PRUNE_FORMS)
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise OptionError("--prune", text, PRUNE_FORMS, hint="RATIO is a number such as 0.5") from None
+    if not 0.0 <= ratio < 1.0:
+        raise OptionError("--prune", text, PRUNE_FORMS, hint="RATIO must be at least 0 and below 1")
+    return PruneSpec(kind, ratio=ratio)
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The source model and how to read it."""
+
+    path: Path
+    trust: bool = False  # --trust-model: allow code stored in the model (Lambda layers, file ops)
     # ONNX: static shapes for inputs with dynamic dimensions, ((name, (1, 3, 224, 224)), ...)
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    # Calibration data per model input (multi-input models): ((name, path), ...); replaces `calibration`
-    calibration_inputs: tuple[tuple[str, Path], ...] = ()
+    # ONNX: onnx2tf options forced by an expert, ((key, value), ...)
+    onnx2tf_options: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    mode: QuantizeMode = QuantizeMode.INT8
+    per_tensor: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", _enum(QuantizeMode, self.mode, "--quantize"))
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    path: Path | None = None  # one source for the model's input(s)
+    inputs: tuple[tuple[str, Path], ...] = ()  # a source per model input; replaces ``path``
+    samples: int = 200
     preprocess: str | None = None  # "resize=96x96,mean=127.5,std=127.5" (or "none")
-    recipe: Path | None = None  # preprocessing recipe file (TOML/JSON)
-    label_column: str | None = None  # CSV calibration data: the column that holds labels
-    # Optimization before conversion (issue 5): "channels:0.5", "sparsity:0.8", "2:4"; QAT; fine-tuning
-    prune: str | None = None
-    prune_norm: str = "l1"  # filter ranking for channel pruning: "l1" or "l2"
+    label_column: str | None = None  # CSV data: the column that holds labels
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise OptionError("--calibration-samples", self.samples, hint="give at least 1")
+
+    @property
+    def data(self) -> Path | dict[str, Path] | None:
+        """What to read calibration samples from: one path, or a path per input."""
+        return dict(self.inputs) if self.inputs else self.path
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    """Pruning, sparsity and QAT before conversion, and their fine-tuning."""
+
+    prune: str | None = None  # "channels:0.5", "sparsity:0.8", "2:4"
+    prune_norm: str = "l1"  # filter ranking for channel pruning
     prune_round: int = 1  # channel pruning keeps a multiple of this many channels per group
     prune_layers: tuple[str, ...] = ()  # fnmatch patterns of layer names to prune (default: all)
     keep_layers: tuple[str, ...] = ()  # fnmatch patterns of layer names never to prune
@@ -54,7 +165,256 @@ class ConvertRequest:
     distill: bool = False  # learn the original model's outputs even when labels exist
     distribute: str | None = None  # "mirrored": tf.distribute.MirroredStrategy
 
+    def __post_init__(self) -> None:
+        if self.prune is not None:
+            parse_prune(self.prune)
+        if self.prune_norm not in PRUNE_NORMS:
+            raise OptionError("--prune-norm", self.prune_norm, PRUNE_NORMS)
+        if self.prune_round < 1:
+            raise OptionError("--prune-round", self.prune_round,
+                              hint="give 1 (exact ratio) or a channel multiple such as 8")
+        if self.distribute not in (None, *DISTRIBUTE):
+            raise OptionError("--distribute", self.distribute, DISTRIBUTE)
+        _finite("--learning-rate", self.learning_rate)
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
+            raise OptionError("--learning-rate", self.learning_rate, hint="give a rate in (0, 1), e.g. 1e-4")
+        if self.epochs < 1:
+            raise OptionError("--epochs", self.epochs, hint="give at least 1")
+
     @property
-    def calibration_data(self) -> Path | dict[str, Path] | None:
-        """What to read calibration samples from: one path, or a path per input."""
-        return dict(self.calibration_inputs) if self.calibration_inputs else self.calibration
+    def prune_spec(self) -> PruneSpec | None:
+        return parse_prune(self.prune) if self.prune else None
+
+    @property
+    def active(self) -> bool:
+        return self.prune is not None or self.qat
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    path: Path
+    force: bool = False  # replace an existing bundle
+    labels: Path | None = None  # one class label per line, copied into the bundle
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    model: ModelOptions
+    output: OutputOptions
+    quantize: QuantizeOptions = field(default_factory=QuantizeOptions)
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    optimize: OptimizeOptions = field(default_factory=OptimizeOptions)
+    target: str = "generic"
+    seed: int = 0  # sample selection and fine-tuning
+    recipe: Path | None = None  # the recipe file; its [inputs.NAME] tables are the preprocessing
+    verbose: bool = False  # not part of what is reproduced
+
+    # -- as data -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved request as JSON-ready data (paths as strings); ``verbose`` is left out."""
+        def plain(v: Any) -> Any:
+            if isinstance(v, Path):
+                return str(v)
+            if isinstance(v, StrEnum):
+                return v.value
+            if isinstance(v, tuple):
+                if v and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in v):
+                    return {k: plain(x) for k, x in v}
+                return [plain(x) for x in v]
+            return v
+
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "verbose":
+                continue
+            out[f.name] = ({g.name: plain(getattr(value, g.name)) for g in dataclasses.fields(value)}
+                           if dataclasses.is_dataclass(value) else plain(value))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "request") -> ConvertRequest:
+        """The inverse of :meth:`to_dict`."""
+        return build_request(data, {}, where=where, recipe_rules=False)
+
+    def resolved(self) -> ConvertRequest:
+        """The same request with every path absolute, so it can run again from anywhere."""
+        def a(p: Path | None) -> Path | None:
+            return None if p is None else p.resolve()
+
+        return dataclasses.replace(
+            self, model=dataclasses.replace(self.model, path=a(self.model.path)),
+            calibration=dataclasses.replace(self.calibration, path=a(self.calibration.path),
+                                            inputs=tuple((k, a(v)) for k, v in self.calibration.inputs)),
+            optimize=dataclasses.replace(self.optimize, train_data=a(self.optimize.train_data)),
+            output=dataclasses.replace(self.output, path=a(self.output.path), labels=a(self.output.labels)),
+            recipe=a(self.recipe))
+
+    def input_files(self) -> dict[str, Path]:
+        """Every input file the request names, by role (what reproduce checks is unchanged)."""
+        files: dict[str, Path | None] = {"model": self.model.path, "calibration": self.calibration.path,
+                                         "train_data": self.optimize.train_data, "labels": self.output.labels,
+                                         "recipe": self.recipe}
+        files.update({f"calibration:{k}": v for k, v in self.calibration.inputs})
+        return {k: v for k, v in files.items() if v is not None}
+
+
+# -- building ----------------------------------------------------------------------------------------
+# flat option name (CLI flag / API keyword) -> (part, field in that part)
+_FLAT: dict[str, tuple[str, str]] = {
+    "model": ("model", "path"), "trust_model": ("model", "trust"), "input_shapes": ("model", "input_shapes"),
+    "onnx2tf_options": ("model", "onnx2tf_options"),
+    "quantize": ("quantize", "mode"), "per_tensor": ("quantize", "per_tensor"),
+    "calibration": ("calibration", "data"), "calibration_samples": ("calibration", "samples"),
+    "preprocess": ("calibration", "preprocess"), "label_column": ("calibration", "label_column"),
+    **{k: ("optimize", k) for k in ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "qat",
+                                     "train_data", "epochs", "learning_rate", "distill", "distribute")},
+    "output": ("output", "path"), "force": ("output", "force"), "labels": ("output", "labels"),
+    "target": ("target", ""), "seed": ("seed", ""), "recipe": ("recipe", ""), "verbose": ("verbose", ""),
+}
+_PARTS = {"model": ModelOptions, "quantize": QuantizeOptions, "calibration": CalibrationOptions,
+          "optimize": OptimizeOptions, "output": OutputOptions}
+_PATHS = {("model", "path"), ("calibration", "path"), ("optimize", "train_data"), ("output", "path"),
+          ("output", "labels")}
+_NOT_IN_RECIPE = {"recipe", "verbose", "force"}  # the command line's business
+
+
+def build_request(recipe: Mapping[str, Any], flags: Mapping[str, Any], *, where: str = "--recipe",
+                  base: Path | None = None, recipe_rules: bool = True) -> ConvertRequest:
+    """A request from a recipe's data (nested, as :meth:`ConvertRequest.to_dict` writes it, with
+    ``model``/``target``/... also allowed as plain strings) overridden by ``flags`` (flat option
+    names, ``None`` = not given). Relative paths in a recipe are relative to ``base``.
+    ``recipe_rules`` keeps the command line's business (``--force``, ``--recipe``) out of the data."""
+    parts: dict[str, dict[str, Any]] = {name: {} for name in _PARTS}
+    top: dict[str, Any] = {}
+    for key, value in recipe.items():
+        if key in ("inputs", "preprocess") and isinstance(value, Mapping) or key in PREPROCESS_KEYS:
+            continue  # the preprocessing part, read from the file by the calibration stage
+        if recipe_rules and (key in _NOT_IN_RECIPE or (key == "output" and isinstance(value, Mapping)
+                                                        and value.get("force"))):
+            raise UsageError(f"{where}: '{key}' cannot be set in a recipe", hint="give it on the command line")
+        if key in _PARTS and isinstance(value, Mapping):
+            for k, v in value.items():
+                if k not in {f.name for f in dataclasses.fields(_PARTS[key])} and not (key == "calibration"
+                                                                                       and k in ("data", "inputs")):
+                    raise UsageError(f"{where}: unknown key '{key}.{k}'",
+                                     hint=f"known: {', '.join(f.name for f in dataclasses.fields(_PARTS[key]))}")
+                parts[key][k] = _rebase((key, k), v, base)
+        elif key in _PARTS:
+            first = {"model": "path", "quantize": "mode", "output": "path", "calibration": "data"}.get(key)
+            if first is None:
+                raise UsageError(f"{where}: '{key}' must be a table")
+            parts[key][first] = _rebase((key, "path" if first == "data" else first), value, base)
+        elif key in ("target", "seed", "recipe"):
+            top[key] = value
+        else:
+            raise UsageError(f"{where}: unknown key '{key}'",
+                             hint="known: model, target, seed, quantize, calibration, optimize, output, inputs")
+    for name, value in flags.items():
+        if value is None or name not in _FLAT:
+            continue
+        part, key = _FLAT[name]
+        if part in _PARTS:
+            parts[part][key] = value
+        else:
+            top[part] = value
+    return _assemble(parts, top, where)
+
+
+def _rebase(key: tuple[str, str], value: Any, base: Path | None) -> Any:
+    if base is None or not isinstance(value, str | Mapping):
+        return value
+    if key in _PATHS or key == ("calibration", "data"):
+        if isinstance(value, Mapping):
+            return {k: str(base / v) for k, v in value.items()}
+        return str(base / value)
+    return value
+
+
+def _assemble(parts: dict[str, dict[str, Any]], top: dict[str, Any], where: str) -> ConvertRequest:
+    for name, need in (("model", "path"), ("output", "path")):
+        if parts[name].get(need) in (None, ""):
+            raise UsageError(f"no {'model' if name == 'model' else 'output directory'} given",
+                             hint=f"give {'MODEL' if name == 'model' else '-o DIR'} on the command line "
+                                  f"or '{name}' in the recipe")
+    cal = parts["calibration"]
+    data = cal.pop("data", None)
+    if data is not None:
+        if isinstance(data, Mapping):
+            cal["inputs"] = tuple((str(k), Path(v)) for k, v in data.items())
+        else:
+            cal["path"] = Path(data)
+    if "inputs" in cal and isinstance(cal["inputs"], Mapping):
+        cal["inputs"] = tuple((str(k), Path(v)) for k, v in cal["inputs"].items())
+    for part, key in _PATHS:
+        if parts[part].get(key) is not None:
+            parts[part][key] = Path(parts[part][key])
+    m = parts["model"]
+    if "input_shapes" in m:
+        m["input_shapes"] = _input_shapes(m["input_shapes"])
+    if "onnx2tf_options" in m:
+        opts = m["onnx2tf_options"]
+        m["onnx2tf_options"] = tuple(sorted((opts.items() if isinstance(opts, Mapping) else opts)))
+    o = parts["optimize"]
+    for k in ("prune_layers", "keep_layers"):
+        if k in o:
+            o[k] = tuple([o[k]] if isinstance(o[k], str) else o[k])
+    if "seed" in top and not isinstance(top["seed"], int):
+        raise OptionError("--seed", top["seed"], hint="give a whole number")
+    try:
+        built = {name: cls(**parts[name]) for name, cls in _PARTS.items()}
+    except TypeError as err:
+        raise UsageError(f"{where}: {err}") from None
+    return ConvertRequest(**built, **{k: (Path(v) if k == "recipe" and v is not None else v)
+                                      for k, v in top.items()})
+
+
+def _input_shapes(spec: Mapping[str, Sequence[int]] | Sequence[str] | str | None) -> tuple:
+    if not spec:
+        return ()
+    if isinstance(spec, Mapping):
+        return tuple((str(k), tuple(int(d) for d in v)) for k, v in spec.items())
+    if isinstance(spec, str):
+        spec = [spec]
+    out = []
+    for s in spec:
+        if isinstance(s, str):
+            out.append(parse_input_shape(s))
+        else:
+            name, dims = s
+            out.append((str(name), tuple(int(d) for d in dims)))
+    return tuple(out)
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``NAME:1x3x224x224`` -> (NAME, (1, 3, 224, 224)); the name may itself contain ':'."""
+    name, sep, dims = text.rpartition(":")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or any(d < 1 for d in shape):
+        raise UsageError(f"--input-shape {text!r}: expected NAME:DIMxDIMx... with positive sizes",
+                         hint="e.g. --input-shape input:1x3x224x224")
+    return name, shape
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """A recipe file's data (TOML, or JSON for the older preprocessing recipes)."""
+    import json
+    import tomllib
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--recipe {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--recipe {path}: cannot read ({err})") from err
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as err:
+        kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
+        raise UsageError(f"--recipe {path}: not valid {kind} ({err})") from err
+    if not isinstance(data, dict):
+        raise UsageError(f"--recipe {path}: expected a table of settings")
+    return data

@@ -220,8 +220,11 @@ def load_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, A
         raise UsageError(f"{where}: not valid {kind} ({err})") from err
     if not isinstance(data, dict):
         raise UsageError(f"{where}: expected a table of preprocessing keys")
-    data = dict(data.get("preprocess", data))  # allow the spec to live under a [preprocess] table
-    per_input = data.pop("inputs", {}) or {}
+    per_input = data.get("inputs", {}) or {}
+    # The spec for every input: a [preprocess] table, or preprocessing keys at the top level (a whole
+    # convert recipe keeps its other settings beside them; see edgepack.request).
+    table = data.get("preprocess")
+    data = dict(table) if isinstance(table, dict) else {k: v for k, v in data.items() if k in KEYS}
     if not isinstance(per_input, dict) or not all(isinstance(v, dict) for v in per_input.values()):
         raise UsageError(f"{where}: 'inputs' must map input names to tables of preprocessing keys")
     return data, per_input

@@ -19,7 +19,7 @@ from typing import Any
 
 from edgepack.errors import BundleError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: the resolved request
 MANIFEST_NAME = "manifest.json"
 
 
@@ -105,6 +105,9 @@ class Manifest:
     stages: list[StageRecord] = field(default_factory=list)
     labels: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # sections added by optional stages
+    # The resolved convert request ("settings", as edgepack.request writes it) and the sha256 of every
+    # input file it names ("files": role -> {path, sha256}), for `edgepack reproduce`.
+    request: dict[str, Any] | None = None
     schema_version: str = SCHEMA_VERSION
 
     def artifact(self, role: str) -> Artifact:

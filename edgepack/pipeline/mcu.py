@@ -83,7 +83,7 @@ def stage_firmware(st: PipelineState) -> dict[str, Any] | None:
         arena = max(arena, st.extras["vela"]["sram_bytes"])
         note = "plain int8 model, or Vela's SRAM estimate if larger"
     spec = FirmwareSpec(
-        model_name=st.request.model.stem if st.request.model.suffix else st.request.model.name,
+        model_name=st.request.model.path.stem if st.request.model.path.suffix else st.request.model.path.name,
         model=model, ops=ops, inputs=tensor_infos(st.info, [s.name for s in st.loaded.inputs], "inputs"),
         outputs=tensor_infos(st.info, st.loaded.output_names, "outputs"), measured_arena=arena,
         arena_margin_percent=st.target.arena_margin_percent, alignment=st.target.alignment, labels=st.labels,

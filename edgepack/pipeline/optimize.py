@@ -9,69 +9,31 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgepack.errors import OptionError, UsageError
+from edgepack.errors import UsageError
+from edgepack.request import PruneSpec, QuantizeMode
 
 if TYPE_CHECKING:
     from edgepack.pipeline.state import PipelineState
 
 log = logging.getLogger(__name__)
-PRUNE_FORMS = ["channels:RATIO", "sparsity:RATIO", "M:N (e.g. 2:4)"]
-
-
-@dataclass(frozen=True)
-class PruneSpec:
-    kind: str  # "channels", "sparsity" or "m_by_n"
-    ratio: float = 0.0
-    m_by_n: tuple[int, int] | None = None
-
-    @property
-    def uses_tfmot(self) -> bool:
-        return self.kind != "channels"
-
-
-def parse_prune(text: str) -> PruneSpec:
-    """``channels:0.5`` / ``sparsity:0.8`` / ``2:4``; :class:`OptionError` otherwise."""
-    t = text.strip().lower()
-    mn = re.fullmatch(r"(\d+):(\d+)", t)
-    if mn:
-        m, n = int(mn.group(1)), int(mn.group(2))
-        if not 0 < m < n:
-            raise OptionError("--prune", text, PRUNE_FORMS, hint="M:N keeps M of every N weights, M < N")
-        return PruneSpec("m_by_n", m_by_n=(m, n))
-    kind, _, value = t.partition(":")
-    if kind not in ("channels", "sparsity"):
-        raise OptionError("--prune", text, PRUNE_FORMS)
-    try:
-        ratio = float(value)
-    except ValueError:
-        raise OptionError("--prune", text, PRUNE_FORMS, hint="RATIO is a number such as 0.5") from None
-    if not 0.0 <= ratio < 1.0:
-        raise OptionError("--prune", text, PRUNE_FORMS, hint="RATIO must be at least 0 and below 1")
-    return PruneSpec(kind, ratio=ratio)
-
-
 def _check_request(st: "PipelineState", spec: PruneSpec | None) -> None:
-    from edgepack.request import QuantizeMode
-
     req = st.request
     if not st.loaded.is_keras:
-        raise UsageError(f"--prune/--qat need a Keras model (.keras or .h5); {req.model.name} is "
+        raise UsageError(f"--prune/--qat need a Keras model (.keras or .h5); {req.model.path.name} is "
                          f"{st.loaded.format.value}", hint="convert the Keras source instead")
-    if req.qat and req.quantize not in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO):
-        raise UsageError(f"--qat trains for integer inference; --quantize {req.quantize} does not use it",
+    if req.optimize.qat and req.quantize.mode not in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO):
+        raise UsageError(f"--qat trains for integer inference; --quantize {req.quantize.mode} does not use it",
                          hint="use --quantize int8 or int8-float-io")
-    if req.train_data is None and (req.qat or (spec is not None and spec.uses_tfmot)):
-        what = "--qat" if req.qat else f"--prune {req.prune}"
+    if req.optimize.train_data is None and (req.optimize.qat or (spec is not None and spec.uses_tfmot)):
+        what = "--qat" if req.optimize.qat else f"--prune {req.optimize.prune}"
         raise UsageError(f"{what} needs training data", hint="pass --train-data FILE (.npz with x, and y if "
                                                              "labelled; without y the original model teaches)")
-    if req.qat and req.per_tensor and spec is not None and spec.uses_tfmot:
+    if req.optimize.qat and req.quantize.per_tensor and spec is not None and spec.uses_tfmot:
         raise UsageError("--per-tensor cannot be combined with sparsity-preserving QAT: tfmot's prune-preserve "
                          "scheme quantizes conv weights per channel", hint="drop --per-tensor, or --prune sparsity/m:n")
-    if req.train_data is None and (req.distill or req.distribute):
+    if req.optimize.train_data is None and (req.optimize.distill or req.optimize.distribute):
         log.warning("--distill/--distribute only apply when fine-tuning with --train-data; ignoring them")
 
 
@@ -80,9 +42,9 @@ def _training_data(st: "PipelineState"):
     from edgepack.optimize.finetune import TrainingData
 
     req = st.request
-    if req.train_data is None:
+    if req.optimize.train_data is None:
         return None
-    ds = open_dataset(req.train_data, st.loaded.inputs, what="--train-data")
+    ds = open_dataset(req.optimize.train_data, st.loaded.inputs, what="--train-data")
     return TrainingData.from_dataset(ds, st.loaded.inputs)
 
 
@@ -102,22 +64,22 @@ def _totals(model: Any) -> dict[str, int]:
 
 def stage_optimize(st: "PipelineState") -> dict | None:
     req = st.request
-    spec = parse_prune(req.prune) if req.prune else None
-    if spec is None and not req.qat:
+    spec = req.optimize.prune_spec
+    if spec is None and not req.optimize.qat:
         return None
     _check_request(st, spec)
     from edgepack.optimize.finetune import FinetuneOptions, finetune
 
     data = _training_data(st)
-    opts = FinetuneOptions(epochs=req.epochs, distill=req.distill, distribute=req.distribute, seed=req.seed,
-                           **({"learning_rate": req.learning_rate} if req.learning_rate is not None else {}))
+    opts = FinetuneOptions(epochs=req.optimize.epochs, distill=req.optimize.distill, distribute=req.optimize.distribute, seed=req.seed,
+                           **({"learning_rate": req.optimize.learning_rate} if req.optimize.learning_rate is not None else {}))
     original = model = st.loaded.model
     section: dict[str, Any] = {"before": _totals(original)}
     if spec is not None and spec.kind == "channels":
         from edgepack.optimize.prune import prune_channels
 
-        pruned, report = prune_channels(model, spec.ratio, norm=req.prune_norm, round_to=req.prune_round,
-                                        prune_layers=req.prune_layers, keep_layers=req.keep_layers)
+        pruned, report = prune_channels(model, spec.ratio, norm=req.optimize.prune_norm, round_to=req.optimize.prune_round,
+                                        prune_layers=req.optimize.prune_layers, keep_layers=req.optimize.keep_layers)
         section["channels"] = report.to_dict()
         model = pruned
         if data is not None:
@@ -127,25 +89,25 @@ def stage_optimize(st: "PipelineState") -> dict | None:
             log.warning("pruned without fine-tuning; pass --train-data to recover accuracy")
     section["after"] = _totals(model)
     fmt = st.loaded.format
-    if req.qat or (spec is not None and spec.uses_tfmot):
+    if req.optimize.qat or (spec is not None and spec.uses_tfmot):
         model, fmt = _bridge(st, model, data, section)
     if spec is not None and spec.uses_tfmot:
         from edgepack.optimize.sparsity import sparsify
 
         model, sreport = sparsify(model, data, opts, target=spec.ratio if spec.kind == "sparsity" else None,
-                                  m_by_n=spec.m_by_n, prune_layers=req.prune_layers, keep_layers=req.keep_layers)
+                                  m_by_n=spec.m_by_n, prune_layers=req.optimize.prune_layers, keep_layers=req.optimize.keep_layers)
         section["sparsity"] = sreport.to_dict()
-    if req.qat:
+    if req.optimize.qat:
         from edgepack.optimize.qat import LEARNING_RATE, quantize_aware
 
-        qopts = opts if req.learning_rate is not None else dataclasses.replace(opts, learning_rate=LEARNING_RATE)
+        qopts = opts if req.optimize.learning_rate is not None else dataclasses.replace(opts, learning_rate=LEARNING_RATE)
         model, qreport = quantize_aware(model, data, qopts, preserve_sparsity=spec is not None and spec.uses_tfmot,
-                                        per_tensor=req.per_tensor)
+                                        per_tensor=req.quantize.per_tensor)
         section["qat"] = qreport.to_dict()
     st.original = st.loaded
     st.loaded = dataclasses.replace(st.loaded, model=model, format=fmt)
     st.extras["optimize"] = section
-    return {k: v for k, v in (("prune", req.prune), ("qat", req.qat), ("params", section["after"]["params"]),
+    return {k: v for k, v in (("prune", req.optimize.prune), ("qat", req.optimize.qat), ("params", section["after"]["params"]),
                               ("macs", section["after"]["macs"])) if v}
 
 
@@ -171,7 +133,7 @@ def stage_measure(st: "PipelineState") -> dict | None:
     from edgepack.optimize.measure import litert_p50_ms, zip_size
 
     req = st.request
-    before = convert_to_tflite(st.original, req.quantize, st.calibration, per_tensor=req.per_tensor,
+    before = convert_to_tflite(st.original, req.quantize.mode, st.calibration, per_tensor=req.quantize.per_tensor,
                                verbose=req.verbose)
     section = st.extras["optimize"]
     for key, blob in (("before", before), ("after", st.tflite)):

@@ -30,21 +30,19 @@ log = logging.getLogger(__name__)
 
 def stage_prepare(st: PipelineState) -> dict:
     req = st.request
-    bundle_mod.check_output(req.output, req.force)
+    bundle_mod.check_output(req.output.path, req.output.force)
     st.target = load_target(req.target)
-    if req.quantize.value not in st.target.quantize_modes:
-        raise UsageError(f"--quantize {req.quantize} is not supported by target {st.target.name}",
+    if req.quantize.mode.value not in st.target.quantize_modes:
+        raise UsageError(f"--quantize {req.quantize.mode} is not supported by target {st.target.name}",
                          hint=f"use one of: {', '.join(st.target.quantize_modes)}")
-    if req.quantize.needs_calibration and req.calibration_data is None:
-        raise UsageError(f"--quantize {req.quantize} needs calibration data",
+    if req.quantize.mode.needs_calibration and req.calibration.data is None:
+        raise UsageError(f"--quantize {req.quantize.mode} needs calibration data",
                          hint="pass --calibration FILE (.npy or .npz of representative inputs), "
                               "or choose --quantize dynamic/float16/none")
-    if req.calibration_data is not None and not req.quantize.needs_calibration:
-        log.warning("--calibration is not used by --quantize %s; ignoring it", req.quantize)
-    if req.calibration_samples < 1:
-        raise UsageError("--calibration-samples must be at least 1")
-    if req.labels is not None:
-        st.labels = _read_labels(req.labels)
+    if req.calibration.data is not None and not req.quantize.mode.needs_calibration:
+        log.warning("--calibration is not used by --quantize %s; ignoring it", req.quantize.mode)
+    if req.output.labels is not None:
+        st.labels = _read_labels(req.output.labels)
     return {"target": st.target.name}
 
 
@@ -61,18 +59,18 @@ def _read_labels(path: Path) -> list[str]:
 
 
 def stage_load(st: PipelineState) -> dict:
-    st.loaded = load_model(st.request.model, trust_model=st.request.trust_model)
-    if st.request.input_shapes:
+    st.loaded = load_model(st.request.model.path, trust_model=st.request.model.trust)
+    if st.request.model.input_shapes:
         if st.loaded.format is not ModelFormat.ONNX:
             raise UsageError("--input-shape applies to ONNX models only",
                              hint="Keras and SavedModel inputs keep the shapes they were built with")
         from edgepack.converter.formats.onnx import with_input_shapes
 
-        st.loaded = with_input_shapes(st.loaded, dict(st.request.input_shapes))
+        st.loaded = with_input_shapes(st.loaded, dict(st.request.model.input_shapes))
     if st.labels is not None and len(st.loaded.output_names) == 1:
         classes = _output_classes(st.loaded)
         if classes is not None and classes != len(st.labels):
-            raise UsageError(f"--labels {st.request.labels}: {len(st.labels)} labels for an output of "
+            raise UsageError(f"--labels {st.request.output.labels}: {len(st.labels)} labels for an output of "
                              f"{classes} classes", hint="give one label per output class, one per line")
     return {"format": st.loaded.format.value, "inputs": len(st.loaded.inputs), "outputs": len(st.loaded.output_names)}
 
@@ -87,9 +85,9 @@ def stage_calibrate(st: PipelineState) -> dict | None:
     from edgepack.calibration.calibrate import calibration_set, input_preprocessing
 
     req = st.request
-    if not req.quantize.needs_calibration:
-        if req.preprocess is not None or req.recipe is not None:  # recorded for the device app all the same
-            pre = input_preprocessing(st.loaded.inputs, spec=req.preprocess, recipe=req.recipe)
+    if not req.quantize.mode.needs_calibration:
+        if req.calibration.preprocess is not None or req.recipe is not None:  # recorded for the device app all the same
+            pre = input_preprocessing(st.loaded.inputs, spec=req.calibration.preprocess, recipe=req.recipe)
             st.input_data = {k: {"preprocessing": p.to_dict() if p else None} for k, p in pre.items()}
         return None
     specs = st.loaded.inputs
@@ -97,8 +95,8 @@ def stage_calibrate(st: PipelineState) -> dict | None:
         from edgepack.calibration.layout import relaxed_specs
 
         specs = relaxed_specs(specs)
-    cal = calibration_set(req.calibration_data, specs, count=req.calibration_samples, seed=req.seed,
-                          spec=req.preprocess, recipe=req.recipe, label_column=req.label_column,
+    cal = calibration_set(req.calibration.data, specs, count=req.calibration.samples, seed=req.seed,
+                          spec=req.calibration.preprocess, recipe=req.recipe, label_column=req.calibration.label_column,
                           min_samples=st.target.min_calibration_samples, target=st.target.name)
     st.calibration = cal.data
     st.calibration_info = CalibrationInfo(source=cal.source, samples=len(cal.data), available=cal.available,
@@ -113,8 +111,8 @@ def stage_convert(st: PipelineState) -> dict:
 
     if st.loaded.format is ModelFormat.ONNX:
         return _convert_onnx(st)
-    st.tflite = convert_to_tflite(st.loaded, st.request.quantize, st.calibration,
-                                  per_tensor=st.request.per_tensor, verbose=st.request.verbose,
+    st.tflite = convert_to_tflite(st.loaded, st.request.quantize.mode, st.calibration,
+                                  per_tensor=st.request.quantize.per_tensor, verbose=st.request.verbose,
                                   batch=st.target.batch)
     return {"bytes": len(st.tflite)}
 
@@ -123,7 +121,7 @@ def _convert_onnx(st: PipelineState) -> dict:
     from edgepack.converter.onnx.translate import convert_onnx
 
     req = st.request
-    res = convert_onnx(st.loaded, req.quantize, st.calibration, per_tensor=req.per_tensor, verbose=req.verbose,
+    res = convert_onnx(st.loaded, req.quantize.mode, st.calibration, per_tensor=req.quantize.per_tensor, verbose=req.verbose,
                        batch=st.target.batch)
     st.tflite = res.tflite
     st.source_io = {"inputs": {m.name: m.manifest_fields() for m in res.inputs},
@@ -133,7 +131,7 @@ def _convert_onnx(st: PipelineState) -> dict:
 
 def stage_read_back(st: PipelineState) -> dict:
     st.info = read_tflite(st.tflite)
-    actual, requested = st.info.quantization_mode, st.request.quantize.value
+    actual, requested = st.info.quantization_mode, st.request.quantize.mode.value
     if requested == "dynamic" and actual == "none":
         raise ConversionError("--quantize dynamic left every weight float32: the converter quantizes only "
                               "weight tensors of 1024 or more elements, and this model has none",
@@ -183,11 +181,26 @@ def _merged(*per_name: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, 
     return out
 
 
+def _request_record(st: PipelineState) -> dict[str, Any]:
+    """The resolved request and the sha256 of each input file it names (edgepack reproduce)."""
+    from edgepack.converter.formats.base import file_sha256
+
+    req = st.request.resolved()
+    files = {}
+    for role, path in req.input_files().items():
+        sha = (st.original or st.loaded).sha256 if role == "model" else file_sha256(path)
+        files[role] = {"path": str(path), "sha256": sha}
+    settings = req.to_dict()
+    # where the bundle is written is not part of what it is: two runs into two folders match
+    settings["output"] = {k: v for k, v in settings["output"].items() if k not in ("path", "force")}
+    return {"settings": settings, "files": files}
+
+
 def stage_package(st: PipelineState) -> dict:
     import edgepack
 
     req, info = st.request, st.info
-    with bundle_mod.atomic_bundle(req.output, force=req.force) as writer:
+    with bundle_mod.atomic_bundle(req.output.path, force=req.output.force) as writer:
         writer.add("model.tflite", st.tflite, role="model")
         if st.labels is not None:
             writer.add("labels.txt", "\n".join(st.labels) + "\n", role="labels")
@@ -196,11 +209,11 @@ def stage_package(st: PipelineState) -> dict:
         manifest = Manifest(
             edgepack_version=edgepack.__version__,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            source=SourceInfo(file=req.model.name, format=(st.original or st.loaded).format.value,
+            source=SourceInfo(file=req.model.path.name, format=(st.original or st.loaded).format.value,
                               sha256=st.loaded.sha256,
-                              path=str(req.model.resolve())),
+                              path=str(req.model.path.resolve())),
             target=TargetInfo(name=st.target.name, runtime=st.target.runtime, delegate=st.target.delegate),
-            quantization=QuantizationInfo(mode=info.quantization_mode, requested=req.quantize.value,
+            quantization=QuantizationInfo(mode=info.quantization_mode, requested=req.quantize.mode.value,
                                           granularity=info.granularity, calibration=st.calibration_info),
             artifacts=list(writer.artifacts),
             inputs=tensor_infos(info, [s.name for s in st.loaded.inputs], "inputs",
@@ -211,8 +224,9 @@ def stage_package(st: PipelineState) -> dict:
             stages=list(st.stages),
             labels="labels.txt" if st.labels is not None else None,
             extras=st.extras,
+            request=_request_record(st),
         )
         validate_dict(manifest.to_dict())
         writer.write_text(MANIFEST_NAME, manifest.to_json())
         st.manifest = manifest
-    return {"path": str(req.output)}
+    return {"path": str(req.output.path)}

@@ -81,3 +81,39 @@ def run_tflite(runtime: Runtime, model_path: Path, inputs: list[TensorInfo], out
         if progress:
             progress(n)
     return [np.concatenate(r, axis=0) for r in results]
+
+
+def constant_tensors(model: bytes) -> dict[str, tuple]:
+    """Every constant tensor of ``model`` by name: (dtype, shape, (scales, zero points), real values)."""
+    import tempfile
+
+    from edgepack.tflite_model import read_tflite
+
+    info = read_tflite(model)
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
+        f.write(model)
+        f.flush()
+        interp = make_interpreter(Runtime.LITERT, Path(f.name))
+        return _dequantized_constants(interp, info)
+
+
+def _dequantized_constants(interp, info) -> dict[str, tuple]:
+    out: dict[str, tuple] = {}
+    for t in info.tensors:
+        if not t.constant:
+            continue
+        try:
+            raw = np.array(interp.get_tensor(t.index))
+        except ValueError:  # tensors the interpreter does not expose (e.g. packed int4)
+            continue
+        values = raw.astype(np.float64)
+        if t.scales:
+            scales = np.asarray(t.scales)
+            zps = np.asarray(t.zero_points or [0] * len(t.scales))
+            axis_shape = [1] * raw.ndim
+            if len(scales) > 1 and raw.ndim:
+                axis = next((i for i, d in enumerate(raw.shape) if d == len(scales)), 0)
+                axis_shape[axis] = len(scales)
+            values = (values - zps.reshape(axis_shape)) * scales.reshape(axis_shape)
+        out[t.name] = (t.dtype, tuple(t.shape), (t.scales, t.zero_points), values)
+    return out

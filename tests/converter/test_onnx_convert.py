@@ -12,7 +12,6 @@ from edgepack import api
 from edgepack.cli import main
 from edgepack.errors import ConversionError, UsageError
 from edgepack.packaging.manifest import read_manifest
-
 from tests.converter.onnx_builders import classifier, custom_op, separable_images, shape_flatten, two_in_two_out
 
 MODES = ("int8", "int8-float-io", "int16x8", "float16", "dynamic", "none")

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from edgepack import api
-
 from tests.converter.onnx_builders import classifier, separable_images
 
 CLASSES = 3

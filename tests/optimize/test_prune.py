@@ -145,7 +145,7 @@ def test_unknown_layers_freeze_their_channels():
                                                     ("sparsity:0.8", "sparsity", 0.8, None),
                                                     ("2:4", "m_by_n", 0.0, (2, 4))])
 def test_parse_prune(text, kind, ratio, mn):
-    from edgepack.pipeline.optimize import parse_prune
+    from edgepack.request import parse_prune
 
     spec = parse_prune(text)
     assert (spec.kind, spec.ratio, spec.m_by_n) == (kind, ratio, mn)
@@ -153,7 +153,7 @@ def test_parse_prune(text, kind, ratio, mn):
 
 @pytest.mark.parametrize("text", ["channels:1.5", "channels:x", "filters:0.5", "4:2", "channels"])
 def test_parse_prune_rejects(text):
-    from edgepack.pipeline.optimize import parse_prune
+    from edgepack.request import parse_prune
 
     with pytest.raises(OptionError, match="--prune"):
         parse_prune(text)

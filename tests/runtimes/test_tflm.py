@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from edgepack import api
-from edgepack.tflite_model import read_tflite
 from edgepack.runtimes import tflm
+from edgepack.tflite_model import read_tflite
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,8 @@ def test_ethos_u_refuses_a_vela_model_over_the_flash_budget(tmp_path, monkeypatc
     """The budget gates the Vela model (what the device flashes), not only the plain int8 one."""
     import dataclasses
 
-    from edgepack.pipeline import stages as pipeline
     from edgepack.errors import TargetConstraintError
+    from edgepack.pipeline import stages as pipeline
     from edgepack.targets import load_target
 
     tight = dataclasses.replace(load_target("cortex-m55-ethos-u55"), name="u55-4k-flash", flash_bytes=4096)

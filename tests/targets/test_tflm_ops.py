@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edgepack.targets import load_target
 from edgepack.runtimes.tflm import registered_builtin_ops
+from edgepack.targets import load_target
 
 
 def test_profile_op_list_matches_installed_tflm():

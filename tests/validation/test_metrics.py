@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edgepack.packaging.manifest import TensorInfo
-from edgepack.validation import metrics
 from edgepack.runtimes.litert import dequantize, quantize
+from edgepack.validation import metrics
 
 
 def test_accuracy_and_agreement_by_hand():

@@ -229,19 +229,6 @@ def _input_specs(model: OnnxModel) -> list[InputSpec]:
 
 
 # -- --input-shape --------------------------------------------------------------------------------
-def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """``NAME:1x3x224x224`` -> (NAME, (1, 3, 224, 224)); the name may itself contain ':'."""
-    name, sep, dims = text.rpartition(":")
-    try:
-        shape = tuple(int(d) for d in dims.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if not sep or not name or not shape or any(d < 1 for d in shape):
-        raise UsageError(f"--input-shape {text!r}: expected NAME:DIMxDIMx... with positive sizes",
-                         hint="e.g. --input-shape input:1x3x224x224")
-    return name, shape
-
-
 def with_input_shapes(loaded: LoadedModel, shapes: Mapping[str, Sequence[int]]) -> LoadedModel:
     """``loaded`` with dynamic input dimensions fixed; checks names, ranks and fixed sizes."""
     model: OnnxModel = loaded.model

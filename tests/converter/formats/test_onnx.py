@@ -16,7 +16,6 @@ from edgepack import api
 from edgepack.cli import main
 from edgepack.converter.formats.detect import load_model
 from edgepack.errors import ModelLoadError
-
 from tests.converter.onnx_builders import classifier
 
 
