@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench clean docs
+.PHONY: demo test lint venv bench clean docs
 
 venv: $(STAMP)
 
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/digits_demo.py --workdir build/demo
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Layering (import-linter contracts in pyproject.toml) and style (ruff); both run in `make test`.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check edgepack tests benchmarks examples tools
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/convert_overhead.py

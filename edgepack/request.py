@@ -105,9 +105,14 @@ def parse_prune(text: str) -> PruneSpec:
         ratio = float(value)
     except ValueError:
         raise OptionError("--prune", text, PRUNE_FORMS, hint="RATIO is a number such as 0.5") from None
-    if not 0.0 <= ratio < 1.0:
+    if not valid_ratio(ratio):
         raise OptionError("--prune", text, PRUNE_FORMS, hint="RATIO must be at least 0 and below 1")
     return PruneSpec(kind, ratio=ratio)
+
+
+def valid_ratio(ratio: float) -> bool:
+    """A pruning or sparsity ratio: the share of channels or weights removed, in [0, 1)."""
+    return 0.0 <= ratio < 1.0
 
 
 @dataclass(frozen=True)

@@ -41,20 +41,6 @@ def load_npz(path: Path, *, what: str = "--calibration", keys: list[str] | None 
         raise CalibrationError(f"{what} {path}: not a readable .npz file ({err})", hint="write it with np.savez") from err
 
 
-def load_arrays(path: str | Path, *, what: str = "--calibration") -> dict[str, np.ndarray]:
-    """``{key: array}`` from an ``.npy`` (key ``""``) or ``.npz`` file."""
-    p = Path(path)
-    if not p.exists():
-        raise CalibrationError(f"{what} {p}: no such file")
-    if p.is_dir():
-        raise CalibrationError(f"{what} {p}: is a directory; give an .npy or .npz file")
-    if p.suffix == ".npz":
-        return load_npz(p, what=what)
-    if p.suffix == ".npy":
-        return {"": load_npy(p, what=what)}
-    raise CalibrationError(f"{what} {p}: unsupported file type {p.suffix or '(none)'!r}", hint="use .npy or .npz")
-
-
 class OffsetArray:
     """A C-ordered array inside a file, read by offset: rows are fetched with ``pread`` on demand.
 

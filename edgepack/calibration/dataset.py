@@ -1,4 +1,4 @@
-"""The one dataset object used by calibration, validation and (later) training.
+"""The one dataset object used by calibration, validation and fine-tuning.
 
 A :class:`Dataset` holds one :class:`~edgepack.calibration.source.Source` per model input (samples
 read on demand, never all at once) and optional labels. It checks the data against the model's

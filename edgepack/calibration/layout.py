@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgepack.calibration import Dataset, InputSpec, open_dataset
+from edgepack.calibration import Dataset, InputSpec
 from edgepack.calibration.source import Source
 from edgepack.errors import CalibrationError
 
@@ -147,15 +147,6 @@ def bundle_views(ds: Dataset, specs: Sequence[InputSpec], tensors) -> tuple[Data
     dtypes = {s.name: s.dtype for s in specs}
     tflite.check([InputSpec(t.name, tuple(t.shape[1:]), dtypes.get(t.name, "float32")) for t in tensors])
     return source, tflite
-
-
-def read_dataset(path, specs: Sequence[InputSpec], tensors, *, what: str) -> tuple[Dataset, Dataset]:
-    """``(source layout, TFLite layout)`` views of model-ready data (no preprocessing) for a bundle's
-    input ``tensors``; :func:`read_bundle_data` applies the bundle's recorded preprocessing."""
-    if not any(t.perm for t in tensors):
-        ds = open_dataset(path, specs, what=what)
-        return ds, ds
-    return bundle_views(open_dataset(path, relaxed_specs(specs), what=what), specs, tensors)
 
 
 def read_bundle_data(bundle, manifest, data, specs: Sequence[InputSpec], *, preprocess: str | None = None,

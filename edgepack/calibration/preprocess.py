@@ -43,10 +43,6 @@ class Preprocess:
     dtype: str | None = None  # None = the model input's dtype
 
     @property
-    def is_identity(self) -> bool:
-        return self == Preprocess(resize_method=self.resize_method)
-
-    @property
     def touches_pixels(self) -> bool:
         """Steps that need an image (resize, crop, color) rather than numbers."""
         return self.resize is not None or self.crop is not None or self.color is not None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgepack._native import capture_native_output
 from edgepack.calibration import Dataset
-from edgepack.converter.formats.base import LoadedModel, ModelFormat, signature_name
+from edgepack.converter.formats.base import LoadedModel, ModelFormat, call_keras, signature_name
 from edgepack.errors import ConversionError
 from edgepack.request import QuantizeMode
 
@@ -36,11 +36,7 @@ def _keras_fn(loaded: LoadedModel) -> Callable:
     out_names = [signature_name(n) for n in loaded.output_names]
 
     def fn(*args):
-        out = model(list(args) if len(args) > 1 else args[0], training=False)
-        outs = out if isinstance(out, (list, tuple)) else [out]
-        if isinstance(out, dict):
-            outs = [out[n] for n in loaded.output_names]
-        return dict(zip(out_names, outs))
+        return dict(zip(out_names, call_keras(model, args, loaded.output_names)))
 
     return fn
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from edgepack.optimize.graph import keras_module
 from edgepack.optimize.traindata import TrainingData, predict
+from edgepack.request import DISTRIBUTE, OptimizeOptions
 
 __all__ = ["FinetuneOptions", "FinetuneResult", "TrainingData", "finetune", "predict"]
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FinetuneOptions:
-    epochs: int = 3
+    epochs: int = OptimizeOptions.epochs
     distill: bool = False
     distribute: str | None = None  # None or "mirrored"
     seed: int = 0
@@ -77,10 +78,10 @@ def strategy_scope(distribute: str | None):
     """``(scope, replicas)`` for ``--distribute``: MirroredStrategy over the GPUs, else all logical CPUs."""
     if distribute is None:
         return contextlib.nullcontext(), 1
-    if distribute != "mirrored":
+    if distribute not in DISTRIBUTE:
         from edgepack.errors import OptionError
 
-        raise OptionError("--distribute", distribute, ["mirrored"])
+        raise OptionError("--distribute", distribute, DISTRIBUTE)
     import tensorflow as tf
 
     gpus = tf.config.list_logical_devices("GPU")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgepack.converter.formats.base import call_keras
 from edgepack.errors import ConversionError
 from edgepack.optimize.graph import Node, is_tf_keras, read_graph, rebuild
 
@@ -137,9 +138,7 @@ def to_tf_keras(model: Any, sample: np.ndarray | list[np.ndarray] | None = None)
 
 
 def _predict(model: Any, x: Any) -> list[np.ndarray]:
-    out = model(x, training=False)
-    outs = out if isinstance(out, (list, tuple)) else [out]
-    return [np.asarray(o, dtype=np.float64) for o in outs]
+    return [np.asarray(o, dtype=np.float64) for o in call_keras(model, x if isinstance(x, list) else [x])]
 
 
 def compare(a: Any, b: Any, sample: np.ndarray | list[np.ndarray]) -> float:

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgepack.errors import UsageError
 from edgepack.optimize.graph import Graph, Node, TensorKey, keras_module, read_graph, rebuild
+from edgepack.request import PRUNE_NORMS, valid_ratio
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +231,10 @@ def _selected(name: str, prune_layers: tuple[str, ...], keep_layers: tuple[str, 
 def prune_channels(model: Any, ratio: float, *, norm: str = "l1", round_to: int = 1, prune_layers: tuple[str, ...] = (),
                    keep_layers: tuple[str, ...] = ()) -> tuple[Any, PruneReport]:
     """A new model (same Keras flavour) with ``ratio`` of the prunable channels removed."""
-    if not 0.0 <= ratio < 1.0:
+    if not valid_ratio(ratio):
         raise UsageError(f"--prune channels:{ratio}: the ratio must be in [0, 1)", hint="e.g. channels:0.5")
-    if norm not in ("l1", "l2"):
-        raise UsageError(f"--prune-norm {norm}: use l1 or l2")
+    if norm not in PRUNE_NORMS:
+        raise UsageError(f"--prune-norm {norm}: use {' or '.join(PRUNE_NORMS)}")
     graph = read_graph(model)
     shared = {name for name, n in graph.calls_per_layer().items() if n > 1}
     planner = _Planner(graph, norm)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.optimize.finetune import FinetuneOptions, FinetuneResult, TrainingData, finetune
-from edgepack.optimize.sparsity import _set_unwrapped_weights, import_tfmot
+from edgepack.optimize.sparsity import import_tfmot, set_unwrapped_weights
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def quantize_aware(model: Any, data: TrainingData, opts: FinetuneOptions, *,
             return clone if layer.name in skipped_names else qk.quantize_annotate_layer(clone)
 
         annotated = tf_keras.models.clone_model(model, clone_function=annotate)
-        _set_unwrapped_weights(annotated, model)
+        set_unwrapped_weights(annotated, model)
         with qk.quantize_scope():
             qmodel = qk.quantize_apply(annotated, scheme) if scheme is not None else qk.quantize_apply(annotated)
         calibrated.append(calibrate_ranges(qmodel, data, opts.seed))

@@ -98,7 +98,7 @@ def sparsify(model: Any, data: TrainingData, opts: FinetuneOptions, *, target: f
             return clone
 
         clone = tf_keras.models.clone_model(model, clone_function=wrap)
-        _set_unwrapped_weights(clone, model)
+        set_unwrapped_weights(clone, model)
         return clone
 
     if not chosen:
@@ -113,7 +113,7 @@ def sparsify(model: Any, data: TrainingData, opts: FinetuneOptions, *, target: f
     return stripped, SparsityReport(target, m_by_n, per, overall, result)
 
 
-def _set_unwrapped_weights(clone: Any, source: Any) -> None:
+def set_unwrapped_weights(clone: Any, source: Any) -> None:
     """Copy the source's weights into a clone whose layers may be wrapped by tfmot."""
     by_name = {layer.name: layer for layer in source.layers}
     for layer in clone.layers:

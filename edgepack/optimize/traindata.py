@@ -16,6 +16,7 @@ import numpy as np
 
 from edgepack.calibration import Dataset
 from edgepack.calibration.dataset import InputSpec
+from edgepack.converter.formats.base import call_keras
 from edgepack.errors import UsageError
 
 CHUNK = 64  # samples read from the files at a time
@@ -110,8 +111,7 @@ class TrainingData:
             ds = ds.map(lambda xs, y: (xs[0] if single else xs, y))
         else:
             def with_teacher(*xs):
-                x = xs[0] if single else list(xs)
-                return (xs[0] if single else xs), first_output(teacher(x, training=False))
+                return (xs[0] if single else xs), first_output(call_keras(teacher, xs))
 
             ds = ds.map(with_teacher)
         options = tf.data.Options()
@@ -124,6 +124,6 @@ def predict(model: Any, data: TrainingData, batch: int = 256) -> np.ndarray:
     """The model's (first) output over ``data``, streamed a batch at a time."""
     outs = []
     for xs, _ in data.chunks(batch):
-        out = first_output(model(xs if len(xs) > 1 else xs[0], training=False))
+        out = first_output(call_keras(model, xs))
         outs.append(np.asarray(out, dtype=np.float32))
     return np.concatenate(outs)

@@ -9,15 +9,12 @@ Each stage does nothing (and records nothing) for other targets.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edgepack.packaging.firmware import FirmwareSpec, firmware_files
-
-if TYPE_CHECKING:
-    from edgepack.pipeline.state import PipelineState
+from edgepack.pipeline.state import ArenaRecord, FirmwareRecord, PipelineState
 
 log = logging.getLogger(__name__)
-VELA_MODEL = "model_vela.tflite"
 
 
 def _is_mcu(st: PipelineState) -> bool:
@@ -34,9 +31,8 @@ def stage_measure_arena(st: PipelineState) -> dict[str, Any] | None:
         # TFLM cannot load it; check_target names the ops, which is the useful message.
         return {"skipped": "model has ops TFLM does not register"}
     arena = measure_arena(st.tflite, len(st.info.inputs))
-    st.arena_bytes = arena.total
-    st.extras["tflm"] = {**arena.to_dict(), "arena_margin_percent": st.target.arena_margin_percent,
-                         "measured_with": f"tflite-micro {_tflm_version()} (host, reference kernels)"}
+    st.arena = ArenaRecord(arena, st.target.arena_margin_percent,
+                           f"tflite-micro {_tflm_version()} (host, reference kernels)")
     return arena.to_dict()
 
 
@@ -59,11 +55,8 @@ def stage_vela(st: PipelineState) -> dict[str, Any] | None:
                        arena_bytes=st.arena_bytes, vela_size=len(result.model), vela_flash_bytes=r.flash_bytes,
                        vela_sram_bytes=r.sram_bytes)
     checks = {name: detail for name, _, detail in run_checks(st.target, facts, VELA_CHECKS)}
-    st.vela_model = result.model
-    st.extra_files[VELA_MODEL] = (result.model, "vela-model")
-    st.extras["vela"] = {"model": VELA_MODEL, **result.report.to_dict(),
-                         "validation": "validate runs the plain int8 model.tflite: the host cannot run "
-                                       "the Ethos-U custom op"}
+    st.vela = result
+    st.extra_files[result.file] = (result.model, "vela-model")
     return {"npu_ops": r.npu_ops, "cpu_ops": r.cpu_ops, "sram_bytes": r.sram_bytes, "flash_bytes": r.flash_bytes,
             "cycles_total": r.cycles_total, **checks}
 
@@ -74,13 +67,13 @@ def stage_firmware(st: PipelineState) -> dict[str, Any] | None:
     from edgepack.pipeline.stages import tensor_infos
 
     model, ops, arena, note = st.tflite, st.info.op_counts, st.arena_bytes, ""
-    if st.vela_model is not None:
+    if st.vela is not None:
         from edgepack.tflite_model import read_tflite
 
         # The device runs the Vela model. Its arena cannot be measured on the host (no Ethos-U
         # kernel); take the larger of the plain model's measured arena and Vela's SRAM figure.
-        model, ops = st.vela_model, read_tflite(st.vela_model).op_counts
-        arena = max(arena, st.extras["vela"]["sram_bytes"])
+        model, ops = st.vela.model, read_tflite(st.vela.model).op_counts
+        arena = max(arena, st.vela.report.sram_bytes)
         note = "plain int8 model, or Vela's SRAM estimate if larger"
     spec = FirmwareSpec(
         model_name=st.request.model.path.stem if st.request.model.path.suffix else st.request.model.path.name,
@@ -91,5 +84,5 @@ def stage_firmware(st: PipelineState) -> dict[str, Any] | None:
     files = firmware_files(spec)
     for path, text in files.items():
         st.extra_files[path] = (text, "firmware")
-    st.extras.setdefault("tflm", {})["firmware"] = {"files": sorted(files), "tensor_arena_size": spec.arena_size}
+    st.firmware = FirmwareRecord(tuple(sorted(files)), spec.arena_size)
     return {"files": len(files), "tensor_arena_size": spec.arena_size}

@@ -106,7 +106,7 @@ def stage_optimize(st: "PipelineState") -> dict | None:
         section["qat"] = qreport.to_dict()
     st.original = st.loaded
     st.loaded = dataclasses.replace(st.loaded, model=model, format=fmt)
-    st.extras["optimize"] = section
+    st.optimization = section
     return {k: v for k, v in (("prune", req.optimize.prune), ("qat", req.optimize.qat), ("params", section["after"]["params"]),
                               ("macs", section["after"]["macs"])) if v}
 
@@ -127,7 +127,7 @@ def _bridge(st: "PipelineState", model: Any, data, section: dict) -> tuple[Any, 
 
 def stage_measure(st: "PipelineState") -> dict | None:
     """.tflite bytes, zip bytes and LiteRT p50 latency of the original and the optimized model."""
-    if st.original is None or "optimize" not in st.extras:
+    if st.original is None or st.optimization is None:
         return None
     from edgepack.converter.tflite import convert_to_tflite
     from edgepack.optimize.measure import litert_p50_ms, zip_size
@@ -135,7 +135,7 @@ def stage_measure(st: "PipelineState") -> dict | None:
     req = st.request
     before = convert_to_tflite(st.original, req.quantize.mode, st.calibration, per_tensor=req.quantize.per_tensor,
                                verbose=req.verbose)
-    section = st.extras["optimize"]
+    section = st.optimization
     for key, blob in (("before", before), ("after", st.tflite)):
         section[key].update(tflite_bytes=len(blob), zip_bytes=zip_size(blob), litert_p50_ms=litert_p50_ms(blob))
     b, a = section["before"], section["after"]

@@ -49,8 +49,7 @@ def run_pipeline(request: ConvertRequest, stages=None,
             raise
         except Exception as err:  # anything else is a bug here or in a library: name the stage
             raise InternalError(name, err) from err
-        if name != "package":
-            st.stages.append(StageRecord(name, round(time.perf_counter() - start, 4), detail or {}))
+        st.stages.append(StageRecord(name, round(time.perf_counter() - start, 4), detail or {}))
         log.info("stage %s: %.2fs %s", name, time.perf_counter() - start, detail or "")
     return st
 

@@ -223,7 +223,7 @@ def stage_package(st: PipelineState) -> dict:
             versions=edgepack.dependency_versions(),
             stages=list(st.stages),
             labels="labels.txt" if st.labels is not None else None,
-            extras=st.extras,
+            extras=st.manifest_sections(),
             request=_request_record(st),
         )
         validate_dict(manifest.to_dict())

@@ -10,7 +10,9 @@ from edgepack.calibration import Dataset
 from edgepack.converter.formats.base import LoadedModel
 from edgepack.packaging.manifest import CalibrationInfo, Manifest, StageRecord
 from edgepack.request import ConvertRequest
+from edgepack.runtimes.tflm import ArenaMeasurement
 from edgepack.targets import TargetSpec
+from edgepack.targets.vela import VelaResult
 from edgepack.tflite_model import TfliteModel
 
 
@@ -27,11 +29,12 @@ class PipelineState:
     info: TfliteModel | None = None
     labels: list[str] | None = None
     stages: list[StageRecord] = field(default_factory=list)
-    # Optional stages add files to the bundle (relpath -> (data, role)) and manifest sections.
+    # Optional stages add files to the bundle: relpath -> (data, role)
     extra_files: dict[str, tuple[bytes | str, str]] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
-    arena_bytes: int | None = None  # TFLM tensor arena, measured (microcontroller targets)
-    vela_model: bytes | None = None  # Ethos-U targets: the Vela-compiled model
+    optimization: dict[str, Any] | None = None  # --prune/--qat: before/after per technique (manifest "optimize")
+    arena: ArenaRecord | None = None  # microcontroller targets: the TFLM arena, measured
+    vela: VelaResult | None = None  # Ethos-U targets: the Vela-compiled model and its report
+    firmware: FirmwareRecord | None = None  # microcontroller targets: the generated sources
     # ONNX: per "inputs"/"outputs", source name -> TensorInfo's source layout/shape fields
     source_io: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # Per input name: the manifest's `preprocessing` spec and calibration data `statistics`
@@ -39,6 +42,49 @@ class PipelineState:
     # --prune/--qat: the model as loaded, kept when `loaded` is replaced by the optimized one
     original: LoadedModel | None = None
     manifest: Manifest | None = None
+
+    @property
+    def arena_bytes(self) -> int | None:
+        return self.arena.total if self.arena is not None else None
+
+    def manifest_sections(self) -> dict[str, Any]:
+        """The manifest's optional sections, from the typed results of the stages that ran."""
+        out: dict[str, Any] = {}
+        if self.optimization is not None:
+            out["optimize"] = self.optimization
+        if self.arena is not None:
+            out["tflm"] = self.arena.to_dict()
+            if self.firmware is not None:
+                out["tflm"]["firmware"] = {"files": list(self.firmware.files),
+                                           "tensor_arena_size": self.firmware.tensor_arena_size}
+        if self.vela is not None:
+            out["vela"] = {"model": self.vela.file, **self.vela.report.to_dict(),
+                           "validation": "validate runs the plain int8 model.tflite: the host cannot run "
+                                         "the Ethos-U custom op"}
+        return out
+
+
+@dataclass(frozen=True)
+class ArenaRecord:
+    """The TFLM tensor arena measured on the host, and the margin the target adds."""
+
+    measurement: ArenaMeasurement
+    margin_percent: int
+    measured_with: str
+
+    @property
+    def total(self) -> int:
+        return self.measurement.total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.measurement.to_dict(), "arena_margin_percent": self.margin_percent,
+                "measured_with": self.measured_with}
+
+
+@dataclass(frozen=True)
+class FirmwareRecord:
+    files: tuple[str, ...]
+    tensor_arena_size: int
 
 
 Stage = Callable[[PipelineState], "dict[str, Any] | None"]

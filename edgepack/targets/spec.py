@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 
 from edgepack.errors import EdgepackError, OptionError
+from edgepack.request import QUANTIZE_MODES
 
-QUANTIZE_MODES = ("int8", "int8-float-io", "int16x8", "float16", "dynamic", "none")
 RUNTIMES = ("litert", "tflm")
 
 
@@ -23,7 +23,6 @@ class TargetSpec:
     description: str
     runtime: str = "litert"
     quantize_modes: tuple[str, ...] = QUANTIZE_MODES
-    default_quantize: str = "int8"
     min_calibration_samples: int = 100
     ops: tuple[str, ...] | None = None  # None: every builtin op of the runtime
     ram_bytes: int | None = None

@@ -28,6 +28,9 @@ _OPERATORS = re.compile(r"^(CPU|NPU) operators = (\d+)", re.MULTILINE)
 _KIB = 1024
 
 
+VELA_MODEL = "model_vela.tflite"
+
+
 @dataclass(frozen=True)
 class VelaReport:
     """What Vela reports for one compiled model (numbers straight from Vela's summary)."""
@@ -55,6 +58,7 @@ class VelaReport:
 class VelaResult:
     model: bytes
     report: VelaReport
+    file: str = VELA_MODEL  # the compiled model's name in the bundle
 
 
 def _settings(vela: dict[str, str]) -> tuple[str, str, str, str]:

@@ -34,10 +34,6 @@ class OnnxTensor:
     shape: tuple[Dim, ...]
     dtype: str
 
-    @property
-    def dynamic_axes(self) -> list[int]:
-        return [i for i, d in enumerate(self.shape) if not isinstance(d, int)]
-
 
 @dataclass
 class OnnxModel:

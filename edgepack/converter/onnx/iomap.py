@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.calibration import layout
+from edgepack.converter.formats.base import call_keras
 from edgepack.converter.formats.onnx import OnnxModel
 from edgepack.errors import ConversionError
 
@@ -111,8 +112,7 @@ def map_io(model: OnnxModel, tf_model, shapes: dict[str, tuple[int, ...]],
     if refs is not None:
         args = [(np.transpose(feeds[m.name], m.perm) if m.perm else feeds[m.name]).reshape(m.tflite_shape)
                 for m in inputs]
-        got = tf_model(args if len(args) > 1 else args[0], training=False)
-        got = [np.asarray(g) for g in (got if isinstance(got, (list, tuple)) else [got])]
+        got = [np.asarray(g) for g in call_keras(tf_model, args)]
     layouts = getattr(tf_model, "onnx_output_layouts", {}) or {}
     outputs, worst = [], 0.0 if refs is not None else None
     for i, (t, tf_out) in enumerate(zip(model.outputs, tf_model.outputs)):
