@@ -297,7 +297,8 @@ def build_request(recipe: Mapping[str, Any], flags: Mapping[str, Any], *, where:
             continue  # the preprocessing part, read from the file by the calibration stage
         if recipe_rules and (key in _NOT_IN_RECIPE or (key == "output" and isinstance(value, Mapping)
                                                         and value.get("force"))):
-            raise UsageError(f"{where}: '{key}' cannot be set in a recipe", hint="give it on the command line")
+            what = "output.force" if key == "output" else key
+            raise UsageError(f"{where}: '{what}' cannot be set in a recipe", hint="give it on the command line")
         if key in _PARTS and isinstance(value, Mapping):
             for k, v in value.items():
                 if k not in {f.name for f in dataclasses.fields(_PARTS[key])} and not (key == "calibration"

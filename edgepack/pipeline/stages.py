@@ -118,7 +118,13 @@ def stage_convert(st: PipelineState) -> dict:
 
 
 def _convert_onnx(st: PipelineState) -> dict:
+    import tf_keras
+
     from edgepack.converter.onnx.translate import convert_onnx
+
+    # onnx2tf builds a tf_keras model whose layer names come from process-wide counters, and the
+    # names end up in the flatbuffer: reset them so the same request gives the same bytes.
+    tf_keras.backend.reset_uids()
 
     req = st.request
     res = convert_onnx(st.loaded, req.quantize.mode, st.calibration, per_tensor=req.quantize.per_tensor, verbose=req.verbose,
