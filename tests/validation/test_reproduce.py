@@ -53,9 +53,9 @@ def test_reproduce_reports_byte_identical(keras3_model, calib_npy, tmp_path):
 
 def test_reproduce_names_the_tensors_that_differ(keras3_model, calib_npy, tmp_path):
     bundle = api.convert(model=keras3_model, output=tmp_path / "bundle", calibration=calib_npy).bundle
-    # stand-in for a converter that is not bit-exact: the bundle's model was calibrated on fewer samples
+    # stand-in for a converter that is not bit-exact: the bundle's weights quantized per tensor
     other = api.convert(model=keras3_model, output=tmp_path / "other", calibration=calib_npy,
-                        calibration_samples=5).bundle
+                        per_tensor=True).bundle
     shutil.copyfile(other / "model.tflite", bundle / "model.tflite")
     report = api.reproduce(bundle=bundle, output=tmp_path / "again")
     assert report["identical"] is False
