@@ -254,10 +254,14 @@ def save_signature(tf_model, inputs: list[IoMap], outputs: list[IoMap], path: Pa
         outs = out if isinstance(out, (list, tuple)) else [out]
         return dict(zip(out_names, outs))
 
-    fn = tf.function(serve, input_signature=specs)
+    concrete = tf.function(serve, input_signature=specs).get_concrete_function()
     module = tf.Module()
     module.model = tf_model
-    tf.saved_model.save(module, str(path), signatures={"serving_default": fn.get_concrete_function()})
+    # Some onnx2tf layers create variables they never assign to an attribute (grouped and
+    # depthwise convolutions of paddle2onnx exports: "untracked resource p2o.Conv.3/kernel");
+    # the SavedModel writer refuses those. Tracking every variable the function captures fixes it.
+    module.captured = list(concrete.variables)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": concrete})
     return path
 
 
