@@ -66,3 +66,40 @@ def test_grouped_conv_variables_survive_the_saved_model(tmp_path):
     api.convert(model=path, output=tmp_path / "b", quantize="none")
     feeds = {"x": rng.random((1, 4, 6, 6), dtype=np.float32)}
     np.testing.assert_allclose(_run_bundle(tmp_path / "b", feeds)[0], _onnxruntime(path, feeds)[0], atol=1e-5)
+
+
+def _bidirectional_lstm(path: Path, steps: int = 8, feat: int = 4, hidden: int = 8) -> Path:
+    """A CRNN's recurrent tail (ddddocr's common.onnx): NCHW features -> [T, 1, C] -> bidirectional LSTM."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Transpose", ["img"], ["t"], perm=[3, 0, 1, 2]),
+             helper.make_node("Reshape", ["t", "shape"], ["x"]),
+             helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["y", "yh", "yc"], hidden_size=hidden,
+                              direction="bidirectional", name="lstm")]
+    inits = [_f("W", rng.normal(0, .3, (2, 4 * hidden, feat))), _f("R", rng.normal(0, .3, (2, 4 * hidden, hidden))),
+             _f("B", np.zeros((2, 8 * hidden))), _f("h0", np.zeros((2, 1, hidden))), _f("c0", np.zeros((2, 1, hidden))),
+             numpy_helper.from_array(np.array([steps, 1, feat], np.int64), "shape")]
+    return _save(nodes, [helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, feat, 1, steps])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [steps, 2, 1, hidden])], inits, path)
+
+
+def test_native_crash_in_int8_calibration_is_one_line_and_keeps_the_old_bundle(tmp_path):
+    """TensorFlow's int8 calibration segfaults on this graph (as on common.onnx); edgepack survives,
+    names the signal, the likely op and what to try, and leaves the existing bundle alone."""
+    from click.testing import CliRunner
+
+    from edgepack.cli import main
+
+    path = _bidirectional_lstm(tmp_path / "crnn.onnx")
+    np.save(tmp_path / "cal.npy", np.random.default_rng(0).random((20, 4, 1, 8), dtype=np.float32))
+    api.convert(model=path, output=tmp_path / "b", quantize="none")
+    before = (tmp_path / "b" / "model.tflite").read_bytes()
+    with pytest.raises(ConversionError) as info:
+        api.convert(model=path, output=tmp_path / "b", quantize="int8", calibration=tmp_path / "cal.npy", force=True)
+    msg = str(info.value)
+    assert "crashed during int8 calibration (SIGSEGV)" in msg and "WHILE" in msg
+    assert "--quantize int16x8" in msg and "\n" not in msg
+    assert (tmp_path / "b" / "model.tflite").read_bytes() == before
+    res = CliRunner().invoke(main, ["convert", str(path), "-o", str(tmp_path / "c"), "--quantize", "int8",
+                                    "--calibration", str(tmp_path / "cal.npy")])
+    assert res.exit_code == 1 and "SIGSEGV" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "c").exists()
