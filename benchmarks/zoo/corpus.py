@@ -92,7 +92,7 @@ def fetch_wheel(requirement: str, cache: Path = CACHE) -> Path:
         return found[0]
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           "-q", "-d", str(folder), requirement]
+           "-d", str(folder), requirement]  # not -q: pip names connection errors only in its warnings
     log.info("fetching %s into %s", requirement, folder)
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900)
     found = sorted(folder.glob(_wheel_glob(requirement)))
