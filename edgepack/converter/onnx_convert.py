@@ -88,6 +88,33 @@ def unsupported_ops(proto) -> dict[str, list[str]]:
     return missing
 
 
+# Ops that compute on integers: a model that has them was quantized by its exporter (onnxruntime's
+# quantize_dynamic/quantize_static, QOperator format). onnx2tf cannot rebuild their float meaning.
+_INTEGER_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
+                "MatMulIntegerToFloat", "MatMulNBits", "QGemm", "QAttention", "QEmbedLayerNormalization")
+
+
+def quantized_ops(proto) -> list[str]:
+    """Op types that show the model is already quantized, in graph order: integer-arithmetic ops,
+    QLinear* ops, or DequantizeLinear applied to a stored weight (QDQ format)."""
+    weights = {t.name for t in proto.graph.initializer}
+    found: list[str] = []
+    for node in _walk_nodes(proto.graph):
+        op = node.op_type
+        integer = op in _INTEGER_OPS or op.startswith("QLinear")
+        qdq_weight = op == "DequantizeLinear" and node.input and node.input[0] in weights
+        if (integer or qdq_weight) and op not in found:
+            found.append(op)
+    return found
+
+
+def refuse_quantized(proto) -> None:
+    quantized = quantized_ops(proto)
+    if quantized:
+        raise ConversionError(f"this ONNX model is already quantized ({', '.join(quantized)})",
+                              hint="export the float model; edgepack quantizes it itself (--quantize)")
+
+
 def _ops_message(ops: dict[str, list[str]]) -> str:
     parts = []
     for op, nodes in sorted(ops.items()):
@@ -281,6 +308,7 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
     from edgepack.converter.tflite import convert_to_tflite
 
     model: OnnxModel = loaded.model
+    refuse_quantized(model.proto)  # before the shapes: --input-shape would not help
     shapes = model.conversion_shapes()
     if batch is not None:
         shapes = {k: (batch, *v[1:]) if v else v for k, v in shapes.items()}

@@ -103,3 +103,22 @@ def test_native_crash_in_int8_calibration_is_one_line_and_keeps_the_old_bundle(t
                                     "--calibration", str(tmp_path / "cal.npy")])
     assert res.exit_code == 1 and "SIGSEGV" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "c").exists()
+
+
+def test_already_quantized_model_is_refused_in_one_line(tmp_path):
+    """common_old.onnx (onnxruntime's quantize_dynamic): ConvInteger and friends."""
+    from click.testing import CliRunner
+
+    from edgepack.cli import main
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, "width"])  # refused before --input-shape
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("ConvInteger", ["xq", "wq", "xz"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["y"], to=TensorProto.FLOAT)]
+    wq = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.uint8), "wq")
+    path = _save(nodes, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])], [wq],
+                 tmp_path / "q.onnx", opset=12)
+    res = CliRunner().invoke(main, ["convert", str(path), "-o", str(tmp_path / "b"), "--quantize", "none"])
+    assert res.exit_code == 1
+    assert "this ONNX model is already quantized (ConvInteger); export the float model" in res.output
+    assert len(res.output.strip().splitlines()) == 1
