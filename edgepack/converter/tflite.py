@@ -4,6 +4,10 @@ Every source is turned into something TensorFlow's converter reads with our own 
 signature's input and output names are the source model's names:
 Keras 3 models are exported with ``keras.export.ExportArchive``, tf_keras models go through a
 concrete function, SavedModels are read directly.
+
+Calibrating modes (int8, int8-float-io, int16x8) run TensorFlow's calibration step in a child
+process (:mod:`edgepack.converter.isolate`): it executes the model natively over every sample and
+can die with a segmentation fault on real graphs. Everything else stays in this process.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ def representative_dataset(loaded: LoadedModel, data: Dataset) -> Callable[[], I
     return gen
 
 
-def _configure(conv, mode: QuantizeMode, rep: Callable | None, per_tensor: bool) -> None:
+def _configure(conv, mode: QuantizeMode, rep: Callable | None, per_tensor: bool, verbose: bool = False) -> None:
     import tensorflow as tf
 
     if mode is QuantizeMode.NONE:
@@ -102,6 +106,63 @@ def _configure(conv, mode: QuantizeMode, rep: Callable | None, per_tensor: bool)
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     if per_tensor:
         conv._experimental_disable_per_channel = True
+    if rep is not None and mode.needs_calibration:
+        conv._quantize = _isolated_quantize(conv, rep, mode, verbose)
+
+
+def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool) -> Callable:
+    """TFLiteConverter._quantize (TF 2.19) with the calibration run in a child process: the same
+    calibrate-then-quantize steps, the same arguments."""
+
+    def quantize(result, input_type, output_type, activations_type, bias_type, allow_float,
+                 enable_variable_quantization, debug_options):
+        import tensorflow as tf
+        from tensorflow.lite.python.convert import mlir_quantize
+
+        from edgepack.converter import isolate
+
+        order = _input_order(result)
+        samples = ([s[n] for n in order] if order else list(s.values()) for s in rep())
+        new_quantizer = conv.experimental_new_quantizer and activations_type != tf.int16
+        q = None if new_quantizer else {
+            "input": _dtype_num(input_type), "output": _dtype_num(output_type), "allow_float": allow_float,
+            "activations": _dtype_num(activations_type), "bias": _dtype_num(bias_type),
+            "disable_per_channel": bool(conv._experimental_disable_per_channel),
+            "disable_per_channel_dense": bool(conv._experimental_disable_per_channel_quantization_for_dense_layers)}
+        try:
+            out = isolate.calibrate(result, samples, quantize=q, verbose=verbose, stage=f"{mode} calibration")
+        except isolate.NativeCrash as crash:
+            from edgepack.tflite_model import read_tflite
+
+            raise isolate.NativeCrash(crash.message, signal_name=crash.signal_name,
+                                      hint=isolate.crash_hint(read_tflite(bytes(result)).op_counts, mode.value)) from None
+        if q is not None:
+            return out
+        return mlir_quantize(out, conv._experimental_disable_per_channel, input_data_type=input_type,
+                             output_data_type=output_type, enable_variable_quantization=enable_variable_quantization,
+                             disable_per_channel_for_dense_layers=(
+                                 conv._experimental_disable_per_channel_quantization_for_dense_layers),
+                             debug_options_str=debug_options.SerializeToString())
+
+    return quantize
+
+
+def _dtype_num(dtype) -> int:
+    import numpy as np
+
+    return int(np.dtype(dtype.as_numpy_dtype()).num)
+
+
+def _input_order(model: bytes) -> list[str]:
+    """The signature's input names in input-tensor order: how TF's calibrator orders a dict sample."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=bytes(model))
+    sigs = interp.get_signature_list()
+    if not sigs:
+        return []
+    details = interp.get_signature_runner(next(iter(sigs))).get_input_details()
+    return [name for name, _ in sorted(details.items(), key=lambda item: item[1]["index"])]
 
 
 def _converter_error(err: Exception, captured: str) -> ConversionError:
@@ -126,7 +187,7 @@ def convert_to_tflite(loaded: LoadedModel, mode: QuantizeMode, calibration: Data
         try:
             conv = _make_converter(loaded, Path(tmp), batch)
             rep = representative_dataset(loaded, calibration) if calibration is not None else None
-            _configure(conv, mode, rep, per_tensor)
+            _configure(conv, mode, rep, per_tensor, verbose)
             return bytes(conv.convert())
         except (KeyboardInterrupt, ConversionError):
             raise

@@ -101,11 +101,19 @@ def write_file_atomic(path: Path, text: str) -> None:
 
 
 def verify_artifacts(bundle: Path, artifacts: list[Artifact]) -> None:
-    """Every listed file exists with the recorded size and hash."""
+    """Every listed file lies inside the bundle and exists with the recorded size and hash."""
+    root = bundle.resolve()
     for art in artifacts:
         p = bundle / art.path
+        if Path(art.path).is_absolute() or root not in p.resolve().parents:
+            raise BundleError(f"{bundle}: manifest artifact path {art.path!r} points outside the bundle",
+                              hint="re-create the bundle with 'edgepack convert'")
         if not p.is_file():
             raise BundleError(f"{bundle}: {art.path} is missing", hint="re-create the bundle with 'edgepack convert'")
-        if sha256_bytes(p.read_bytes()) != art.sha256:
+        try:
+            data = p.read_bytes()
+        except OSError as err:
+            raise BundleError(f"{bundle}: cannot read {art.path} ({err.strerror})") from err
+        if len(data) != art.bytes or sha256_bytes(data) != art.sha256:
             raise BundleError(f"{bundle}: {art.path} does not match the sha256 in the manifest (modified?)",
                               hint="re-create the bundle with 'edgepack convert'")

@@ -78,7 +78,7 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
     if ds.labels is not None:
         report.accuracy_bundle = metrics.accuracy(outs[0], ds.labels)
     if manifest.target.runtime == "tflm":  # microcontroller targets: TFLM too, on the same data
-        from edgepack.validation.tflm import compare_with_litert
+        from edgepack.validation.on_tflm import compare_with_litert
 
         report.runtimes["tflm"] = compare_with_litert(model_path, manifest, ds, outs, report.notes)
     if loaded is not None:

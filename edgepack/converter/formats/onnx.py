@@ -151,7 +151,41 @@ def check_external_data(model, folder: Path) -> int:
         if why:
             raise ModelLoadError(f"ONNX tensor {t.name!r}: external data location {loc!r} {why}",
                                  hint=f"keep external data files inside {folder} and refer to them by relative path")
+        short = _short_external_data(t, folder / loc, loc)
+        if short:
+            raise ModelLoadError(f"ONNX tensor {t.name!r}: external data is short: {short}",
+                                 hint="the data file is truncated or does not belong to this model; re-export both")
     return count
+
+
+def _short_external_data(t, file: Path, loc: str) -> str | None:
+    """Why ``t``'s bytes do not fit in ``file``, or None. Checked at load, because onnx reads a short
+    range silently and the fault would surface later as an unrelated reshape error in onnx2tf."""
+    from onnx import TensorProto, helper
+
+    info = {e.key: e.value for e in t.external_data}
+    try:
+        offset, length = int(info.get("offset") or 0), int(info["length"]) if info.get("length") else None
+    except ValueError:
+        return f"offset/length {info.get('offset')!r}/{info.get('length')!r} are not numbers"
+    size = file.stat().st_size
+    if offset > size:
+        return f"it starts at byte {offset}, past the end of {loc} ({size} bytes)"
+    available = size - offset
+    if length is not None and length > available:
+        return f"{length} bytes at offset {offset} are recorded, {loc} holds {available} from there"
+    name = TensorProto.DataType.Name(t.data_type)
+    if name in ("STRING", "INT4", "UINT4", "FLOAT4E2M1", "UNDEFINED"):
+        return None  # variable-size or packed 4-bit data: no fixed byte count to compare
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    need = int(np.prod(list(t.dims), dtype=np.int64)) * itemsize
+    have = length if length is not None else available
+    if have < need:
+        return f"shape {list(t.dims)} ({name.lower()}) needs {need} bytes, {loc} holds {have} at offset {offset}"
+    return None
 
 
 def _unsafe_location(loc: str, folder: Path, root: Path) -> str | None:

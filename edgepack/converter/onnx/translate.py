@@ -87,6 +87,33 @@ def unsupported_ops(proto) -> dict[str, list[str]]:
     return missing
 
 
+# Ops that compute on integers: a model that has them was quantized by its exporter (onnxruntime's
+# quantize_dynamic/quantize_static, QOperator format). onnx2tf cannot rebuild their float meaning.
+_INTEGER_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
+                "MatMulIntegerToFloat", "MatMulNBits", "QGemm", "QAttention", "QEmbedLayerNormalization")
+
+
+def quantized_ops(proto) -> list[str]:
+    """Op types that show the model is already quantized, in graph order: integer-arithmetic ops,
+    QLinear* ops, or DequantizeLinear applied to a stored weight (QDQ format)."""
+    weights = {t.name for t in proto.graph.initializer}
+    found: list[str] = []
+    for node in _walk_nodes(proto.graph):
+        op = node.op_type
+        integer = op in _INTEGER_OPS or op.startswith("QLinear")
+        qdq_weight = op == "DequantizeLinear" and node.input and node.input[0] in weights
+        if (integer or qdq_weight) and op not in found:
+            found.append(op)
+    return found
+
+
+def refuse_quantized(proto) -> None:
+    quantized = quantized_ops(proto)
+    if quantized:
+        raise ConversionError(f"this ONNX model is already quantized ({', '.join(quantized)})",
+                              hint="export the float model; edgepack quantizes it itself (--quantize)")
+
+
 def _ops_message(ops: dict[str, list[str]]) -> str:
     parts = []
     for op, nodes in sorted(ops.items()):
@@ -253,10 +280,14 @@ def save_signature(tf_model, inputs: list[IoMap], outputs: list[IoMap], path: Pa
         outs = out if isinstance(out, (list, tuple)) else [out]
         return dict(zip(out_names, outs))
 
-    fn = tf.function(serve, input_signature=specs)
+    concrete = tf.function(serve, input_signature=specs).get_concrete_function()
     module = tf.Module()
     module.model = tf_model
-    tf.saved_model.save(module, str(path), signatures={"serving_default": fn.get_concrete_function()})
+    # Some onnx2tf layers create variables they never assign to an attribute (grouped and
+    # depthwise convolutions of paddle2onnx exports: "untracked resource p2o.Conv.3/kernel");
+    # the SavedModel writer refuses those. Tracking every variable the function captures fixes it.
+    module.captured = list(concrete.variables)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": concrete})
     return path
 
 
@@ -276,6 +307,7 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
     from edgepack.converter.tflite import convert_to_tflite
 
     model: OnnxModel = loaded.model
+    refuse_quantized(model.proto)  # before the shapes: --input-shape would not help
     shapes = model.conversion_shapes()
     if batch is not None:
         shapes = {k: (batch, *v[1:]) if v else v for k, v in shapes.items()}

@@ -1,0 +1,168 @@
+"""TensorFlow's int8/int16x8 calibration in a child process, so a native crash cannot take edgepack down.
+
+The calibrator runs the float model over every calibration sample inside TensorFlow Lite's C++
+code, and on some real graphs (recurrent layers: UNIDIRECTIONAL_SEQUENCE_LSTM, WHILE) it dies with
+a segmentation fault. Only that step runs in the child: the parent converts the graph as usual and
+hands over the float flatbuffer; the samples are streamed through the child's stdin (``.npy``
+records), so nothing is held twice and nothing large is written to disk.
+
+The child loads TensorFlow Lite's calibration extension by file, without importing TensorFlow
+(importing TensorFlow would add seconds to every calibrated conversion); it needs only NumPy.
+
+    python -m edgepack.converter.isolate FOLDER   # FOLDER/in.tflite, FOLDER/args.json -> FOLDER/out.tflite
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.errors import ConversionError
+
+log = logging.getLogger(__name__)
+
+# TFLite builtin ops whose calibration is known to crash TensorFlow's calibrator (upstream issues
+# on recurrent layers); named in the one-line error when a crash happens.
+RISKY_OPS = ("UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN",
+             "BIDIRECTIONAL_SEQUENCE_RNN", "WHILE", "IF", "CALL_ONCE", "VAR_HANDLE", "READ_VARIABLE",
+             "ASSIGN_VARIABLE", "GRU")
+
+
+class NativeCrash(ConversionError):
+    """The calibration child died from a signal (segmentation fault, abort...)."""
+
+    def __init__(self, message: str, *, signal_name: str, hint: str | None = None) -> None:
+        self.signal_name = signal_name
+        super().__init__(message, hint=hint)
+
+
+def calibrate(model: bytes, samples: Iterable[Sequence[np.ndarray]], *, quantize: dict | None = None,
+              verbose: bool = False, stage: str = "calibration") -> bytes:
+    """Feed ``samples`` (arrays in the model's input-tensor order) through TFLite's calibrator in a
+    child process. Returns the calibrated model, or with ``quantize`` (the old quantizer's
+    QuantizeModel arguments) the quantized one. A crash becomes :class:`NativeCrash`."""
+    with tempfile.TemporaryDirectory(prefix="edgepack-calibrate-") as tmp:
+        folder = Path(tmp)
+        (folder / "in.tflite").write_bytes(model)
+        (folder / "args.json").write_text(json.dumps({"quantize": quantize}))
+        with open(folder / "child.log", "w+b") as err_log:
+            proc = subprocess.Popen([sys.executable, "-m", "edgepack.converter.isolate", str(folder)],
+                                    stdin=subprocess.PIPE, stdout=None if verbose else err_log,
+                                    stderr=None if verbose else err_log)
+            fed = _feed(proc, samples)
+            code = proc.wait()
+            err_log.seek(0)
+            said = err_log.read().decode("utf-8", "replace")
+        if code < 0:
+            name = _signal_name(-code)
+            raise NativeCrash(f"TensorFlow Lite crashed during {stage} ({name}) after {fed} sample(s)",
+                              signal_name=name)
+        if code != 0:
+            lines = [ln.strip() for ln in said.strip().splitlines() if ln.strip()]
+            raise ConversionError(f"TensorFlow Lite {stage} failed: {(lines or ['exit status %d' % code])[-1][:300]}",
+                                  hint="run with -v for the calibrator's log")
+        return (folder / "out.tflite").read_bytes()
+
+
+def _feed(proc: subprocess.Popen, samples: Iterable[Sequence[np.ndarray]]) -> int:
+    """Stream the samples into the child; returns how many went through (a crash closes the pipe)."""
+    count = 0
+    pipe = _Stream(proc.stdin)
+    try:
+        for arrays in samples:
+            np.lib.format.write_array(pipe, np.asarray(len(arrays), np.int64), allow_pickle=False)
+            for arr in arrays:
+                np.lib.format.write_array(pipe, np.ascontiguousarray(arr), allow_pickle=False)
+            count += 1
+        np.lib.format.write_array(pipe, np.asarray(-1, np.int64), allow_pickle=False)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass  # the child died; its exit status says how
+    finally:
+        if not proc.stdin.closed:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+    return count
+
+
+class _Stream:
+    """A pipe seen as a plain stream: NumPy reads and writes real file objects with fromfile() and
+    tofile(), which need a file position a pipe does not have and bypass its buffer."""
+
+    def __init__(self, raw) -> None:
+        self.read = getattr(raw, "read", None)
+        self.write = getattr(raw, "write", None)
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def crash_hint(op_counts: dict[str, int], mode: str) -> str:
+    """What probably crashed and what to try instead, for the one-line error."""
+    risky = [op for op in RISKY_OPS if op in op_counts]
+    cause = f"likely cause: {', '.join(risky)} in the graph (recurrent ops crash TensorFlow's calibration); " \
+        if risky else ""
+    other = "dynamic or float16" if mode == "int16x8" else "int16x8 or dynamic"
+    return f"{cause}try --quantize {other.replace(' or ', ' or --quantize ')}"
+
+
+# -- the child -------------------------------------------------------------------------------------
+def _calibration_wrapper():
+    """TFLite's calibration extension, loaded by file so that TensorFlow itself is not imported."""
+    spec = importlib.util.find_spec("tensorflow")
+    base = Path(spec.origin).parent / "lite" / "python" / "optimize" if spec and spec.origin else None
+    found = sorted(base.glob("_pywrap_tensorflow_lite_calibration_wrapper*.so")) if base else []
+    if not found:  # an unusual TensorFlow layout: the ordinary (slow) import
+        from tensorflow.lite.python.optimize import _pywrap_tensorflow_lite_calibration_wrapper as mod
+
+        return mod
+    mod_spec = importlib.util.spec_from_file_location("_pywrap_tensorflow_lite_calibration_wrapper", found[0])
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod
+
+
+def _read_samples(raw):
+    stream = _Stream(raw)
+    while True:
+        n = int(np.lib.format.read_array(stream, allow_pickle=False))
+        if n < 0:
+            return
+        yield [np.lib.format.read_array(stream, allow_pickle=False) for _ in range(n)]
+
+
+def child_main(folder: Path) -> None:
+    wrapper = _calibration_wrapper()
+    args = json.loads((folder / "args.json").read_text())
+    model = wrapper.AddIntermediateTensors((folder / "in.tflite").read_bytes())
+    cal = wrapper.CalibrationWrapper(model, [], [])
+    prepared = False
+    for arrays in _read_samples(sys.stdin.buffer):
+        if not prepared:
+            cal.Prepare([list(a.shape) for a in arrays])
+            prepared = True
+        cal.FeedTensor(arrays)
+    q = args["quantize"]
+    out = cal.Calibrate() if q is None else cal.QuantizeModel(
+        q["input"], q["output"], q["allow_float"], q["activations"], q["bias"], q["disable_per_channel"],
+        q["disable_per_channel_dense"])
+    (folder / "out.tflite").write_bytes(bytes(out))
+
+
+if __name__ == "__main__":
+    child_main(Path(sys.argv[1]))

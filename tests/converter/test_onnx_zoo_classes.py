@@ -1,0 +1,124 @@
+"""The classes of failure real production ONNX models hit (issue 10), each reproduced on a tiny graph
+built here: untracked onnx2tf variables, native crashes in calibration, already-quantized models,
+onnx2tf option fallbacks, stateful/scalar inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgepack import api
+from edgepack.errors import ConversionError
+
+
+def _save(nodes, inputs, outputs, inits, path: Path, opset: int = 13, domains=()) -> Path:
+    import onnx
+
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    *(helper.make_opsetid(d, 1) for d in domains)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _f(name: str, arr) -> TensorProto:
+    return numpy_helper.from_array(np.asarray(arr, np.float32), name)
+
+
+def _run_bundle(bundle: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The float bundle's outputs in ONNX layout and order."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgepack.packaging.manifest import read_manifest
+
+    m = read_manifest(bundle)
+    interp = Interpreter(model_path=str(bundle / "model.tflite"))
+    interp.allocate_tensors()
+    for t in m.inputs:
+        x = np.transpose(feeds[t.name], t.perm) if t.perm else feeds[t.name]
+        interp.set_tensor(t.index, np.asarray(x).reshape(t.shape).astype(t.dtype))
+    interp.invoke()
+    outs = []
+    for t in m.outputs:
+        y = interp.get_tensor(t.index)
+        outs.append(np.transpose(y, np.argsort(t.perm)) if t.perm else y)
+    return outs
+
+
+def _onnxruntime(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    from edgepack.converter.formats.detect import load_model
+
+    return load_model(path).model(feeds)
+
+
+def test_grouped_conv_variables_survive_the_saved_model(tmp_path):
+    """paddle2onnx models (layout_cdla): onnx2tf builds a grouped Conv as a Keras Conv2D whose
+    kernel no object tracks; saving it used to fail with "untracked resource ... /kernel"."""
+    rng = np.random.default_rng(0)
+    path = _save([helper.make_node("Conv", ["x", "w", "b"], ["y"], group=2, pads=[1, 1, 1, 1], name="p2o.Conv.3")],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 6, 6])],
+                 [_f("w", rng.normal(0, 0.5, (6, 2, 3, 3))), _f("b", rng.normal(0, 0.1, 6))], tmp_path / "g.onnx")
+    api.convert(model=path, output=tmp_path / "b", quantize="none")
+    feeds = {"x": rng.random((1, 4, 6, 6), dtype=np.float32)}
+    np.testing.assert_allclose(_run_bundle(tmp_path / "b", feeds)[0], _onnxruntime(path, feeds)[0], atol=1e-5)
+
+
+def _bidirectional_lstm(path: Path, steps: int = 8, feat: int = 4, hidden: int = 8) -> Path:
+    """A CRNN's recurrent tail (ddddocr's common.onnx): NCHW features -> [T, 1, C] -> bidirectional LSTM."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Transpose", ["img"], ["t"], perm=[3, 0, 1, 2]),
+             helper.make_node("Reshape", ["t", "shape"], ["x"]),
+             helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["y", "yh", "yc"], hidden_size=hidden,
+                              direction="bidirectional", name="lstm")]
+    inits = [_f("W", rng.normal(0, .3, (2, 4 * hidden, feat))), _f("R", rng.normal(0, .3, (2, 4 * hidden, hidden))),
+             _f("B", np.zeros((2, 8 * hidden))), _f("h0", np.zeros((2, 1, hidden))), _f("c0", np.zeros((2, 1, hidden))),
+             numpy_helper.from_array(np.array([steps, 1, feat], np.int64), "shape")]
+    return _save(nodes, [helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, feat, 1, steps])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [steps, 2, 1, hidden])], inits, path)
+
+
+def test_native_crash_in_int8_calibration_is_one_line_and_keeps_the_old_bundle(tmp_path):
+    """TensorFlow's int8 calibration segfaults on this graph (as on common.onnx); edgepack survives,
+    names the signal, the likely op and what to try, and leaves the existing bundle alone."""
+    from click.testing import CliRunner
+
+    from edgepack.cli import main
+
+    path = _bidirectional_lstm(tmp_path / "crnn.onnx")
+    np.save(tmp_path / "cal.npy", np.random.default_rng(0).random((20, 4, 1, 8), dtype=np.float32))
+    api.convert(model=path, output=tmp_path / "b", quantize="none")
+    before = (tmp_path / "b" / "model.tflite").read_bytes()
+    with pytest.raises(ConversionError) as info:
+        api.convert(model=path, output=tmp_path / "b", quantize="int8", calibration=tmp_path / "cal.npy", force=True)
+    msg = str(info.value)
+    assert "crashed during int8 calibration (SIGSEGV)" in msg and "WHILE" in msg
+    assert "--quantize int16x8" in msg and "\n" not in msg
+    assert (tmp_path / "b" / "model.tflite").read_bytes() == before
+    res = CliRunner().invoke(main, ["convert", str(path), "-o", str(tmp_path / "c"), "--quantize", "int8",
+                                    "--calibration", str(tmp_path / "cal.npy")])
+    assert res.exit_code == 1 and "SIGSEGV" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_already_quantized_model_is_refused_in_one_line(tmp_path):
+    """common_old.onnx (onnxruntime's quantize_dynamic): ConvInteger and friends."""
+    from click.testing import CliRunner
+
+    from edgepack.cli import main
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, "width"])  # refused before --input-shape
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("ConvInteger", ["xq", "wq", "xz"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["y"], to=TensorProto.FLOAT)]
+    wq = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.uint8), "wq")
+    path = _save(nodes, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])], [wq],
+                 tmp_path / "q.onnx", opset=12)
+    res = CliRunner().invoke(main, ["convert", str(path), "-o", str(tmp_path / "b"), "--quantize", "none"])
+    assert res.exit_code == 1
+    assert "this ONNX model is already quantized (ConvInteger); export the float model" in res.output
+    assert len(res.output.strip().splitlines()) == 1
