@@ -8,13 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgepack.calibration.evaluate import RangeWatch, evaluation_data
-from edgepack.calibration.layout import outputs_to_source, read_bundle_data, source_specs
+from edgepack.calibration.layout import outputs_to_source
 from edgepack.calibration.progress import progress_bar
 from edgepack.errors import BundleError, ValidationFailed
 from edgepack.packaging.bundle import verify_artifacts, write_file_atomic
 from edgepack.packaging.manifest import read_manifest
 from edgepack.runtimes.litert import Runtime, run_tflite
 from edgepack.validation import metrics
+from edgepack.validation.data import read_bundle_data, source_specs
 from edgepack.validation.reference import run_reference
 from edgepack.validation.report import OutputComparison, ValidationReport, finite_or_none
 

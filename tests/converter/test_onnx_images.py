@@ -60,7 +60,8 @@ def test_onnx_model_calibrates_from_png_folder_and_validates_from_labelled_folde
 def test_bundle_data_is_streamed_and_transposed_per_batch(png_case):
     """validate's view of an image folder reads files on demand and transposes only what it reads."""
     from edgepack.calibration import InputSpec
-    from edgepack.calibration.layout import TransposedSource, read_bundle_data
+    from edgepack.calibration.layout import TransposedSource
+    from edgepack.validation.data import read_bundle_data
     from edgepack.packaging.manifest import TensorInfo
 
     tensor = TensorInfo(name="image", tflite_name="image", index=0, shape=[1, 3, 8, 8], dtype="float32",
