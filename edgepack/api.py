@@ -81,7 +81,8 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
 
 def convert_request(*, recipe: str | Path | None = None, **flags: Any):
     """The :class:`~edgepack.request.ConvertRequest` that :func:`convert` would run (recipe + flags)."""
-    from edgepack.request import build_request, read_recipe
+    from edgepack.calibration.preprocess import read_recipe
+    from edgepack.request import build_request
 
     data: dict[str, Any] = {}
     base = None

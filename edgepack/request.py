@@ -403,24 +403,3 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
         raise UsageError(f"--input-shape {text!r}: expected NAME:DIMxDIMx... with positive sizes",
                          hint="e.g. --input-shape input:1x3x224x224")
     return name, shape
-
-
-def read_recipe(path: Path) -> dict[str, Any]:
-    """A recipe file's data (TOML, or JSON for the older preprocessing recipes)."""
-    import json
-    import tomllib
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"--recipe {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"--recipe {path}: cannot read ({err})") from err
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as err:
-        kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
-        raise UsageError(f"--recipe {path}: not valid {kind} ({err})") from err
-    if not isinstance(data, dict):
-        raise UsageError(f"--recipe {path}: expected a table of settings")
-    return data

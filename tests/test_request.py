@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from edgepack.calibration.preprocess import read_recipe
 from edgepack.cli import main
 from edgepack.errors import OptionError, UsageError
 from edgepack.request import (
@@ -16,10 +17,8 @@ from edgepack.request import (
     OptimizeOptions,
     QuantizeMode,
     build_request,
-    read_recipe,
 )
 from edgepack.targets.spec import TargetSpec
-
 
 
 def test_mode_names_have_one_home():

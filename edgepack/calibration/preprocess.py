@@ -199,8 +199,9 @@ def parse_spec(text: str, *, where: str = "--preprocess") -> Preprocess | None:
     return _build(raw, f"{where} {text!r}")
 
 
-def load_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """A recipe file (TOML or JSON): top-level keys for every input, ``[inputs.NAME]`` tables per input."""
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """A recipe file's data (TOML, or JSON): a whole convert request (see :mod:`edgepack.request`)
+    and/or preprocessing."""
     p = Path(path)
     where = f"--recipe {p}"
     try:
@@ -215,7 +216,14 @@ def load_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, A
         kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
         raise UsageError(f"{where}: not valid {kind} ({err})") from err
     if not isinstance(data, dict):
-        raise UsageError(f"{where}: expected a table of preprocessing keys")
+        raise UsageError(f"{where}: expected a table of settings")
+    return data
+
+
+def load_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A recipe's preprocessing: keys for every input, and ``[inputs.NAME]`` tables per input."""
+    where = f"--recipe {path}"
+    data = read_recipe(path)
     per_input = data.get("inputs", {}) or {}
     # The spec for every input: a [preprocess] table, or preprocessing keys at the top level (a whole
     # convert recipe keeps its other settings beside them; see edgepack.request).
