@@ -29,8 +29,7 @@ def _row(spec: TargetSpec) -> str:
 def _section(spec: TargetSpec) -> list[str]:
     lines = [f"### {spec.name}", "", spec.description, "",
              f"- runtime: `{spec.runtime}`" + (f" with the {spec.delegate} delegate" if spec.delegate else ""),
-             f"- quantize modes: {', '.join(f'`{m}`' for m in spec.quantize_modes)} "
-             f"(default `{spec.default_quantize}`)",
+             f"- quantize modes: {', '.join(f'`{m}`' for m in spec.quantize_modes)}",
              f"- RAM budget (tensor arena): {_size(spec.ram_bytes)}",
              f"- flash budget (model): {_size(spec.flash_bytes)}",
              f"- alignment: {spec.alignment} bytes",
