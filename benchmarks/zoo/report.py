@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 HEADER = """# Model zoo: real ONNX models through edgepack and the onnx2tf command line
 
@@ -64,14 +65,43 @@ def _cells(r: dict | None, notes: list[str], who: str, model: str, mode: str, ed
     return cells
 
 
-def _summary(s: dict) -> list[str]:
+def summary(rows: list[dict]) -> dict:
+    ep = {r["model"] for r in rows if r["edgepack"]["converted"] and r["mode"] == "float32"}
+    o2 = {r["model"] for r in rows if r["onnx2tf"] and r["onnx2tf"]["converted"] and r["mode"] == "float32"}
+    ratios = {}
+    for mode in ("float32", "int8"):
+        both = [r for r in rows if r["mode"] == mode and r["edgepack"]["converted"] and r["onnx2tf"]
+                and r["onnx2tf"]["converted"]]
+        if both:
+            ratios[mode] = statistics.median(r["edgepack"]["seconds"] / r["onnx2tf"]["seconds"] for r in both)
+    converted = {mode: {"edgepack": sum(r["edgepack"]["converted"] for r in rows if r["mode"] == mode),
+                        "onnx2tf": sum(bool(r["onnx2tf"] and r["onnx2tf"]["converted"]) for r in rows
+                                       if r["mode"] == mode),
+                        "onnx2tf_run": any(r["onnx2tf"] is not None for r in rows),
+                        "of": sum(r["mode"] == mode for r in rows)} for mode in ("float32", "int8")}
+    tracebacks = sorted({f"{r['model']} {r['mode']}" + (" (validate)" if r["edgepack"].get("validate_traceback") else "")
+                         for r in rows if r["edgepack"]["traceback"] or r["edgepack"].get("validate_traceback")})
+    return {"converted": converted, "float32_models": {"edgepack": sorted(ep), "onnx2tf": sorted(o2)},
+            "median_wall_ratio": ratios, "edgepack_tracebacks": tracebacks}
+
+
+def _summary(s: dict, rows: list[dict]) -> list[str]:
     lines = ["## Summary", ""]
     for mode, c in s["converted"].items():
-        lines.append(f"- {mode}: edgepack converted **{c['edgepack']}/{c['of']}**, onnx2tf command line "
-                     f"**{c['onnx2tf']}/{c['of']}**.")
+        if c["of"]:
+            o2t = f"**{c['onnx2tf']}/{c['of']}**" if c.get("onnx2tf_run") else "not run"
+            lines.append(f"- {mode}: edgepack converted **{c['edgepack']}/{c['of']}**, onnx2tf command line {o2t}.")
     for mode, ratio in s["median_wall_ratio"].items():
         lines.append(f"- Median wall-time ratio edgepack/onnx2tf ({mode} rows both converted; onnx2tf's time is "
                      f"its one `-oiqt` run): **{ratio:.2f}**.")
+    ok = [r for r in rows if r["mode"] == "float32" and r["edgepack"]["converted"] and "sqnr_db" in r["edgepack"]]
+    good = [r["model"] for r in ok if r["edgepack"]["sqnr_db"] >= 60 or r["edgepack"]["max_rel_err"] <= 1e-4]
+    if ok:
+        below = sorted({r["model"] for r in ok} - set(good))
+        lines.append(f"- float32 bundles matching onnxruntime (SQNR >= 60 dB or rel <= 1e-4): **{len(good)}/{len(ok)}**"
+                     + (f"; below: {', '.join(below)}" if below else "") + ".")
+    if not any(c.get("onnx2tf_run") for c in s["converted"].values()):
+        return [*lines, f"- edgepack printed a traceback: {', '.join(s['edgepack_tracebacks']) or 'never'}.", ""]
     only_o2t = sorted(set(s["float32_models"]["onnx2tf"]) - set(s["float32_models"]["edgepack"]))
     only_ep = sorted(set(s["float32_models"]["edgepack"]) - set(s["float32_models"]["onnx2tf"]))
     lines.append(f"- float32, converted by onnx2tf only: {', '.join(only_o2t) or 'none'}; "
@@ -92,7 +122,7 @@ def render(results: dict) -> str:
                  *_cells(row["onnx2tf"], notes, "onnx2tf", row["model"], row["mode"], False)]
         table.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     text = HEADER.format(command=results["command"].strip(), minutes=results["minutes"])
-    text += "\n".join(_summary(results["summary"]) + ["## Results", ""] + table)
+    text += "\n".join(_summary(summary(results["rows"]), results["rows"]) + ["## Results", ""] + table)
     text += "\n\n⁽ᵖ⁾ placeholder weights (onnx's light models).\n"
     if notes:
         text += "\n## Notes\n\n" + "\n".join(f"{i}. {n.replace('|', '/')}" for i, n in enumerate(notes, 1)) + "\n"
