@@ -56,55 +56,88 @@ def make_interpreter(runtime: Runtime, model_path: Path):
         raise RuntimeUnavailable(f"--runtime {runtime} cannot load {model_path}: {err}") from err
 
 
+class TfliteRunner:
+    """An interpreter for one model: float chunks in, dequantized outputs (source order) out.
+
+    Meant to run inside the isolated child (:mod:`edgepack.validation.isolated`): a C++ crash on a
+    bad model must not take edgepack down.
+    """
+
+    def __init__(self, runtime: Runtime, model_path: Path, inputs: list[TensorInfo],
+                 outputs: list[TensorInfo]) -> None:
+        self.interp = make_interpreter(runtime, model_path)
+        self.inputs, self.outputs = inputs, outputs
+        self.dynamic_batch = all(t.shape_signature and t.shape_signature[0] == -1 for t in inputs)
+        self.current: int | None = None
+
+    def __call__(self, chunk: dict[str, np.ndarray]) -> list[np.ndarray]:
+        n = len(next(iter(chunk.values())))
+        step = n if self.dynamic_batch else 1
+        parts: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        for start in range(0, n, step):
+            for i, out in enumerate(self._invoke({k: v[start:start + step] for k, v in chunk.items()})):
+                parts[i].append(out)
+        return [np.concatenate(p, axis=0) for p in parts]
+
+    def _invoke(self, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        n = len(next(iter(batch.values())))
+        if n != self.current:
+            if self.dynamic_batch:
+                for t in self.inputs:
+                    self.interp.resize_tensor_input(t.index, [n, *t.shape[1:]])
+            with capture_native_output():  # the delegate announces itself on stderr here
+                self.interp.allocate_tensors()
+            self.current = n
+        for t in self.inputs:
+            self.interp.set_tensor(t.index, quantize(batch[t.name], t))
+        self.interp.invoke()
+        return [dequantize(self.interp.get_tensor(t.index), t) for t in self.outputs]
+
+
 def run_tflite(runtime: Runtime, model_path: Path, inputs: list[TensorInfo], outputs: list[TensorInfo],
                data: Dataset, progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
-    """Dequantized outputs (source order) for every sample of ``data``."""
-    interp = make_interpreter(runtime, model_path)
-    dynamic_batch = all(t.shape_signature and t.shape_signature[0] == -1 for t in inputs)
-    batch = _BATCH if dynamic_batch else 1
-    current = None
+    """Dequantized outputs (source order) for every sample of ``data``, run in an isolated child.
+
+    Holds every output in memory: for tests and small data; ``validate`` streams instead."""
+    from edgepack.validation.isolated import IsolatedRunner
+
     results: list[list[np.ndarray]] = [[] for _ in outputs]
-    for chunk in data.batches(batch):
-        n = len(next(iter(chunk.values())))
-        if n != current:
-            if dynamic_batch:
-                for t in inputs:
-                    interp.resize_tensor_input(t.index, [n, *t.shape[1:]])
-            with capture_native_output():  # the delegate announces itself on stderr here
-                interp.allocate_tensors()
-            current = n
-        for t in inputs:
-            interp.set_tensor(t.index, quantize(chunk[t.name], t))
-        interp.invoke()
-        for i, t in enumerate(outputs):
-            results[i].append(dequantize(interp.get_tensor(t.index), t))
-        if progress:
-            progress(n)
+    with IsolatedRunner(runtime.value, model_path, inputs, outputs) as run:
+        for chunk in data.batches(_BATCH):
+            for i, out in enumerate(run(chunk)):
+                results[i].append(out)
+            if progress:
+                progress(len(next(iter(chunk.values()))))
     return [np.concatenate(r, axis=0) for r in results]
 
 
-def run_reference(loaded, data: Dataset) -> list[np.ndarray]:
-    """Outputs of the source model (Keras, SavedModel) in its own output order, float32."""
+def reference_outputs(loaded, chunk: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of the source model (Keras, SavedModel, ONNX) for one chunk, its own output order, float32."""
     from edgepack.converter.load import ModelFormat
 
+    if loaded.format is ModelFormat.SAVED_MODEL:
+        import tensorflow as tf
+        from edgepack.converter.tflite import signature_name
+
+        _, fn = loaded.model
+        out = fn(**{signature_name(k): tf.constant(v) for k, v in chunk.items()})
+        outs = [out[n] for n in loaded.output_names]
+    elif loaded.format.value == "onnx":
+        outs = loaded.model(chunk)
+    else:
+        args = [chunk[s.name] for s in loaded.inputs]
+        out = loaded.model(args if len(args) > 1 else args[0], training=False)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        if isinstance(out, dict):
+            outs = [out[n] for n in loaded.output_names]
+    return [np.asarray(o, dtype=np.float32) for o in outs]
+
+
+def run_reference(loaded, data: Dataset) -> list[np.ndarray]:
+    """Outputs of the source model for every sample of ``data`` (held in memory; tests, small data)."""
     dtypes = {s.name: s.dtype for s in loaded.inputs}
     results: list[list[np.ndarray]] = [[] for _ in loaded.output_names]
     for chunk in data.batches(_BATCH, dtypes):
-        if loaded.format is ModelFormat.SAVED_MODEL:
-            import tensorflow as tf
-            from edgepack.converter.tflite import signature_name
-
-            _, fn = loaded.model
-            out = fn(**{signature_name(k): tf.constant(v) for k, v in chunk.items()})
-            outs = [out[n] for n in loaded.output_names]
-        elif loaded.format.value == "onnx":
-            outs = loaded.model(chunk)
-        else:
-            args = [chunk[s.name] for s in loaded.inputs]
-            out = loaded.model(args if len(args) > 1 else args[0], training=False)
-            outs = out if isinstance(out, (list, tuple)) else [out]
-            if isinstance(out, dict):
-                outs = [out[n] for n in loaded.output_names]
-        for i, o in enumerate(outs):
-            results[i].append(np.asarray(o, dtype=np.float32))
+        for i, o in enumerate(reference_outputs(loaded, chunk)):
+            results[i].append(o)
     return [np.concatenate(r, axis=0) for r in results]

@@ -147,25 +147,52 @@ def _measure_arena_here(model: bytes, n_inputs: int) -> ArenaMeasurement:
     return ArenaMeasurement(total=hi, head=head, tail=tail)
 
 
-def run_tflm(model: bytes, graph_inputs: tuple[int, ...], graph_outputs: tuple[int, ...],
-             inputs: list[TensorInfo], outputs: list[TensorInfo], data: Dataset,
-             progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
-    """Dequantized outputs (source order) for every sample, one sample per invoke as on a device."""
-    from edgepack.validation.runtimes import dequantize, quantize
+class TflmRunner:
+    """TFLM for one model: float chunks in, dequantized outputs (source order) out, one sample per
+    invoke as on a device. Runs inside the isolated child (:mod:`edgepack.validation.isolated`)."""
 
-    interp = _interpreter(model, measure_arena(model, len(graph_inputs)).total)
-    in_pos = [graph_inputs.index(t.index) for t in inputs]
-    out_pos = [graph_outputs.index(t.index) for t in outputs]
+    def __init__(self, model: bytes, arena: int, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> None:
+        from edgepack.tflite_model import read_tflite
+
+        info = read_tflite(model)
+        interp = _interpreter(model, arena)
+        if interp is None:
+            raise RuntimeUnavailable(f"TFLite Micro could not allocate the model in its measured arena ({arena} bytes)")
+        self.interp, self.inputs, self.outputs = interp, inputs, outputs
+        self.in_pos = [info.inputs.index(t.index) for t in inputs]
+        self.out_pos = [info.outputs.index(t.index) for t in outputs]
+
+    def __call__(self, chunk: dict[str, np.ndarray]) -> list[np.ndarray]:
+        from edgepack.validation.runtimes import dequantize, quantize
+
+        n = len(next(iter(chunk.values())))
+        parts: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        for k in range(n):
+            for t, pos in zip(self.inputs, self.in_pos):
+                self.interp.set_input(quantize(chunk[t.name][k:k + 1], t).reshape(t.shape), pos)
+            with capture_native_output():
+                self.interp.invoke()
+            for i, (t, pos) in enumerate(zip(self.outputs, self.out_pos)):
+                parts[i].append(dequantize(np.asarray(self.interp.get_output(pos)), t).reshape(1, *t.shape[1:]))
+        return [np.concatenate(p, axis=0) for p in parts]
+
+
+def run_tflm(model_path: Path, inputs: list[TensorInfo], outputs: list[TensorInfo], data: Dataset,
+             progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """Dequantized outputs (source order) for every sample, in an isolated child (held in memory:
+    tests and small data; ``validate`` streams through :class:`~edgepack.validation.isolated.IsolatedRunner`)."""
+    from edgepack.tflite_model import read_tflite
+    from edgepack.validation.isolated import IsolatedRunner
+
+    model = model_path.read_bytes()
+    arena = measure_arena(model, len(read_tflite(model).inputs)).total
     results: list[list[np.ndarray]] = [[] for _ in outputs]
-    for chunk in data.batches(1):
-        for t, pos in zip(inputs, in_pos):
-            interp.set_input(quantize(chunk[t.name], t).reshape(t.shape), pos)
-        with capture_native_output():
-            interp.invoke()
-        for i, (t, pos) in enumerate(zip(outputs, out_pos)):
-            results[i].append(dequantize(np.asarray(interp.get_output(pos)), t).reshape(1, *t.shape[1:]))
-        if progress:
-            progress(1)
+    with IsolatedRunner("tflm", model_path, inputs, outputs, arena=arena) as run:
+        for chunk in data.batches(64):
+            for i, out in enumerate(run(chunk)):
+                results[i].append(out)
+            if progress:
+                progress(len(next(iter(chunk.values()))))
     return [np.concatenate(r, axis=0) for r in results]
 
 
@@ -220,33 +247,6 @@ def registered_builtin_ops() -> list[str]:
         if "op code CUSTOM" in cap.text:  # got past ``code``'s lookup to the sentinel
             found.append(name)
     return sorted(found)
-
-
-def compare_with_litert(model_path, manifest, data: Dataset, litert_outs: list[np.ndarray],
-                        notes: list[str]) -> dict:
-    """Run the bundle's model on TFLM over ``data``: accuracy, and how far it is from LiteRT's outputs.
-
-    For Ethos-U targets this is the plain int8 model (the host has no Ethos-U kernel), and a note
-    says so.
-    """
-    from edgepack.tflite_model import read_tflite
-    from edgepack.validation import metrics
-
-    model = model_path.read_bytes()
-    info = read_tflite(model)
-    arena = measure_arena(model, len(info.inputs))
-    outs = run_tflm(model, info.inputs, info.outputs, manifest.inputs, manifest.outputs, data)
-    diff = max(metrics.max_abs_error(a, b) for a, b in zip(litert_outs, outs))
-    step = manifest.outputs[0].scale
-    section = {"accuracy": metrics.accuracy(outs[0], data.labels) if data.labels is not None else None,
-               "max_abs_diff_vs_litert": diff,
-               "max_diff_steps_vs_litert": round(diff / step) if step else None,
-               "top1_agreement_vs_litert": metrics.top1_agreement(litert_outs[0], outs[0]),
-               **arena.to_dict()}
-    if "vela" in manifest.extras:
-        notes.append("validated the plain int8 model.tflite on LiteRT and TFLM: the host cannot run the "
-                     f"Ethos-U custom op in {manifest.extras['vela'].get('model', 'the Vela model')}")
-    return section
 
 
 def _main(argv: list[str]) -> int:

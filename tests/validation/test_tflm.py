@@ -52,8 +52,7 @@ def test_run_tflm_matches_litert_per_sample(m33_bundle, labelled_npz):
     m = read_manifest(m33_bundle)
     ds = Dataset.from_file(labelled_npz, [InputSpec("image", (8, 8, 1), "float32")], what="--data")
     model_path = m33_bundle / "model.tflite"
-    info = read_tflite(model_path)
-    ours = tflm.run_tflm(model_path.read_bytes(), info.inputs, info.outputs, m.inputs, m.outputs, ds)[0]
+    ours = tflm.run_tflm(model_path, m.inputs, m.outputs, ds)[0]
     lite = run_tflite(Runtime.LITERT, model_path, m.inputs, m.outputs, ds)[0]
     assert ours.shape == lite.shape == (64, 4)
     assert np.max(np.abs(ours - lite)) <= m.outputs[0].scale * 1.01
