@@ -17,6 +17,7 @@ from edgepack.converter.layout import outputs_to_source, read_bundle_data, sourc
 from edgepack.errors import BundleError, ModelLoadError, ValidationFailed
 from edgepack.packaging.bundle import verify_artifacts, write_file_atomic
 from edgepack.packaging.manifest import read_manifest
+from edgepack.tempdirs import run_tempdir
 from edgepack.tflite_model import read_tflite
 from edgepack.validation.evaluation import Evaluation
 from edgepack.validation.isolated import IsolatedRunner
@@ -76,6 +77,7 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
     ev = Evaluation(manifest, labelled=ds.labels is not None, reference=loaded is not None,
                     tflm=manifest.target.runtime == "tflm")
     with contextlib.ExitStack() as stack:
+        stack.enter_context(run_tempdir())  # the TFLM probe's folder, found by the next run if this one is killed
         run = stack.enter_context(IsolatedRunner(runtime.value, model_path, manifest.inputs, manifest.outputs))
         tflm_run = None
         if ev.tflm is not None:  # microcontroller targets: TFLM too, on the same data
