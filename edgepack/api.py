@@ -78,7 +78,10 @@ def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
         per_tensor=per_tensor, verbose=verbose, input_shapes=_input_shapes(input_shapes),
         **_optimize_fields(prune, prune_norm, prune_round, prune_layers, keep_layers, qat, train_data, epochs,
                            distill, distribute, learning_rate))
-    state = run_pipeline(request, progress=progress)
+    from edgepack.tempdirs import run_tempdir
+
+    with run_tempdir():  # temporary folders named by pid: the next run removes a killed run's
+        state = run_pipeline(request, progress=progress)
     return ConvertResult(bundle=request.output, manifest=state.manifest)
 
 
