@@ -16,7 +16,7 @@ from typing import Any
 from edgepack.errors import OptionError
 from edgepack.packaging.manifest import Manifest
 
-__all__ = ["ConvertResult", "convert", "inspect", "targets", "target", "target_docs", "validate"]
+__all__ = ["ConvertResult", "convert", "inspect", "target", "target_docs", "targets", "validate"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
             label_column: str | None = None, prune: str | None = None, prune_norm: str = "l1", prune_round: int = 1,
             prune_layers: Sequence[str] = (), keep_layers: Sequence[str] = (), qat: bool = False,
             train_data: str | Path | None = None, epochs: int = 10, distill: bool = False,
-            distribute: str | None = None, learning_rate: float | None = None) -> ConvertResult:
+            distribute: str | None = None, learning_rate: float | None = None,
+            onnx2tf_options: Mapping[str, Any] | Sequence[str] | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
 
     ``calibration`` is an ``.npy``/``.npz``/``.csv`` file or an image folder, or ``{input name: path}``
@@ -61,8 +62,12 @@ def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
     ``["input:1x3x224x224"]``.
 
     ``prune`` (``"channels:0.5"``, ``"sparsity:0.8"``, ``"2:4"``) and ``qat`` optimize a Keras model
-    before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y)."""
+    before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y).
+
+    ``onnx2tf_options`` (``{"disable_group_convolution": True}`` or ``["KEY=VALUE"]``) forces onnx2tf
+    options for an ONNX model instead of edgepack's automatic fallbacks."""
     from edgepack._native import quiet_tensorflow
+    from edgepack.converter.onnx_fallbacks import parse_options
     from edgepack.converter.pipeline import run_pipeline
     from edgepack.converter.request import ConvertRequest, QuantizeMode
 
@@ -76,6 +81,7 @@ def convert(*, model: str | Path, output: str | Path, quantize: str = "int8",
         calibration_samples=calibration_samples, seed=seed, target=target,
         labels=Path(labels) if labels is not None else None, force=force, trust_model=trust_model,
         per_tensor=per_tensor, verbose=verbose, input_shapes=_input_shapes(input_shapes),
+        onnx2tf_options=parse_options(onnx2tf_options),
         **_optimize_fields(prune, prune_norm, prune_round, prune_layers, keep_layers, qat, train_data, epochs,
                            distill, distribute, learning_rate))
     from edgepack.tempdirs import run_tempdir

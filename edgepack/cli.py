@@ -235,13 +235,15 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224",
               help="ONNX: fix an input's dynamic dimensions (repeatable, one per input).")
+@click.option("--onnx2tf-option", "onnx2tf_options", multiple=True, metavar="KEY=VALUE",
+              help="ONNX: force an onnx2tf.convert() option (repeatable; VALUE as JSON or text).")
 @data_options
 @optimize_options
 @common_options
 @handle_errors
 def convert(model, output, quantize, calibration, calibration_samples, seed, target, labels, per_tensor,
             trust_model, force, input_shapes, preprocess, recipe, label_column, verbose, quiet, as_json,
-            optimize=None) -> None:
+            onnx2tf_options=(), optimize=None) -> None:
     """Convert MODEL (.keras, .h5, SavedModel dir, .onnx) into a TFLite bundle in OUTPUT."""
     from edgepack import api
     from edgepack.calibration.sources import data_option
@@ -263,7 +265,7 @@ def convert(model, output, quantize, calibration, calibration_samples, seed, tar
                              calibration_samples=calibration_samples, seed=seed, target=target, labels=labels,
                              force=force, trust_model=trust_model, per_tensor=per_tensor, verbose=verbose > 0,
                              progress=progress, input_shapes=input_shapes, preprocess=preprocess, recipe=recipe,
-                             label_column=label_column, **(optimize or {}))
+                             label_column=label_column, onnx2tf_options=onnx2tf_options, **(optimize or {}))
     finally:
         if status is not None:
             status.stop()

@@ -95,6 +95,8 @@ def _read_labels(path: Path) -> list[str]:
 
 def stage_load(st: PipelineState) -> dict:
     st.loaded = load_model(st.request.model, trust_model=st.request.trust_model)
+    if st.request.onnx2tf_options and st.loaded.format is not ModelFormat.ONNX:
+        raise UsageError("--onnx2tf-option applies to ONNX models only")
     if st.request.input_shapes:
         if st.loaded.format is not ModelFormat.ONNX:
             raise UsageError("--input-shape applies to ONNX models only",
@@ -157,7 +159,7 @@ def _convert_onnx(st: PipelineState) -> dict:
 
     req = st.request
     res = convert_onnx(st.loaded, req.quantize, st.calibration, per_tensor=req.per_tensor, verbose=req.verbose,
-                       batch=st.target.batch)
+                       batch=st.target.batch, onnx2tf_options=dict(req.onnx2tf_options))
     st.tflite = res.tflite
     st.source_io = {"inputs": {m.name: m.manifest_fields() for m in res.inputs},
                     "outputs": {m.name: m.manifest_fields() for m in res.outputs}}

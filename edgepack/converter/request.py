@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 
 class QuantizeMode(StrEnum):
@@ -36,6 +37,9 @@ class ConvertRequest:
     verbose: bool = False
     # ONNX: static shapes for inputs with dynamic dimensions, ((name, (1, 3, 224, 224)), ...)
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # ONNX: onnx2tf.convert() keywords forced by an expert, ((key, value), ...); turns the automatic
+    # option fallbacks off
+    onnx2tf_options: tuple[tuple[str, Any], ...] = ()
     # Calibration data per model input (multi-input models): ((name, path), ...); replaces `calibration`
     calibration_inputs: tuple[tuple[str, Path], ...] = ()
     preprocess: str | None = None  # "resize=96x96,mean=127.5,std=127.5" (or "none")
