@@ -22,16 +22,16 @@ import argparse
 import json
 import logging
 import shutil
-import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.zoo import corpus, inputs, measure, metrics
-from benchmarks.zoo.report import render
+from benchmarks.zoo.report import render, summary
 
 log = logging.getLogger("model_zoo")
 
@@ -39,6 +39,7 @@ MODES = {"float32": "none", "int8": "int8-float-io"}
 O2T_FILES = {"float32": "{stem}_float32.tflite", "int8": "{stem}_integer_quant.tflite"}  # named after the .onnx
 SAMPLES = {"calib": 32, "held": 16}
 VAD_SAMPLES = {"calib": 64, "held": 64}
+RESULTS = corpus.CACHE / "results.json"
 
 
 def shape_args(model: corpus.ZooModel, flag: str) -> list[str]:
@@ -54,64 +55,87 @@ def _scores(kind: str, refs, outs_fn) -> dict:
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
 
 
-def edgepack_row(model, path, mode, work, refs, held, npz_calib, npz_held, timeout) -> dict:
-    bundle = work / f"edgepack_{mode}"
-    cmd = [str(measure.BIN / "edgepack"), "convert", str(path), "-o", str(bundle), "--quantize", MODES[mode],
-           "--force", *shape_args(model, "--input-shape")]
+@dataclass(frozen=True)
+class Case:
+    """One model's inputs and onnxruntime references, shared by both converters and all modes."""
+    model: corpus.ZooModel
+    path: Path
+    work: Path
+    calib: list[inputs.Feed]
+    held: list[inputs.Feed]
+    refs: list
+    timeout: float
+
+    @classmethod
+    def prepare(cls, model: corpus.ZooModel, timeout: float) -> Case:
+        path = corpus.model_path(model)
+        work = corpus.CACHE / "runs" / model.name
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        n = VAD_SAMPLES if model.kind.startswith("vad") else SAMPLES
+        calib = inputs.make_feeds(model.kind, path, "calib", n["calib"])
+        held = inputs.make_feeds(model.kind, path, "held", n["held"])
+        measure.write_edgepack_data(calib, work / "calib.npz")
+        measure.write_edgepack_data(held, work / "held.npz")
+        return cls(model, path, work, calib, held, measure.run_onnxruntime(path, held), timeout)
+
+
+def edgepack_row(case: Case, mode: str) -> dict:
+    bundle, edgepack = case.work / f"edgepack_{mode}", str(measure.BIN / "edgepack")
+    cmd = [edgepack, "convert", str(case.path), "-o", str(bundle), "--quantize", MODES[mode], "--force",
+           *shape_args(case.model, "--input-shape")]
     if mode == "int8":
-        cmd += ["--calibration", str(npz_calib)]
-    r = measure.run(cmd, work, timeout, work / f"edgepack_{mode}.log")
+        cmd += ["--calibration", str(case.work / "calib.npz")]
+    r = measure.run(cmd, case.work, case.timeout, case.work / f"edgepack_{mode}.log")
     row = {"converted": r.ok, "rc": r.rc, "reason": "" if r.ok else r.reason, "traceback": r.traceback,
            "seconds": r.seconds}
     if r.ok:
         row["bytes"] = (bundle / "model.tflite").stat().st_size
-        row.update(_scores(model.kind, refs, lambda: measure.run_bundle(bundle, held)))
-        v = measure.run([str(measure.BIN / "edgepack"), "validate", str(bundle), "--data", str(npz_held),
-                         "--reference", str(path), "--json"], work, timeout, work / f"validate_{mode}.log")
+        row.update(_scores(case.model.kind, case.refs, lambda: measure.run_bundle(bundle, case.held)))
+        v = measure.run([edgepack, "validate", str(bundle), "--data", str(case.work / "held.npz"),
+                         "--reference", str(case.path), "--json"], case.work, case.timeout,
+                        case.work / f"validate_{mode}.log")
         row.update(validate_rc=v.rc, validate_reason="" if v.ok else v.reason, validate_traceback=v.traceback)
     return row
 
 
-def onnx2tf_rows(model, path, modes, work, refs, held, calib, timeout) -> dict[str, dict]:
-    out = work / "onnx2tf"
-    shutil.rmtree(out, ignore_errors=True)
+def onnx2tf_rows(case: Case, modes: list[str]) -> dict[str, dict]:
     from edgepack.converter.onnx.translate import write_sample_images
 
-    write_sample_images(work)  # its cwd copy of the sample file keeps onnx2tf offline (it is not used with -cind)
-    cind = measure.write_onnx2tf_data(calib, work)
-    cmd = [str(measure.BIN / "onnx2tf"), "-i", str(path), "-o", str(out), "-oiqt", *cind, *shape_args(model, "-ois")]
-    r = measure.run(cmd, work, timeout, work / "onnx2tf.log")
+    out = case.work / "onnx2tf"
+    write_sample_images(case.work)  # its cwd copy of the sample file keeps onnx2tf offline (unused with -cind)
+    cind = measure.write_onnx2tf_data(case.calib, case.work)
+    cmd = [str(measure.BIN / "onnx2tf"), "-i", str(case.path), "-o", str(out), "-oiqt", *cind,
+           *shape_args(case.model, "-ois")]
+    r = measure.run(cmd, case.work, case.timeout, case.work / "onnx2tf.log")
     rows = {}
     for mode in modes:
-        tfl = out / O2T_FILES[mode].format(stem=path.stem)
+        tfl = out / O2T_FILES[mode].format(stem=case.path.stem)
         ok = tfl.is_file()  # onnx2tf can exit 0 without writing the int8 model, or fail after the float one
         row = {"converted": ok, "rc": r.rc, "reason": "" if ok else (r.reason if not r.ok else f"no {tfl.name}"),
                "traceback": r.traceback, "seconds": r.seconds}
         if ok:
             row["bytes"] = tfl.stat().st_size
-            row.update(_scores(model.kind, refs, lambda tfl=tfl: measure.run_plain_tflite(tfl, held, refs)))
+            row.update(_scores(case.model.kind, case.refs,
+                               lambda tfl=tfl: measure.run_plain_tflite(tfl, case.held, case.refs)))
         rows[mode] = row
     return rows
 
 
 def run_model(model: corpus.ZooModel, modes: list[str], with_onnx2tf: bool, timeout: float) -> list[dict]:
-    path = corpus.model_path(model)
-    work = corpus.CACHE / "runs" / model.name
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    n = VAD_SAMPLES if model.kind.startswith("vad") else SAMPLES
-    calib = inputs.make_feeds(model.kind, path, "calib", n["calib"])
-    held = inputs.make_feeds(model.kind, path, "held", n["held"])
-    refs = measure.run_onnxruntime(path, held)
-    npz_calib = measure.write_edgepack_data(calib, work / "calib.npz")
-    npz_held = measure.write_edgepack_data(held, work / "held.npz")
-    base = {"model": model.name, "kind": model.kind, "trained": model.trained, "onnx_bytes": path.stat().st_size}
-    o2t = onnx2tf_rows(model, path, modes, work, refs, held, calib, timeout) if with_onnx2tf else {}
+    base = {"model": model.name, "kind": model.kind, "trained": model.trained}
+    try:
+        case = Case.prepare(model, timeout)
+    except Exception as err:  # noqa: BLE001 — one model whose inputs or reference fail must not end the zoo
+        reason = f"no reference: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        log.error("%s: %s", model.name, reason)
+        failed = {"converted": False, "rc": None, "reason": reason, "traceback": False, "seconds": 0.0}
+        return [{**base, "mode": mode, "edgepack": failed, "onnx2tf": failed if with_onnx2tf else None}
+                for mode in modes]
+    o2t = onnx2tf_rows(case, modes) if with_onnx2tf else {}
     rows = []
     for mode in modes:
-        row = {**base, "mode": mode,
-               "edgepack": edgepack_row(model, path, mode, work, refs, held, npz_calib, npz_held, timeout),
-               "onnx2tf": o2t.get(mode)}
+        row = {**base, "mode": mode, "edgepack": edgepack_row(case, mode), "onnx2tf": o2t.get(mode)}
         log.info("%s %s: edgepack %s, onnx2tf %s", model.name, mode, _brief(row["edgepack"]), _brief(row["onnx2tf"]))
         rows.append(row)
     return rows
@@ -125,25 +149,6 @@ def _brief(r: dict | None) -> str:
     return f"ok {r['seconds']:.0f}s SQNR {r.get('sqnr_db', float('nan')):.1f} agree {r.get('agreement', float('nan'))}"
 
 
-def summary(rows: list[dict]) -> dict:
-    ep = {r["model"] for r in rows if r["edgepack"]["converted"] and r["mode"] == "float32"}
-    o2 = {r["model"] for r in rows if r["onnx2tf"] and r["onnx2tf"]["converted"] and r["mode"] == "float32"}
-    ratios = {}
-    for mode in ("float32", "int8"):
-        both = [r for r in rows if r["mode"] == mode and r["edgepack"]["converted"] and r["onnx2tf"]
-                and r["onnx2tf"]["converted"]]
-        if both:
-            ratios[mode] = statistics.median(r["edgepack"]["seconds"] / r["onnx2tf"]["seconds"] for r in both)
-    converted = {mode: {"edgepack": sum(r["edgepack"]["converted"] for r in rows if r["mode"] == mode),
-                        "onnx2tf": sum(bool(r["onnx2tf"] and r["onnx2tf"]["converted"]) for r in rows
-                                       if r["mode"] == mode),
-                        "of": sum(r["mode"] == mode for r in rows)} for mode in ("float32", "int8")}
-    tracebacks = sorted({f"{r['model']} {r['mode']}" + (" (validate)" if r["edgepack"].get("validate_traceback") else "")
-                         for r in rows if r["edgepack"]["traceback"] or r["edgepack"].get("validate_traceback")})
-    return {"converted": converted, "float32_models": {"edgepack": sorted(ep), "onnx2tf": sorted(o2)},
-            "median_wall_ratio": ratios, "edgepack_tracebacks": tracebacks}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", help="comma-separated subset (default: all): " + ",".join(m.name for m in corpus.MODELS))
@@ -151,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-onnx2tf", action="store_true", help="skip the onnx2tf command-line columns")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "model-zoo.md")
     ap.add_argument("--json", action="store_true", help="also write the raw results to build/zoo/results.json")
+    ap.add_argument("--render-only", action="store_true", help=f"rewrite --out from {RESULTS.relative_to(ROOT)}")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per converter run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -158,14 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [m for m in modes if m not in MODES]:
         ap.error(f"--modes: unknown {bad}; choose from {list(MODES)}")
     models = corpus.by_name(args.models.split(",") if args.models else None)
+    if args.render_only:  # the table again from the last run's raw results (no conversions)
+        results = json.loads(RESULTS.read_text())
+        args.out.write_text(render(results))
+        print(f"wrote {args.out} from {RESULTS}")
+        return 0
     start, rows = time.perf_counter(), []
+    command = "python benchmarks/model_zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for model in models:
         rows.extend(run_model(model, modes, not args.no_onnx2tf, args.timeout))
-    results = {"rows": rows, "summary": summary(rows), "minutes": round((time.perf_counter() - start) / 60, 1),
-               "command": "python benchmarks/model_zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    if args.json:
-        path = corpus.CACHE / "results.json"
-        path.write_text(json.dumps(results, indent=1))  # inf SQNR (bit-exact) is written as Infinity
+        results = {"rows": rows, "summary": summary(rows), "minutes": round((time.perf_counter() - start) / 60, 1),
+                   "command": command.strip()}
+        if args.json:  # after every model, so a long run that is stopped keeps what it measured
+            RESULTS.write_text(json.dumps(results, indent=1))  # inf SQNR (bit-exact) is written as Infinity
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(results))
     print(f"wrote {args.out} ({len(rows)} rows, {results['minutes']} min)")

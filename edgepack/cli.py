@@ -190,21 +190,6 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
             if ctx.get_parameter_source(k) not in (None, ParameterSource.DEFAULT)}
 
 
-def _key_values(values: Sequence[str], option: str) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; values read as JSON where they parse (true, 3, [1, 2]), else as text."""
-    out: dict[str, Any] = {}
-    for v in values:
-        key, sep, raw = v.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{option} {v!r}: expected KEY=VALUE",
-                             hint=f"e.g. {option} disable_group_convolution=true")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except ValueError:
-            out[key.strip()] = raw
-    return out
-
-
 def data_options(fn):
     """--preprocess / --recipe / --label-column, shared by convert and validate."""
     fn = click.option("--label-column", metavar="NAME|INDEX",
@@ -289,7 +274,7 @@ def main() -> None:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224",
               help="ONNX: fix an input's dynamic dimensions (repeatable, one per input).")
 @click.option("--onnx2tf-option", "onnx2tf_options", multiple=True, metavar="KEY=VALUE",
-              help="ONNX: force an onnx2tf option (repeatable; experts), e.g. disable_group_convolution=true.")
+              help="ONNX: force an onnx2tf.convert() option instead of the automatic fallbacks (repeatable; VALUE as JSON or text), e.g. disable_group_convolution=true.")
 @data_options
 @optimize_options
 @common_options
@@ -304,8 +289,6 @@ def convert(recipe, verbose, quiet, as_json, optimize=None, **options) -> None:
     given = _given({**options, **(optimize or {})})
     if "calibration" in given:
         given["calibration"] = data_option(given["calibration"], "--calibration")
-    if "onnx2tf_options" in given:
-        given["onnx2tf_options"] = _key_values(given["onnx2tf_options"], "--onnx2tf-option")
 
     status = None
     if not as_json and quiet == 0 and sys.stderr.isatty():

@@ -359,8 +359,7 @@ def _assemble(parts: dict[str, dict[str, Any]], top: dict[str, Any], where: str)
     if "input_shapes" in m:
         m["input_shapes"] = _input_shapes(m["input_shapes"])
     if "onnx2tf_options" in m:
-        opts = m["onnx2tf_options"]
-        m["onnx2tf_options"] = tuple(sorted((opts.items() if isinstance(opts, Mapping) else opts)))
+        m["onnx2tf_options"] = parse_key_values(m["onnx2tf_options"], "--onnx2tf-option")
     o = parts["optimize"]
     for k in ("prune_layers", "keep_layers"):
         if k in o:
@@ -403,3 +402,34 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
         raise UsageError(f"--input-shape {text!r}: expected NAME:DIMxDIMx... with positive sizes",
                          hint="e.g. --input-shape input:1x3x224x224")
     return name, shape
+
+
+def parse_key_values(spec: Mapping[str, Any] | Sequence[Any] | str | None, option: str) -> tuple[tuple[str, Any], ...]:
+    """``{"key": value}``, ``["KEY=VALUE", ...]`` or (key, value) pairs -> sorted pairs; values in
+    ``KEY=VALUE`` text are read as JSON where they parse (true, 3, ["a", "b"]), else as text."""
+    if not spec:
+        return ()
+    if isinstance(spec, Mapping):
+        items = list(spec.items())
+    else:
+        items = [_split(s, option) if isinstance(s, str) else tuple(s) for s in ([spec] if isinstance(spec, str)
+                                                                                  else spec)]
+    pairs: dict[str, Any] = {}
+    for key, value in items:
+        key = str(key).strip().replace("-", "_")
+        if not key.isidentifier():
+            raise OptionError(option, key, hint="give KEY=VALUE with KEY a keyword name")
+        pairs[key] = value
+    return tuple(sorted(pairs.items()))
+
+
+def _split(text: str, option: str) -> tuple[str, Any]:
+    import json
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"{option} {text!r}: expected KEY=VALUE", hint=f"e.g. {option} disable_group_convolution=true")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw

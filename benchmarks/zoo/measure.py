@@ -57,7 +57,7 @@ def _last_line(text: str) -> str:
 def run(cmd: list[str], cwd: Path, timeout: float, log: Path | None = None) -> Run:
     """Run ``cmd``; on timeout kill its whole process group (onnx2tf and TF spawn helpers)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)

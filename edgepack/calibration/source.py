@@ -70,6 +70,9 @@ class ArraySource(Source):
 
     def __init__(self, array: np.ndarray | OffsetArray, *, where: str = "<memory>",
                  preprocess: Preprocess | None = None, model_dtype: str = "float32") -> None:
+        if getattr(array, "ndim", 1) == 0:  # np.save(np.float32(3)): one value, no sample axis
+            raise CalibrationError(f"{where}: holds a single value (a 0-d array), not samples",
+                                   hint="store samples on the first axis, shape (N, *input_shape)")
         self.array = array
         self.where = where
         self.preprocess = preprocess

@@ -66,6 +66,9 @@ def _one_input_source(p: Path, spec: "InputSpec", *, what: str, pre: Preprocess 
 
 
 def _labels_array(labels, where: str) -> np.ndarray:
+    if getattr(labels, "ndim", 1) == 0:
+        raise CalibrationError(f"{where}: labels hold a single value (a 0-d array)",
+                               hint="store one label per sample, shape (N,) or one-hot (N, classes)")
     arr = labels.take(np.arange(len(labels))) if isinstance(labels, OffsetArray) else np.asarray(labels)
     if arr.dtype.kind not in "iuf":
         raise CalibrationError(f"{where}: labels have dtype {arr.dtype}", hint="store class ids or one-hot rows")

@@ -68,7 +68,7 @@ def calibrate(model: bytes, samples: Iterable[Sequence[np.ndarray]], *, quantize
                               signal_name=name)
         if code != 0:
             lines = [ln.strip() for ln in said.strip().splitlines() if ln.strip()]
-            raise ConversionError(f"TensorFlow Lite {stage} failed: {(lines or ['exit status %d' % code])[-1][:300]}",
+            raise ConversionError(f"TensorFlow Lite {stage} failed: {(lines or [f'exit status {code}'])[-1][:300]}",
                                   hint="run with -v for the calibrator's log")
         return (folder / "out.tflite").read_bytes()
 
@@ -128,7 +128,9 @@ def _calibration_wrapper():
     base = Path(spec.origin).parent / "lite" / "python" / "optimize" if spec and spec.origin else None
     found = sorted(base.glob("_pywrap_tensorflow_lite_calibration_wrapper*.so")) if base else []
     if not found:  # an unusual TensorFlow layout: the ordinary (slow) import
-        from tensorflow.lite.python.optimize import _pywrap_tensorflow_lite_calibration_wrapper as mod
+        from tensorflow.lite.python.optimize import (
+            _pywrap_tensorflow_lite_calibration_wrapper as mod,
+        )
 
         return mod
     mod_spec = importlib.util.spec_from_file_location("_pywrap_tensorflow_lite_calibration_wrapper", found[0])

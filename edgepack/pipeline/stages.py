@@ -60,6 +60,8 @@ def _read_labels(path: Path) -> list[str]:
 
 def stage_load(st: PipelineState) -> dict:
     st.loaded = load_model(st.request.model.path, trust_model=st.request.model.trust)
+    if st.request.model.onnx2tf_options and st.loaded.format is not ModelFormat.ONNX:
+        raise UsageError("--onnx2tf-option applies to ONNX models only")
     if st.request.model.input_shapes:
         if st.loaded.format is not ModelFormat.ONNX:
             raise UsageError("--input-shape applies to ONNX models only",
@@ -127,8 +129,8 @@ def _convert_onnx(st: PipelineState) -> dict:
     tf_keras.backend.reset_uids()
 
     req = st.request
-    res = convert_onnx(st.loaded, req.quantize.mode, st.calibration, per_tensor=req.quantize.per_tensor, verbose=req.verbose,
-                       batch=st.target.batch)
+    res = convert_onnx(st.loaded, req.quantize.mode, st.calibration, per_tensor=req.quantize.per_tensor,
+                       verbose=req.verbose, batch=st.target.batch, onnx2tf_options=dict(req.model.onnx2tf_options))
     st.tflite = res.tflite
     st.source_io = {"inputs": {m.name: m.manifest_fields() for m in res.inputs},
                     "outputs": {m.name: m.manifest_fields() for m in res.outputs}}

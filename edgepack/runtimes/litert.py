@@ -6,14 +6,12 @@ device app would do it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
 from edgepack._native import capture_native_output
-from edgepack.calibration import Dataset
 from edgepack.errors import RuntimeUnavailable
 from edgepack.packaging.manifest import TensorInfo
 
@@ -56,31 +54,42 @@ def make_interpreter(runtime: Runtime, model_path: Path):
         raise RuntimeUnavailable(f"--runtime {runtime} cannot load {model_path}: {err}") from err
 
 
-def run_tflite(runtime: Runtime, model_path: Path, inputs: list[TensorInfo], outputs: list[TensorInfo],
-               data: Dataset, progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
-    """Dequantized outputs (source order) for every sample of ``data``."""
-    interp = make_interpreter(runtime, model_path)
-    dynamic_batch = all(t.shape_signature and t.shape_signature[0] == -1 for t in inputs)
-    batch = _BATCH if dynamic_batch else 1
-    current = None
-    results: list[list[np.ndarray]] = [[] for _ in outputs]
-    for chunk in data.batches(batch):
+class TfliteRunner:
+    """An interpreter for one model: float chunks in, dequantized outputs (source order) out.
+
+    Meant to run inside the isolated child (:mod:`edgepack.runtimes.isolated`): a C++ crash on a
+    bad model must not take edgepack down.
+    """
+
+    def __init__(self, runtime: Runtime, model_path: Path, inputs: list[TensorInfo],
+                 outputs: list[TensorInfo]) -> None:
+        self.interp = make_interpreter(runtime, model_path)
+        self.inputs, self.outputs = inputs, outputs
+        self.dynamic_batch = all(t.shape_signature and t.shape_signature[0] == -1 for t in inputs)
+        self.current: int | None = None
+
+    def __call__(self, chunk: dict[str, np.ndarray]) -> list[np.ndarray]:
         n = len(next(iter(chunk.values())))
-        if n != current:
-            if dynamic_batch:
-                for t in inputs:
-                    interp.resize_tensor_input(t.index, [n, *t.shape[1:]])
+        step = n if self.dynamic_batch else 1
+        parts: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        for start in range(0, n, step):
+            for i, out in enumerate(self._invoke({k: v[start:start + step] for k, v in chunk.items()})):
+                parts[i].append(out)
+        return [np.concatenate(p, axis=0) for p in parts]
+
+    def _invoke(self, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        n = len(next(iter(batch.values())))
+        if n != self.current:
+            if self.dynamic_batch:
+                for t in self.inputs:
+                    self.interp.resize_tensor_input(t.index, [n, *t.shape[1:]])
             with capture_native_output():  # the delegate announces itself on stderr here
-                interp.allocate_tensors()
-            current = n
-        for t in inputs:
-            interp.set_tensor(t.index, quantize(chunk[t.name], t))
-        interp.invoke()
-        for i, t in enumerate(outputs):
-            results[i].append(dequantize(interp.get_tensor(t.index), t))
-        if progress:
-            progress(n)
-    return [np.concatenate(r, axis=0) for r in results]
+                self.interp.allocate_tensors()
+            self.current = n
+        for t in self.inputs:
+            self.interp.set_tensor(t.index, quantize(batch[t.name], t))
+        self.interp.invoke()
+        return [dequantize(self.interp.get_tensor(t.index), t) for t in self.outputs]
 
 
 def constant_tensors(model: bytes) -> dict[str, tuple]:

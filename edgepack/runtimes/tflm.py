@@ -17,14 +17,12 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgepack._native import capture_native_output
-from edgepack.calibration import Dataset
 from edgepack.errors import RuntimeUnavailable
 from edgepack.packaging.manifest import TensorInfo
 
@@ -147,26 +145,34 @@ def _measure_arena_here(model: bytes, n_inputs: int) -> ArenaMeasurement:
     return ArenaMeasurement(total=hi, head=head, tail=tail)
 
 
-def run_tflm(model: bytes, graph_inputs: tuple[int, ...], graph_outputs: tuple[int, ...],
-             inputs: list[TensorInfo], outputs: list[TensorInfo], data: Dataset,
-             progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
-    """Dequantized outputs (source order) for every sample, one sample per invoke as on a device."""
-    from edgepack.runtimes.litert import dequantize, quantize
+class TflmRunner:
+    """TFLM for one model: float chunks in, dequantized outputs (source order) out, one sample per
+    invoke as on a device. Runs inside the isolated child (:mod:`edgepack.runtimes.isolated`)."""
 
-    interp = _interpreter(model, measure_arena(model, len(graph_inputs)).total)
-    in_pos = [graph_inputs.index(t.index) for t in inputs]
-    out_pos = [graph_outputs.index(t.index) for t in outputs]
-    results: list[list[np.ndarray]] = [[] for _ in outputs]
-    for chunk in data.batches(1):
-        for t, pos in zip(inputs, in_pos):
-            interp.set_input(quantize(chunk[t.name], t).reshape(t.shape), pos)
-        with capture_native_output():
-            interp.invoke()
-        for i, (t, pos) in enumerate(zip(outputs, out_pos)):
-            results[i].append(dequantize(np.asarray(interp.get_output(pos)), t).reshape(1, *t.shape[1:]))
-        if progress:
-            progress(1)
-    return [np.concatenate(r, axis=0) for r in results]
+    def __init__(self, model: bytes, arena: int, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> None:
+        from edgepack.tflite_model import read_tflite
+
+        info = read_tflite(model)
+        interp = _interpreter(model, arena)
+        if interp is None:
+            raise RuntimeUnavailable(f"TFLite Micro could not allocate the model in its measured arena ({arena} bytes)")
+        self.interp, self.inputs, self.outputs = interp, inputs, outputs
+        self.in_pos = [info.inputs.index(t.index) for t in inputs]
+        self.out_pos = [info.outputs.index(t.index) for t in outputs]
+
+    def __call__(self, chunk: dict[str, np.ndarray]) -> list[np.ndarray]:
+        from edgepack.runtimes.litert import dequantize, quantize
+
+        n = len(next(iter(chunk.values())))
+        parts: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        for k in range(n):
+            for t, pos in zip(self.inputs, self.in_pos):
+                self.interp.set_input(quantize(chunk[t.name][k:k + 1], t).reshape(t.shape), pos)
+            with capture_native_output():
+                self.interp.invoke()
+            for i, (t, pos) in enumerate(zip(self.outputs, self.out_pos)):
+                parts[i].append(dequantize(np.asarray(self.interp.get_output(pos)), t).reshape(1, *t.shape[1:]))
+        return [np.concatenate(p, axis=0) for p in parts]
 
 
 def _probe_model(code: int) -> bytes:

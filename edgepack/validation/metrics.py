@@ -44,3 +44,68 @@ def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
     if signal == 0.0:
         return -math.inf
     return 10.0 * math.log10(signal / noise)
+
+
+# -- running versions: the same numbers, accumulated chunk by chunk (validate streams its data) --------
+class RunningAccuracy:
+    """Top-1 accuracy over chunks; labels as class ids or one-hot rows."""
+
+    def __init__(self) -> None:
+        self.correct = 0
+        self.total = 0
+
+    def update(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        y = np.asarray(labels)
+        if y.ndim == logits.ndim and y.ndim > 1:
+            y = y.argmax(axis=-1)
+        self.correct += int(np.sum(np.asarray(logits).argmax(axis=-1) == y.reshape(-1)))
+        self.total += len(y)
+
+    def result(self) -> float | None:
+        return self.correct / self.total if self.total else None
+
+
+class RunningAgreement(RunningAccuracy):
+    """Fraction of samples whose top-1 class is the same in both outputs."""
+
+    def update(self, a: np.ndarray, b: np.ndarray) -> None:  # type: ignore[override]
+        same = np.asarray(a).argmax(axis=-1) == np.asarray(b).argmax(axis=-1)
+        self.correct += int(np.sum(same))
+        self.total += same.size
+
+
+class RunningComparison:
+    """Max abs error, cosine similarity and SQNR of one output against its reference, from running
+    sums (float64): Σ|r−o| max, Σr·o, Σr², Σo², Σ(r−o)²."""
+
+    def __init__(self) -> None:
+        self.max_abs = 0.0
+        self.dot = self.rr = self.oo = self.noise = 0.0
+        self.equal = True
+
+    def update(self, ref: np.ndarray, out: np.ndarray) -> None:
+        r = np.asarray(ref, np.float64).ravel()
+        o = np.asarray(out, np.float64).ravel()
+        d = r - o
+        if d.size:
+            self.max_abs = max(self.max_abs, float(np.max(np.abs(d))))
+        self.dot += float(np.dot(r, o))
+        self.rr += float(np.dot(r, r))
+        self.oo += float(np.dot(o, o))
+        self.noise += float(np.dot(d, d))
+        self.equal = self.equal and bool(np.array_equal(r, o))
+
+    @property
+    def cosine(self) -> float:
+        denom = math.sqrt(self.rr) * math.sqrt(self.oo)
+        if denom == 0.0:
+            return 1.0 if self.equal else 0.0
+        return self.dot / denom
+
+    @property
+    def sqnr_db(self) -> float:
+        if self.noise == 0.0:
+            return math.inf
+        if self.rr == 0.0:
+            return -math.inf
+        return 10.0 * math.log10(self.rr / self.noise)

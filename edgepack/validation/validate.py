@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
+
+from edgepack.calibration import Dataset
 from edgepack.calibration.evaluate import RangeWatch, evaluation_data
-from edgepack.calibration.layout import outputs_to_source
+from edgepack.calibration.layout import outputs_to_source, read_bundle_data, source_specs
 from edgepack.calibration.progress import progress_bar
-from edgepack.errors import BundleError, ValidationFailed
+from edgepack.errors import BundleError, ModelLoadError, ValidationFailed
 from edgepack.packaging.bundle import verify_artifacts, write_file_atomic
 from edgepack.packaging.manifest import read_manifest
-from edgepack.runtimes.litert import Runtime, run_tflite
-from edgepack.validation import metrics
-from edgepack.validation.data import read_bundle_data, source_specs
-from edgepack.validation.reference import run_reference
-from edgepack.validation.report import OutputComparison, ValidationReport, finite_or_none
+from edgepack.packaging.tempdirs import run_tempdir
+from edgepack.runtimes.isolated import IsolatedRunner
+from edgepack.runtimes.litert import Runtime
+from edgepack.tflite_model import read_tflite
+from edgepack.validation.evaluation import Evaluation
+from edgepack.validation.reference import reference_outputs
+from edgepack.validation.report import ValidationReport
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "validation.json"
+CHUNK = 64  # samples in flight: memory stays at a chunk whatever the data size
 
 
 def _resolve_reference(manifest, reference: Path | None, bundle: Path) -> Path | None:
@@ -40,18 +47,22 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
                     runtime: Runtime = Runtime.LITERT, max_drop: float | None = None, trust_model: bool = False,
                     progress: Callable[[int], None] | None = None, preprocess: str | None = None,
                     recipe: Path | None = None, label_column: str | None = None) -> ValidationReport:
+    """Stream ``data`` through the bundle (in an isolated child per runtime) and the reference,
+    chunk by chunk: memory stays at a chunk whatever the data size; metrics are running sums."""
     start = time.perf_counter()
     if not bundle.is_dir():
         raise BundleError(f"{bundle}: not a bundle directory", hint="give the -o folder of 'edgepack convert'")
     manifest = read_manifest(bundle)
     verify_artifacts(bundle, manifest.artifacts)
     model_path = bundle / manifest.artifact("model").path
+    info = read_tflite(model_path)  # the flatbuffer is verified before any interpreter sees it
     ref_path = _resolve_reference(manifest, reference, bundle)
     loaded = None
     if ref_path is not None:
         from edgepack.converter.formats.detect import load_model
 
         loaded = load_model(ref_path, trust_model=trust_model)
+        _check_reference_io(loaded, manifest, ref_path)
     specs = loaded.inputs if loaded is not None else source_specs(manifest.inputs)
     if any(t.perm for t in manifest.inputs):
         # ONNX bundles: data in the ONNX layout (NCHW) or the TFLite one; outputs compared in ONNX layout
@@ -60,42 +71,82 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
     else:  # any source (folders, CSV, per-input), with the recorded preprocessing applied
         ds = ds_tflite = evaluation_data(bundle, manifest, data, specs, preprocess=preprocess, recipe=recipe,
                                          label_column=label_column)
-    watch = RangeWatch(manifest.inputs, len(ds))
-    with progress_bar(len(ds), f"validating on {runtime.value}") as advance:
-        def step(n: int) -> None:
-            advance(n)
-            if progress:
-                progress(n)
-
-        outs = outputs_to_source(run_tflite(runtime, model_path, manifest.inputs, manifest.outputs,
-                                            ds_tflite.observe(watch.observe), step),
-                                 [t.perm for t in manifest.outputs])
     report = ValidationReport(bundle=str(bundle), runtime=runtime.value, data=str(data), samples=len(ds),
                               mode=manifest.quantization.mode, reference=str(ref_path) if ref_path else None,
                               max_drop_pp=max_drop)
+    watch = RangeWatch(manifest.inputs, len(ds))
+    ev = Evaluation(manifest, labelled=ds.labels is not None, reference=loaded is not None,
+                    tflm=manifest.target.runtime == "tflm")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(run_tempdir())  # the TFLM probe's folder, found by the next run if this one is killed
+        run = stack.enter_context(IsolatedRunner(runtime.value, model_path, manifest.inputs, manifest.outputs))
+        tflm_run = None
+        if ev.tflm is not None:  # microcontroller targets: TFLM too, on the same data
+            from edgepack.runtimes.tflm import measure_arena
+
+            ev.arena = measure_arena(model_path.read_bytes(), len(info.inputs))
+            tflm_run = stack.enter_context(IsolatedRunner("tflm", model_path, manifest.inputs, manifest.outputs,
+                                                          arena=ev.arena.total))
+        advance = stack.enter_context(progress_bar(len(ds), f"validating on {runtime.value}"))
+        perms = [t.perm for t in manifest.outputs]
+        for chunk, src_chunk, labels in _chunks(ds, ds_tflite.observe(watch.observe), loaded):
+            outs = outputs_to_source(run(chunk), perms)
+            ev.bundle(outs, labels)
+            if tflm_run is not None:
+                ev.micro(outputs_to_source(tflm_run(chunk), perms), outs, labels)
+            if loaded is not None:
+                ev.compare(_reference(loaded, src_chunk, ref_path), outs, labels)
+            n = len(outs[0])
+            advance(n)
+            if progress:
+                progress(n)
     for warning in watch.warnings():
         log.warning("%s", warning)
         report.notes.append(warning)
-    if ds.labels is not None:
-        report.accuracy_bundle = metrics.accuracy(outs[0], ds.labels)
-    if manifest.target.runtime == "tflm":  # microcontroller targets: TFLM too, on the same data
-        from edgepack.validation.on_tflm import compare_with_litert
-
-        report.runtimes["tflm"] = compare_with_litert(model_path, manifest, ds, outs, report.notes)
-    if loaded is not None:
-        refs = run_reference(loaded, ds)
-        if ds.labels is not None:
-            report.accuracy_reference = metrics.accuracy(refs[0], ds.labels)
-        report.top1_agreement = metrics.top1_agreement(refs[0], outs[0])
-        for t, ref, out in zip(manifest.outputs, refs, outs):
-            report.outputs.append(OutputComparison(
-                name=t.name, max_abs_error=metrics.max_abs_error(ref, out),
-                cosine_similarity=metrics.cosine_similarity(ref, out),
-                sqnr_db=finite_or_none(metrics.sqnr_db(ref, out))))
+    ev.fill(report)
     _judge(report, max_drop)
     report.seconds = round(time.perf_counter() - start, 3)
     write_file_atomic(bundle / REPORT_NAME, report.to_json())
     return report
+
+
+def _chunks(ds: Dataset, ds_tflite: Dataset, loaded) -> Iterator[tuple[dict, dict, np.ndarray | None]]:
+    """``(TFLite-layout chunk, source-layout chunk, labels)``; one read per chunk when the layouts agree."""
+    dtypes = {s.name: s.dtype for s in loaded.inputs} if loaded is not None else None
+    labels = ds.labels
+    pos = 0
+    if ds_tflite.sources is ds.sources:  # same data, same layout (observe() made a view)
+        pairs = ((c, c) for c in ds_tflite.batches(CHUNK))
+    else:
+        pairs = zip(ds_tflite.batches(CHUNK), ds.batches(CHUNK))
+    for tfl, src in pairs:
+        n = len(next(iter(tfl.values())))
+        if dtypes is not None:
+            src = {k: np.asarray(v, dtype=dtypes.get(k)) for k, v in src.items()}
+        yield tfl, src, None if labels is None else np.asarray(labels[pos:pos + n])
+        pos += n
+
+
+def _reference(loaded, chunk: dict[str, np.ndarray], ref_path: Path) -> list[np.ndarray]:
+    try:
+        return reference_outputs(loaded, chunk)
+    except Exception as err:  # any framework's failure on the data: one line naming the model
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise ModelLoadError(f"--reference {ref_path}: the model failed on the data ({type(err).__name__}: {first})",
+                             hint="pass the model the bundle was converted from") from err
+
+
+def _check_reference_io(loaded, manifest, ref_path: Path) -> None:
+    """The reference takes the bundle's inputs and gives as many outputs, or one line says which differ."""
+    ref_in = sorted(s.name for s in loaded.inputs)
+    bundle_in = sorted(t.name for t in manifest.inputs)
+    if ref_in != bundle_in:
+        raise ModelLoadError(f"--reference {ref_path}: its inputs {ref_in} differ from the bundle's {bundle_in}",
+                             hint="pass the model the bundle was converted from")
+    if len(loaded.output_names) != len(manifest.outputs):
+        raise ModelLoadError(f"--reference {ref_path}: it has {len(loaded.output_names)} outputs "
+                             f"{list(loaded.output_names)}, the bundle {len(manifest.outputs)} "
+                             f"{[t.name for t in manifest.outputs]}", hint="pass the model the bundle was converted from")
 
 
 def _judge(report: ValidationReport, max_drop: float | None) -> None:

@@ -61,8 +61,8 @@ def test_bundle_data_is_streamed_and_transposed_per_batch(png_case):
     """validate's view of an image folder reads files on demand and transposes only what it reads."""
     from edgepack.calibration import InputSpec
     from edgepack.calibration.layout import TransposedSource
-    from edgepack.validation.data import read_bundle_data
     from edgepack.packaging.manifest import TensorInfo
+    from edgepack.validation.data import read_bundle_data
 
     tensor = TensorInfo(name="image", tflite_name="image", index=0, shape=[1, 3, 8, 8], dtype="float32",
                         perm=[0, 3, 1, 2], source_shape=[1, 8, 8, 3], preprocessing=None)

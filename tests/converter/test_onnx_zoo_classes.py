@@ -122,3 +122,73 @@ def test_already_quantized_model_is_refused_in_one_line(tmp_path):
     assert res.exit_code == 1
     assert "this ONNX model is already quantized (ConvInteger); export the float model" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def _acos_model(path: Path) -> Path:
+    """TFLite has no Acos builtin: onnx2tf's default translation fails in the TFLite converter."""
+    nodes = [helper.make_node("Mul", ["x", "half"], ["h"]), helper.make_node("Acos", ["h"], ["y"])]
+    return _save(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [_f("half", [0.5])], path)
+
+
+def _convert_stage(bundle: Path) -> dict:
+    from edgepack.packaging.manifest import read_manifest
+
+    return next(s for s in read_manifest(bundle).stages if s.name == "convert").detail
+
+
+def test_fallback_option_set_is_kept_recorded_and_matches_onnxruntime(tmp_path):
+    path = _acos_model(tmp_path / "acos.onnx")
+    api.convert(model=path, output=tmp_path / "b", quantize="none")
+    detail = _convert_stage(tmp_path / "b")
+    assert detail["onnx2tf_option_set"] == "pseudo_operators"
+    assert "acos" in detail["onnx2tf_options"]["replace_to_pseudo_operators"]
+    assert detail["onnx2tf_failed_sets"][0].startswith("default: TFLite converter failed")
+    feeds = {"x": np.linspace(-1, 1, 8, dtype=np.float32)[None]}
+    np.testing.assert_allclose(_run_bundle(tmp_path / "b", feeds)[0], _onnxruntime(path, feeds)[0], atol=1e-4)
+
+
+def test_default_translation_records_no_options_and_probes_real_calibration_data(tmp_path):
+    from tests.converter.onnx_builders import classifier
+
+    path = classifier(tmp_path / "c.onnx")
+    np.save(tmp_path / "cal.npy", np.random.default_rng(0).random((8, 3, 8, 8), dtype=np.float32))
+    api.convert(model=path, output=tmp_path / "b", quantize="int8", calibration=tmp_path / "cal.npy")
+    detail = _convert_stage(tmp_path / "b")
+    assert detail["onnx2tf_option_set"] == "default" and detail["onnx2tf_options"] == {}
+    assert detail["probe_input"] == "calibration" and detail["probe_max_rel_error"] < 1e-4
+
+
+def test_forced_onnx2tf_option_from_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from edgepack.cli import main
+
+    path = _acos_model(tmp_path / "acos.onnx")
+    runner = CliRunner()
+    res = runner.invoke(main, ["convert", str(path), "-o", str(tmp_path / "b"), "--quantize", "none",
+                               "--onnx2tf-option", 'replace_to_pseudo_operators=["acos"]'])
+    assert res.exit_code == 0, res.output
+    assert _convert_stage(tmp_path / "b")["onnx2tf_option_set"] == "forced"
+    # a forced set turns the fallbacks off: the default translation's own failure is reported
+    res = runner.invoke(main, ["convert", str(path), "-o", str(tmp_path / "c"), "--quantize", "none",
+                               "--onnx2tf-option", "disable_group_convolution=true"])
+    assert res.exit_code == 1 and "'tf.Acos' op is neither a custom op nor a flex op" in res.output
+    assert "also tried" not in res.output
+
+
+@pytest.mark.parametrize(("option", "code", "said"), [
+    ("no_such_option=1", 2, "not an onnx2tf.convert() option"),
+    ("output_folder_path=/tmp/x", 2, "edgepack sets this onnx2tf option itself"),
+    ("novalue", 2, "expected KEY=VALUE"),
+])
+def test_bad_onnx2tf_option_is_one_line_usage_error(tmp_path, option, code, said):
+    from click.testing import CliRunner
+
+    from edgepack.cli import main
+
+    path = _acos_model(tmp_path / "acos.onnx")
+    res = CliRunner().invoke(main, ["convert", str(path), "-o", str(tmp_path / "b"), "--quantize", "none",
+                                    "--onnx2tf-option", option])
+    assert res.exit_code == code and said in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1

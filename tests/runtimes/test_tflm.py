@@ -47,14 +47,13 @@ def test_validate_runs_tflm_and_litert(m33_bundle, labelled_npz):
 def test_run_tflm_matches_litert_per_sample(m33_bundle, labelled_npz):
     from edgepack.calibration import InputSpec, open_dataset
     from edgepack.packaging.manifest import read_manifest
-    from edgepack.runtimes.litert import Runtime, run_tflite
+    from edgepack.runtimes.isolated import run_dataset
 
     m = read_manifest(m33_bundle)
     ds = open_dataset(labelled_npz, [InputSpec("image", (8, 8, 1), "float32")], what="--data")
     model_path = m33_bundle / "model.tflite"
-    info = read_tflite(model_path)
-    ours = tflm.run_tflm(model_path.read_bytes(), info.inputs, info.outputs, m.inputs, m.outputs, ds)[0]
-    lite = run_tflite(Runtime.LITERT, model_path, m.inputs, m.outputs, ds)[0]
+    ours = run_dataset("tflm", model_path, m.inputs, m.outputs, ds)[0]
+    lite = run_dataset("litert", model_path, m.inputs, m.outputs, ds)[0]
     assert ours.shape == lite.shape == (64, 4)
     assert np.max(np.abs(ours - lite)) <= m.outputs[0].scale * 1.01
 

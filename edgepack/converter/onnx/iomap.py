@@ -36,13 +36,15 @@ class IoMap:
                 "perm": list(self.perm) if self.perm is not None else None}
 
 
-def _input_perm(shape: tuple[int, ...], tf_shape: tuple, name: str) -> tuple[tuple[int, ...] | None, tuple[int, ...]]:
-    """onnx2tf turns every 3-D/4-D/5-D input channels-last; other ranks keep their layout.
-    Returns the permutation and the static TFLite shape (onnx2tf may leave dimensions unknown)."""
+def _input_perm(shape: tuple[int, ...], tf_shape: tuple, name: str,
+                kept: bool = False) -> tuple[tuple[int, ...] | None, tuple[int, ...]]:
+    """onnx2tf turns every 3-D/4-D/5-D input channels-last unless told to keep its layout
+    (``kept``); other ranks keep their layout. Returns the permutation and the static TFLite shape
+    (onnx2tf may leave dimensions unknown)."""
     rank = len(shape)
     if rank == 0 and len(tf_shape) == 1 and tf_shape[0] in (None, 1):
         return None, (1,)  # onnx2tf gives a scalar input one axis; the bundle's tensor holds 1 value
-    perm = layout.channels_last_perm(rank) if rank in (3, 4, 5) else None
+    perm = layout.channels_last_perm(rank) if rank in (3, 4, 5) and not kept else None
     want = tuple(shape[p] for p in perm) if perm else tuple(shape)
     if len(tf_shape) != rank or any(d is not None and int(d) != w for d, w in zip(tf_shape, want)):
         raise ConversionError(f"cannot map ONNX input {name!r} {shape} to the TensorFlow input {tuple(tf_shape)}")
@@ -98,15 +100,17 @@ def _error(got: np.ndarray, ref: np.ndarray) -> float:
 
 
 def map_io(model: OnnxModel, tf_model, shapes: dict[str, tuple[int, ...]],
-           feeds: dict[str, np.ndarray], refs: list[np.ndarray] | None) -> tuple[list[IoMap], list[IoMap], float | None]:
-    """ONNX inputs/outputs -> onnx2tf's, with layouts; outputs checked on one random batch against
-    onnxruntime (``refs``). Returns the maps and the largest relative difference seen."""
+           feeds: dict[str, np.ndarray], refs: list[np.ndarray] | None,
+           kept: set[str] | frozenset[str] = frozenset()) -> tuple[list[IoMap], list[IoMap], float | None]:
+    """ONNX inputs/outputs -> onnx2tf's, with layouts; outputs checked on one batch against
+    onnxruntime (``refs``). ``kept``: inputs onnx2tf was told to leave in the ONNX layout.
+    Returns the maps and the largest relative difference seen."""
     if len(tf_model.inputs) != len(model.inputs) or len(tf_model.outputs) != len(model.outputs):
         raise ConversionError(f"onnx2tf produced {len(tf_model.inputs)} inputs/{len(tf_model.outputs)} outputs for "
                               f"an ONNX model with {len(model.inputs)}/{len(model.outputs)}")
     inputs = []
     for t, tf_in in zip(model.inputs, tf_model.inputs):
-        perm, tf_shape = _input_perm(shapes[t.name], tuple(tf_in.shape), t.name)
+        perm, tf_shape = _input_perm(shapes[t.name], tuple(tf_in.shape), t.name, t.name in kept)
         inputs.append(IoMap(t.name, t.shape, tf_shape, perm, tf_in.dtype.name))
     got = None
     if refs is not None:

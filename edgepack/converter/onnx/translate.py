@@ -32,6 +32,8 @@ from edgepack._native import capture_native_output
 from edgepack.calibration import Dataset, InputSpec, layout
 from edgepack.converter.formats.detect import LoadedModel, ModelFormat
 from edgepack.converter.formats.onnx import OnnxModel
+from edgepack.converter.isolate import NativeCrash
+from edgepack.converter.onnx import fallbacks
 from edgepack.converter.onnx.iomap import IoMap, map_io
 from edgepack.errors import ConversionError
 from edgepack.request import QuantizeMode
@@ -193,8 +195,10 @@ def offline_onnx2tf(workdir: Path) -> Iterator[None]:
                 mod.download_test_image_data = fn
 
 
-def run_onnx2tf(onnx_path: Path, workdir: Path, names: dict[str, str], verbose: bool):
-    """onnx2tf's tf_keras model for ``onnx_path``; failures become one ConversionError."""
+def run_onnx2tf(onnx_path: Path, workdir: Path, names: dict[str, str], verbose: bool,
+                options: dict[str, Any] | None = None):
+    """onnx2tf's tf_keras model for ``onnx_path`` (extra onnx2tf.convert keywords in ``options``);
+    failures become one ConversionError."""
     import tensorflow  # noqa: F401  (imported outside the capture so its start-up noise is handled once)
 
     failure: BaseException | None = None
@@ -207,7 +211,7 @@ def run_onnx2tf(onnx_path: Path, workdir: Path, names: dict[str, str], verbose: 
                 model = onnx2tf.convert(
                     input_onnx_file_path=str(onnx_path.resolve()), output_folder_path=str(workdir.resolve() / "onnx2tf_out"),
                     disable_model_save=True, not_use_onnxsim=True, not_use_opname_auto_generate=True,
-                    non_verbose=not verbose, verbosity="info" if verbose else "error")
+                    non_verbose=not verbose, verbosity="info" if verbose else "error", **(options or {}))
         except KeyboardInterrupt:
             raise
         except (SystemExit, Exception) as err:  # onnx2tf calls sys.exit(1) or raises anything at all
@@ -252,8 +256,14 @@ def _onnx2tf_error(err: BaseException, text: str, names: dict[str, str]) -> Conv
                                 "often helps")
 
 
-def probe_inputs(model: OnnxModel, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+def probe_inputs(model: OnnxModel, shapes: dict[str, tuple[int, ...]],
+                 calibration: Dataset | None = None) -> tuple[dict[str, np.ndarray], str]:
+    """One batch for comparing onnx2tf's graph with onnxruntime: the first calibration sample when
+    it is in the ONNX layout (real data exposes what random data hides), else seeded random data."""
     rng = np.random.default_rng(0)
+    first = next(calibration.samples({t.name: t.dtype for t in model.inputs}), None) if calibration else None
+    if first is not None and all(np.shape(first.get(t.name)) == shapes[t.name] for t in model.inputs):
+        return {t.name: np.asarray(first[t.name], t.dtype) for t in model.inputs}, "calibration"
     feeds = {}
     for t in model.inputs:
         if np.dtype(t.dtype).kind == "f":
@@ -262,7 +272,7 @@ def probe_inputs(model: OnnxModel, shapes: dict[str, tuple[int, ...]]) -> dict[s
             feeds[t.name] = rng.random(shapes[t.name]) > 0.5
         else:  # ones, not zeros: an integer Div/Mod by zero kills the process (SIGFPE) inside onnxruntime
             feeds[t.name] = np.ones(shapes[t.name], dtype=t.dtype)
-    return feeds
+    return feeds, "random"
 
 
 # -- the TensorFlow side ---------------------------------------------------------------------------
@@ -270,7 +280,7 @@ def save_signature(tf_model, inputs: list[IoMap], outputs: list[IoMap], path: Pa
     """A SavedModel whose serving signature uses the ONNX names, static shapes, ONNX order."""
     import tensorflow as tf
 
-    from edgepack.converter.formats.base import signature_name
+    from edgepack.converter.tflite import signature_name
 
     specs = [tf.TensorSpec(m.tflite_shape, tf.as_dtype(m.dtype), name=signature_name(m.name)) for m in inputs]
     out_names = [signature_name(m.name) for m in outputs]
@@ -300,14 +310,22 @@ def calibration_for_tflite(calibration: Dataset, loaded: LoadedModel, inputs: li
     return tflite
 
 
-def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset | None, *,
-                 per_tensor: bool = False, verbose: bool = False, batch: int | None = None) -> OnnxConversion:
-    """onnx2tf, then TensorFlow's converter; everything onnx2tf writes stays in a temp dir.
-    ``batch`` (a target's static batch) replaces the inputs' batch size."""
-    from edgepack.converter.tflite import convert_to_tflite
+# Relative difference (to the output's magnitude) from onnxruntime beyond which a translation is
+# wrong, not rounded differently: the candidate fails and the next option set is tried.
+MISMATCH = 1e-2
 
+
+def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset | None, *,
+                 per_tensor: bool = False, verbose: bool = False, batch: int | None = None,
+                 onnx2tf_options: dict[str, Any] | None = None) -> OnnxConversion:
+    """onnx2tf, then TensorFlow's converter; everything onnx2tf writes stays in a temp dir.
+    ``batch`` (a target's static batch) replaces the inputs' batch size. When onnx2tf or the
+    converter fails, or onnx2tf's graph disagrees with onnxruntime, the option sets of
+    :mod:`onnx_fallbacks` are tried in order; ``onnx2tf_options`` forces one set instead."""
     model: OnnxModel = loaded.model
     refuse_quantized(model.proto)  # before the shapes: --input-shape would not help
+    if onnx2tf_options:
+        fallbacks.check_known(onnx2tf_options)
     shapes = model.conversion_shapes()
     if batch is not None:
         shapes = {k: (batch, *v[1:]) if v else v for k, v in shapes.items()}
@@ -316,27 +334,76 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
         proto, names = prepare(model, shapes)
         onnx_path = work / "model.onnx"
         _save_onnx(proto, onnx_path)
-        tf_model = run_onnx2tf(onnx_path, work, names, verbose)
-        feeds = probe_inputs(model, shapes)
+        feeds, probe_source = probe_inputs(model, shapes, calibration)
         try:
             refs = model(feeds)
         except Exception as exc:  # onnxruntime may reject random data (e.g. out-of-range indices)
             log.info("onnxruntime probe skipped: %s", exc)
             refs = None
-        inputs, outputs, probe = map_io(model, tf_model, shapes, feeds, refs)
-        if probe is not None and probe > 1e-3:
-            log.warning("onnx2tf's TensorFlow graph differs from onnxruntime by %.3g (relative) on a random "
-                        "input; check the bundle with 'edgepack validate --reference'", probe)
-        with capture_native_output(not verbose):
-            saved = save_signature(tf_model, inputs, outputs, work / "saved_model")
-        tf_loaded = LoadedModel(saved, ModelFormat.SAVED_MODEL, loaded.sha256,
-                                [InputSpec(m.name, m.tflite_shape[1:], m.dtype) for m in inputs],
-                                [m.name for m in outputs], None)
-        calib = calibration_for_tflite(calibration, loaded, inputs) if calibration is not None else None
-        tflite = convert_to_tflite(tf_loaded, mode, calib, per_tensor=per_tensor, verbose=verbose)
-    detail = {"onnx_nodes": len(model.proto.graph.node), "simplified_nodes": len(proto.graph.node),
-              "probe_max_rel_error": None if probe is None else round(probe, 8)}
-    return OnnxConversion(tflite, inputs, outputs, detail)
+        failures: list[tuple[str, ConversionError]] = []
+        for cand in fallbacks.candidates(onnx2tf_options):
+            options = dict(cand.options)
+            try:
+                result = _attempt(loaded, work, onnx_path, names, shapes, feeds, refs, options, mode, calibration,
+                                  per_tensor=per_tensor, verbose=verbose)
+            except NativeCrash:
+                raise  # a crash in calibration is not onnx2tf's translation; the hint says what to try
+            except ConversionError as err:
+                log.info("onnx2tf option set %r failed: %s", cand.name, err.message)
+                failures.append((cand.name, err))
+                continue
+            break
+        else:
+            raise _all_failed(failures)
+    probe = result.detail["probe_max_rel_error"]
+    if probe is not None and probe > 1e-3:
+        log.warning("onnx2tf's TensorFlow graph differs from onnxruntime by %.3g (relative) on a %s input; "
+                    "check the bundle with 'edgepack validate --reference'", probe, probe_source)
+    result.detail.update({"onnx_nodes": len(model.proto.graph.node), "simplified_nodes": len(proto.graph.node),
+                          "probe_input": probe_source, "onnx2tf_option_set": cand.name, "onnx2tf_options": options,
+                          "onnx2tf_failed_sets": [f"{name}: {err.message[:200]}" for name, err in failures]})
+    return result
+
+
+def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, str],
+             shapes: dict[str, tuple[int, ...]], feeds: dict[str, np.ndarray], refs: list[np.ndarray] | None,
+             options: dict[str, Any], mode: QuantizeMode, calibration: Dataset | None, *,
+             per_tensor: bool, verbose: bool) -> OnnxConversion:
+    """One onnx2tf option set: translate, compare with onnxruntime, convert. A large mismatch is a
+    failure (ConversionError), so that the next option set is tried."""
+    from edgepack.converter.tflite import convert_to_tflite
+
+    model: OnnxModel = loaded.model
+    tf_model = run_onnx2tf(onnx_path, work, names, verbose, options)
+    try:
+        inputs, outputs, probe = map_io(model, tf_model, shapes, feeds, refs, kept=fallbacks.kept_inputs(options))
+    except ConversionError:
+        raise
+    except Exception as err:  # TensorFlow running onnx2tf's graph on the probe input (shape errors...)
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ConversionError(f"onnx2tf's TensorFlow graph fails on a probe input: {type(err).__name__}: "
+                              f"{first[:200]}") from err
+    if probe is not None and probe > MISMATCH:
+        raise ConversionError(f"onnx2tf's TensorFlow graph differs from onnxruntime by {probe:.3g} (relative to "
+                              "the output's magnitude)", hint="try --onnx2tf-option KEY=VALUE (onnx2tf's options)")
+    with capture_native_output(not verbose):
+        saved = save_signature(tf_model, inputs, outputs, Path(tempfile.mkdtemp(prefix="saved_model_", dir=work)))
+    tf_loaded = LoadedModel(saved, ModelFormat.SAVED_MODEL, loaded.sha256,
+                            [InputSpec(m.name, m.tflite_shape[1:], m.dtype) for m in inputs],
+                            [m.name for m in outputs], None)
+    calib = calibration_for_tflite(calibration, loaded, inputs) if calibration is not None else None
+    tflite = convert_to_tflite(tf_loaded, mode, calib, per_tensor=per_tensor, verbose=verbose)
+    return OnnxConversion(tflite, inputs, outputs,
+                          {"probe_max_rel_error": None if probe is None else round(probe, 8)})
+
+
+def _all_failed(failures: list[tuple[str, ConversionError]]) -> ConversionError:
+    """The default translation's error, saying that the fallbacks did not help either."""
+    first = failures[0][1]
+    if len(failures) == 1:
+        return first
+    tried = ", ".join(name for name, _ in failures[1:])
+    return ConversionError(f"{first.message} (onnx2tf option sets also tried: {tried})", hint=first.hint)
 
 
 def _save_onnx(proto, path: Path) -> None:

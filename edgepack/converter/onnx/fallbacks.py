@@ -1,0 +1,79 @@
+"""onnx2tf option sets tried when the default translation fails or disagrees with onnxruntime.
+
+Users of the onnx2tf command line find these options by trial and error; edgepack tries a short,
+ordered list after a failure (never on the success path, which stays one onnx2tf run) and records
+the set it kept in the manifest's convert stage. ``--onnx2tf-option KEY=VALUE`` (API:
+``onnx2tf_options={...}``) forces a set and turns the automatic list off.
+
+Every entry names the models it was added for; an entry that fixes nothing should go.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgepack.errors import OptionError
+
+log = logging.getLogger(__name__)
+
+# Options edgepack itself sets or that would write files / go online: not for users to override.
+RESERVED = frozenset({
+    "input_onnx_file_path", "onnx_graph", "output_folder_path", "disable_model_save", "not_use_onnxsim",
+    "not_use_opname_auto_generate", "non_verbose", "verbosity", "output_signaturedefs", "output_h5",
+    "output_keras_v3", "output_tfv1_pb", "output_weights", "output_dynamic_range_quantized_tflite",
+    "output_integer_quantized_tflite", "copy_onnx_input_output_names_to_tflite", "custom_input_op_name_np_data_path",
+    "quant_norm_mean", "quant_norm_std", "quant_type", "input_quant_dtype", "output_quant_dtype",
+    "param_replacement_file", "auto_generate_json", "auto_generate_json_on_error", "enable_auto_split_model",
+    "onnxruntime_output_memmap_dir", "tf_input_cache"})
+
+@dataclass(frozen=True)
+class OptionSet:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+PSEUDO_OPS = ["acos", "asin", "atan", "erf"]
+
+# Tried in this order after the default (no options) fails or mismatches onnxruntime. Tried and
+# left out for lack of a model they fix: keep_shape_absolutely_input_names for recurrent state
+# inputs (silero_vad_openvino_16k gets past its "initial_state ... not compatible with
+# cell.state_size" only to fail at the LSTM's input; node-suite LSTM/GRU/RNN cases still fail),
+# disable_strict_mode, enable_rnn_unroll, batch_size=1, disable_suppression_flextranspose.
+FALLBACKS: tuple[OptionSet, ...] = (
+    # TFLite has no builtin for these ops ("'tf.Acos' op is neither a custom op nor a flex op"), and
+    # onnx2tf's pseudo-operators rebuild them from builtins: node-suite test_acos, test_acos_example,
+    # test_atan, test_atan_example, test_erf. (onnx2tf matches the names in lower case; ops that
+    # already convert, such as GeLU or PReLU, are left alone.)
+    OptionSet("pseudo_operators", {"replace_to_pseudo_operators": PSEUDO_OPS}),
+)
+
+
+def check_known(options: Mapping[str, Any]) -> None:
+    """Every key is an onnx2tf.convert() keyword (checked when onnx2tf is imported anyway)."""
+    import inspect
+
+    import onnx2tf
+
+    known = set(inspect.signature(onnx2tf.convert).parameters) - RESERVED
+    for key in options:
+        if key not in known:
+            raise OptionError("--onnx2tf-option", key, hint=f"not an onnx2tf.convert() option; "
+                              f"e.g. {', '.join(sorted(known)[:6])}, ...")
+
+
+def kept_inputs(options: Mapping[str, Any]) -> set[str]:
+    """Inputs whose ONNX layout onnx2tf keeps under ``options`` (no channels-last transpose)."""
+    kept: set[str] = set()
+    for key in ("keep_shape_absolutely_input_names", "keep_ncw_or_nchw_or_ncdhw_input_names"):
+        kept.update(options.get(key) or ())
+    return kept
+
+
+def candidates(forced: Mapping[str, Any] | None) -> list[OptionSet]:
+    """The option sets to try, in order: the forced set alone, or the default then the fallbacks."""
+    if forced:
+        return [OptionSet("forced", dict(forced))]
+    return [OptionSet("default"), *FALLBACKS]

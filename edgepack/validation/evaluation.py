@@ -1,0 +1,85 @@
+"""Everything ``validate`` measures, accumulated chunk by chunk (running sums, nothing kept per sample)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgepack.errors import ModelLoadError
+from edgepack.validation.metrics import RunningAccuracy, RunningAgreement, RunningComparison
+from edgepack.validation.report import OutputComparison, ValidationReport, finite_or_none
+
+
+class _Micro:
+    """TFLM against LiteRT on the same samples."""
+
+    def __init__(self) -> None:
+        self.accuracy = RunningAccuracy()
+        self.agreement = RunningAgreement()
+        self.max_abs = 0.0
+
+
+class Evaluation:
+    """Running metrics of one validation pass: the bundle against labels, the reference and TFLM."""
+
+    def __init__(self, manifest: Any, *, labelled: bool, reference: bool, tflm: bool) -> None:
+        self.manifest = manifest
+        self.labelled = labelled
+        self.accuracy = RunningAccuracy()
+        self.reference_accuracy = RunningAccuracy() if reference else None
+        self.agreement = RunningAgreement() if reference else None
+        self.outputs = [RunningComparison() for _ in manifest.outputs] if reference else []
+        self.tflm = _Micro() if tflm else None
+        self.arena = None  # ArenaMeasurement, when TFLM ran
+
+    def bundle(self, outs: list[np.ndarray], labels: np.ndarray | None) -> None:
+        if labels is not None:
+            self.accuracy.update(outs[0], labels)
+
+    def micro(self, micro: list[np.ndarray], outs: list[np.ndarray], labels: np.ndarray | None) -> None:
+        assert self.tflm is not None
+        if labels is not None:
+            self.tflm.accuracy.update(micro[0], labels)
+        self.tflm.agreement.update(outs[0], micro[0])
+        for a, b in zip(outs, micro):
+            self.tflm.max_abs = max(self.tflm.max_abs, float(np.max(np.abs(a - b))) if a.size else 0.0)
+
+    def compare(self, refs: list[np.ndarray], outs: list[np.ndarray], labels: np.ndarray | None) -> None:
+        for t, ref, out in zip(self.manifest.outputs, refs, outs):
+            if ref.shape != out.shape:
+                raise ModelLoadError(f"--reference output for {t.name!r} has shape {list(ref.shape)}, the bundle's "
+                                     f"{list(out.shape)}", hint="pass the model the bundle was converted from")
+        if labels is not None and self.reference_accuracy is not None:
+            self.reference_accuracy.update(refs[0], labels)
+        if self.agreement is not None:
+            self.agreement.update(refs[0], outs[0])
+        for acc, ref, out in zip(self.outputs, refs, outs):
+            acc.update(ref, out)
+
+    def fill(self, report: ValidationReport) -> None:
+        if self.labelled:
+            report.accuracy_bundle = self.accuracy.result()
+            if self.reference_accuracy is not None:
+                report.accuracy_reference = self.reference_accuracy.result()
+        if self.agreement is not None:
+            report.top1_agreement = self.agreement.result()
+        for t, acc in zip(self.manifest.outputs, self.outputs):
+            report.outputs.append(OutputComparison(name=t.name, max_abs_error=acc.max_abs,
+                                                   cosine_similarity=acc.cosine, sqnr_db=finite_or_none(acc.sqnr_db)))
+        if self.tflm is not None:
+            report.runtimes["tflm"] = self._tflm_section(report)
+
+    def _tflm_section(self, report: ValidationReport) -> dict[str, Any]:
+        assert self.tflm is not None
+        step = self.manifest.outputs[0].scale
+        diff = self.tflm.max_abs
+        section = {"accuracy": self.tflm.accuracy.result() if self.labelled else None,
+                   "max_abs_diff_vs_litert": diff,
+                   "max_diff_steps_vs_litert": round(diff / step) if step else None,
+                   "top1_agreement_vs_litert": self.tflm.agreement.result(),
+                   **(self.arena.to_dict() if self.arena is not None else {})}
+        if "vela" in self.manifest.extras:
+            report.notes.append("validated the plain int8 model.tflite on LiteRT and TFLM: the host cannot run the "
+                                f"Ethos-U custom op in {self.manifest.extras['vela'].get('model', 'the Vela model')}")
+        return section
