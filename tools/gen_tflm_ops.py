@@ -28,7 +28,7 @@ def ops_block(ops: list[str], width: int = 100) -> str:
 def main() -> int:
     import tflite_micro
 
-    from edgepack.runtimes.tflm import registered_builtin_ops
+    from edgepack.runtimes.tflm_ops import registered_builtin_ops
 
     text = PROFILE.read_text(encoding="utf-8")
     version = tflite_micro.__version__

@@ -33,7 +33,6 @@ _HEAD = re.compile(r"Arena allocation head (\d+) bytes")
 _TAIL = re.compile(r"Arena allocation tail (\d+) bytes")
 _MAX_ARENA = 256 * 1024 * 1024  # beyond any microcontroller; stops the doubling search
 _PROBE_TIMEOUT = 600  # seconds for the child process that measures the arena
-_PROBE_SENTINEL = b"edgepack_probe_sentinel"
 # TFLM's words when the arena is too small (allocator and planner messages differ).
 _OUT_OF_ARENA = re.compile(r"failed to allocate|unable to allocate|failed to resize buffer|missing: \d+",
                            re.IGNORECASE)
@@ -51,7 +50,7 @@ class ArenaMeasurement:
         return {"arena_bytes": self.total, "arena_head_bytes": self.head, "arena_tail_bytes": self.tail}
 
 
-def _runtime():
+def tflm_runtime():
     try:
         from tflite_micro import runtime
     except ImportError as err:
@@ -62,7 +61,7 @@ def _runtime():
 
 def _interpreter(model: bytes, arena_size: int):
     """A TFLM interpreter with tensors allocated; ``None`` if ``arena_size`` is too small."""
-    runtime = _runtime()
+    runtime = tflm_runtime()
     with capture_native_output() as cap:
         try:
             return runtime.Interpreter.from_bytes(model, arena_size=arena_size)
@@ -173,59 +172,6 @@ class TflmRunner:
             for i, (t, pos) in enumerate(zip(self.outputs, self.out_pos)):
                 parts[i].append(dequantize(np.asarray(self.interp.get_output(pos)), t).reshape(1, *t.shape[1:]))
         return [np.concatenate(p, axis=0) for p in parts]
-
-
-def _probe_model(code: int) -> bytes:
-    """A model of two bare operators: ``code``, then a custom op no build registers.
-
-    TFLM looks up every operator's kernel before running any kernel code, so the error names the
-    first operator it cannot find: the sentinel if ``code`` is registered, ``code`` itself if not.
-    """
-    import flatbuffers
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as s
-
-    def opcode(builtin: int, custom: bytes | None = None):
-        oc = s.OperatorCodeT()
-        oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = builtin, min(builtin, 127), 1
-        oc.customCode = custom
-        return oc
-
-    def operator(index: int):
-        op = s.OperatorT()
-        op.opcodeIndex, op.inputs, op.outputs = index, [], []
-        if code == s.BuiltinOperator.VAR_HANDLE and index == 0:  # the runtime reads its options
-            op.builtinOptionsType, op.builtinOptions = s.BuiltinOptions.VarHandleOptions, s.VarHandleOptionsT()
-        return op
-
-    model = s.ModelT()
-    model.version = 3
-    model.operatorCodes = [opcode(code), opcode(s.BuiltinOperator.CUSTOM, _PROBE_SENTINEL)]
-    sg = s.SubGraphT()
-    sg.tensors, sg.inputs, sg.outputs, sg.operators = [], [], [], [operator(0), operator(1)]
-    model.subgraphs, model.buffers = [sg], [s.BufferT()]
-    builder = flatbuffers.Builder(256)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def registered_builtin_ops() -> list[str]:
-    """Builtin op names the installed TFLM interpreter has kernels for, asked of TFLM itself."""
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as s
-
-    runtime = _runtime()
-    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
-    found = []
-    for code, name in sorted(names.items()):
-        if name in ("CUSTOM", "PLACEHOLDER_FOR_GREATER_OP_CODES"):
-            continue
-        with capture_native_output() as cap:
-            try:
-                runtime.Interpreter.from_bytes(_probe_model(code), arena_size=4096)
-            except RuntimeError:
-                pass
-        if "op code CUSTOM" in cap.text:  # got past ``code``'s lookup to the sentinel
-            found.append(name)
-    return sorted(found)
 
 
 def _main(argv: list[str]) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgepack.runtimes.tflm import registered_builtin_ops
+from edgepack.runtimes.tflm_ops import registered_builtin_ops
 from edgepack.targets import load_target
 
 
