@@ -49,8 +49,8 @@ def main() -> int:
     args = ap.parse_args()
     w = args.workdir
     if not (w / "digits.keras").exists():
-        sys.path.insert(0, str(ROOT / "examples"))
-        from digits_demo import prepare
+        sys.path.insert(0, str(ROOT))  # the repository root holds the examples package
+        from examples.digits_demo import prepare
 
         prepare(w, epochs=10, seed=0)
     (w / "plain.py").write_text(PLAIN)

@@ -11,8 +11,8 @@ firmware sources and the manifest on top of the converter call).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def _prepare(workdir: Path, epochs: int) -> None:
     if (workdir / "digits.keras").is_file():
         return
-    spec = importlib.util.spec_from_file_location("digits_demo", ROOT / "examples" / "digits_demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    demo.prepare(workdir, epochs, 0)
+    sys.path.insert(0, str(ROOT))  # the repository root holds the examples package
+    from examples.digits_demo import prepare
+
+    prepare(workdir, epochs, 0)
 
 
 def _plain_convert(workdir: Path) -> float:

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from digits_demo import digits_cnn, digits_split  # noqa: E402  (the demo's data split and CNN)
+if __package__ in (None, ""):  # run as a script: the repository root holds the examples package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from examples.digits_demo import digits_cnn, digits_split  # noqa: E402  (the demo's data split and CNN)
 
 
 def digits_data(workdir: Path, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -7,18 +7,12 @@ run calibrated on the case's own inputs, and one known onnx2tf failure reported 
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location(
-    "onnx_conformance", Path(__file__).resolve().parents[2] / "benchmarks" / "onnx_conformance.py")
-conformance = importlib.util.module_from_spec(_SPEC)
-sys.modules.setdefault("onnx_conformance", conformance)  # dataclasses look their module up
-_SPEC.loader.exec_module(conformance)
+from benchmarks import onnx_conformance as conformance
 
 FLOAT_CASES = ("test_relu", "test_add_bcast", "test_averagepool_2d_default", "test_maxpool_2d_default",
                "test_softmax_axis_1", "test_transpose_default", "test_matmul_2d", "test_sigmoid",

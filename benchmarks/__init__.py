@@ -1,0 +1,1 @@
+"""Scripts that print ratios against the plain upstream tools; run from the repository root."""

@@ -1,0 +1,1 @@
+"""Runnable end-to-end examples (the README demo is digits_demo)."""
