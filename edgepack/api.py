@@ -71,11 +71,13 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y)."""
     flags = {k: v for k, v in locals().items() if k not in ("progress", "recipe")}
     from edgepack._native import quiet_tensorflow
+    from edgepack.packaging.tempdirs import run_tempdir
     from edgepack.pipeline.run import run_pipeline
 
     request = convert_request(recipe=recipe, **flags)
     quiet_tensorflow(verbose)
-    state = run_pipeline(request, progress=progress)
+    with run_tempdir():  # temporary folders named by pid: the next run removes a killed run's
+        state = run_pipeline(request, progress=progress)
     return ConvertResult(bundle=request.output.path, manifest=state.manifest)
 
 
@@ -221,7 +223,10 @@ def reproduce(*, bundle: str | Path, output: str | Path, force: bool = False, ve
     request = dataclasses.replace(request, output=dataclasses.replace(request.output, force=force),
                                   verbose=verbose)
     quiet_tensorflow(verbose)
-    run_pipeline(request, progress=progress)
+    from edgepack.packaging.tempdirs import run_tempdir
+
+    with run_tempdir():
+        run_pipeline(request, progress=progress)
     old = (src / manifest.artifact("model").path).read_bytes()
     new = (request.output.path / manifest.artifact("model").path).read_bytes()
     report = compare_models(old, new, original_name=str(src), new_name=str(request.output.path))

@@ -12,7 +12,7 @@ import numpy as np
 
 from edgepack.calibration import Dataset
 from edgepack.calibration.evaluate import RangeWatch, evaluation_data
-from edgepack.calibration.layout import outputs_to_source, read_bundle_data, source_specs
+from edgepack.calibration.layout import outputs_to_source
 from edgepack.calibration.progress import progress_bar
 from edgepack.errors import BundleError, ModelLoadError, ValidationFailed
 from edgepack.packaging.bundle import verify_artifacts, write_file_atomic
@@ -21,6 +21,7 @@ from edgepack.packaging.tempdirs import run_tempdir
 from edgepack.runtimes.isolated import IsolatedRunner
 from edgepack.runtimes.litert import Runtime
 from edgepack.tflite_model import read_tflite
+from edgepack.validation.data import read_bundle_data, source_specs
 from edgepack.validation.evaluation import Evaluation
 from edgepack.validation.reference import reference_outputs
 from edgepack.validation.report import ValidationReport

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgepack.errors import OptionError
+from edgepack.errors import OptionError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ def check_known(options: Mapping[str, Any]) -> None:
 
     known = set(inspect.signature(onnx2tf.convert).parameters) - RESERVED
     for key in options:
+        if key in RESERVED:
+            raise UsageError(f"--onnx2tf-option {key}: edgepack sets this onnx2tf option itself",
+                             hint="leave it out; see docs for the options that change the translation")
         if key not in known:
             raise OptionError("--onnx2tf-option", key, hint=f"not an onnx2tf.convert() option; "
                               f"e.g. {', '.join(sorted(known)[:6])}, ...")
