@@ -9,7 +9,7 @@ from edgepack.runtimes.tflm import tflm_runtime
 _PROBE_SENTINEL = b"edgepack_probe_sentinel"
 
 
-def _probe_model(code: int) -> bytes:
+def probe_model(code: int) -> bytes:
     """A model of two bare operators: ``code``, then a custom op no build registers.
 
     TFLM looks up every operator's kernel before running any kernel code, so the error names the
@@ -54,7 +54,7 @@ def registered_builtin_ops() -> list[str]:
             continue
         with capture_native_output() as cap:
             try:
-                runtime.Interpreter.from_bytes(_probe_model(code), arena_size=4096)
+                runtime.Interpreter.from_bytes(probe_model(code), arena_size=4096)
             except RuntimeError:
                 pass
         if "op code CUSTOM" in cap.text:  # got past ``code``'s lookup to the sentinel

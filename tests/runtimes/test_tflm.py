@@ -29,9 +29,10 @@ def test_measured_arena_is_the_smallest_that_allocates(m33_bundle):
 
 def test_unloadable_model_is_one_clear_error():
     from edgepack.errors import RuntimeUnavailable
+    from edgepack.runtimes.tflm_ops import probe_model
 
     with pytest.raises(RuntimeUnavailable, match="TFLite Micro cannot load the model"):
-        tflm.measure_arena(tflm._probe_model(150), 0)  # a bare GELU: no kernel in TFLM
+        tflm.measure_arena(probe_model(150), 0)  # a bare GELU: no kernel in TFLM
 
 
 def test_validate_runs_tflm_and_litert(m33_bundle, labelled_npz):
