@@ -243,18 +243,35 @@ def _onnx2tf_error(err: BaseException, text: str, names: dict[str, str]) -> Conv
     failing = {getattr(err, "onnx_op_name", None)} | set(re.findall(r"onnx_op_name: (\S+)", clean))
     ops: dict[str, list[str]] = {}
     for node in sorted(n for n in failing if n):
-        ops.setdefault(names.get(node, "?"), []).append(node)
+        # onnx2tf writes ':' in node names as '__' (OpenVINO-style "F2::If_0..." names)
+        sanitized = {n.replace(":", "__"): n for n in names} if node not in names else {}
+        original = sanitized.get(node, node)
+        ops.setdefault(names.get(original, "?"), []).append(original)
     for op in re.findall(r"(\S+) OP is not yet implemented", clean):
         ops.setdefault(op, [])
     if isinstance(err, SystemExit):  # onnx2tf logs its reason as "ERROR: ..." right before exiting
         said = [ln.split("ERROR:", 1)[-1].strip() for ln in clean.splitlines() if "ERROR:" in ln]
         reason = next((s for s in said if s and not s.startswith(_BOILERPLATE)), f"exit status {err.code}")
     else:
-        reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+        reason = f"{type(err).__name__}: {_exception_reason(str(err))}"
     where = f" at {_ops_message(ops)}" if ops else ""
     return ConversionError(f"onnx2tf failed{where}: {reason[:300]}",
                            hint="run with -v to see onnx2tf's log; fixing dynamic shapes with --input-shape "
                                 "often helps")
+
+
+def _exception_reason(text: str) -> str:
+    """The informative line of an exception: Keras wraps TensorFlow's reason as 'Exception
+    encountered when calling layer "tf.nn.convolution" ...' followed by the reason itself."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if first.startswith("Exception encountered when calling layer") and len(lines) > 1:
+        layer = re.search(r'layer ["\']([^"\']+)["\']', first)
+        detail = re.sub(r" for '\{\{node .*?\}\}.*?'", "", lines[1])
+        return f"in {layer.group(1) if layer else 'a layer'}: {detail}"
+    return first
 
 
 def probe_inputs(model: OnnxModel, shapes: dict[str, tuple[int, ...]],
