@@ -359,7 +359,7 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
             log.info("onnxruntime probe skipped: %s", exc)
             refs = None
         failures: list[tuple[str, ConversionError]] = []
-        for cand in fallbacks.candidates(onnx2tf_options):
+        for cand in fallbacks.candidates(onnx2tf_options, set(names.values())):
             options = dict(cand.options)
             try:
                 result = _attempt(loaded, work, onnx_path, names, shapes, feeds, refs, options, mode, calibration,
