@@ -156,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-onnx2tf", action="store_true", help="skip the onnx2tf command-line columns")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "model-zoo.md")
     ap.add_argument("--json", action="store_true", help="also write the raw results to build/zoo/results.json")
-    ap.add_argument("--render-only", action="store_true", help=f"rewrite --out from {RESULTS.relative_to(ROOT)}")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other models' rows of the last --json run (rerun a few, regenerate the table)")
+    ap.add_argument("--render-only", action="store_true", help="rewrite --out from build/zoo/results.json")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per converter run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -171,15 +173,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start, rows = time.perf_counter(), []
     command = "python benchmarks/model_zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    kept = []
+    if args.merge and RESULTS.is_file():  # rows of the models not rerun stay as they were measured
+        names = {m.name for m in models}
+        kept = [r for r in json.loads(RESULTS.read_text())["rows"] if r["model"] not in names]
     for model in models:
         rows.extend(run_model(model, modes, not args.no_onnx2tf, args.timeout))
-        results = {"rows": rows, "summary": summary(rows), "minutes": round((time.perf_counter() - start) / 60, 1),
+        order = {m.name: i for i, m in enumerate(corpus.MODELS)}
+        merged = sorted(kept + rows, key=lambda r: (order.get(r["model"], len(order)), r["mode"] != "float32"))
+        results = {"rows": merged, "summary": summary(merged), "minutes": round((time.perf_counter() - start) / 60, 1),
                    "command": command.strip()}
         if args.json:  # after every model, so a long run that is stopped keeps what it measured
             RESULTS.write_text(json.dumps(results, indent=1))  # inf SQNR (bit-exact) is written as Infinity
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(results))
-    print(f"wrote {args.out} ({len(rows)} rows, {results['minutes']} min)")
+    print(f"wrote {args.out} ({len(results['rows'])} rows, {results['minutes']} min)")
     return 0
 
 
