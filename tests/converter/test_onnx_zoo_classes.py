@@ -192,3 +192,32 @@ def test_bad_onnx2tf_option_is_one_line_usage_error(tmp_path, option, code, said
                                     "--onnx2tf-option", option])
     assert res.exit_code == code and said in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_stateful_model_with_scalar_input_keeps_names_and_follows_named_batch(tmp_path):
+    """silero-vad's interface: ``input`` [batch, samples], ``state`` [2, batch, 128] in and ``stateN``
+    out, a scalar int64 ``sr``. Only ``input``'s samples need --input-shape: ``state`` follows the
+    named ``batch`` dimension."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["srf", "k"], ["gain"]),
+             helper.make_node("MatMul", ["input", "w"], ["feat"]),
+             helper.make_node("Mul", ["feat", "gain"], ["scaled"]),
+             helper.make_node("Add", ["state", "scaled"], ["stateN"]),
+             helper.make_node("ReduceMean", ["stateN"], ["mean"], axes=[0, 2], keepdims=0),
+             helper.make_node("Sigmoid", ["mean"], ["prob"]),
+             helper.make_node("Unsqueeze", ["prob", "one"], ["output"])]
+    path = _save(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "samples"]),
+                         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 4]),
+                         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                 [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1]),
+                  helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "batch", 4])],
+                 [_f("w", rng.normal(0, .3, (16, 4))), _f("k", [1 / 16000]),
+                  numpy_helper.from_array(np.array([1], np.int64), "one")], tmp_path / "vad.onnx")
+    m = api.convert(model=path, output=tmp_path / "b", quantize="none", input_shapes=["input:1x16"]).manifest
+    assert [t.name for t in m.inputs] == ["input", "state", "sr"]
+    assert [t.name for t in m.outputs] == ["output", "stateN"]
+    feeds = {"input": rng.random((1, 16), dtype=np.float32), "state": rng.random((2, 1, 4), dtype=np.float32),
+             "sr": np.array(16000, np.int64)}
+    for got, ref in zip(_run_bundle(tmp_path / "b", feeds), _onnxruntime(path, feeds)):
+        np.testing.assert_allclose(got.reshape(ref.shape), ref, atol=1e-5)

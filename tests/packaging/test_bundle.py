@@ -77,3 +77,31 @@ def test_tampered_artifact_detected(int8_bundle, tmp_path):
     (copy / "model.tflite").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="does not match the sha256"):
         verify_artifacts(copy, m.artifacts)
+
+
+@pytest.mark.parametrize("restore_fails", [False, True])
+def test_failed_swap_restores_or_names_the_old_bundle(tmp_path, monkeypatch, restore_fails):
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "model.tflite").write_bytes(b"old")
+    real_rename = bundle_mod.os.rename
+    calls = []
+
+    def rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2 or (restore_fails and len(calls) == 3):  # staging -> out, then the way back
+            raise OSError(5, "Input/output error")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(bundle_mod.os, "rename", rename)
+    with pytest.raises(PackagingError) as err:
+        with bundle_mod.atomic_bundle(out, force=True) as writer:
+            writer.add("model.tflite", b"new", role="model")
+    if restore_fails:
+        backup = calls[0][1]
+        assert f"the old bundle is in {backup}" in str(err.value)
+        assert (backup / "model.tflite").read_bytes() == b"old"
+    else:
+        assert "cannot move the new bundle into" in str(err.value)
+        assert (out / "model.tflite").read_bytes() == b"old"
+        assert _leftovers(tmp_path) == []

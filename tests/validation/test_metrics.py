@@ -40,3 +40,24 @@ def test_quantize_round_trip_uses_scale_and_zero_point():
     assert dequantize(q, t).tolist() == [0.0, 1.0, 68.5, -59.0]
     f = TensorInfo(name="y", tflite_name="y", index=1, shape=[1], dtype="float32")
     assert quantize(np.array([1.5]), f).dtype == np.float32
+
+
+def test_running_metrics_over_chunks_equal_the_whole():
+    """validate streams: metrics summed chunk by chunk must equal those of the whole arrays."""
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(203, 10))
+    out = ref + rng.normal(scale=0.1, size=ref.shape)
+    labels = rng.integers(0, 10, 203)
+    acc, agree, comp = metrics.RunningAccuracy(), metrics.RunningAgreement(), metrics.RunningComparison()
+    for start in range(0, 203, 64):
+        s = slice(start, start + 64)
+        acc.update(out[s], labels[s])
+        agree.update(ref[s], out[s])
+        comp.update(ref[s], out[s])
+    assert acc.result() == pytest.approx(np.mean(out.argmax(-1) == labels))
+    assert agree.result() == pytest.approx(np.mean(out.argmax(-1) == ref.argmax(-1)))
+    assert comp.max_abs == pytest.approx(np.max(np.abs(ref - out)))
+    r, o = ref.ravel(), out.ravel()
+    assert comp.cosine == pytest.approx(np.dot(r, o) / np.linalg.norm(r) / np.linalg.norm(o))
+    assert comp.sqnr_db == pytest.approx(10 * math.log10(np.sum(r ** 2) / np.sum((r - o) ** 2)))
+    assert metrics.RunningAccuracy().result() is None  # no samples: no number, not 0

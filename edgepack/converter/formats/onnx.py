@@ -47,14 +47,17 @@ class OnnxModel:
     _session: Any = field(default=None, repr=False)
 
     def conversion_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Static input shapes for conversion: --input-shape wins, a dynamic batch becomes 1,
-        any other dynamic dimension is an error naming the input."""
+        """Static input shapes for conversion: --input-shape wins, a dynamic batch becomes 1, a
+        named dimension takes the size it has in another input (a recurrent ``state`` of shape
+        [2, batch, 128] follows ``input``'s batch), any other dynamic dimension is an error naming
+        the input."""
+        named = self._named_sizes()
         out: dict[str, tuple[int, ...]] = {}
         for t in self.inputs:
             if t.name in self.shape_overrides:
                 out[t.name] = self.shape_overrides[t.name]
                 continue
-            dims = list(t.shape)
+            dims = [named.get(d, d) if isinstance(d, str) else d for d in t.shape]
             if dims and not isinstance(dims[0], int):
                 log.info("input %r: dynamic batch dimension %r converted as 1", t.name, dims[0])
                 dims[0] = 1
@@ -68,12 +71,26 @@ class OnnxModel:
             out[t.name] = tuple(int(x) for x in dims)
         return out
 
+    def _named_sizes(self) -> dict[str, int]:
+        """Sizes of named dynamic dimensions, read from --input-shape, else the batch axes set to 1."""
+        sizes: dict[str, int] = {}
+        for t in self.inputs:
+            for d, size in zip(t.shape, self.shape_overrides.get(t.name, ())):
+                if isinstance(d, str) and d:
+                    sizes.setdefault(d, size)
+        for t in self.inputs:
+            if t.shape and isinstance(t.shape[0], str) and t.shape[0] and t.name not in self.shape_overrides:
+                sizes.setdefault(t.shape[0], 1)
+        return sizes
+
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         sess = self.session()
-        n = len(next(iter(feeds.values())))
+        leading = {np.shape(v)[0] if np.ndim(v) else None for v in feeds.values()}
+        n = next(iter(leading))
         fixed = {t.name: t.shape[0] for t in self.inputs if t.shape and isinstance(t.shape[0], int)}
         step = min(fixed.values()) if fixed else n
-        if step == n or step < 1:
+        # one call when there is no common batch axis to slice (a scalar input, a [2, batch, 128] state)
+        if len(leading) != 1 or n is None or step == n or step < 1:
             return [np.asarray(o) for o in sess.run(None, {k: np.asarray(v) for k, v in feeds.items()})]
         # A model exported with a fixed batch (often 1) gets the batch in slices of that size.
         parts = [sess.run(None, {k: np.asarray(v[i:i + step]) for k, v in feeds.items()}) for i in range(0, n, step)]

@@ -31,8 +31,12 @@ RESERVED = frozenset({
 
 @dataclass(frozen=True)
 class OptionSet:
+    """onnx2tf options; ``ops``: tried only on graphs that use one of these op types (lower case),
+    so that a failure unrelated to them costs no extra onnx2tf run."""
+
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    ops: frozenset[str] | None = None
 
 
 PSEUDO_OPS = ["acos", "asin", "atan", "erf"]
@@ -47,7 +51,7 @@ FALLBACKS: tuple[OptionSet, ...] = (
     # onnx2tf's pseudo-operators rebuild them from builtins: node-suite test_acos, test_acos_example,
     # test_atan, test_atan_example, test_erf. (onnx2tf matches the names in lower case; ops that
     # already convert, such as GeLU or PReLU, are left alone.)
-    OptionSet("pseudo_operators", {"replace_to_pseudo_operators": PSEUDO_OPS}),
+    OptionSet("pseudo_operators", {"replace_to_pseudo_operators": PSEUDO_OPS}, frozenset(PSEUDO_OPS)),
 )
 
 
@@ -75,8 +79,10 @@ def kept_inputs(options: Mapping[str, Any]) -> set[str]:
     return kept
 
 
-def candidates(forced: Mapping[str, Any] | None) -> list[OptionSet]:
-    """The option sets to try, in order: the forced set alone, or the default then the fallbacks."""
+def candidates(forced: Mapping[str, Any] | None, op_types: set[str]) -> list[OptionSet]:
+    """The option sets to try, in order: the forced set alone, or the default then the fallbacks
+    that apply to a graph with ``op_types``."""
     if forced:
         return [OptionSet("forced", dict(forced))]
-    return [OptionSet("default"), *FALLBACKS]
+    lower = {op.lower() for op in op_types}
+    return [OptionSet("default"), *(c for c in FALLBACKS if c.ops is None or c.ops & lower)]

@@ -9,17 +9,15 @@ onnx2tf is kept on a short leash:
 - edgepack fixes input shapes and runs onnx-simplifier itself, through its Python API (onnx2tf
   would shell out to an ``onnxsim`` command, which an unactivated venv does not have on PATH);
 - its console output is captured, and its ``sys.exit`` calls and exceptions become one
-  :class:`ConversionError` naming the op types and nodes that failed.
+  :class:`ConversionError` naming the op types and nodes that failed (``onnx2tf_run.py``);
+- when it fails, or its graph disagrees with onnxruntime, the option sets of
+  ``onnx_fallbacks.py`` are tried in order, and the one kept is recorded in the manifest.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import logging
-import os
-import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,15 +33,18 @@ from edgepack.converter.formats.onnx import OnnxModel
 from edgepack.converter.isolate import NativeCrash
 from edgepack.converter.onnx import fallbacks
 from edgepack.converter.onnx.iomap import IoMap, map_io
+
+# SAMPLE_FILE and write_sample_images are re-exported: benchmarks and tests use them from here
+from edgepack.converter.onnx.onnx2tf_run import (  # noqa: F401
+    SAMPLE_FILE,
+    ops_message,
+    run_onnx2tf,
+    write_sample_images,
+)
 from edgepack.errors import ConversionError
 from edgepack.request import QuantizeMode
 
 log = logging.getLogger(__name__)
-
-# The file onnx2tf's download_test_image_data() looks for in the working directory before it
-# goes to GitHub: 20 images of 128x128x3, float32 in [0, 1].
-SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
-_SAMPLE_SHAPE = (20, 128, 128, 3)
 
 
 @dataclass
@@ -116,14 +117,6 @@ def refuse_quantized(proto) -> None:
                               hint="export the float model; edgepack quantizes it itself (--quantize)")
 
 
-def _ops_message(ops: dict[str, list[str]]) -> str:
-    parts = []
-    for op, nodes in sorted(ops.items()):
-        more = f" and {len(nodes) - 3} more" if len(nodes) > 3 else ""
-        parts.append(f"{op} (node{'s' if len(nodes) > 1 else ''} {', '.join(nodes[:3])}{more})")
-    return "; ".join(parts)
-
-
 def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]]):
     """A copy of the graph with static input shapes, named nodes and onnx-simplifier applied."""
     import onnx
@@ -139,7 +132,7 @@ def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]]):
     names = name_nodes(proto)
     missing = unsupported_ops(proto)
     if missing:
-        raise ConversionError(f"onnx2tf has no translation for: {_ops_message(missing)}",
+        raise ConversionError(f"onnx2tf has no translation for: {ops_message(missing)}",
                               hint="replace these ops in the exported model, or export with another opset")
     return _simplify(proto), names
 
@@ -160,100 +153,6 @@ def _simplify(proto):
         log.debug("onnxsim output: %s", cap.tail())
         return proto
     return simplified
-
-
-# -- running onnx2tf -------------------------------------------------------------------------------
-def write_sample_images(folder: Path) -> Path:
-    """The sample file onnx2tf would download, seeded and local (it only feeds onnx2tf's self-check)."""
-    path = folder / SAMPLE_FILE
-    np.save(path, np.random.default_rng(0).random(_SAMPLE_SHAPE, dtype=np.float32), allow_pickle=False)
-    return path
-
-
-@contextlib.contextmanager
-def offline_onnx2tf(workdir: Path) -> Iterator[None]:
-    """cwd = ``workdir`` (where onnx2tf looks for its sample file) and its downloader made local."""
-    import onnx2tf.onnx2tf as core
-    import onnx2tf.utils.common_functions as common
-
-    sample = write_sample_images(workdir)
-
-    def local_sample() -> np.ndarray:
-        return np.load(sample, allow_pickle=False)
-
-    saved = {mod: getattr(mod, "download_test_image_data", None) for mod in (core, common)}
-    cwd = os.getcwd()
-    os.chdir(workdir)
-    try:
-        for mod in saved:
-            mod.download_test_image_data = local_sample
-        yield
-    finally:
-        os.chdir(cwd)
-        for mod, fn in saved.items():
-            if fn is not None:
-                mod.download_test_image_data = fn
-
-
-def run_onnx2tf(onnx_path: Path, workdir: Path, names: dict[str, str], verbose: bool,
-                options: dict[str, Any] | None = None):
-    """onnx2tf's tf_keras model for ``onnx_path`` (extra onnx2tf.convert keywords in ``options``);
-    failures become one ConversionError."""
-    import tensorflow  # noqa: F401  (imported outside the capture so its start-up noise is handled once)
-
-    failure: BaseException | None = None
-    printed = io.StringIO()  # onnx2tf print()s its log; sys.stdout may not be fd 1 (pytest, notebooks)
-    with capture_native_output(not verbose) as cap, _redirect_python_output(printed, not verbose):
-        import onnx2tf
-
-        try:
-            with offline_onnx2tf(workdir):
-                model = onnx2tf.convert(
-                    input_onnx_file_path=str(onnx_path.resolve()), output_folder_path=str(workdir.resolve() / "onnx2tf_out"),
-                    disable_model_save=True, not_use_onnxsim=True, not_use_opname_auto_generate=True,
-                    non_verbose=not verbose, verbosity="info" if verbose else "error", **(options or {}))
-        except KeyboardInterrupt:
-            raise
-        except (SystemExit, Exception) as err:  # onnx2tf calls sys.exit(1) or raises anything at all
-            failure = err
-    text = printed.getvalue() + cap.text
-    if failure is not None:
-        raise _onnx2tf_error(failure, text, names) from failure
-    if model is None:
-        raise _onnx2tf_error(RuntimeError("onnx2tf returned no model"), text, names)
-    return model
-
-
-@contextlib.contextmanager
-def _redirect_python_output(buf: io.StringIO, enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        yield
-
-
-_BOILERPLATE = ("trace log", "input_onnx_file_path:", "onnx_op_name:", "Read this", "Alternatively",
-                "If the input OP", "Also, for models")
-
-
-def _onnx2tf_error(err: BaseException, text: str, names: dict[str, str]) -> ConversionError:
-    clean = re.sub(r"\x1b\[[0-9;]*m", "", text)
-    failing = {getattr(err, "onnx_op_name", None)} | set(re.findall(r"onnx_op_name: (\S+)", clean))
-    ops: dict[str, list[str]] = {}
-    for node in sorted(n for n in failing if n):
-        ops.setdefault(names.get(node, "?"), []).append(node)
-    for op in re.findall(r"(\S+) OP is not yet implemented", clean):
-        ops.setdefault(op, [])
-    if isinstance(err, SystemExit):  # onnx2tf logs its reason as "ERROR: ..." right before exiting
-        said = [ln.split("ERROR:", 1)[-1].strip() for ln in clean.splitlines() if "ERROR:" in ln]
-        reason = next((s for s in said if s and not s.startswith(_BOILERPLATE)), f"exit status {err.code}")
-    else:
-        reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
-    where = f" at {_ops_message(ops)}" if ops else ""
-    return ConversionError(f"onnx2tf failed{where}: {reason[:300]}",
-                           hint="run with -v to see onnx2tf's log; fixing dynamic shapes with --input-shape "
-                                "often helps")
 
 
 def probe_inputs(model: OnnxModel, shapes: dict[str, tuple[int, ...]],
@@ -341,7 +240,7 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
             log.info("onnxruntime probe skipped: %s", exc)
             refs = None
         failures: list[tuple[str, ConversionError]] = []
-        for cand in fallbacks.candidates(onnx2tf_options):
+        for cand in fallbacks.candidates(onnx2tf_options, set(names.values())):
             options = dict(cand.options)
             try:
                 result = _attempt(loaded, work, onnx_path, names, shapes, feeds, refs, options, mode, calibration,

@@ -1,0 +1,144 @@
+"""Running onnx2tf on a leash: offline, in a temporary working directory, its console output
+captured, and its ``sys.exit`` calls and exceptions turned into one :class:`ConversionError` that
+names the op types and nodes that failed and the reason TensorFlow gave."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepack._native import capture_native_output
+from edgepack.errors import ConversionError
+
+log = logging.getLogger(__name__)
+
+# The file onnx2tf's download_test_image_data() looks for in the working directory before it
+# goes to GitHub: 20 images of 128x128x3, float32 in [0, 1].
+SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+_SAMPLE_SHAPE = (20, 128, 128, 3)
+
+
+def ops_message(ops: dict[str, list[str]]) -> str:
+    parts = []
+    for op, nodes in sorted(ops.items()):
+        more = f" and {len(nodes) - 3} more" if len(nodes) > 3 else ""
+        parts.append(f"{op} (node{'s' if len(nodes) > 1 else ''} {', '.join(nodes[:3])}{more})")
+    return "; ".join(parts)
+
+
+def write_sample_images(folder: Path) -> Path:
+    """The sample file onnx2tf would download, seeded and local (it only feeds onnx2tf's self-check)."""
+    path = folder / SAMPLE_FILE
+    np.save(path, np.random.default_rng(0).random(_SAMPLE_SHAPE, dtype=np.float32), allow_pickle=False)
+    return path
+
+
+@contextlib.contextmanager
+def offline_onnx2tf(workdir: Path) -> Iterator[None]:
+    """cwd = ``workdir`` (where onnx2tf looks for its sample file) and its downloader made local."""
+    import onnx2tf.onnx2tf as core
+    import onnx2tf.utils.common_functions as common
+
+    sample = write_sample_images(workdir)
+
+    def local_sample() -> np.ndarray:
+        return np.load(sample, allow_pickle=False)
+
+    saved = {mod: getattr(mod, "download_test_image_data", None) for mod in (core, common)}
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        for mod in saved:
+            mod.download_test_image_data = local_sample
+        yield
+    finally:
+        os.chdir(cwd)
+        for mod, fn in saved.items():
+            if fn is not None:
+                mod.download_test_image_data = fn
+
+
+def run_onnx2tf(onnx_path: Path, workdir: Path, names: dict[str, str], verbose: bool,
+                options: dict[str, Any] | None = None):
+    """onnx2tf's tf_keras model for ``onnx_path`` (extra onnx2tf.convert keywords in ``options``);
+    failures become one ConversionError."""
+    import tensorflow  # noqa: F401  (imported outside the capture so its start-up noise is handled once)
+
+    failure: BaseException | None = None
+    printed = io.StringIO()  # onnx2tf print()s its log; sys.stdout may not be fd 1 (pytest, notebooks)
+    with capture_native_output(not verbose) as cap, _redirect_python_output(printed, not verbose):
+        import onnx2tf
+
+        try:
+            with offline_onnx2tf(workdir):
+                model = onnx2tf.convert(
+                    input_onnx_file_path=str(onnx_path.resolve()), output_folder_path=str(workdir.resolve() / "onnx2tf_out"),
+                    disable_model_save=True, not_use_onnxsim=True, not_use_opname_auto_generate=True,
+                    non_verbose=not verbose, verbosity="info" if verbose else "error", **(options or {}))
+        except KeyboardInterrupt:
+            raise
+        except (SystemExit, Exception) as err:  # onnx2tf calls sys.exit(1) or raises anything at all
+            failure = err
+    text = printed.getvalue() + cap.text
+    if failure is not None:
+        raise _onnx2tf_error(failure, text, names) from failure
+    if model is None:
+        raise _onnx2tf_error(RuntimeError("onnx2tf returned no model"), text, names)
+    return model
+
+
+@contextlib.contextmanager
+def _redirect_python_output(buf: io.StringIO, enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        yield
+
+
+_BOILERPLATE = ("trace log", "input_onnx_file_path:", "onnx_op_name:", "Read this", "Alternatively",
+                "If the input OP", "Also, for models")
+
+
+def _onnx2tf_error(err: BaseException, text: str, names: dict[str, str]) -> ConversionError:
+    clean = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    failing = {getattr(err, "onnx_op_name", None)} | set(re.findall(r"onnx_op_name: (\S+)", clean))
+    ops: dict[str, list[str]] = {}
+    for node in sorted(n for n in failing if n):
+        # onnx2tf writes ':' in node names as '__' (OpenVINO-style "F2::If_0..." names)
+        sanitized = {n.replace(":", "__"): n for n in names} if node not in names else {}
+        original = sanitized.get(node, node)
+        ops.setdefault(names.get(original, "?"), []).append(original)
+    for op in re.findall(r"(\S+) OP is not yet implemented", clean):
+        ops.setdefault(op, [])
+    if isinstance(err, SystemExit):  # onnx2tf logs its reason as "ERROR: ..." right before exiting
+        said = [ln.split("ERROR:", 1)[-1].strip() for ln in clean.splitlines() if "ERROR:" in ln]
+        reason = next((s for s in said if s and not s.startswith(_BOILERPLATE)), f"exit status {err.code}")
+    else:
+        reason = f"{type(err).__name__}: {_exception_reason(str(err))}"
+    where = f" at {ops_message(ops)}" if ops else ""
+    return ConversionError(f"onnx2tf failed{where}: {reason[:300]}",
+                           hint="run with -v to see onnx2tf's log; fixing dynamic shapes with --input-shape "
+                                "often helps")
+
+
+def _exception_reason(text: str) -> str:
+    """The informative line of an exception: Keras wraps TensorFlow's reason as 'Exception
+    encountered when calling layer "tf.nn.convolution" ...' followed by the reason itself."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if first.startswith("Exception encountered when calling layer") and len(lines) > 1:
+        layer = re.search(r'layer ["\']([^"\']+)["\']', first)
+        detail = re.sub(r" for '\{\{node .*?\}\}.*?'", "", lines[1])
+        return f"in {layer.group(1) if layer else 'a layer'}: {detail}"
+    return first
