@@ -1,1 +1,2 @@
-"""Model loading, optimization and the TFLite converter call, as pipeline stages."""
+"""Source models into TFLite: format front-ends (formats/), ONNX via onnx2tf (onnx/), and the
+TFLite converter call with calibration in a crash-contained child (tflite.py, isolate.py)."""
