@@ -417,6 +417,8 @@ def inspect(path, verbose, quiet, as_json) -> None:
     for op, n in info["ops"].items():
         ops.add_row(op, str(n))
     con.print(ops)
+    for link in info["state_links"]:
+        con.print(f"state: output {link['output']} feeds input {link['input']} on the next call")
     for art in info.get("artifacts", []):
         con.print(f"artifact {art['path']}: {art['bytes']} bytes ({art['role']})")
 
