@@ -94,7 +94,7 @@ class Dataset:
         """The preprocessing each input's samples get (what the manifest records)."""
         return {k: s.preprocess for k, s in self.sources.items()}
 
-    def _view(self, indices: np.ndarray | None) -> "Dataset":
+    def _view(self, indices: np.ndarray | None) -> Dataset:
         ds = Dataset.__new__(Dataset)
         ds.__dict__.update(self.__dict__)
         ds._indices = indices
@@ -125,7 +125,7 @@ class Dataset:
                                        f"{spec.name!r} ({spec.dtype})", hint="store integers")
 
     # -- selection and iteration ----------------------------------------------------------------
-    def select(self, count: int | None, seed: int) -> "Dataset":
+    def select(self, count: int | None, seed: int) -> Dataset:
         """A seeded, order-preserving subset of ``count`` samples (all when count is None or larger).
 
         The subset is a list of indices into the same files: nothing is read or copied here.
@@ -136,11 +136,11 @@ class Dataset:
         idx = np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
         return self._view(self.indices[idx])
 
-    def take(self, positions: np.ndarray) -> "Dataset":
+    def take(self, positions: np.ndarray) -> Dataset:
         """The samples at ``positions`` (ascending) of this dataset, as a view: nothing is read or copied."""
         return self._view(self.indices[np.asarray(positions, dtype=np.int64)])
 
-    def observe(self, fn: Callable[[dict[str, np.ndarray]], None]) -> "Dataset":
+    def observe(self, fn: Callable[[dict[str, np.ndarray]], None]) -> Dataset:
         """The same samples; ``fn`` sees every batch that :meth:`batches` yields (for statistics)."""
         ds = self._view(self._indices)
         ds._observers = (*self._observers, fn)
@@ -178,7 +178,7 @@ class Dataset:
         return combine_hashers(hashers)
 
 
-def new_hashers(names: Sequence[str]) -> dict[str, "hashlib._Hash"]:
+def new_hashers(names: Sequence[str]) -> dict[str, hashlib._Hash]:
     hashers = {}
     for name in names:
         hashers[name] = hashlib.sha256()
@@ -186,12 +186,12 @@ def new_hashers(names: Sequence[str]) -> dict[str, "hashlib._Hash"]:
     return hashers
 
 
-def update_hashers(hashers: Mapping[str, "hashlib._Hash"], chunk: Mapping[str, np.ndarray]) -> None:
+def update_hashers(hashers: Mapping[str, hashlib._Hash], chunk: Mapping[str, np.ndarray]) -> None:
     for name, h in hashers.items():
         h.update(np.ascontiguousarray(chunk[name], dtype=np.float32).tobytes())
 
 
-def combine_hashers(hashers: Mapping[str, "hashlib._Hash"]) -> str:
+def combine_hashers(hashers: Mapping[str, hashlib._Hash]) -> str:
     """One input: its hash (as before multi-input support); several: the hash of their hashes, in order."""
     if len(hashers) == 1:
         return next(iter(hashers.values())).hexdigest()

@@ -37,11 +37,11 @@ class TrainingData:
         self.dtypes = {s.name: s.dtype for s in self.specs}
 
     @classmethod
-    def from_dataset(cls, data: Dataset, inputs: Sequence[InputSpec]) -> "TrainingData":
+    def from_dataset(cls, data: Dataset, inputs: Sequence[InputSpec]) -> TrainingData:
         return cls(data, inputs)
 
     @classmethod
-    def from_arrays(cls, x: Sequence[np.ndarray], y: np.ndarray | None = None) -> "TrainingData":
+    def from_arrays(cls, x: Sequence[np.ndarray], y: np.ndarray | None = None) -> TrainingData:
         """In-memory arrays (one per model input, in order), e.g. for the Python API and tests."""
         names = [f"input_{i}" for i in range(len(x))]
         specs = [InputSpec(n, tuple(a.shape[1:]), str(a.dtype)) for n, a in zip(names, x)]
@@ -54,7 +54,7 @@ class TrainingData:
     def y(self) -> np.ndarray | None:
         return self.data.labels
 
-    def split(self, fraction: float, seed: int) -> tuple["TrainingData", "TrainingData"]:
+    def split(self, fraction: float, seed: int) -> tuple[TrainingData, TrainingData]:
         """Seeded (train, held-out) views by index."""
         n = len(self)
         if n < 4:
@@ -63,7 +63,7 @@ class TrainingData:
         n_val = max(1, int(round(n * fraction)))
         return self.take(np.sort(order[n_val:])), self.take(np.sort(order[:n_val]))
 
-    def take(self, positions: np.ndarray) -> "TrainingData":
+    def take(self, positions: np.ndarray) -> TrainingData:
         return TrainingData(self.data.take(positions), self.specs)
 
     def chunks(self, size: int = CHUNK, rng: np.random.Generator | None = None

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from edgepack.pipeline.state import PipelineState
 
 log = logging.getLogger(__name__)
-def _check_request(st: "PipelineState", spec: PruneSpec | None) -> None:
+def _check_request(st: PipelineState, spec: PruneSpec | None) -> None:
     req = st.request
     if not st.loaded.is_keras:
         raise UsageError(f"--prune/--qat need a Keras model (.keras or .h5); {req.model.path.name} is "
@@ -37,7 +37,7 @@ def _check_request(st: "PipelineState", spec: PruneSpec | None) -> None:
         log.warning("--distill/--distribute only apply when fine-tuning with --train-data; ignoring them")
 
 
-def _training_data(st: "PipelineState"):
+def _training_data(st: PipelineState):
     from edgepack.calibration import open_dataset
     from edgepack.optimize.finetune import TrainingData
 
@@ -62,24 +62,24 @@ def _totals(model: Any) -> dict[str, int]:
     return {"params": int(model.count_params()), "macs": count_macs(model)}
 
 
-def stage_optimize(st: "PipelineState") -> dict | None:
-    req = st.request
-    spec = req.optimize.prune_spec
+def stage_optimize(st: PipelineState) -> dict | None:
+    req, opt = st.request, st.request.optimize
+    spec = opt.prune_spec
     if spec is None and not req.optimize.qat:
         return None
     _check_request(st, spec)
     from edgepack.optimize.finetune import FinetuneOptions, finetune
 
     data = _training_data(st)
-    opts = FinetuneOptions(epochs=req.optimize.epochs, distill=req.optimize.distill, distribute=req.optimize.distribute, seed=req.seed,
-                           **({"learning_rate": req.optimize.learning_rate} if req.optimize.learning_rate is not None else {}))
+    opts = FinetuneOptions(epochs=opt.epochs, distill=opt.distill, distribute=opt.distribute, seed=req.seed,
+                           **({"learning_rate": opt.learning_rate} if opt.learning_rate is not None else {}))
     original = model = st.loaded.model
     section: dict[str, Any] = {"before": _totals(original)}
     if spec is not None and spec.kind == "channels":
         from edgepack.optimize.prune import prune_channels
 
-        pruned, report = prune_channels(model, spec.ratio, norm=req.optimize.prune_norm, round_to=req.optimize.prune_round,
-                                        prune_layers=req.optimize.prune_layers, keep_layers=req.optimize.keep_layers)
+        pruned, report = prune_channels(model, spec.ratio, norm=opt.prune_norm, round_to=opt.prune_round,
+                                        prune_layers=opt.prune_layers, keep_layers=opt.keep_layers)
         section["channels"] = report.to_dict()
         model = pruned
         if data is not None:
@@ -89,29 +89,29 @@ def stage_optimize(st: "PipelineState") -> dict | None:
             log.warning("pruned without fine-tuning; pass --train-data to recover accuracy")
     section["after"] = _totals(model)
     fmt = st.loaded.format
-    if req.optimize.qat or (spec is not None and spec.uses_tfmot):
+    if opt.qat or (spec is not None and spec.uses_tfmot):
         model, fmt = _bridge(st, model, data, section)
     if spec is not None and spec.uses_tfmot:
         from edgepack.optimize.sparsity import sparsify
 
         model, sreport = sparsify(model, data, opts, target=spec.ratio if spec.kind == "sparsity" else None,
-                                  m_by_n=spec.m_by_n, prune_layers=req.optimize.prune_layers, keep_layers=req.optimize.keep_layers)
+                                  m_by_n=spec.m_by_n, prune_layers=opt.prune_layers, keep_layers=opt.keep_layers)
         section["sparsity"] = sreport.to_dict()
-    if req.optimize.qat:
+    if opt.qat:
         from edgepack.optimize.qat import LEARNING_RATE, quantize_aware
 
-        qopts = opts if req.optimize.learning_rate is not None else dataclasses.replace(opts, learning_rate=LEARNING_RATE)
+        qopts = opts if opt.learning_rate is not None else dataclasses.replace(opts, learning_rate=LEARNING_RATE)
         model, qreport = quantize_aware(model, data, qopts, preserve_sparsity=spec is not None and spec.uses_tfmot,
                                         per_tensor=req.quantize.per_tensor)
         section["qat"] = qreport.to_dict()
     st.original = st.loaded
     st.loaded = dataclasses.replace(st.loaded, model=model, format=fmt)
     st.optimization = section
-    return {k: v for k, v in (("prune", req.optimize.prune), ("qat", req.optimize.qat), ("params", section["after"]["params"]),
+    return {k: v for k, v in (("prune", opt.prune), ("qat", opt.qat), ("params", section["after"]["params"]),
                               ("macs", section["after"]["macs"])) if v}
 
 
-def _bridge(st: "PipelineState", model: Any, data, section: dict) -> tuple[Any, Any]:
+def _bridge(st: PipelineState, model: Any, data, section: dict) -> tuple[Any, Any]:
     from edgepack.converter.formats.detect import ModelFormat
     from edgepack.optimize.graph import is_tf_keras
     from edgepack.optimize.keras_bridge import to_tf_keras
@@ -125,7 +125,7 @@ def _bridge(st: "PipelineState", model: Any, data, section: dict) -> tuple[Any, 
     return twin, ModelFormat.TF_KERAS
 
 
-def stage_measure(st: "PipelineState") -> dict | None:
+def stage_measure(st: PipelineState) -> dict | None:
     """.tflite bytes, zip bytes and LiteRT p50 latency of the original and the optimized model."""
     if st.original is None or st.optimization is None:
         return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,7 @@ def stage_package(st: PipelineState) -> dict:
             writer.add(relpath, data, role=role)
         manifest = Manifest(
             edgepack_version=edgepack.__version__,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
             source=SourceInfo(file=req.model.path.name, format=(st.original or st.loaded).format.value,
                               sha256=st.loaded.sha256,
                               path=str(req.model.path.resolve())),
