@@ -222,7 +222,8 @@ def optimize_options(fn):
                           "sparsity:0.8 zeroes 80% of the weights (smaller zip); 2:4 is m:n sparsity."),
         click.option("--prune-norm", type=click.Choice(R.PRUNE_NORMS), default=_OPT.prune_norm, show_default=True,
                      help="Filter ranking for --prune channels."),
-        click.option("--prune-round", type=click.IntRange(min=1), default=_OPT.prune_round, show_default=True, metavar="N",
+        click.option("--prune-round", type=click.IntRange(min=1), default=_OPT.prune_round, show_default=True,
+                     metavar="N",
                      help="--prune channels keeps a multiple of N channels per layer (8 or 16 suit SIMD kernels)."),
         click.option("--prune-layers", multiple=True, metavar="PATTERN",
                      help="Only prune layers whose name matches (fnmatch, repeatable)."),
@@ -274,7 +275,8 @@ def main() -> None:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224",
               help="ONNX: fix an input's dynamic dimensions (repeatable, one per input).")
 @click.option("--onnx2tf-option", "onnx2tf_options", multiple=True, metavar="KEY=VALUE",
-              help="ONNX: force an onnx2tf.convert() option instead of the automatic fallbacks (repeatable; VALUE as JSON or text), e.g. disable_group_convolution=true.")
+              help="ONNX: force an onnx2tf.convert() option instead of the automatic fallbacks (repeatable; "
+                   "VALUE as JSON or text), e.g. disable_group_convolution=true.")
 @data_options
 @optimize_options
 @common_options
