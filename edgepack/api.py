@@ -17,8 +17,8 @@ from typing import Any
 from edgepack.errors import OptionError
 from edgepack.packaging.manifest import Manifest
 
-__all__ = ["ConvertResult", "convert", "convert_request", "inspect", "reproduce", "target", "target_docs", "targets",
-           "validate"]
+__all__ = ["ConvertResult", "convert", "convert_request", "inspect", "raise_if_failed", "render_report", "reproduce",
+           "stderr_console", "target", "target_docs", "targets", "validate"]
 
 
 @dataclass(frozen=True)
@@ -253,3 +253,24 @@ def reproduce(*, bundle: str | Path, output: str | Path, force: bool = False, ve
     new = (request.output.path / manifest.artifact("model").path).read_bytes()
     report = compare_models(old, new, original_name=str(src), new_name=str(request.output.path))
     return report.to_dict()
+
+
+def render_report(report, console) -> None:
+    """Print a validation report as tables on a rich ``console``."""
+    from edgepack.validation.report import render
+
+    render(report, console)
+
+
+def raise_if_failed(report) -> None:
+    """:class:`~edgepack.errors.ValidationFailed` when the report missed the budget."""
+    from edgepack.validation.validate import raise_if_failed as check
+
+    check(report)
+
+
+def stderr_console():
+    """The one stderr console edgepack's progress bars draw on (a status spinner can share it)."""
+    from edgepack.calibration.progress import stderr_console as console
+
+    return console()

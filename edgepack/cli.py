@@ -154,9 +154,9 @@ def _console(stderr: bool = False):
     from rich.console import Console
 
     if stderr:  # one stderr console, so data-pass progress bars can nest in the status spinner
-        from edgepack.calibration.progress import stderr_console
+        from edgepack import api
 
-        return stderr_console()
+        return api.stderr_console()
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
@@ -337,8 +337,6 @@ def validate(bundle, data, reference, runtime, max_drop, trust_model, preprocess
     The preprocessing recorded in the bundle's manifest is applied to --data unless --preprocess or
     --recipe is given."""
     from edgepack import api
-    from edgepack.validation.report import render
-    from edgepack.validation.validate import raise_if_failed
 
     report = api.validate(bundle=bundle, data=data_option(data, "--data"), reference=reference, runtime=runtime,
                           max_drop=max_drop, trust_model=trust_model, verbose=verbose > 0, check=False,
@@ -346,8 +344,8 @@ def validate(bundle, data, reference, runtime, max_drop, trust_model, preprocess
     if as_json:
         _emit_json(report.to_dict())
     elif quiet == 0:
-        render(report, _console())
-    raise_if_failed(report)
+        api.render_report(report, _console())
+    api.raise_if_failed(report)
 
 
 @main.command()
