@@ -97,7 +97,8 @@ def main() -> int:
             start = time.perf_counter()
             outcomes, found = fuzz_tflite(data, seeds)
             findings += len(found)
-            print(f".tflite ({mode}, {len(data)} bytes): {args.tflite} mutations in {time.perf_counter() - start:.1f}s, "
+            took = time.perf_counter() - start
+            print(f".tflite ({mode}, {len(data)} bytes): {args.tflite} mutations in {took:.1f}s, "
                   f"accepted {outcomes['accepted']}, rejected {outcomes['rejected']}, findings {len(found)}")
             for seed, what in found[:10]:
                 print(f"  seed {seed}: {what}")

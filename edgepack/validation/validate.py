@@ -153,7 +153,8 @@ def _check_reference_io(loaded, manifest, ref_path: Path) -> None:
     if len(loaded.output_names) != len(manifest.outputs):
         raise ModelLoadError(f"--reference {ref_path}: it has {len(loaded.output_names)} outputs "
                              f"{list(loaded.output_names)}, the bundle {len(manifest.outputs)} "
-                             f"{[t.name for t in manifest.outputs]}", hint="pass the model the bundle was converted from")
+                             f"{[t.name for t in manifest.outputs]}",
+                             hint="pass the model the bundle was converted from")
 
 
 def _judge(report: ValidationReport, max_drop: float | None) -> None:
