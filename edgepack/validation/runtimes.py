@@ -117,6 +117,7 @@ def reference_outputs(loaded, chunk: dict[str, np.ndarray]) -> list[np.ndarray]:
 
     if loaded.format is ModelFormat.SAVED_MODEL:
         import tensorflow as tf
+
         from edgepack.converter.tflite import signature_name
 
         _, fn = loaded.model

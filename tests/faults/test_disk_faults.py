@@ -15,8 +15,7 @@ import time
 import pytest
 
 from edgepack.packaging.bundle import clean_stale_staging
-from tests.faults.conftest import (assert_error, can_mount, leftovers, read_only, run_cli, small_fs,
-                                   snapshot)
+from tests.faults.conftest import assert_error, can_mount, leftovers, read_only, run_cli, small_fs, snapshot
 
 
 def _convert(model, out, *extra):

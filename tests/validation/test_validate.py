@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from edgepack import api
 from edgepack.cli import main
 from edgepack.errors import ValidationFailed
-from tests.conftest import CLASSES, INPUT_SHAPE, build_keras3
+from tests.conftest import CLASSES, INPUT_SHAPE
 
 
 @pytest.fixture(scope="module")
