@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.faults.fuzzing import fuzz_manifest, fuzz_tflite, mutate_bytes  # noqa: E402
+from tests.faults.fuzzing import fuzz_manifest, fuzz_tflite, mutate_bytes
 
 
 def make_bundles(folder: Path) -> dict[str, Path]:
@@ -68,7 +68,7 @@ def run_accepted(data: bytes, seeds: range) -> Counter:
                     interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
                 interp.invoke()
                 os._exit(0)
-            except BaseException:
+            except BaseException:  # noqa: BLE001 - any failure is 'refused'; only signals count as crashes
                 os._exit(3)
         _, status = os.waitpid(pid, 0)
         if os.WIFSIGNALED(status):
@@ -97,7 +97,8 @@ def main() -> int:
             start = time.perf_counter()
             outcomes, found = fuzz_tflite(data, seeds)
             findings += len(found)
-            print(f".tflite ({mode}, {len(data)} bytes): {args.tflite} mutations in {time.perf_counter() - start:.1f}s, "
+            took = time.perf_counter() - start
+            print(f".tflite ({mode}, {len(data)} bytes): {args.tflite} mutations in {took:.1f}s, "
                   f"accepted {outcomes['accepted']}, rejected {outcomes['rejected']}, findings {len(found)}")
             for seed, what in found[:10]:
                 print(f"  seed {seed}: {what}")

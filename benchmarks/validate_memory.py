@@ -112,10 +112,12 @@ def main() -> int:
         make_npz(d / "10n.npz", 10 * args.n)
         sizes = [(d / f).stat().st_size / 2**20 for f in ("n.npz", "10n.npz")]
         a, b = run(bundle, d / "n.npz"), run(bundle, d / "10n.npz")
-    print(f"validate, int8 CNN {SHAPE} on LiteRT vs its Keras reference; data {sizes[0]:.0f} MiB and {sizes[1]:.0f} MiB")
+    print(f"validate, int8 CNN {SHAPE} on LiteRT vs its Keras reference; "
+          f"data {sizes[0]:.0f} MiB and {sizes[1]:.0f} MiB")
     print(f"{'data':<5} {'samples':>8} {'peak RSS':>10} {'runtime child':>14} {'time':>7}")
     for name, r in (("1x", a), ("10x", b)):
-        print(f"{name:<5} {r['samples']:>8} {r['peak_mib']:>8.1f}Mi {r['runtime_child_mib']:>12.1f}Mi {r['seconds']:>6.1f}s")
+        print(f"{name:<5} {r['samples']:>8} {r['peak_mib']:>8.1f}Mi {r['runtime_child_mib']:>12.1f}Mi "
+              f"{r['seconds']:>6.1f}s")
     ratio = b["peak_mib"] / a["peak_mib"]
     child_ratio = b["runtime_child_mib"] / a["runtime_child_mib"]
     print(f"peak RSS ratio 10x/1x: {ratio:.3f} (runtime child {child_ratio:.3f}); goal <= 1.2: "

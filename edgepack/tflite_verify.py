@@ -20,6 +20,7 @@ still misbehave on a verified model, so edgepack also runs interpreters in a chi
 from __future__ import annotations
 
 import contextlib
+import functools
 import struct
 import threading
 from collections.abc import Iterator
@@ -196,6 +197,7 @@ def check_references(model: Any, size: int) -> None:
             for kind in ("inputs", "outputs", "intermediates"):
                 for i in getattr(op, kind) if getattr(op, kind) is not None else []:
                     _in_range(f"{where} operator {o_i} {kind}", int(i), len(tensors), optional=kind == "inputs")
+            _check_required_inputs(op, codes[op.opcodeIndex], f"{where} operator {o_i}")
     for sig in model.signatureDefs or []:
         _utf8("a signature key", sig.signatureKey)
         _in_range("a signature's subgraph", int(sig.subgraphIndex), len(subgraphs))
@@ -203,6 +205,30 @@ def check_references(model: Any, size: int) -> None:
         for m in [*(sig.inputs or []), *(sig.outputs or [])]:
             _utf8("a signature tensor name", m.name)
             _in_range(f"signature tensor {(m.name or b'').decode('utf-8', 'replace')!r}", int(m.tensorIndex), count)
+
+
+# Leading inputs that common kernels read without checking for "absent" (-1): LiteRT's fully
+# connected kernel, for one, dereferences a missing weights tensor. Found by benchmarks/fuzz.py --run.
+_REQUIRED_INPUTS = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3,
+                    "CONV_3D": 2, "ADD": 2, "SUB": 2, "MUL": 2, "DIV": 2, "MAXIMUM": 2, "MINIMUM": 2,
+                    "RESHAPE": 1, "SOFTMAX": 1, "MAX_POOL_2D": 1, "AVERAGE_POOL_2D": 1, "PAD": 2, "MEAN": 2,
+                    "QUANTIZE": 1, "DEQUANTIZE": 1, "STRIDED_SLICE": 4, "LOGISTIC": 1, "TANH": 1, "RELU": 1,
+                    "BATCH_MATMUL": 2, "GATHER": 2, "TRANSPOSE": 2, "SLICE": 3, "SHAPE": 1}
+
+
+@functools.lru_cache(maxsize=1)
+def _op_names() -> dict[int, str]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def _check_required_inputs(op: Any, code: Any, where: str) -> None:
+    name = _op_names().get(max(int(code.builtinCode), int(code.deprecatedBuiltinCode)))
+    inputs = [int(i) for i in (op.inputs if op.inputs is not None else [])]
+    need = len(inputs) if name in ("CONCATENATION", "PACK") else _REQUIRED_INPUTS.get(name or "", 0)
+    if len(inputs) < need or -1 in inputs[:need]:
+        raise CorruptModel(f"{where} ({name}) lacks a required input (inputs {inputs})")
 
 
 def _check_tensor(t: Any, where: str, buffers: list) -> None:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import numpy as np
 
@@ -75,7 +75,7 @@ class IsolatedRunner:
         self.proc: subprocess.Popen | None = None
         self.stderr: IO[bytes] | None = None
 
-    def __enter__(self) -> "IsolatedRunner":
+    def __enter__(self) -> Self:
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", "edgepack.runtimes.isolated"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.stderr)
@@ -143,7 +143,7 @@ class IsolatedRunner:
             self.stderr.close()
             self.stderr = None
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -206,7 +206,7 @@ def _main() -> int:
     except EdgepackError as err:
         write_frame(out, error=_one_line(str(err)))
         return 1
-    except Exception as err:  # a Python-level failure inside an interpreter: still one line for the user
+    except Exception as err:  # noqa: BLE001 - a Python-level failure inside an interpreter: still one line
         write_frame(out, error=_one_line(f"{name} failed: {type(err).__name__}: {err}"))
         return 1
     return 0

@@ -21,7 +21,7 @@ def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(agree.result() or 0.0)
 
 
-def _compare(ref: np.ndarray, out: np.ndarray) -> "RunningComparison":
+def _compare(ref: np.ndarray, out: np.ndarray) -> RunningComparison:
     comp = RunningComparison()
     comp.update(ref, out)
     return comp

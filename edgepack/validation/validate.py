@@ -78,29 +78,8 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
     watch = RangeWatch(manifest.inputs, len(ds))
     ev = Evaluation(manifest, labelled=ds.labels is not None, reference=loaded is not None,
                     tflm=manifest.target.runtime == "tflm")
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(run_tempdir())  # the TFLM probe's folder, found by the next run if this one is killed
-        run = stack.enter_context(IsolatedRunner(runtime.value, model_path, manifest.inputs, manifest.outputs))
-        tflm_run = None
-        if ev.tflm is not None:  # microcontroller targets: TFLM too, on the same data
-            from edgepack.runtimes.tflm import measure_arena
-
-            ev.arena = measure_arena(model_path.read_bytes(), len(info.inputs))
-            tflm_run = stack.enter_context(IsolatedRunner("tflm", model_path, manifest.inputs, manifest.outputs,
-                                                          arena=ev.arena.total))
-        advance = stack.enter_context(progress_bar(len(ds), f"validating on {runtime.value}"))
-        perms = [t.perm for t in manifest.outputs]
-        for chunk, src_chunk, labels in _chunks(ds, ds_tflite.observe(watch.observe), loaded):
-            outs = outputs_to_source(run(chunk), perms)
-            ev.bundle(outs, labels)
-            if tflm_run is not None:
-                ev.micro(outputs_to_source(tflm_run(chunk), perms), outs, labels)
-            if loaded is not None:
-                ev.compare(_reference(loaded, src_chunk, ref_path), outs, labels)
-            n = len(outs[0])
-            advance(n)
-            if progress:
-                progress(n)
+    _stream(ev, runtime, model_path, len(info.inputs), _chunks(ds, ds_tflite.observe(watch.observe), loaded),
+            len(ds), reference=(loaded, ref_path), progress=progress)
     for warning in watch.warnings():
         log.warning("%s", warning)
         report.notes.append(warning)
@@ -109,6 +88,35 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
     report.seconds = round(time.perf_counter() - start, 3)
     write_file_atomic(bundle / REPORT_NAME, report.to_json())
     return report
+
+
+def _stream(ev: Evaluation, runtime: Runtime, model_path: Path, graph_inputs: int, chunks, total: int, *,
+            reference: tuple, progress: Callable[[int], None] | None) -> None:
+    """One pass over the data: each chunk through the runtime(s), then the reference, into ``ev``."""
+    manifest = ev.manifest
+    loaded, ref_path = reference
+    perms = [t.perm for t in manifest.outputs]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(run_tempdir())  # the TFLM probe's folder, found by the next run if this one is killed
+        run = stack.enter_context(IsolatedRunner(runtime.value, model_path, manifest.inputs, manifest.outputs))
+        tflm_run = None
+        if ev.tflm is not None:  # microcontroller targets: TFLM too, on the same data
+            from edgepack.runtimes.tflm import measure_arena
+
+            ev.arena = measure_arena(model_path.read_bytes(), graph_inputs)
+            tflm_run = stack.enter_context(IsolatedRunner("tflm", model_path, manifest.inputs, manifest.outputs,
+                                                          arena=ev.arena.total))
+        advance = stack.enter_context(progress_bar(total, f"validating on {runtime.value}"))
+        for chunk, src_chunk, labels in chunks:
+            outs = outputs_to_source(run(chunk), perms)
+            ev.bundle(outs, labels)
+            if tflm_run is not None:
+                ev.micro(outputs_to_source(tflm_run(chunk), perms), outs, labels)
+            if loaded is not None:
+                ev.compare(_reference(loaded, src_chunk, ref_path), outs, labels)
+            advance(len(outs[0]))
+            if progress:
+                progress(len(outs[0]))
 
 
 def _chunks(ds: Dataset, ds_tflite: Dataset, loaded) -> Iterator[tuple[dict, dict, np.ndarray | None]]:
@@ -147,7 +155,8 @@ def _check_reference_io(loaded, manifest, ref_path: Path) -> None:
     if len(loaded.output_names) != len(manifest.outputs):
         raise ModelLoadError(f"--reference {ref_path}: it has {len(loaded.output_names)} outputs "
                              f"{list(loaded.output_names)}, the bundle {len(manifest.outputs)} "
-                             f"{[t.name for t in manifest.outputs]}", hint="pass the model the bundle was converted from")
+                             f"{[t.name for t in manifest.outputs]}",
+                             hint="pass the model the bundle was converted from")
 
 
 def _judge(report: ValidationReport, max_drop: float | None) -> None:

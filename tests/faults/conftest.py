@@ -54,7 +54,7 @@ def run_cli_process(args: Sequence[object], *, env: dict[str, str] | None = None
     """Run ``python -m edgepack ARGS`` as a child process: native crashes, signals and real stderr."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "edgepack", *(str(a) for a in args)], capture_output=True,
-                          text=True, env=full_env, timeout=timeout, cwd=cwd)
+                          text=True, env=full_env, timeout=timeout, cwd=cwd, check=False)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 

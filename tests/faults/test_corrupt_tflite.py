@@ -75,3 +75,20 @@ def test_inspect_on_a_corrupt_model_with_a_matching_hash(bundle_copy):
             art["sha256"], art["bytes"] = sha256_bytes(bad), len(bad)
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     assert_error(run_cli(["inspect", bundle_copy]), 1, "corrupt TFLite flatbuffer")
+
+
+def test_missing_required_input_is_refused_before_a_kernel_sees_it(int8_bundle, tmp_path):
+    """A well-formed flatbuffer whose FULLY_CONNECTED lost its weights (-1): LiteRT's kernel would
+    dereference it (a segfault found by benchmarks/fuzz.py --run); the verifier refuses it."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray((int8_bundle / "model.tflite").read_bytes()), 0)
+    fc = [i for i, c in enumerate(model.operatorCodes)
+          if max(c.builtinCode, c.deprecatedBuiltinCode) == schema.BuiltinOperator.FULLY_CONNECTED]
+    op = next(o for o in model.subgraphs[0].operators if o.opcodeIndex in fc)
+    op.inputs[1] = -1
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    (tmp_path / "m.tflite").write_bytes(bytes(builder.Output()))
+    assert_error(run_cli(["inspect", tmp_path / "m.tflite"]), 1, "(FULLY_CONNECTED) lacks a required input")
