@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -63,3 +64,21 @@ def capture_native_output(enabled: bool = True) -> Iterator[Captured]:
             os.close(saved[1])
             tmp.seek(0)
             cap.text = tmp.read().decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def capture_all_output(enabled: bool = True) -> Iterator[Captured]:
+    """What a third-party tool prints, all of it: file descriptors 1 and 2 (C++ and whatever reaches
+    them) and Python's ``sys.stdout``/``sys.stderr``, which need not be fd 1 (pytest, notebooks).
+    ``text`` holds both once the block is left, so a failure can quote the tool's own words."""
+    if not enabled:
+        yield Captured()
+        return
+    printed = io.StringIO()
+    cap = None
+    try:
+        with capture_native_output() as cap, contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            yield cap
+    finally:
+        if cap is not None:
+            cap.text = printed.getvalue() + cap.text

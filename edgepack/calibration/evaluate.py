@@ -15,7 +15,7 @@ import numpy as np
 
 from edgepack.calibration import preprocess as pp
 from edgepack.calibration.dataset import Dataset, InputSpec
-from edgepack.calibration.sources import open_dataset
+from edgepack.calibration.sources import open_dataset, read_labels
 from edgepack.calibration.stats import collector, compare_ranges
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,7 @@ def evaluation_preprocessing(specs: Sequence[InputSpec], tensors: Sequence[Any],
 def bundle_class_names(bundle: Path, labels_file: str | None) -> list[str] | None:
     if not labels_file or not (bundle / labels_file).is_file():
         return None
-    lines = (bundle / labels_file).read_text("utf-8").splitlines()
-    return [ln.strip() for ln in lines if ln.strip()] or None
+    return read_labels(bundle / labels_file, what="bundle labels")
 
 
 def evaluation_data(bundle: Path, manifest: Any, data: Path | Mapping[str, Path], specs: Sequence[InputSpec], *,

@@ -142,3 +142,18 @@ def open_dataset(data: DataArg, inputs: Sequence["InputSpec"], *, what: str = "-
                                     "or pass --label-column")
     ds.check(inputs)
     return ds
+
+
+def read_labels(path: Path, *, what: str = "--labels") -> list[str]:
+    """Class labels, one per line (blank lines skipped): a bundle's labels.txt or the --labels file."""
+    from edgepack.errors import UsageError
+
+    try:
+        labels = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{what} {path}: cannot read as UTF-8 text ({err})") from err
+    if not labels:
+        raise UsageError(f"{what} {path}: file has no labels", hint="one label per line")
+    return labels

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from edgepack.calibration.sources import read_labels
 from edgepack.converter.formats.detect import LoadedModel, ModelFormat, load_model
 from edgepack.errors import ConversionError, UsageError
 from edgepack.packaging import bundle as bundle_mod
@@ -42,20 +42,8 @@ def stage_prepare(st: PipelineState) -> dict:
     if req.calibration.data is not None and not req.quantize.mode.needs_calibration:
         log.warning("--calibration is not used by --quantize %s; ignoring it", req.quantize.mode)
     if req.output.labels is not None:
-        st.labels = _read_labels(req.output.labels)
+        st.labels = read_labels(req.output.labels)
     return {"target": st.target.name}
-
-
-def _read_labels(path: Path) -> list[str]:
-    try:
-        labels = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except FileNotFoundError:
-        raise UsageError(f"--labels {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"--labels {path}: cannot read as UTF-8 text ({err})") from err
-    if not labels:
-        raise UsageError(f"--labels {path}: file has no labels", hint="one label per line")
-    return labels
 
 
 def stage_load(st: PipelineState) -> dict:

@@ -8,16 +8,14 @@ inference-time estimate — is read from Vela's summary CSV and printed summary,
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import logging
 import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edgepack._native import capture_native_output
+from edgepack._native import capture_all_output
 from edgepack.errors import ConversionError, EdgepackError, RuntimeUnavailable
 from edgepack.tflite_model import read_tflite
 
@@ -74,8 +72,7 @@ def _run_main(argv: list[str]) -> tuple[int, str]:
     except ImportError as err:
         raise RuntimeUnavailable(f"ethos-u-vela is not installed ({err})", hint="pip install ethos-u-vela") from err
     failure: Exception | None = None
-    printed = io.StringIO()  # Vela prints its report; catch it even when sys.stdout is not fd 1
-    with capture_native_output() as cap, contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+    with capture_all_output() as cap:  # Vela prints its report
         try:
             rc = vela_main.main(argv)
         except SystemExit as err:  # argparse rejects an option value; its message is in the output
@@ -84,7 +81,7 @@ def _run_main(argv: list[str]) -> tuple[int, str]:
             rc, failure = 1, err
     if failure is not None:
         raise ConversionError(f"Vela failed: {failure}", hint="run with -vv to see Vela's log") from failure
-    return rc, printed.getvalue() + cap.text
+    return rc, cap.text
 
 
 def _last_error(text: str) -> str:
