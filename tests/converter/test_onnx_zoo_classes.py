@@ -221,3 +221,20 @@ def test_stateful_model_with_scalar_input_keeps_names_and_follows_named_batch(tm
              "sr": np.array(16000, np.int64)}
     for got, ref in zip(_run_bundle(tmp_path / "b", feeds), _onnxruntime(path, feeds)):
         np.testing.assert_allclose(got.reshape(ref.shape), ref, atol=1e-5)
+
+
+def test_onnxruntime_probe_failure_stays_off_the_terminal(tmp_path, capfd):
+    """silero_vad.onnx: the probe's integer inputs (ones) take a branch onnxruntime fails in, and
+    onnxruntime logs that natively; the log is captured, the conversion goes on without a probe."""
+    nodes = [helper.make_node("Gather", ["table", "idx"], ["row"], axis=0),
+             helper.make_node("Add", ["row", "x"], ["y"])]
+    path = _save(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                         helper.make_tensor_value_info("idx", TensorProto.INT64, [1])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                 [_f("table", np.arange(4, dtype=np.float32)[None])], tmp_path / "gather.onnx")
+    capfd.readouterr()
+    try:
+        api.convert(model=path, output=tmp_path / "b", quantize="none")
+    except ConversionError as err:  # whether onnx2tf translates it is not the point here
+        assert "\n" not in str(err)
+    assert "onnxruntime" not in capfd.readouterr().err

@@ -234,10 +234,11 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
         onnx_path = work / "model.onnx"
         _save_onnx(proto, onnx_path)
         feeds, probe_source = probe_inputs(model, shapes, calibration)
-        try:
-            refs = model(feeds)
+        try:  # onnxruntime logs a failing kernel natively: captured, it is the exception that counts
+            with capture_native_output(not verbose):
+                refs = model(feeds)
         except Exception as exc:  # onnxruntime may reject random data (e.g. out-of-range indices)
-            log.info("onnxruntime probe skipped: %s", exc)
+            log.info("onnxruntime probe skipped: %s", (str(exc).strip().splitlines() or [""])[0][:300])
             refs = None
         failures: list[tuple[str, ConversionError]] = []
         for cand in fallbacks.candidates(onnx2tf_options, set(names.values())):
