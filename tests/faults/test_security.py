@@ -268,3 +268,64 @@ def test_file_names_cannot_inject_lines_into_generated_c(tmp_path):
             assert not line.lstrip().startswith("#error"), (name, line)
             if line.lstrip().startswith("//"):
                 assert not line.rstrip().endswith("\\"), (name, line)
+
+
+def _polyglot(tmp_path, marker):
+    bad = tmp_path / "poly.h5"
+    _h5_with_lambda(bad, marker, userblock=512)
+    benign = tmp_path / "benign_poly.keras"
+    build_tf_keras().save(benign)
+    data = bytearray(bad.read_bytes())
+    data[:4] = safety.ZIP_MAGIC
+    bad.write_bytes(bytes(data) + benign.read_bytes())
+    return bad
+
+
+def _lambda_h5(tmp_path, marker):
+    path = tmp_path / "lambda.h5"
+    _h5_with_lambda(path, marker)
+    return path
+
+
+def _foreign_module(tmp_path, marker):
+    benign = tmp_path / "benign.keras"
+    build_keras3().save(benign)
+    bad = tmp_path / "os_system.keras"
+    _edit_keras_config(benign, bad, lambda cfg: cfg["config"]["layers"][-1].update(module="os", class_name="system"))
+    return bad
+
+
+def _config_bomb(tmp_path, marker):
+    return _zip(tmp_path / "bomb.keras", {"metadata.json": b'{"keras_version": "3.5.0"}',
+                                          "config.json": safety.MAX_CONFIG_BYTES + (1 << 20)})
+
+
+def _traversal(tmp_path, marker):
+    good = tmp_path / "good.keras"
+    build_keras3().save(good)
+    with zipfile.ZipFile(good) as zf:
+        members: dict[str, bytes | int] = {n: zf.read(n) for n in zf.namelist()}
+    members["../x"] = b"x"
+    return _zip(tmp_path / "traversal.keras", members)
+
+
+def _saved_model_op(tmp_path, marker):
+    return _saved_model_writing(tmp_path / "sm", marker, "initializer")
+
+
+@pytest.mark.parametrize("build", [_polyglot, _lambda_h5, _foreign_module, _config_bomb, _traversal, _saved_model_op],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_a_refused_model_leaves_the_old_bundle_byte_identical(build, bundle_copy, tmp_path, private_tmpdir):
+    """--force over an existing bundle: one line, exit 1, the old bundle untouched, nothing left
+    behind, and the payload never ran."""
+    from tests.faults.conftest import assert_error, leftovers, run_cli, snapshot
+
+    marker = tmp_path / "PAYLOAD_RAN"
+    model = build(tmp_path, marker)
+    marker.unlink(missing_ok=True)
+    before = snapshot(bundle_copy)
+    res = run_cli(["convert", model, "-o", bundle_copy, "--quantize", "none", "--force"])
+    assert_error(res, 1)
+    assert snapshot(bundle_copy) == before
+    assert leftovers(bundle_copy.parent, private_tmpdir) == []
+    assert not marker.exists() and not (tmp_path.parent / "x").exists()
