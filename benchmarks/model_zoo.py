@@ -174,16 +174,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start, rows = time.perf_counter(), []
     command = "python benchmarks/model_zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    kept = []
+    kept, before = [], 0.0
     if args.merge and RESULTS.is_file():  # rows of the models not rerun stay as they were measured
-        names = {m.name for m in models}
-        kept = [r for r in json.loads(RESULTS.read_text())["rows"] if r["model"] not in names]
+        names, previous = {m.name for m in models}, json.loads(RESULTS.read_text())
+        kept = [r for r in previous["rows"] if r["model"] not in names]
+        command, before = f"{previous['command']} && {command.strip()}", previous["minutes"]
     for model in sorted(models, key=lambda m: not m.trained):  # trained models first: they matter most
         rows.extend(run_model(model, modes, not args.no_onnx2tf, args.timeout))
         order = {m.name: i for i, m in enumerate(corpus.MODELS)}
         merged = sorted(kept + rows, key=lambda r: (order.get(r["model"], len(order)), r["mode"] != "float32"))
-        results = {"rows": merged, "summary": summary(merged), "minutes": round((time.perf_counter() - start) / 60, 1),
-                   "command": command.strip()}
+        minutes = round(before + (time.perf_counter() - start) / 60, 1)
+        results = {"rows": merged, "summary": summary(merged), "minutes": minutes, "command": command.strip()}
         if args.json:  # after every model, so a long run that is stopped keeps what it measured
             RESULTS.write_text(json.dumps(results, indent=1))  # inf SQNR (bit-exact) is written as Infinity
     args.out.parent.mkdir(parents=True, exist_ok=True)
