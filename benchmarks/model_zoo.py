@@ -106,7 +106,12 @@ def onnx2tf_rows(case: Case, modes: list[str]) -> dict[str, dict]:
     out = case.work / "onnx2tf"
     write_sample_images(case.work)  # its cwd copy of the sample file keeps onnx2tf offline (unused with -cind)
     int8 = ["-oiqt", *measure.write_onnx2tf_data(case.calib, case.work)] if "int8" in modes else []
-    cmd = [str(measure.BIN / "onnx2tf"), "-i", str(case.path), "-o", str(out), *int8, *shape_args(case.model, "-ois")]
+    # onnx2tf overwrites its -i file with the onnxsim-simplified model: give it a copy, never the cache
+    # (or the installed onnx package's files), so edgepack converts the original
+    source = case.work / "onnx2tf_input" / case.path.name
+    source.parent.mkdir(exist_ok=True)
+    shutil.copyfile(case.path, source)
+    cmd = [str(measure.BIN / "onnx2tf"), "-i", str(source), "-o", str(out), *int8, *shape_args(case.model, "-ois")]
     r = measure.run(cmd, case.work, case.timeout, case.work / "onnx2tf.log")
     rows = {}
     for mode in modes:
