@@ -106,7 +106,12 @@ def onnx2tf_rows(case: Case, modes: list[str]) -> dict[str, dict]:
     out = case.work / "onnx2tf"
     write_sample_images(case.work)  # its cwd copy of the sample file keeps onnx2tf offline (unused with -cind)
     int8 = ["-oiqt", *measure.write_onnx2tf_data(case.calib, case.work)] if "int8" in modes else []
-    cmd = [str(measure.BIN / "onnx2tf"), "-i", str(case.path), "-o", str(out), *int8, *shape_args(case.model, "-ois")]
+    # onnx2tf overwrites its -i file with the onnxsim-simplified model: give it a copy, never the cache
+    # (or the installed onnx package's files), so edgepack converts the original
+    source = case.work / "onnx2tf_input" / case.path.name
+    source.parent.mkdir(exist_ok=True)
+    shutil.copyfile(case.path, source)
+    cmd = [str(measure.BIN / "onnx2tf"), "-i", str(source), "-o", str(out), *int8, *shape_args(case.model, "-ois")]
     r = measure.run(cmd, case.work, case.timeout, case.work / "onnx2tf.log")
     rows = {}
     for mode in modes:
@@ -174,16 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start, rows = time.perf_counter(), []
     command = "python benchmarks/model_zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    kept = []
+    kept, before = [], 0.0
     if args.merge and RESULTS.is_file():  # rows of the models not rerun stay as they were measured
-        names = {m.name for m in models}
-        kept = [r for r in json.loads(RESULTS.read_text())["rows"] if r["model"] not in names]
+        names, previous = {m.name for m in models}, json.loads(RESULTS.read_text())
+        kept = [r for r in previous["rows"] if r["model"] not in names]
+        command, before = f"{previous['command']} && {command.strip()}", previous["minutes"]
     for model in sorted(models, key=lambda m: not m.trained):  # trained models first: they matter most
         rows.extend(run_model(model, modes, not args.no_onnx2tf, args.timeout))
         order = {m.name: i for i, m in enumerate(corpus.MODELS)}
         merged = sorted(kept + rows, key=lambda r: (order.get(r["model"], len(order)), r["mode"] != "float32"))
-        results = {"rows": merged, "summary": summary(merged), "minutes": round((time.perf_counter() - start) / 60, 1),
-                   "command": command.strip()}
+        minutes = round(before + (time.perf_counter() - start) / 60, 1)
+        results = {"rows": merged, "summary": summary(merged), "minutes": minutes, "command": command.strip()}
         if args.json:  # after every model, so a long run that is stopped keeps what it measured
             RESULTS.write_text(json.dumps(results, indent=1))  # inf SQNR (bit-exact) is written as Infinity
     args.out.parent.mkdir(parents=True, exist_ok=True)

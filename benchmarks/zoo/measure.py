@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,7 +41,7 @@ class Run:
         if self.rc is None:
             return f"timeout after {self.seconds:.0f} s"
         if self.rc < 0:
-            return f"killed by {signal.Signals(-self.rc).name} (exit {128 - self.rc}); {self.last_line}".strip("; ")
+            return f"killed by {signal.Signals(-self.rc).name} (exit {128 - self.rc}), no message"  # native crash
         return self.last_line or f"exit {self.rc}"
 
 
@@ -49,16 +50,23 @@ def env() -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_WARNING = re.compile(r"^(W\d{4}|WARNING)|\[W:")  # TF / onnxruntime warnings that mention "Error"
+_ERROR_LINE = re.compile(r"\b\w*(Error|Exception)\b|^error:|Segmentation fault|Aborted")
+
+
 def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
+    """The last line that names an error (onnx2tf ends with its own context dump), else the last line."""
+    lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if _ERROR_LINE.search(ln) and not _WARNING.search(ln)]
+    return (errors or lines or [""])[-1][:300]
 
 
 def run(cmd: list[str], cwd: Path, timeout: float, log: Path | None = None) -> Run:
     """Run ``cmd``; on timeout kill its whole process group (onnx2tf and TF spawn helpers)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            errors="replace", start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
         rc = proc.returncode

@@ -43,11 +43,19 @@ def _num(x, fmt: str) -> str:
     return format(x, fmt)
 
 
+def _reason(text: str) -> str:
+    if text.startswith("killed by"):  # what a process printed before a native crash is noise
+        text = text.split(";")[0].split(", no message")[0]
+        if "SIGKILL" in text:
+            text += ": not the zoo's timeout (that reads 'timeout'), most likely the out-of-memory killer"
+    return text
+
+
 def _cells(r: dict | None, notes: list[str], who: str, model: str, mode: str, edgepack: bool) -> list[str]:
     if r is None:
         return ["not run"] + [""] * (8 if edgepack else 6)
     if not r["converted"]:
-        notes.append(f"{model} {mode}, {who}: exit {r['rc']} — {r['reason']}")
+        notes.append(f"{model} {mode}, {who}: exit {r['rc']} — {_reason(r['reason'])}")
         status = f"✗ [{len(notes)}]"
         cells = [status, "", "", "", "", "", f"{r['seconds']:.0f}"]
     elif "error" in r:

@@ -238,3 +238,15 @@ def test_onnxruntime_probe_failure_stays_off_the_terminal(tmp_path, capfd):
     except ConversionError as err:  # whether onnx2tf translates it is not the point here
         assert "\n" not in str(err)
     assert "onnxruntime" not in capfd.readouterr().err
+
+
+def test_large_mismatch_with_onnxruntime_is_a_failed_translation(tmp_path):
+    """Node-suite test_concat_3d_axis_1: onnx2tf concatenates two channels-last 3-D inputs on the
+    wrong axis. Its graph differs from onnxruntime by far more than rounding: no bundle, one line."""
+    path = _save([helper.make_node("Concat", ["a", "b"], ["y"], axis=1)],
+                 [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 2, 2]),
+                  helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 2, 2])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 2])], [], tmp_path / "cat.onnx")
+    with pytest.raises(ConversionError, match="differs from onnxruntime by"):
+        api.convert(model=path, output=tmp_path / "b", quantize="none")
+    assert not (tmp_path / "b").exists()
