@@ -59,7 +59,7 @@ class Preprocess:
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, where: str = "preprocessing") -> "Preprocess":
+    def from_dict(cls, d: Mapping[str, Any], *, where: str = "preprocessing") -> Preprocess:
         return _build({k: v for k, v in d.items()}, where)
 
     def spec_string(self) -> str:

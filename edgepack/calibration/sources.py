@@ -36,7 +36,7 @@ def _kind(p: Path, what: str) -> str:
     return kind
 
 
-def _one_input_source(p: Path, spec: "InputSpec", *, what: str, pre: Preprocess | None, label_key: str,
+def _one_input_source(p: Path, spec: InputSpec, *, what: str, pre: Preprocess | None, label_key: str,
                       label_column: str | None, class_index: Mapping[str, int] | None,
                       npz_key: str | None = None) -> tuple[Source, np.ndarray | None]:
     """A source for one input from one path, and labels stored beside it (.npz ``y``)."""
@@ -75,7 +75,7 @@ def _labels_array(labels, where: str) -> np.ndarray:
     return arr
 
 
-def _npz_multi(p: Path, inputs: Sequence["InputSpec"], *, what: str, pre: Mapping[str, Preprocess | None],
+def _npz_multi(p: Path, inputs: Sequence[InputSpec], *, what: str, pre: Mapping[str, Preprocess | None],
                label_key: str) -> tuple[dict[str, Source], np.ndarray | None]:
     raw = open_npz(p, what=what)
     labels = raw.pop(label_key, None)
@@ -90,10 +90,10 @@ def _npz_multi(p: Path, inputs: Sequence["InputSpec"], *, what: str, pre: Mappin
     return out, None if labels is None else _labels_array(labels, f"{what} {p}")
 
 
-def open_dataset(data: DataArg, inputs: Sequence["InputSpec"], *, what: str = "--calibration",
+def open_dataset(data: DataArg, inputs: Sequence[InputSpec], *, what: str = "--calibration",
                  preprocess: Mapping[str, Preprocess | None] | None = None, label_key: str = "y",
                  label_column: str | None = None, class_names: Sequence[str] | None = None,
-                 require_labels: bool = False) -> "Dataset":
+                 require_labels: bool = False) -> Dataset:
     """A checked :class:`Dataset` for ``inputs`` from ``data`` (one path, or ``{input name: path}``):
     ``.npy``/``.npz``/``.csv``/image folder; ``require_labels`` refuses data without labels."""
     from edgepack.calibration.dataset import Dataset

@@ -125,7 +125,7 @@ class Manifest:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
         calib = d["quantization"].get("calibration")
         q = {**d["quantization"], "calibration": CalibrationInfo(**calib) if calib else None}
         kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}

@@ -100,7 +100,7 @@ def test_onnx2tf_would_download_without_edgepack(no_network, tmp_path, monkeypat
     from onnx2tf.utils.common_functions import download_test_image_data
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (whatever onnx2tf raises once the network is refused)
         download_test_image_data()
     assert no_network, "onnx2tf did not try the network"
 
