@@ -65,19 +65,11 @@ def marker(tmp_path):
 def test_zip_and_hdf5_polyglot_is_refused_and_payload_never_runs(tmp_path, marker):
     """The reported hole: PK at byte 0, HDF5 superblock at 512 with a Lambda, a benign tf_keras
     .keras archive appended; named .h5 so tf_keras took its legacy HDF5 path."""
-    bad = tmp_path / "model.h5"
-    _h5_with_lambda(bad, marker, userblock=512)
-    benign = tmp_path / "benign.keras"
-    build_tf_keras().save(benign)
-    data = bytearray(bad.read_bytes())
-    data[:4] = safety.ZIP_MAGIC
-    bad.write_bytes(bytes(data) + benign.read_bytes())
+    bad = _polyglot(tmp_path, marker)
     assert safety.signatures(bad) == (True, True)
 
-    for cmd in (["convert", bad, "-o", tmp_path / "out", "--quantize", "none"],):
-        code, _, err = run(*cmd)
-        line = one_line(err)
-        assert code == 1 and "both a zip archive and an HDF5 file" in line
+    code, _, err = run("convert", bad, "-o", tmp_path / "out", "--quantize", "none")
+    assert code == 1 and "both a zip archive and an HDF5 file" in one_line(err)
     assert not marker.exists() and not (tmp_path / "out").exists()
     with pytest.raises(UnsafeModelError):  # --trust-model does not make an ambiguous file acceptable
         load_model(bad, trust_model=True)
