@@ -51,7 +51,8 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             preprocess: str | None = None, recipe: str | Path | None = None,
             label_column: str | None = None, prune: str | None = None, prune_norm: str | None = None,
             prune_round: int | None = None, prune_layers: Sequence[str] | None = None,
-            keep_layers: Sequence[str] | None = None, qat: bool | None = None,
+            keep_layers: Sequence[str] | None = None, cluster: int | None = None,
+            cluster_layers: Sequence[str] | None = None, low_rank: str | float | None = None, qat: bool | None = None,
             train_data: str | Path | None = None, epochs: int | None = None, distill: bool | None = None,
             distribute: str | None = None, learning_rate: float | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
@@ -68,7 +69,10 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     ``["input:1x3x224x224"]``.
 
     ``prune`` (``"channels:0.5"``, ``"sparsity:0.8"``, ``"2:4"``) and ``qat`` optimize a Keras model
-    before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y)."""
+    before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y).
+    ``cluster`` (K, e.g. 16) shares K values per kernel (tfmot clustering; ``cluster_layers`` picks layers
+    by name pattern); ``low_rank`` (``0.9`` energy kept, or ``"rank:8"``) factorizes Dense/Conv2D
+    layers where that cuts MACs; ``keep_layers`` excludes layers from all of them."""
     flags = {k: v for k, v in locals().items() if k not in ("progress", "recipe")}
     from edgepack._native import quiet_tensorflow
     from edgepack.packaging.tempdirs import run_tempdir

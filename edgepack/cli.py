@@ -204,12 +204,12 @@ def data_options(fn):
     return fn
 
 
-_OPTIMIZE_NAMES = ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "qat", "train_data", "epochs",
-                   "distill", "distribute", "learning_rate")
+_OPTIMIZE_NAMES = ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "cluster", "cluster_layers",
+                   "low_rank", "qat", "train_data", "epochs", "distill", "distribute", "learning_rate")
 
 
 def optimize_options(fn):
-    """--prune/--qat and their fine-tuning options, handed to the command as one ``optimize`` dict."""
+    """--prune/--cluster/--low-rank/--qat and their fine-tuning options, handed to the command as one ``optimize`` dict."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any):
@@ -228,7 +228,17 @@ def optimize_options(fn):
         click.option("--prune-layers", multiple=True, metavar="PATTERN",
                      help="Only prune layers whose name matches (fnmatch, repeatable)."),
         click.option("--keep-layers", multiple=True, metavar="PATTERN",
-                     help="Never prune layers whose name matches (fnmatch, repeatable)."),
+                     help="Never prune, cluster or factorize layers whose name matches (fnmatch, repeatable)."),
+        click.option("--cluster", type=int, metavar="K",
+                     help=f"Weight clustering (tfmot): each conv/dense kernel keeps K shared values "
+                          f"({R.MIN_CLUSTERS}-{R.MAX_CLUSTERS}, e.g. 16), fine-tuned on --train-data; the bundle "
+                          "zips far smaller. With --qat, cluster-preserving QAT."),
+        click.option("--cluster-layers", multiple=True, metavar="PATTERN",
+                     help="Only cluster layers whose name matches (fnmatch, repeatable)."),
+        click.option("--low-rank", metavar="ENERGY|rank:R",
+                     help="Low-rank factorization (SVD) of Dense, 1x1 and kxk Conv2D layers where the pair has "
+                          "fewer MACs: 0.9 keeps 90% of each kernel's squared singular values, rank:8 a fixed "
+                          "rank; fine-tuned on --train-data."),
         click.option("--qat", is_flag=True, help="Quantization-aware training before int8 conversion."),
         click.option("--train-data", type=click.Path(path_type=str),
                      help="Fine-tuning data: .npz with x (or input names) and, if labelled, y."),

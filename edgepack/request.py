@@ -63,6 +63,9 @@ QUANTIZE_MODES = tuple(m.value for m in QuantizeMode)
 PRUNE_NORMS = ("l1", "l2")
 DISTRIBUTE = ("mirrored",)
 PRUNE_FORMS = ["channels:RATIO", "sparsity:RATIO", "M:N (e.g. 2:4)"]
+LOW_RANK_FORMS = ["ENERGY in (0, 1] (e.g. 0.9)", "rank:R (e.g. rank:8)"]
+MIN_CLUSTERS = 2  # tfmot's k-means needs at least two centroids
+MAX_CLUSTERS = 256  # more than int8 can tell apart
 
 
 def _enum(enum_cls, value, option: str):
@@ -108,6 +111,35 @@ def parse_prune(text: str) -> PruneSpec:
     if not valid_ratio(ratio):
         raise OptionError("--prune", text, PRUNE_FORMS, hint="RATIO must be at least 0 and below 1")
     return PruneSpec(kind, ratio=ratio)
+
+
+@dataclass(frozen=True)
+class LowRankSpec:
+    """Keep the smallest rank holding ``energy`` of each layer's squared singular values, or ``rank``."""
+
+    energy: float | None = None
+    rank: int | None = None
+
+    def __str__(self) -> str:
+        return f"rank:{self.rank}" if self.rank is not None else f"{self.energy:g}"
+
+
+def parse_low_rank(text: str | float) -> LowRankSpec:
+    """``0.9`` (energy kept) or ``rank:8``; :class:`OptionError` otherwise."""
+    t = str(text).strip().lower()
+    kind, sep, value = t.partition(":")
+    if sep:
+        if kind != "rank" or not value.isdigit() or int(value) < 1:
+            raise OptionError("--low-rank", text, LOW_RANK_FORMS, hint="rank:R takes a whole number R >= 1")
+        return LowRankSpec(rank=int(value))
+    try:
+        energy = float(t)
+    except ValueError:
+        raise OptionError("--low-rank", text, LOW_RANK_FORMS) from None
+    if not (math.isfinite(energy) and 0.0 < energy <= 1.0):
+        raise OptionError("--low-rank", text, LOW_RANK_FORMS, hint="ENERGY is the share of squared singular "
+                                                                   "values kept, above 0 and at most 1")
+    return LowRankSpec(energy=energy)
 
 
 def valid_ratio(ratio: float) -> bool:
@@ -156,13 +188,16 @@ class CalibrationOptions:
 
 @dataclass(frozen=True)
 class OptimizeOptions:
-    """Pruning, sparsity and QAT before conversion, and their fine-tuning."""
+    """Pruning, sparsity, clustering, low-rank factorization and QAT before conversion, and their fine-tuning."""
 
     prune: str | None = None  # "channels:0.5", "sparsity:0.8", "2:4"
     prune_norm: str = "l1"  # filter ranking for channel pruning
     prune_round: int = 1  # channel pruning keeps a multiple of this many channels per group
     prune_layers: tuple[str, ...] = ()  # fnmatch patterns of layer names to prune (default: all)
-    keep_layers: tuple[str, ...] = ()  # fnmatch patterns of layer names never to prune
+    keep_layers: tuple[str, ...] = ()  # fnmatch patterns of layer names never to prune, cluster or factorize
+    cluster: int | None = None  # weight clustering: K shared values per kernel (tfmot cluster_weights)
+    cluster_layers: tuple[str, ...] = ()  # fnmatch patterns of layer names to cluster (default: all)
+    low_rank: str | None = None  # "0.9" (energy kept) or "rank:8": low-rank factorization
     qat: bool = False
     train_data: Path | None = None
     epochs: int = 10
@@ -173,6 +208,12 @@ class OptimizeOptions:
     def __post_init__(self) -> None:
         if self.prune is not None:
             parse_prune(self.prune)
+        if self.cluster is not None and (isinstance(self.cluster, bool) or not isinstance(self.cluster, int)
+                                         or not MIN_CLUSTERS <= self.cluster <= MAX_CLUSTERS):
+            raise OptionError("--cluster", self.cluster,
+                              hint=f"give a whole number of clusters from {MIN_CLUSTERS} to {MAX_CLUSTERS}, e.g. 16")
+        if self.low_rank is not None:
+            object.__setattr__(self, "low_rank", str(parse_low_rank(self.low_rank)))
         if self.prune_norm not in PRUNE_NORMS:
             raise OptionError("--prune-norm", self.prune_norm, PRUNE_NORMS)
         if self.prune_round < 1:
@@ -191,8 +232,12 @@ class OptimizeOptions:
         return parse_prune(self.prune) if self.prune else None
 
     @property
+    def low_rank_spec(self) -> LowRankSpec | None:
+        return parse_low_rank(self.low_rank) if self.low_rank is not None else None
+
+    @property
     def active(self) -> bool:
-        return self.prune is not None or self.qat
+        return self.prune is not None or self.qat or self.cluster is not None or self.low_rank is not None
 
 
 @dataclass(frozen=True)
@@ -273,7 +318,7 @@ _FLAT: dict[str, tuple[str, str]] = {
     "calibration": ("calibration", "data"), "calibration_samples": ("calibration", "samples"),
     "preprocess": ("calibration", "preprocess"), "label_column": ("calibration", "label_column"),
     **{k: ("optimize", k) for k in ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "qat",
-                                     "train_data", "epochs", "learning_rate", "distill", "distribute")},
+                                     "cluster", "cluster_layers", "low_rank", "train_data", "epochs", "learning_rate", "distill", "distribute")},
     "output": ("output", "path"), "force": ("output", "force"), "labels": ("output", "labels"),
     "target": ("target", ""), "seed": ("seed", ""), "recipe": ("recipe", ""), "verbose": ("verbose", ""),
 }
@@ -361,7 +406,7 @@ def _assemble(parts: dict[str, dict[str, Any]], top: dict[str, Any], where: str)
     if "onnx2tf_options" in m:
         m["onnx2tf_options"] = parse_key_values(m["onnx2tf_options"], "--onnx2tf-option")
     o = parts["optimize"]
-    for k in ("prune_layers", "keep_layers"):
+    for k in ("prune_layers", "keep_layers", "cluster_layers"):
         if k in o:
             o[k] = tuple([o[k]] if isinstance(o[k], str) else o[k])
     if "seed" in top and not isinstance(top["seed"], int):

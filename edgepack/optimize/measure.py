@@ -16,28 +16,39 @@ from edgepack.optimize.graph import read_graph
 
 def count_macs(model: Any) -> int:
     """Multiply-accumulates of one inference (batch 1) over conv, depthwise and dense layers."""
-    total = 0
+    return int(sum(layer_macs(model).values()))
+
+
+def layer_macs(model: Any) -> dict[str, int]:
+    """Multiply-accumulates of one inference (batch 1) per conv, depthwise and dense layer (all its calls)."""
+    per: dict[str, int] = {}
     for node in read_graph(model).nodes:
-        kind = type(node.layer).__name__
-        if not node.output_shapes or not node.input_shapes:
-            continue
-        out, inp = node.output_shapes[0], node.input_shapes[0]
-        if None in out[1:] or inp[-1] is None:
-            continue
-        cfg = node.layer.get_config()
-        out_elems = int(np.prod(out[1:], dtype=np.int64))
-        k = int(np.prod(cfg.get("kernel_size", (1,)), dtype=np.int64))
-        if kind in ("Conv1D", "Conv2D", "Conv3D"):
-            total += out_elems * k * int(inp[-1]) // int(cfg.get("groups", 1) or 1)
-        elif kind == "DepthwiseConv2D":
-            total += out_elems * k
-        elif kind.startswith("SeparableConv"):
-            mid = int(inp[-1]) * int(cfg.get("depth_multiplier", 1))
-            positions = out_elems // int(out[-1])
-            total += positions * mid * k + out_elems * mid
-        elif kind == "Dense":
-            total += out_elems * int(inp[-1])
-    return int(total)
+        macs = node_macs(type(node.layer).__name__, node.layer.get_config(), node.input_shapes, node.output_shapes)
+        if macs is not None:
+            per[node.layer.name] = per.get(node.layer.name, 0) + macs
+    return per
+
+
+def node_macs(kind: str, cfg: dict, input_shapes: list[tuple], output_shapes: list[tuple]) -> int | None:
+    """MACs of one call of a layer of class ``kind``; None for layers without multiply-accumulates."""
+    if not output_shapes or not input_shapes:
+        return None
+    out, inp = output_shapes[0], input_shapes[0]
+    if None in out[1:] or inp[-1] is None:
+        return None
+    out_elems = int(np.prod(out[1:], dtype=np.int64))
+    k = int(np.prod(cfg.get("kernel_size", (1,)), dtype=np.int64))
+    if kind in ("Conv1D", "Conv2D", "Conv3D"):
+        return out_elems * k * int(inp[-1]) // int(cfg.get("groups", 1) or 1)
+    if kind == "DepthwiseConv2D":
+        return out_elems * k
+    if kind.startswith("SeparableConv"):
+        mid = int(inp[-1]) * int(cfg.get("depth_multiplier", 1))
+        positions = out_elems // int(out[-1])
+        return positions * mid * k + out_elems * mid
+    if kind == "Dense":
+        return out_elems * int(inp[-1])
+    return None
 
 
 def zip_size(data: bytes) -> int:

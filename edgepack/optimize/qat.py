@@ -2,7 +2,8 @@
 
 Layers tfmot's 8-bit scheme cannot quantize are left out of the annotation (and named in the report);
 the converter still quantizes them post-training. After ``--prune sparsity`` the sparsity-preserving
-scheme keeps the zeros through QAT (tfmot's collaborative optimization). With ``--per-tensor`` the fake
+scheme keeps the zeros through QAT, and after ``--cluster`` the cluster-preserving scheme keeps each
+kernel's K values (and the zeros too after both: tfmot's collaborative optimization, PCQAT). With ``--per-tensor`` the fake
 quantizers are per tensor too (``Default8BitQuantizeScheme(disable_per_axis=True)``), so training sees
 the converter's rounding.
 
@@ -134,8 +135,8 @@ def freeze_batchnorm(layer: Any) -> bool:
     return True
 
 
-def quantize_aware(model: Any, data: TrainingData, opts: FinetuneOptions, *,
-                   preserve_sparsity: bool = False, per_tensor: bool = False) -> tuple[Any, QatReport]:
+def quantize_aware(model: Any, data: TrainingData, opts: FinetuneOptions, *, preserve_sparsity: bool = False,
+                   preserve_clusters: bool = False, per_tensor: bool = False) -> tuple[Any, QatReport]:
     """QAT-fine-tune a tf_keras ``model``; returns the fake-quantized model, ready for the converter."""
     import tf_keras
 
@@ -148,7 +149,10 @@ def quantize_aware(model: Any, data: TrainingData, opts: FinetuneOptions, *,
                     "training: %s", len(skipped), ", ".join(skipped))
     scheme = None
     scheme_name = "default_8bit"
-    if preserve_sparsity:
+    if preserve_clusters:  # CQAT, or PCQAT after sparsity: fine-tunes the centroids, not the weights
+        scheme = tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=preserve_sparsity)
+        scheme_name = "default_8bit_cluster_preserve" + ("_sparsity" if preserve_sparsity else "")
+    elif preserve_sparsity:
         scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
         scheme_name = "default_8bit_prune_preserve"
     elif per_tensor:

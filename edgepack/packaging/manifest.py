@@ -20,7 +20,7 @@ from typing import Any
 
 from edgepack.errors import BundleError
 
-SCHEMA_VERSION = "1.1"  # 1.1: the resolved request
+SCHEMA_VERSION = "1.2"  # 1.1: the resolved request; 1.2: extras.optimize cluster / low_rank sections
 MANIFEST_NAME = "manifest.json"
 
 

@@ -1,7 +1,8 @@
 """The optimize stage (between load and calibrate) and the measure stage (after read-back).
 
-optimize: channel pruning → fine-tune → (Keras 3 → tf_keras bridge when tfmot is needed) → sparsity
-→ QAT, on ``st.loaded.model``; the converter then converts the optimized model. The original stays
+optimize: channel pruning → fine-tune → low-rank factorization → fine-tune → (Keras 3 → tf_keras
+bridge when tfmot is needed) → sparsity → clustering (sparsity-preserving after sparsity) → QAT
+(sparsity- and/or cluster-preserving), on ``st.loaded.model``; the converter then converts the optimized model. The original stays
 in ``st.original`` for the manifest and for the before/after measurements.
 """
 
@@ -18,22 +19,34 @@ if TYPE_CHECKING:
     from edgepack.pipeline.state import PipelineState
 
 log = logging.getLogger(__name__)
+def _techniques(st: PipelineState, spec: PruneSpec | None) -> str:
+    opt = st.request.optimize
+    parts = [f"--prune {opt.prune}" if spec is not None else "", f"--cluster {opt.cluster}" if opt.cluster else "",
+             f"--low-rank {opt.low_rank}" if opt.low_rank else "", "--qat" if opt.qat else ""]
+    return "/".join(p for p in parts if p)
+
+
 def _check_request(st: PipelineState, spec: PruneSpec | None) -> None:
-    req = st.request
+    req, opt = st.request, st.request.optimize
     if not st.loaded.is_keras:
-        raise UsageError(f"--prune/--qat need a Keras model (.keras or .h5); {req.model.path.name} is "
-                         f"{st.loaded.format.value}", hint="convert the Keras source instead")
-    if req.optimize.qat and req.quantize.mode not in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO):
+        raise UsageError(f"{_techniques(st, spec)} not supported for this format: {req.model.path.name} is "
+                         f"{st.loaded.format.value}, and these optimizations edit a Keras model (.keras or .h5)",
+                         hint="convert the Keras source instead")
+    if opt.qat and req.quantize.mode not in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO):
         raise UsageError(f"--qat trains for integer inference; --quantize {req.quantize.mode} does not use it",
                          hint="use --quantize int8 or int8-float-io")
-    if req.optimize.train_data is None and (req.optimize.qat or (spec is not None and spec.uses_tfmot)):
-        what = "--qat" if req.optimize.qat else f"--prune {req.optimize.prune}"
+    tfmot = opt.qat or opt.cluster is not None or (spec is not None and spec.uses_tfmot)
+    if opt.train_data is None and tfmot:
+        what = "--qat" if opt.qat else (f"--cluster {opt.cluster}" if opt.cluster else f"--prune {opt.prune}")
         raise UsageError(f"{what} needs training data", hint="pass --train-data FILE (.npz with x, and y if "
                                                              "labelled; without y the original model teaches)")
-    if req.optimize.qat and req.quantize.per_tensor and spec is not None and spec.uses_tfmot:
+    if opt.qat and req.quantize.per_tensor and spec is not None and spec.uses_tfmot:
         raise UsageError("--per-tensor cannot be combined with sparsity-preserving QAT: tfmot's prune-preserve "
                          "scheme quantizes conv weights per channel", hint="drop --per-tensor, or --prune sparsity/m:n")
-    if req.optimize.train_data is None and (req.optimize.distill or req.optimize.distribute):
+    if opt.qat and req.quantize.per_tensor and opt.cluster is not None:
+        raise UsageError(f"--cluster {opt.cluster} --qat --per-tensor is not supported: tfmot's cluster-preserving "
+                         "QAT quantizes conv weights per channel", hint="drop --per-tensor, or --qat")
+    if opt.train_data is None and (opt.distill or opt.distribute):
         log.warning("--distill/--distribute only apply when fine-tuning with --train-data; ignoring them")
 
 
@@ -65,7 +78,7 @@ def _totals(model: Any) -> dict[str, int]:
 def stage_optimize(st: PipelineState) -> dict | None:
     req, opt = st.request, st.request.optimize
     spec = opt.prune_spec
-    if spec is None and not req.optimize.qat:
+    if not opt.active:
         return None
     _check_request(st, spec)
     from edgepack.optimize.finetune import FinetuneOptions, finetune
@@ -87,9 +100,11 @@ def stage_optimize(st: PipelineState) -> dict | None:
             section["channels"]["finetune"] = result.to_dict()
         else:
             log.warning("pruned without fine-tuning; pass --train-data to recover accuracy")
+    if opt.low_rank is not None:
+        model = _low_rank(model, original, data, opts, section, opt)
     section["after"] = _totals(model)
     fmt = st.loaded.format
-    if opt.qat or (spec is not None and spec.uses_tfmot):
+    if opt.qat or opt.cluster is not None or (spec is not None and spec.uses_tfmot):
         model, fmt = _bridge(st, model, data, section)
     if spec is not None and spec.uses_tfmot:
         from edgepack.optimize.sparsity import sparsify
@@ -97,18 +112,43 @@ def stage_optimize(st: PipelineState) -> dict | None:
         model, sreport = sparsify(model, data, opts, target=spec.ratio if spec.kind == "sparsity" else None,
                                   m_by_n=spec.m_by_n, prune_layers=opt.prune_layers, keep_layers=opt.keep_layers)
         section["sparsity"] = sreport.to_dict()
+    if opt.cluster is not None:
+        from edgepack.optimize.cluster import cluster_weights
+
+        model, creport = cluster_weights(model, data, opts, clusters=opt.cluster, cluster_layers=opt.cluster_layers,
+                                         keep_layers=opt.keep_layers,
+                                         preserve_sparsity=spec is not None and spec.uses_tfmot)
+        section["cluster"] = creport.to_dict()
     if opt.qat:
         from edgepack.optimize.qat import LEARNING_RATE, quantize_aware
 
         qopts = opts if opt.learning_rate is not None else dataclasses.replace(opts, learning_rate=LEARNING_RATE)
         model, qreport = quantize_aware(model, data, qopts, preserve_sparsity=spec is not None and spec.uses_tfmot,
-                                        per_tensor=req.quantize.per_tensor)
+                                        preserve_clusters=opt.cluster is not None, per_tensor=req.quantize.per_tensor)
         section["qat"] = qreport.to_dict()
     st.original = st.loaded
     st.loaded = dataclasses.replace(st.loaded, model=model, format=fmt)
     st.optimization = section
-    return {k: v for k, v in (("prune", opt.prune), ("qat", opt.qat), ("params", section["after"]["params"]),
+    return {k: v for k, v in (("prune", opt.prune), ("cluster", opt.cluster), ("low_rank", opt.low_rank),
+                              ("qat", opt.qat), ("params", section["after"]["params"]),
                               ("macs", section["after"]["macs"])) if v}
+
+
+def _low_rank(model: Any, original: Any, data, opts, section: dict, opt) -> Any:
+    from edgepack.optimize.finetune import finetune
+    from edgepack.optimize.lowrank import factorize, with_finetune
+
+    factored, report = factorize(model, opt.low_rank_spec, keep_layers=opt.keep_layers)
+    if not any(la.factorized for la in report.layers):
+        log.warning("--low-rank %s: no layer has fewer MACs as a factorized pair; the model is unchanged",
+                    opt.low_rank)
+    elif data is not None:
+        factored, result = finetune(lambda: _clone(factored), original, data, opts, label="low-rank")
+        report = with_finetune(report, result)
+    else:
+        log.warning("factorized without fine-tuning; pass --train-data to recover accuracy")
+    section["low_rank"] = report.to_dict()
+    return factored
 
 
 def _bridge(st: PipelineState, model: Any, data, section: dict) -> tuple[Any, Any]:
