@@ -318,7 +318,8 @@ _FLAT: dict[str, tuple[str, str]] = {
     "calibration": ("calibration", "data"), "calibration_samples": ("calibration", "samples"),
     "preprocess": ("calibration", "preprocess"), "label_column": ("calibration", "label_column"),
     **{k: ("optimize", k) for k in ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "qat",
-                                     "cluster", "cluster_layers", "low_rank", "train_data", "epochs", "learning_rate", "distill", "distribute")},
+                                     "cluster", "cluster_layers", "low_rank", "train_data", "epochs", "learning_rate",
+                                     "distill", "distribute")},
     "output": ("output", "path"), "force": ("output", "force"), "labels": ("output", "labels"),
     "target": ("target", ""), "seed": ("seed", ""), "recipe": ("recipe", ""), "verbose": ("verbose", ""),
 }

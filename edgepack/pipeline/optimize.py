@@ -2,8 +2,8 @@
 
 optimize: channel pruning → fine-tune → low-rank factorization → fine-tune → (Keras 3 → tf_keras
 bridge when tfmot is needed) → sparsity → clustering (sparsity-preserving after sparsity) → QAT
-(sparsity- and/or cluster-preserving), on ``st.loaded.model``; the converter then converts the optimized model. The original stays
-in ``st.original`` for the manifest and for the before/after measurements.
+(sparsity- and/or cluster-preserving), on ``st.loaded.model``; the converter then converts the
+optimized model. The original stays in ``st.original`` for the manifest and for the before/after measurements.
 """
 
 from __future__ import annotations
