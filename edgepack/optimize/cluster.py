@@ -23,9 +23,9 @@ from edgepack.optimize.sparsity import import_tfmot
 
 log = logging.getLogger(__name__)
 
-# Layers whose kernel tfmot's clustering registry clusters (the attribute holding it)
-KERNELS = {"Conv1D": "kernel", "Conv2D": "kernel", "Conv3D": "kernel", "Dense": "kernel",
-           "DepthwiseConv2D": "depthwise_kernel", "Conv2DTranspose": "kernel"}
+# Layers whose kernel tfmot's clustering registry clusters (the attribute holding it); it clusters no
+# weight of DepthwiseConv2D.
+KERNELS = {"Conv1D": "kernel", "Conv2D": "kernel", "Conv3D": "kernel", "Dense": "kernel", "Conv2DTranspose": "kernel"}
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,12 @@ def cluster_weights(model: Any, data: TrainingData, opts: FinetuneOptions, *, cl
         return clone
 
     trained, result = finetune(build, model, data, opts, label="cluster")
+    # strip_clustering reuses the unwrapped layers in its new graph (two inbound nodes each, which hides
+    # BatchNormalization folding from QAT): a clean clone afterwards.
     stripped = ck.strip_clustering(trained)
+    clean = tf_keras.models.clone_model(stripped)
+    clean.set_weights(stripped.get_weights())
+    stripped = clean
     macs = layer_macs(stripped)
     layers = [ClusterLayer(layer.name, before[layer.name], distinct(kernel_of(layer)), int(layer.count_params()),
                            int(macs.get(layer.name, 0))) for layer in stripped.layers if layer.name in before]

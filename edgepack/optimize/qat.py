@@ -135,6 +135,38 @@ def freeze_batchnorm(layer: Any) -> bool:
     return True
 
 
+def cluster_preserve_scheme(preserve_sparsity: bool) -> Any:
+    """tfmot's cluster-preserving 8-bit scheme, with one fix to its registry.
+
+    Its ``supports()`` counts any layer without trainable weights as supported, then asks the default
+    registry for a config, which refuses BatchNormalization: a frozen BatchNormalization (see
+    :func:`freeze_batchnorm`) that is not folded would end QAT with a ValueError. Here a layer is
+    supported only when the default 8-bit registry supports it too; the others are left unquantized
+    by QAT, as in the default scheme.
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+        cluster_preserve_quantize_registry as cp_registry,
+    )
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+        default_8bit_cluster_preserve_quantize_scheme as cp_scheme,
+    )
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry as registry,
+    )
+
+    default = registry.Default8BitQuantizeRegistry()
+
+    class Registry(cp_registry.Default8bitClusterPreserveQuantizeRegistry):
+        def supports(self, layer):  # noqa: D102
+            return super().supports(layer) and default.supports(layer)
+
+    class Scheme(cp_scheme.Default8BitClusterPreserveQuantizeScheme):
+        def get_quantize_registry(self):  # noqa: D102
+            return Registry(self.preserve_sparsity)
+
+    return Scheme(preserve_sparsity=preserve_sparsity)
+
+
 def quantize_aware(model: Any, data: TrainingData, opts: FinetuneOptions, *, preserve_sparsity: bool = False,
                    preserve_clusters: bool = False, per_tensor: bool = False) -> tuple[Any, QatReport]:
     """QAT-fine-tune a tf_keras ``model``; returns the fake-quantized model, ready for the converter."""
@@ -150,7 +182,7 @@ def quantize_aware(model: Any, data: TrainingData, opts: FinetuneOptions, *, pre
     scheme = None
     scheme_name = "default_8bit"
     if preserve_clusters:  # CQAT, or PCQAT after sparsity: fine-tunes the centroids, not the weights
-        scheme = tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=preserve_sparsity)
+        scheme = cluster_preserve_scheme(preserve_sparsity)
         scheme_name = "default_8bit_cluster_preserve" + ("_sparsity" if preserve_sparsity else "")
     elif preserve_sparsity:
         scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
