@@ -123,8 +123,8 @@ def to_tf_keras(model: Any, sample: np.ndarray | list[np.ndarray] | None = None)
         twin = None
     if unsupported:
         raise ConversionError("Keras 3 model has layers tf_keras cannot rebuild: " + "; ".join(unsupported[:8]),
-                              hint="tfmot (sparsity, QAT) needs tf_keras layers; use --prune channels without "
-                                   "--qat, or replace these layers")
+                              hint="tfmot (sparsity, clustering, QAT) needs tf_keras layers; use --prune channels "
+                                   "or --low-rank without --qat/--cluster, or replace these layers")
     for node in graph.nodes:
         weights = node.layer.get_weights()
         try:
@@ -149,5 +149,5 @@ def compare(a: Any, b: Any, sample: np.ndarray | list[np.ndarray]) -> float:
     if not np.isfinite(diff) or diff > TOLERANCE * scale:
         raise ConversionError(f"the tf_keras rebuild of {a.name!r} differs from the Keras 3 model by up to "
                               f"{diff:.3g} on sample data", hint="report this model; convert without "
-                                                                  "--qat / --prune sparsity meanwhile")
+                                                                  "--qat / --cluster / --prune sparsity meanwhile")
     return diff

@@ -60,3 +60,16 @@ def test_dynamic_model_is_never_labelled_int8(keras3_model, tmp_path):
     assert m.quantization.mode == "dynamic"
     assert m.inputs[0].dtype == "float32" and m.inputs[0].scale is None
     assert m.versions["tensorflow"] == "2.19.0"
+
+
+def test_schema_checks_the_cluster_and_low_rank_records():
+    d = example()
+    layer = {"name": "dense", "kind": "dense", "rank_before": 64, "rank_after": 8, "factorized": True,
+             "params_before": 4160, "params_after": 1088, "macs_before": 4096, "macs_after": 1024}
+    d["extras"]["optimize"] = {"before": {"params": 1, "macs": 1}, "after": {"params": 1, "macs": 1},
+                               "low_rank": {"spec": "0.9", "layers": [layer]},
+                               "cluster": {"clusters": 16, "layers": [], "finetune": {}}}
+    validate_dict(d)
+    del layer["macs_after"]
+    with pytest.raises(BundleError, match="low_rank/layers/0"):
+        validate_dict(d)
