@@ -35,10 +35,13 @@ def weights(tflite) -> dict[str, np.ndarray]:
     return out
 
 
-def test_cluster_float_keeps_at_most_k_values_per_kernel(tmp_path, keras3_model, calib_npy, labelled_npz):
+def test_cluster_float_keeps_at_most_k_values_per_kernel(tmp_path, keras3_model, calib_npy):
+    unlabelled = tmp_path / "x.npz"
+    np.savez(unlabelled, x=np.load(calib_npy)[:80])
     opt = convert(keras3_model, tmp_path / "b", calib_npy, "--cluster", "8", "--quantize", "none",
-                  "--train-data", str(labelled_npz), "--epochs", "1")
+                  "--train-data", str(unlabelled), "--epochs", "1")
     assert [la["clusters_after"] for la in opt["cluster"]["layers"]] == [8, 8, 8]
+    assert opt["cluster"]["finetune"]["target"] == "teacher"  # no labels: distilled from the original
     assert opt["keras_bridge"]["from"] == "keras3"
     kernels = weights(tmp_path / "b" / "model.tflite")
     assert len(kernels) == 3, list(kernels)
@@ -115,14 +118,24 @@ def test_bad_values_are_one_line_usage_errors(tmp_path, keras3_model, calib_npy,
     assert not (tmp_path / "b").exists()
 
 
-def test_formats_without_a_keras_graph_are_refused(tmp_path, calib_npy, labelled_npz):
-    from tests.conftest import save_model
+@pytest.mark.parametrize("fmt, args", [("saved_model", ["--low-rank", "0.9"]),
+                                       ("onnx", ["--cluster", "16", "--train-data", "{labelled}"])])
+def test_formats_without_a_keras_graph_are_refused(tmp_path, calib_npy, labelled_npz, fmt, args):
+    if fmt == "onnx":
+        from tests.converter.onnx_builders import classifier
 
-    saved = save_model("saved_model", tmp_path / "sm")
-    res = CliRunner().invoke(main, ["convert", str(saved), "-o", str(tmp_path / "b"), "--calibration",
-                                    str(calib_npy), "--low-rank", "0.9"])
-    assert res.exit_code == 2
-    assert "--low-rank 0.9 not supported for this format" in res.output and "saved_model" in res.output
+        model = tmp_path / "model.onnx"
+        classifier(model)
+    else:
+        from tests.conftest import save_model
+
+        model = save_model("saved_model", tmp_path / "sm")
+    args = [a.replace("{labelled}", str(labelled_npz)) for a in args]
+    res = CliRunner().invoke(main, ["convert", str(model), "-o", str(tmp_path / "b"), "--calibration",
+                                    str(calib_npy), *args])
+    assert res.exit_code == 2, res.output
+    assert f"{args[0]} {args[1]} not supported for this format" in res.output and fmt in res.output
+    assert not (tmp_path / "b").exists()
 
 
 def test_recipe_and_api_take_the_same_options(tmp_path, keras3_model, labelled_npz):
