@@ -245,7 +245,7 @@ def optimize_options(fn):
         click.option("--epochs", type=click.IntRange(min=1), default=_OPT.epochs, show_default=True,
                      help="Fine-tuning epochs (early stopping on a held-out 10%)."),
         click.option("--learning-rate", type=FiniteFloat(), metavar="LR",
-                     help="Fine-tuning rate (Adam). Default 1e-3 after pruning, 1e-4 for QAT."),
+                     help="Fine-tuning rate (Adam). Default 1e-3 after pruning, 1e-4 for QAT, --cluster and --low-rank."),
         click.option("--distill", is_flag=True, help="Learn the original model's outputs even when labels exist."),
         click.option("--distribute", type=click.Choice(R.DISTRIBUTE),
                      help="Fine-tune under tf.distribute.MirroredStrategy (all GPUs, else all CPU devices)."),

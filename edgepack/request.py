@@ -201,7 +201,7 @@ class OptimizeOptions:
     qat: bool = False
     train_data: Path | None = None
     epochs: int = 10
-    learning_rate: float | None = None  # fine-tuning Adam rate; None: 1e-3 after pruning, 1e-4 for QAT
+    learning_rate: float | None = None  # Adam rate; None: 1e-3 after pruning, 1e-4 for QAT/cluster/low-rank
     distill: bool = False  # learn the original model's outputs even when labels exist
     distribute: str | None = None  # "mirrored": tf.distribute.MirroredStrategy
 

@@ -19,9 +19,15 @@ import numpy as np
 from edgepack.errors import UsageError
 from edgepack.optimize.finetune import FinetuneOptions, FinetuneResult, TrainingData, finetune
 from edgepack.optimize.measure import layer_macs
+from edgepack.optimize.qat import freeze_batchnorm
 from edgepack.optimize.sparsity import import_tfmot
 
 log = logging.getLogger(__name__)
+
+# Clustering fine-tunes a trained model (mostly its centroids): a tenth of the pruning fine-tune's rate,
+# as for QAT. On the MobileNet-style digits net (fold 1 of 3, 599 held-out digits), cluster 16 lost 1.17
+# points against int8 PTQ at 1e-3 and 0.17 at 1e-4.
+LEARNING_RATE = 1e-4
 
 # Layers whose kernel tfmot's clustering registry clusters (the attribute holding it); it clusters no
 # weight of DepthwiseConv2D.
@@ -89,7 +95,10 @@ def choose_layers(model: Any, clusters: int, cluster_layers: tuple[str, ...] = (
 def cluster_weights(model: Any, data: TrainingData, opts: FinetuneOptions, *, clusters: int,
                     cluster_layers: tuple[str, ...] = (), keep_layers: tuple[str, ...] = (),
                     preserve_sparsity: bool = False) -> tuple[Any, ClusterReport]:
-    """Cluster ``model`` (tf_keras) to ``clusters`` values per kernel, fine-tune on ``data``, strip the wrappers."""
+    """Cluster ``model`` (tf_keras) to ``clusters`` values per kernel, fine-tune on ``data``, strip the wrappers.
+
+    BatchNormalization layers are frozen while fine-tuning (as for QAT): the clustered model computes
+    nearly the original function, so its statistics still hold."""
     import tf_keras
 
     tfmot = import_tfmot()
@@ -109,6 +118,7 @@ def cluster_weights(model: Any, data: TrainingData, opts: FinetuneOptions, *, cl
     def build() -> Any:
         def wrap(layer):
             clone = layer.__class__.from_config(layer.get_config())
+            freeze_batchnorm(clone)
             if layer.name in chosen:  # tfmot seeds the centroids from the weights the wrapped layer has
                 clone.build(layer.input_shape)
                 clone.set_weights(layer.get_weights())

@@ -28,6 +28,9 @@ from edgepack.request import LowRankSpec
 
 log = logging.getLogger(__name__)
 
+# Fine-tuning after factorization starts from a close approximation of a trained model: Adam 1e-4, as QAT
+# and clustering (pruning, which removes whole channels, fine-tunes at 1e-3).
+LEARNING_RATE = 1e-4
 SUFFIX = "_lowrank"  # name of the first layer of a pair: <original name>_lowrank
 
 
@@ -265,6 +268,17 @@ def _build(model: Any, graph: Any, plans: dict[str, _Plan]) -> Any:
         elif weights:
             new.set_weights(weights)
     return new_model
+
+
+def trainable_copy(model: Any) -> Any:
+    """A copy of ``model`` to fine-tune, with BatchNormalization frozen (inference mode, fixed statistics)."""
+    from edgepack.optimize.qat import freeze_batchnorm
+
+    copy = keras_module(model).models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for layer in copy.layers:
+        freeze_batchnorm(layer)
+    return copy
 
 
 def with_finetune(report: LowRankReport, result: Any) -> LowRankReport:

@@ -113,9 +113,11 @@ def stage_optimize(st: PipelineState) -> dict | None:
                                   m_by_n=spec.m_by_n, prune_layers=opt.prune_layers, keep_layers=opt.keep_layers)
         section["sparsity"] = sreport.to_dict()
     if opt.cluster is not None:
+        from edgepack.optimize.cluster import LEARNING_RATE as CLUSTER_RATE
         from edgepack.optimize.cluster import cluster_weights
 
-        model, creport = cluster_weights(model, data, opts, clusters=opt.cluster, cluster_layers=opt.cluster_layers,
+        copts = opts if opt.learning_rate is not None else dataclasses.replace(opts, learning_rate=CLUSTER_RATE)
+        model, creport = cluster_weights(model, data, copts, clusters=opt.cluster, cluster_layers=opt.cluster_layers,
                                          keep_layers=opt.keep_layers,
                                          preserve_sparsity=spec is not None and spec.uses_tfmot)
         section["cluster"] = creport.to_dict()
@@ -136,14 +138,15 @@ def stage_optimize(st: PipelineState) -> dict | None:
 
 def _low_rank(model: Any, original: Any, data, opts, section: dict, opt) -> Any:
     from edgepack.optimize.finetune import finetune
-    from edgepack.optimize.lowrank import factorize, with_finetune
+    from edgepack.optimize.lowrank import LEARNING_RATE, factorize, trainable_copy, with_finetune
 
     factored, report = factorize(model, opt.low_rank_spec, keep_layers=opt.keep_layers)
     if not any(la.factorized for la in report.layers):
         log.warning("--low-rank %s: no layer has fewer MACs as a factorized pair; the model is unchanged",
                     opt.low_rank)
     elif data is not None:
-        factored, result = finetune(lambda: _clone(factored), original, data, opts, label="low-rank")
+        lopts = opts if opt.learning_rate is not None else dataclasses.replace(opts, learning_rate=LEARNING_RATE)
+        factored, result = finetune(lambda: trainable_copy(factored), original, data, lopts, label="low-rank")
         report = with_finetune(report, result)
     else:
         log.warning("factorized without fine-tuning; pass --train-data to recover accuracy")
