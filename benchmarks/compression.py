@@ -4,7 +4,7 @@ Three Keras 3 models trained on scikit-learn's bundled digits (nothing downloade
 (32/64 filters), the MobileNet-style net (depthwise, BatchNorm, ReLU6) and a wider CNN built here
 (64/128/256 filters, a 256-unit Dense: ~0.5 M parameters). Each goes through ``edgepack convert`` as
 float32, int8 PTQ, ``--prune channels:0.5``, ``--prune sparsity:0.5``, ``--cluster 16``, ``--cluster 16
---qat`` (cluster-preserving QAT), ``--low-rank 0.9`` ``--low-rank 0.75`` and one combination (``--low-rank 0.9 --prune
+--qat`` (cluster-preserving QAT), ``--low-rank 0.9``, ``--low-rank 0.75`` and one combination (``--low-rank 0.9 --prune
 sparsity:0.5 --cluster 16 --qat``: factorize, then tfmot's collaborative sparsity-preserving clustering
 and PCQAT). Every optimized row is int8 and fine-tuned on the training folds with labels.
 
