@@ -73,10 +73,11 @@ MODELS = {"digits CNN": lambda s: digits_cnn(s, filters=(32, 64)), "MobileNet-st
           "wide CNN": wide_cnn}
 
 
-def run_one(src: Path, out: Path, extra: dict, calib: Path, train: Path, epochs: int) -> dict:
+def run_one(src: Path, out: Path, extra: dict, calib: Path, train: Path, epochs: int, resume: bool = False) -> dict:
     from edgepack import api
     from edgepack.converter.formats.detect import load_model
     from edgepack.optimize.measure import count_macs, zip_size
+    from edgepack.packaging.manifest import read_manifest
 
     start = time.perf_counter()
     kw = dict(extra)
@@ -84,9 +85,12 @@ def run_one(src: Path, out: Path, extra: dict, calib: Path, train: Path, epochs:
         kw["calibration"] = calib
     if any(k in kw for k in ("prune", "cluster", "low_rank", "qat")):
         kw.update(train_data=train, epochs=epochs)
-    res = api.convert(model=src, output=out, force=True, **kw)
+    if resume and (out / "manifest.json").is_file():  # a finished bundle of an interrupted run
+        manifest = read_manifest(out)
+    else:
+        manifest = api.convert(model=src, output=out, force=True, **kw).manifest
     blob = (out / "model.tflite").read_bytes()
-    opt = res.manifest.extras.get("optimize", {})
+    opt = manifest.extras.get("optimize", {})
     after = opt.get("after")
     if after is None:
         m = load_model(src).model
@@ -105,7 +109,8 @@ def run_one(src: Path, out: Path, extra: dict, calib: Path, train: Path, epochs:
     return r
 
 
-def run(w: Path, folds: int, epochs: int, finetune_epochs: int, seed: int, only: list[str] | None) -> dict:
+def run(w: Path, folds: int, epochs: int, finetune_epochs: int, seed: int, only: list[str] | None,
+        resume: bool = False) -> dict:
     import keras
     from sklearn.datasets import load_digits
     from sklearn.model_selection import StratifiedKFold
@@ -124,15 +129,16 @@ def run(w: Path, folds: int, epochs: int, finetune_epochs: int, seed: int, only:
         np.savez(train, x=x[tr], y=y[tr])
         results["fold_n"].append(len(te))
         for name, build in MODELS.items():
-            model = build(seed + k)
-            model.fit(x[tr], y[tr], epochs=epochs, batch_size=32, verbose=0)
             src = f / (name.replace(" ", "_") + ".keras")
-            model.save(src)
-            keras.backend.clear_session()
+            if not (resume and src.is_file()):
+                model = build(seed + k)
+                model.fit(x[tr], y[tr], epochs=epochs, batch_size=32, verbose=0)
+                model.save(src)
+                keras.backend.clear_session()
             fold_runs = {}
             for label, extra in techniques.items():
                 out = f / f"{src.stem}__{label.replace(' ', '_').replace(':', '_').replace('+', '')}"
-                r = run_one(src, out, extra, calib, train, finetune_epochs)
+                r = run_one(src, out, extra, calib, train, finetune_epochs, resume)
                 acc = tflite_accuracy(out / "model.tflite", x[te], y[te])
                 cell = results["models"][name][label]
                 cell["fold_correct"].append(round(acc * len(te) / 100))
@@ -238,8 +244,9 @@ def main() -> int:
     ap.add_argument("--only", action="append", help="run only this technique (repeatable; see TECHNIQUES)")
     ap.add_argument("--plot", type=Path, help="write the size-vs-accuracy plot here (.svg or .png)")
     ap.add_argument("--plot-only", action="store_true", help="table and plot from the workdir's results.json")
+    ap.add_argument("--resume", action="store_true", help="reuse the models and bundles an interrupted run finished")
     args = ap.parse_args()
-    w = args.workdir
+    w = args.workdir.resolve()  # absolute: every path handed to edgepack stays valid whatever the cwd
     w.mkdir(parents=True, exist_ok=True)
     if args.plot_only:
         results = json.loads((w / "results.json").read_text())
@@ -247,7 +254,7 @@ def main() -> int:
         from edgepack._native import quiet_tensorflow
 
         quiet_tensorflow(False)
-        results = run(w, args.folds, args.epochs, args.finetune_epochs, args.seed, args.only)
+        results = run(w, args.folds, args.epochs, args.finetune_epochs, args.seed, args.only, args.resume)
     print("\n" + table(results))
     print(markdown(results))
     if args.plot:

@@ -34,7 +34,8 @@ def test_clustering_leaves_at_most_k_values(train):
             assert by[layer.name].clusters_before == len(np.unique(before[layer.name])) > 6
         elif kernel is not None:
             assert len(np.unique(kernel)) > 6  # not clustered (fine-tuned with the rest)
-    assert by["dense"].params == 128 * 16 + 16 and by["dense"].macs == 128 * 16
+    hidden = next(la.name for la in model.layers if type(la).__name__ == "Dense" and la.name != "logits")
+    assert by[hidden].params == 128 * 16 + 16 and by[hidden].macs == 128 * 16  # auto names vary per session
     assert report.finetune.metric == "accuracy" and 1 <= report.finetune.epochs <= 2
     # the original model (the teacher) is untouched
     for layer in model.layers:
