@@ -194,18 +194,21 @@ def table(results: dict) -> str:
 
 
 def markdown(results: dict) -> str:
+    done = results.get("folds_done", 0)
     out = ["| model | technique | params | MACs | .tflite bytes | zip bytes | zip / int8 | LiteRT p50 µs | "
-           "accuracy | vs float |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "accuracy | vs float | vs int8 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, cells in results["models"].items():
         base, fl = cells.get("int8 (PTQ)", {}), cells.get("float32", {})
         for label, c in cells.items():
             if "zip" not in c:
                 continue
             acc = accuracy(results, c)
-            d = acc - accuracy(results, fl) if fl.get("zip") else 0.0
+            folds = len(c["fold_correct"])
+            note = f" ({folds} folds)" if folds != done else ""
             ratio = f"{c['zip'] / base['zip']:.2f}" if base.get("zip") else "-"
             out.append(f"| {name} | {label} | {c['params']:,} | {c['macs']:,} | {c['bytes']:,} | {c['zip']:,} | "
-                       f"{ratio} | {c.get('p50_ms', float('nan')) * 1000:.1f} | {acc:.2f} % | {d:+.2f} |")
+                       f"{ratio} | {c.get('p50_ms', float('nan')) * 1000:.1f} | {acc:.2f} %{note} | "
+                       f"{acc - accuracy(results, fl):+.2f} | {acc - accuracy(results, base):+.2f} |")
     return "\n".join(out)
 
 
@@ -214,6 +217,7 @@ def plot(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     models = results["models"]
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.2))
@@ -222,6 +226,10 @@ def plot(results: dict, path: Path) -> None:
         for i, (label, c) in enumerate((lbl, c) for lbl, c in cells.items() if "zip" in c):
             ax.scatter(c["zip"] / 1024, accuracy(results, c), marker=markers[i % len(markers)], s=60, label=label)
         ax.set_xscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_title(name)
         ax.set_xlabel("zip bytes of the .tflite (KiB, log)")
         ax.set_ylabel("accuracy % (k-fold, LiteRT)")
