@@ -51,9 +51,11 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             preprocess: str | None = None, recipe: str | Path | None = None,
             label_column: str | None = None, prune: str | None = None, prune_norm: str | None = None,
             prune_round: int | None = None, prune_layers: Sequence[str] | None = None,
-            keep_layers: Sequence[str] | None = None, qat: bool | None = None,
+            keep_layers: Sequence[str] | None = None, prune_groups: Mapping[str, float] | Sequence[str] | None = None,
+            qat: bool | None = None,
             train_data: str | Path | None = None, epochs: int | None = None, distill: bool | None = None,
-            distribute: str | None = None, learning_rate: float | None = None) -> ConvertResult:
+            distribute: str | None = None, learning_rate: float | None = None,
+            on_epoch: Callable[[str, int, str, float], None] | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
 
     Every option left at ``None`` takes the ``recipe`` file's value, else the default of
@@ -68,8 +70,11 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     ``["input:1x3x224x224"]``.
 
     ``prune`` (``"channels:0.5"``, ``"sparsity:0.8"``, ``"2:4"``) and ``qat`` optimize a Keras model
-    before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y)."""
-    flags = {k: v for k, v in locals().items() if k not in ("progress", "recipe")}
+    before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y).
+
+    ``on_epoch(phase, epoch, metric, value)`` hears each fine-tuning epoch's held-out score; raising
+    :class:`~edgepack.errors.StopRequested` from it stops the conversion (nothing is written)."""
+    flags = {k: v for k, v in locals().items() if k not in ("progress", "recipe", "on_epoch")}
     from edgepack._native import quiet_tensorflow
     from edgepack.packaging.tempdirs import run_tempdir
     from edgepack.pipeline.run import run_pipeline
@@ -77,7 +82,7 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     request = convert_request(recipe=recipe, **flags)
     quiet_tensorflow(verbose)
     with run_tempdir():  # temporary folders named by pid: the next run removes a killed run's
-        state = run_pipeline(request, progress=progress)
+        state = run_pipeline(request, progress=progress, on_epoch=on_epoch)
     return ConvertResult(bundle=request.output.path, manifest=state.manifest)
 
 

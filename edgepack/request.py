@@ -163,6 +163,9 @@ class OptimizeOptions:
     prune_round: int = 1  # channel pruning keeps a multiple of this many channels per group
     prune_layers: tuple[str, ...] = ()  # fnmatch patterns of layer names to prune (default: all)
     keep_layers: tuple[str, ...] = ()  # fnmatch patterns of layer names never to prune
+    # per-layer-group channel ratios, ((fnmatch pattern, ratio), ...): a channel group whose producing
+    # layer matches a pattern (first match wins) loses that share instead of --prune channels:R's
+    prune_groups: tuple[tuple[str, float], ...] = ()
     qat: bool = False
     train_data: Path | None = None
     epochs: int = 10
@@ -173,6 +176,12 @@ class OptimizeOptions:
     def __post_init__(self) -> None:
         if self.prune is not None:
             parse_prune(self.prune)
+        if self.prune_groups and (self.prune_spec is None or self.prune_spec.kind != "channels"):
+            raise UsageError("--prune-group sets channel ratios per layer group; it needs --prune channels:R",
+                             hint="add --prune channels:0 to prune only the groups given")
+        for pattern, ratio in self.prune_groups:
+            if not valid_ratio(ratio):
+                raise OptionError("--prune-group", f"{pattern}={ratio}", hint="RATIO must be at least 0 and below 1")
         if self.prune_norm not in PRUNE_NORMS:
             raise OptionError("--prune-norm", self.prune_norm, PRUNE_NORMS)
         if self.prune_round < 1:
@@ -272,7 +281,8 @@ _FLAT: dict[str, tuple[str, str]] = {
     "quantize": ("quantize", "mode"), "per_tensor": ("quantize", "per_tensor"),
     "calibration": ("calibration", "data"), "calibration_samples": ("calibration", "samples"),
     "preprocess": ("calibration", "preprocess"), "label_column": ("calibration", "label_column"),
-    **{k: ("optimize", k) for k in ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "qat",
+    **{k: ("optimize", k) for k in ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers",
+                                     "prune_groups", "qat",
                                      "train_data", "epochs", "learning_rate", "distill", "distribute")},
     "output": ("output", "path"), "force": ("output", "force"), "labels": ("output", "labels"),
     "target": ("target", ""), "seed": ("seed", ""), "recipe": ("recipe", ""), "verbose": ("verbose", ""),
@@ -364,6 +374,8 @@ def _assemble(parts: dict[str, dict[str, Any]], top: dict[str, Any], where: str)
     for k in ("prune_layers", "keep_layers"):
         if k in o:
             o[k] = tuple([o[k]] if isinstance(o[k], str) else o[k])
+    if "prune_groups" in o:
+        o["prune_groups"] = parse_prune_groups(o["prune_groups"])
     if "seed" in top and not isinstance(top["seed"], int):
         raise OptionError("--seed", top["seed"], hint="give a whole number")
     try:
@@ -388,6 +400,33 @@ def _input_shapes(spec: Mapping[str, Sequence[int]] | Sequence[str] | str | None
         else:
             name, dims = s
             out.append((str(name), tuple(int(d) for d in dims)))
+    return tuple(out)
+
+
+def parse_prune_groups(spec: Mapping[str, Any] | Sequence[Any] | str | None) -> tuple[tuple[str, float], ...]:
+    """``{"conv1*": 0.5}``, ``["conv1*=0.5", ...]`` or (pattern, ratio) pairs -> ((pattern, ratio), ...),
+    in the order given (the first matching pattern wins)."""
+    if not spec:
+        return ()
+    if isinstance(spec, Mapping):
+        items = list(spec.items())
+    else:
+        items = []
+        for s in [spec] if isinstance(spec, str) else spec:
+            if isinstance(s, str):
+                pattern, sep, value = s.rpartition("=")
+                if not sep or not pattern:
+                    raise OptionError("--prune-group", s, hint="give PATTERN=RATIO, e.g. 'conv2d*=0.5'")
+                items.append((pattern, value))
+            else:
+                items.append(tuple(s))
+    out = []
+    for pattern, value in items:
+        try:
+            ratio = float(value)
+        except (TypeError, ValueError):
+            raise OptionError("--prune-group", f"{pattern}={value}", hint="RATIO is a number such as 0.5") from None
+        out.append((str(pattern), ratio))
     return tuple(out)
 
 

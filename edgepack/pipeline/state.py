@@ -42,6 +42,8 @@ class PipelineState:
     # --prune/--qat: the model as loaded, kept when `loaded` is replaced by the optimized one
     original: LoadedModel | None = None
     manifest: Manifest | None = None
+    # Fine-tuning reports each epoch's held-out score here (label, epoch, metric, value); the tuner's pruner
+    on_epoch: Callable[[str, int, str, float], None] | None = None
 
     @property
     def arena_bytes(self) -> int | None:
