@@ -472,3 +472,60 @@ def _split(text: str, option: str) -> tuple[str, Any]:
         return key, json.loads(raw)
     except ValueError:
         return key, raw
+
+
+# -- edgepack tune ------------------------------------------------------------------------------------
+class Sampler(StrEnum):
+    GRID = "grid"  # every point of a discrete space, once
+    RANDOM = "random"
+    TPE = "tpe"  # Bayesian (tree-structured Parzen estimator)
+
+
+class Pruner(StrEnum):
+    MEDIAN = "median"  # stop a trial whose epoch score is below the median of earlier trials at that epoch
+    HYPERBAND = "hyperband"
+    NONE = "none"
+
+
+class Objective(StrEnum):
+    ACCURACY = "accuracy"  # top-1 accuracy on labelled --eval-data
+    AGREEMENT = "agreement"  # top-1 agreement with the source model (no labels needed)
+
+
+class Keep(StrEnum):
+    BEST = "best"  # the best feasible bundle
+    PARETO = "pareto"  # every bundle on a Pareto front too
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """``edgepack tune``: how to search; what each trial converts is a :class:`ConvertRequest`."""
+
+    eval_data: Path
+    space: Path | None = None  # TOML; None: a default for the model and target
+    trials: int | None = None  # None: 20, or the whole grid for --sampler grid
+    sampler: Sampler = Sampler.TPE
+    pruner: Pruner = Pruner.MEDIAN
+    objective: Objective = Objective.ACCURACY
+    max_latency_ms: float | None = None
+    max_bytes: int | None = None
+    storage: str | None = None  # an Optuna storage URL; None: sqlite in the output folder
+    study: str | None = None  # None: "<model stem>-<target>"
+    workers: int = 1
+    keep: Keep = Keep.BEST
+
+    DEFAULT_TRIALS = 20
+
+    def __post_init__(self) -> None:
+        for name, cls, option in (("sampler", Sampler, "--sampler"), ("pruner", Pruner, "--pruner"),
+                                  ("objective", Objective, "--objective"), ("keep", Keep, "--keep")):
+            object.__setattr__(self, name, _enum(cls, getattr(self, name), option))
+        if self.trials is not None and self.trials < 1:
+            raise OptionError("--trials", self.trials, hint="give at least 1")
+        if self.workers < 1:
+            raise OptionError("--workers", self.workers, hint="give at least 1")
+        _finite("--max-latency-ms", self.max_latency_ms)
+        if self.max_latency_ms is not None and self.max_latency_ms <= 0:
+            raise OptionError("--max-latency-ms", self.max_latency_ms, hint="give a positive number")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise OptionError("--max-bytes", self.max_bytes, hint="give a positive number of bytes")
