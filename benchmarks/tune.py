@@ -8,6 +8,11 @@
 3. edgepack tune with grid, random and TPE at the same trial budget over a per-layer-group width
    search plus per-tensor and QAT; prints each sampler's best feasible trial and the trials it needed
    to get within 0.2 points of the best any of them found.
+
+    .venv/bin/python benchmarks/tune.py --postgres-demo [--trials 8]
+
+runs one TPE study with two local workers on a throwaway PostgreSQL server (initdb/pg_ctl in a temporary
+folder, removed after) and prints how the trials split between the workers.
 """
 
 from __future__ import annotations
@@ -92,6 +97,33 @@ def _best_curve(rows: list[dict]) -> list[float]:
     return curve
 
 
+def _postgres_demo(w: Path, trials: int, epochs: int) -> int:
+    from collections import Counter
+
+    from edgepack import api
+    from tests.tune.conftest import throwaway_postgres
+
+    plain = _single(w, "int8 (plain)", {}, epochs, None)
+    limit = int(plain["bytes"] * 0.6)
+    out = w / "tune-postgres"
+    shutil.rmtree(out, ignore_errors=True)
+    with throwaway_postgres() as url:
+        start = time.perf_counter()
+        result = api.tune(model=w / "digits.keras", output=out, eval_data=w / "heldout.npz", target="cortex-m4",
+                          calibration=w / "calibration.npy", train_data=w / "train.npz", epochs=epochs,
+                          space=w / "space.toml", sampler="tpe", trials=trials, max_bytes=limit, workers=2,
+                          storage=url, study="digits-shared")
+        seconds = time.perf_counter() - start
+    with (out / "trials.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    split = Counter(r["worker"] for r in rows)
+    numbers = sorted(int(r["trial"]) for r in rows)
+    print(f"two workers, one PostgreSQL study: {len(rows)} trials {numbers} in {seconds / 60:.1f} min; "
+          + ", ".join(f"worker {k}: {v} trials" for k, v in sorted(split.items()))
+          + f"; best {result['best_trial']['objective'] if result['best_trial'] else '-'}%")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("build/bench-tune"))
@@ -100,6 +132,7 @@ def main() -> int:
     ap.add_argument("--train-epochs", type=int, default=15, help="training the digits CNN once")
     ap.add_argument("--limit", type=float, default=0.6, help="flash limit as a share of plain int8's bytes")
     ap.add_argument("--samplers", default="grid,random,tpe")
+    ap.add_argument("--postgres-demo", action="store_true", help="two workers on a throwaway PostgreSQL study")
     args = ap.parse_args()
     w = args.workdir
     w.mkdir(parents=True, exist_ok=True)
@@ -108,6 +141,8 @@ def main() -> int:
     from edgepack._native import quiet_tensorflow
 
     quiet_tensorflow(False)
+    if args.postgres_demo:
+        return _postgres_demo(w, args.trials, args.epochs)
 
     plain = _single(w, "int8 (plain)", {}, args.epochs, None)
     limit = int(plain["bytes"] * args.limit)

@@ -482,7 +482,7 @@ class Sampler(StrEnum):
 
 
 class Pruner(StrEnum):
-    MEDIAN = "median"  # stop a trial whose epoch score is below the median of earlier trials at that epoch
+    MEDIAN = "median"  # stop a trial whose epoch score is below the median of feasible finished trials' there
     HYPERBAND = "hyperband"
     NONE = "none"
 

@@ -85,11 +85,15 @@ def open_storage(url: str):
 
 
 def make_sampler(sampler: Sampler, seed: int, startup: int):
+    import warnings
+
     import optuna
 
     if sampler is Sampler.TPE:
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True,
-                                          constraints_func=_constraints, multivariate=True)
+        with warnings.catch_warnings():  # constraints, liar and multivariate are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True,
+                                              constraints_func=_constraints, multivariate=True)
     return optuna.samplers.RandomSampler(seed=seed)  # grid: every trial comes with its point fixed
 
 
@@ -101,7 +105,9 @@ def make_pruner(pruner: Pruner, epochs: int):
     import optuna
 
     if pruner is Pruner.MEDIAN:
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        from edgepack.tune.pruning import FeasibleMedianPruner
+
+        return FeasibleMedianPruner(n_startup_trials=2, n_warmup_steps=1)
     if pruner is Pruner.HYPERBAND:
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, epochs), reduction_factor=3)
     return optuna.pruners.NopPruner()
@@ -117,28 +123,34 @@ def load_study(job: TuneJob, worker: int = 0, *, create: bool = False):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     epochs = int(dict(job.flags).get("epochs") or 10)
-    startup = max(3, min(10, job.budget // 4))
-    sampler = make_sampler(job.options.sampler, job.seed + 7919 * worker, startup)
-    kwargs = dict(study_name=job.study, storage=open_storage(job.storage), sampler=sampler,
+    kwargs = dict(study_name=job.study, storage=open_storage(job.storage),
                   pruner=make_pruner(job.options.pruner, epochs))
     if not create:
         try:
-            return optuna.load_study(**kwargs)
+            study = optuna.load_study(**kwargs)
         except KeyError:
             raise UsageError(f"--study {job.study}: no such study in {_shown(job.storage)}",
                              hint="run 'edgepack tune' with the same --storage and --study first") from None
-    study = optuna.create_study(direction="maximize", load_if_exists=True, **kwargs)
+    else:
+        study = optuna.create_study(direction="maximize", load_if_exists=True, **kwargs)
+        _check_attrs(study, job)
+    # seeded per worker and per run: a resumed or second worker's sampler does not replay the first's draws
+    startup = max(3, min(10, job.budget // 4))
+    study.sampler = make_sampler(job.options.sampler, job.seed + 7919 * worker + 104729 * len(study.trials), startup)
+    return study
+
+
+def _check_attrs(study, job: TuneJob) -> None:
     attrs = _study_attrs(job)
     if "space" not in study.user_attrs:
         for k, v in attrs.items():
             study.set_user_attr(k, v)
-    else:
-        for key in ("space", "sampler", "objective"):
-            if json.dumps(study.user_attrs.get(key), sort_keys=True) != json.dumps(attrs[key], sort_keys=True):
-                raise UsageError(f"--study {job.study}: the study in {_shown(job.storage)} was made with another "
-                                 f"{key} ({study.user_attrs.get(key)})",
-                                 hint="rerun with the same settings to resume it, or give a new --study NAME")
-    return study
+        return
+    for key in ("space", "sampler", "objective"):
+        if json.dumps(study.user_attrs.get(key), sort_keys=True) != json.dumps(attrs[key], sort_keys=True):
+            raise UsageError(f"--study {job.study}: the study in {_shown(job.storage)} was made with another "
+                             f"{key} ({study.user_attrs.get(key)})",
+                             hint="rerun with the same settings to resume it, or give a new --study NAME")
 
 
 def _shown(url: str) -> str:
