@@ -128,7 +128,7 @@ _TUNE_KEYS = ("space", "trials", "sampler", "pruner", "objective", "max_latency_
               "workers", "keep")
 
 
-def tune(*, model: str | Path, output: str | Path, eval_data: str | Path, report: bool = False,
+def tune(*, model: str | Path, output: str | Path, eval_data: str | Path | None = None, report: bool = False,
          space: str | Path | None = None, trials: int | None = None, sampler: str | None = None,
          pruner: str | None = None, objective: str | None = None, max_latency_ms: float | None = None,
          max_bytes: int | None = None, storage: str | None = None, study: str | None = None,
@@ -148,13 +148,19 @@ def tune(*, model: str | Path, output: str | Path, eval_data: str | Path, report
     from edgepack.tune.run import run_tune
 
     given = {k: v for k, v in locals().items() if k in _TUNE_KEYS and v is not None}
-    options = TuneOptions(eval_data=Path(eval_data), **{k: Path(v) if k == "space" else v for k, v in given.items()})
+    if eval_data is None and not report:
+        from edgepack.errors import UsageError
+
+        raise UsageError("--eval-data is required: every trial is scored on it",
+                         hint="give held-out data (.npz with x and y), or --report to only rebuild the report")
+    options = TuneOptions(eval_data=Path(eval_data) if eval_data is not None else None,
+                          **{k: Path(v) if k == "space" else v for k, v in given.items()})
     unknown = sorted(set(convert_options) - set(_CONVERT_KEYS))
     if unknown:
         raise TypeError(f"tune() got unexpected keyword arguments: {', '.join(unknown)}")
     fixed = {k: v for k, v in convert_options.items() if v is not None}
     convert_request(model=model, output=Path(output) / "trials" / "check", **fixed)  # the shared options are valid
-    job = make_job(model=Path(model), output=Path(output), options=options, flags=fixed)
+    job = make_job(model=Path(model), output=Path(output), options=options, flags=fixed, report=report)
     quiet_tensorflow(verbose)
     return run_tune(job, convert=convert, validate=validate, verbose=verbose, report_only=report, progress=progress,
                     on_trial=on_trial)

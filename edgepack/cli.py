@@ -323,8 +323,9 @@ def convert(recipe, verbose, quiet, as_json, optimize=None, **options) -> None:
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str), required=True,
               help="Folder for the study (study.db), trials.csv, pareto.png and the kept bundles.")
-@click.option("--eval-data", type=click.Path(path_type=str), required=True,
-              help="Held-out data every trial is scored on (.npz with x, and y for --objective accuracy).")
+@click.option("--eval-data", type=click.Path(path_type=str),
+              help="Held-out data every trial is scored on (.npz with x, and y for --objective accuracy); "
+                   "required unless --report.")
 @click.option("--target", default=R.ConvertRequest.target, show_default=True, help="Target profile: its limits.")
 @click.option("--calibration", multiple=True, metavar="PATH|NAME=PATH", help="Calibration data (as for convert).")
 @click.option("--train-data", type=click.Path(path_type=str), help="Fine-tuning data for pruning/QAT trials.")

@@ -501,7 +501,7 @@ class Keep(StrEnum):
 class TuneOptions:
     """``edgepack tune``: how to search; what each trial converts is a :class:`ConvertRequest`."""
 
-    eval_data: Path
+    eval_data: Path | None  # every trial is scored on it (None only to rebuild the report)
     space: Path | None = None  # TOML; None: a default for the model and target
     trials: int | None = None  # None: 20, or the whole grid for --sampler grid
     sampler: Sampler = Sampler.TPE

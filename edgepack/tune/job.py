@@ -8,18 +8,24 @@ from typing import Any
 from edgepack.errors import ModelLoadError, UsageError
 from edgepack.request import ConvertRequest, TuneOptions
 from edgepack.targets import load_target
-from edgepack.tune.space import default_space, read_space
+from edgepack.tune.space import SearchSpace, default_space, read_space
 from edgepack.tune.study import TuneJob, storage_url
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
-def make_job(*, model: Path, output: Path, options: TuneOptions, flags: dict[str, Any]) -> TuneJob:
+def make_job(*, model: Path, output: Path, options: TuneOptions, flags: dict[str, Any],
+             report: bool = False) -> TuneJob:
+    """``report``: only the storage is read (the model and data may live on another machine)."""
     target_name = flags.get("target") or ConvertRequest.target
     spec = load_target(target_name)
+    if report:
+        return TuneJob(model=model, output=output.resolve(), target=spec.name, flags=(), options=options,
+                       space=SearchSpace(()), storage=storage_url(options.storage, output),
+                       study=options.study or f"{model.stem}-{spec.name}")
     if not model.exists():
         raise ModelLoadError(f"{model}: no such file or directory")
-    if not options.eval_data.exists():
+    if options.eval_data is None or not options.eval_data.exists():
         raise UsageError(f"--eval-data {options.eval_data}: no such file or directory",
                          hint="give held-out data (.npz with x and y) to score every trial on")
     if output.exists() and not output.is_dir():

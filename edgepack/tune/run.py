@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgepack.tune.report import CSV_NAME, PNG_NAME, collect, keep_bundles, write_csv, write_picture
+from edgepack.tune.report import CSV_NAME, PNG_NAME, collect, keep_bundles, kept_paths, write_csv, write_picture
 from edgepack.tune.study import TuneJob, load_study, run_workers, top_up, work
 from edgepack.tune.trial import TrialOutcome
 
@@ -47,8 +47,10 @@ def run_tune(job: TuneJob, *, convert: Callable[..., Any], validate: Callable[..
              on_trial: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or with ``report_only`` just report) the study; ``progress`` hears "trial N k/M, ETA: stage"
     updates, ``on_trial`` one line per finished trial."""
-    job.output.mkdir(parents=True, exist_ok=True)
+    if not report_only:
+        job.output.mkdir(parents=True, exist_ok=True)
     study = load_study(job, create=not report_only)
+    job.output.mkdir(parents=True, exist_ok=True)
     interrupted = False
     ran = 0
     if not report_only:
@@ -87,7 +89,11 @@ def run_tune(job: TuneJob, *, convert: Callable[..., Any], validate: Callable[..
         except KeyboardInterrupt:
             interrupted = True
     summary = collect(study)
-    kept = {} if report_only else keep_bundles(summary, job.output, pareto=job.options.keep.value == "pareto")
+    if report_only:  # bundles are the running study's business: only say where the best one is
+        where = kept_paths(job.output, summary).get(summary.best.number) if summary.best is not None else None
+        kept = {"best": where} if where else {}
+    else:
+        kept = keep_bundles(summary, job.output, pareto=job.options.keep.value == "pareto")
     csv_path = write_csv(summary, job.output / CSV_NAME)
     png_path = write_picture(summary, job.output / PNG_NAME,
                              f"{job.model.name} for {job.target}: {len(summary.rows)} trials, study {job.study}")

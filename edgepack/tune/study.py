@@ -123,16 +123,20 @@ def load_study(job: TuneJob, worker: int = 0, *, create: bool = False):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     epochs = int(dict(job.flags).get("epochs") or 10)
-    kwargs = dict(study_name=job.study, storage=open_storage(job.storage),
-                  pruner=make_pruner(job.options.pruner, epochs))
+    kwargs: dict[str, Any] = {"study_name": job.study, "pruner": make_pruner(job.options.pruner, epochs)}
     if not create:
+        db = job.storage.removeprefix("sqlite:///")
+        if db != job.storage and not Path(db).is_file():  # SQLite would create an empty file
+            raise UsageError(f"--study {job.study}: no study database at {db}",
+                             hint="run 'edgepack tune' first, or give its --storage URL")
         try:
-            study = optuna.load_study(**kwargs)
+            study = optuna.load_study(storage=open_storage(job.storage), **kwargs)
         except KeyError:
             raise UsageError(f"--study {job.study}: no such study in {_shown(job.storage)}",
                              hint="run 'edgepack tune' with the same --storage and --study first") from None
     else:
-        study = optuna.create_study(direction="maximize", load_if_exists=True, **kwargs)
+        study = optuna.create_study(direction="maximize", load_if_exists=True, storage=open_storage(job.storage),
+                                    **kwargs)
         _check_attrs(study, job)
     # seeded per worker and per run: a resumed or second worker's sampler does not replay the first's draws
     startup = max(3, min(10, job.budget // 4))
