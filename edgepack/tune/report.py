@@ -126,7 +126,8 @@ def write_csv(summary: StudySummary, path: Path) -> Path:
     return path
 
 
-def write_picture(summary: StudySummary, path: Path, title: str) -> Path:
+def write_picture(summary: StudySummary, path: Path, title: str, limits: dict[str, float | None] | None = None) -> Path:
+    """``limits``: a dashed line at each axis' limit (``bytes``: --max-bytes or flash, ``latency_ms``)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
@@ -151,6 +152,9 @@ def write_picture(summary: StudySummary, path: Path, title: str) -> Path:
             for r in front:
                 ax.annotate(f"#{r.number}", (r.get(axis) * scale, r.get("objective")), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))
+        limit = (limits or {}).get(axis)
+        if limit is not None and measured and limit <= 2 * max(r.get(axis) for r in measured):  # else off scale
+            ax.axvline(limit * scale, color="#888888", linestyle="--", linewidth=1, label="limit")
         if summary.best is not None and summary.best.get(axis) is not None:
             ax.scatter([summary.best.get(axis) * scale], [summary.best.get("objective")], marker="*", s=220,
                        color="#c44e52", zorder=5, label=f"best (#{summary.best.number})")

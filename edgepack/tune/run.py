@@ -42,6 +42,14 @@ def fmt_seconds(s: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _limits(job: TuneJob) -> dict[str, float | None]:
+    from edgepack.targets import load_target
+
+    flash = load_target(job.target).flash_bytes
+    sizes = [v for v in (job.options.max_bytes, flash) if v is not None]
+    return {"bytes": min(sizes) if sizes else None, "latency_ms": job.options.max_latency_ms}
+
+
 def run_tune(job: TuneJob, *, convert: Callable[..., Any], validate: Callable[..., Any], verbose: bool = False,
              report_only: bool = False, progress: Callable[[str], None] | None = None,
              on_trial: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -96,7 +104,8 @@ def run_tune(job: TuneJob, *, convert: Callable[..., Any], validate: Callable[..
         kept = keep_bundles(summary, job.output, pareto=job.options.keep.value == "pareto")
     csv_path = write_csv(summary, job.output / CSV_NAME)
     png_path = write_picture(summary, job.output / PNG_NAME,
-                             f"{job.model.name} for {job.target}: {len(summary.rows)} trials, study {job.study}")
+                             f"{job.model.name} for {job.target}: {len(summary.rows)} trials, study {job.study}",
+                             limits=_limits(job))
     best = summary.best
     return {
         "study": job.study, "storage": job.storage.split("@")[-1], "trials": len(summary.rows),
