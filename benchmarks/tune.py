@@ -175,8 +175,8 @@ def main() -> int:
               f"{seconds / 60:>8.1f}")
         summary["samplers"][sampler] = {"best": best, "trials_to_within_0.2": need, "counts": counts,
                                         "minutes": round(seconds / 60, 2), "curve": curve}
-    tuned = max((r["best_trial"] for r, _, _ in runs.values() if r["best_trial"]), key=lambda b: b["objective"],
-                default=None)
+    tuned = max((r["best_trial"] for r, _, _ in runs.values() if r["best_trial"]),
+                key=lambda b: (b["objective"], -b["bytes"]), default=None)
     if tuned and best_single:
         print(f"\ntuned: {tuned['objective']:.2f}% at {tuned['bytes']} bytes ({tuned['params']}) vs best single "
               f"technique {best_single['name']}: {best_single['accuracy']:.2f}% at {best_single['bytes']} bytes "

@@ -27,7 +27,8 @@ BEST_DIR = "best"
 PARETO_DIR = "pareto"
 BEST_JSON = "best.json"
 COLUMNS = ("trial", "status", "objective", "metric", "bytes", "arena_bytes", "vela_sram_bytes", "latency_ms",
-           "latency_source", "feasible", "pareto", "seconds", "epochs_run", "reason", "host", "worker", "bundle")
+           "latency_source", "feasible", "pareto", "seconds", "epochs_run", "same_as", "reason", "host", "worker",
+           "bundle")
 
 
 @dataclass
@@ -72,10 +73,11 @@ def collect(study) -> StudySummary:
         status = t.user_attrs.get("status") or ("pruned" if t.state == TrialState.PRUNED else "error")
         rows.append(Row(t.number, status, dict(t.params), dict(t.user_attrs)))
     rows.sort(key=lambda r: r.number)
+    originals = [r for r in rows if r.feasible and r.get("same_as") is None]  # a repeat is its original's point
     for axis, flag in (("bytes", "pareto_bytes"), ("latency_ms", "pareto_latency")):
-        for r in pareto_front([r for r in rows if r.feasible], axis):
+        for r in pareto_front(originals, axis):
             setattr(r, flag, True)
-    feasible = [r for r in rows if r.feasible and r.get("objective") is not None]
+    feasible = [r for r in originals if r.get("objective") is not None]
     best = max(feasible, key=lambda r: (r.get("objective"), -(r.get("bytes") or 0), -r.number), default=None)
     names = sorted({k for r in rows for k in r.params})
     return StudySummary(rows, best, names)
@@ -141,7 +143,7 @@ def write_picture(summary: StudySummary, path: Path, title: str, limits: dict[st
         infeas = [r for r in measured if not r.feasible]
         if infeas:
             ax.scatter([r.get(axis) * scale for r in infeas], [r.get("objective") for r in infeas], marker="x",
-                       color="#bbbbbb", label="infeasible")
+                       color="#777777", label="infeasible")
         if feas:
             ax.scatter([r.get(axis) * scale for r in feas], [r.get("objective") for r in feas], color="#4c72b0",
                        alpha=0.7, label="feasible")
@@ -163,7 +165,7 @@ def write_picture(summary: StudySummary, path: Path, title: str, limits: dict[st
         ax.set_ylabel(f"{(measured[0].get('metric') if measured else '') or 'objective'} (%)")
         ax.grid(alpha=0.3)
         if measured:
-            ax.legend(fontsize=8, loc="lower right")
+            ax.legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")

@@ -232,10 +232,12 @@ def work(job: TuneJob, worker: int, convert: Callable[..., Any], validate: Calla
         trial.set_user_attr("output", str(job.output.resolve()))
         try:
             params = job.space.suggest(trial)
-            out = run_trial(trial=trial, params=params, flags={**flags, **job.space.to_flags(params)},
-                            bundle=bundles / f"trial-{trial.number:04d}", eval_data=job.options.eval_data,
-                            objective=job.options.objective, limits=limits, convert=convert, validate=validate,
-                            progress=(lambda stage, n=trial.number: progress(n, stage)) if progress else None)
+            out = _same_point(study, params, trial.number)
+            if out is None:
+                out = run_trial(trial=trial, params=params, flags={**flags, **job.space.to_flags(params)},
+                                bundle=bundles / f"trial-{trial.number:04d}", eval_data=job.options.eval_data,
+                                objective=job.options.objective, limits=limits, convert=convert, validate=validate,
+                                progress=(lambda stage, n=trial.number: progress(n, stage)) if progress else None)
         except BaseException:  # Ctrl-C, or the user's data failing every trial alike: not a result
             study.tell(trial, state=TrialState.FAIL)
             raise
@@ -250,6 +252,25 @@ def work(job: TuneJob, worker: int, convert: Callable[..., Any], validate: Calla
             log.warning("trial %d: %s", trial.number, out.reason)
         if finished:
             finished(trial.number, out)
+
+
+def _same_point(study, params: dict[str, Any], number: int) -> TrialOutcome | None:
+    """A finished trial with the very same settings: conversions are reproducible (same request, same
+    seed, same bytes), so its result stands for this one instead of running it again. TPE proposes
+    the same point again quite often in small categorical spaces."""
+    import dataclasses
+
+    from optuna.trial import TrialState
+
+    names = {f.name for f in dataclasses.fields(TrialOutcome)}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != number and t.params == params and "status" in t.user_attrs \
+                and t.user_attrs.get("same_as") is None:
+            out = TrialOutcome(**{k: v for k, v in t.user_attrs.items() if k in names})
+            out.reason = "; ".join(x for x in (out.reason, f"same settings as trial {t.number}: its result") if x)
+            out.seconds, out.bundle, out.same_as = 0.0, None, t.number
+            return out
+    return None
 
 
 def worker_main(job: TuneJob, worker: int, convert: Callable[..., Any], validate: Callable[..., Any],

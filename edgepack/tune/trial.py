@@ -53,6 +53,7 @@ class TrialOutcome:
     seconds: float = 0.0
     bundle: str | None = None
     epochs: list[float] = field(default_factory=list)  # the held-out score after each fine-tuning epoch
+    same_as: int | None = None  # the earlier trial with the same settings whose result this is
 
     @property
     def value(self) -> float:
