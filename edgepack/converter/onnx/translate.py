@@ -244,20 +244,28 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
         # down paths real data never takes (node-suite MaxUnpool): a mismatch then only warns.
         strict = probe_source == "calibration" or all(np.dtype(t.dtype).kind == "f" for t in model.inputs)
         failures: list[tuple[str, ConversionError]] = []
-        for cand in fallbacks.candidates(onnx2tf_options, set(names.values())):
+        queue = fallbacks.candidates(onnx2tf_options, set(names.values()))
+        crash: NativeCrash | None = None
+        while queue:
+            cand = queue.pop(0)
             options = dict(cand.options)
             try:
                 result = _attempt(loaded, work, onnx_path, names, shapes, feeds, refs, options, mode, calibration,
                                   per_tensor=per_tensor, verbose=verbose, strict=strict)
-            except NativeCrash:
-                raise  # a crash in calibration is not onnx2tf's translation; the hint says what to try
+            except NativeCrash as err:
+                # a crash in calibration is not a translation error: only sets meant for it are tried,
+                # and if none helps the user gets the crash (its hint says what to try)
+                log.info("option set %r: TensorFlow crashed (%s)", cand.name, err.message)
+                crash, queue = crash or err, fallbacks.after_crash(queue)
+                failures.append((cand.name, err))
+                continue
             except ConversionError as err:
                 log.info("onnx2tf option set %r failed: %s", cand.name, err.message)
                 failures.append((cand.name, err))
                 continue
             break
         else:
-            raise _all_failed(failures)
+            raise crash if crash is not None else _all_failed(failures)
     probe = result.detail["probe_max_rel_error"]
     if probe is not None and probe > 1e-3:
         log.warning("onnx2tf's TensorFlow graph differs from onnxruntime by %.3g (relative) on a %s input; "
