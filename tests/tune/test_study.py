@@ -132,3 +132,23 @@ def test_two_workers_share_one_postgresql_study(tmp_path, postgres_url, keras3_m
     report = api.tune(model=keras3_model, output=other, eval_data=labelled_npz, calibration=calib_npy,
                       space=small_space, sampler="grid", storage=postgres_url, study="shared", report=True)
     assert report["trials"] == 4 and [r["trial"] for r in _rows(other)] == [r["trial"] for r in rows]
+
+
+def test_a_repeated_point_takes_its_twins_result():
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from edgepack.tune.study import _same_point
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"per_tensor": CategoricalDistribution([False, True])}
+    study.add_trial(create_trial(state=TrialState.PRUNED, params={"per_tensor": False}, distributions=dist,
+                                 user_attrs={"status": "pruned"}))
+    assert _same_point(study, {"per_tensor": False}, 5) is None  # a pruned twin is no result: run it
+    study.add_trial(create_trial(value=97.5, params={"per_tensor": True}, distributions=dist,
+                                 user_attrs={"status": "feasible", "objective": 97.5, "bytes": 1234, "seconds": 9.0,
+                                             "bundle": "/x/trial-0001"}))
+    out = _same_point(study, {"per_tensor": True}, 5)
+    assert out.same_as == 1 and out.status == "feasible" and out.objective == 97.5 and out.bytes == 1234
+    assert out.seconds == 0.0 and out.bundle is None and "same settings as trial 1" in out.reason
