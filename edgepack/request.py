@@ -179,6 +179,9 @@ class OptimizeOptions:
         if self.prune_groups and (self.prune_spec is None or self.prune_spec.kind != "channels"):
             raise UsageError("--prune-group sets channel ratios per layer group; it needs --prune channels:R",
                              hint="add --prune channels:0 to prune only the groups given")
+        patterns = [p for p, _ in self.prune_groups]
+        if len(set(patterns)) != len(patterns):
+            raise OptionError("--prune-group", patterns, hint="give each pattern once")
         for pattern, ratio in self.prune_groups:
             if not valid_ratio(ratio):
                 raise OptionError("--prune-group", f"{pattern}={ratio}", hint="RATIO must be at least 0 and below 1")
