@@ -21,6 +21,7 @@ A knob maps its value onto :func:`edgepack.api.convert` options (the fields of
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import tomllib
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.errors import UsageError
-from edgepack.request import QUANTIZE_MODES, parse_prune, valid_ratio
+from edgepack.request import QUANTIZE_MODES, OptimizeOptions, parse_prune, valid_ratio
 
 Flags = dict[str, Any]
 GROUPS = "prune_groups"
@@ -67,6 +68,27 @@ def _mode(value: Any) -> str | None:
     return None if value in QUANTIZE_MODES else f"one of {', '.join(QUANTIZE_MODES)}"
 
 
+def _clusters(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value == 0 or 2 <= value <= 256)
+    return None if ok else "0 (no clustering) or a number of clusters from 2 to 256"
+
+
+def _energy(value: Any) -> str | None:
+    if value == "none" or (isinstance(value, float | int) and not isinstance(value, bool) and 0 <= value <= 1):
+        return None
+    if isinstance(value, str) and value.startswith("rank:") and value[5:].isdigit() and int(value[5:]) >= 1:
+        return None
+    return '0 or "none" (no factorization), an energy in (0, 1] or "rank:R"'
+
+
+def _cluster(flags: Flags, value: int) -> None:
+    flags["cluster"] = value or None
+
+
+def _low_rank(flags: Flags, value: Any) -> None:
+    flags["low_rank"] = None if value in (0, "none") else str(value)
+
+
 def _set(key: str) -> Callable[[Flags, Any], None]:
     def apply(flags: Flags, value: Any) -> None:
         flags[key] = value
@@ -94,6 +116,7 @@ class Knob:
     apply: Callable[[Flags, Any], None]
     help: str
     prune: bool = False  # sets --prune (at most one such knob per space)
+    option: str | None = None  # the OptimizeOptions field it needs (knobs for options newer than this tuner)
 
 
 KNOBS: dict[str, Knob] = {
@@ -106,6 +129,8 @@ KNOBS: dict[str, Knob] = {
     "sparsity": Knob(_ratio, _sparsity, "weight sparsity (0: none)", prune=True),
     "epochs": Knob(_positive_int, _set("epochs"), "fine-tuning epochs"),
     "learning_rate": Knob(_rate, _set("learning_rate"), "fine-tuning learning rate"),
+    "cluster": Knob(_clusters, _cluster, "weight clustering: clusters per kernel (0: none)", option="cluster"),
+    "low_rank": Knob(_energy, _low_rank, "low-rank factorization: energy kept or rank:R (0: none)", option="low_rank"),
 }
 
 
@@ -219,7 +244,7 @@ def _dimension(name: str, value: Any, knob: Knob, where: str) -> Dimension:
         if not low < high or (step is not None and (isinstance(step, bool) or not isinstance(step, int | float)
                                                      or step <= 0)):
             raise bad("needs low < high and a positive step")
-        if knob.check is _bool or knob.check is _mode or knob.check is _prune_form:
+        if knob.check in (_bool, _mode, _prune_form):
             raise bad("takes a list of values, not a range")
         return Dimension(name, low=low, high=high, step=step)
     raise bad(f"must be a list of values or a range table, not {type(value).__name__}")
@@ -240,6 +265,9 @@ def parse_space(data: Mapping[str, Any], where: str = "--space") -> SearchSpace:
         knob = KNOBS.get(name)
         if knob is None:
             raise UsageError(f"{where}: unknown key '{name}'", hint=f"known: {', '.join([*KNOBS, GROUPS])}")
+        if knob.option is not None and knob.option not in {f.name for f in dataclasses.fields(OptimizeOptions)}:
+            raise UsageError(f"{where}: '{name}' needs convert's --{knob.option.replace('_', '-')}, which this "
+                             "edgepack does not have", hint="update edgepack, or drop the key")
         dims.append(_dimension(name, value, knob, where))
     if not dims:
         raise UsageError(f"{where}: the search space is empty", hint=f"give at least one of {', '.join(KNOBS)}")
