@@ -51,10 +51,10 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             preprocess: str | None = None, recipe: str | Path | None = None,
             label_column: str | None = None, prune: str | None = None, prune_norm: str | None = None,
             prune_round: int | None = None, prune_layers: Sequence[str] | None = None,
-            keep_layers: Sequence[str] | None = None, prune_groups: Mapping[str, float] | Sequence[str] | None = None,
-            qat: bool | None = None,
+            keep_layers: Sequence[str] | None = None, qat: bool | None = None,
             train_data: str | Path | None = None, epochs: int | None = None, distill: bool | None = None,
             distribute: str | None = None, learning_rate: float | None = None,
+            prune_groups: Mapping[str, float] | Sequence[str] | None = None,
             on_epoch: Callable[[str, int, str, float], None] | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
 
@@ -69,12 +69,14 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     ``input_shapes`` fixes an ONNX model's dynamic dimensions: ``{"input": (1, 3, 224, 224)}`` or
     ``["input:1x3x224x224"]``.
 
-    ``prune`` (``"channels:0.5"``, ``"sparsity:0.8"``, ``"2:4"``) and ``qat`` optimize a Keras model
-    before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y).
-
+    ``prune_groups`` (``{"dense*": 0.5}``) gives ``prune="channels:R"`` another ratio per layer-name pattern.
     ``on_epoch(phase, epoch, metric, value)`` hears each fine-tuning epoch's held-out score; raising
-    :class:`~edgepack.errors.StopRequested` from it stops the conversion (nothing is written)."""
-    flags = {k: v for k, v in locals().items() if k not in ("progress", "recipe", "on_epoch")}
+    :class:`~edgepack.errors.StopRequested` from it stops the conversion (nothing is written); it is not
+    part of the request (build_request ignores it).
+
+    ``prune`` (``"channels:0.5"``, ``"sparsity:0.8"``, ``"2:4"``) and ``qat`` optimize a Keras model
+    before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y)."""
+    flags = {k: v for k, v in locals().items() if k not in ("progress", "recipe")}
     from edgepack._native import quiet_tensorflow
     from edgepack.packaging.tempdirs import run_tempdir
     from edgepack.pipeline.run import run_pipeline

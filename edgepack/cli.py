@@ -204,8 +204,8 @@ def data_options(fn):
     return fn
 
 
-_OPTIMIZE_NAMES = ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "prune_groups", "qat",
-                   "train_data", "epochs", "distill", "distribute", "learning_rate")
+_OPTIMIZE_NAMES = ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "qat", "train_data", "epochs",
+                   "distill", "distribute", "learning_rate")
 
 
 def optimize_options(fn):
@@ -225,13 +225,13 @@ def optimize_options(fn):
         click.option("--prune-round", type=click.IntRange(min=1), default=_OPT.prune_round, show_default=True,
                      metavar="N",
                      help="--prune channels keeps a multiple of N channels per layer (8 or 16 suit SIMD kernels)."),
+        click.option("--prune-group", "prune_groups", multiple=True, metavar="PATTERN=RATIO",
+                     help="--prune channels: this ratio for the layers whose name matches PATTERN (fnmatch; "
+                          "repeatable, first match wins), e.g. 'conv2d_1=0.25'."),
         click.option("--prune-layers", multiple=True, metavar="PATTERN",
                      help="Only prune layers whose name matches (fnmatch, repeatable)."),
         click.option("--keep-layers", multiple=True, metavar="PATTERN",
                      help="Never prune layers whose name matches (fnmatch, repeatable)."),
-        click.option("--prune-group", "prune_groups", multiple=True, metavar="PATTERN=RATIO",
-                     help="--prune channels: this ratio for the layers whose name matches PATTERN (fnmatch; "
-                          "repeatable, first match wins), e.g. 'conv2d_1=0.25'."),
         click.option("--qat", is_flag=True, help="Quantization-aware training before int8 conversion."),
         click.option("--train-data", type=click.Path(path_type=str),
                      help="Fine-tuning data: .npz with x (or input names) and, if labelled, y."),

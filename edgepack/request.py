@@ -163,28 +163,19 @@ class OptimizeOptions:
     prune_round: int = 1  # channel pruning keeps a multiple of this many channels per group
     prune_layers: tuple[str, ...] = ()  # fnmatch patterns of layer names to prune (default: all)
     keep_layers: tuple[str, ...] = ()  # fnmatch patterns of layer names never to prune
-    # per-layer-group channel ratios, ((fnmatch pattern, ratio), ...): a channel group whose producing
-    # layer matches a pattern (first match wins) loses that share instead of --prune channels:R's
-    prune_groups: tuple[tuple[str, float], ...] = ()
     qat: bool = False
     train_data: Path | None = None
     epochs: int = 10
     learning_rate: float | None = None  # fine-tuning Adam rate; None: 1e-3 after pruning, 1e-4 for QAT
     distill: bool = False  # learn the original model's outputs even when labels exist
     distribute: str | None = None  # "mirrored": tf.distribute.MirroredStrategy
+    # per-layer-group channel ratios, ((fnmatch pattern, ratio), ...): a channel group whose producing
+    # layer matches a pattern (first match wins) loses that share instead of --prune channels:R's
+    prune_groups: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.prune is not None:
             parse_prune(self.prune)
-        if self.prune_groups and (self.prune_spec is None or self.prune_spec.kind != "channels"):
-            raise UsageError("--prune-group sets channel ratios per layer group; it needs --prune channels:R",
-                             hint="add --prune channels:0 to prune only the groups given")
-        patterns = [p for p, _ in self.prune_groups]
-        if len(set(patterns)) != len(patterns):
-            raise OptionError("--prune-group", patterns, hint="give each pattern once")
-        for pattern, ratio in self.prune_groups:
-            if not valid_ratio(ratio):
-                raise OptionError("--prune-group", f"{pattern}={ratio}", hint="RATIO must be at least 0 and below 1")
         if self.prune_norm not in PRUNE_NORMS:
             raise OptionError("--prune-norm", self.prune_norm, PRUNE_NORMS)
         if self.prune_round < 1:
@@ -197,6 +188,15 @@ class OptimizeOptions:
             raise OptionError("--learning-rate", self.learning_rate, hint="give a rate in (0, 1), e.g. 1e-4")
         if self.epochs < 1:
             raise OptionError("--epochs", self.epochs, hint="give at least 1")
+        if self.prune_groups and (self.prune_spec is None or self.prune_spec.kind != "channels"):
+            raise UsageError("--prune-group sets channel ratios per layer group; it needs --prune channels:R",
+                             hint="add --prune channels:0 to prune only the groups given")
+        patterns = [p for p, _ in self.prune_groups]
+        if len(set(patterns)) != len(patterns):
+            raise OptionError("--prune-group", patterns, hint="give each pattern once")
+        for pattern, ratio in self.prune_groups:
+            if not valid_ratio(ratio):
+                raise OptionError("--prune-group", f"{pattern}={ratio}", hint="RATIO must be at least 0 and below 1")
 
     @property
     def prune_spec(self) -> PruneSpec | None:
@@ -284,11 +284,11 @@ _FLAT: dict[str, tuple[str, str]] = {
     "quantize": ("quantize", "mode"), "per_tensor": ("quantize", "per_tensor"),
     "calibration": ("calibration", "data"), "calibration_samples": ("calibration", "samples"),
     "preprocess": ("calibration", "preprocess"), "label_column": ("calibration", "label_column"),
-    **{k: ("optimize", k) for k in ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers",
-                                     "prune_groups", "qat",
+    **{k: ("optimize", k) for k in ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "qat",
                                      "train_data", "epochs", "learning_rate", "distill", "distribute")},
     "output": ("output", "path"), "force": ("output", "force"), "labels": ("output", "labels"),
     "target": ("target", ""), "seed": ("seed", ""), "recipe": ("recipe", ""), "verbose": ("verbose", ""),
+    "prune_groups": ("optimize", "prune_groups"),
 }
 _PARTS = {"model": ModelOptions, "quantize": QuantizeOptions, "calibration": CalibrationOptions,
           "optimize": OptimizeOptions, "output": OutputOptions}
