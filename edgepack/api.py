@@ -46,6 +46,8 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             seed: int | None = None, target: str | None = None, labels: str | Path | None = None,
             force: bool | None = None, trust_model: bool | None = None, per_tensor: bool | None = None,
             verbose: bool = False, progress: Callable[[str], None] | None = None,
+            on_epoch: Callable[[str, int, str, float], None] | None = None,
+            prune_groups: Mapping[str, float] | Sequence[str] | None = None,
             input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
             onnx2tf_options: Mapping[str, Any] | None = None,
             preprocess: str | None = None, recipe: str | Path | None = None,
@@ -53,9 +55,7 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             prune_round: int | None = None, prune_layers: Sequence[str] | None = None,
             keep_layers: Sequence[str] | None = None, qat: bool | None = None,
             train_data: str | Path | None = None, epochs: int | None = None, distill: bool | None = None,
-            distribute: str | None = None, learning_rate: float | None = None,
-            prune_groups: Mapping[str, float] | Sequence[str] | None = None,
-            on_epoch: Callable[[str, int, str, float], None] | None = None) -> ConvertResult:
+            distribute: str | None = None, learning_rate: float | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
 
     Every option left at ``None`` takes the ``recipe`` file's value, else the default of

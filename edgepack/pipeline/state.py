@@ -29,6 +29,8 @@ class PipelineState:
     info: TfliteModel | None = None
     labels: list[str] | None = None
     stages: list[StageRecord] = field(default_factory=list)
+    # Fine-tuning reports each epoch's held-out score here (label, epoch, metric, value) (the tuner's pruner listens)
+    on_epoch: Callable[[str, int, str, float], None] | None = None
     # Optional stages add files to the bundle: relpath -> (data, role)
     extra_files: dict[str, tuple[bytes | str, str]] = field(default_factory=dict)
     optimization: dict[str, Any] | None = None  # --prune/--qat: before/after per technique (manifest "optimize")
@@ -42,8 +44,6 @@ class PipelineState:
     # --prune/--qat: the model as loaded, kept when `loaded` is replaced by the optimized one
     original: LoadedModel | None = None
     manifest: Manifest | None = None
-    # Fine-tuning reports each epoch's held-out score here (label, epoch, metric, value); the tuner's pruner
-    on_epoch: Callable[[str, int, str, float], None] | None = None
 
     @property
     def arena_bytes(self) -> int | None:
