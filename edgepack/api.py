@@ -126,54 +126,6 @@ def validate(*, bundle: str | Path, data: str | Path | Mapping[str, str | Path],
     return report
 
 
-_TUNE_KEYS = ("space", "trials", "sampler", "pruner", "objective", "max_latency_ms", "max_bytes", "storage", "study",
-              "workers", "keep")
-
-
-def tune(*, model: str | Path, output: str | Path, eval_data: str | Path | None = None, report: bool = False,
-         space: str | Path | None = None, trials: int | None = None, sampler: str | None = None,
-         pruner: str | None = None, objective: str | None = None, max_latency_ms: float | None = None,
-         max_bytes: int | None = None, storage: str | None = None, study: str | None = None,
-         workers: int | None = None, keep: str | None = None, verbose: bool = False,
-         progress: Callable[[str], None] | None = None, on_trial: Callable[[str], None] | None = None,
-         **convert_options: Any) -> dict[str, Any]:
-    """Search the space (``space``: a TOML file, else a default for the model and target) for the most
-    accurate model that fits the target and the limits; every trial is :func:`convert` + :func:`validate`.
-
-    ``convert_options`` are :func:`convert`'s options every trial shares (``target``, ``calibration``,
-    ``train_data``, ``epochs``, ...); the space's knobs override them per trial. The study lives in
-    ``storage`` (an Optuna database URL; default a SQLite file in ``output``); ``report=True`` only
-    rebuilds ``trials.csv`` and ``pareto.png`` from it. See ``edgepack tune --help``."""
-    from edgepack._native import quiet_tensorflow
-    from edgepack.request import TuneOptions
-    from edgepack.tune.job import make_job
-    from edgepack.tune.run import run_tune
-
-    given = {k: v for k, v in locals().items() if k in _TUNE_KEYS and v is not None}
-    if eval_data is None and not report:
-        from edgepack.errors import UsageError
-
-        raise UsageError("--eval-data is required: every trial is scored on it",
-                         hint="give held-out data (.npz with x and y), or --report to only rebuild the report")
-    options = TuneOptions(eval_data=Path(eval_data) if eval_data is not None else None,
-                          **{k: Path(v) if k == "space" else v for k, v in given.items()})
-    unknown = sorted(set(convert_options) - set(_CONVERT_KEYS))
-    if unknown:
-        raise TypeError(f"tune() got unexpected keyword arguments: {', '.join(unknown)}")
-    fixed = {k: v for k, v in convert_options.items() if v is not None}
-    convert_request(model=model, output=Path(output) / "trials" / "check", **fixed)  # the shared options are valid
-    job = make_job(model=Path(model), output=Path(output), options=options, flags=fixed, report=report)
-    quiet_tensorflow(verbose)
-    return run_tune(job, convert=convert, validate=validate, verbose=verbose, report_only=report, progress=progress,
-                    on_trial=on_trial)
-
-
-_CONVERT_KEYS = ("quantize", "calibration", "calibration_samples", "seed", "target", "labels", "trust_model",
-                 "per_tensor", "preprocess", "recipe", "label_column", "prune", "prune_norm", "prune_round",
-                 "prune_layers", "keep_layers", "prune_groups", "qat", "train_data", "epochs", "distill", "distribute",
-                 "learning_rate", "input_shapes", "onnx2tf_options")
-
-
 def inspect(*, path: str | Path) -> dict[str, Any]:
     """Inputs/outputs with quantization, op table and sizes of a bundle or a bare ``.tflite``."""
     from edgepack.errors import BundleError
@@ -329,3 +281,49 @@ def stderr_console():
     from edgepack.calibration.progress import stderr_console as console
 
     return console()
+
+
+_TUNE_KEYS = ("space", "trials", "sampler", "pruner", "objective", "max_latency_ms", "max_bytes", "storage", "study",
+              "workers", "keep")
+
+
+def tune(*, model: str | Path, output: str | Path, eval_data: str | Path | None = None, report: bool = False,
+         space: str | Path | None = None, trials: int | None = None, sampler: str | None = None,
+         pruner: str | None = None, objective: str | None = None, max_latency_ms: float | None = None,
+         max_bytes: int | None = None, storage: str | None = None, study: str | None = None,
+         workers: int | None = None, keep: str | None = None, verbose: bool = False,
+         progress: Callable[[str], None] | None = None, on_trial: Callable[[str], None] | None = None,
+         **convert_options: Any) -> dict[str, Any]:
+    """Search the space (``space``: a TOML file, else a default for the model and target) for the most
+    accurate model that fits the target and the limits; every trial is :func:`convert` + :func:`validate`.
+
+    ``convert_options`` are :func:`convert`'s options every trial shares (``target``, ``calibration``,
+    ``train_data``, ``epochs``, ...); the space's knobs override them per trial. The study lives in
+    ``storage`` (an Optuna database URL; default a SQLite file in ``output``); ``report=True`` only
+    rebuilds ``trials.csv`` and ``pareto.png`` from it. See ``edgepack tune --help``."""
+    from edgepack._native import quiet_tensorflow
+    from edgepack.request import TuneOptions
+    from edgepack.tune.job import make_job
+    from edgepack.tune.run import run_tune
+
+    given = {k: v for k, v in locals().items() if k in _TUNE_KEYS and v is not None}
+    if eval_data is None and not report:
+        from edgepack.errors import UsageError
+
+        raise UsageError("--eval-data is required: every trial is scored on it",
+                         hint="give held-out data (.npz with x and y), or --report to only rebuild the report")
+    options = TuneOptions(eval_data=Path(eval_data) if eval_data is not None else None,
+                          **{k: Path(v) if k == "space" else v for k, v in given.items()})
+    import inspect as pyinspect
+
+    shared = set(pyinspect.signature(convert).parameters) - {"model", "output", "force", "verbose", "progress",
+                                                             "on_epoch"}
+    unknown = sorted(set(convert_options) - shared)
+    if unknown:
+        raise TypeError(f"tune() got unexpected keyword arguments: {', '.join(unknown)}")
+    fixed = {k: v for k, v in convert_options.items() if v is not None}
+    convert_request(model=model, output=Path(output) / "trials" / "check", **fixed)  # the shared options are valid
+    job = make_job(model=Path(model), output=Path(output), options=options, flags=fixed, report=report)
+    quiet_tensorflow(verbose)
+    return run_tune(job, convert=convert, validate=validate, verbose=verbose, report_only=report, progress=progress,
+                    on_trial=on_trial)
