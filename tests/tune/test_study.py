@@ -152,3 +152,16 @@ def test_a_repeated_point_takes_its_twins_result():
     out = _same_point(study, {"per_tensor": True}, 5)
     assert out.same_as == 1 and out.status == "feasible" and out.objective == 97.5 and out.bytes == 1234
     assert out.seconds == 0.0 and out.bundle is None and "same settings as trial 1" in out.reason
+
+
+def test_agreement_objective_and_latency_limit(tmp_path, keras3_model, calib_npy, labelled_npz):
+    space = tmp_path / "one.toml"
+    space.write_text("per_tensor = [true]\n")
+    out = tmp_path / "tuned"
+    result = api.tune(model=keras3_model, output=out, eval_data=labelled_npz, calibration=calib_npy, space=space,
+                      sampler="grid", objective="agreement", max_latency_ms=1e-6)
+    assert result["trials"] == 1 and result["best_trial"] is None and not (out / "best").exists()
+    (row,) = _rows(out)
+    assert row["metric"] == "agreement" and 90 <= float(row["objective"]) <= 100  # int8 vs the float source
+    assert row["status"] == "infeasible" and "--max-latency-ms" in row["reason"]
+    assert row["latency_source"] == "litert p50" and float(row["latency_ms"]) > 1e-6
