@@ -18,7 +18,7 @@ from edgepack.errors import OptionError
 from edgepack.packaging.manifest import Manifest
 
 __all__ = ["ConvertResult", "convert", "convert_request", "inspect", "raise_if_failed", "render_report", "reproduce",
-           "stderr_console", "target", "target_docs", "targets", "validate"]
+           "stderr_console", "target", "target_docs", "targets", "tune", "validate"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             seed: int | None = None, target: str | None = None, labels: str | Path | None = None,
             force: bool | None = None, trust_model: bool | None = None, per_tensor: bool | None = None,
             verbose: bool = False, progress: Callable[[str], None] | None = None,
+            on_epoch: Callable[[str, int, str, float], None] | None = None,
+            prune_groups: Mapping[str, float] | Sequence[str] | None = None,
             input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
             onnx2tf_options: Mapping[str, Any] | None = None,
             preprocess: str | None = None, recipe: str | Path | None = None,
@@ -68,6 +70,11 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     ``input_shapes`` fixes an ONNX model's dynamic dimensions: ``{"input": (1, 3, 224, 224)}`` or
     ``["input:1x3x224x224"]``.
 
+    ``prune_groups`` (``{"dense*": 0.5}``) gives ``prune="channels:R"`` another ratio per layer-name pattern.
+    ``on_epoch(phase, epoch, metric, value)`` hears each fine-tuning epoch's held-out score; raising
+    :class:`~edgepack.errors.StopRequested` from it stops the conversion (nothing is written); it is not
+    part of the request (build_request ignores it).
+
     ``prune`` (``"channels:0.5"``, ``"sparsity:0.8"``, ``"2:4"``) and ``qat`` optimize a Keras model
     before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y).
     ``cluster`` (K, e.g. 16) shares K values per kernel (tfmot clustering; ``cluster_layers`` picks layers
@@ -81,7 +88,7 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     request = convert_request(recipe=recipe, **flags)
     quiet_tensorflow(verbose)
     with run_tempdir():  # temporary folders named by pid: the next run removes a killed run's
-        state = run_pipeline(request, progress=progress)
+        state = run_pipeline(request, progress=progress, on_epoch=on_epoch)
     return ConvertResult(bundle=request.output.path, manifest=state.manifest)
 
 
@@ -278,3 +285,49 @@ def stderr_console():
     from edgepack.calibration.progress import stderr_console as console
 
     return console()
+
+
+_TUNE_KEYS = ("space", "trials", "sampler", "pruner", "objective", "max_latency_ms", "max_bytes", "storage", "study",
+              "workers", "keep")
+
+
+def tune(*, model: str | Path, output: str | Path, eval_data: str | Path | None = None, report: bool = False,
+         space: str | Path | None = None, trials: int | None = None, sampler: str | None = None,
+         pruner: str | None = None, objective: str | None = None, max_latency_ms: float | None = None,
+         max_bytes: int | None = None, storage: str | None = None, study: str | None = None,
+         workers: int | None = None, keep: str | None = None, verbose: bool = False,
+         progress: Callable[[str], None] | None = None, on_trial: Callable[[str], None] | None = None,
+         **convert_options: Any) -> dict[str, Any]:
+    """Search the space (``space``: a TOML file, else a default for the model and target) for the most
+    accurate model that fits the target and the limits; every trial is :func:`convert` + :func:`validate`.
+
+    ``convert_options`` are :func:`convert`'s options every trial shares (``target``, ``calibration``,
+    ``train_data``, ``epochs``, ...); the space's knobs override them per trial. The study lives in
+    ``storage`` (an Optuna database URL; default a SQLite file in ``output``); ``report=True`` only
+    rebuilds ``trials.csv`` and ``pareto.png`` from it. See ``edgepack tune --help``."""
+    from edgepack._native import quiet_tensorflow
+    from edgepack.request import TuneOptions
+    from edgepack.tune.job import make_job
+    from edgepack.tune.run import run_tune
+
+    given = {k: v for k, v in locals().items() if k in _TUNE_KEYS and v is not None}
+    if eval_data is None and not report:
+        from edgepack.errors import UsageError
+
+        raise UsageError("--eval-data is required: every trial is scored on it",
+                         hint="give held-out data (.npz with x and y), or --report to only rebuild the report")
+    options = TuneOptions(eval_data=Path(eval_data) if eval_data is not None else None,
+                          **{k: Path(v) if k == "space" else v for k, v in given.items()})
+    import inspect as pyinspect
+
+    shared = set(pyinspect.signature(convert).parameters) - {"model", "output", "force", "verbose", "progress",
+                                                             "on_epoch"}
+    unknown = sorted(set(convert_options) - shared)
+    if unknown:
+        raise TypeError(f"tune() got unexpected keyword arguments: {', '.join(unknown)}")
+    fixed = {k: v for k, v in convert_options.items() if v is not None}
+    convert_request(model=model, output=Path(output) / "trials" / "check", **fixed)  # the shared options are valid
+    job = make_job(model=Path(model), output=Path(output), options=options, flags=fixed, report=report)
+    quiet_tensorflow(verbose)
+    return run_tune(job, convert=convert, validate=validate, verbose=verbose, report_only=report, progress=progress,
+                    on_trial=on_trial)

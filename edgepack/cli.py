@@ -225,6 +225,9 @@ def optimize_options(fn):
         click.option("--prune-round", type=click.IntRange(min=1), default=_OPT.prune_round, show_default=True,
                      metavar="N",
                      help="--prune channels keeps a multiple of N channels per layer (8 or 16 suit SIMD kernels)."),
+        click.option("--prune-group", "prune_groups", multiple=True, metavar="PATTERN=RATIO",
+                     help="--prune channels: this ratio for the layers whose name matches PATTERN (fnmatch; "
+                          "repeatable, first match wins), e.g. 'conv2d_1=0.25'."),
         click.option("--prune-layers", multiple=True, metavar="PATTERN",
                      help="Only prune layers whose name matches (fnmatch, repeatable)."),
         click.option("--keep-layers", multiple=True, metavar="PATTERN",
@@ -324,6 +327,92 @@ def convert(recipe, verbose, quiet, as_json, optimize=None, **options) -> None:
         m = result.manifest
         click.echo(f"wrote {summary['bundle']}: {m.quantization.mode} model, {summary['model_bytes']} bytes, "
                    f"target {m.target.name}, {sum(m.ops.values())} ops in {summary['seconds']:.1f}s")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("-o", "--output", type=click.Path(path_type=str), required=True,
+              help="Folder for the study (study.db), trials.csv, pareto.png and the kept bundles.")
+@click.option("--eval-data", type=click.Path(path_type=str),
+              help="Held-out data every trial is scored on (.npz with x, and y for --objective accuracy); "
+                   "required unless --report.")
+@click.option("--target", default=R.ConvertRequest.target, show_default=True, help="Target profile: its limits.")
+@click.option("--calibration", multiple=True, metavar="PATH|NAME=PATH", help="Calibration data (as for convert).")
+@click.option("--train-data", type=click.Path(path_type=str), help="Fine-tuning data for pruning/QAT trials.")
+@click.option("--epochs", type=click.IntRange(min=1), default=_OPT.epochs, show_default=True,
+              help="Fine-tuning epochs per trial (the pruner may stop a trial earlier).")
+@click.option("--seed", type=int, default=R.ConvertRequest.seed, show_default=True, help="Seed for trials and sampler.")
+@click.option("--preprocess", metavar="SPEC", help="How raw data becomes model input (as for convert).")
+@click.option("--trust-model", is_flag=True, help="Allow loading models whose layers run Python code (Lambda).")
+@click.option("--space", type=click.Path(path_type=str),
+              help="Search space (TOML): knobs and their values; default: one for the model and target.")
+@click.option("--trials", type=click.IntRange(min=1),
+              help=f"Trials in the study (a rerun adds up to this many). Default {R.TuneOptions.DEFAULT_TRIALS}, "
+                   "or the whole grid.")
+@click.option("--sampler", type=click.Choice([s.value for s in R.Sampler]), default=R.TuneOptions.sampler.value,
+              show_default=True, help="grid: every point once; random; tpe: Bayesian.")
+@click.option("--pruner", type=click.Choice([p.value for p in R.Pruner]), default=R.TuneOptions.pruner.value,
+              show_default=True, help="Stop hopeless trials from their per-epoch fine-tuning score.")
+@click.option("--objective", type=click.Choice([o.value for o in R.Objective]),
+              default=R.TuneOptions.objective.value, show_default=True,
+              help="accuracy on labelled --eval-data, or top-1 agreement with the source model.")
+@click.option("--max-latency-ms", type=FiniteFloat(min=0), help="Limit: LiteRT p50 here (Vela's estimate on Ethos-U).")
+@click.option("--max-bytes", type=click.IntRange(min=1), help="Limit: model bytes (the Vela model on Ethos-U).")
+@click.option("--storage", metavar="URL",
+              help="Optuna storage shared by workers and machines, e.g. postgresql://user@host/db. "
+                   "Default: sqlite in OUTPUT.")
+@click.option("--study", metavar="NAME", help="Study name in the storage. Default: MODEL stem and target.")
+@click.option("--workers", type=click.IntRange(min=1), default=R.TuneOptions.workers, show_default=True,
+              help="Local worker processes sharing the study.")
+@click.option("--keep", type=click.Choice([k.value for k in R.Keep]), default=R.TuneOptions.keep.value,
+              show_default=True, help="best: OUTPUT/best; pareto: also every Pareto bundle in OUTPUT/pareto.")
+@click.option("--report", is_flag=True, help="Only rebuild trials.csv and pareto.png from the storage.")
+@common_options
+@handle_errors
+def tune(model, output, calibration, verbose, quiet, as_json, report, **options) -> None:
+    """Search pruning/quantization settings of MODEL for the most accurate bundle that fits --target.
+
+    Every trial is a real convert + validate. Ctrl-C keeps finished trials; rerunning resumes."""
+    from edgepack import api
+
+    given = _given(options)
+    if calibration:
+        given["calibration"] = data_option(calibration, "--calibration")
+    status = None
+    if not as_json and quiet == 0 and sys.stderr.isatty():
+        status = _console(stderr=True).status("tuning")
+        status.start()
+
+    def progress(text: str) -> None:
+        if status is not None:
+            status.update(f"tuning: {text}")
+
+    def on_trial(line: str) -> None:
+        if quiet == 0 and not as_json:
+            click.echo(line, err=True)
+
+    try:
+        result = api.tune(model=model, output=output, report=report, verbose=verbose > 0, progress=progress,
+                          on_trial=on_trial, **{k: v for k, v in given.items()})
+    finally:
+        if status is not None:
+            status.stop()
+    if as_json:
+        _emit_json(result)
+    elif quiet == 0:
+        best = result["best_trial"]
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(result["counts"].items()))
+        click.echo(f"study {result['study']}: {result['trials']} trials ({counts or 'none'}); "
+                   f"wrote {result['csv']} and {result['picture']}")
+        if best is None:
+            click.echo("no feasible trial yet")
+        else:
+            where = result.get("best") or result.get("best_elsewhere") or "-"
+            click.echo(f"best: trial {best['trial']}, {best['metric']} {best['objective']:.2f}%, {best['bytes']} bytes, "
+                       f"{best['latency_ms']} ms: {where}")
+    if result["interrupted"]:
+        click.echo(f"interrupted: {result['trials']} finished trials are kept in the study; rerun to resume", err=True)
+        sys.exit(130)
 
 
 @main.command()

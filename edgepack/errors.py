@@ -55,7 +55,20 @@ class ConversionError(EdgepackError):
 
 
 class TargetConstraintError(EdgepackError):
-    """The produced model does not fit the chosen target (ops, size, memory, mode)."""
+    """The produced model does not fit the chosen target (ops, size, memory, mode).
+
+    ``facts`` holds what was measured (the targets layer's ``ModelFacts``: size, arena, Vela SRAM),
+    so a caller that searches over settings can record how far a model missed."""
+
+    def __init__(self, message: str, *, hint: str | None = None, facts: object | None = None) -> None:
+        self.facts = facts
+        super().__init__(message, hint=hint)
+
+
+class StopRequested(EdgepackError):
+    """A caller's hook asked a running conversion to stop (the tuner prunes a hopeless trial).
+
+    It passes through the pipeline untouched, like Ctrl-C, instead of being wrapped as an internal error."""
 
 
 class PackagingError(EdgepackError):

@@ -204,6 +204,9 @@ class OptimizeOptions:
     learning_rate: float | None = None  # Adam rate; None: 1e-3 after pruning, 1e-4 for QAT/cluster/low-rank
     distill: bool = False  # learn the original model's outputs even when labels exist
     distribute: str | None = None  # "mirrored": tf.distribute.MirroredStrategy
+    # per-layer-group channel ratios, ((fnmatch pattern, ratio), ...): a channel group whose producing
+    # layer matches a pattern (first match wins) loses that share instead of --prune channels:R's
+    prune_groups: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.prune is not None:
@@ -226,6 +229,15 @@ class OptimizeOptions:
             raise OptionError("--learning-rate", self.learning_rate, hint="give a rate in (0, 1), e.g. 1e-4")
         if self.epochs < 1:
             raise OptionError("--epochs", self.epochs, hint="give at least 1")
+        if self.prune_groups and (self.prune_spec is None or self.prune_spec.kind != "channels"):
+            raise UsageError("--prune-group sets channel ratios per layer group; it needs --prune channels:R",
+                             hint="add --prune channels:0 to prune only the groups given")
+        patterns = [p for p, _ in self.prune_groups]
+        if len(set(patterns)) != len(patterns):
+            raise OptionError("--prune-group", patterns, hint="give each pattern once")
+        for pattern, ratio in self.prune_groups:
+            if not valid_ratio(ratio):
+                raise OptionError("--prune-group", f"{pattern}={ratio}", hint="RATIO must be at least 0 and below 1")
 
     @property
     def prune_spec(self) -> PruneSpec | None:
@@ -322,6 +334,7 @@ _FLAT: dict[str, tuple[str, str]] = {
                                      "distill", "distribute")},
     "output": ("output", "path"), "force": ("output", "force"), "labels": ("output", "labels"),
     "target": ("target", ""), "seed": ("seed", ""), "recipe": ("recipe", ""), "verbose": ("verbose", ""),
+    "prune_groups": ("optimize", "prune_groups"),
 }
 _PARTS = {"model": ModelOptions, "quantize": QuantizeOptions, "calibration": CalibrationOptions,
           "optimize": OptimizeOptions, "output": OutputOptions}
@@ -410,6 +423,8 @@ def _assemble(parts: dict[str, dict[str, Any]], top: dict[str, Any], where: str)
     for k in ("prune_layers", "keep_layers", "cluster_layers"):
         if k in o:
             o[k] = tuple([o[k]] if isinstance(o[k], str) else o[k])
+    if "prune_groups" in o:
+        o["prune_groups"] = parse_prune_groups(o["prune_groups"])
     if "seed" in top and not isinstance(top["seed"], int):
         raise OptionError("--seed", top["seed"], hint="give a whole number")
     try:
@@ -434,6 +449,33 @@ def _input_shapes(spec: Mapping[str, Sequence[int]] | Sequence[str] | str | None
         else:
             name, dims = s
             out.append((str(name), tuple(int(d) for d in dims)))
+    return tuple(out)
+
+
+def parse_prune_groups(spec: Mapping[str, Any] | Sequence[Any] | str | None) -> tuple[tuple[str, float], ...]:
+    """``{"conv1*": 0.5}``, ``["conv1*=0.5", ...]`` or (pattern, ratio) pairs -> ((pattern, ratio), ...),
+    in the order given (the first matching pattern wins)."""
+    if not spec:
+        return ()
+    if isinstance(spec, Mapping):
+        items = list(spec.items())
+    else:
+        items = []
+        for s in [spec] if isinstance(spec, str) else spec:
+            if isinstance(s, str):
+                pattern, sep, value = s.rpartition("=")
+                if not sep or not pattern:
+                    raise OptionError("--prune-group", s, hint="give PATTERN=RATIO, e.g. 'conv2d*=0.5'")
+                items.append((pattern, value))
+            else:
+                items.append(tuple(s))
+    out = []
+    for pattern, value in items:
+        try:
+            ratio = float(value)
+        except (TypeError, ValueError):
+            raise OptionError("--prune-group", f"{pattern}={value}", hint="RATIO is a number such as 0.5") from None
+        out.append((str(pattern), ratio))
     return tuple(out)
 
 
@@ -479,3 +521,60 @@ def _split(text: str, option: str) -> tuple[str, Any]:
         return key, json.loads(raw)
     except ValueError:
         return key, raw
+
+
+# -- edgepack tune ------------------------------------------------------------------------------------
+class Sampler(StrEnum):
+    GRID = "grid"  # every point of a discrete space, once
+    RANDOM = "random"
+    TPE = "tpe"  # Bayesian (tree-structured Parzen estimator)
+
+
+class Pruner(StrEnum):
+    MEDIAN = "median"  # stop a trial whose epoch score is below the median of feasible finished trials' there
+    HYPERBAND = "hyperband"
+    NONE = "none"
+
+
+class Objective(StrEnum):
+    ACCURACY = "accuracy"  # top-1 accuracy on labelled --eval-data
+    AGREEMENT = "agreement"  # top-1 agreement with the source model (no labels needed)
+
+
+class Keep(StrEnum):
+    BEST = "best"  # the best feasible bundle
+    PARETO = "pareto"  # every bundle on a Pareto front too
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """``edgepack tune``: how to search; what each trial converts is a :class:`ConvertRequest`."""
+
+    eval_data: Path | None  # every trial is scored on it (None only to rebuild the report)
+    space: Path | None = None  # TOML; None: a default for the model and target
+    trials: int | None = None  # None: 20, or the whole grid for --sampler grid
+    sampler: Sampler = Sampler.TPE
+    pruner: Pruner = Pruner.MEDIAN
+    objective: Objective = Objective.ACCURACY
+    max_latency_ms: float | None = None
+    max_bytes: int | None = None
+    storage: str | None = None  # an Optuna storage URL; None: sqlite in the output folder
+    study: str | None = None  # None: "<model stem>-<target>"
+    workers: int = 1
+    keep: Keep = Keep.BEST
+
+    DEFAULT_TRIALS = 20
+
+    def __post_init__(self) -> None:
+        for name, cls, option in (("sampler", Sampler, "--sampler"), ("pruner", Pruner, "--pruner"),
+                                  ("objective", Objective, "--objective"), ("keep", Keep, "--keep")):
+            object.__setattr__(self, name, _enum(cls, getattr(self, name), option))
+        if self.trials is not None and self.trials < 1:
+            raise OptionError("--trials", self.trials, hint="give at least 1")
+        if self.workers < 1:
+            raise OptionError("--workers", self.workers, hint="give at least 1")
+        _finite("--max-latency-ms", self.max_latency_ms)
+        if self.max_latency_ms is not None and self.max_latency_ms <= 0:
+            raise OptionError("--max-latency-ms", self.max_latency_ms, hint="give a positive number")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise OptionError("--max-bytes", self.max_bytes, hint="give a positive number of bytes")

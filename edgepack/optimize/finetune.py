@@ -25,6 +25,7 @@ from edgepack.request import DISTRIBUTE, OptimizeOptions
 __all__ = ["FinetuneOptions", "FinetuneResult", "TrainingData", "finetune", "predict"]
 
 log = logging.getLogger(__name__)
+EpochHook = Callable[[str, int, str, float], None]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class FinetuneOptions:
     validation_split: float = 0.1
     patience: int = 3
     learning_rate: float = 1e-3  # QAT uses qat.LEARNING_RATE unless --learning-rate is given
+    # Called after every epoch with (phase label, epoch, metric name, held-out score): the tuner's
+    # pruner stops hopeless trials from it (by raising errors.StopRequested).
+    on_epoch: EpochHook | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,18 @@ def _loss(kmod: Any, use_labels: bool, probabilities: bool, data: TrainingData):
     return kmod.losses.MeanSquaredError()
 
 
+def _epoch_score(kmod: Any, hook: EpochHook, label: str, val: TrainingData, teacher_val: np.ndarray,
+                 use_labels: bool):
+    """Scores the held-out split after each epoch (the same score as before/after) for ``hook``."""
+
+    class EpochScore(kmod.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            metric, value = score(predict(self.model, val), val, teacher_val, use_labels)
+            hook(label, epoch, metric, value)
+
+    return EpochScore()
+
+
 def finetune(build: Callable[[], Any], teacher: Any, data: TrainingData, opts: FinetuneOptions, *,
              label: str = "fine-tune", callbacks: Callable[[Any], list] | None = None) -> tuple[Any, FinetuneResult]:
     """Build the student inside the strategy scope, train it, and score it before and after."""
@@ -149,6 +165,8 @@ def finetune(build: Callable[[], Any], teacher: Any, data: TrainingData, opts: F
     val_ds = val.tf_dataset(batch, teacher=source)
     stop = kmod.callbacks.EarlyStopping(monitor="val_loss", patience=opts.patience, restore_best_weights=True)
     extra = callbacks(kmod) if callbacks else []
+    if opts.on_epoch is not None:
+        extra.append(_epoch_score(kmod, opts.on_epoch, label, val, teacher_val, use_labels))
     steps = -(-len(train) // batch)
     hist = model.fit(train_ds, validation_data=val_ds, epochs=opts.epochs, verbose=0, shuffle=False,
                      callbacks=[stop, _epoch_progress(kmod, opts.epochs, steps, label), *extra])

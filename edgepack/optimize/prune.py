@@ -55,9 +55,11 @@ class PruneReport:
     layers: dict[str, tuple[int, int]]  # producer layer -> (channels before, after)
     groups: int  # channel groups tied across several producers
     round_to: int = 1  # kept channel counts are multiples of this
+    group_ratios: tuple[tuple[str, float], ...] = ()  # (layer pattern, ratio) overriding ``ratio``
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ratio": self.ratio, "norm": self.norm, "round_to": self.round_to, "tied_groups": self.groups,
+        extra = {"group_ratios": dict(self.group_ratios)} if self.group_ratios else {}
+        return {"ratio": self.ratio, **extra, "norm": self.norm, "round_to": self.round_to, "tied_groups": self.groups,
                 "layers": [{"name": k, "channels_before": b, "channels_after": a} for k, (b, a) in self.layers.items()]}
 
 
@@ -164,8 +166,10 @@ class _Planner:
             root.scores = root.scores + _normalised(norms)
 
     # -- choice -------------------------------------------------------------------------------
-    def choose(self, ratio: float, round_to: int = 1) -> dict[int, np.ndarray]:
-        """Sorted channel indices to keep, per root space that is pruned.
+    def choose(self, ratio: float, round_to: int = 1,
+               group_ratios: tuple[tuple[str, float], ...] = ()) -> dict[int, np.ndarray]:
+        """Sorted channel indices to keep, per root space that is pruned; a space whose producing layer
+        matches a ``group_ratios`` pattern (first match) loses that share instead of ``ratio``.
 
         With ``round_to`` > 1 the kept count is the nearest multiple of it (at least one multiple, at most
         the whole space), so kernels that work in SIMD blocks of 8 or 16 channels waste no lanes."""
@@ -175,7 +179,9 @@ class _Planner:
             sp = self.spaces[root]
             if root != sid or sp.frozen or sp.scores is None or sp.size < 2:
                 continue
-            n = max(1, int(round(sp.size * (1.0 - ratio))))
+            share = next((r for pat, r in group_ratios if any(fnmatch.fnmatchcase(p, pat) for p in sp.producers)),
+                         ratio)
+            n = max(1, int(round(sp.size * (1.0 - share))))
             if round_to > 1:
                 n = min(sp.size, max(round_to, round_to * int(round(n / round_to))))
             if n < sp.size:
@@ -229,9 +235,11 @@ def _selected(name: str, prune_layers: tuple[str, ...], keep_layers: tuple[str, 
 
 
 def prune_channels(model: Any, ratio: float, *, norm: str = "l1", round_to: int = 1, prune_layers: tuple[str, ...] = (),
-                   keep_layers: tuple[str, ...] = ()) -> tuple[Any, PruneReport]:
-    """A new model (same Keras flavour) with ``ratio`` of the prunable channels removed."""
-    if not valid_ratio(ratio):
+                   keep_layers: tuple[str, ...] = (), group_ratios: tuple[tuple[str, float], ...] = ()
+                   ) -> tuple[Any, PruneReport]:
+    """A new model (same Keras flavour) with ``ratio`` of the prunable channels removed (per layer group
+    ``group_ratios``' share where a pattern matches)."""
+    if not valid_ratio(ratio) or not all(valid_ratio(r) for _, r in group_ratios):
         raise UsageError(f"--prune channels:{ratio}: the ratio must be in [0, 1)", hint="e.g. channels:0.5")
     if norm not in PRUNE_NORMS:
         raise UsageError(f"--prune-norm {norm}: use {' or '.join(PRUNE_NORMS)}")
@@ -245,7 +253,7 @@ def prune_channels(model: Any, ratio: float, *, norm: str = "l1", round_to: int 
     for sid, sp in enumerate(planner.spaces):  # frozen flags set after unions live on the roots
         if sp.frozen:
             planner.spaces[planner.find(sid)].frozen = True
-    keep = planner.choose(ratio, round_to)
+    keep = planner.choose(ratio, round_to, group_ratios)
     new_model, new_layers = _build(model, graph, planner, keep)
     layers: dict[str, tuple[int, int]] = {}
     tied = 0
@@ -258,7 +266,7 @@ def prune_channels(model: Any, ratio: float, *, norm: str = "l1", round_to: int 
             layers[p] = (sp.size, after)
     order = [n.layer.name for n in graph.nodes]
     layers = dict(sorted(layers.items(), key=lambda kv: order.index(kv[0])))
-    return new_model, PruneReport(ratio, norm, layers, tied, round_to)
+    return new_model, PruneReport(ratio, norm, layers, tied, round_to, tuple(group_ratios))
 
 
 def _build(model: Any, graph: Graph, planner: _Planner, keep: dict[int, np.ndarray]) -> tuple[Any, dict]:

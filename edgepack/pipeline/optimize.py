@@ -85,6 +85,7 @@ def stage_optimize(st: PipelineState) -> dict | None:
 
     data = _training_data(st)
     opts = FinetuneOptions(epochs=opt.epochs, distill=opt.distill, distribute=opt.distribute, seed=req.seed,
+                           on_epoch=st.on_epoch,
                            **({"learning_rate": opt.learning_rate} if opt.learning_rate is not None else {}))
     original = model = st.loaded.model
     section: dict[str, Any] = {"before": _totals(original)}
@@ -92,7 +93,8 @@ def stage_optimize(st: PipelineState) -> dict | None:
         from edgepack.optimize.prune import prune_channels
 
         pruned, report = prune_channels(model, spec.ratio, norm=opt.prune_norm, round_to=opt.prune_round,
-                                        prune_layers=opt.prune_layers, keep_layers=opt.keep_layers)
+                                        prune_layers=opt.prune_layers, keep_layers=opt.keep_layers,
+                                        group_ratios=opt.prune_groups)
         section["channels"] = report.to_dict()
         model = pruned
         if data is not None:

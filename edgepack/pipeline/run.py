@@ -36,9 +36,9 @@ STAGES: tuple[tuple[str, Stage], ...] = (
 )
 
 
-def run_pipeline(request: ConvertRequest, stages=None,
-                 progress: Callable[[str], None] | None = None) -> PipelineState:
-    st = PipelineState(request=request)
+def run_pipeline(request: ConvertRequest, stages=None, progress: Callable[[str], None] | None = None,
+                 on_epoch: Callable[[str, int, str, float], None] | None = None) -> PipelineState:
+    st = PipelineState(request=request, on_epoch=on_epoch)
     for name, stage in STAGES if stages is None else stages:
         if progress:
             progress(name)

@@ -29,6 +29,8 @@ class PipelineState:
     info: TfliteModel | None = None
     labels: list[str] | None = None
     stages: list[StageRecord] = field(default_factory=list)
+    # Fine-tuning reports each epoch's held-out score here (label, epoch, metric, value) (the tuner's pruner listens)
+    on_epoch: Callable[[str, int, str, float], None] | None = None
     # Optional stages add files to the bundle: relpath -> (data, role)
     extra_files: dict[str, tuple[bytes | str, str]] = field(default_factory=dict)
     optimization: dict[str, Any] | None = None  # --prune/--qat: before/after per technique (manifest "optimize")

@@ -34,7 +34,7 @@ _TAIL = re.compile(r"Arena allocation tail (\d+) bytes")
 _MAX_ARENA = 256 * 1024 * 1024  # beyond any microcontroller; stops the doubling search
 _PROBE_TIMEOUT = 600  # seconds for the child process that measures the arena
 # TFLM's words when the arena is too small (allocator and planner messages differ).
-_OUT_OF_ARENA = re.compile(r"failed to allocate|unable to allocate|failed to resize buffer|missing: \d+",
+_OUT_OF_ARENA = re.compile(r"failed to allocate|unable to allocate|failed to resize buffer|missing: \d+|too many buffers",
                            re.IGNORECASE)
 
 

@@ -112,7 +112,7 @@ def run_checks(spec: TargetSpec, facts: ModelFacts, checks: tuple[Check, ...] = 
     results = [(c.__name__.removeprefix("check_"), *c(spec, facts)) for c in checks]
     failures = [detail for _, ok, detail in results if not ok]
     if failures:
-        raise TargetConstraintError("; ".join(failures))
+        raise TargetConstraintError("; ".join(failures), facts=facts)
     return results
 
 

@@ -83,8 +83,9 @@ def _bidirectional_lstm(path: Path, steps: int = 8, feat: int = 4, hidden: int =
 
 
 def test_native_crash_in_int8_calibration_is_one_line_and_keeps_the_old_bundle(tmp_path):
-    """TensorFlow's int8 calibration segfaults on this graph (as on common.onnx); edgepack survives,
-    names the signal, the likely op and what to try, and leaves the existing bundle alone."""
+    """TensorFlow's int8 calibration segfaults on this graph (as on common.onnx) when the LSTM stays a
+    WHILE loop (forced here: enable_rnn_unroll=false turns the automatic fallback off); edgepack
+    survives, names the signal, the likely op and what to try, and leaves the existing bundle alone."""
     from click.testing import CliRunner
 
     from edgepack.cli import main
@@ -94,15 +95,35 @@ def test_native_crash_in_int8_calibration_is_one_line_and_keeps_the_old_bundle(t
     api.convert(model=path, output=tmp_path / "b", quantize="none")
     before = (tmp_path / "b" / "model.tflite").read_bytes()
     with pytest.raises(ConversionError) as info:
-        api.convert(model=path, output=tmp_path / "b", quantize="int8", calibration=tmp_path / "cal.npy", force=True)
+        api.convert(model=path, output=tmp_path / "b", quantize="int8", calibration=tmp_path / "cal.npy", force=True,
+                    onnx2tf_options={"enable_rnn_unroll": False})
     msg = str(info.value)
     assert "crashed during int8 calibration (SIGSEGV)" in msg and "WHILE" in msg
     assert "--quantize int16x8" in msg and "\n" not in msg
     assert (tmp_path / "b" / "model.tflite").read_bytes() == before
     res = CliRunner().invoke(main, ["convert", str(path), "-o", str(tmp_path / "c"), "--quantize", "int8",
-                                    "--calibration", str(tmp_path / "cal.npy")])
+                                    "--calibration", str(tmp_path / "cal.npy"), "--onnx2tf-option",
+                                    "enable_rnn_unroll=false"])
     assert res.exit_code == 1 and "SIGSEGV" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "c").exists()
+
+
+def test_int8_calibration_crash_falls_back_to_an_unrolled_lstm(tmp_path):
+    """By default the crash is not the end: the LSTM is unrolled (no WHILE left), calibration runs,
+    the manifest records the option set and the crash it replaced, and int8 follows onnxruntime."""
+    path = _bidirectional_lstm(tmp_path / "crnn.onnx")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "cal.npy", rng.random((20, 4, 1, 8), dtype=np.float32))
+    api.convert(model=path, output=tmp_path / "b", quantize="int8-float-io", calibration=tmp_path / "cal.npy")
+    convert = _convert_stage(tmp_path / "b")
+    assert convert["onnx2tf_option_set"] == "rnn_unroll"
+    assert convert["onnx2tf_options"] == {"enable_rnn_unroll": True}
+    assert any("SIGSEGV" in f for f in convert["onnx2tf_failed_sets"])
+    feeds = {"img": rng.random((1, 4, 1, 8), dtype=np.float32)}
+    got, want = _run_bundle(tmp_path / "b", feeds)[0], _onnxruntime(path, feeds)[0]
+    assert got.shape == want.shape
+    cosine = float(np.dot(got.ravel(), want.ravel()) / (np.linalg.norm(got) * np.linalg.norm(want)))
+    assert cosine > 0.97 and np.abs(got - want).max() < 0.25 * np.abs(want).max()
 
 
 def test_already_quantized_model_is_refused_in_one_line(tmp_path):

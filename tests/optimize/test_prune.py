@@ -125,6 +125,26 @@ def test_layer_patterns_steer_pruning(branchy):
     assert keep_pw.layers["c2"] == (6, 3)
 
 
+def test_group_ratios_override_the_global_ratio(branchy):
+    from edgepack.optimize.prune import prune_channels
+
+    pruned, report = prune_channels(branchy, 0.0, group_ratios=(("d1", 0.75), ("c2", 0.5), ("*", 0.0)))
+    assert report.layers["d1"] == (12, 3) and report.layers["c2"] == (6, 3)  # first matching pattern wins
+    assert report.layers["c3"] == (10, 10) and report.layers["c1"] == (8, 8)  # "*" and the global 0.0 elsewhere
+    assert report.to_dict()["group_ratios"] == {"d1": 0.75, "c2": 0.5, "*": 0.0}
+    with pytest.raises(UsageError):
+        prune_channels(branchy, 0.0, group_ratios=(("c2", 1.0),))
+
+
+def test_prune_group_needs_channel_pruning():
+    from edgepack.request import OptimizeOptions
+
+    with pytest.raises(UsageError, match="--prune-group .* needs --prune channels"):
+        OptimizeOptions(prune="sparsity:0.5", prune_groups=(("c*", 0.5),))
+    with pytest.raises(OptionError, match="each pattern once"):
+        OptimizeOptions(prune="channels:0", prune_groups=(("c*", 0.5), ("c*", 0.25)))
+
+
 def test_unknown_layers_freeze_their_channels():
     import keras
 

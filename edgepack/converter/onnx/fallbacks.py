@@ -37,6 +37,7 @@ class OptionSet:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     ops: frozenset[str] | None = None
+    after_crash: bool = False  # also tried when TensorFlow's calibration crashed on the previous set
 
 
 PSEUDO_OPS = ["acos", "asin", "atan", "erf"]
@@ -45,13 +46,19 @@ PSEUDO_OPS = ["acos", "asin", "atan", "erf"]
 # left out for lack of a model they fix: keep_shape_absolutely_input_names for recurrent state
 # inputs (silero_vad_openvino_16k gets past its "initial_state ... not compatible with
 # cell.state_size" only to fail at the LSTM's input; node-suite LSTM/GRU/RNN cases still fail),
-# disable_strict_mode, enable_rnn_unroll, batch_size=1, disable_suppression_flextranspose.
+# disable_strict_mode, batch_size=1, disable_suppression_flextranspose.
 FALLBACKS: tuple[OptionSet, ...] = (
     # TFLite has no builtin for these ops ("'tf.Acos' op is neither a custom op nor a flex op"), and
     # onnx2tf's pseudo-operators rebuild them from builtins: node-suite test_acos, test_acos_example,
     # test_atan, test_atan_example, test_erf. (onnx2tf matches the names in lower case; ops that
     # already convert, such as GeLU or PReLU, are left alone.)
     OptionSet("pseudo_operators", {"replace_to_pseudo_operators": PSEUDO_OPS}, frozenset(PSEUDO_OPS)),
+    # TensorFlow's int8 calibration dies (SIGSEGV) inside the WHILE loop that a Keras LSTM becomes;
+    # onnx2tf can unroll recurrent layers over the (static) sequence length, leaving no WHILE: zoo
+    # ddddocr_common (CNN + bidirectional LSTM, input 1x1x64x256) crashed in int8 in both edgepack
+    # and onnx2tf -oiqt, and calibrates with this set (top-1 agreement per time step 97.7%).
+    # Tried only after such a crash: unrolling grows the graph with the sequence length.
+    OptionSet("rnn_unroll", {"enable_rnn_unroll": True}, frozenset({"lstm", "gru", "rnn"}), after_crash=True),
 )
 
 
@@ -86,3 +93,8 @@ def candidates(forced: Mapping[str, Any] | None, op_types: set[str]) -> list[Opt
         return [OptionSet("forced", dict(forced))]
     lower = {op.lower() for op in op_types}
     return [OptionSet("default"), *(c for c in FALLBACKS if c.ops is None or c.ops & lower)]
+
+
+def after_crash(remaining: list[OptionSet]) -> list[OptionSet]:
+    """Of the option sets not yet tried, those worth trying once calibration has crashed natively."""
+    return [c for c in remaining if c.after_crash]

@@ -5,7 +5,6 @@ names the op types and nodes that failed and the reason TensorFlow gave."""
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import re
@@ -15,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepack._native import capture_native_output
+from edgepack._native import capture_all_output
 from edgepack.errors import ConversionError
 
 log = logging.getLogger(__name__)
@@ -73,8 +72,7 @@ def run_onnx2tf(onnx_path: Path, workdir: Path, names: dict[str, str], verbose: 
     import tensorflow  # noqa: F401  (imported outside the capture so its start-up noise is handled once)
 
     failure: BaseException | None = None
-    printed = io.StringIO()  # onnx2tf print()s its log; sys.stdout may not be fd 1 (pytest, notebooks)
-    with capture_native_output(not verbose) as cap, _redirect_python_output(printed, not verbose):
+    with capture_all_output(not verbose) as cap:
         import onnx2tf
 
         try:
@@ -87,21 +85,12 @@ def run_onnx2tf(onnx_path: Path, workdir: Path, names: dict[str, str], verbose: 
             raise
         except (SystemExit, Exception) as err:  # onnx2tf calls sys.exit(1) or raises anything at all
             failure = err
-    text = printed.getvalue() + cap.text
+    text = cap.text
     if failure is not None:
         raise _onnx2tf_error(failure, text, names) from failure
     if model is None:
         raise _onnx2tf_error(RuntimeError("onnx2tf returned no model"), text, names)
     return model
-
-
-@contextlib.contextmanager
-def _redirect_python_output(buf: io.StringIO, enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        yield
 
 
 _BOILERPLATE = ("trace log", "input_onnx_file_path:", "onnx_op_name:", "Read this", "Alternatively",

@@ -1,0 +1,55 @@
+"""The search space file: knobs onto convert options, grids, and one-line usage errors naming the key."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from edgepack.cli import main
+from edgepack.errors import UsageError
+from edgepack.tune.space import default_space, parse_space
+
+
+def test_knobs_map_onto_convert_options():
+    space = parse_space({"quantize": ["int8", "int16x8"], "prune_channels": {"low": 0.0, "high": 0.5, "step": 0.25},
+                         "prune_groups": {"conv*": [0.0, 0.5]}, "qat": [True]})
+    assert len(space.grid()) == 2 * 3 * 2 * 1
+    flags = space.to_flags({"quantize": "int16x8", "prune_channels": 0.25, "prune_groups.conv*": 0.5, "qat": True})
+    assert flags == {"quantize": "int16x8", "prune": "channels:0.25", "prune_groups": [("conv*", 0.5)], "qat": True}
+    # a group alone prunes only that group
+    assert space.to_flags({"prune_channels": 0.0, "prune_groups.conv*": 0.5})["prune"] == "channels:0"
+    assert space.to_flags({"prune_channels": 0.0, "prune_groups.conv*": 0.0}).get("prune") is None
+    assert parse_space({"prune": ["none", "2:4"]}).to_flags({"prune": "none"}) == {"prune": None}
+
+
+def test_default_space_follows_model_and_target():
+    mcu = default_space(keras=True, trainable=True, quantize_modes=("int8",), min_calibration_samples=100)
+    names = [d.name for d in mcu.dimensions]
+    assert "quantize" not in names and {"prune", "qat", "per_tensor", "calibration_samples"} <= set(names)
+    onnx = default_space(keras=False, trainable=True, quantize_modes=("int8", "int16x8"), min_calibration_samples=1)
+    assert [d.name for d in onnx.dimensions] == ["quantize", "per_tensor", "calibration_samples"]
+
+
+@pytest.mark.parametrize("text, key", [
+    ("quantise = ['int8']", "unknown key 'quantise'"),
+    ("quantize = ['int4']", "'quantize' value 'int4' is not valid"),
+    ("per_tensor = 'yes'", "'per_tensor' must be a list"),
+    ("prune_channels = {low = 0.0, high = 1.5}", "'prune_channels' bound 1.5 is not valid"),
+    ("sparsity = [0.5]\nprune_channels = [0.5]", "'prune_channels' and 'sparsity' both set --prune"),
+    ("calibration_samples = []", "'calibration_samples' has no values"),
+    ("[prune_groups]\n'conv*' = [2]", "'prune_groups.conv*' value 2 is not valid"),
+    ("qat = [true", "not valid TOML"),
+])
+def test_bad_space_file_is_a_usage_error_naming_the_key(tmp_path, keras3_model, labelled_npz, text, key):
+    space = tmp_path / "space.toml"
+    space.write_text(text + "\n")
+    res = CliRunner().invoke(main, ["tune", str(keras3_model), "-o", str(tmp_path / "t"), "--eval-data",
+                                    str(labelled_npz), "--space", str(space)])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and key in lines[0] and str(space) in lines[0]
+
+
+def test_grid_needs_steps():
+    with pytest.raises(UsageError, match="'prune_channels' is a continuous range"):
+        parse_space({"prune_channels": {"low": 0.0, "high": 0.5}}).grid()
