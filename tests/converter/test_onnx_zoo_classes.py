@@ -271,3 +271,14 @@ def test_large_mismatch_with_onnxruntime_is_a_failed_translation(tmp_path):
     with pytest.raises(ConversionError, match="differs from onnxruntime by"):
         api.convert(model=path, output=tmp_path / "b", quantize="none")
     assert not (tmp_path / "b").exists()
+
+
+def test_rnn_unroll_is_tried_only_after_a_calibration_crash():
+    """Unrolling costs a second onnx2tf run and grows the graph: a translation failure of a recurrent
+    model (silero's If/STFT) does not try it, a native crash in calibration does, once."""
+    from edgepack.converter.onnx import fallbacks
+
+    assert [c.name for c in fallbacks.candidates(None, {"LSTM", "Conv"})] == ["default"]
+    assert [c.name for c in fallbacks.after_crash({"LSTM", "Conv"}, {"default"})] == ["rnn_unroll"]
+    assert fallbacks.after_crash({"LSTM"}, {"default", "rnn_unroll"}) == []
+    assert fallbacks.after_crash({"Conv"}, {"default"}) == []

@@ -37,7 +37,7 @@ class OptionSet:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     ops: frozenset[str] | None = None
-    after_crash: bool = False  # also tried when TensorFlow's calibration crashed on the previous set
+    after_crash: bool = False  # tried only after TensorFlow's calibration crashed (not after other failures)
 
 
 PSEUDO_OPS = ["acos", "asin", "atan", "erf"]
@@ -91,10 +91,14 @@ def candidates(forced: Mapping[str, Any] | None, op_types: set[str]) -> list[Opt
     that apply to a graph with ``op_types``."""
     if forced:
         return [OptionSet("forced", dict(forced))]
+    return [OptionSet("default"), *(c for c in _applicable(op_types) if not c.after_crash)]
+
+
+def after_crash(op_types: set[str], tried: set[str]) -> list[OptionSet]:
+    """The option sets worth trying once TensorFlow's calibration has crashed natively (not yet tried)."""
+    return [c for c in _applicable(op_types) if c.after_crash and c.name not in tried]
+
+
+def _applicable(op_types: set[str]) -> list[OptionSet]:
     lower = {op.lower() for op in op_types}
-    return [OptionSet("default"), *(c for c in FALLBACKS if c.ops is None or c.ops & lower)]
-
-
-def after_crash(remaining: list[OptionSet]) -> list[OptionSet]:
-    """Of the option sets not yet tried, those worth trying once calibration has crashed natively."""
-    return [c for c in remaining if c.after_crash]
+    return [c for c in FALLBACKS if c.ops is None or c.ops & lower]

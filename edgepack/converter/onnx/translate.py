@@ -257,7 +257,9 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
                 # a crash in calibration is not a translation error: only sets meant for it are tried,
                 # and if none helps the user gets the crash (its hint says what to try)
                 log.info("option set %r: TensorFlow crashed (%s)", cand.name, err.message)
-                crash, queue = crash or err, fallbacks.after_crash(queue)
+                tried = {name for name, _ in failures} | {cand.name}
+                crash = crash or err
+                queue = [] if onnx2tf_options else fallbacks.after_crash(set(names.values()), tried)
                 failures.append((cand.name, err))
                 continue
             except ConversionError as err:
