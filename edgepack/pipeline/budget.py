@@ -462,8 +462,9 @@ class Search:
             current.why = why
             return current if current is not start else None
         # drop fallbacks no longer needed
+        direct = set(self._output_producers(direct=True))
         for node in list(reversed(deny)):
-            if fout and node in producers:
+            if fout and node in direct:
                 continue
             trial = tuple(n for n in deny if n != node)
             c = self._make("fallback", f"- float {node}", denylist=trial, ranges=start.ranges,
@@ -478,7 +479,7 @@ class Search:
         info = read_tflite(self.cal.model)
         return set(info.outputs)
 
-    def _output_producers(self) -> list[str]:
+    def _output_producers(self, direct: bool = False) -> list[str]:
         """The ops that produce the outputs, followed back through same-scale ops (concatenation,
         reshape...): the quantizer gives a concatenation's inputs its output's scale, so a float
         output needs the ops that compute its parts in float too."""
@@ -494,7 +495,7 @@ class Search:
             seen.add(t)
             kind, node, ins = by_output[t]
             found.append(node)
-            if kind in STRUCTURAL:
+            if kind in STRUCTURAL and not direct:
                 todo.extend(ins)
         return list(dict.fromkeys(found))
 
