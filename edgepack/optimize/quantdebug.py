@@ -27,9 +27,12 @@ CLIP_FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 
 
 def _interpreter(model: bytes):
+    import warnings
+
     from ai_edge_litert.interpreter import Interpreter
 
-    with capture_native_output():
+    with capture_native_output(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "intended for debugging purposes": that is the use here
         return Interpreter(model_content=bytes(model), num_threads=2, experimental_preserve_all_tensors=True)
 
 
