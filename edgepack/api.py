@@ -17,8 +17,9 @@ from typing import Any
 from edgepack.errors import OptionError
 from edgepack.packaging.manifest import Manifest
 
-__all__ = ["ConvertResult", "budget_lines", "convert", "inspect_layers", "layer_lines", "convert_request", "inspect", "raise_if_failed", "render_report", "reproduce",
-           "stderr_console", "target", "target_docs", "targets", "validate"]
+__all__ = ["ConvertResult", "budget_lines", "convert", "convert_request", "inspect", "inspect_layers", "layer_lines",
+           "raise_if_failed", "render_report", "reproduce", "stderr_console", "target", "target_docs", "targets",
+           "validate"]
 
 
 @dataclass(frozen=True)

@@ -290,7 +290,8 @@ def main() -> None:
                    "the calibration data that calibration does not use.")
 @click.option("--sqnr-axis", multiple=True, metavar="NAME:AXIS",
               help="The axis along which output NAME is judged slice by slice (axis 0 = batch; repeatable). "
-                   "Default: the smallest non-batch axis of 2..64 elements of a rank>=3 output.")
+                   "Default: the smallest non-batch axis of 2..256 elements of a rank>=3 output, "
+                   "the last axis of 2..64 of a rank-2 one.")
 @click.option("--keep-best", is_flag=True,
               help="When no candidate meets the budget, write the best one anyway (\"budget_met\": false).")
 @data_options

@@ -90,9 +90,8 @@ class Calibrated:
         type), ``int16`` int16 activations with float I/O (int16x8; ``allow_float``: float ops where
         int16 has no kernel; its own calibration pass, so ``ranges`` do not apply)."""
         import tensorflow as tf
-        from tensorflow.lite.python.convert import mlir_quantize
-
         from tensorflow.compiler.mlir.lite import types_pb2 as _types
+        from tensorflow.lite.python.convert import mlir_quantize
 
         data = self.model if not ranges else with_ranges(self.model, ranges)
         if int16:

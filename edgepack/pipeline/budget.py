@@ -442,7 +442,7 @@ class Search:
                 ranked.append((gain / cost, gain, opt))
             ranked.sort(key=lambda g: -g[0])
             accepted = False
-            for per_cost, gain, (label, nodes, f_out, _) in ranked[:3]:
+            for _per_cost, gain, (label, nodes, f_out, _) in ranked[:3]:
                 if gain <= 0.05:
                     break
                 trial = list(dict.fromkeys([*deny, *nodes]))
@@ -651,7 +651,8 @@ def stage_budget(st) -> dict | None:
         "eval_data": {"source": source, "samples": len(ev), "seed": req.seed},
         "sqnr_axes": {n: a for n, a in zip(ev.output_names, ev.axes)},
         "rule": "SQNR and agreement per output; SQNR per slice along the feature axis (the smallest non-batch axis "
-                "of 2..64 elements of a rank>=3 output, or --sqnr-axis), the worst slice counts",
+                "of 2..256 elements of a rank>=3 output, the last axis of 2..64 of a rank-2 one, or --sqnr-axis), "
+                "the worst slice counts",
         "chosen": {"step": chosen.step, "name": chosen.name, "metric": chosen.score.to_dict(),
                    "float_ops": not_int8["float"], "int16_ops": not_int8["int16"],
                    "float_output": chosen.float_output,

@@ -108,22 +108,26 @@ class RunningComparison:
 
 
 # -- per slice: a wide-range part of an output must not hide a ruined narrow-range part -------------
-MAX_FEATURE_SLICES = 64
+MAX_FEATURE_SLICES = 256  # rank >= 3: 4 + 80 COCO classes fit
+MAX_HEAD_SLICES = 64  # rank 2: a small head's columns; a wider one is a class vector
 
 
 def feature_axis(shape: tuple[int | None, ...] | list, override: int | None = None) -> int | None:
     """The axis along which an output is judged slice by slice (batch axis 0 included in ``shape``).
 
-    The rule: an output is sliced along its smallest non-batch axis of 2 to
+    The rule: an output of rank 3 or more is sliced along its smallest non-batch axis of 2 to
     :data:`MAX_FEATURE_SLICES` elements (the last such axis on a tie) — the 4 + K rows of a
-    ``1×(4+K)×anchors`` detector output, the 6 columns of ``1×3549×6``, an image's channels, the
-    columns of an ``N×7`` regression head, the classes of an ``N×10`` classifier. An output with no
-    such axis (``N×1000`` classes, ``N×1``) is one slice. ``override`` (``--sqnr-axis NAME:AXIS``,
-    negative counts from the end) wins."""
+    ``1×(4+K)×anchors`` detector output, the 6 columns of ``1×3549×6``, an image's channels; a
+    rank-2 output along its last axis when it has 2 to :data:`MAX_HEAD_SLICES` elements — the
+    columns of an ``N×7`` regression head, the classes of an ``N×10`` classifier. Any other output
+    (``N×1000`` classes, ``N×1``) is one slice. ``override`` (``--sqnr-axis NAME:AXIS``, negative
+    counts from the end) wins."""
     rank = len(shape)
     if override is not None:
         axis = override if override >= 0 else rank + override
         return axis if 0 < axis < rank else None
+    if rank == 2:
+        return 1 if isinstance(shape[1], int) and 2 <= shape[1] <= MAX_HEAD_SLICES else None
     best = None
     for axis in range(1, rank):
         size = shape[axis]
