@@ -667,7 +667,9 @@ def stage_budget(st) -> dict | None:
     st.extra_files["sensitivity.json"] = (json.dumps({"rows": result.sensitivity, "chosen": chosen.name},
                                                      indent=1) + "\n", "sensitivity")
     try:
-        png = plot_sensitivity(result.sensitivity, f"{req.model.path.name}: per-op int8 error, chosen: {chosen.name}")
+        png = plot_sensitivity(result.sensitivity, f"{req.model.path.name}: per-op int8 error; chosen: "
+                                                   f"{chosen.step}, {len(not_int8['float'])} float / "
+                                                   f"{len(not_int8['int16'])} int16 ops")
         st.extra_files["sensitivity.png"] = (png, "sensitivity-plot")
     except ImportError as err:  # matplotlib missing: the table is still there
         log.warning("sensitivity.png not drawn: %s", err)
