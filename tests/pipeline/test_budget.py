@@ -164,3 +164,23 @@ def test_bad_budget_values_are_usage_errors(work, args, needle):
     assert res.exit_code == 2, res.output
     assert needle in res.output
     assert not (work / "never").exists()
+
+
+def test_max_drop_with_labelled_eval_data_and_agreement(work):
+    from tests.conftest import INPUT_SHAPE
+
+    rng = np.random.default_rng(1)
+    x = rng.random((80, *INPUT_SHAPE)).astype(np.float32)
+    np.savez(work / "eval.npz", x=x, y=rng.integers(0, 4, 80))
+    out = work / "drop_bundle"
+    res = _convert([str(work / "tiny.h5"), "-o", str(out), "--calibration", str(work / "img.npy"),
+                    "--eval-data", str(work / "eval.npz"), "--max-drop", "5", "--min-agreement", "0.9"])
+    assert res.exit_code == 0, res.output
+    b = _budget(out)
+    assert b["budget"] == {"max_drop_pp": 5.0, "min_agreement": 0.9}
+    assert b["eval_data"]["samples"] == 80 and b["eval_data"]["source"].endswith("eval.npz")
+    m = b["chosen"]["metric"]
+    assert m["accuracy_drop_pp"] <= 5 and m["agreement"]["logits"] >= 0.9
+    assert b["budget_met"] and b["chosen"]["step"] == "int8"  # the cheapest candidate that meets it
+    settings = json.loads((out / "manifest.json").read_text())["request"]
+    assert settings["settings"]["budget"]["max_drop"] == 5.0 and "eval_data" in settings["files"]
