@@ -151,6 +151,10 @@ def main() -> None:
     from edgepack._native import quiet_tensorflow
 
     quiet_tensorflow(False)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("edgepack.pipeline.budget").setLevel(logging.INFO)  # each candidate as it is scored
     work = Path(tempfile.mkdtemp(prefix="edgepack-budget-bench-"))
     rows = []
     try:
