@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 RANKING_SAMPLES = 16  # the evaluation samples with the largest error: where sensitivity is measured
 MAX_ROUNDS = 6  # greedy fallback rounds
+SEGMENTS = 8  # contiguous groups of ops probed as one
+DROP_TRIALS = 16  # candidates spent dropping fallbacks no longer needed
 PROBE_OPS = 12  # ops whose whole-model effect is measured (the largest local errors, plus output producers)
 STRUCTURAL = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE", "CONCATENATION",
               "GATHER", "STRIDED_SLICE", "SLICE", "PACK", "UNPACK", "SPLIT", "SPLIT_V", "PAD", "PADV2"}
@@ -363,7 +365,9 @@ class Search:
         from edgepack.optimize.quantdebug import range_choices, run_all_tensors
 
         tensors = self.cal.tensors()
-        recorded = {t.name: (t.min, t.max) for t in tensors}
+        # the model's inputs keep their recorded range: the app's data is what it is, clipping it only loses
+        inputs = {self.cal.tensors()[0].index} | set(read_tflite(self.cal.model).inputs)
+        recorded = {t.name: (t.min, t.max) for t in tensors if t.index not in inputs}
         samples = []
         if self.cal.samples is not None:
             for s in self.cal.samples():
@@ -419,6 +423,14 @@ class Search:
         options: list[tuple[str, tuple[str, ...], bool, float]] = []  # (label, nodes, float output, cost)
         for node in probes:
             options.append((node, (node,), False, 1.0 + 10.0 * weights.get(node, 0.0)))
+        # small groups: contiguous stretches of the graph, for error that builds up over many ops
+        order = [node for kind, node, _, _ in ops]
+        size = max(2, math.ceil(len(order) / SEGMENTS))
+        for a in range(0, len(order), size):
+            group = tuple(n for n in order[a:a + size] if n in compute)
+            if len(group) > 1:
+                cost = 1.0 + 10.0 * len(group) / len(order) + 10.0 * sum(weights.get(n, 0.0) for n in group)
+                options.append((f"ops {a}..{min(a + size, len(order)) - 1}", group, False, cost))
         if self.cal.output_type != _float32() and self._output_needs_float(start):
             options.append(("float output", tuple(producers), True, 2.0))
         current, deny, fout = start, [], False
@@ -433,9 +445,11 @@ class Search:
                 try:
                     c = self._make("fallback", f"probe {label}", ev=rank_ev, ranges=start.ranges,
                                    denylist=tuple(dict.fromkeys([*deny, *nodes])), float_output=fout or f_out)
-                except EdgepackError:
+                except EdgepackError as err:
+                    log.info("budget: probe %s failed: %s", label, err.message)
                     continue
                 gain = c.score.margin(self.budget) - base_rank
+                log.info("budget: probe %s: gain %.2f on the ranking samples", label[-60:], gain)
                 for n in nodes:
                     self.gains[n] = round(max(self.gains.get(n, -math.inf), gain), 4) if _round == 0 else \
                         self.gains.get(n, round(gain, 4))
@@ -453,25 +467,35 @@ class Search:
                     deny, fout, current, accepted = trial, fout or f_out, c, True
                     for n in nodes:
                         why[n] = ("an output's slices need different scales: the output is float" if f_out else
-                                  f"local error {self.local.get(n, 0):.1f} int8 steps; keeping it float gained "
-                                  f"{gain:.2f} (budget units) on the worst samples")
+                                  f"local error {self.local.get(n, 0):.1f} int8 steps; keeping "
+                                  f"{'it' if len(nodes) == 1 else label} float gained {gain:.2f} (budget units) "
+                                  "on the worst samples")
                     break
             if not accepted or current.met:
                 break
         if not current.met:
             current.why = why
             return current if current is not start else None
-        # drop fallbacks no longer needed
+        # drop fallbacks no longer needed: quarters of the list first, then single ops, at most DROP_TRIALS
         direct = set(self._output_producers(direct=True))
-        for node in list(reversed(deny)):
-            if fout and node in direct:
+        removable = [n for n in deny if not (fout and n in direct)]
+        chunks = [removable[i:i + max(1, len(removable) // 4)] for i in range(0, len(removable),
+                                                                                max(1, len(removable) // 4))]
+        chunks = (chunks if len(removable) > 4 else []) + [[n] for n in reversed(removable)]
+        trials = 0
+        for chunk in chunks:
+            if trials >= DROP_TRIALS:
+                break
+            if not set(chunk) <= set(deny):
                 continue
-            trial = tuple(n for n in deny if n != node)
-            c = self._make("fallback", f"- float {node}", denylist=trial, ranges=start.ranges,
-                           range_methods=start.range_methods, float_output=fout)
+            trial = tuple(n for n in deny if n not in chunk)
+            trials += 1
+            c = self._make("fallback", f"- float {chunk[0] if len(chunk) == 1 else f'{len(chunk)} ops'}",
+                           denylist=trial, ranges=start.ranges, range_methods=start.range_methods, float_output=fout)
             if c.met:
                 deny, current = list(trial), c
-                why.pop(node, None)
+                for n in chunk:
+                    why.pop(n, None)
         current.why = {n: w for n, w in why.items() if n in deny}
         return current
 
