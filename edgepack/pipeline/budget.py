@@ -346,6 +346,7 @@ class Search:
             except EdgepackError as err:
                 self.notes.append(f"int16x8 failed: {err.message}")
             else:
+                c16.why = {"*": "int16x8: no int8 candidate met the budget, so every activation is int16"}
                 bad = self._unsupported(c16.model)
                 if bad:
                     c16.met = False
