@@ -184,3 +184,13 @@ def test_max_drop_with_labelled_eval_data_and_agreement(work):
     assert b["budget_met"] and b["chosen"]["step"] == "int8"  # the cheapest candidate that meets it
     settings = json.loads((out / "manifest.json").read_text())["request"]
     assert settings["settings"]["budget"]["max_drop"] == 5.0 and "eval_data" in settings["files"]
+
+
+def test_inspect_layers_needs_a_budget_bundle(work):
+    out = work / "plain_bundle"
+    res = _convert([str(work / "tiny.h5"), "-o", str(out), "--calibration", str(work / "img.npy")])
+    assert res.exit_code == 0, res.output
+    assert "budget" not in json.loads((out / "manifest.json").read_text()) or \
+        json.loads((out / "manifest.json").read_text())["budget"] is None
+    layers = CliRunner().invoke(main, ["inspect", str(out), "--layers"])
+    assert layers.exit_code == 1 and "no sensitivity table" in layers.output
