@@ -17,8 +17,9 @@ from typing import Any
 from edgepack.errors import OptionError
 from edgepack.packaging.manifest import Manifest
 
-__all__ = ["ConvertResult", "convert", "convert_request", "inspect", "raise_if_failed", "render_report", "reproduce",
-           "stderr_console", "target", "target_docs", "targets", "tune", "validate"]
+__all__ = ["ConvertResult", "budget_lines", "convert", "convert_request", "inspect", "inspect_layers", "layer_lines",
+           "raise_if_failed", "render_report", "reproduce", "stderr_console", "target", "target_docs", "targets",
+           "tune", "validate"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,10 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             keep_layers: Sequence[str] | None = None, cluster: int | None = None,
             cluster_layers: Sequence[str] | None = None, low_rank: str | float | None = None, qat: bool | None = None,
             train_data: str | Path | None = None, epochs: int | None = None, distill: bool | None = None,
-            distribute: str | None = None, learning_rate: float | None = None) -> ConvertResult:
+            distribute: str | None = None, learning_rate: float | None = None, max_drop: float | None = None,
+            min_sqnr: float | None = None, min_agreement: float | None = None,
+            eval_data: str | Path | Mapping[str, str | Path] | None = None, sqnr_axis: Sequence[str] | None = None,
+            keep_best: bool | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
 
     Every option left at ``None`` takes the ``recipe`` file's value, else the default of
@@ -79,7 +83,13 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y).
     ``cluster`` (K, e.g. 16) shares K values per kernel (tfmot clustering; ``cluster_layers`` picks layers
     by name pattern); ``low_rank`` (``0.9`` energy kept, or ``"rank:8"``) factorizes Dense/Conv2D
-    layers where that cuts MACs; ``keep_layers`` excludes layers from all of them."""
+    layers where that cuts MACs; ``keep_layers`` excludes layers from all of them.
+
+    ``max_drop`` (with labelled ``eval_data``), ``min_sqnr`` and ``min_agreement`` set an accuracy
+    budget: the search keeps the cheapest candidate that meets it (better ranges, float fallback of
+    the worst layers, int16x8) and records it in the manifest's ``budget``; ``sqnr_axis``
+    (``["NAME:AXIS"]``) sets an output's slice axis; ``keep_best`` writes the best candidate when
+    none meets it."""
     flags = {k: v for k, v in locals().items() if k not in ("progress", "recipe")}
     from edgepack._native import quiet_tensorflow
     from edgepack.packaging.tempdirs import run_tempdir
@@ -128,6 +138,55 @@ def validate(*, bundle: str | Path, data: str | Path | Mapping[str, str | Path],
     if check:
         raise_if_failed(report)
     return report
+
+
+def budget_lines(budget: Mapping[str, Any]) -> list[str]:
+    """What convert prints about an accuracy budget's search."""
+    chosen = budget["chosen"]
+    met = "met" if budget["budget_met"] else "NOT met (--keep-best)"
+    lines = [f"budget {met}: chosen {chosen['name']} ({chosen['step']}) after {len(budget['candidates'])} "
+             f"candidate(s) in {budget['search_seconds']:.1f}s"]
+    for c in budget["candidates"]:
+        sq = [v for v in c["metric"]["sqnr_db"].values()]
+        worst = min((v for v in sq if v is not None), default=None)
+        lat = f", p50 {c['litert_p50_ms']:.2f} ms" if c.get("litert_p50_ms") is not None else ""
+        lines.append(f"  {c['step']:<9} {c['name'][:60]:<60} worst-slice SQNR "
+                     f"{'inf' if worst is None else f'{worst:.2f}'} dB, {c['float_ops']} float / "
+                     f"{c.get('int16_ops', 0)} int16 ops of {c.get('ops', '?')}, {c['bytes']} bytes{lat}"
+                     f"{' <- meets' if c['met'] else ''}")
+    if chosen.get("float_output"):
+        lines.append("  note: the outputs are float32 (their parts need different int8 scales)")
+    for note in budget.get("notes", []):
+        lines.append(f"  note: {note}")
+    return lines
+
+
+def inspect_layers(*, path: str | Path) -> dict[str, Any]:
+    """The sensitivity table of a bundle converted with an accuracy budget."""
+    from edgepack.errors import BundleError
+    from edgepack.packaging.bundle import verify_artifacts
+    from edgepack.packaging.manifest import read_manifest
+
+    p = Path(path)
+    if not p.is_dir():
+        raise BundleError(f"{p}: --layers needs a bundle directory")
+    manifest = read_manifest(p)
+    verify_artifacts(p, manifest.artifacts)
+    art = next((a for a in manifest.artifacts if a.role == "sensitivity"), None)
+    if art is None:
+        raise BundleError(f"{p}: no sensitivity table in this bundle",
+                          hint="convert with an accuracy budget (--min-sqnr, --min-agreement or --max-drop)")
+    return json.loads((p / art.path).read_text("utf-8"))
+
+
+def layer_lines(table: Mapping[str, Any]) -> list[str]:
+    rows = table["rows"]
+    lines = [f"chosen: {table.get('chosen')}", f"{'#':>4} {'op':<24} {'RMSE/scale':>10} {'gain':>7} {'kept':<6} node"]
+    for r in rows:
+        err = "-" if r.get("scaled_rmse") is None else f"{r['scaled_rmse']:.2f}"
+        gain = "-" if r.get("gain") is None else f"{r['gain']:.2f}"
+        lines.append(f"{r['index']:>4} {r['op']:<24} {err:>10} {gain:>7} {r.get('kept') or '-':<6} {r['node']}")
+    return lines
 
 
 def inspect(*, path: str | Path) -> dict[str, Any]:

@@ -290,6 +290,23 @@ def main() -> None:
 @click.option("--onnx2tf-option", "onnx2tf_options", multiple=True, metavar="KEY=VALUE",
               help="ONNX: force an onnx2tf.convert() option instead of the automatic fallbacks (repeatable; "
                    "VALUE as JSON or text), e.g. disable_group_convolution=true.")
+@click.option("--max-drop", type=FiniteFloat(min=0, max=100), metavar="PP",
+              help="Accuracy budget: top-1 accuracy on labelled --eval-data at most PP points below the source "
+                   "model's; the search keeps the cheapest candidate that meets it.")
+@click.option("--min-sqnr", type=FiniteFloat(min=-99, max=199), metavar="DB",
+              help="Accuracy budget: SQNR against the source model's outputs of at least DB, per output and per "
+                   "slice along its feature axis (the worst slice counts). No labels needed.")
+@click.option("--min-agreement", type=FiniteFloat(min=0, max=1), metavar="F",
+              help="Accuracy budget: top-1 agreement with the source model of at least F (e.g. 0.99), per output.")
+@click.option("--eval-data", multiple=True, metavar="PATH|NAME=PATH",
+              help="Data the budget is judged on (any source validate accepts). Default: a seeded held-out part of "
+                   "the calibration data that calibration does not use.")
+@click.option("--sqnr-axis", multiple=True, metavar="NAME:AXIS",
+              help="The axis along which output NAME is judged slice by slice (axis 0 = batch; repeatable). "
+                   "Default: the smallest non-batch axis of 2..256 elements of a rank>=3 output, "
+                   "the last axis of 2..64 of a rank-2 one.")
+@click.option("--keep-best", is_flag=True,
+              help="When no candidate meets the budget, write the best one anyway (\"budget_met\": false).")
 @data_options
 @optimize_options
 @common_options
@@ -304,6 +321,8 @@ def convert(recipe, verbose, quiet, as_json, optimize=None, **options) -> None:
     given = _given({**options, **(optimize or {})})
     if "calibration" in given:
         given["calibration"] = data_option(given["calibration"], "--calibration")
+    if "eval_data" in given:
+        given["eval_data"] = data_option(given["eval_data"], "--eval-data")
 
     status = None
     if not as_json and quiet == 0 and sys.stderr.isatty():
@@ -327,6 +346,9 @@ def convert(recipe, verbose, quiet, as_json, optimize=None, **options) -> None:
         m = result.manifest
         click.echo(f"wrote {summary['bundle']}: {m.quantization.mode} model, {summary['model_bytes']} bytes, "
                    f"target {m.target.name}, {sum(m.ops.values())} ops in {summary['seconds']:.1f}s")
+        if m.budget is not None:
+            for line in api.budget_lines(m.budget):
+                click.echo(line)
 
 
 @main.command()
@@ -483,12 +505,22 @@ def reproduce(bundle, output, force, check, verbose, quiet, as_json) -> None:
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=str))
+@click.option("--layers", is_flag=True, help="Print the per-layer sensitivity table of a bundle converted with an "
+              "accuracy budget (sensitivity.json; the picture is sensitivity.png).")
 @common_options
 @handle_errors
-def inspect(path, verbose, quiet, as_json) -> None:
+def inspect(path, layers, verbose, quiet, as_json) -> None:
     """Show a bundle's or a .tflite's inputs, outputs, quantization, ops and sizes."""
     from edgepack import api
 
+    if layers:
+        table = api.inspect_layers(path=path)
+        if as_json:
+            _emit_json(table)
+        else:
+            for line in api.layer_lines(table):
+                click.echo(line)
+        return
     info = api.inspect(path=path)
     if as_json:
         _emit_json(info)

@@ -54,6 +54,10 @@ class ConversionError(EdgepackError):
     """The TFLite converter (or onnx2tf) failed on the model."""
 
 
+class BudgetNotMet(ConversionError):
+    """No quantized candidate met the accuracy budget (--max-drop/--min-sqnr/--min-agreement)."""
+
+
 class TargetConstraintError(EdgepackError):
     """The produced model does not fit the chosen target (ops, size, memory, mode).
 

@@ -252,6 +252,87 @@ class OptimizeOptions:
         return self.prune is not None or self.qat or self.cluster is not None or self.low_rank is not None
 
 
+def parse_sqnr_axis(text: str) -> tuple[str, int]:
+    """``NAME:AXIS`` -> (NAME, AXIS); the name may itself contain ':'; AXIS counts the batch axis as 0
+    and may be negative (from the end)."""
+    name, sep, axis = str(text).rpartition(":")
+    try:
+        value = int(axis)
+    except ValueError:
+        value = None
+    if not sep or not name or value is None or value == 0:
+        raise UsageError(f"--sqnr-axis {text!r}: expected OUTPUT:AXIS with AXIS a non-batch axis",
+                         hint="e.g. --sqnr-axis output:1 (axis 0 is the batch axis; -1 is the last)")
+    return name, value
+
+
+@dataclass(frozen=True)
+class BudgetOptions:
+    """The accuracy budget: convert searches for the cheapest quantized model that meets it.
+
+    ``max_drop`` (percentage points of top-1 accuracy, needs labelled ``data``), ``min_sqnr`` (dB) and
+    ``min_agreement`` (top-1 agreement, a fraction) compare with the source model; SQNR and agreement
+    are judged per output and per slice along each output's feature axis, the worst slice counts.
+    ``data`` (or ``inputs``, per model input) is the evaluation data; without it, a seeded held-out
+    part of the calibration data that calibration does not use."""
+
+    max_drop: float | None = None
+    min_sqnr: float | None = None
+    min_agreement: float | None = None
+    data: Path | None = None
+    inputs: tuple[tuple[str, Path], ...] = ()
+    sqnr_axes: tuple[tuple[str, int], ...] = ()  # --sqnr-axis NAME:AXIS
+    keep_best: bool = False  # write the best candidate when the budget is not met ("budget_met": false)
+    holdout: int = 64  # held-out calibration samples when no data is given
+
+    def __post_init__(self) -> None:
+        for option, value in (("--max-drop", self.max_drop), ("--min-sqnr", self.min_sqnr),
+                              ("--min-agreement", self.min_agreement)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise OptionError(option, value, hint="give a number")
+            _finite(option, value)
+        if self.max_drop is not None and not 0 <= self.max_drop <= 100:
+            raise OptionError("--max-drop", self.max_drop, hint="give percentage points between 0 and 100, e.g. 1")
+        if self.min_agreement is not None and not 0 < self.min_agreement <= 1:
+            raise OptionError("--min-agreement", self.min_agreement, hint="give a fraction in (0, 1], e.g. 0.99")
+        if self.min_sqnr is not None and not -100 < self.min_sqnr < 200:
+            raise OptionError("--min-sqnr", self.min_sqnr, hint="give decibels, e.g. 30")
+        if self.holdout < 2:
+            raise OptionError("budget.holdout", self.holdout, hint="give at least 2")
+        axes = self.sqnr_axes
+        if isinstance(axes, str):
+            axes = (axes,)
+        if isinstance(axes, Mapping):
+            axes = tuple(axes.items())
+        object.__setattr__(self, "sqnr_axes", tuple(
+            parse_sqnr_axis(a) if isinstance(a, str) else (str(a[0]), int(a[1])) for a in axes))
+        if not self.active:
+            if self.keep_best:
+                raise UsageError("--keep-best needs a budget", hint="give --max-drop, --min-sqnr or --min-agreement")
+            if self.sqnr_axes:
+                raise UsageError("--sqnr-axis needs a budget", hint="give --min-sqnr or --min-agreement")
+            if self.data is not None or self.inputs:
+                raise UsageError("--eval-data needs a budget", hint="give --max-drop, --min-sqnr or --min-agreement")
+
+    @property
+    def active(self) -> bool:
+        return self.max_drop is not None or self.min_sqnr is not None or self.min_agreement is not None
+
+    @property
+    def eval_data(self) -> Path | dict[str, Path] | None:
+        return dict(self.inputs) if self.inputs else self.data
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_drop is not None:
+            parts.append(f"accuracy drop <= {self.max_drop:g} pp")
+        if self.min_sqnr is not None:
+            parts.append(f"worst-slice SQNR >= {self.min_sqnr:g} dB")
+        if self.min_agreement is not None:
+            parts.append(f"top-1 agreement >= {self.min_agreement:g}")
+        return ", ".join(parts)
+
+
 @dataclass(frozen=True)
 class OutputOptions:
     path: Path
@@ -266,6 +347,7 @@ class ConvertRequest:
     quantize: QuantizeOptions = field(default_factory=QuantizeOptions)
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     optimize: OptimizeOptions = field(default_factory=OptimizeOptions)
+    budget: BudgetOptions = field(default_factory=BudgetOptions)
     target: str = "generic"
     seed: int = 0  # sample selection and fine-tuning
     recipe: Path | None = None  # the recipe file; its [inputs.NAME] tables are the preprocessing
@@ -309,6 +391,8 @@ class ConvertRequest:
             calibration=dataclasses.replace(self.calibration, path=a(self.calibration.path),
                                             inputs=tuple((k, a(v)) for k, v in self.calibration.inputs)),
             optimize=dataclasses.replace(self.optimize, train_data=a(self.optimize.train_data)),
+            budget=dataclasses.replace(self.budget, data=a(self.budget.data),
+                                       inputs=tuple((k, a(v)) for k, v in self.budget.inputs)),
             output=dataclasses.replace(self.output, path=a(self.output.path), labels=a(self.output.labels)),
             recipe=a(self.recipe))
 
@@ -318,6 +402,8 @@ class ConvertRequest:
                                          "train_data": self.optimize.train_data, "labels": self.output.labels,
                                          "recipe": self.recipe}
         files.update({f"calibration:{k}": v for k, v in self.calibration.inputs})
+        files["eval_data"] = self.budget.data
+        files.update({f"eval_data:{k}": v for k, v in self.budget.inputs})
         return {k: v for k, v in files.items() if v is not None}
 
 
@@ -332,14 +418,16 @@ _FLAT: dict[str, tuple[str, str]] = {
     **{k: ("optimize", k) for k in ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "qat",
                                      "cluster", "cluster_layers", "low_rank", "train_data", "epochs", "learning_rate",
                                      "distill", "distribute")},
+    "max_drop": ("budget", "max_drop"), "min_sqnr": ("budget", "min_sqnr"), "min_agreement": ("budget", "min_agreement"),
+    "eval_data": ("budget", "data"), "sqnr_axis": ("budget", "sqnr_axes"), "keep_best": ("budget", "keep_best"),
     "output": ("output", "path"), "force": ("output", "force"), "labels": ("output", "labels"),
     "target": ("target", ""), "seed": ("seed", ""), "recipe": ("recipe", ""), "verbose": ("verbose", ""),
     "prune_groups": ("optimize", "prune_groups"),
 }
 _PARTS = {"model": ModelOptions, "quantize": QuantizeOptions, "calibration": CalibrationOptions,
-          "optimize": OptimizeOptions, "output": OutputOptions}
+          "optimize": OptimizeOptions, "budget": BudgetOptions, "output": OutputOptions}
 _PATHS = {("model", "path"), ("calibration", "path"), ("optimize", "train_data"), ("output", "path"),
-          ("output", "labels")}
+          ("output", "labels"), ("budget", "data")}
 _NOT_IN_RECIPE = {"recipe", "verbose", "force"}  # the command line's business
 
 
@@ -360,7 +448,7 @@ def build_request(recipe: Mapping[str, Any], flags: Mapping[str, Any], *, where:
             raise UsageError(f"{where}: '{what}' cannot be set in a recipe", hint="give it on the command line")
         if key in _PARTS and isinstance(value, Mapping):
             for k, v in value.items():
-                if k not in {f.name for f in dataclasses.fields(_PARTS[key])} and not (key == "calibration"
+                if k not in {f.name for f in dataclasses.fields(_PARTS[key])} and not (key in ("calibration", "budget")
                                                                                        and k in ("data", "inputs")):
                     raise UsageError(f"{where}: unknown key '{key}.{k}'",
                                      hint=f"known: {', '.join(f.name for f in dataclasses.fields(_PARTS[key]))}")
@@ -374,7 +462,7 @@ def build_request(recipe: Mapping[str, Any], flags: Mapping[str, Any], *, where:
             top[key] = value
         else:
             raise UsageError(f"{where}: unknown key '{key}'",
-                             hint="known: model, target, seed, quantize, calibration, optimize, output, inputs")
+                             hint="known: model, target, seed, quantize, calibration, optimize, budget, output, inputs")
     for name, value in flags.items():
         if value is None or name not in _FLAT:
             continue
@@ -389,7 +477,7 @@ def build_request(recipe: Mapping[str, Any], flags: Mapping[str, Any], *, where:
 def _rebase(key: tuple[str, str], value: Any, base: Path | None) -> Any:
     if base is None or not isinstance(value, str | Mapping):
         return value
-    if key in _PATHS or key == ("calibration", "data"):
+    if key in _PATHS or key in (("calibration", "data"), ("budget", "inputs")):
         if isinstance(value, Mapping):
             return {k: str(base / v) for k, v in value.items()}
         return str(base / value)
@@ -411,6 +499,12 @@ def _assemble(parts: dict[str, dict[str, Any]], top: dict[str, Any], where: str)
             cal["path"] = Path(data)
     if "inputs" in cal and isinstance(cal["inputs"], Mapping):
         cal["inputs"] = tuple((str(k), Path(v)) for k, v in cal["inputs"].items())
+    bud = parts["budget"]
+    if isinstance(bud.get("data"), Mapping):
+        bud["inputs"] = tuple((str(k), Path(v)) for k, v in bud.pop("data").items())
+    if "inputs" in bud:
+        items = bud["inputs"].items() if isinstance(bud["inputs"], Mapping) else bud["inputs"]
+        bud["inputs"] = tuple((str(k), Path(v)) for k, v in items)
     for part, key in _PATHS:
         if parts[part].get(key) is not None:
             parts[part][key] = Path(parts[part][key])

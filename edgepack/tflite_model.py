@@ -74,11 +74,11 @@ class TfliteModel:
                             for t in acts)
         weights = {t.dtype for t in self.tensors if t.constant and len(t.shape) >= 2}
         quantized_acts = act_types["int8"] + act_types["int16"]
-        float_acts = act_types["float32"]
         quantized_io = {self.tensors[i].dtype for i in io if self.tensors[i].scales}
         if act_types["int16"] and act_types["int16"] >= act_types["int8"] or "int16" in quantized_io:
             return "int16x8"
-        if quantized_acts and quantized_acts >= float_acts:
+        # int8 activations at all: an integer model, some of whose ops may stay float (accuracy budget)
+        if quantized_acts:
             return "int8" if io_types <= {"int8", "uint8", "int32", "int64", "bool"} else "int8-float-io"
         if weights & {"int8", "int4"}:
             return "dynamic"

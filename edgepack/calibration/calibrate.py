@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgepack.calibration import preprocess as pp
 from edgepack.calibration.dataset import Dataset, InputSpec
 from edgepack.calibration.progress import progress_bar
@@ -30,6 +32,7 @@ class CalibrationSet:
     source: str  # for the manifest: file/folder names, per input when several
     statistics: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    heldout: Dataset | None = None  # samples kept out of calibration, to evaluate on (accuracy budget)
 
     @property
     def preprocessing(self) -> dict[str, dict[str, Any] | None]:
@@ -51,11 +54,27 @@ def input_preprocessing(inputs: Sequence[InputSpec], *, spec: str | None, recipe
 
 def calibration_set(data: Path | Mapping[str, Path], inputs: Sequence[InputSpec], *, count: int, seed: int,
                     spec: str | None = None, recipe: str | Path | None = None,
-                    label_column: str | None = None, min_samples: int = 100, target: str = "") -> CalibrationSet:
-    """Open, check, select and scan the calibration data; log statistics (``-v``) and warnings."""
+                    label_column: str | None = None, min_samples: int = 100, target: str = "",
+                    holdout: int = 0) -> CalibrationSet:
+    """Open, check, select and scan the calibration data; log statistics (``-v``) and warnings.
+    ``holdout`` samples are first set aside (seeded) and never calibrated on: up to that many when
+    the data has enough beyond ``count``, else a fifth of it."""
     pre = input_preprocessing(inputs, spec=spec, recipe=recipe)
     full = open_dataset(data, inputs, what="--calibration", preprocess=pre, label_column=label_column)
-    chosen = full.select(count, seed)
+    heldout = None
+    pool = full
+    if holdout:
+        n = len(full)
+        h = holdout if n >= count + holdout else n // 5
+        if h < 2:
+            from edgepack.errors import CalibrationError
+
+            raise CalibrationError(f"--calibration: {n} samples are too few to hold some out for the accuracy budget",
+                                   hint="give more calibration samples, or --eval-data")
+        held = np.sort(np.random.default_rng(seed + 7919).choice(n, size=h, replace=False))
+        heldout = full.take(held)
+        pool = full.take(np.setdiff1d(np.arange(n), held))
+    chosen = pool.select(count, seed)
     with progress_bar(len(chosen), "reading calibration data") as advance:
         result = scan(chosen, seed=seed, progress=advance)
     warnings = data_warnings(result.statistics, chosen.preprocessing)
@@ -67,4 +86,4 @@ def calibration_set(data: Path | Mapping[str, Path], inputs: Sequence[InputSpec]
     for w in warnings:
         log.warning("%s", w)
     return CalibrationSet(data=chosen, available=len(full), sha256=result.sha256, source=source_name(data),
-                          statistics=result.statistics, warnings=warnings)
+                          statistics=result.statistics, warnings=warnings, heldout=heldout)

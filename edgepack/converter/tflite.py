@@ -86,7 +86,8 @@ def representative_dataset(loaded: LoadedModel, data: Dataset) -> Callable[[], I
     return gen
 
 
-def _configure(conv, mode: QuantizeMode, rep: Callable | None, per_tensor: bool, verbose: bool = False) -> None:
+def _configure(conv, mode: QuantizeMode, rep: Callable | None, per_tensor: bool, verbose: bool = False,
+               keep: Callable | None = None) -> None:
     import tensorflow as tf
 
     if mode is QuantizeMode.NONE:
@@ -107,12 +108,13 @@ def _configure(conv, mode: QuantizeMode, rep: Callable | None, per_tensor: bool,
     if per_tensor:
         conv._experimental_disable_per_channel = True
     if rep is not None and mode.needs_calibration:
-        conv._quantize = _isolated_quantize(conv, rep, mode, verbose)
+        conv._quantize = _isolated_quantize(conv, rep, mode, verbose, keep)
 
 
-def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool) -> Callable:
+def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, keep: Callable | None) -> Callable:
     """TFLiteConverter._quantize (TF 2.19) with the calibration run in a child process: the same
-    calibrate-then-quantize steps, the same arguments."""
+    calibrate-then-quantize steps, the same arguments. ``keep`` receives the calibrated model
+    (:class:`~edgepack.converter.requantize.Calibrated`) so it can be quantized again, differently."""
 
     def quantize(result, input_type, output_type, activations_type, bias_type, allow_float,
                  enable_variable_quantization, debug_options):
@@ -138,6 +140,16 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool) -
                                       hint=isolate.crash_hint(read_tflite(bytes(result)).op_counts, mode.value)) from None
         if q is not None:
             return out
+        if keep is not None:
+            from edgepack.converter.requantize import Calibrated
+
+            keep(Calibrated(bytes(out), input_type=input_type, output_type=output_type,
+                            disable_per_channel=bool(conv._experimental_disable_per_channel),
+                            disable_per_channel_dense=bool(
+                                conv._experimental_disable_per_channel_quantization_for_dense_layers),
+                            enable_variable_quantization=enable_variable_quantization,
+                            debug_options=debug_options.SerializeToString(),
+                            samples=lambda: ([s[n] for n in order] if order else list(s.values()) for s in rep())))
         return mlir_quantize(out, conv._experimental_disable_per_channel, input_data_type=input_type,
                              output_data_type=output_type, enable_variable_quantization=enable_variable_quantization,
                              disable_per_channel_for_dense_layers=(
@@ -177,9 +189,11 @@ def _converter_error(err: Exception, captured: str) -> ConversionError:
 
 
 def convert_to_tflite(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset | None, *,
-                      per_tensor: bool = False, verbose: bool = False, batch: int | None = None) -> bytes:
+                      per_tensor: bool = False, verbose: bool = False, batch: int | None = None,
+                      keep_calibrated: Callable | None = None) -> bytes:
     """Run TensorFlow's converter; returns the flatbuffer. ``batch`` fixes the batch dimension
-    (microcontroller runtimes plan memory for static shapes); None keeps it dynamic."""
+    (microcontroller runtimes plan memory for static shapes); None keeps it dynamic.
+    ``keep_calibrated`` (int8 modes) receives the calibrated float model, to quantize it again."""
     import tensorflow as tf  # noqa: F401  (imported before capture so import noise is captured too)
 
     with tempfile.TemporaryDirectory(prefix="edgepack-convert-") as tmp, \
@@ -187,7 +201,7 @@ def convert_to_tflite(loaded: LoadedModel, mode: QuantizeMode, calibration: Data
         try:
             conv = _make_converter(loaded, Path(tmp), batch)
             rep = representative_dataset(loaded, calibration) if calibration is not None else None
-            _configure(conv, mode, rep, per_tensor, verbose)
+            _configure(conv, mode, rep, per_tensor, verbose, keep_calibrated)
             return bytes(conv.convert())
         except (KeyboardInterrupt, ConversionError):
             raise

@@ -20,7 +20,7 @@ from typing import Any
 
 from edgepack.errors import BundleError
 
-SCHEMA_VERSION = "1.2"  # 1.1: the resolved request; 1.2: extras.optimize cluster / low_rank sections
+SCHEMA_VERSION = "1.3"  # 1.1: the resolved request; 1.2: extras.optimize cluster / low_rank sections; 1.3: the accuracy budget's search
 MANIFEST_NAME = "manifest.json"
 
 
@@ -109,6 +109,8 @@ class Manifest:
     # The resolved convert request ("settings", as edgepack.request writes it) and the sha256 of every
     # input file it names ("files": role -> {path, sha256}), for `edgepack reproduce`.
     request: dict[str, Any] | None = None
+    # --max-drop/--min-sqnr/--min-agreement: the budget, every candidate tried and the chosen one
+    budget: dict[str, Any] | None = None
     schema_version: str = SCHEMA_VERSION
 
     def artifact(self, role: str) -> Artifact:

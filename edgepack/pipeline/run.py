@@ -1,6 +1,7 @@
 """The conversion pipeline: a straight line of small, timed stages.
 
-prepare → load → optimize (--prune/--qat) → calibrate → convert → read back → measure (optimization
+prepare → load → optimize (--prune/--qat) → calibrate → convert → read back → budget (the accuracy
+budget's search) → measure (optimization
 results, TFLM arena) → check target → vela (Ethos-U) → firmware (MCU sources) → package.
 Stages that do not apply to a request or target return None and change nothing.
 Each stage appends a :class:`StageRecord` (name, seconds, detail) that ends up in the manifest.
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 from edgepack.errors import EdgepackError, InternalError
 from edgepack.packaging.manifest import StageRecord
-from edgepack.pipeline import mcu, optimize, stages
+from edgepack.pipeline import budget, mcu, optimize, stages
 from edgepack.pipeline.state import PipelineState, Stage
 from edgepack.request import ConvertRequest
 
@@ -27,6 +28,7 @@ STAGES: tuple[tuple[str, Stage], ...] = (
     ("calibrate", stages.stage_calibrate),
     ("convert", stages.stage_convert),
     ("read_back", stages.stage_read_back),
+    ("budget", budget.stage_budget),
     ("measure_optimized", optimize.stage_measure),
     ("measure_arena", mcu.stage_measure_arena),
     ("check_target", stages.stage_check_target),

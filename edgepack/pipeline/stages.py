@@ -39,6 +39,10 @@ def stage_prepare(st: PipelineState) -> dict:
         raise UsageError(f"--quantize {req.quantize.mode} needs calibration data",
                          hint="pass --calibration FILE (.npy or .npz of representative inputs), "
                               "or choose --quantize dynamic/float16/none")
+    if req.budget.active and req.quantize.mode.value not in ("int8", "int8-float-io"):
+        raise UsageError(f"an accuracy budget (--max-drop/--min-sqnr/--min-agreement) searches from int8; "
+                         f"--quantize {req.quantize.mode} has nothing to search",
+                         hint="use --quantize int8 or int8-float-io with the budget")
     if req.calibration.data is not None and not req.quantize.mode.needs_calibration:
         log.warning("--calibration is not used by --quantize %s; ignoring it", req.quantize.mode)
     if req.output.labels is not None:
@@ -87,8 +91,10 @@ def stage_calibrate(st: PipelineState) -> dict | None:
         specs = relaxed_specs(specs)
     cal = calibration_set(req.calibration.data, specs, count=req.calibration.samples, seed=req.seed,
                           spec=req.calibration.preprocess, recipe=req.recipe, label_column=req.calibration.label_column,
-                          min_samples=st.target.min_calibration_samples, target=st.target.name)
+                          min_samples=st.target.min_calibration_samples, target=st.target.name,
+                          holdout=req.budget.holdout if req.budget.active and req.budget.eval_data is None else 0)
     st.calibration = cal.data
+    st.heldout = cal.heldout
     st.calibration_info = CalibrationInfo(source=cal.source, samples=len(cal.data), available=cal.available,
                                           seed=req.seed, sha256=cal.sha256)
     st.input_data = {k: {"preprocessing": cal.preprocessing[k], "statistics": cal.statistics[k]}
@@ -103,8 +109,19 @@ def stage_convert(st: PipelineState) -> dict:
         return _convert_onnx(st)
     st.tflite = convert_to_tflite(st.loaded, st.request.quantize.mode, st.calibration,
                                   per_tensor=st.request.quantize.per_tensor, verbose=st.request.verbose,
-                                  batch=st.target.batch)
+                                  batch=st.target.batch, keep_calibrated=_keeper(st))
     return {"bytes": len(st.tflite)}
+
+
+def _keeper(st: PipelineState):
+    """With an accuracy budget: keep the calibrated model the converter makes (the last one made)."""
+    if not st.request.budget.active:
+        return None
+
+    def keep(calibrated) -> None:
+        st.calibrated = calibrated
+
+    return keep
 
 
 def _convert_onnx(st: PipelineState) -> dict:
@@ -118,7 +135,8 @@ def _convert_onnx(st: PipelineState) -> dict:
 
     req = st.request
     res = convert_onnx(st.loaded, req.quantize.mode, st.calibration, per_tensor=req.quantize.per_tensor,
-                       verbose=req.verbose, batch=st.target.batch, onnx2tf_options=dict(req.model.onnx2tf_options))
+                       verbose=req.verbose, batch=st.target.batch, onnx2tf_options=dict(req.model.onnx2tf_options),
+                       keep_calibrated=_keeper(st))
     st.tflite = res.tflite
     st.source_io = {"inputs": {m.name: m.manifest_fields() for m in res.inputs},
                     "outputs": {m.name: m.manifest_fields() for m in res.outputs}}
@@ -221,6 +239,7 @@ def stage_package(st: PipelineState) -> dict:
             labels="labels.txt" if st.labels is not None else None,
             extras=st.manifest_sections(),
             request=_request_record(st),
+            budget=st.budget,
         )
         validate_dict(manifest.to_dict())
         writer.write_text(MANIFEST_NAME, manifest.to_json())

@@ -44,6 +44,11 @@ class PipelineState:
     # --prune/--qat: the model as loaded, kept when `loaded` is replaced by the optimized one
     original: LoadedModel | None = None
     manifest: Manifest | None = None
+    # --max-drop/--min-sqnr/--min-agreement: the calibrated model (quantized again by the search), the
+    # held-out calibration samples to evaluate on, and the search's record (manifest "budget")
+    calibrated: Any = None
+    heldout: Dataset | None = None
+    budget: dict[str, Any] | None = None
 
     @property
     def arena_bytes(self) -> int | None:

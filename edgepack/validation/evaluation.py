@@ -7,7 +7,13 @@ from typing import Any
 import numpy as np
 
 from edgepack.errors import ModelLoadError
-from edgepack.validation.metrics import RunningAccuracy, RunningAgreement, RunningComparison
+from edgepack.validation.metrics import (
+    RunningAccuracy,
+    RunningAgreement,
+    RunningComparison,
+    RunningSliceSqnr,
+    feature_axis,
+)
 from edgepack.validation.report import OutputComparison, ValidationReport, finite_or_none
 
 
@@ -30,6 +36,10 @@ class Evaluation:
         self.reference_accuracy = RunningAccuracy() if reference else None
         self.agreement = RunningAgreement() if reference else None
         self.outputs = [RunningComparison() for _ in manifest.outputs] if reference else []
+        self.slices: list[RunningSliceSqnr] = []  # created on the first chunk (the axis needs the shape)
+        self.per_output_agreement = [RunningAgreement() for _ in manifest.outputs] if reference else []
+        budget = getattr(manifest, "budget", None) or {}
+        self.budget_axes = budget.get("sqnr_axes") or {}
         self.tflm = _Micro() if tflm else None
         self.arena = None  # ArenaMeasurement, when TFLM ran
 
@@ -56,6 +66,14 @@ class Evaluation:
             self.agreement.update(refs[0], outs[0])
         for acc, ref, out in zip(self.outputs, refs, outs):
             acc.update(ref, out)
+        if not self.slices:
+            self.slices = [RunningSliceSqnr(self.budget_axes[t.name] if t.name in self.budget_axes
+                                            else feature_axis(ref.shape))
+                           for t, ref in zip(self.manifest.outputs, refs)]
+        for sl, agree, ref, out in zip(self.slices, self.per_output_agreement, refs, outs):
+            sl.update(ref, out)
+            if ref.ndim >= 2 and ref.shape[-1] > 1:
+                agree.update(ref, out)
 
     def fill(self, report: ValidationReport) -> None:
         if self.labelled:
@@ -64,11 +82,37 @@ class Evaluation:
                 report.accuracy_reference = self.reference_accuracy.result()
         if self.agreement is not None:
             report.top1_agreement = self.agreement.result()
-        for t, acc in zip(self.manifest.outputs, self.outputs):
+        for i, (t, acc) in enumerate(zip(self.manifest.outputs, self.outputs)):
+            worst, where, axis = None, None, None
+            if i < len(self.slices):
+                value, where = self.slices[i].worst
+                worst, axis = finite_or_none(value), self.slices[i].axis
             report.outputs.append(OutputComparison(name=t.name, max_abs_error=acc.max_abs,
-                                                   cosine_similarity=acc.cosine, sqnr_db=finite_or_none(acc.sqnr_db)))
+                                                   cosine_similarity=acc.cosine, sqnr_db=finite_or_none(acc.sqnr_db),
+                                                   worst_slice_sqnr_db=worst, worst_slice=where, slice_axis=axis))
+        self._budget(report)
         if self.tflm is not None:
             report.runtimes["tflm"] = self._tflm_section(report)
+
+    def _budget(self, report: ValidationReport) -> None:
+        """A bundle converted with an accuracy budget: the same metrics, measured on this data."""
+        budget = getattr(self.manifest, "budget", None)
+        if not budget or not self.slices:
+            return
+        worst = min((s.worst[0] for s in self.slices), default=float("inf"))
+        agreements = [a.result() for a in self.per_output_agreement if a.result() is not None]
+        measured = {"worst_slice_sqnr_db": finite_or_none(worst),
+                    "agreement": min(agreements) if agreements else None, "accuracy_drop_pp": report.accuracy_drop_pp}
+        parts = []
+        if "min_sqnr_db" in budget["budget"]:
+            parts.append("worst-slice SQNR " + ("inf" if measured["worst_slice_sqnr_db"] is None
+                                                 else f"{measured['worst_slice_sqnr_db']:.2f} dB"))
+        if "min_agreement" in budget["budget"] and measured["agreement"] is not None:
+            parts.append(f"agreement {measured['agreement']:.4f}")
+        if "max_drop_pp" in budget["budget"] and measured["accuracy_drop_pp"] is not None:
+            parts.append(f"accuracy drop {measured['accuracy_drop_pp']:.2f} pp")
+        report.budget = {"budget": budget["budget"], "budget_met_at_convert": budget["budget_met"],
+                         "values": measured, "measured": ", ".join(parts) or "not measurable on this data"}
 
     def _tflm_section(self, report: ValidationReport) -> dict[str, Any]:
         assert self.tflm is not None

@@ -105,3 +105,83 @@ class RunningComparison:
         if self.rr == 0.0:
             return -math.inf
         return 10.0 * math.log10(self.rr / self.noise)
+
+
+# -- per slice: a wide-range part of an output must not hide a ruined narrow-range part -------------
+MAX_FEATURE_SLICES = 256  # rank >= 3: 4 + 80 COCO classes fit
+MAX_HEAD_SLICES = 64  # rank 2: a small head's columns; a wider one is a class vector
+
+
+def feature_axis(shape: tuple[int | None, ...] | list, override: int | None = None) -> int | None:
+    """The axis along which an output is judged slice by slice (batch axis 0 included in ``shape``).
+
+    The rule: an output of rank 3 or more is sliced along its smallest non-batch axis of 2 to
+    :data:`MAX_FEATURE_SLICES` elements (the last such axis on a tie) — the 4 + K rows of a
+    ``1×(4+K)×anchors`` detector output, the 6 columns of ``1×3549×6``, an image's channels; a
+    rank-2 output along its last axis when it has 2 to :data:`MAX_HEAD_SLICES` elements — the
+    columns of an ``N×7`` regression head, the classes of an ``N×10`` classifier. Any other output
+    (``N×1000`` classes, ``N×1``) is one slice. ``override`` (``--sqnr-axis NAME:AXIS``, negative
+    counts from the end) wins."""
+    rank = len(shape)
+    if override is not None:
+        axis = override if override >= 0 else rank + override
+        return axis if 0 < axis < rank else None
+    if rank == 2:
+        return 1 if isinstance(shape[1], int) and 2 <= shape[1] <= MAX_HEAD_SLICES else None
+    best = None
+    for axis in range(1, rank):
+        size = shape[axis]
+        if isinstance(size, int) and 2 <= size <= MAX_FEATURE_SLICES and (best is None or size <= shape[best]):
+            best = axis
+    return best
+
+
+class RunningSliceSqnr:
+    """SQNR of every slice along ``axis`` (None: the whole tensor is one slice), from running sums.
+    Slices whose reference is all zero are left out (no signal to measure noise against)."""
+
+    def __init__(self, axis: int | None) -> None:
+        self.axis = axis
+        self.rr: np.ndarray | None = None
+        self.noise: np.ndarray | None = None
+
+    def update(self, ref: np.ndarray, out: np.ndarray) -> None:
+        r = np.asarray(ref, np.float64)
+        d = r - np.asarray(out, np.float64)
+        if self.axis is None or self.axis >= r.ndim:
+            rr, nn = np.array([np.sum(r * r)]), np.array([np.sum(d * d)])
+        else:
+            other = tuple(a for a in range(r.ndim) if a != self.axis)
+            rr, nn = np.sum(r * r, axis=other), np.sum(d * d, axis=other)
+        self.rr = rr if self.rr is None else self.rr + rr
+        self.noise = nn if self.noise is None else self.noise + nn
+
+    def per_slice(self) -> list[float | None]:
+        """dB per slice; None for a slice with no reference signal."""
+        if self.rr is None:
+            return []
+        out: list[float | None] = []
+        for rr, nn in zip(self.rr, self.noise):
+            if rr == 0.0:
+                out.append(None)
+            elif nn == 0.0:
+                out.append(math.inf)
+            else:
+                out.append(10.0 * math.log10(rr / nn))
+        return out
+
+    @property
+    def worst(self) -> tuple[float, int | None]:
+        """``(dB, slice index)`` of the worst slice (index None when the output is one slice)."""
+        values = [(v, i) for i, v in enumerate(self.per_slice()) if v is not None]
+        if not values:
+            return math.inf, None
+        v, i = min(values)
+        return v, (i if self.axis is not None else None)
+
+
+def slice_sqnr(ref: np.ndarray, out: np.ndarray, axis: int | None) -> tuple[float, int | None]:
+    """The worst slice's SQNR (dB) and its index; see :func:`feature_axis` for the axis."""
+    s = RunningSliceSqnr(axis)
+    s.update(ref, out)
+    return s.worst

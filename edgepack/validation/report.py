@@ -14,6 +14,11 @@ class OutputComparison:
     max_abs_error: float
     cosine_similarity: float
     sqnr_db: float | None  # None when the outputs are identical (infinite SQNR)
+    # the worst slice along the output's feature axis (edgepack.validation.metrics.feature_axis, or the
+    # axis the bundle's accuracy budget used); None = identical
+    worst_slice_sqnr_db: float | None = None
+    worst_slice: int | None = None
+    slice_axis: int | None = None
 
 
 @dataclass
@@ -33,6 +38,8 @@ class ValidationReport:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     runtimes: dict[str, Any] = field(default_factory=dict)  # extra runtimes (e.g. TFLM) and their results
+    # a bundle converted with an accuracy budget: the budget and the same metrics measured on this data
+    budget: dict[str, Any] | None = None
 
     @property
     def accuracy_drop_pp(self) -> float | None:
@@ -77,6 +84,9 @@ def render(report: ValidationReport, console) -> None:
         head.add_row("accuracy drop", f"{report.accuracy_drop_pp:.2f} pp{budget}")
     if report.top1_agreement is not None:
         head.add_row("top-1 agreement", _pct(report.top1_agreement))
+    if report.budget is not None:
+        head.add_row("convert's budget", ", ".join(f"{k} {v:g}" for k, v in report.budget["budget"].items())
+                     + f": {report.budget['measured']}")
     for name, rt in report.runtimes.items():
         acc = rt.get("accuracy")
         extra = f", max diff vs litert {rt['max_abs_diff_vs_litert']:.4g}" if "max_abs_diff_vs_litert" in rt else ""
@@ -89,11 +99,16 @@ def render(report: ValidationReport, console) -> None:
     console.print(head)
     if report.outputs:
         t = Table(title="outputs vs reference", title_justify="left")
-        for col in ("output", "max abs error", "cosine", "SQNR (dB)"):
+        for col in ("output", "max abs error", "cosine", "SQNR (dB)", "worst slice SQNR (dB)"):
             t.add_column(col, justify="right" if col != "output" else "left")
         for o in report.outputs:
             sq = "inf" if o.sqnr_db is None else f"{o.sqnr_db:.2f}"
-            t.add_row(o.name, f"{o.max_abs_error:.5g}", f"{o.cosine_similarity:.6f}", sq)
+            ws = "inf" if o.worst_slice_sqnr_db is None else f"{o.worst_slice_sqnr_db:.2f}"
+            if o.slice_axis is not None and o.worst_slice is not None:
+                ws += f" (axis {o.slice_axis} #{o.worst_slice})"
+            elif o.slice_axis is None:
+                ws += " (one slice)"
+            t.add_row(o.name, f"{o.max_abs_error:.5g}", f"{o.cosine_similarity:.6f}", sq, ws)
         console.print(t)
     for note in report.notes:
         console.print(f"note: {note}")

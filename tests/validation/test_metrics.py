@@ -61,3 +61,44 @@ def test_running_metrics_over_chunks_equal_the_whole():
     assert comp.cosine == pytest.approx(np.dot(r, o) / np.linalg.norm(r) / np.linalg.norm(o))
     assert comp.sqnr_db == pytest.approx(10 * math.log10(np.sum(r ** 2) / np.sum((r - o) ** 2)))
     assert metrics.RunningAccuracy().result() is None  # no samples: no number, not 0
+
+
+# -- per slice ---------------------------------------------------------------------------------------
+def test_feature_axis_rule():
+    from edgepack.validation.metrics import feature_axis
+
+    assert feature_axis((1, 3549, 6)) == 2  # YOLOX: anchors x (4 + 1 + K)
+    assert feature_axis((1, 84, 8400)) == 1  # YOLOv8: (4 + 80) x anchors
+    assert feature_axis((1, 3, 224, 224)) == 1  # image channels
+    assert feature_axis((8, 7)) == 1  # a small regression / class head
+    assert feature_axis((8, 1000)) is None  # 1000 classes: one slice
+    assert feature_axis((8, 1)) is None
+    assert feature_axis((1, 3549, 6), override=1) == 1
+    assert feature_axis((1, 3549, 6), override=-1) == 2
+    assert feature_axis((1, 3549, 6), override=0) is None  # never the batch axis
+
+
+def test_worst_slice_is_not_hidden_by_a_wide_slice():
+    from edgepack.validation.metrics import slice_sqnr, sqnr_db
+
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.uniform(0, 640, (1, 4, 500)), rng.uniform(0, 0.02, (1, 2, 500))], axis=1)
+    out = ref.copy()
+    out[:, :4] += rng.normal(0, 0.5, (1, 4, 500))  # boxes: fine
+    out[:, 4:] = np.round(out[:, 4:] / 0.0138) * 0.0138  # scores: two levels
+    assert sqnr_db(ref, out) > 40
+    worst, where = slice_sqnr(ref, out, 1)
+    assert worst < 10 and where in (4, 5)
+    whole, none = slice_sqnr(ref, out, None)
+    assert whole == pytest.approx(sqnr_db(ref, out)) and none is None
+
+
+def test_slices_without_signal_are_left_out():
+    from edgepack.validation.metrics import RunningSliceSqnr
+
+    ref = np.zeros((4, 3))
+    ref[:, 0] = 1.0
+    s = RunningSliceSqnr(1)
+    s.update(ref, ref + np.array([0.01, 0.5, 0.0]))
+    assert s.per_slice()[1:] == [None, None]
+    assert s.worst[1] == 0

@@ -217,7 +217,7 @@ MISMATCH = 1e-2
 
 def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset | None, *,
                  per_tensor: bool = False, verbose: bool = False, batch: int | None = None,
-                 onnx2tf_options: dict[str, Any] | None = None) -> OnnxConversion:
+                 onnx2tf_options: dict[str, Any] | None = None, keep_calibrated: Any = None) -> OnnxConversion:
     """onnx2tf, then TensorFlow's converter; everything onnx2tf writes stays in a temp dir.
     ``batch`` (a target's static batch) replaces the inputs' batch size. When onnx2tf or the
     converter fails, or onnx2tf's graph disagrees with onnxruntime, the option sets of
@@ -252,7 +252,7 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
             options = dict(cand.options)
             try:
                 result = _attempt(loaded, work, onnx_path, names, shapes, feeds, refs, options, mode, calibration,
-                                  per_tensor=per_tensor, verbose=verbose, strict=strict)
+                                  per_tensor=per_tensor, verbose=verbose, strict=strict, keep=keep_calibrated)
             except NativeCrash as err:
                 # a crash in calibration is not a translation error: only sets meant for it are tried,
                 # and if none helps the user gets the crash (its hint says what to try)
@@ -282,7 +282,7 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
 def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, str],
              shapes: dict[str, tuple[int, ...]], feeds: dict[str, np.ndarray], refs: list[np.ndarray] | None,
              options: dict[str, Any], mode: QuantizeMode, calibration: Dataset | None, *,
-             per_tensor: bool, verbose: bool, strict: bool) -> OnnxConversion:
+             per_tensor: bool, verbose: bool, strict: bool, keep: Any = None) -> OnnxConversion:
     """One onnx2tf option set: translate, compare with onnxruntime, convert. With ``strict`` (a
     probe input that means something) a large mismatch is a failure (ConversionError), so that the
     next option set is tried."""
@@ -307,7 +307,7 @@ def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, 
                             [InputSpec(m.name, m.tflite_shape[1:], m.dtype) for m in inputs],
                             [m.name for m in outputs], None)
     calib = calibration_for_tflite(calibration, loaded, inputs) if calibration is not None else None
-    tflite = convert_to_tflite(tf_loaded, mode, calib, per_tensor=per_tensor, verbose=verbose)
+    tflite = convert_to_tflite(tf_loaded, mode, calib, per_tensor=per_tensor, verbose=verbose, keep_calibrated=keep)
     return OnnxConversion(tflite, inputs, outputs,
                           {"probe_max_rel_error": None if probe is None else round(probe, 8)})
 

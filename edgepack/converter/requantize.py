@@ -1,0 +1,153 @@
+"""Calibrate once, quantize many times.
+
+TensorFlow's converter can stop after calibration (the float model with every activation's
+recorded min/max) and quantize that model later with ``mlir_quantize``; edgepack keeps the
+calibrated model of an int8 conversion (calibrated in a child process, :mod:`.isolate`) and
+quantizes it again with
+
+- other activation ranges: the recorded min/max of chosen tensors replaced before quantizing;
+- ops kept in float (``denylisted_nodes``: an op is named by its first output tensor);
+- float outputs instead of int8 ones (an output whose parts need different scales);
+- int16 activations (int16x8) instead of int8.
+
+Each call is a fraction of a second to a few seconds: no graph export, no calibration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgepack._native import capture_native_output
+from edgepack.errors import ConversionError
+
+
+@dataclass(frozen=True)
+class CalibratedTensor:
+    index: int
+    name: str
+    min: float
+    max: float
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """A calibrated float model and the quantizer arguments of the conversion that made it."""
+
+    model: bytes
+    input_type: Any  # tf.DType of the quantized model's inputs (int8, or float32 for int8-float-io)
+    output_type: Any
+    disable_per_channel: bool = False
+    disable_per_channel_dense: bool = False
+    enable_variable_quantization: bool = False
+    debug_options: bytes = b""
+    # the calibration samples again (arrays in input-tensor order), for int16x8's own calibration
+    samples: Any = field(default=None, compare=False, repr=False)
+    _tensors: list = field(default_factory=list, compare=False, repr=False)
+
+    # -- what calibration recorded ---------------------------------------------------------------------
+    def tensors(self) -> list[CalibratedTensor]:
+        """Every tensor with a recorded range (the activations), graph order."""
+        if not self._tensors:
+            model = _unpack(self.model)
+            sg = model.subgraphs[0]
+            for i, t in enumerate(sg.tensors or []):
+                q = t.quantization
+                if q is None or q.min is None or q.max is None or len(q.min) != 1:
+                    continue
+                self._tensors.append(CalibratedTensor(i, (t.name or b"").decode(), float(q.min[0]), float(q.max[0]),
+                                                      tuple(int(d) for d in (t.shape if t.shape is not None else ()))))
+        return list(self._tensors)
+
+    def ops(self) -> list[tuple[str, str, list[int], list[int]]]:
+        """``(op type, node name, input tensor indices, output tensor indices)`` in execution order;
+        the node name (the first output tensor's name) is what ``denylist`` takes."""
+        from ai_edge_litert import schema_py_generated as schema
+
+        model = _unpack(self.model)
+        sg = model.subgraphs[0]
+        names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+        out = []
+        for op in sg.operators or []:
+            oc = model.operatorCodes[op.opcodeIndex]
+            code = max(oc.builtinCode, oc.deprecatedBuiltinCode)
+            kind = names.get(code, f"OP{code}")
+            outs = [int(i) for i in (op.outputs if op.outputs is not None else ()) if i >= 0]
+            ins = [int(i) for i in (op.inputs if op.inputs is not None else ()) if i >= 0]
+            node = (sg.tensors[outs[0]].name or b"").decode() if outs else ""
+            out.append((kind, node, ins, outs))
+        return out
+
+    # -- quantizing ---------------------------------------------------------------------------------
+    def quantize(self, *, denylist: Iterable[str] = (), ranges: Mapping[str, tuple[float, float]] | None = None,
+                 float_output: bool = False, int16: bool = False, allow_float: bool = False) -> bytes:
+        """The quantized model: ``denylist`` node names stay float, ``ranges`` (tensor name -> (min,
+        max)) replace the recorded ranges, ``float_output`` gives float32 outputs (inputs keep their
+        type), ``int16`` int16 activations with float I/O (int16x8; ``allow_float``: float ops where
+        int16 has no kernel; its own calibration pass, so ``ranges`` do not apply)."""
+        import tensorflow as tf
+        from tensorflow.compiler.mlir.lite import types_pb2 as _types
+        from tensorflow.lite.python.convert import mlir_quantize
+
+        data = self.model if not ranges else with_ranges(self.model, ranges)
+        if int16:
+            return self._int16x8(self.model, allow_float=allow_float)
+        in_t = tf.float32 if self.input_type == tf.float32 else tf.int8
+        out_t = tf.float32 if float_output or self.output_type == tf.float32 else tf.int8
+        deny = sorted(set(denylist))
+        with capture_native_output() as cap:
+            try:
+                return bytes(mlir_quantize(
+                    data, self.disable_per_channel, input_data_type=in_t, output_data_type=out_t,
+                    inference_type=_types.QUANTIZED_INT8,
+                    denylisted_nodes=deny or None, enable_variable_quantization=self.enable_variable_quantization,
+                    disable_per_channel_for_dense_layers=self.disable_per_channel_dense,
+                    debug_options_str=self.debug_options))
+            except Exception as err:  # the quantizer raises ConverterError / RuntimeError
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                raise ConversionError(f"re-quantizing the calibrated model failed: {first}",
+                                      hint="run with -v for the converter log") from err
+        del cap
+
+    def _int16x8(self, data: bytes, *, allow_float: bool) -> bytes:
+        """int16 activations, float32 I/O. TF 2.19's MLIR quantizer fails on int16 (mixed element
+        types on binary ops with constants), so this is the old quantizer, as the converter does it
+        for int16x8: one more calibration pass, in the child process."""
+        from edgepack.converter import isolate
+
+        if self.samples is None:
+            raise ConversionError("int16x8 needs the calibration samples again; none were kept")
+        q = {"input": int(np.dtype(np.float32).num), "output": int(np.dtype(np.float32).num),
+             "allow_float": allow_float, "activations": int(np.dtype(np.int16).num),
+             "bias": int(np.dtype(np.int64).num), "disable_per_channel": self.disable_per_channel,
+             "disable_per_channel_dense": self.disable_per_channel_dense}
+        return isolate.calibrate(data, self.samples(), quantize=q, stage="int16x8 calibration")
+
+
+def with_ranges(model: bytes, ranges: Mapping[str, tuple[float, float]]) -> bytes:
+    """The calibrated model with the recorded min/max of the named tensors replaced."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    found = set()
+    for t in obj.subgraphs[0].tensors:
+        name = t.name.decode() if isinstance(t.name, bytes) else t.name
+        if name in ranges and t.quantization is not None and t.quantization.min is not None:
+            lo, hi = ranges[name]
+            t.quantization.min = np.asarray([min(float(lo), 0.0)], np.float32)
+            t.quantization.max = np.asarray([max(float(hi), 0.0)], np.float32)
+            found.add(name)
+    missing = set(ranges) - found
+    if missing:
+        raise ConversionError(f"no calibrated range for tensor(s) {sorted(missing)[:5]}")
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+def _unpack(model: bytes):
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))

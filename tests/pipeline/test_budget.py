@@ -1,0 +1,196 @@
+"""The accuracy budget (--min-sqnr / --min-agreement / --max-drop): tiny models where one known
+layer is made sensitive; the search must find it, keep only it out of int8 and meet the budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgepack.cli import main
+
+
+def _outlier_model(folder: Path) -> Path:
+    """x -> d1 (unit 0 always dead) -> "outlier" (its weights from that dead unit are 200, so one
+    per-channel int8 scale per output covers 200 and the real weights round to zero) -> head.
+    Float: exact; full int8: ruined; the outlier layer kept float: fine."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16,), name="x")
+    h = keras.layers.Dense(16, activation="relu", name="d1")(inp)
+    o = keras.layers.Dense(8, name="outlier")(h)
+    out = keras.layers.Dense(4, name="head")(keras.layers.ReLU()(o))
+    m = keras.Model(inp, out)
+    w1, b1 = m.get_layer("d1").get_weights()
+    w1[:, 0], b1[0] = 0.0, -1.0
+    m.get_layer("d1").set_weights([w1, b1])
+    w, b = m.get_layer("outlier").get_weights()
+    w[0, :] = 200.0
+    m.get_layer("outlier").set_weights([w, b])
+    path = folder / "outlier.h5"
+    m.save(path)
+    return path
+
+
+def _mixed_head_model(folder: Path) -> Path:
+    """A detector-style head: (N, 4 + 2) = box coordinates (0..640) ++ scores (0..0.02)."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16,), name="x")
+    h = keras.layers.Dense(16, activation="relu", name="trunk")(inp)
+    box = keras.layers.Rescaling(640.0, name="box")(keras.layers.Dense(4, activation="sigmoid", name="box_fc")(h))
+    score = keras.layers.Rescaling(0.02, name="score")(keras.layers.Dense(2, activation="sigmoid", name="cls")(h))
+    m = keras.Model(inp, keras.layers.Concatenate(name="det")([box, score]))
+    path = folder / "mixed.h5"
+    m.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("budget")
+    rng = np.random.default_rng(0)
+    np.save(folder / "x16.npy", rng.normal(size=(300, 16)).astype(np.float32))
+    _outlier_model(folder)
+    _mixed_head_model(folder)
+    from tests.conftest import INPUT_SHAPE, build_tf_keras
+
+    build_tf_keras().save(folder / "tiny.h5")  # TFLite Micro runs it
+    np.save(folder / "img.npy", rng.random((300, *INPUT_SHAPE)).astype(np.float32))
+    return folder
+
+
+def _convert(args: list[str]):
+    return CliRunner().invoke(main, ["convert", *args])
+
+
+def _budget(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text())["budget"]
+
+
+def test_finds_the_one_sensitive_layer_and_keeps_only_it_float(work):
+    out = work / "outlier_bundle"
+    res = _convert([str(work / "outlier.h5"), "-o", str(out), "--calibration", str(work / "x16.npy"),
+                    "--min-sqnr", "25"])
+    assert res.exit_code == 0, res.output
+    b = _budget(out)
+    assert b["budget_met"] is True
+    assert b["candidates"][0]["step"] == "int8" and not b["candidates"][0]["met"]
+    assert b["candidates"][0]["metric"]["sqnr_db"]["head"] < 10  # full int8 is ruined
+    chosen = b["chosen"]
+    assert chosen["step"] == "fallback"
+    assert len(chosen["float_ops"]) == 1 and "outlier" in chosen["float_ops"][0]
+    assert min(chosen["metric"]["sqnr_db"].values()) >= 25
+    assert b["eval_data"]["source"] == "held-out calibration samples" and b["eval_data"]["samples"] == 64
+    # every candidate is recorded with its cost
+    assert all({"bytes", "float_ops", "litert_p50_ms", "metric"} <= set(c) for c in b["candidates"])
+    # the picture and the table are in the bundle
+    assert (out / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = json.loads((out / "sensitivity.json").read_text())["rows"]
+    kept = [r["node"] for r in rows if r["kept"] == "float"]
+    assert kept == chosen["float_ops"]
+    layers = CliRunner().invoke(main, ["inspect", str(out), "--layers"])
+    assert layers.exit_code == 0 and "outlier" in layers.output and "float" in layers.output
+    assert "budget met" in res.output
+    # validate reports the worst slice beside the whole tensor, and the budget's metric
+    val = CliRunner().invoke(main, ["validate", str(out), "--data", str(work / "x16.npy"), "--json"])
+    assert val.exit_code == 0, val.output
+    rep = json.loads(val.output)
+    o = rep["outputs"][0]
+    assert o["slice_axis"] == 1 and o["worst_slice_sqnr_db"] <= o["sqnr_db"]
+    assert rep["budget"]["budget"] == {"min_sqnr_db": 25.0}
+    assert rep["budget"]["values"]["worst_slice_sqnr_db"] > 20
+
+
+def test_mixed_output_is_judged_per_slice_and_made_float(work):
+    out = work / "mixed_bundle"
+    res = _convert([str(work / "mixed.h5"), "-o", str(out), "--calibration", str(work / "x16.npy"),
+                    "--min-sqnr", "30"])
+    assert res.exit_code == 0, res.output
+    b = _budget(out)
+    first = b["candidates"][0]["metric"]
+    # the whole tensor reads fine, the score slices are ruined: the worst slice counts
+    assert first["sqnr_db_whole"]["det"] > 30 and first["sqnr_db"]["det"] < 10
+    assert first["worst_slice"]["det"] in (4, 5)
+    assert b["sqnr_axes"] == {"det": 1}
+    assert b["chosen"]["float_output"] is True and b["budget_met"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["outputs"][0]["dtype"] == "float32"
+    assert manifest["inputs"][0]["dtype"] == "int8"
+    assert "outputs are float32" in res.output
+
+
+def test_integer_only_target_fails_with_the_table_and_writes_nothing(work):
+    # 80 dB: beyond what 8-bit activations can reach, and float is not allowed
+    out = work / "mcu_bundle"
+    res = _convert([str(work / "tiny.h5"), "-o", str(out), "--calibration", str(work / "img.npy"),
+                    "--min-sqnr", "80", "--target", "cortex-m4"])
+    assert res.exit_code == 1
+    assert "no candidate meets the budget" in res.output and "integer-only" in res.output
+    assert "RMSE/scale" in res.output  # the sensitivity table
+    assert not out.exists()
+
+
+def test_keep_best_writes_the_best_candidate(work):
+    out = work / "mcu_best"
+    res = _convert([str(work / "tiny.h5"), "-o", str(out), "--calibration", str(work / "img.npy"),
+                    "--min-sqnr", "80", "--target", "cortex-m4", "--keep-best"])
+    assert res.exit_code == 0, res.output
+    b = _budget(out)
+    assert b["budget_met"] is False and b["chosen"]["float_ops"] == [] and not b["chosen"]["float_output"]
+    assert json.loads((out / "manifest.json").read_text())["quantization"]["mode"] == "int8"
+    assert any("integer-only" in n for n in b["notes"])
+    assert {c["step"] for c in b["candidates"]} <= {"int8", "ranges"}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--min-agreement", "1.5"], "--min-agreement"),
+    (["--max-drop", "-1"], "--max-drop"),
+    (["--min-sqnr", "nan"], "--min-sqnr"),
+    (["--min-sqnr", "30", "--sqnr-axis", "det"], "--sqnr-axis"),
+    (["--min-sqnr", "30", "--sqnr-axis", "det:0"], "--sqnr-axis"),
+    (["--keep-best"], "--keep-best needs a budget"),
+    (["--min-sqnr", "30", "--quantize", "float16"], "searches from int8"),
+    (["--max-drop", "1"], "--max-drop needs labelled --eval-data"),
+    (["--min-sqnr", "30", "--sqnr-axis", "nope:1"], "no such output"),
+])
+def test_bad_budget_values_are_usage_errors(work, args, needle):
+    res = _convert([str(work / "mixed.h5"), "-o", str(work / "never"), "--calibration", str(work / "x16.npy"), *args])
+    assert res.exit_code == 2, res.output
+    assert needle in res.output
+    assert not (work / "never").exists()
+
+
+def test_max_drop_with_labelled_eval_data_and_agreement(work):
+    from tests.conftest import INPUT_SHAPE
+
+    rng = np.random.default_rng(1)
+    x = rng.random((80, *INPUT_SHAPE)).astype(np.float32)
+    np.savez(work / "eval.npz", x=x, y=rng.integers(0, 4, 80))
+    out = work / "drop_bundle"
+    res = _convert([str(work / "tiny.h5"), "-o", str(out), "--calibration", str(work / "img.npy"),
+                    "--eval-data", str(work / "eval.npz"), "--max-drop", "5", "--min-agreement", "0.9"])
+    assert res.exit_code == 0, res.output
+    b = _budget(out)
+    assert b["budget"] == {"max_drop_pp": 5.0, "min_agreement": 0.9}
+    assert b["eval_data"]["samples"] == 80 and b["eval_data"]["source"].endswith("eval.npz")
+    m = b["chosen"]["metric"]
+    assert m["accuracy_drop_pp"] <= 5 and m["agreement"]["logits"] >= 0.9
+    assert b["budget_met"] and b["chosen"]["step"] == "int8"  # the cheapest candidate that meets it
+    settings = json.loads((out / "manifest.json").read_text())["request"]
+    assert settings["settings"]["budget"]["max_drop"] == 5.0 and "eval_data" in settings["files"]
+
+
+def test_inspect_layers_needs_a_budget_bundle(work):
+    out = work / "plain_bundle"
+    res = _convert([str(work / "tiny.h5"), "-o", str(out), "--calibration", str(work / "img.npy")])
+    assert res.exit_code == 0, res.output
+    assert "budget" not in json.loads((out / "manifest.json").read_text()) or \
+        json.loads((out / "manifest.json").read_text())["budget"] is None
+    layers = CliRunner().invoke(main, ["inspect", str(out), "--layers"])
+    assert layers.exit_code == 1 and "no sensitivity table" in layers.output
