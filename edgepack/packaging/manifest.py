@@ -20,7 +20,8 @@ from typing import Any
 
 from edgepack.errors import BundleError
 
-SCHEMA_VERSION = "1.3"  # 1.1: the resolved request; 1.2: extras.optimize cluster / low_rank sections; 1.3: the accuracy budget's search
+# 1.1: the resolved request; 1.2: extras.optimize cluster / low_rank sections; 1.3: the accuracy budget's search
+SCHEMA_VERSION = "1.3"
 MANIFEST_NAME = "manifest.json"
 
 
