@@ -53,3 +53,17 @@ def test_bad_space_file_is_a_usage_error_naming_the_key(tmp_path, keras3_model, 
 def test_grid_needs_steps():
     with pytest.raises(UsageError, match="'prune_channels' is a continuous range"):
         parse_space({"prune_channels": {"low": 0.0, "high": 0.5}}).grid()
+
+
+def test_cluster_and_low_rank_knobs_reach_the_convert_request():
+    """Issue 13's options are knobs too; their flags build a valid ConvertRequest (0 means off)."""
+    from edgepack.request import build_request
+
+    space = parse_space({"cluster": [0, 8], "low_rank": [0, 0.9]})
+    assert len(space.grid()) == 4
+    on = space.to_flags({"cluster": 8, "low_rank": 0.9})
+    off = space.to_flags({"cluster": 0, "low_rank": 0})
+    assert on["cluster"] == 8 and float(on["low_rank"]) == 0.9
+    assert not off.get("cluster") and not off.get("low_rank")
+    req = build_request({}, {"model": "m.keras", "output": "out", **on})
+    assert req.optimize.cluster == 8 and req.optimize.low_rank_spec is not None
