@@ -9,7 +9,6 @@ optimization); ``--qat`` then uses cluster-preserving QAT so int8 keeps the clus
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 
 from edgepack.errors import UsageError
 from edgepack.optimize.finetune import FinetuneOptions, FinetuneResult, TrainingData, finetune
+from edgepack.optimize.graph import copy_model, selected
 from edgepack.optimize.measure import layer_macs
 from edgepack.optimize.qat import freeze_batchnorm
 from edgepack.optimize.sparsity import import_tfmot
@@ -71,10 +71,6 @@ def distinct(w: np.ndarray) -> int:
     return int(np.unique(w).size)
 
 
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def choose_layers(model: Any, clusters: int, cluster_layers: tuple[str, ...] = (),
                   keep_layers: tuple[str, ...] = ()) -> tuple[list[str], dict[str, str]]:
     """The layers to cluster, and why each other conv/dense layer is left alone."""
@@ -83,7 +79,7 @@ def choose_layers(model: Any, clusters: int, cluster_layers: tuple[str, ...] = (
         kernel = kernel_of(layer)
         if kernel is None:
             continue
-        if _matches(layer.name, keep_layers) or (cluster_layers and not _matches(layer.name, cluster_layers)):
+        if not selected(layer.name, cluster_layers, keep_layers):
             skipped[layer.name] = "excluded by --keep-layers/--cluster-layers"
         elif kernel.size <= clusters:
             skipped[layer.name] = f"{kernel.size} weights, not more than {clusters} clusters"
@@ -136,10 +132,7 @@ def cluster_weights(model: Any, data: TrainingData, opts: FinetuneOptions, *, cl
     trained, result = finetune(build, model, data, opts, label="cluster")
     # strip_clustering reuses the unwrapped layers in its new graph (two inbound nodes each, which hides
     # BatchNormalization folding from QAT): a clean clone afterwards.
-    stripped = ck.strip_clustering(trained)
-    clean = tf_keras.models.clone_model(stripped)
-    clean.set_weights(stripped.get_weights())
-    stripped = clean
+    stripped = copy_model(ck.strip_clustering(trained))
     macs = layer_macs(stripped)
     layers = [ClusterLayer(layer.name, before[layer.name], distinct(kernel_of(layer)), int(layer.count_params()),
                            int(macs.get(layer.name, 0))) for layer in stripped.layers if layer.name in before]

@@ -9,6 +9,7 @@ from this view with new layers.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,21 @@ def keras_module(model: Any):
     import keras
 
     return keras
+
+
+def copy_model(model: Any) -> Any:
+    """A new model in ``model``'s own Keras flavour: the same graph with new layers holding the same weights."""
+    copy = keras_module(model).models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def selected(name: str, layers: tuple[str, ...] = (), keep_layers: tuple[str, ...] = ()) -> bool:
+    """Whether an optimization applies to the layer ``name``: no ``keep_layers`` pattern matches it, and
+    ``layers`` is empty or one of its patterns matches (fnmatch, case-sensitive)."""
+    if any(fnmatch.fnmatchcase(name, p) for p in keep_layers):
+        return False
+    return not layers or any(fnmatch.fnmatchcase(name, p) for p in layers)
 
 
 def _key(tensor: Any) -> TensorKey:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.errors import UsageError
-from edgepack.optimize.graph import Graph, Node, TensorKey, keras_module, read_graph, rebuild
+from edgepack.optimize.graph import Graph, Node, TensorKey, keras_module, read_graph, rebuild, selected
 from edgepack.request import PRUNE_NORMS, valid_ratio
 
 log = logging.getLogger(__name__)
@@ -228,12 +228,6 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return x / mean if mean > 0 else np.ones_like(x)
 
 
-def _selected(name: str, prune_layers: tuple[str, ...], keep_layers: tuple[str, ...]) -> bool:
-    if any(fnmatch.fnmatchcase(name, p) for p in keep_layers):
-        return False
-    return not prune_layers or any(fnmatch.fnmatchcase(name, p) for p in prune_layers)
-
-
 def prune_channels(model: Any, ratio: float, *, norm: str = "l1", round_to: int = 1, prune_layers: tuple[str, ...] = (),
                    keep_layers: tuple[str, ...] = (), group_ratios: tuple[tuple[str, float], ...] = ()
                    ) -> tuple[Any, PruneReport]:
@@ -248,7 +242,7 @@ def prune_channels(model: Any, ratio: float, *, norm: str = "l1", round_to: int 
     planner = _Planner(graph, norm)
     planner.plan(shared)
     for sp in planner.spaces:
-        if sp.producers and not all(_selected(p, prune_layers, keep_layers) for p in sp.producers):
+        if sp.producers and not all(selected(p, prune_layers, keep_layers) for p in sp.producers):
             sp.frozen = True
     for sid, sp in enumerate(planner.spaces):  # frozen flags set after unions live on the roots
         if sp.frozen:

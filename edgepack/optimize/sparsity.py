@@ -6,7 +6,6 @@ manifest records the achieved sparsity per layer and the deflated (zip) size of 
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.optimize.finetune import FinetuneOptions, FinetuneResult, TrainingData, finetune
+from edgepack.optimize.graph import selected
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,7 @@ class SparsityReport:
 
 
 def _chosen(layer: Any, kinds: tuple[str, ...], prune_layers: tuple[str, ...], keep_layers: tuple[str, ...]) -> bool:
-    if type(layer).__name__ not in kinds or any(fnmatch.fnmatchcase(layer.name, p) for p in keep_layers):
-        return False
-    return not prune_layers or any(fnmatch.fnmatchcase(layer.name, p) for p in prune_layers)
+    return type(layer).__name__ in kinds and selected(layer.name, prune_layers, keep_layers)
 
 
 def kernel_sparsity(model: Any, names: list[str] | None = None) -> tuple[dict[str, float], float]:
