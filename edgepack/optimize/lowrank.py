@@ -15,14 +15,13 @@ the original name, activation and bias, so the model's output names do not chang
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from edgepack.optimize.graph import Node, keras_module, read_graph, rebuild
+from edgepack.optimize.graph import Node, copy_model, keras_module, read_graph, rebuild, selected
 from edgepack.optimize.measure import node_macs
 from edgepack.request import LowRankSpec
 
@@ -151,25 +150,15 @@ def _plan(kind: str, kernel: np.ndarray, spec: LowRankSpec) -> _Plan:
     return _Plan(kind, r, len(s), round(energy, 6), first.astype(np.float32), second.astype(np.float32))
 
 
-def _pair_cost(kind: str, node: Node, plan: _Plan, bias: int) -> tuple[int, int]:
-    """(params, MACs) of the factorized pair, from the node's shapes."""
+def _pair_cost(kind: str, node: Node, cfg: dict, plan: _Plan, bias: int) -> tuple[int, int]:
+    """(params, MACs) of the factorized pair, from the node's shapes and the two layers' configs."""
+    cls = type(node.layer).__name__
     inp, out = node.input_shapes[0], node.output_shapes[0]
-    r = plan.rank
-    params = plan.first.size + plan.second.size + bias
-    if kind in ("dense", "conv1x1"):
-        positions = int(np.prod(out[1:-1], dtype=np.int64)) if len(out) > 2 else 1
-        n_in, n_out = int(inp[-1]), int(out[-1])
-        return params, positions * r * (n_in + n_out)
-    kh, kw = plan.first.shape[0], plan.second.shape[1]
-    cin, cout = int(inp[-1]), int(out[-1])
-    mid_positions = int(out[1]) * int(inp[2])  # k×1 keeps the width, strides the height
-    return params, mid_positions * kh * cin * r + int(out[1]) * int(out[2]) * kw * r * cout
-
-
-def _selected(name: str, keep_layers: tuple[str, ...], layers: tuple[str, ...]) -> bool:
-    if any(fnmatch.fnmatchcase(name, p) for p in keep_layers):
-        return False
-    return not layers or any(fnmatch.fnmatchcase(name, p) for p in layers)
+    # between the two: the output's positions and ``rank`` channels (a k×1 first layer keeps the input's width)
+    mid = (*out[:2], inp[2], plan.rank) if kind == "spatial" else (*out[:-1], plan.rank)
+    first = node_macs(cls, _first_config(cfg, kind, plan, node.layer.name + SUFFIX), [inp], [mid])
+    second = node_macs(cls, _second_config(cfg, kind, plan), [mid], [out])
+    return plan.first.size + plan.second.size + bias, first + second
 
 
 def factorize(model: Any, spec: LowRankSpec, *, keep_layers: tuple[str, ...] = (), layers: tuple[str, ...] = (),
@@ -186,7 +175,7 @@ def factorize(model: Any, spec: LowRankSpec, *, keep_layers: tuple[str, ...] = (
     for node in graph.nodes:
         kind = _kind(node)
         layer = node.layer
-        if kind is None or not _selected(layer.name, keep_layers, layers):
+        if kind is None or not selected(layer.name, layers, keep_layers):
             continue
         weights = layer.get_weights()
         cfg = layer.get_config()
@@ -205,7 +194,7 @@ def factorize(model: Any, spec: LowRankSpec, *, keep_layers: tuple[str, ...] = (
             records.append(LowRankLayer(**base, **whole, reason=f"a layer named {layer.name + SUFFIX} exists"))
             continue
         plan = _plan(kind, kernel, spec)
-        params, pair_macs = _pair_cost(kind, node, plan, bias)
+        params, pair_macs = _pair_cost(kind, node, cfg, plan, bias)
         if only_if_cheaper and pair_macs >= macs:
             records.append(LowRankLayer(**{**base, **whole, "rank_after": plan.rank, "energy_kept": plan.energy},
                                         reason="the pair would not have fewer MACs"))
@@ -274,12 +263,7 @@ def trainable_copy(model: Any) -> Any:
     """A copy of ``model`` to fine-tune, with BatchNormalization frozen (inference mode, fixed statistics)."""
     from edgepack.optimize.qat import freeze_batchnorm
 
-    copy = keras_module(model).models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    copy = copy_model(model)
     for layer in copy.layers:
         freeze_batchnorm(layer)
     return copy
-
-
-def with_finetune(report: LowRankReport, result: Any) -> LowRankReport:
-    return replace(report, finetune=result)

@@ -61,14 +61,6 @@ def _training_data(st: PipelineState):
     return TrainingData.from_dataset(ds, st.loaded.inputs)
 
 
-def _clone(model: Any) -> Any:
-    from edgepack.optimize.graph import keras_module
-
-    copy = keras_module(model).models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def _totals(model: Any) -> dict[str, int]:
     from edgepack.optimize.measure import count_macs
 
@@ -90,6 +82,7 @@ def stage_optimize(st: PipelineState) -> dict | None:
     original = model = st.loaded.model
     section: dict[str, Any] = {"before": _totals(original)}
     if spec is not None and spec.kind == "channels":
+        from edgepack.optimize.graph import copy_model
         from edgepack.optimize.prune import prune_channels
 
         pruned, report = prune_channels(model, spec.ratio, norm=opt.prune_norm, round_to=opt.prune_round,
@@ -98,7 +91,7 @@ def stage_optimize(st: PipelineState) -> dict | None:
         section["channels"] = report.to_dict()
         model = pruned
         if data is not None:
-            model, result = finetune(lambda: _clone(pruned), original, data, opts, label="prune")
+            model, result = finetune(lambda: copy_model(pruned), original, data, opts, label="prune")
             section["channels"]["finetune"] = result.to_dict()
         else:
             log.warning("pruned without fine-tuning; pass --train-data to recover accuracy")
@@ -140,7 +133,7 @@ def stage_optimize(st: PipelineState) -> dict | None:
 
 def _low_rank(model: Any, original: Any, data, opts, section: dict, opt) -> Any:
     from edgepack.optimize.finetune import finetune
-    from edgepack.optimize.lowrank import LEARNING_RATE, factorize, trainable_copy, with_finetune
+    from edgepack.optimize.lowrank import LEARNING_RATE, factorize, trainable_copy
 
     factored, report = factorize(model, opt.low_rank_spec, keep_layers=opt.keep_layers)
     if not any(la.factorized for la in report.layers):
@@ -149,7 +142,7 @@ def _low_rank(model: Any, original: Any, data, opts, section: dict, opt) -> Any:
     elif data is not None:
         lopts = opts if opt.learning_rate is not None else dataclasses.replace(opts, learning_rate=LEARNING_RATE)
         factored, result = finetune(lambda: trainable_copy(factored), original, data, lopts, label="low-rank")
-        report = with_finetune(report, result)
+        report = dataclasses.replace(report, finetune=result)
     else:
         log.warning("factorized without fine-tuning; pass --train-data to recover accuracy")
     section["low_rank"] = report.to_dict()
