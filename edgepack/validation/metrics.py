@@ -36,6 +36,15 @@ def cosine_similarity(ref: np.ndarray, out: np.ndarray) -> float:
     return _compare(ref, out).cosine
 
 
+def _db(signal: float, noise: float) -> float:
+    """10·log10(signal / noise) of two sums of squares: inf without noise, else -inf without signal."""
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
 def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB: 10·log10(Σref² / Σ(ref−out)²); inf when equal."""
     return _compare(ref, out).sqnr_db
@@ -100,11 +109,7 @@ class RunningComparison:
 
     @property
     def sqnr_db(self) -> float:
-        if self.noise == 0.0:
-            return math.inf
-        if self.rr == 0.0:
-            return -math.inf
-        return 10.0 * math.log10(self.rr / self.noise)
+        return _db(self.rr, self.noise)
 
 
 # -- per slice: a wide-range part of an output must not hide a ruined narrow-range part -------------
@@ -160,15 +165,7 @@ class RunningSliceSqnr:
         """dB per slice; None for a slice with no reference signal."""
         if self.rr is None:
             return []
-        out: list[float | None] = []
-        for rr, nn in zip(self.rr, self.noise):
-            if rr == 0.0:
-                out.append(None)
-            elif nn == 0.0:
-                out.append(math.inf)
-            else:
-                out.append(10.0 * math.log10(rr / nn))
-        return out
+        return [None if rr == 0.0 else _db(rr, nn) for rr, nn in zip(self.rr, self.noise)]
 
     @property
     def worst(self) -> tuple[float, int | None]:
