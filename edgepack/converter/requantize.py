@@ -10,6 +10,12 @@ quantizes it again with
 - float outputs instead of int8 ones (an output whose parts need different scales);
 - int16 activations (int16x8) instead of int8.
 
+A denylisted op is float only if its output stays float: TF 2.19's quantizer still puts a
+quantize/dequantize pair ("fake quant") after ops with a fixed output range (LOGISTIC's 1/256
+grid, SOFTMAX...) and after some concatenation inputs even when every consumer is float, which
+rounds the float path to int8 (a YOLOX head kept entirely float read 35 dB instead of 117 dB
+against the source). :func:`strip_fake_quant` removes such pairs whose result is float again.
+
 Each call is a fraction of a second to a few seconds: no graph export, no calibration.
 """
 
@@ -66,16 +72,10 @@ class Calibrated:
     def ops(self) -> list[tuple[str, str, list[int], list[int]]]:
         """``(op type, node name, input tensor indices, output tensor indices)`` in execution order;
         the node name (the first output tensor's name) is what ``denylist`` takes."""
-        from ai_edge_litert import schema_py_generated as schema
-
         model = _unpack(self.model)
         sg = model.subgraphs[0]
-        names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
         out = []
-        for op in sg.operators or []:
-            oc = model.operatorCodes[op.opcodeIndex]
-            code = max(oc.builtinCode, oc.deprecatedBuiltinCode)
-            kind = names.get(code, f"OP{code}")
+        for kind, op in zip(_op_kinds(model), sg.operators or []):
             outs = [int(i) for i in (op.outputs if op.outputs is not None else ()) if i >= 0]
             ins = [int(i) for i in (op.inputs if op.inputs is not None else ()) if i >= 0]
             node = (sg.tensors[outs[0]].name or b"").decode() if outs else ""
@@ -101,7 +101,7 @@ class Calibrated:
         deny = sorted(set(denylist))
         with capture_native_output() as cap:
             try:
-                return bytes(mlir_quantize(
+                out = bytes(mlir_quantize(
                     data, self.disable_per_channel, input_data_type=in_t, output_data_type=out_t,
                     inference_type=_types.QUANTIZED_INT8,
                     denylisted_nodes=deny or None, enable_variable_quantization=self.enable_variable_quantization,
@@ -112,6 +112,7 @@ class Calibrated:
                 raise ConversionError(f"re-quantizing the calibrated model failed: {first}",
                                       hint="run with -v for the converter log") from err
         del cap
+        return strip_fake_quant(out) if deny else out
 
     def _int16x8(self, data: bytes, *, allow_float: bool) -> bytes:
         """int16 activations, float32 I/O. TF 2.19's MLIR quantizer fails on int16 (mixed element
@@ -145,6 +146,57 @@ def with_ranges(model: bytes, ranges: Mapping[str, tuple[float, float]]) -> byte
     if missing:
         raise ConversionError(f"no calibrated range for tensor(s) {sorted(missing)[:5]}")
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+def strip_fake_quant(model: bytes) -> bytes:
+    """``model`` without the quantize -> (requantize ->) dequantize chains that start and end in
+    float: a consumer of the dequantized tensor reads the float tensor itself. Chains that feed an
+    int8 op, and the model's own input/output conversions, are kept."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    kinds = _op_kinds(obj)
+    sg = obj.subgraphs[0]
+    producer = {int(o): i for i, op in enumerate(sg.operators) for o in op.outputs}
+    float32 = 0  # schema TensorType.FLOAT32
+    remap: dict[int, int] = {}
+    for i, op in enumerate(sg.operators):
+        if kinds[i] != "DEQUANTIZE":
+            continue
+        t = int(op.inputs[0])
+        while t in producer and kinds[producer[t]] == "QUANTIZE":
+            src = int(sg.operators[producer[t]].inputs[0])
+            if sg.tensors[src].type == float32:
+                remap[int(op.outputs[0])] = src
+                break
+            t = src
+    if not remap:
+        return model
+    for op in sg.operators:
+        op.inputs = np.asarray([remap.get(int(i), int(i)) for i in op.inputs], np.int32)
+    sg.outputs = np.asarray([remap.get(int(i), int(i)) for i in sg.outputs], np.int32)
+    for sig in obj.signatureDefs or []:
+        for tm in sig.outputs or []:
+            tm.tensorIndex = remap.get(int(tm.tensorIndex), int(tm.tensorIndex))
+    while True:  # drop the quantize/dequantize ops nobody reads any more
+        used = {int(i) for op in sg.operators for i in op.inputs} | {int(i) for i in sg.outputs}
+        keep = [(op, k) for op, k in zip(sg.operators, kinds)
+                if k not in ("QUANTIZE", "DEQUANTIZE") or any(int(o) in used for o in op.outputs)]
+        if len(keep) == len(sg.operators):
+            break
+        sg.operators, kinds = [op for op, _ in keep], [k for _, k in keep]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+def _op_kinds(obj) -> list[str]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    out = []
+    for op in obj.subgraphs[0].operators or []:
+        oc = obj.operatorCodes[op.opcodeIndex]
+        out.append(names.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), ""))
+    return out
 
 
 def _unpack(model: bytes):

@@ -58,3 +58,42 @@ def test_int16x8_calibrates_again_in_the_child(calibrated):
 
     cal, _ = calibrated
     assert read_tflite(cal.quantize(int16=True)).quantization_mode == "int16x8"
+
+
+def test_a_float_path_has_no_int8_rounding_left(tmp_path):
+    """TF's quantizer leaves a quantize/dequantize pair after a denylisted sigmoid (its fixed 1/256
+    grid) even when every consumer is float: stripped, the all-float candidate equals the source."""
+    import tf_keras as keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgepack.calibration import Dataset
+    from edgepack.converter.formats.detect import load_model
+    from edgepack.converter.tflite import convert_to_tflite
+    from edgepack.request import QuantizeMode
+    from edgepack.tflite_model import read_tflite
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,), name="x")
+    h = keras.layers.Dense(16, activation="relu")(inp)
+    box = keras.layers.Dense(4, name="box")(h)
+    score = keras.layers.Dense(2, activation="sigmoid", name="score")(h)
+    model = keras.Model(inp, keras.layers.Concatenate(name="det")([box, score]))
+    model.save(tmp_path / "det.h5")
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    kept = []
+    convert_to_tflite(load_model(tmp_path / "det.h5"), QuantizeMode.INT8_FLOAT_IO, Dataset({"x": x}),
+                      keep_calibrated=kept.append)
+    cal = kept[0]
+    everything = [node for _, node, _, _ in cal.ops()]
+    stripped = cal.quantize(denylist=everything, float_output=True)
+    info = read_tflite(stripped)
+    assert "QUANTIZE" not in info.op_counts and "DEQUANTIZE" not in info.op_counts
+    ref = model.predict(x, verbose=0)
+    interp = Interpreter(model_content=stripped)
+    interp.resize_tensor_input(info.inputs[0], list(x.shape))
+    interp.allocate_tensors()
+    interp.set_tensor(info.inputs[0], x)
+    interp.invoke()
+    got = interp.get_tensor(info.outputs[0]).reshape(ref.shape)
+    noise = float(np.sum((ref - got) ** 2))
+    assert 10 * np.log10(float(np.sum(ref ** 2)) / max(noise, 1e-30)) > 80.0
