@@ -60,7 +60,7 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             distribute: str | None = None, learning_rate: float | None = None, max_drop: float | None = None,
             min_sqnr: float | None = None, min_agreement: float | None = None,
             eval_data: str | Path | Mapping[str, str | Path] | None = None, sqnr_axis: Sequence[str] | None = None,
-            keep_best: bool | None = None) -> ConvertResult:
+            keep_best: bool | None = None, metric: str | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
 
     Every option left at ``None`` takes the ``recipe`` file's value, else the default of
@@ -89,7 +89,8 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     budget: the search keeps the cheapest candidate that meets it (better ranges, float fallback of
     the worst layers, int16x8) and records it in the manifest's ``budget``; ``sqnr_axis``
     (``["NAME:AXIS"]``) sets an output's slice axis; ``keep_best`` writes the best candidate when
-    none meets it."""
+    none meets it; ``metric`` (``"FILE.py:FUNCTION"``) makes ``max_drop`` bound the user's task
+    metric instead of top-1 accuracy (no labels needed when it compares with the source outputs)."""
     flags = {k: v for k, v in locals().items() if k not in ("progress", "recipe")}
     from edgepack._native import quiet_tensorflow
     from edgepack.packaging.tempdirs import run_tempdir
@@ -119,8 +120,12 @@ def convert_request(*, recipe: str | Path | None = None, **flags: Any):
 def validate(*, bundle: str | Path, data: str | Path | Mapping[str, str | Path], reference: str | Path | None = None,
              runtime: str = "litert", max_drop: float | None = None, trust_model: bool = False,
              verbose: bool = False, progress: Callable[[int], None] | None = None, check: bool = True,
-             preprocess: str | None = None, recipe: str | Path | None = None, label_column: str | None = None):
+             preprocess: str | None = None, recipe: str | Path | None = None, label_column: str | None = None,
+             metric: str | None = None):
     """Validate a bundle on ``data``; raises :class:`ValidationFailed` past the budget when ``check``.
+
+    ``metric`` (``"FILE.py:FUNCTION"``, as for convert) measures the user's task metric on the bundle
+    and the reference; ``max_drop`` then bounds it instead of top-1 accuracy.
 
     ``data`` takes the same sources as ``convert``'s calibration (class subfolders of an image
     folder give labels); the preprocessing recorded in the manifest is applied unless
@@ -134,7 +139,8 @@ def validate(*, bundle: str | Path, data: str | Path | Mapping[str, str | Path],
     report = validate_bundle(Path(bundle), data, reference=Path(reference) if reference else None,
                              runtime=_enum(Runtime, runtime, "--runtime"), max_drop=max_drop,
                              trust_model=trust_model, progress=progress, preprocess=preprocess,
-                             recipe=Path(recipe) if recipe is not None else None, label_column=label_column)
+                             recipe=Path(recipe) if recipe is not None else None, label_column=label_column,
+                             metric=metric)
     if check:
         raise_if_failed(report)
     return report
@@ -150,8 +156,11 @@ def budget_lines(budget: Mapping[str, Any]) -> list[str]:
         sq = [v for v in c["metric"]["sqnr_db"].values()]
         worst = min((v for v in sq if v is not None), default=None)
         lat = f", p50 {c['litert_p50_ms']:.2f} ms" if c.get("litert_p50_ms") is not None else ""
+        m = c["metric"]
+        task = (f", task metric {m['task_metric']:.4f} (drop {m['task_metric_drop_pp']:.2f} pp)" if "task_metric" in m
+                else f", accuracy drop {m['accuracy_drop_pp']:.2f} pp" if "accuracy_drop_pp" in m else "")
         lines.append(f"  {c['step']:<9} {c['name'][:60]:<60} worst-slice SQNR "
-                     f"{'inf' if worst is None else f'{worst:.2f}'} dB, {c['float_ops']} float / "
+                     f"{'inf' if worst is None else f'{worst:.2f}'} dB{task}, {c['float_ops']} float / "
                      f"{c.get('int16_ops', 0)} int16 ops of {c.get('ops', '?')}, {c['bytes']} bytes{lat}"
                      f"{' <- meets' if c['met'] else ''}")
     if chosen.get("float_output"):

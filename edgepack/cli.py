@@ -291,8 +291,11 @@ def main() -> None:
               help="ONNX: force an onnx2tf.convert() option instead of the automatic fallbacks (repeatable; "
                    "VALUE as JSON or text), e.g. disable_group_convolution=true.")
 @click.option("--max-drop", type=FiniteFloat(min=0, max=100), metavar="PP",
-              help="Accuracy budget: top-1 accuracy on labelled --eval-data at most PP points below the source "
-                   "model's; the search keeps the cheapest candidate that meets it.")
+              help="Accuracy budget: top-1 accuracy on labelled --eval-data (or the --metric score) at most PP "
+                   "points below the source model's; the search keeps the cheapest candidate that meets it.")
+@click.option("--metric", metavar="FILE.py:FUNCTION",
+              help="Your task metric for --max-drop (detection F1, string accuracy...): FUNCTION(outputs, "
+                   "references, labels) returns a score, 1.0 = perfect. Your code, run in this process.")
 @click.option("--min-sqnr", type=FiniteFloat(min=-99, max=199), metavar="DB",
               help="Accuracy budget: SQNR against the source model's outputs of at least DB, per output and per "
                    "slice along its feature axis (the worst slice counts). No labels needed.")
@@ -445,13 +448,16 @@ def tune(model, output, calibration, verbose, quiet, as_json, report, **options)
 @click.option("--reference", type=click.Path(path_type=str),
               help="Model to compare against (default: the source recorded in the manifest).")
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="litert", show_default=True)
-@click.option("--max-drop", type=FiniteFloat(min=0), help="Fail (exit 1) if accuracy drops more "
-              "than this many percentage points.")
+@click.option("--max-drop", type=FiniteFloat(min=0), help="Fail (exit 1) if accuracy (or the --metric score) "
+              "drops more than this many percentage points.")
+@click.option("--metric", metavar="FILE.py:FUNCTION",
+              help="Your task metric, as for convert: FUNCTION(outputs, references, labels) returns a score, "
+                   "1.0 = perfect; reported for bundle and reference, and judged by --max-drop.")
 @click.option("--trust-model", is_flag=True, help="Allow loading a reference model with Lambda layers.")
 @data_options
 @common_options
 @handle_errors
-def validate(bundle, data, reference, runtime, max_drop, trust_model, preprocess, recipe, label_column,
+def validate(bundle, data, reference, runtime, max_drop, metric, trust_model, preprocess, recipe, label_column,
              verbose, quiet, as_json) -> None:
     """Run BUNDLE on a device runtime over labelled data and compare with the source model.
 
@@ -461,7 +467,7 @@ def validate(bundle, data, reference, runtime, max_drop, trust_model, preprocess
 
     report = api.validate(bundle=bundle, data=data_option(data, "--data"), reference=reference, runtime=runtime,
                           max_drop=max_drop, trust_model=trust_model, verbose=verbose > 0, check=False,
-                          preprocess=preprocess, recipe=recipe, label_column=label_column)
+                          preprocess=preprocess, recipe=recipe, label_column=label_column, metric=metric)
     if as_json:
         _emit_json(report.to_dict())
     elif quiet == 0:

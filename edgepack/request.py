@@ -252,6 +252,16 @@ class OptimizeOptions:
         return self.prune is not None or self.qat or self.cluster is not None or self.low_rank is not None
 
 
+def parse_metric(spec: str) -> tuple[Path, str]:
+    """``"FILE.py:FUNCTION"`` (``--metric``) -> (file, function name); the file is read when the search runs."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise OptionError("--metric", spec, hint="give FILE.py:FUNCTION, e.g. metrics.py:detection_f1")
+    path, _, name = spec.rpartition(":")
+    if not path.endswith(".py") or not name.isidentifier():
+        raise OptionError("--metric", spec, hint="give FILE.py:FUNCTION, e.g. metrics.py:detection_f1")
+    return Path(path), name
+
+
 def parse_sqnr_axis(text: str) -> tuple[str, int]:
     """``NAME:AXIS`` -> (NAME, AXIS); the name may itself contain ':'; AXIS counts the batch axis as 0
     and may be negative (from the end)."""
@@ -270,9 +280,12 @@ def parse_sqnr_axis(text: str) -> tuple[str, int]:
 class BudgetOptions:
     """The accuracy budget: convert searches for the cheapest quantized model that meets it.
 
-    ``max_drop`` (percentage points of top-1 accuracy, needs labelled ``data``), ``min_sqnr`` (dB) and
-    ``min_agreement`` (top-1 agreement, a fraction) compare with the source model; SQNR and agreement
-    are judged per output and per slice along each output's feature axis, the worst slice counts.
+    ``max_drop`` (percentage points of top-1 accuracy, needs labelled ``data``; or of the task metric
+    ``metric``), ``min_sqnr`` (dB) and ``min_agreement`` (top-1 agreement, a fraction) compare with the
+    source model; SQNR and agreement are judged per output and per slice along each output's feature
+    axis, the worst slice counts. ``metric`` (``"FILE.py:FUNCTION"``) is the user's own task metric
+    (detection F1, string accuracy...): ``FUNCTION(outputs, references, labels)`` returns a score,
+    1.0 = perfect, and ``max_drop`` bounds ``100 x`` (source score - candidate score).
     ``data`` (or ``inputs``, per model input) is the evaluation data; without it, a seeded held-out
     part of the calibration data that calibration does not use."""
 
@@ -283,6 +296,7 @@ class BudgetOptions:
     inputs: tuple[tuple[str, Path], ...] = ()
     sqnr_axes: tuple[tuple[str, int], ...] = ()  # --sqnr-axis NAME:AXIS
     keep_best: bool = False  # write the best candidate when the budget is not met ("budget_met": false)
+    metric: str | None = None  # --metric FILE.py:FUNCTION, the task metric --max-drop bounds
     holdout: int = 64  # held-out calibration samples when no data is given
 
     def __post_init__(self) -> None:
@@ -299,6 +313,11 @@ class BudgetOptions:
             raise OptionError("--min-sqnr", self.min_sqnr, hint="give decibels, e.g. 30")
         if self.holdout < 2:
             raise OptionError("budget.holdout", self.holdout, hint="give at least 2")
+        if self.metric is not None:
+            parse_metric(self.metric)
+            if self.max_drop is None:
+                raise UsageError("--metric needs --max-drop", hint="give --max-drop PP: how far the task metric "
+                                                                   "may fall below the source model's, in points")
         axes = self.sqnr_axes
         if isinstance(axes, str):
             axes = (axes,)
@@ -325,7 +344,8 @@ class BudgetOptions:
     def describe(self) -> str:
         parts = []
         if self.max_drop is not None:
-            parts.append(f"accuracy drop <= {self.max_drop:g} pp")
+            what = f"task metric ({self.metric})" if self.metric else "accuracy"
+            parts.append(f"{what} drop <= {self.max_drop:g} pp")
         if self.min_sqnr is not None:
             parts.append(f"worst-slice SQNR >= {self.min_sqnr:g} dB")
         if self.min_agreement is not None:
@@ -419,6 +439,7 @@ _FLAT: dict[str, tuple[str, str]] = {
                                      "cluster", "cluster_layers", "low_rank", "train_data", "epochs", "learning_rate",
                                      "distill", "distribute")},
     "max_drop": ("budget", "max_drop"), "min_sqnr": ("budget", "min_sqnr"), "min_agreement": ("budget", "min_agreement"),
+    "metric": ("budget", "metric"),
     "eval_data": ("budget", "data"), "sqnr_axis": ("budget", "sqnr_axes"), "keep_best": ("budget", "keep_best"),
     "output": ("output", "path"), "force": ("output", "force"), "labels": ("output", "labels"),
     "target": ("target", ""), "seed": ("seed", ""), "recipe": ("recipe", ""), "verbose": ("verbose", ""),

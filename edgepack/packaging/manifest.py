@@ -20,8 +20,9 @@ from typing import Any
 
 from edgepack.errors import BundleError
 
-# 1.1: the resolved request; 1.2: extras.optimize cluster / low_rank sections; 1.3: the accuracy budget's search
-SCHEMA_VERSION = "1.3"
+# 1.1: the resolved request; 1.2: extras.optimize cluster / low_rank sections; 1.3: the accuracy budget's search;
+# 1.4: budget.budget.metric (--metric) and task_metric* figures in the budget's candidates
+SCHEMA_VERSION = "1.4"
 MANIFEST_NAME = "manifest.json"
 
 

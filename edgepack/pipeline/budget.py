@@ -66,6 +66,8 @@ class EvalSet:
     perms: list[Sequence[int] | None]  # per output: tflite = source.transpose(perm)
     axes: list[int | None]
     labels: np.ndarray | None = None
+    task: Callable[[list, list, Any], float] | None = None  # --metric: the user's task metric
+    _task_reference: float | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
@@ -73,7 +75,13 @@ class EvalSet:
     def subset(self, positions: np.ndarray) -> EvalSet:
         return EvalSet({k: v[positions] for k, v in self.inputs.items()}, [r[positions] for r in self.refs],
                        self.output_names, self.perms, self.axes,
-                       None if self.labels is None else self.labels[positions])
+                       None if self.labels is None else self.labels[positions], self.task)
+
+    def task_reference(self) -> float:
+        """The task metric of the source model's own outputs (the score a candidate may drop from)."""
+        if self._task_reference is None:
+            self._task_reference = self.task(self.refs, self.refs, self.labels)
+        return self._task_reference
 
 
 @dataclass
@@ -85,6 +93,7 @@ class Score:
     accuracy: float | None
     accuracy_reference: float | None
     sample_error: np.ndarray  # per sample: noise / signal over all outputs (ranking)
+    task: bool = False  # accuracy / accuracy_reference are the --metric task metric, not top-1
 
     @property
     def drop_pp(self) -> float | None:
@@ -110,8 +119,9 @@ class Score:
                              "worst_slice": dict(self.worst_slice),
                              "agreement": {k: round(v, 5) for k, v in self.agreement.items()}}
         if self.accuracy is not None:
-            d.update(accuracy=round(self.accuracy, 5), accuracy_reference=round(self.accuracy_reference, 5),
-                     accuracy_drop_pp=round(self.drop_pp, 3))
+            key = "task_metric" if self.task else "accuracy"
+            d.update({key: round(self.accuracy, 5), f"{key}_reference": round(self.accuracy_reference, 5),
+                      f"{key}_drop_pp": round(self.drop_pp, 3)})
         return d
 
     def brief(self) -> str:
@@ -119,7 +129,11 @@ class Score:
         if self.agreement:
             parts.append(f"agreement {min(self.agreement.values()):.4f}")
         if self.drop_pp is not None:
-            parts.append(f"accuracy drop {self.drop_pp:.2f} pp")
+            if self.task:
+                parts.append(f"task metric {self.accuracy:.4f} (source {self.accuracy_reference:.4f}, "
+                             f"drop {self.drop_pp:.2f} pp)")
+            else:
+                parts.append(f"accuracy drop {self.drop_pp:.2f} pp")
         return ", ".join(parts)
 
 
@@ -196,6 +210,8 @@ def score(model: bytes, ev: EvalSet) -> Score:
         d = r - out.reshape(len(ev), -1)
         err += np.sum(d * d, axis=1) / max(float(np.sum(r * r)) / len(ev), 1e-30)
     acc = acc_ref = None
+    if ev.task is not None:
+        return Score(sqnr, whole, worst, agree, ev.task(outs, ev.refs, ev.labels), ev.task_reference(), err, True)
     if ev.labels is not None:
         y = np.asarray(ev.labels)
         if y.ndim == ev.refs[0].ndim and y.ndim > 1:
@@ -605,11 +621,12 @@ def eval_set(st) -> EvalSet:
         pre = input_preprocessing(specs, spec=req.calibration.preprocess, recipe=req.recipe)
         ds = open_dataset(req.budget.eval_data, relaxed_specs(specs) if onnx else specs, what="--eval-data",
                           preprocess=pre, label_column=req.calibration.label_column)
-    if req.budget.max_drop is not None and ds.labels is None:
+    if req.budget.max_drop is not None and ds.labels is None and req.budget.metric is None:
         from edgepack.errors import UsageError
 
         raise UsageError("--max-drop needs labelled --eval-data (y in an .npz, class subfolders, --label-column)",
-                         hint="give labelled --eval-data, or use --min-sqnr / --min-agreement (no labels needed)")
+                         hint="give labelled --eval-data, a task --metric that compares with the source model, or "
+                              "use --min-sqnr / --min-agreement (no labels needed)")
     info = st.info
     in_perm = {n: (f or {}).get("perm") for n, f in st.source_io.get("inputs", {}).items()}
     tfl_shapes = {}
@@ -642,7 +659,7 @@ def eval_set(st) -> EvalSet:
             raise UsageError(f"--sqnr-axis {name}:{overrides[name]}: output {name} has shape "
                              f"{'x'.join(map(str, r.shape))}; give a non-batch axis")
     labels = None if ds.labels is None else np.asarray(ds.labels)
-    return EvalSet(tfl_arrays, ref_arrays, list(loaded.output_names), out_perm, axes, labels)
+    return EvalSet(tfl_arrays, ref_arrays, list(loaded.output_names), out_perm, axes, labels, st.task_metric)
 
 
 def stage_budget(st) -> dict | None:
@@ -671,7 +688,8 @@ def stage_budget(st) -> dict | None:
     not_int8 = chosen.ops_out_of_int8()
     record = {
         "budget": {k: v for k, v in (("max_drop_pp", budget.max_drop), ("min_sqnr_db", budget.min_sqnr),
-                                     ("min_agreement", budget.min_agreement)) if v is not None},
+                                     ("min_agreement", budget.min_agreement), ("metric", budget.metric))
+                   if v is not None},
         "budget_met": result.met,
         "eval_data": {"source": source, "samples": len(ev), "seed": req.seed},
         "sqnr_axes": {n: a for n, a in zip(ev.output_names, ev.axes)},

@@ -43,6 +43,10 @@ def stage_prepare(st: PipelineState) -> dict:
         raise UsageError(f"an accuracy budget (--max-drop/--min-sqnr/--min-agreement) searches from int8; "
                          f"--quantize {req.quantize.mode} has nothing to search",
                          hint="use --quantize int8 or int8-float-io with the budget")
+    if req.budget.metric is not None:  # the user's metric file: read now, not after minutes of conversion
+        from edgepack.validation.metrics import TaskMetric
+
+        st.task_metric = TaskMetric(req.budget.metric)
     if req.calibration.data is not None and not req.quantize.mode.needs_calibration:
         log.warning("--calibration is not used by --quantize %s; ignoring it", req.quantize.mode)
     if req.output.labels is not None:

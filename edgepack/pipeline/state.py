@@ -49,6 +49,7 @@ class PipelineState:
     calibrated: Any = None
     heldout: Dataset | None = None
     budget: dict[str, Any] | None = None
+    task_metric: Any = None  # --metric: the user's TaskMetric (validation.metrics), loaded by stage_prepare
 
     @property
     def arena_bytes(self) -> int | None:

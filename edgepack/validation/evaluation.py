@@ -1,4 +1,5 @@
-"""Everything ``validate`` measures, accumulated chunk by chunk (running sums, nothing kept per sample)."""
+"""Everything ``validate`` measures, accumulated chunk by chunk (running sums, nothing kept per sample,
+except with ``--metric``: the user's task metric sees all outputs at once)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ class _Micro:
 class Evaluation:
     """Running metrics of one validation pass: the bundle against labels, the reference and TFLM."""
 
-    def __init__(self, manifest: Any, *, labelled: bool, reference: bool, tflm: bool) -> None:
+    def __init__(self, manifest: Any, *, labelled: bool, reference: bool, tflm: bool, task: Any = None) -> None:
         self.manifest = manifest
+        self.task = task  # --metric: validation.metrics.TaskMetric
+        self.kept: tuple[list, list, list] = ([], [], [])  # outputs, references, labels, for the task metric
         self.labelled = labelled
         self.accuracy = RunningAccuracy()
         self.reference_accuracy = RunningAccuracy() if reference else None
@@ -70,6 +73,10 @@ class Evaluation:
             self.slices = [RunningSliceSqnr(self.budget_axes[t.name] if t.name in self.budget_axes
                                             else feature_axis(ref.shape))
                            for t, ref in zip(self.manifest.outputs, refs)]
+        if self.task is not None:
+            self.kept[0].append(outs)
+            self.kept[1].append(refs)
+            self.kept[2].append(labels)
         for sl, agree, ref, out in zip(self.slices, self.per_output_agreement, refs, outs):
             sl.update(ref, out)
             if ref.ndim >= 2 and ref.shape[-1] > 1:
@@ -90,6 +97,12 @@ class Evaluation:
             report.outputs.append(OutputComparison(name=t.name, max_abs_error=acc.max_abs,
                                                    cosine_similarity=acc.cosine, sqnr_db=finite_or_none(acc.sqnr_db),
                                                    worst_slice_sqnr_db=worst, worst_slice=where, slice_axis=axis))
+        if self.task is not None and self.kept[0]:
+            outs, refs = ([np.concatenate(parts) for parts in zip(*chunks)] for chunks in self.kept[:2])
+            labels = None if any(y is None for y in self.kept[2]) else np.concatenate(self.kept[2])
+            value, ref_value = self.task(outs, refs, labels), self.task(refs, refs, labels)
+            report.task_metric = {"metric": self.task.spec, "bundle": value, "reference": ref_value,
+                                  "drop_pp": round((ref_value - value) * 100.0, 4)}
         self._budget(report)
         if self.tflm is not None:
             report.runtimes["tflm"] = self._tflm_section(report)
@@ -103,6 +116,13 @@ class Evaluation:
         agreements = [a.result() for a in self.per_output_agreement if a.result() is not None]
         measured = {"worst_slice_sqnr_db": finite_or_none(worst),
                     "agreement": min(agreements) if agreements else None, "accuracy_drop_pp": report.accuracy_drop_pp}
+        task = budget["budget"].get("metric")
+        if task is not None:  # the budget bounded the user's task metric: measured only when --metric is given
+            measured["accuracy_drop_pp"] = None
+            if report.task_metric is not None:
+                measured["task_metric_drop_pp"] = report.task_metric["drop_pp"]
+            else:
+                report.notes.append(f"convert's budget bounded the task metric {task}; pass --metric to measure it")
         parts = []
         if "min_sqnr_db" in budget["budget"]:
             parts.append("worst-slice SQNR " + ("inf" if measured["worst_slice_sqnr_db"] is None
@@ -111,6 +131,8 @@ class Evaluation:
             parts.append(f"agreement {measured['agreement']:.4f}")
         if "max_drop_pp" in budget["budget"] and measured["accuracy_drop_pp"] is not None:
             parts.append(f"accuracy drop {measured['accuracy_drop_pp']:.2f} pp")
+        if measured.get("task_metric_drop_pp") is not None:
+            parts.append(f"task metric drop {measured['task_metric_drop_pp']:.2f} pp")
         report.budget = {"budget": budget["budget"], "budget_met_at_convert": budget["budget_met"],
                          "values": measured, "measured": ", ".join(parts) or "not measurable on this data"}
 

@@ -182,3 +182,50 @@ def slice_sqnr(ref: np.ndarray, out: np.ndarray, axis: int | None) -> tuple[floa
     s = RunningSliceSqnr(axis)
     s.update(ref, out)
     return s.worst
+
+
+# -- the user's task metric (--metric FILE.py:FUNCTION) ----------------------------------------------------
+class TaskMetric:
+    """The user's own metric for ``--max-drop``: ``FUNCTION(outputs, references, labels)`` in ``FILE.py``
+    returns a score, 1.0 = perfect (detection F1 against the source model's detections, mAP against
+    labels, exact-string accuracy...). ``outputs`` and ``references`` are lists of arrays, one per
+    output, in the source model's layout, batch first; ``labels`` is the evaluation data's ``y`` or None.
+
+    The file is the user's code, named on the command line: it runs in this process, like a plugin.
+    """
+
+    def __init__(self, spec: str) -> None:
+        import importlib.util
+
+        from edgepack.errors import EdgepackError, OptionError
+        from edgepack.request import parse_metric
+
+        path, name = parse_metric(spec)
+        self.spec = spec
+        if not path.is_file():
+            raise OptionError("--metric", spec, hint=f"{path} is not a file")
+        module_spec = importlib.util.spec_from_file_location(f"edgepack_user_metric_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:
+            raise EdgepackError(f"--metric: importing {path} failed: {type(err).__name__}: {err}",
+                                hint="run the file with python to see the whole error") from err
+        self.fn = getattr(module, name, None)
+        if not callable(self.fn):
+            found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
+            raise OptionError("--metric", spec, hint=f"{path} has no function {name}"
+                              + (f" (it has: {', '.join(found[:8])})" if found else ""))
+
+    def __call__(self, outputs, references, labels) -> float:
+        from edgepack.errors import EdgepackError
+
+        try:
+            value = self.fn(list(outputs), list(references), labels)
+            value = float(value)
+        except Exception as err:
+            raise EdgepackError(f"--metric {self.spec} raised {type(err).__name__}: {err}",
+                                hint="fix the metric function (it gets outputs, references, labels)") from err
+        if not math.isfinite(value):
+            raise EdgepackError(f"--metric {self.spec} returned {value}", hint="return a finite score, 1.0 = perfect")
+        return value

@@ -40,6 +40,8 @@ class ValidationReport:
     runtimes: dict[str, Any] = field(default_factory=dict)  # extra runtimes (e.g. TFLM) and their results
     # a bundle converted with an accuracy budget: the budget and the same metrics measured on this data
     budget: dict[str, Any] | None = None
+    # --metric: the user's task metric on the bundle and the reference ({metric, bundle, reference, drop_pp})
+    task_metric: dict[str, Any] | None = None
 
     @property
     def accuracy_drop_pp(self) -> float | None:
@@ -84,6 +86,11 @@ def render(report: ValidationReport, console) -> None:
         head.add_row("accuracy drop", f"{report.accuracy_drop_pp:.2f} pp{budget}")
     if report.top1_agreement is not None:
         head.add_row("top-1 agreement", _pct(report.top1_agreement))
+    if report.task_metric is not None:
+        tm = report.task_metric
+        budget = "" if report.max_drop_pp is None else f", budget {report.max_drop_pp:g} pp"
+        head.add_row("task metric", f"{tm['bundle']:.4f} (reference {tm['reference']:.4f}, drop {tm['drop_pp']:.2f} pp"
+                                    f"{budget}) {tm['metric']}")
     if report.budget is not None:
         head.add_row("convert's budget", ", ".join(f"{k} {v:g}" for k, v in report.budget["budget"].items())
                      + f": {report.budget['measured']}")

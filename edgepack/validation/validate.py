@@ -14,7 +14,7 @@ from edgepack.calibration import Dataset
 from edgepack.calibration.evaluate import RangeWatch, evaluation_data
 from edgepack.calibration.layout import outputs_to_source
 from edgepack.calibration.progress import progress_bar
-from edgepack.errors import BundleError, ModelLoadError, ValidationFailed
+from edgepack.errors import BundleError, ModelLoadError, UsageError, ValidationFailed
 from edgepack.packaging.bundle import verify_artifacts, write_file_atomic
 from edgepack.packaging.manifest import read_manifest
 from edgepack.packaging.tempdirs import run_tempdir
@@ -47,12 +47,18 @@ def _resolve_reference(manifest, reference: Path | None, bundle: Path) -> Path |
 def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Path | None = None,
                     runtime: Runtime = Runtime.LITERT, max_drop: float | None = None, trust_model: bool = False,
                     progress: Callable[[int], None] | None = None, preprocess: str | None = None,
-                    recipe: Path | None = None, label_column: str | None = None) -> ValidationReport:
+                    recipe: Path | None = None, label_column: str | None = None,
+                    metric: str | None = None) -> ValidationReport:
     """Stream ``data`` through the bundle (in an isolated child per runtime) and the reference,
     chunk by chunk: memory stays at a chunk whatever the data size; metrics are running sums."""
     start = time.perf_counter()
     if not bundle.is_dir():
         raise BundleError(f"{bundle}: not a bundle directory", hint="give the -o folder of 'edgepack convert'")
+    task = None
+    if metric is not None:  # the user's metric file, read before any data is
+        from edgepack.validation.metrics import TaskMetric
+
+        task = TaskMetric(metric)
     manifest = read_manifest(bundle)
     verify_artifacts(bundle, manifest.artifacts)
     model_path = bundle / manifest.artifact("model").path
@@ -64,6 +70,9 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
 
         loaded = load_model(ref_path, trust_model=trust_model)
         _check_reference_io(loaded, manifest, ref_path)
+    elif task is not None:
+        raise UsageError("--metric compares the bundle with the source model, and there is none",
+                         hint="pass --reference MODEL")
     specs = loaded.inputs if loaded is not None else source_specs(manifest.inputs)
     if any(t.perm for t in manifest.inputs):
         # ONNX bundles: data in the ONNX layout (NCHW) or the TFLite one; outputs compared in ONNX layout
@@ -77,7 +86,7 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
                               max_drop_pp=max_drop)
     watch = RangeWatch(manifest.inputs, len(ds))
     ev = Evaluation(manifest, labelled=ds.labels is not None, reference=loaded is not None,
-                    tflm=manifest.target.runtime == "tflm")
+                    tflm=manifest.target.runtime == "tflm", task=task)
     _stream(ev, runtime, model_path, len(info.inputs), _chunks(ds, ds_tflite.observe(watch.observe), loaded),
             len(ds), reference=(loaded, ref_path), progress=progress)
     for warning in watch.warnings():
@@ -162,6 +171,12 @@ def _check_reference_io(loaded, manifest, ref_path: Path) -> None:
 def _judge(report: ValidationReport, max_drop: float | None) -> None:
     """Collect every failure; the caller raises once."""
     if max_drop is None:
+        return
+    if report.task_metric is not None:
+        tm = report.task_metric
+        if tm["drop_pp"] > max_drop:
+            report.failures.append(f"task metric {tm['metric']} dropped {tm['drop_pp']:.2f} pp (reference "
+                                   f"{tm['reference']:.4f} -> bundle {tm['bundle']:.4f}), over --max-drop {max_drop:g}")
         return
     drop = report.accuracy_drop_pp
     if drop is None:

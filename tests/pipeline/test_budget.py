@@ -194,3 +194,66 @@ def test_inspect_layers_needs_a_budget_bundle(work):
         json.loads((out / "manifest.json").read_text())["budget"] is None
     layers = CliRunner().invoke(main, ["inspect", str(out), "--layers"])
     assert layers.exit_code == 1 and "no sensitivity table" in layers.output
+
+
+METRIC = '''
+import numpy as np
+
+
+def score_f1(outputs, references, labels):
+    """Detections = (sample, class) pairs whose score passes 0.01; F1 against the source's."""
+    got, ref = outputs[0][:, 4:] > 0.01, references[0][:, 4:] > 0.01
+    tp = np.sum(got & ref)
+    return 2 * tp / max(2 * tp + np.sum(got & ~ref) + np.sum(~got & ref), 1)
+
+
+def broken(outputs, references, labels):
+    raise ValueError("no boxes here")
+'''
+
+
+def test_task_metric_budget_without_labels(work):
+    (work / "task.py").write_text(METRIC)
+    out = work / "task_bundle"
+    res = _convert([str(work / "mixed.h5"), "-o", str(out), "--calibration", str(work / "x16.npy"),
+                    "--max-drop", "2", "--metric", f"{work / 'task.py'}:score_f1"])
+    assert res.exit_code == 0, res.output
+    b = _budget(out)
+    assert b["budget"] == {"max_drop_pp": 2.0, "metric": f"{work / 'task.py'}:score_f1"}
+    first, chosen = b["candidates"][0]["metric"], b["chosen"]["metric"]
+    assert first["task_metric_reference"] == 1.0 and first["task_metric_drop_pp"] > 2  # int8 loses the scores
+    assert b["budget_met"] and chosen["task_metric_drop_pp"] <= 2 and b["chosen"]["float_output"]
+    assert "task metric" in res.output
+    # validate measures the same task metric (with --metric: the manifest never names code to run)
+    spec = f"{work / 'task.py'}:score_f1"
+    plain = CliRunner().invoke(main, ["validate", str(out), "--data", str(work / "x16.npy"), "--json"])
+    assert plain.exit_code == 0 and "pass --metric to measure it" in plain.output
+    val = CliRunner().invoke(main, ["validate", str(out), "--data", str(work / "x16.npy"), "--json",
+                                    "--metric", spec, "--max-drop", "2"])
+    assert val.exit_code == 0, val.output
+    rep = json.loads(val.output)
+    assert rep["task_metric"]["reference"] == 1.0 and rep["task_metric"]["drop_pp"] <= 2
+    assert rep["budget"]["values"]["task_metric_drop_pp"] == rep["task_metric"]["drop_pp"]
+    # the full-int8 bundle fails the same check in one line
+    plain_int8 = work / "task_int8"
+    assert _convert([str(work / "mixed.h5"), "-o", str(plain_int8), "--calibration", str(work / "x16.npy")]).exit_code == 0
+    bad = CliRunner().invoke(main, ["validate", str(plain_int8), "--data", str(work / "x16.npy"),
+                                    "--metric", spec, "--max-drop", "2"])
+    assert bad.exit_code == 1 and "task metric" in bad.output and "over --max-drop 2" in bad.output
+
+
+@pytest.mark.parametrize("metric, code, needle", [
+    ("{w}/task.py:score_f1", 2, "--metric needs --max-drop"),  # no --max-drop
+    ("{w}/nope.py:score_f1", 2, "is not a file"),
+    ("{w}/task.py:missing", 2, "has no function missing"),
+    ("{w}/task.py", 2, "FILE.py:FUNCTION"),
+    ("{w}/task.py:broken", 1, "raised ValueError: no boxes here"),
+])
+def test_task_metric_mistakes_are_one_line(work, metric, code, needle):
+    (work / "task.py").write_text(METRIC)
+    budget = [] if "needs" in needle else ["--max-drop", "2"]
+    res = _convert([str(work / "mixed.h5"), "-o", str(work / "never"), "--calibration", str(work / "x16.npy"),
+                    *budget, "--metric", metric.format(w=work)])
+    assert res.exit_code == code, res.output
+    assert needle in res.output and "Traceback" not in res.output
+    assert not (work / "never").exists()
