@@ -12,8 +12,9 @@ counts. Candidates, in cost order — the search stops at the first that meets t
    on the outputs;
 3. ``fallback``: ops kept in float, chosen by sensitivity — ranked by their local error (RMSE /
    scale) and by the whole-model gain of keeping each one in float, measured on the evaluation
-   samples with the largest error — added greedily by gain per cost, each step checked on the whole
-   evaluation set and undone when it did not help, then fallbacks no longer needed dropped again.
+   samples with the largest error — added greedily by gain per cost (a stretch of ops is bisected
+   down to the part that carries its gain), each step checked on the whole evaluation set and
+   undone when it did not help, then fallbacks no longer needed dropped again.
    An int8 output whose slices need different scales can be made float (with its producer op);
    that changes what the device app reads and is recorded and printed;
 4. ``int16x8``: int16 activations, with float fallback where the target allows float;
@@ -22,7 +23,12 @@ counts. Candidates, in cost order — the search stops at the first that meets t
 Integer-only targets (TFLite Micro, Ethos-U) allow no float op: steps 1, 2 and 4 only.
 
 The converter calibrates once (:mod:`edgepack.converter.requantize`); every candidate is a
-re-quantization of that calibrated model, evaluated in-process on LiteRT.
+re-quantization of that calibrated model (cached by its settings, so a probe that is confirmed is
+not quantized twice), evaluated in-process on LiteRT.
+
+``--metric FILE.py:FUNCTION`` replaces top-1 accuracy in ``--max-drop`` with the user's task
+metric (:class:`edgepack.validation.metrics.TaskMetric`): detection F1, string accuracy... judged
+like accuracy, in points below the source model's score.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ RANKING_SAMPLES = 16  # the evaluation samples with the largest error: where sen
 MAX_ROUNDS = 6  # greedy fallback rounds
 SEGMENTS = 8  # contiguous groups of ops probed as one
 DROP_TRIALS = 16  # candidates spent dropping fallbacks no longer needed
+NARROW_KEEP = 0.75  # a half of a group replaces the group when it keeps this share of the gain
 PROBE_OPS = 12  # ops whose whole-model effect is measured (the largest local errors, plus output producers)
 STRUCTURAL = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE", "CONCATENATION",
               "GATHER", "STRIDED_SLICE", "SLICE", "PACK", "UNPACK", "SPLIT", "SPLIT_V", "PAD", "PADV2"}
@@ -303,6 +310,7 @@ class Search:
         self.local: dict[str, float] = {}
         self.gains: dict[str, float] = {}
         self._ranking: EvalSet | None = None
+        self._models: dict[tuple, bytes] = {}  # quantized candidates by their settings: a probe confirmed is not redone
 
     # -- helpers -------------------------------------------------------------------------------------
     def _make(self, step: str, name: str, *, model: bytes | None = None, ev: EvalSet | None = None,
@@ -310,9 +318,14 @@ class Search:
         start = time.perf_counter()
         allow_float = kw.pop("allow_float", False)
         if model is None:
-            model = self.cal.quantize(denylist=kw.get("denylist", ()), ranges=kw.get("ranges") or None,
-                                      float_output=kw.get("float_output", False), int16=kw.get("int16", False),
-                                      allow_float=allow_float)
+            ranges = kw.get("ranges") or {}
+            key = (tuple(sorted(set(kw.get("denylist", ())))), tuple(sorted(ranges.items())),
+                   kw.get("float_output", False), kw.get("int16", False), allow_float)
+            model = self._models.get(key)
+            if model is None:
+                model = self._models[key] = self.cal.quantize(
+                    denylist=kw.get("denylist", ()), ranges=ranges or None, float_output=kw.get("float_output", False),
+                    int16=kw.get("int16", False), allow_float=allow_float)
         sc = score(model, ev or self.ev)
         cand = Candidate(step, name, model, sc, **kw)
         cand.met = ev is None and sc.margin(self.budget) >= 0
@@ -476,6 +489,8 @@ class Search:
             for _per_cost, gain, (label, nodes, f_out, _) in ranked[:3]:
                 if gain <= 0.05:
                     break
+                if len(nodes) > 1 and not f_out:  # a stretch of ops: the half that carries the gain, recursively
+                    nodes, gain, label = self._narrow(nodes, gain, label, deny, fout, start, rank_ev, base_rank)
                 trial = list(dict.fromkeys([*deny, *nodes]))
                 c = self._make("fallback", "float output (and the ops computing its parts)" if f_out
                                else f"+ float {label}", denylist=tuple(trial), ranges=start.ranges,
@@ -515,6 +530,28 @@ class Search:
                     why.pop(n, None)
         current.why = {n: w for n, w in why.items() if n in deny}
         return current
+
+    def _narrow(self, nodes: tuple[str, ...], gain: float, label: str, deny: list[str], fout: bool,
+                start: Candidate, rank_ev: EvalSet, base_rank: float) -> tuple[tuple[str, ...], float, str]:
+        """Bisect a group of ops kept float: keep the half that alone keeps most (NARROW_KEEP) of the
+        group's gain on the ranking samples, until neither half does."""
+        while len(nodes) > 1:
+            best = None
+            for half in (nodes[:len(nodes) // 2], nodes[len(nodes) // 2:]):
+                try:
+                    c = self._make("fallback", f"probe {len(half)} of {label}", ev=rank_ev, ranges=start.ranges,
+                                   denylist=tuple(dict.fromkeys([*deny, *half])), float_output=fout)
+                except EdgepackError:
+                    continue
+                g = c.score.margin(self.budget) - base_rank
+                if best is None or g > best[1]:
+                    best = (half, g)
+            if best is None or best[1] < NARROW_KEEP * gain:
+                break
+            nodes, gain = best
+            label = nodes[0] if len(nodes) == 1 else f"{len(nodes)} ops from {nodes[0][-40:]}"
+            log.info("budget: narrowed to %s: gain %.2f on the ranking samples", label, gain)
+        return nodes, gain, label
 
     def _output_tensors(self) -> set[int]:
         info = read_tflite(self.cal.model)
