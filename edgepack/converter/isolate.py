@@ -9,6 +9,11 @@ records), so nothing is held twice and nothing large is written to disk.
 The child loads TensorFlow Lite's calibration extension by file, without importing TensorFlow
 (importing TensorFlow would add seconds to every calibrated conversion); it needs only NumPy.
 
+The same child can also *observe* a float model's tensors (:func:`observe`): per tensor index,
+the min/max it takes over the samples, read with LiteRT's reference kernels and every tensor
+preserved, which is how :func:`edgepack.converter.requantize.repair_ranges` checks the ranges
+the calibrator recorded.
+
     python -m edgepack.converter.isolate FOLDER   # FOLDER/in.tflite, FOLDER/args.json -> FOLDER/out.tflite
 """
 
@@ -50,10 +55,22 @@ def calibrate(model: bytes, samples: Iterable[Sequence[np.ndarray]], *, quantize
     """Feed ``samples`` (arrays in the model's input-tensor order) through TFLite's calibrator in a
     child process. Returns the calibrated model, or with ``quantize`` (the old quantizer's
     QuantizeModel arguments) the quantized one. A crash becomes :class:`NativeCrash`."""
+    return _run_child(model, samples, {"quantize": quantize}, verbose, stage)
+
+
+def observe(model: bytes, samples: Iterable[Sequence[np.ndarray]], tensors: Sequence[int], *,
+            verbose: bool = False, stage: str = "range check") -> dict[int, tuple[float, float]]:
+    """The min/max each of ``tensors`` (indices) takes over ``samples`` when ``model`` (float) runs
+    on LiteRT's builtin kernels with every tensor kept: ``{index: (min, max)}``."""
+    out = _run_child(model, samples, {"observe": [int(t) for t in tensors]}, verbose, stage)
+    return {int(k): (float(v[0]), float(v[1])) for k, v in json.loads(out).items()}
+
+
+def _run_child(model: bytes, samples: Iterable[Sequence[np.ndarray]], args: dict, verbose: bool, stage: str) -> bytes:
     with tempfile.TemporaryDirectory(prefix="edgepack-calibrate-") as tmp:
         folder = Path(tmp)
         (folder / "in.tflite").write_bytes(model)
-        (folder / "args.json").write_text(json.dumps({"quantize": quantize}))
+        (folder / "args.json").write_text(json.dumps(args))
         with open(folder / "child.log", "w+b") as err_log:
             proc = subprocess.Popen([sys.executable, "-m", "edgepack.converter.isolate", str(folder)],
                                     stdin=subprocess.PIPE, stdout=None if verbose else err_log,
@@ -70,7 +87,7 @@ def calibrate(model: bytes, samples: Iterable[Sequence[np.ndarray]], *, quantize
             lines = [ln.strip() for ln in said.strip().splitlines() if ln.strip()]
             raise ConversionError(f"TensorFlow Lite {stage} failed: {(lines or [f'exit status {code}'])[-1][:300]}",
                                   hint="run with -v for the calibrator's log")
-        return (folder / "out.tflite").read_bytes()
+        return (folder / ("out.json" if "observe" in args else "out.tflite")).read_bytes()
 
 
 def _child_env() -> dict[str, str]:
@@ -159,9 +176,37 @@ def _read_samples(raw):
         yield [np.lib.format.read_array(stream, allow_pickle=False) for _ in range(n)]
 
 
+def _observe_main(folder: Path, tensors: list[int]) -> None:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_path=str(folder / "in.tflite"), experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    inputs = [d["index"] for d in interp.get_input_details()]
+    lo = dict.fromkeys(tensors, np.inf)
+    hi = dict.fromkeys(tensors, -np.inf)
+    shapes = None
+    for arrays in _read_samples(sys.stdin.buffer):
+        if [a.shape for a in arrays] != shapes:
+            for idx, a in zip(inputs, arrays):
+                interp.resize_tensor_input(idx, list(a.shape))
+            interp.allocate_tensors()
+            shapes = [a.shape for a in arrays]
+        for idx, a in zip(inputs, arrays):
+            interp.set_tensor(idx, a)
+        interp.invoke()
+        for t in tensors:
+            v = interp.get_tensor(t)
+            if v.size:
+                lo[t], hi[t] = min(lo[t], float(v.min())), max(hi[t], float(v.max()))
+    (folder / "out.json").write_text(json.dumps({t: [lo[t], hi[t]] for t in tensors if np.isfinite(lo[t])}))
+
+
 def child_main(folder: Path) -> None:
-    wrapper = _calibration_wrapper()
     args = json.loads((folder / "args.json").read_text())
+    if "observe" in args:
+        _observe_main(folder, args["observe"])
+        return
+    wrapper = _calibration_wrapper()
     model = wrapper.AddIntermediateTensors((folder / "in.tflite").read_bytes())
     cal = wrapper.CalibrationWrapper(model, [], [])
     prepared = False

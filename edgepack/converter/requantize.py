@@ -53,6 +53,8 @@ class Calibrated:
     debug_options: bytes = b""
     # the calibration samples again (arrays in input-tensor order), for int16x8's own calibration
     samples: Any = field(default=None, compare=False, repr=False)
+    # ranges the calibrator recorded too wide, replaced by the values seen: {index: (recorded, observed)}
+    repaired: dict = field(default_factory=dict, compare=False, repr=False)
     _tensors: list = field(default_factory=list, compare=False, repr=False)
 
     # -- what calibration recorded ---------------------------------------------------------------------
@@ -129,23 +131,94 @@ class Calibrated:
         return isolate.calibrate(data, self.samples(), quantize=q, stage="int16x8 calibration")
 
 
-def with_ranges(model: bytes, ranges: Mapping[str, tuple[float, float]]) -> bytes:
-    """The calibrated model with the recorded min/max of the named tensors replaced."""
+def with_ranges(model: bytes, ranges: Mapping[str | int, tuple[float, float]]) -> bytes:
+    """The calibrated model with the recorded min/max of the named (or indexed) tensors replaced."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     found = set()
-    for t in obj.subgraphs[0].tensors:
+    for i, t in enumerate(obj.subgraphs[0].tensors):
         name = t.name.decode() if isinstance(t.name, bytes) else t.name
-        if name in ranges and t.quantization is not None and t.quantization.min is not None:
-            lo, hi = ranges[name]
+        key = i if i in ranges else name
+        if key in ranges and t.quantization is not None and t.quantization.min is not None:
+            lo, hi = ranges[key]
             t.quantization.min = np.asarray([min(float(lo), 0.0)], np.float32)
             t.quantization.max = np.asarray([max(float(hi), 0.0)], np.float32)
-            found.add(name)
+            found.add(key)
     missing = set(ranges) - found
     if missing:
         raise ConversionError(f"no calibrated range for tensor(s) {sorted(missing)[:5]}")
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+# ops whose output range may equal an input's legitimately (they move or select values)
+_PASS_THROUGH = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "PAD", "PADV2", "MAX_POOL_2D", "CONCATENATION",
+                 "STRIDED_SLICE", "SLICE", "GATHER", "GATHER_ND", "SPLIT", "SPLIT_V", "PACK", "UNPACK", "TILE",
+                 "BROADCAST_TO", "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "REDUCE_MAX",
+                 "MAXIMUM", "MINIMUM", "QUANTIZE", "DEQUANTIZE"}
+# ops whose int8 output scale is fixed by the kernel: their recorded range is not used
+_FIXED_RANGE = {"LOGISTIC", "SOFTMAX", "LOG_SOFTMAX", "TANH"}
+REPAIR_SLACK = 0.01  # a recorded range more than 1 % wider than the values ever were is replaced
+
+
+def suspicious_ranges(model: bytes) -> list[int]:
+    """Tensors whose recorded range looks like a consumer's: TF 2.19's calibrator records some op
+    inputs after the consumer has written its result into their buffer (an in-place op), so the
+    input gets the union of both ranges. Seen on decomposed hard-swish, ``x * relu6(x + 3)``: the
+    relu6 output (0..6) recorded as the product's -2.25..247.7, which left it 6 int8 levels.
+    Returns the indices of op outputs that share a recorded bound with a consumer's output and
+    contain its range (consumers that move values, like RESHAPE, and producers whose int8 scale is
+    fixed, like LOGISTIC, excepted)."""
+    obj = _unpack(model)
+    sg = obj.subgraphs[0]
+    kinds = _op_kinds(obj)
+
+    def rng(i: int) -> tuple[float, float] | None:
+        q = sg.tensors[i].quantization
+        if q is None or q.min is None or q.max is None or len(q.min) != 1:
+            return None
+        return float(q.min[0]), float(q.max[0])
+
+    produced = {int(o): kind for kind, op in zip(kinds, sg.operators or [])
+                for o in (op.outputs if op.outputs is not None else ())}
+    found = set()
+    for kind, op in zip(kinds, sg.operators or []):
+        if kind in _PASS_THROUGH or op.outputs is None or not len(op.outputs):
+            continue
+        out = rng(int(op.outputs[0]))
+        if out is None:
+            continue
+        for i in (int(x) for x in (op.inputs if op.inputs is not None else ()) if x >= 0):
+            if i not in produced or produced[i] in _FIXED_RANGE or i == int(op.outputs[0]):
+                continue  # a graph input or constant, or a range the quantizer does not use
+            r = rng(i)
+            if r is not None and r[0] <= out[0] and r[1] >= out[1] and (r[0] == out[0] or r[1] == out[1]):
+                found.add(i)
+    return sorted(found)
+
+
+def repair_ranges(model: bytes, samples, *, verbose: bool = False) -> tuple[bytes, dict[int, tuple]]:
+    """The calibrated ``model`` with the ranges of :func:`suspicious_ranges` checked: each runs
+    over the calibration ``samples`` again (a callable giving them, in the isolated child) and a
+    recorded range wider than the tensor's values ever were is replaced by those values.
+    Returns the model and ``{index: (recorded, observed)}`` of the ranges replaced."""
+    from edgepack.converter import isolate
+
+    suspects = suspicious_ranges(model)
+    if not suspects:
+        return model, {}
+    seen = isolate.observe(model, samples(), suspects, verbose=verbose, stage="calibration range check")
+    sg = _unpack(model).subgraphs[0]
+    fixed = {}
+    for i, (lo, hi) in seen.items():
+        q = sg.tensors[i].quantization
+        rec = (float(q.min[0]), float(q.max[0]))
+        lo, hi = min(lo, 0.0), max(hi, 0.0)  # the quantizer's ranges always hold zero
+        if (rec[1] - rec[0]) - (hi - lo) > REPAIR_SLACK * (rec[1] - rec[0]):
+            fixed[i] = (rec, (lo, hi))
+    if not fixed:
+        return model, {}
+    return with_ranges(model, {i: new for i, (_, new) in fixed.items()}), fixed
 
 
 def strip_fake_quant(model: bytes) -> bytes:

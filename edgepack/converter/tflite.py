@@ -140,6 +140,8 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
                                       hint=isolate.crash_hint(read_tflite(bytes(result)).op_counts, mode.value)) from None
         if q is not None:
             return out
+        out, repaired = _repair(bytes(out), lambda: ([s[n] for n in order] if order else list(s.values())
+                                                     for s in rep()), verbose)
         if keep is not None:
             from edgepack.converter.requantize import Calibrated
 
@@ -149,7 +151,8 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
                                 conv._experimental_disable_per_channel_quantization_for_dense_layers),
                             enable_variable_quantization=enable_variable_quantization,
                             debug_options=debug_options.SerializeToString(),
-                            samples=lambda: ([s[n] for n in order] if order else list(s.values()) for s in rep())))
+                            samples=lambda: ([s[n] for n in order] if order else list(s.values()) for s in rep()),
+                            repaired=repaired))
         return mlir_quantize(out, conv._experimental_disable_per_channel, input_data_type=input_type,
                              output_data_type=output_type, enable_variable_quantization=enable_variable_quantization,
                              disable_per_channel_for_dense_layers=(
@@ -157,6 +160,22 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
                              debug_options_str=debug_options.SerializeToString())
 
     return quantize
+
+
+def _repair(model: bytes, samples: Callable, verbose: bool) -> tuple[bytes, dict]:
+    """The calibrated model with ranges the calibrator recorded too wide repaired
+    (:func:`~edgepack.converter.requantize.repair_ranges`); if the check itself fails, the model as
+    calibrated, with a warning."""
+    from edgepack.converter.requantize import repair_ranges
+
+    try:
+        fixed, repaired = repair_ranges(model, samples, verbose=verbose)
+    except ConversionError as err:
+        log.warning("calibration range check skipped: %s", err.message)
+        return model, {}
+    if repaired:
+        log.info("calibration: %d activation range(s) recorded wider than their values were, repaired", len(repaired))
+    return fixed, repaired
 
 
 def _dtype_num(dtype) -> int:

@@ -21,7 +21,8 @@ from typing import Any
 from edgepack.errors import BundleError
 
 # 1.1: the resolved request; 1.2: extras.optimize cluster / low_rank sections; 1.3: the accuracy budget's search;
-# 1.4: budget.budget.metric (--metric) and task_metric* figures in the budget's candidates
+# 1.4: budget.budget.metric (--metric) and task_metric* figures in the budget's candidates;
+#      quantization.calibration.repaired_ranges
 SCHEMA_VERSION = "1.4"
 MANIFEST_NAME = "manifest.json"
 
@@ -48,6 +49,9 @@ class CalibrationInfo:
     available: int
     seed: int
     sha256: str
+    # activation ranges TF's calibrator recorded wider than their values were, replaced (see
+    # converter.requantize.repair_ranges); 0 when none were
+    repaired_ranges: int = 0
 
 
 @dataclass(frozen=True)

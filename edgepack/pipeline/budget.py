@@ -68,12 +68,15 @@ class EvalSet:
     """The evaluation data in the TFLite layout, the source model's outputs on it, labels."""
 
     inputs: dict[str, np.ndarray]  # TFLite-layout arrays, batch first
-    refs: list[np.ndarray]  # source layout, one per output
+    # source layout, one per output, samples first: an output without a leading batch axis (a
+    # time-major recognizer's (steps, 1, classes)) gets one stacked in front, per sample
+    refs: list[np.ndarray]
     output_names: list[str]
     perms: list[Sequence[int] | None]  # per output: tflite = source.transpose(perm)
     axes: list[int | None]
     labels: np.ndarray | None = None
     task: Callable[[list, list, Any], float] | None = None  # --metric: the user's task metric
+    stacked: tuple[bool, ...] = ()  # per output: the samples axis was added (no leading batch axis)
     _task_reference: float | None = None
 
     def __len__(self) -> int:
@@ -82,7 +85,7 @@ class EvalSet:
     def subset(self, positions: np.ndarray) -> EvalSet:
         return EvalSet({k: v[positions] for k, v in self.inputs.items()}, [r[positions] for r in self.refs],
                        self.output_names, self.perms, self.axes,
-                       None if self.labels is None else self.labels[positions], self.task)
+                       None if self.labels is None else self.labels[positions], self.task, self.stacked)
 
     def task_reference(self) -> float:
         """The task metric of the source model's own outputs (the score a candidate may drop from)."""
@@ -171,7 +174,7 @@ class Runner:
                         for i, name in enumerate(ev.output_names)]
         self.info = info
         self.dynamic = all(info.tensor(i).shape_signature and info.tensor(i).shape_signature[0] == -1
-                           for i in self.in_idx.values())
+                           for i in self.in_idx.values()) and not any(ev.stacked)
         self.ev = ev
         self.batch = None
 
@@ -193,10 +196,11 @@ class Runner:
             for name, idx in self.in_idx.items():
                 self.interp.set_tensor(idx, quantize(inputs[name][start:start + b], self.info.tensor(idx)))
             self.interp.invoke()
-            for i, idx in enumerate(self.out_idx):
-                parts[i].append(dequantize(self.interp.get_tensor(idx), self.info.tensor(idx)))
-        outs = [np.concatenate(p, axis=0) for p in parts]
-        return [o if p is None else np.transpose(o, np.argsort(p)) for o, p in zip(outs, self.ev.perms)]
+            for i, (idx, perm) in enumerate(zip(self.out_idx, self.ev.perms)):
+                out = dequantize(self.interp.get_tensor(idx), self.info.tensor(idx))
+                out = out if perm is None else np.transpose(out, np.argsort(perm))
+                parts[i].append(out[None] if i < len(self.ev.stacked) and self.ev.stacked[i] else out)
+        return [np.concatenate(p, axis=0) for p in parts]
 
 
 def score(model: bytes, ev: EvalSet) -> Score:
@@ -675,10 +679,19 @@ def eval_set(st) -> EvalSet:
     src_arrays = {k: np.concatenate([b[k] for b in src.batches(64, dtypes)]) for k in dtypes}
     tfl_arrays = {k: np.concatenate([b[k] for b in tfl.batches(64)]).astype(np.float32) for k in dtypes}
     refs: list[list[np.ndarray]] = [[] for _ in loaded.output_names]
+    stacked = [False] * len(loaded.output_names)
     for start in range(0, len(ds), 32):
         chunk = {k: v[start:start + 32] for k, v in src_arrays.items()}
-        for i, o in enumerate(loaded.run(chunk)):
-            refs[i].append(np.asarray(o, np.float32))
+        n = len(next(iter(chunk.values())))
+        outs = [np.asarray(o, np.float32) for o in loaded.run(chunk)]
+        if start == 0:  # an output whose leading axis is not the samples' (time-major: steps, 1, classes)
+            stacked = [o.ndim == 0 or o.shape[0] != n for o in outs]
+        if any(stacked):  # one sample at a time, each output's samples stacked in front
+            per = [loaded.run({k: v[j:j + 1] for k, v in chunk.items()}) for j in range(n)]
+            outs = [np.stack([np.asarray(p[i], np.float32) for p in per]) if s else o
+                    for i, (o, s) in enumerate(zip(outs, stacked))]
+        for i, o in enumerate(outs):
+            refs[i].append(o)
     ref_arrays = [np.concatenate(r) for r in refs]
     out_perm = [(st.source_io.get("outputs", {}).get(n) or {}).get("perm") for n in loaded.output_names]
     overrides = dict(req.budget.sqnr_axes)
@@ -696,7 +709,8 @@ def eval_set(st) -> EvalSet:
             raise UsageError(f"--sqnr-axis {name}:{overrides[name]}: output {name} has shape "
                              f"{'x'.join(map(str, r.shape))}; give a non-batch axis")
     labels = None if ds.labels is None else np.asarray(ds.labels)
-    return EvalSet(tfl_arrays, ref_arrays, list(loaded.output_names), out_perm, axes, labels, st.task_metric)
+    return EvalSet(tfl_arrays, ref_arrays, list(loaded.output_names), out_perm, axes, labels, st.task_metric,
+                   tuple(stacked))
 
 
 def stage_budget(st) -> dict | None:

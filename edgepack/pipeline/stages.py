@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -118,12 +119,13 @@ def stage_convert(st: PipelineState) -> dict:
 
 
 def _keeper(st: PipelineState):
-    """With an accuracy budget: keep the calibrated model the converter makes (the last one made)."""
-    if not st.request.budget.active:
-        return None
+    """Keep the calibrated model the converter makes (the last one made): the budget's search
+    quantizes it again, and the manifest counts the ranges its calibration repaired."""
 
     def keep(calibrated) -> None:
         st.calibrated = calibrated
+        if st.calibration_info is not None:
+            st.calibration_info = dataclasses.replace(st.calibration_info, repaired_ranges=len(calibrated.repaired))
 
     return keep
 

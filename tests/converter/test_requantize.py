@@ -97,3 +97,26 @@ def test_a_float_path_has_no_int8_rounding_left(tmp_path):
     got = interp.get_tensor(info.outputs[0]).reshape(ref.shape)
     noise = float(np.sum((ref - got) ** 2))
     assert 10 * np.log10(float(np.sum(ref ** 2)) / max(noise, 1e-30)) > 80.0
+
+
+def test_ranges_the_calibrator_records_too_wide_are_repaired(tmp_path):
+    """x * relu6(x + 2): TF's calibrator records the relu6 output (0..6) with the product's range,
+    which would leave it a handful of int8 levels; the check replaces it by the values seen."""
+    import tf_keras as keras
+
+    from edgepack import api
+    from edgepack.tflite_model import read_tflite
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same")(inp)
+    gate = keras.layers.ReLU(max_value=6.0, name="gate")(keras.layers.Rescaling(1.0, offset=2.0)(x))
+    h = keras.layers.Conv2D(8, 3, padding="same")(keras.layers.Multiply()([x, gate]))
+    model = keras.Model(inp, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(h)))
+    model.save(tmp_path / "gated.h5")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype(np.float32) * 3)
+    res = api.convert(model=tmp_path / "gated.h5", output=tmp_path / "bundle", calibration=tmp_path / "calib.npy")
+    assert res.manifest.quantization.calibration.repaired_ranges == 1
+    info = read_tflite((tmp_path / "bundle" / "model.tflite").read_bytes())
+    add = next(t for t in info.tensors if "gate" in t.name and t.dtype == "int8" and "Mul" not in t.name)
+    assert add.scale == pytest.approx(6.0 / 255, rel=0.02)  # 0..6 on 256 levels, not the product's range
