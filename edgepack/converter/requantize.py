@@ -74,15 +74,7 @@ class Calibrated:
     def ops(self) -> list[tuple[str, str, list[int], list[int]]]:
         """``(op type, node name, input tensor indices, output tensor indices)`` in execution order;
         the node name (the first output tensor's name) is what ``denylist`` takes."""
-        model = _unpack(self.model)
-        sg = model.subgraphs[0]
-        out = []
-        for kind, op in zip(_op_kinds(model), sg.operators or []):
-            outs = [int(i) for i in (op.outputs if op.outputs is not None else ()) if i >= 0]
-            ins = [int(i) for i in (op.inputs if op.inputs is not None else ()) if i >= 0]
-            node = (sg.tensors[outs[0]].name or b"").decode() if outs else ""
-            out.append((kind, node, ins, outs))
-        return out
+        return model_ops(self.model)
 
     # -- quantizing ---------------------------------------------------------------------------------
     def quantize(self, *, denylist: Iterable[str] = (), ranges: Mapping[str, tuple[float, float]] | None = None,
@@ -95,9 +87,9 @@ class Calibrated:
         from tensorflow.compiler.mlir.lite import types_pb2 as _types
         from tensorflow.lite.python.convert import mlir_quantize
 
-        data = self.model if not ranges else with_ranges(self.model, ranges)
         if int16:
             return self._int16x8(self.model, allow_float=allow_float)
+        data = self.model if not ranges else with_ranges(self.model, ranges)
         in_t = tf.float32 if self.input_type == tf.float32 else tf.int8
         out_t = tf.float32 if float_output or self.output_type == tf.float32 else tf.int8
         deny = sorted(set(denylist))
@@ -129,6 +121,20 @@ class Calibrated:
              "bias": int(np.dtype(np.int64).num), "disable_per_channel": self.disable_per_channel,
              "disable_per_channel_dense": self.disable_per_channel_dense}
         return isolate.calibrate(data, self.samples(), quantize=q, stage="int16x8 calibration")
+
+
+def model_ops(model: bytes) -> list[tuple[str, str, list[int], list[int]]]:
+    """A ``.tflite``'s ops: ``(op type, node name, input tensor indices, output tensor indices)`` in
+    execution order; the node name is the first output tensor's name."""
+    obj = _unpack(model)
+    sg = obj.subgraphs[0]
+    out = []
+    for kind, op in zip(_op_kinds(obj), sg.operators or []):
+        outs = [int(i) for i in (op.outputs if op.outputs is not None else ()) if i >= 0]
+        ins = [int(i) for i in (op.inputs if op.inputs is not None else ()) if i >= 0]
+        node = (sg.tensors[outs[0]].name or b"").decode() if outs else ""
+        out.append((kind, node, ins, outs))
+    return out
 
 
 def with_ranges(model: bytes, ranges: Mapping[str | int, tuple[float, float]]) -> bytes:

@@ -36,31 +36,15 @@ def _interpreter(model: bytes):
         return Interpreter(model_content=bytes(model), num_threads=2, experimental_preserve_all_tensors=True)
 
 
-def _dequantize(arr: np.ndarray, detail: dict) -> np.ndarray:
-    q = detail.get("quantization_parameters") or {}
-    scales = np.asarray(q.get("scales", ()), np.float64)
-    if arr.dtype.kind == "f" or scales.size != 1:
-        return np.asarray(arr, np.float32)
-    zp = np.asarray(q.get("zero_points", (0,)), np.float64)
-    return ((arr.astype(np.float64) - zp[0]) * scales[0]).astype(np.float32)
-
-
-def _quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    if dtype.kind == "f":
-        return np.asarray(x, dtype)
-    q = detail.get("quantization_parameters") or {}
-    scale = float(q["scales"][0]) if len(q.get("scales", ())) else 1.0
-    zp = int(q["zero_points"][0]) if len(q.get("zero_points", ())) else 0
-    info = np.iinfo(dtype)
-    return np.clip(np.round(np.asarray(x, np.float64) / scale) + zp, info.min, info.max).astype(dtype)
-
-
 def run_all_tensors(model: bytes, samples: Iterable[Sequence[np.ndarray]], names: Iterable[str], *,
                     keep: int | None = 4096) -> dict[str, list[np.ndarray]]:
     """Per named tensor, its dequantized values for each sample (arrays in input-tensor order, batch 1):
     at most ``keep`` values per sample, a subsample seeded by the sample's position and the tensor's
     size, so two models with the same tensor shapes give aligned values."""
+    from edgepack.runtimes.litert import dequantize, quantize
+    from edgepack.tflite_model import read_tflite
+
+    info = read_tflite(model)
     interp = _interpreter(model)
     inputs = interp.get_input_details()
     wanted = set(names)
@@ -77,11 +61,11 @@ def run_all_tensors(model: bytes, samples: Iterable[Sequence[np.ndarray]], names
                 interp.allocate_tensors()
             shaped = shape
         for d, a in zip(inputs, arrays):
-            interp.set_tensor(d["index"], _quantize_input(a, d))
+            interp.set_tensor(d["index"], quantize(a, info.tensor(d["index"])))
         interp.invoke()
         for d in details:
             try:
-                value = _dequantize(np.array(interp.get_tensor(d["index"])), d).ravel()
+                value = dequantize(np.array(interp.get_tensor(d["index"])), info.tensor(d["index"])).ravel()
             except ValueError:  # a tensor the interpreter does not keep
                 continue
             if keep is not None and value.size > keep:

@@ -44,7 +44,7 @@ import numpy as np
 
 from edgepack._native import capture_native_output
 from edgepack.converter.formats.base import signature_name
-from edgepack.converter.requantize import Calibrated
+from edgepack.converter.requantize import Calibrated, model_ops
 from edgepack.errors import BudgetNotMet, EdgepackError
 from edgepack.request import BudgetOptions
 from edgepack.tflite_model import read_tflite
@@ -212,9 +212,12 @@ def score(model: bytes, ev: EvalSet) -> Score:
         s = RunningSliceSqnr(axis)
         s.update(ref, out)
         sqnr[name], worst[name] = s.worst
-        w = RunningSliceSqnr(None)
-        w.update(ref, out)
-        whole[name] = w.worst[0]
+        if axis is None:  # one slice: the whole tensor
+            whole[name] = sqnr[name]
+        else:
+            w = RunningSliceSqnr(None)
+            w.update(ref, out)
+            whole[name] = w.worst[0]
         if ref.ndim >= 2 and ref.shape[-1] > 1:
             agree[name] = float(np.mean(ref.argmax(axis=-1) == out.argmax(axis=-1)))
         r = ref.reshape(len(ev), -1).astype(np.float64)
@@ -249,25 +252,24 @@ class Candidate:
     seconds: float = 0.0
     why: dict[str, str] = field(default_factory=dict)  # node -> why it is not int8
 
-    def ops_out_of_int8(self) -> dict[str, list[str]]:
+    def ops_out_of_int8(self, ops: list[tuple[str, str, str]] | None = None) -> dict[str, list[str]]:
         """``{"float": [...], "int16": [...]}`` node names (op outputs) that are not int8."""
-        info = read_tflite(self.model)
         out: dict[str, list[str]] = {"float": [], "int16": []}
-        for kind, node, dtype in _op_outputs(self.model):
+        for kind, node, dtype in ops if ops is not None else _op_outputs(self.model):
             if kind in ("QUANTIZE", "DEQUANTIZE"):
                 continue
             if dtype in ("float32", "float16"):
                 out["float"].append(node)
             elif dtype == "int16":
                 out["int16"].append(node)
-        del info
         return out
 
     def record(self, budget: BudgetOptions, latency: bool = True) -> dict[str, Any]:
         from edgepack.optimize.measure import litert_p50_ms
 
-        not_int8 = self.ops_out_of_int8()
-        total = len([k for k, _, _ in _op_outputs(self.model) if k not in ("QUANTIZE", "DEQUANTIZE")])
+        ops = _op_outputs(self.model)
+        not_int8 = self.ops_out_of_int8(ops)
+        total = len([k for k, _, _ in ops if k not in ("QUANTIZE", "DEQUANTIZE")])
         rec = {"step": self.step, "name": self.name, "met": self.met, "margin": _round(self.score.margin(budget)),
                "metric": self.score.to_dict(), "float_ops": len(not_int8["float"]), "int16_ops": len(not_int8["int16"]),
                "ops": total, "bytes": len(self.model), "seconds": round(self.seconds, 3)}
@@ -277,18 +279,10 @@ class Candidate:
 
 
 def _op_outputs(model: bytes) -> list[tuple[str, str, str]]:
+    """``(op type, node name, output dtype)`` per op of a candidate."""
     info = read_tflite(model)
-    from ai_edge_litert import schema_py_generated as schema
-
-    m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
-    sg = m.subgraphs[0]
-    out = []
-    for kind, op in zip(info.ops, sg.operators or []):
-        outs = [int(i) for i in (op.outputs if op.outputs is not None else ()) if i >= 0]
-        if outs:
-            t = info.tensor(outs[0])
-            out.append((kind, t.name, t.dtype))
-    return out
+    return [(kind, info.tensor(outs[0]).name, info.tensor(outs[0]).dtype) for kind, _, _, outs in model_ops(model)
+            if outs]
 
 
 @dataclass

@@ -25,8 +25,11 @@ class Runtime(StrEnum):
 
 def quantize(x: np.ndarray, t: TensorInfo) -> np.ndarray:
     """float → the tensor's dtype, with its scale/zero point (no-op for float tensors)."""
-    if t.dtype in ("float32", "float16") or t.scale is None or t.scale == 0:
-        return np.asarray(x, dtype=t.dtype if t.dtype in ("float32", "float16") else None)
+    if t.dtype in ("float32", "float16"):
+        return np.asarray(x, dtype=t.dtype)
+    if t.scale is None or t.scale == 0:  # plain integer data (ids, indices): the tensor's own type
+        x = np.asarray(x)
+        return (np.rint(x) if x.dtype.kind == "f" else x).astype(t.dtype)
     info = np.iinfo(t.dtype)
     q = np.round(np.asarray(x, np.float64) / t.scale) + (t.zero_point or 0)
     return np.clip(q, info.min, info.max).astype(t.dtype)
