@@ -27,6 +27,14 @@ class _Micro:
         self.max_abs = 0.0
 
 
+def _per_sample(arr: np.ndarray, samples: int | None) -> np.ndarray:
+    """An output of ``samples`` samples, samples first: one without a leading batch axis (a
+    time-major recognizer's (steps, 1, classes), run per sample and concatenated) is split back."""
+    if samples is None or arr.ndim == 0 or arr.shape[0] == samples or arr.shape[0] % samples:
+        return arr
+    return arr.reshape(samples, arr.shape[0] // samples, *arr.shape[1:])
+
+
 class Evaluation:
     """Running metrics of one validation pass: the bundle against labels, the reference and TFLM."""
 
@@ -58,7 +66,8 @@ class Evaluation:
         for a, b in zip(outs, micro):
             self.tflm.max_abs = max(self.tflm.max_abs, float(np.max(np.abs(a - b))) if a.size else 0.0)
 
-    def compare(self, refs: list[np.ndarray], outs: list[np.ndarray], labels: np.ndarray | None) -> None:
+    def compare(self, refs: list[np.ndarray], outs: list[np.ndarray], labels: np.ndarray | None,
+                samples: int | None = None) -> None:
         for t, ref, out in zip(self.manifest.outputs, refs, outs):
             if ref.shape != out.shape:
                 raise ModelLoadError(f"--reference output for {t.name!r} has shape {list(ref.shape)}, the bundle's "
@@ -73,9 +82,9 @@ class Evaluation:
             self.slices = [RunningSliceSqnr(self.budget_axes[t.name] if t.name in self.budget_axes
                                             else feature_axis(ref.shape))
                            for t, ref in zip(self.manifest.outputs, refs)]
-        if self.task is not None:
-            self.kept[0].append(outs)
-            self.kept[1].append(refs)
+        if self.task is not None:  # samples first, as convert's budget gives them to the metric
+            self.kept[0].append([_per_sample(o, samples) for o in outs])
+            self.kept[1].append([_per_sample(r, samples) for r in refs])
             self.kept[2].append(labels)
         for sl, agree, ref, out in zip(self.slices, self.per_output_agreement, refs, outs):
             sl.update(ref, out)

@@ -122,7 +122,8 @@ def _stream(ev: Evaluation, runtime: Runtime, model_path: Path, graph_inputs: in
             if tflm_run is not None:
                 ev.micro(outputs_to_source(tflm_run(chunk), perms), outs, labels)
             if loaded is not None:
-                ev.compare(_reference(loaded, src_chunk, ref_path), outs, labels)
+                ev.compare(_reference(loaded, src_chunk, ref_path), outs, labels,
+                           samples=len(next(iter(chunk.values()))))
             advance(len(outs[0]))
             if progress:
                 progress(len(outs[0]))

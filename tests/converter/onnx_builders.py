@@ -131,3 +131,23 @@ def separable_images(n: int, classes: int, seed: int, *, size: int = 8) -> tuple
     y = rng.integers(0, classes, n)
     x = 0.7 * patterns[y] + 0.3 * rng.random((n, 3, size, size), dtype=np.float32)
     return x.astype(np.float32), y
+
+
+def time_major(path: Path, *, steps: int = 6, features: int = 8, classes: int = 5) -> Path:
+    """A CTC-style recognizer head with a time-major output: ``x`` [1, steps, features] ->
+    Transpose -> [steps, 1, features] -> MatMul -> Softmax -> ``probs`` [steps, 1, classes] (batch on
+    axis 1, as ddddocr's recognizer gives it)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["tmaj"], perm=[1, 0, 2], name="to_time_major"),
+        helper.make_node("MatMul", ["tmaj", "w"], ["logits"], name="proj"),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=2, name="softmax"),
+    ]
+    graph = helper.make_graph(
+        nodes, "time_major",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, steps, features])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [steps, 1, classes])],
+        [_init("w", rng.normal(0, 1.5, (features, classes)))])
+    return _save(graph, path)

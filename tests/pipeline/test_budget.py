@@ -257,3 +257,27 @@ def test_task_metric_mistakes_are_one_line(work, metric, code, needle):
     assert res.exit_code == code, res.output
     assert needle in res.output and "Traceback" not in res.output
     assert not (work / "never").exists()
+
+
+def test_time_major_output_is_judged_per_sample_in_convert_and_validate(tmp_path):
+    """An output with the batch on axis 1 ([steps, 1, classes], a CTC recognizer's): the task metric
+    sees one row per sample, the same in convert's search and in validate."""
+    from tests.converter.onnx_builders import time_major
+
+    model = time_major(tmp_path / "tm.onnx")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "calib.npy", rng.normal(size=(100, 6, 8)).astype(np.float32))
+    np.save(tmp_path / "held.npy", rng.normal(size=(30, 6, 8)).astype(np.float32))
+    metric = f"{Path(__file__).resolve().parents[2] / 'examples' / 'task_metrics.py'}:ctc_string_accuracy"
+    out = tmp_path / "bundle"
+    res = _convert([str(model), "-o", str(out), "--calibration", str(tmp_path / "calib.npy"),
+                    "--eval-data", str(tmp_path / "held.npy"), "--max-drop", "100", "--metric", metric])
+    assert res.exit_code == 0, res.output
+    b = _budget(out)
+    assert b["eval_data"]["samples"] == 30 and b["chosen"]["step"] == "int8"
+    at_convert = b["chosen"]["metric"]["task_metric"]
+    assert 0.5 < at_convert <= 1.0 and at_convert * 30 == pytest.approx(round(at_convert * 30), abs=0.01)  # whole strings
+    val = CliRunner().invoke(main, ["validate", str(out), "--data", str(tmp_path / "held.npy"), "--json",
+                                    "--metric", metric])
+    assert val.exit_code == 0, val.output
+    assert json.loads(val.output)["task_metric"]["bundle"] == pytest.approx(at_convert, abs=1e-4)
