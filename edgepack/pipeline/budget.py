@@ -16,7 +16,10 @@ counts. Candidates, in cost order — the search stops at the first that meets t
    down to the part that carries its gain), each step checked on the whole evaluation set and
    undone when it did not help, then fallbacks no longer needed dropped again.
    An int8 output whose slices need different scales can be made float (with its producer op);
-   that changes what the device app reads and is recorded and printed;
+   that changes what the device app reads and is recorded and printed. When no small set of
+   float ops gets there (the error is spread over the graph), the search starts from the other end:
+   every op float, then contiguous stretches given back to int8 (halves, quarters ... 1/32) while
+   the budget still holds;
 4. ``int16x8``: int16 activations, with float fallback where the target allows float;
 5. otherwise a :class:`BudgetNotMet` with the best candidate's figures and the sensitivity table.
 
@@ -56,6 +59,8 @@ RANKING_SAMPLES = 16  # the evaluation samples with the largest error: where sen
 MAX_ROUNDS = 6  # greedy fallback rounds
 SEGMENTS = 8  # contiguous groups of ops probed as one
 DROP_TRIALS = 16  # candidates spent dropping fallbacks no longer needed
+TOP_DOWN_TRIALS = 40  # candidates spent giving stretches of an all-float candidate back to int8
+TOP_DOWN_LEVELS = 5  # stretch sizes tried: 1/2, 1/4 ... 1/32 of the graph
 NARROW_KEEP = 0.75  # a half of a group replaces the group when it keeps this share of the gain
 PROBE_OPS = 12  # ops whose whole-model effect is measured (the largest local errors, plus output producers)
 STRUCTURAL = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE", "CONCATENATION",
@@ -359,11 +364,15 @@ class Search:
         if ranged.met:
             return ranged
         start = ranged if ranged.score.margin(self.budget) > base.score.margin(self.budget) else base
-        # 3. per-layer sensitivity, float fallback
+        # 3. per-layer sensitivity, float fallback; then from the other end: everything float, and
+        # stretches of the graph given back to int8 while the budget holds
         if self.allow_float:
             kept = self._fallback(start)
             if kept is not None and kept.met:
                 return kept
+            down = self._top_down(start)
+            if down is not None and down.met:
+                return down
         # 4. int16x8
         if self.allow_int16:
             try:
@@ -527,6 +536,49 @@ class Search:
                 for n in chunk:
                     why.pop(n, None)
         current.why = {n: w for n, w in why.items() if n in deny}
+        return current
+
+    def _top_down(self, start: Candidate) -> Candidate | None:
+        """When adding float ops greedily did not reach the budget, the error is spread over the
+        graph: start from every op float (inputs stay int8; the outputs float when their slices need
+        different scales) and give contiguous stretches back to int8, halves first, then quarters...,
+        keeping each that still meets the budget. None when even all-float misses it."""
+        ops = [node for kind, node, _, _ in self.cal.ops() if kind not in ("QUANTIZE", "DEQUANTIZE")]
+        int8_out = self.cal.output_type != _float32()
+        current = None
+        # int8 outputs first (what the app reads stays the same), float outputs when int8 ones cannot meet it
+        for fout in dict.fromkeys([int8_out and self._output_needs_float(start), int8_out]):
+            kw = dict(ranges=start.ranges, range_methods=start.range_methods, float_output=fout)
+            try:
+                current = self._make("fallback", "every op float" + (", float outputs" if fout else ""),
+                                     denylist=tuple(ops), **kw)
+            except EdgepackError as err:
+                self.notes.append(f"all-float candidate failed: {err.message}")
+                return None
+            if current.met:
+                break
+        if not current.met:
+            self.notes.append(f"even every op in float misses the budget ({current.score.brief()})")
+            return current
+        deny, trials = list(ops), 0
+        for level in range(1, TOP_DOWN_LEVELS + 1):
+            size = max(1, math.ceil(len(ops) / 2 ** level))
+            for a in range(0, len(ops), size):
+                chunk = [n for n in ops[a:a + size] if n in deny]
+                if not chunk or trials >= TOP_DOWN_TRIALS:
+                    continue
+                trial = [n for n in deny if n not in chunk]
+                trials += 1
+                try:
+                    c = self._make("fallback", f"int8 again: ops {a}..{min(a + size, len(ops)) - 1} "
+                                               f"({len(trial)} float)", denylist=tuple(trial), **kw)
+                except EdgepackError:
+                    continue
+                if c.met:
+                    deny, current = trial, c
+        reason = ("the error is spread over the graph (no small set of float ops reached the budget): "
+                  "this stretch stayed float because giving it back to int8 broke the budget")
+        current.why = {n: reason for n in deny}
         return current
 
     def _narrow(self, nodes: tuple[str, ...], gain: float, label: str, deny: list[str], fout: bool,

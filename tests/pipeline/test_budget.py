@@ -281,3 +281,28 @@ def test_time_major_output_is_judged_per_sample_in_convert_and_validate(tmp_path
                                     "--metric", metric])
     assert val.exit_code == 0, val.output
     assert json.loads(val.output)["task_metric"]["bundle"] == pytest.approx(at_convert, abs=1e-4)
+
+
+def test_top_down_gives_stretches_back_to_int8_while_the_budget_holds(work):
+    """Everything float meets 35 dB (the int8 input caps it near 40); giving stretches back to int8
+    while the budget holds leaves fewer float ops, each with its reason."""
+    from edgepack.calibration import Dataset
+    from edgepack.converter.formats.detect import load_model
+    from edgepack.converter.tflite import convert_to_tflite
+    from edgepack.pipeline import budget as B
+    from edgepack.request import BudgetOptions, QuantizeMode
+
+    loaded = load_model(work / "outlier.h5")
+    x = np.load(work / "x16.npy")
+    kept = []
+    base = convert_to_tflite(loaded, QuantizeMode.INT8, Dataset({"x": x[:200]}), keep_calibrated=kept.append)
+    ev = B.EvalSet({"x": x[200:]}, [loaded.run({"x": x[200:]})[0]], list(loaded.output_names), [None], [None])
+    search = B.Search(kept[0], base, ev, BudgetOptions(min_sqnr=35), allow_float=True, allow_int16=False,
+                      latency=False)
+    full = search._make("int8", "full int8", model=base)
+    assert not full.met
+    down = search._top_down(full)
+    assert down.met and min(down.score.sqnr.values()) >= 35
+    ops = [n for k, n, _, _ in kept[0].ops() if k not in ("QUANTIZE", "DEQUANTIZE")]
+    assert 0 < len(down.denylist) < len(ops) and set(down.why) == set(down.denylist)
+    assert search.tried[1].name.startswith("every op float") and any("int8 again" in c.name for c in search.tried)
