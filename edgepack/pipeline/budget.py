@@ -61,6 +61,7 @@ SEGMENTS = 8  # contiguous groups of ops probed as one
 DROP_TRIALS = 16  # candidates spent dropping fallbacks no longer needed
 TOP_DOWN_TRIALS = 40  # candidates spent giving stretches of an all-float candidate back to int8
 TOP_DOWN_LEVELS = 5  # stretch sizes tried: 1/2, 1/4 ... 1/32 of the graph
+CACHED_MODELS = 32  # quantized candidates kept for reuse (a round probes up to ~22 options)
 NARROW_KEEP = 0.75  # a half of a group replaces the group when it keeps this share of the gain
 PROBE_OPS = 12  # ops whose whole-model effect is measured (the largest local errors, plus output producers)
 STRUCTURAL = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE", "CONCATENATION",
@@ -329,6 +330,8 @@ class Search:
                 model = self._models[key] = self.cal.quantize(
                     denylist=kw.get("denylist", ()), ranges=ranges or None, float_output=kw.get("float_output", False),
                     int16=kw.get("int16", False), allow_float=allow_float)
+                if len(self._models) > CACHED_MODELS:  # the oldest goes: a round's probes are what gets confirmed
+                    self._models.pop(next(iter(self._models)))
         sc = score(model, ev or self.ev)
         cand = Candidate(step, name, model, sc, **kw)
         cand.met = ev is None and sc.margin(self.budget) >= 0
