@@ -56,6 +56,7 @@ class Calibrated:
     # ranges the calibrator recorded too wide, replaced by the values seen: {index: (recorded, observed)}
     repaired: dict = field(default_factory=dict, compare=False, repr=False)
     _tensors: list = field(default_factory=list, compare=False, repr=False)
+    _ops: list = field(default_factory=list, compare=False, repr=False)
 
     # -- what calibration recorded ---------------------------------------------------------------------
     def tensors(self) -> list[CalibratedTensor]:
@@ -74,7 +75,9 @@ class Calibrated:
     def ops(self) -> list[tuple[str, str, list[int], list[int]]]:
         """``(op type, node name, input tensor indices, output tensor indices)`` in execution order;
         the node name (the first output tensor's name) is what ``denylist`` takes."""
-        return model_ops(self.model)
+        if not self._ops:
+            self._ops.extend(model_ops(self.model))
+        return list(self._ops)
 
     # -- quantizing ---------------------------------------------------------------------------------
     def quantize(self, *, denylist: Iterable[str] = (), ranges: Mapping[str, tuple[float, float]] | None = None,
@@ -93,12 +96,17 @@ class Calibrated:
         in_t = tf.float32 if self.input_type == tf.float32 else tf.int8
         out_t = tf.float32 if float_output or self.output_type == tf.float32 else tf.int8
         deny = sorted(set(denylist))
+        # an op with several outputs (SPLIT, UNPACK: an LSTM's gates) is not matched by its node name:
+        # it is kept float by its type, so every op of that type is
+        multi = {node: kind for kind, node, _, outs in self.ops() if len(outs) > 1}
+        types = sorted({multi[n] for n in deny if n in multi})
         with capture_native_output() as cap:
             try:
                 out = bytes(mlir_quantize(
                     data, self.disable_per_channel, input_data_type=in_t, output_data_type=out_t,
                     inference_type=_types.QUANTIZED_INT8,
-                    denylisted_nodes=deny or None, enable_variable_quantization=self.enable_variable_quantization,
+                    denylisted_ops=types or None, denylisted_nodes=deny or None,
+                    enable_variable_quantization=self.enable_variable_quantization,
                     disable_per_channel_for_dense_layers=self.disable_per_channel_dense,
                     debug_options_str=self.debug_options))
             except Exception as err:  # the quantizer raises ConverterError / RuntimeError

@@ -151,3 +151,23 @@ def time_major(path: Path, *, steps: int = 6, features: int = 8, classes: int = 
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [steps, 1, classes])],
         [_init("w", rng.normal(0, 1.5, (features, classes)))])
     return _save(graph, path)
+
+
+def split_gates(path: Path) -> Path:
+    """``x`` [1, 8] -> MatMul -> Split into three [1, 2] "gates" -> a * b + c -> ``y`` [1, 2]: an op with
+    several outputs in the middle (an LSTM cell's gate split)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
+        helper.make_node("Split", ["h"], ["a", "b", "c"], axis=1, name="gates"),
+        helper.make_node("Mul", ["a", "b"], ["ab"], name="mul"),
+        helper.make_node("Add", ["ab", "c"], ["y"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes, "split_gates",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [_init("w", rng.normal(0, 1.0, (8, 6)))])
+    return _save(graph, path)

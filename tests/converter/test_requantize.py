@@ -120,3 +120,23 @@ def test_ranges_the_calibrator_records_too_wide_are_repaired(tmp_path):
     info = read_tflite((tmp_path / "bundle" / "model.tflite").read_bytes())
     add = next(t for t in info.tensors if "gate" in t.name and t.dtype == "int8" and "Mul" not in t.name)
     assert add.scale == pytest.approx(6.0 / 255, rel=0.02)  # 0..6 on 256 levels, not the product's range
+
+
+def test_ops_with_several_outputs_are_kept_float_by_type(tmp_path):
+    """TF's quantizer does not match a SPLIT (an LSTM's gate split) by its node name; denylisted, it
+    is kept float by its type, so an all-float candidate has no int8 op left."""
+    from edgepack.api import convert_request
+    from edgepack.pipeline.run import run_pipeline
+    from edgepack.tflite_model import read_tflite
+    from tests.converter.onnx_builders import split_gates
+
+    model = split_gates(tmp_path / "gates.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32))
+    state = run_pipeline(convert_request(model=model, output=tmp_path / "b", calibration=tmp_path / "calib.npy"))
+    cal = state.calibrated
+    assert any(kind == "SPLIT" and len(outs) == 3 for kind, _, _, outs in cal.ops())
+    everything = [node for kind, node, _, _ in cal.ops() if kind not in ("QUANTIZE", "DEQUANTIZE")]
+    info = read_tflite(cal.quantize(denylist=everything, float_output=True))
+    inside = {t.dtype for i, t in enumerate(info.tensors) if not t.constant and i not in info.inputs}
+    assert inside == {"float32"}, info.op_counts  # the model's int8 input is dequantized once, at the start
+    assert "SPLIT" in info.op_counts and "QUANTIZE" not in info.op_counts
