@@ -122,9 +122,24 @@ def read_tflite(source: str | Path | bytes) -> TfliteModel:
     return _summarize(model, len(buf))
 
 
+def op_kinds(model) -> list[str]:
+    """The op types of an unpacked model's (``ModelT``) first subgraph in execution order: builtin
+    names (``CONV_2D``), ``CUSTOM:<code>`` for custom ops."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for oc in model.operatorCodes or []:
+        code = max(oc.builtinCode, oc.deprecatedBuiltinCode)
+        if code == schema.BuiltinOperator.CUSTOM:
+            codes.append("CUSTOM:" + (oc.customCode or b"?").decode())
+        else:
+            codes.append(op_names.get(code, f"OP{code}"))
+    return [codes[op.opcodeIndex] for op in (model.subgraphs[0].operators or [])]
+
+
 def _summarize(model, size: int) -> TfliteModel:
     """Plain data of a verified model (indices already checked in range, names UTF-8)."""
-    from ai_edge_litert import schema_py_generated as schema
 
     sg = model.subgraphs[0]
     buffers = model.buffers or []
@@ -146,15 +161,7 @@ def _summarize(model, size: int) -> TfliteModel:
             shape_signature=tuple(int(d) for d in t.shapeSignature) if t.shapeSignature is not None else None,
             dtype=_DTYPES.get(t.type, f"type{t.type}"), scales=scales, zero_points=zps, constant=is_const(t)))
 
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    codes = []
-    for oc in model.operatorCodes or []:
-        code = max(oc.builtinCode, oc.deprecatedBuiltinCode)
-        if code == schema.BuiltinOperator.CUSTOM:
-            codes.append("CUSTOM:" + (oc.customCode or b"?").decode())
-        else:
-            codes.append(op_names.get(code, f"OP{code}"))
-    ops = tuple(codes[op.opcodeIndex] for op in (sg.operators or []))
+    ops = tuple(op_kinds(model))
 
     sig_in: dict[str, int] = {}
     sig_out: dict[str, int] = {}

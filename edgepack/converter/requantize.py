@@ -29,6 +29,7 @@ import numpy as np
 
 from edgepack._native import capture_native_output
 from edgepack.errors import ConversionError
+from edgepack.tflite_model import op_kinds
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def model_ops(model: bytes) -> list[tuple[str, str, list[int], list[int]]]:
     obj = _unpack(model)
     sg = obj.subgraphs[0]
     out = []
-    for kind, op in zip(_op_kinds(obj), sg.operators or []):
+    for kind, op in zip(op_kinds(obj), sg.operators or []):
         outs = [int(i) for i in (op.outputs if op.outputs is not None else ()) if i >= 0]
         ins = [int(i) for i in (op.inputs if op.inputs is not None else ()) if i >= 0]
         node = (sg.tensors[outs[0]].name or b"").decode() if outs else ""
@@ -185,7 +186,7 @@ def suspicious_ranges(model: bytes) -> list[int]:
     fixed, like LOGISTIC, excepted)."""
     obj = _unpack(model)
     sg = obj.subgraphs[0]
-    kinds = _op_kinds(obj)
+    kinds = op_kinds(obj)
 
     def rng(i: int) -> tuple[float, float] | None:
         q = sg.tensors[i].quantization
@@ -242,7 +243,7 @@ def strip_fake_quant(model: bytes) -> bytes:
     from tensorflow.lite.tools import flatbuffer_utils
 
     obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
-    kinds = _op_kinds(obj)
+    kinds = op_kinds(obj)
     sg = obj.subgraphs[0]
     producer = {int(o): i for i, op in enumerate(sg.operators) for o in op.outputs}
     float32 = 0  # schema TensorType.FLOAT32
@@ -273,17 +274,6 @@ def strip_fake_quant(model: bytes) -> bytes:
             break
         sg.operators, kinds = [op for op, _ in keep], [k for _, k in keep]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
-
-
-def _op_kinds(obj) -> list[str]:
-    from ai_edge_litert import schema_py_generated as schema
-
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    out = []
-    for op in obj.subgraphs[0].operators or []:
-        oc = obj.operatorCodes[op.opcodeIndex]
-        out.append(names.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), ""))
-    return out
 
 
 def _unpack(model: bytes):
