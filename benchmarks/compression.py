@@ -75,7 +75,7 @@ MODELS = {"digits CNN": lambda s: digits_cnn(s, filters=(32, 64)), "MobileNet-st
 
 def run_one(src: Path, out: Path, extra: dict, calib: Path, train: Path, epochs: int, resume: bool = False) -> dict:
     from edgepack import api
-    from edgepack.converter.formats.detect import load_model
+    from edgepack.formats.detect import load_model
     from edgepack.optimize.measure import count_macs, zip_size
     from edgepack.packaging.manifest import read_manifest
 

@@ -94,8 +94,8 @@ def agreement(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
 
 
 def main() -> None:
-    from edgepack.converter.formats.detect import load_model
     from edgepack.converter.onnx.translate import write_sample_images
+    from edgepack.formats.detect import load_model
 
     with tempfile.TemporaryDirectory(prefix="edgepack-bench-") as tmp:
         d = Path(tmp)

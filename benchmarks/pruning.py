@@ -67,7 +67,7 @@ def convert(model: Path, out: Path, **kw) -> dict:
     opt = res.manifest.extras.get("optimize", {})
     after = opt.get("after")
     if after is None:  # not optimized: count on the source model
-        from edgepack.converter.formats.detect import load_model
+        from edgepack.formats.detect import load_model
 
         src = load_model(model).model
         after = {"params": src.count_params(), "macs": count_macs(src)}

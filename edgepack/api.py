@@ -298,8 +298,8 @@ def reproduce(*, bundle: str | Path, output: str | Path, force: bool = False, ve
 
     Refuses (one line) when an input file the request names is gone or changed since."""
     from edgepack._native import quiet_tensorflow
-    from edgepack.converter.formats.base import file_sha256
     from edgepack.errors import BundleError
+    from edgepack.formats.base import file_sha256
     from edgepack.packaging.manifest import read_manifest
     from edgepack.pipeline.run import run_pipeline
     from edgepack.request import ConvertRequest

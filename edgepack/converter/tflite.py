@@ -20,8 +20,8 @@ from pathlib import Path
 
 from edgepack._native import capture_native_output
 from edgepack.calibration import Dataset
-from edgepack.converter.formats.base import LoadedModel, ModelFormat, call_keras, signature_name
 from edgepack.errors import ConversionError
+from edgepack.formats.base import LoadedModel, ModelFormat, call_keras, signature_name
 from edgepack.request import QuantizeMode
 
 log = logging.getLogger(__name__)

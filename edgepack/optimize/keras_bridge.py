@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.converter.formats.base import call_keras
 from edgepack.errors import ConversionError
+from edgepack.formats.base import call_keras
 from edgepack.optimize.graph import Node, is_tf_keras, read_graph, rebuild
 
 log = logging.getLogger(__name__)

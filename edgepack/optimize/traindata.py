@@ -16,8 +16,8 @@ import numpy as np
 
 from edgepack.calibration import Dataset
 from edgepack.calibration.dataset import InputSpec
-from edgepack.converter.formats.base import call_keras
 from edgepack.errors import UsageError
+from edgepack.formats.base import call_keras
 
 CHUNK = 64  # samples read from the files at a time
 SHUFFLE_BUFFER = 2048  # samples held for shuffling: bounds memory whatever the dataset size

@@ -46,9 +46,9 @@ from typing import Any
 import numpy as np
 
 from edgepack._native import capture_native_output
-from edgepack.converter.formats.base import signature_name
 from edgepack.converter.requantize import Calibrated, model_ops
 from edgepack.errors import BudgetNotMet, EdgepackError
+from edgepack.formats.base import signature_name
 from edgepack.request import BudgetOptions
 from edgepack.tflite_model import read_tflite
 from edgepack.validation.metrics import RunningSliceSqnr, feature_axis
@@ -700,7 +700,7 @@ def eval_set(st) -> EvalSet:
     from edgepack.calibration.calibrate import input_preprocessing
     from edgepack.calibration.layout import relaxed_specs, to_layouts
     from edgepack.calibration.sources import open_dataset
-    from edgepack.converter.formats.detect import ModelFormat
+    from edgepack.formats.detect import ModelFormat
 
     req, loaded = st.request, st.loaded
     specs = loaded.inputs

@@ -150,7 +150,7 @@ def _low_rank(model: Any, original: Any, data, opts, section: dict, opt) -> Any:
 
 
 def _bridge(st: PipelineState, model: Any, data, section: dict) -> tuple[Any, Any]:
-    from edgepack.converter.formats.detect import ModelFormat
+    from edgepack.formats.detect import ModelFormat
     from edgepack.optimize.graph import is_tf_keras
     from edgepack.optimize.keras_bridge import to_tf_keras
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from edgepack.calibration.sources import read_labels
-from edgepack.converter.formats.detect import LoadedModel, ModelFormat, load_model
 from edgepack.errors import ConversionError, UsageError
+from edgepack.formats.detect import LoadedModel, ModelFormat, load_model
 from edgepack.packaging import bundle as bundle_mod
 from edgepack.packaging.manifest import (
     MANIFEST_NAME,
@@ -63,7 +63,7 @@ def stage_load(st: PipelineState) -> dict:
         if st.loaded.format is not ModelFormat.ONNX:
             raise UsageError("--input-shape applies to ONNX models only",
                              hint="Keras and SavedModel inputs keep the shapes they were built with")
-        from edgepack.converter.formats.onnx import with_input_shapes
+        from edgepack.formats.onnx import with_input_shapes
 
         st.loaded = with_input_shapes(st.loaded, dict(st.request.model.input_shapes))
     if st.labels is not None and len(st.loaded.output_names) == 1:
@@ -174,7 +174,7 @@ def tensor_infos(info: TfliteModel, names: list[str], which: str,
                  source: dict[str, dict[str, Any]] | None = None) -> list[TensorInfo]:
     """Source-order tensor descriptions, matched through the signature's names; ``source`` adds
     per-name source layout/shape fields (ONNX)."""
-    from edgepack.converter.formats.base import signature_name
+    from edgepack.formats.base import signature_name
 
     sig = info.signature_inputs if which == "inputs" else info.signature_outputs
     graph = info.inputs if which == "inputs" else info.outputs
@@ -203,7 +203,7 @@ def _merged(*per_name: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, 
 
 def _request_record(st: PipelineState) -> dict[str, Any]:
     """The resolved request and the sha256 of each input file it names (edgepack reproduce)."""
-    from edgepack.converter.formats.base import file_sha256
+    from edgepack.formats.base import file_sha256
 
     req = st.request.resolved()
     files = {}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgepack.calibration import Dataset
-from edgepack.converter.formats.base import LoadedModel
+from edgepack.formats.base import LoadedModel
 from edgepack.packaging.manifest import CalibrationInfo, Manifest, StageRecord
 from edgepack.request import ConvertRequest
 from edgepack.runtimes.tflm import ArenaMeasurement

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgepack.calibration import Dataset
-from edgepack.converter.formats.base import LoadedModel
+from edgepack.formats.base import LoadedModel
 
 _BATCH = 64
 

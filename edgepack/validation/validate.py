@@ -66,7 +66,7 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
     ref_path = _resolve_reference(manifest, reference, bundle)
     loaded = None
     if ref_path is not None:
-        from edgepack.converter.formats.detect import load_model
+        from edgepack.formats.detect import load_model
 
         loaded = load_model(ref_path, trust_model=trust_model)
         _check_reference_io(loaded, manifest, ref_path)

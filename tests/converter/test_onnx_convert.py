@@ -81,7 +81,7 @@ def test_cli_validate_reference_onnx_and_inspect_mapping(onnx_dir, int8_onnx_bun
 def test_multi_input_multi_output_keep_onnx_order_and_values(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgepack.converter.formats.detect import load_model
+    from edgepack.formats.detect import load_model
 
     path = two_in_two_out(tmp_path / "two.onnx")
     m = api.convert(model=path, output=tmp_path / "b", quantize="none").manifest

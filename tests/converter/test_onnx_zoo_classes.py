@@ -50,7 +50,7 @@ def _run_bundle(bundle: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def _onnxruntime(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    from edgepack.converter.formats.detect import load_model
+    from edgepack.formats.detect import load_model
 
     return load_model(path).model(feeds)
 

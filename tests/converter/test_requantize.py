@@ -9,8 +9,8 @@ import pytest
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     from edgepack.calibration import Dataset
-    from edgepack.converter.formats.detect import load_model
     from edgepack.converter.tflite import convert_to_tflite
+    from edgepack.formats.detect import load_model
     from edgepack.request import QuantizeMode
     from tests.conftest import INPUT_SHAPE, save_model
 
@@ -67,8 +67,8 @@ def test_a_float_path_has_no_int8_rounding_left(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
     from edgepack.calibration import Dataset
-    from edgepack.converter.formats.detect import load_model
     from edgepack.converter.tflite import convert_to_tflite
+    from edgepack.formats.detect import load_model
     from edgepack.request import QuantizeMode
     from edgepack.tflite_model import read_tflite
 

@@ -58,6 +58,69 @@ def run_cli_process(args: Sequence[object], *, env: dict[str, str] | None = None
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+class LimitedResult(NamedTuple):
+    code: int
+    stdout: str
+    stderr: str
+    peak_rss: int  # bytes, the child's own peak (its waited-for descendants included)
+    seconds: float
+
+
+# The budget every hostile-input case must stay within (issue 20): the child gets an address-space cap
+# well above what TensorFlow's import reserves (about 2 GiB of virtual memory), and the test asserts the
+# measured peak RSS and wall time.
+CASE_RSS = 1 << 30
+CASE_SECONDS = 30.0
+CASE_ADDRESS_SPACE = 8 << 30
+
+
+def run_limited(args: Sequence[object], *, env: dict[str, str] | None = None, timeout: float = CASE_SECONDS,
+                address_space: int = CASE_ADDRESS_SPACE, cwd: Path | None = None,
+                input: str | None = None) -> LimitedResult:
+    """Run ``python -m edgepack ARGS`` in a child under ``setrlimit(RLIMIT_AS)`` and a wall-clock
+    timeout; return its output with its peak RSS and seconds. A child still running at the
+    timeout is killed (its process group) and the test fails there, naming the case."""
+    import signal
+    import time
+
+    # A fresh wrapper process sets the limit, runs edgepack and reports its own children's peak RSS, so
+    # the figure is this case's alone (RUSAGE_CHILDREN of the test process keeps the maximum of every
+    # child it ever had).
+    wrapper = ("import resource, subprocess, sys\n"
+               f"resource.setrlimit(resource.RLIMIT_AS, ({address_space}, {address_space}))\n"
+               "rc = subprocess.call([sys.executable, '-m', 'edgepack', *sys.argv[2:]])\n"
+               "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))\n"
+               "sys.exit(rc)\n")
+    fd, rss_file = tempfile.mkstemp(prefix="edgepack-rss-")
+    os.close(fd)
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", wrapper, rss_file, *(str(a) for a in args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                            env=full_env, cwd=cwd, start_new_session=True, text=True)
+    try:
+        out, err = proc.communicate(input=input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        os.unlink(rss_file)
+        pytest.fail(f"edgepack {' '.join(map(str, args))} ran past {timeout:.0f} s")
+    seconds = time.monotonic() - start
+    text = Path(rss_file).read_text()
+    os.unlink(rss_file)
+    peak = int(text) if text else 0
+    return LimitedResult(proc.returncode, out, err, peak, seconds)
+
+
+def assert_contained(result: LimitedResult, code: int, *fragments: str) -> str:
+    """A hostile-input case's outcome: exit ``code``, one error line with ``fragments``, within
+    :data:`CASE_RSS` and :data:`CASE_SECONDS`."""
+    line = assert_error(CliResult(result.code, result.stdout, result.stderr), code, *fragments)
+    assert result.peak_rss <= CASE_RSS, f"peak RSS {result.peak_rss / 2**20:.0f} MiB > {CASE_RSS / 2**20:.0f} MiB"
+    assert result.seconds <= CASE_SECONDS, f"{result.seconds:.1f} s > {CASE_SECONDS:.0f} s"
+    return line
+
+
 def one_line(stderr: str, *fragments: str) -> str:
     """Assert ``stderr`` is exactly one ``error: ...`` line holding every fragment; return it."""
     assert "Traceback" not in stderr, stderr

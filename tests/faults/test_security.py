@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from edgepack.cli import main
-from edgepack.converter.formats import safety
-from edgepack.converter.formats.detect import load_model
 from edgepack.errors import ModelLoadError, UnsafeModelError
+from edgepack.formats import safety
+from edgepack.formats.detect import load_model
 from tests.conftest import build_keras3, build_tf_keras
 
 

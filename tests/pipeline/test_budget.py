@@ -287,8 +287,8 @@ def test_top_down_gives_stretches_back_to_int8_while_the_budget_holds(work):
     """Everything float meets 35 dB (the int8 input caps it near 40); giving stretches back to int8
     while the budget holds leaves fewer float ops, each with its reason."""
     from edgepack.calibration import Dataset
-    from edgepack.converter.formats.detect import load_model
     from edgepack.converter.tflite import convert_to_tflite
+    from edgepack.formats.detect import load_model
     from edgepack.pipeline import budget as B
     from edgepack.request import BudgetOptions, QuantizeMode
 

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from edgepack.calibration import layout
-from edgepack.converter.formats.base import call_keras
-from edgepack.converter.formats.onnx import OnnxModel
 from edgepack.errors import ConversionError
+from edgepack.formats.base import call_keras
+from edgepack.formats.onnx import OnnxModel
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,6 @@ import numpy as np
 
 from edgepack._native import capture_native_output
 from edgepack.calibration import Dataset, InputSpec, layout
-from edgepack.converter.formats.detect import LoadedModel, ModelFormat
-from edgepack.converter.formats.onnx import OnnxModel
 from edgepack.converter.isolate import NativeCrash
 from edgepack.converter.onnx import fallbacks
 from edgepack.converter.onnx.iomap import IoMap, map_io
@@ -42,6 +40,8 @@ from edgepack.converter.onnx.onnx2tf_run import (  # noqa: F401
     write_sample_images,
 )
 from edgepack.errors import ConversionError
+from edgepack.formats.detect import LoadedModel, ModelFormat
+from edgepack.formats.onnx import OnnxModel
 from edgepack.request import QuantizeMode
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from edgepack import api
 from edgepack.cli import main
-from edgepack.converter.formats.detect import load_model
 from edgepack.errors import ModelLoadError
+from edgepack.formats.detect import load_model
 from tests.converter.onnx_builders import classifier
 
 
@@ -146,7 +146,7 @@ def test_models_written_by_the_stacks_own_onnx_run_in_its_onnxruntime(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from edgepack.converter.formats.detect import load_model
+    from edgepack.formats.detect import load_model
 
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],

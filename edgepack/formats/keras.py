@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.calibration import InputSpec
-from edgepack.converter.formats import safety
-from edgepack.converter.formats.base import LoadedModel, ModelFormat
 from edgepack.errors import ModelLoadError
+from edgepack.formats import safety
+from edgepack.formats.base import LoadedModel, ModelFormat
 
 
 def detect_zip(path: Path) -> tuple[ModelFormat, dict]:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from edgepack.calibration import InputSpec
-from edgepack.converter.formats.base import LoadedModel, ModelFormat
 from edgepack.errors import ModelLoadError, UsageError
+from edgepack.formats.base import LoadedModel, ModelFormat
 
 log = logging.getLogger(__name__)
 

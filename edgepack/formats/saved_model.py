@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgepack.calibration import InputSpec
-from edgepack.converter.formats.base import LoadedModel, ModelFormat
 from edgepack.errors import ModelLoadError
+from edgepack.formats.base import LoadedModel, ModelFormat
 
 
 def load_saved_model(p: Path, sha: str) -> LoadedModel:

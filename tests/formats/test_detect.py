@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgepack.converter.formats.detect import ModelFormat, detect_format, load_model
 from edgepack.errors import ModelLoadError, UnsafeModelError
+from edgepack.formats.detect import ModelFormat, detect_format, load_model
 from tests.conftest import save_model
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from edgepack.converter.formats import safety
-from edgepack.converter.formats.base import LoadedModel, ModelFormat, file_sha256
 from edgepack.errors import ModelLoadError, UnsafeModelError
+from edgepack.formats import safety
+from edgepack.formats.base import LoadedModel, ModelFormat, file_sha256
 
 __all__ = ["LoadedModel", "ModelFormat", "detect_format", "file_sha256", "load_model"]
 
@@ -37,11 +37,11 @@ def detect_format(path: Path) -> tuple[ModelFormat, dict | None]:
         raise UnsafeModelError(f"{path}: the file is both a zip archive and an HDF5 file; refusing an "
                                "ambiguous model file", hint="re-save the model with model.save()")
     if is_zip:
-        from edgepack.converter.formats.keras import detect_zip
+        from edgepack.formats.keras import detect_zip
 
         return detect_zip(path)
     if is_h5:
-        from edgepack.converter.formats.keras import detect_h5
+        from edgepack.formats.keras import detect_h5
 
         return detect_h5(path)
     if path.suffix.lower() == ".onnx":
@@ -54,19 +54,19 @@ def detect_format(path: Path) -> tuple[ModelFormat, dict | None]:
 
 
 def _keras(p: Path, fmt: ModelFormat, sha: str, trust: bool) -> LoadedModel:
-    from edgepack.converter.formats.keras import load_keras
+    from edgepack.formats.keras import load_keras
 
     return load_keras(p, fmt, sha, trust)
 
 
 def _saved_model(p: Path, fmt: ModelFormat, sha: str, trust: bool) -> LoadedModel:
-    from edgepack.converter.formats.saved_model import load_saved_model
+    from edgepack.formats.saved_model import load_saved_model
 
     return load_saved_model(p, sha)
 
 
 def _onnx(p: Path, fmt: ModelFormat, sha: str, trust: bool) -> LoadedModel:
-    from edgepack.converter.formats.onnx import load_onnx
+    from edgepack.formats.onnx import load_onnx
 
     return load_onnx(p, sha)
 
