@@ -3,18 +3,20 @@
 The budget is held in the storage as *waiting* trials: the process that starts a search tops the
 study up to ``--trials`` (the grid's points themselves for ``--sampler grid``), and every worker —
 local processes (``--workers N``) or other machines sharing ``--storage`` — pops waiting trials until
-none are left. Popping is atomic in Optuna's database storage, so no trial runs twice and none is
-lost; a trial interrupted by Ctrl-C is marked failed and the next run puts it back in the budget.
+none are left. Popping is atomic (a file lock among this machine's workers, the row lock on
+PostgreSQL), so no trial runs twice and none is lost; a trial interrupted by Ctrl-C is marked failed
+and the next run puts it back in the budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,7 +224,8 @@ def work(job: TuneJob, worker: int, convert: Callable[..., Any], validate: Calla
     bundles.mkdir(parents=True, exist_ok=True)
     ran = 0
     while True:
-        trial_id = study._pop_waiting_trial_id()  # atomic in the database: one worker gets it
+        with _pop_lock(job.output):
+            trial_id = study._pop_waiting_trial_id()
         if trial_id is None:
             return ran
         trial = optuna.Trial(study, trial_id)
@@ -252,6 +255,23 @@ def work(job: TuneJob, worker: int, convert: Callable[..., Any], validate: Calla
             log.warning("trial %d: %s", trial.number, out.reason)
         if finished:
             finished(trial.number, out)
+
+
+@contextlib.contextmanager
+def _pop_lock(output: Path) -> Iterator[None]:
+    """Serialize popping a waiting trial among this machine's workers. Optuna's pop reads WAITING and
+    writes RUNNING in one transaction, which is atomic on PostgreSQL (``SELECT ... FOR UPDATE``) but
+    not on SQLite: two workers could both read WAITING and run the same trial (seen in the test suite
+    on a loaded machine: "Trial#2 has already finished and can not be updated"). Workers on other
+    machines share only a PostgreSQL study, where the database's row lock does the same."""
+    import fcntl
+
+    with open(output / ".pop.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _same_point(study, params: dict[str, Any], number: int) -> TrialOutcome | None:
