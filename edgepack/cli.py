@@ -124,6 +124,73 @@ class FiniteFloat(click.ParamType):
         return number
 
 
+# -- --help in sections: one table, option -> section, per command. An option not named here lands in
+#    the last section (OTHER_SECTION), and tests/test_cli_help.py lists it so that it gets a home.
+OTHER_SECTION = "Other options"
+HELP_SECTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "convert": {
+        "Quantization": ("--quantize", "--per-tensor"),
+        "Calibration": ("--calibration", "--calibration-samples", "--preprocess", "--label-column"),
+        "ONNX models": ("--input-shape", "--onnx2tf-option"),
+        "Pruning, clustering, low-rank, QAT and fine-tuning": (
+            "--prune", "--prune-norm", "--prune-round", "--prune-group", "--prune-layers", "--keep-layers",
+            "--cluster", "--cluster-layers", "--low-rank", "--qat", "--train-data", "--epochs", "--learning-rate",
+            "--distill", "--distribute"),
+        "Accuracy budget": ("--max-drop", "--metric", "--min-sqnr", "--min-agreement", "--eval-data", "--sqnr-axis",
+                            "--keep-best", "--confidence"),
+        "Target": ("--target",),
+        "Output and general": ("--output", "--labels", "--force", "--recipe", "--seed", "--trust-model",
+                               "--verbose", "--quiet", "--json", "--help"),
+    },
+    "validate": {
+        "Data": ("--data", "--preprocess", "--recipe", "--label-column"),
+        "Comparison and pass/fail": ("--reference", "--runtime", "--max-drop", "--metric", "--confidence",
+                                     "--trust-model"),
+        "Output and general": ("--verbose", "--quiet", "--json", "--help"),
+    },
+    "tune": {
+        "Data": ("--eval-data", "--calibration", "--train-data", "--preprocess", "--epochs"),
+        "Search": ("--space", "--trials", "--sampler", "--pruner", "--objective", "--seed"),
+        "Target and limits": ("--target", "--max-latency-ms", "--max-bytes"),
+        "Study storage and workers": ("--storage", "--study", "--workers"),
+        "Output and general": ("--output", "--keep", "--report", "--trust-model", "--verbose", "--quiet", "--json",
+                               "--help"),
+    },
+}
+
+
+def option_key(param: click.Parameter) -> str:
+    """The name an option has in :data:`HELP_SECTIONS`: its long form (``--output`` for ``-o/--output``)."""
+    longs = [o for o in getattr(param, "opts", ()) if o.startswith("--")]
+    return longs[0] if longs else param.name
+
+
+def option_sections(command: click.Command, ctx: click.Context) -> dict[str, list[click.Parameter]]:
+    """The command's options by section, in the table's order; unassigned ones last, under OTHER_SECTION."""
+    table = HELP_SECTIONS.get(command.name or "", {})
+    where = {opt: title for title, opts in table.items() for opt in opts}
+    sections: dict[str, list[click.Parameter]] = {title: [] for title in table}
+    sections[OTHER_SECTION] = []
+    for param in command.get_params(ctx):
+        if isinstance(param, click.Option):
+            sections[where.get(option_key(param), OTHER_SECTION)].append(param)
+    return sections
+
+
+class SectionedCommand(click.Command):
+    """A command whose ``--help`` lists its options in the sections of :data:`HELP_SECTIONS`
+    (parsing is Click's own: only the help text is grouped)."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections = option_sections(self, ctx)
+        named = [t for t, params in sections.items() if params and t != OTHER_SECTION]
+        for title, params in sections.items():
+            records = [r for r in (p.get_help_record(ctx) for p in params) if r is not None]
+            if records:
+                with formatter.section(title if named else "Options"):
+                    formatter.write_dl(records)
+
+
 class EdgepackGroup(click.Group):
     """Click's own usage errors as one line (``error: ...``, exit 2), like edgepack's."""
 
@@ -264,7 +331,7 @@ def main() -> None:
     """Turn Keras/ONNX models into validated TFLite (LiteRT) bundles for phones and microcontrollers."""
 
 
-@main.command()
+@main.command(cls=SectionedCommand)
 @click.argument("model", type=click.Path(path_type=str), required=False)
 @click.option("-o", "--output", type=click.Path(path_type=str), help="Bundle directory to create.")
 @click.option("--quantize", type=click.Choice(R.QUANTIZE_MODES), default=R.QuantizeOptions.mode.value,
@@ -354,7 +421,7 @@ def convert(recipe, verbose, quiet, as_json, optimize=None, **options) -> None:
                 click.echo(line)
 
 
-@main.command()
+@main.command(cls=SectionedCommand)
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str), required=True,
               help="Folder for the study (study.db), trials.csv, pareto.png and the kept bundles.")
@@ -440,7 +507,7 @@ def tune(model, output, calibration, verbose, quiet, as_json, report, **options)
         sys.exit(130)
 
 
-@main.command()
+@main.command(cls=SectionedCommand)
 @click.argument("bundle", type=click.Path(path_type=str))
 @click.option("--data", required=True, multiple=True, metavar="PATH|NAME=PATH",
               help="Labelled data: .npz with x (or input names) and y, a folder with one subfolder of images per "
