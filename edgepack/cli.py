@@ -377,6 +377,9 @@ def main() -> None:
                    "the last axis of 2..64 of a rank-2 one.")
 @click.option("--keep-best", is_flag=True,
               help="When no candidate meets the budget, write the best one anyway (\"budget_met\": false).")
+@click.option("--confidence", type=FiniteFloat(min=0.5, max=0.999), metavar="LEVEL",
+              help="Budgets are met when the bound of this two-sided interval meets them (lower bound of agreement "
+                   "and SQNR, upper bound of a drop).  [default: 0.95]")
 @data_options
 @optimize_options
 @common_options
@@ -521,11 +524,14 @@ def tune(model, output, calibration, verbose, quiet, as_json, report, **options)
               help="Your task metric, as for convert: FUNCTION(outputs, references, labels) returns a score, "
                    "1.0 = perfect; reported for bundle and reference, and judged by --max-drop.")
 @click.option("--trust-model", is_flag=True, help="Allow loading a reference model with Lambda layers.")
+@click.option("--confidence", type=FiniteFloat(min=0.5, max=0.999), default=0.95, show_default=True, metavar="LEVEL",
+              help="Level of the intervals printed beside each figure; --max-drop fails when the drop's upper "
+                   "bound is over it.")
 @data_options
 @common_options
 @handle_errors
-def validate(bundle, data, reference, runtime, max_drop, metric, trust_model, preprocess, recipe, label_column,
-             verbose, quiet, as_json) -> None:
+def validate(bundle, data, reference, runtime, max_drop, metric, trust_model, confidence, preprocess, recipe,
+             label_column, verbose, quiet, as_json) -> None:
     """Run BUNDLE on a device runtime over labelled data and compare with the source model.
 
     The preprocessing recorded in the bundle's manifest is applied to --data unless --preprocess or
@@ -534,7 +540,8 @@ def validate(bundle, data, reference, runtime, max_drop, metric, trust_model, pr
 
     report = api.validate(bundle=bundle, data=data_option(data, "--data"), reference=reference, runtime=runtime,
                           max_drop=max_drop, trust_model=trust_model, verbose=verbose > 0, check=False,
-                          preprocess=preprocess, recipe=recipe, label_column=label_column, metric=metric)
+                          preprocess=preprocess, recipe=recipe, label_column=label_column, metric=metric,
+                          confidence=confidence)
     if as_json:
         _emit_json(report.to_dict())
     elif quiet == 0:

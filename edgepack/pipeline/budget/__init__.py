@@ -36,10 +36,10 @@ like accuracy, in points below the source model's score.
 
 from __future__ import annotations
 
-from edgepack.pipeline.budget.evalset import EvalSet, default_axes, eval_set
+from edgepack.pipeline.budget.evalset import EvalSet, default_axes, eval_set, holdout_wanted
 from edgepack.pipeline.budget.scoring import Candidate, Runner, Score, score
 from edgepack.pipeline.budget.search import Search, SearchResult
 from edgepack.pipeline.budget.stage import integer_only, sensitivity_table, stage_budget
 
 __all__ = ["Candidate", "EvalSet", "Runner", "Score", "Search", "SearchResult", "default_axes", "eval_set",
-           "integer_only", "score", "sensitivity_table", "stage_budget"]
+           "holdout_wanted", "integer_only", "score", "sensitivity_table", "stage_budget"]

@@ -10,6 +10,13 @@ from typing import Any
 import numpy as np
 
 from edgepack.formats.base import signature_name
+from edgepack.validation.intervals import (
+    Interval,
+    samples_to_show_agreement,
+    samples_to_show_drop,
+    task_drop_interval,
+    task_reference_values,
+)
 from edgepack.validation.metrics import feature_axis
 
 
@@ -28,6 +35,7 @@ class EvalSet:
     task: Callable[[list, list, Any], float] | None = None  # --metric: the user's task metric
     stacked: tuple[bool, ...] = ()  # per output: the samples axis was added (no leading batch axis)
     _task_reference: float | None = None
+    _task_resampled: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
@@ -43,12 +51,32 @@ class EvalSet:
             self._task_reference = self.task(self.refs, self.refs, self.labels)
         return self._task_reference
 
+    def task_drop_interval(self, outputs: list[np.ndarray], value: float, confidence: float) -> Interval:
+        """The task metric's drop (a fraction) with its paired bootstrap interval; the source model's
+        scores on the resamples are computed once for every candidate."""
+        if self._task_resampled is None:
+            self._task_resampled = task_reference_values(self.task, self.refs, self.labels)
+        return task_drop_interval(self.task, outputs, self.refs, self.labels, value, confidence,
+                                  reference_values=self._task_resampled)
+
+
+MAX_HOLDOUT = 400  # held-out calibration samples at most, however many the budget would need
+
+
+def holdout_wanted(budget) -> int:
+    """How many calibration samples to hold out for the budget: ``budget.holdout`` (100), or as many as
+    showing the budget needs even if every sample agrees (its interval's bound), up to MAX_HOLDOUT."""
+    needs = [budget.holdout]
+    if budget.min_agreement is not None:
+        needs.append(samples_to_show_agreement(budget.min_agreement, budget.confidence) or MAX_HOLDOUT)
+    if budget.max_drop is not None and budget.metric is None:
+        needs.append(samples_to_show_drop(budget.max_drop / 100.0, 1.0, budget.confidence) or MAX_HOLDOUT)
+    return max(budget.holdout, min(max(needs), MAX_HOLDOUT))
 
 
 def default_axes(output_names: Sequence[str], shapes: Sequence[Sequence[int]], overrides: dict[str, int]
                  ) -> list[int | None]:
     return [feature_axis(tuple(s), overrides.get(n)) for n, s in zip(output_names, shapes)]
-
 
 
 def eval_set(st) -> EvalSet:

@@ -4,6 +4,7 @@ the in-process LiteRT runner, and the candidate record written to the manifest."
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,11 +16,28 @@ from edgepack.formats.base import signature_name
 from edgepack.pipeline.budget.evalset import EvalSet
 from edgepack.request import BudgetOptions
 from edgepack.tflite_model import read_tflite
+from edgepack.validation.intervals import (
+    Interval,
+    agreement_interval,
+    paired_drop_interval,
+    per_sample_slice_sums,
+    worst_slice_sqnr_interval,
+)
 from edgepack.validation.metrics import RunningSliceSqnr
 
 STRUCTURAL = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE", "CONCATENATION",
               "GATHER", "STRIDED_SLICE", "SLICE", "PACK", "UNPACK", "SPLIT", "SPLIT_V", "PAD", "PADV2"}
 
+
+
+@dataclass
+class Evidence:
+    """The per-sample facts a score's intervals come from (samples first)."""
+
+    agree_hits: dict[str, np.ndarray]  # per output and sample: the share of top-1 decisions the same as the source's
+    slice_sums: dict[str, tuple[np.ndarray, np.ndarray]]  # per output: (signal, noise), (samples, slices)
+    correct: tuple[np.ndarray, np.ndarray] | None = None  # top-1 right per sample: (source, candidate)
+    task_drop: Callable[[float], Interval] | None = None  # --metric: the drop's bootstrap at a confidence
 
 
 @dataclass
@@ -32,6 +50,8 @@ class Score:
     accuracy_reference: float | None
     sample_error: np.ndarray  # per sample: noise / signal over all outputs (ranking)
     task: bool = False  # accuracy / accuracy_reference are the --metric task metric, not top-1
+    evidence: Evidence | None = None
+    _intervals: dict[tuple, Any] = field(default_factory=dict, repr=False)
 
     @property
     def drop_pp(self) -> float | None:
@@ -40,8 +60,8 @@ class Score:
         return (self.accuracy_reference - self.accuracy) * 100.0
 
     def margin(self, budget: BudgetOptions) -> float:
-        """How far inside the budget (positive) or outside (negative): the tightest constraint, in
-        dB, agreement percentage points or accuracy points."""
+        """How far inside the budget (positive) or outside (negative) the measured figures are: the
+        tightest constraint, in dB, agreement percentage points or accuracy points (ranks candidates)."""
         slack = []
         if budget.min_sqnr is not None:
             slack.append(_finite(min(self.sqnr.values())) - budget.min_sqnr)
@@ -51,7 +71,64 @@ class Score:
             slack.append(budget.max_drop - (self.drop_pp if self.drop_pp is not None else math.inf))
         return min(slack) if slack else math.inf
 
-    def to_dict(self) -> dict[str, Any]:
+    def bound_margin(self, budget: BudgetOptions) -> float:
+        """The same slack judged on the intervals' bounds at ``budget.confidence``: the lower bound of
+        SQNR and agreement, the upper bound of the drop."""
+        slack = []
+        conf = budget.confidence
+        if budget.min_sqnr is not None:
+            slack.append(_finite(min(i.low for i in self.sqnr_intervals(conf).values())) - budget.min_sqnr)
+        if budget.min_agreement is not None:
+            slack.append((min(i.low for i in self.agreement_intervals(conf).values()) - budget.min_agreement) * 100)
+        if budget.max_drop is not None:
+            drop = self.drop_interval(conf)
+            slack.append(budget.max_drop - (drop.high * 100.0 if drop is not None else math.inf))
+        return min(slack) if slack else math.inf
+
+    def meets(self, budget: BudgetOptions) -> bool:
+        """Met: the measured figures and the bounds of their intervals meet the budget."""
+        return self.margin(budget) >= 0 and (self.evidence is None or self.bound_margin(budget) >= 0)
+
+    def _cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        if key not in self._intervals:
+            self._intervals[key] = compute()
+        return self._intervals[key]
+
+    def agreement_intervals(self, confidence: float) -> dict[str, Interval]:
+        hits = self.evidence.agree_hits if self.evidence is not None else {}
+        return self._cached(("agreement", confidence), lambda: {
+            k: agreement_interval(h, confidence) for k, h in hits.items()})
+
+    def sqnr_intervals(self, confidence: float) -> dict[str, Interval]:
+        sums = self.evidence.slice_sums if self.evidence is not None else {}
+        return self._cached(("sqnr", confidence), lambda: {
+            k: worst_slice_sqnr_interval(rr, nn, confidence) for k, (rr, nn) in sums.items()})
+
+    def drop_interval(self, confidence: float) -> Interval | None:
+        """The drop (a fraction) of top-1 accuracy (Newcombe, paired) or of the task metric (bootstrap)."""
+        ev = self.evidence
+        if ev is None or (ev.correct is None and ev.task_drop is None):
+            return None
+        return self._cached(("drop", confidence), lambda: ev.task_drop(confidence) if ev.task_drop is not None
+                            else paired_drop_interval(*ev.correct, confidence))
+
+    def intervals(self, budget: BudgetOptions, task: bool = True) -> dict[str, Any]:
+        """The budget's figures with their intervals, for the manifest (the task metric's bootstrap only
+        when ``task`` or already computed)."""
+        conf = budget.confidence
+        d: dict[str, Any] = {"confidence": conf}
+        if self.agreement:
+            d["agreement"] = {k: i.to_dict() for k, i in self.agreement_intervals(conf).items()}
+        if budget.min_sqnr is not None:
+            d["sqnr_db"] = {k: i.to_dict(3) for k, i in self.sqnr_intervals(conf).items()}
+        if budget.max_drop is not None and (task or not self.task or ("drop", conf) in self._intervals):
+            drop = self.drop_interval(conf)
+            if drop is not None:
+                pp = Interval(drop.value * 100, drop.low * 100, drop.high * 100, drop.n, conf, drop.method)
+                d["task_metric_drop_pp" if self.task else "accuracy_drop_pp"] = pp.to_dict(3)
+        return d
+
+    def to_dict(self, budget: BudgetOptions | None = None, task: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {"sqnr_db": {k: _round(v) for k, v in self.sqnr.items()},
                              "sqnr_db_whole": {k: _round(v) for k, v in self.sqnr_whole.items()},
                              "worst_slice": dict(self.worst_slice),
@@ -60,18 +137,31 @@ class Score:
             key = "task_metric" if self.task else "accuracy"
             d.update({key: round(self.accuracy, 5), f"{key}_reference": round(self.accuracy_reference, 5),
                       f"{key}_drop_pp": round(self.drop_pp, 3)})
+        if budget is not None and self.evidence is not None:
+            d["intervals"] = self.intervals(budget, task)
         return d
 
-    def brief(self) -> str:
-        parts = [f"worst-slice SQNR {_fmt_db(min(self.sqnr.values()))}"]
+    def brief(self, budget: BudgetOptions | None = None) -> str:
+        """The figures in one line; with ``budget``, the budget's figures with their intervals."""
+        conf = budget.confidence if budget is not None and self.evidence is not None else None
+        worst = min(self.sqnr.values())
+        sq = _fmt_db(worst)
+        if conf is not None and budget.min_sqnr is not None:
+            sq = min(self.sqnr_intervals(conf).values(), key=lambda i: i.value).format(2) + " (dB)"
+        parts = [f"worst-slice SQNR {sq}"]
         if self.agreement:
-            parts.append(f"agreement {min(self.agreement.values()):.4f}")
+            agree = f"{min(self.agreement.values()):.4f}"
+            if conf is not None and budget.min_agreement is not None:
+                agree = min(self.agreement_intervals(conf).values(), key=lambda i: i.value).format()
+            parts.append(f"agreement {agree}")
         if self.drop_pp is not None:
+            drop = f"{self.drop_pp:.2f} pp"
+            if conf is not None and budget.max_drop is not None and self.drop_interval(conf) is not None:
+                drop = self.drop_interval(conf).format(2, scale=100.0) + " (pp)"
             if self.task:
-                parts.append(f"task metric {self.accuracy:.4f} (source {self.accuracy_reference:.4f}, "
-                             f"drop {self.drop_pp:.2f} pp)")
+                parts.append(f"task metric {self.accuracy:.4f} (source {self.accuracy_reference:.4f}, drop {drop})")
             else:
-                parts.append(f"accuracy drop {self.drop_pp:.2f} pp")
+                parts.append(f"accuracy drop {drop}")
         return ", ".join(parts)
 
 
@@ -134,12 +224,14 @@ class Runner:
 def score(model: bytes, ev: EvalSet) -> Score:
     outs = Runner(model, ev)(ev.inputs)
     sqnr, whole, worst, agree = {}, {}, {}, {}
+    evidence = Evidence({}, {})
     err = np.zeros(len(ev))
     for name, ref, out, axis in zip(ev.output_names, ev.refs, outs, ev.axes):
         out = out.reshape(ref.shape) if out.size == ref.size else out
         s = RunningSliceSqnr(axis)
         s.update(ref, out)
         sqnr[name], worst[name] = s.worst
+        evidence.slice_sums[name] = per_sample_slice_sums(ref, out, axis)
         if axis is None:  # one slice: the whole tensor
             whole[name] = sqnr[name]
         else:
@@ -147,22 +239,27 @@ def score(model: bytes, ev: EvalSet) -> Score:
             w.update(ref, out)
             whole[name] = w.worst[0]
         if ref.ndim >= 2 and ref.shape[-1] > 1:
-            agree[name] = float(np.mean(ref.argmax(axis=-1) == out.argmax(axis=-1)))
+            same = (ref.argmax(axis=-1) == out.argmax(axis=-1)).reshape(len(ev), -1)
+            agree[name] = float(np.mean(same))
+            evidence.agree_hits[name] = same.mean(axis=1)
         r = ref.reshape(len(ev), -1).astype(np.float64)
         d = r - out.reshape(len(ev), -1)
         err += np.sum(d * d, axis=1) / max(float(np.sum(r * r)) / len(ev), 1e-30)
-    acc = acc_ref = None
     if ev.task is not None:
-        return Score(sqnr, whole, worst, agree, ev.task(outs, ev.refs, ev.labels), ev.task_reference(), err, True)
+        value = ev.task(outs, ev.refs, ev.labels)
+        evidence.task_drop = lambda conf: ev.task_drop_interval(outs, ev.task_reference() - value, conf)
+        return Score(sqnr, whole, worst, agree, value, ev.task_reference(), err, True, evidence)
+    acc = acc_ref = None
     if ev.labels is not None:
         y = np.asarray(ev.labels)
         if y.ndim == ev.refs[0].ndim and y.ndim > 1:
             y = y.argmax(axis=-1)
         y = y.reshape(-1)
-        acc = float(np.mean(outs[0].reshape(len(ev), -1).argmax(axis=-1) == y))
-        acc_ref = float(np.mean(ev.refs[0].reshape(len(ev), -1).argmax(axis=-1) == y))
-    return Score(sqnr, whole, worst, agree, acc, acc_ref, err)
-
+        right = outs[0].reshape(len(ev), -1).argmax(axis=-1) == y
+        ref_right = ev.refs[0].reshape(len(ev), -1).argmax(axis=-1) == y
+        acc, acc_ref = float(np.mean(right)), float(np.mean(ref_right))
+        evidence.correct = (ref_right, right)
+    return Score(sqnr, whole, worst, agree, acc, acc_ref, err, evidence=evidence)
 
 
 # -- candidates ----------------------------------------------------------------------------------------
@@ -200,8 +297,9 @@ class Candidate:
         not_int8 = self.ops_out_of_int8(ops)
         total = len([k for k, _, _ in ops if k not in ("QUANTIZE", "DEQUANTIZE")])
         rec = {"step": self.step, "name": self.name, "met": self.met, "margin": _round(self.score.margin(budget)),
-               "metric": self.score.to_dict(), "float_ops": len(not_int8["float"]), "int16_ops": len(not_int8["int16"]),
-               "ops": total, "bytes": len(self.model), "seconds": round(self.seconds, 3)}
+               "metric": self.score.to_dict(budget, task=False), "float_ops": len(not_int8["float"]),
+               "int16_ops": len(not_int8["int16"]), "ops": total, "bytes": len(self.model),
+               "seconds": round(self.seconds, 3)}
         if latency:
             rec["litert_p50_ms"] = litert_p50_ms(self.model, runs=20, warmup=3)
         return rec

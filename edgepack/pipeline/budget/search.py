@@ -35,6 +35,7 @@ class SearchResult:
     sensitivity: list[dict[str, Any]]
     notes: list[str]
     seconds: float
+    all_float: Candidate | None = None  # every op float (inputs int8): what the I/O quantization alone allows
 
 
 class Search(GreedyFallback, TopDown):
@@ -50,6 +51,7 @@ class Search(GreedyFallback, TopDown):
         self.local: dict[str, float] = {}
         self.gains: dict[str, float] = {}
         self._ranking: EvalSet | None = None
+        self.all_float: Candidate | None = None  # the top-down pass's every-op-float candidate
         self._models: dict[tuple, bytes] = {}  # quantized candidates by their settings: a probe confirmed is not redone
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -70,11 +72,12 @@ class Search(GreedyFallback, TopDown):
                     self._models.pop(next(iter(self._models)))
         sc = score(model, ev or self.ev)
         cand = Candidate(step, name, model, sc, **kw)
-        cand.met = ev is None and sc.margin(self.budget) >= 0
+        cand.met = ev is None and sc.meets(self.budget)  # the bounds of the intervals, not only the figures
         cand.seconds = time.perf_counter() - start
         if ev is None:
             self.tried.append(cand)
-            log.info("budget: %s (%s): %s%s", step, name, sc.brief(), " -- meets the budget" if cand.met else "")
+            log.info("budget: %s (%s): %s%s", step, name, sc.brief(self.budget if cand.met else None),
+                     " -- meets the budget" if cand.met else "")
             self.progress(f"{step}: {sc.brief()}")
         return cand
 
@@ -90,7 +93,7 @@ class Search(GreedyFallback, TopDown):
             chosen = self.best()
         sens = self.sensitivity(chosen)
         trace = [c.record(self.budget, self.latency) for c in self.tried]
-        return SearchResult(chosen, met, trace, sens, self.notes, time.perf_counter() - start)
+        return SearchResult(chosen, met, trace, sens, self.notes, time.perf_counter() - start, self.all_float)
 
     def _search(self) -> Candidate | None:
         base = self._make("int8", "full int8", model=self.baseline)

@@ -29,10 +29,11 @@ class TopDown:
             except EdgepackError as err:
                 self.notes.append(f"all-float candidate failed: {err.message}")
                 return None
+            self.all_float = current
             if current.met:
                 break
         if not current.met:
-            self.notes.append(f"even every op in float misses the budget ({current.score.brief()})")
+            self.notes.append(f"even every op in float misses the budget ({current.score.brief(self.budget)})")
             return current
         deny, trials = list(ops), 0
         for level in range(1, TOP_DOWN_LEVELS + 1):
