@@ -64,7 +64,8 @@ def _wilson(k: float, n: int, z: float) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = p + z * z / (2 * n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom)
+    low = 0.0 if k <= 0 else max(0.0, (centre - half) / denom)  # exact at the ends, not 1 - 2e-16
+    return low, 1.0 if k >= n else min(1.0, (centre + half) / denom)
 
 
 def wilson_interval(k: int, n: int, confidence: float = CONFIDENCE) -> Interval:

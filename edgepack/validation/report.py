@@ -127,24 +127,32 @@ def render(report: ValidationReport, console) -> None:
     head.add_row("time", f"{report.seconds:.2f}s")
     console.print(head)
     if report.outputs:
-        t = Table(title="outputs vs reference", title_justify="left")
-        for col in ("output", "max abs error", "cosine", "SQNR (dB)", "worst slice SQNR (dB)"):
-            t.add_column(col, justify="right" if col != "output" else "left")
-        for o in report.outputs:
-            sq = "inf" if o.sqnr_db is None else f"{o.sqnr_db:.2f}"
-            ws = with_interval("inf" if o.worst_slice_sqnr_db is None else f"{o.worst_slice_sqnr_db:.2f}",
-                               iv.get("worst_slice_sqnr_db", {}).get(o.name), 2)
-            sq += " (exact)" if o.exact else ""
-            if o.slice_axis is not None and o.worst_slice is not None:
-                ws += f" (axis {o.slice_axis} #{o.worst_slice})"
-            elif o.slice_axis is None:
-                ws += " (one slice)"
-            t.add_row(o.name, f"{o.max_abs_error:.5g}", f"{o.cosine_similarity:.6f}", sq, ws)
-        console.print(t)
+        console.print(_outputs_table(report))
     for note in report.notes:
         console.print(f"note: {note}")
     verdict = "[green]PASS[/green]" if report.passed else "[red]FAIL[/red]: " + "; ".join(report.failures)
     console.print(verdict)
+
+
+def _outputs_table(report: ValidationReport):
+    """Each output against the reference: max abs error, cosine, SQNR, the worst slice with its interval."""
+    from rich.table import Table
+
+    iv = report.intervals
+    t = Table(title="outputs vs reference", title_justify="left")
+    for col in ("output", "max abs error", "cosine", "SQNR (dB)", "worst slice SQNR (dB)"):
+        t.add_column(col, justify="right" if col != "output" else "left")
+    for o in report.outputs:
+        sq = "inf" if o.sqnr_db is None else f"{o.sqnr_db:.2f}"
+        ws = with_interval("inf" if o.worst_slice_sqnr_db is None else f"{o.worst_slice_sqnr_db:.2f}",
+                           iv.get("worst_slice_sqnr_db", {}).get(o.name), 2)
+        sq += " (exact)" if o.exact else ""
+        if o.slice_axis is not None and o.worst_slice is not None:
+            ws += f" (axis {o.slice_axis} #{o.worst_slice})"
+        elif o.slice_axis is None:
+            ws += " (one slice)"
+        t.add_row(o.name, f"{o.max_abs_error:.5g}", f"{o.cosine_similarity:.6f}", sq, ws)
+    return t
 
 
 def finite_or_none(x: float) -> float | None:

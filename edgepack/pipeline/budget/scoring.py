@@ -222,7 +222,12 @@ class Runner:
 
 
 def score(model: bytes, ev: EvalSet) -> Score:
-    outs = Runner(model, ev)(ev.inputs)
+    """A candidate's figures on the evaluation set (run in-process on LiteRT)."""
+    return score_outputs(Runner(model, ev)(ev.inputs), ev)
+
+
+def score_outputs(outs: list[np.ndarray], ev: EvalSet) -> Score:
+    """The figures of a candidate's outputs (source layout, samples first) against the source model's."""
     sqnr, whole, worst, agree = {}, {}, {}, {}
     evidence = Evidence({}, {})
     err = np.zeros(len(ev))
