@@ -370,7 +370,8 @@ def main() -> None:
               help="Accuracy budget: top-1 agreement with the source model of at least F (e.g. 0.99), per output.")
 @click.option("--eval-data", multiple=True, metavar="PATH|NAME=PATH",
               help="Data the budget is judged on (any source validate accepts). Default: a seeded held-out part of "
-                   "the calibration data that calibration does not use.")
+                   "the calibration data that calibration does not use (100 samples, or what the budget needs, up "
+                   "to 400; at most half the data).")
 @click.option("--sqnr-axis", multiple=True, metavar="NAME:AXIS",
               help="The axis along which output NAME is judged slice by slice (axis 0 = batch; repeatable). "
                    "Default: the smallest non-batch axis of 2..256 elements of a rank>=3 output, "

@@ -85,6 +85,7 @@ def with_interval(text: str, interval: dict[str, Any] | None, digits: int = 3) -
 
 def render(report: ValidationReport, console) -> None:
     """Print the report as rich tables."""
+    from rich.markup import escape
     from rich.table import Table
 
     head = Table(title=f"edgepack validate · {report.bundle}", show_header=False, title_justify="left")
@@ -95,7 +96,7 @@ def render(report: ValidationReport, console) -> None:
     head.add_row("reference", report.reference or "none")
     iv = report.intervals
     if iv:
-        head.add_row("intervals", f"{report.confidence * 100:g}% [low, high], n samples")
+        head.add_row("intervals", escape(f"{report.confidence * 100:g}%: figure [low, high], n samples"))
     if report.accuracy_bundle is not None:
         head.add_row("accuracy (bundle)", with_interval(f"{report.accuracy_bundle:.3f}", iv.get("accuracy_bundle")))
     if report.accuracy_reference is not None:

@@ -138,13 +138,14 @@ def _advice(st, result: SearchResult) -> str:
     more calibration data."""
     budget, every = st.request.budget, result.all_float
     if every is not None and every.score.margin(budget) >= 0:
-        return (f"every op float reaches {every.score.brief(budget)}: the figures meet the budget but "
-                f"{len(every.score.sample_error)} samples cannot show it at {budget.confidence:g} confidence; "
+        return (f"every op float reaches {every.score.brief(budget)}: the figures meet the budget, the bounds of "
+                f"their {budget.confidence:g} intervals on {len(every.score.sample_error)} samples do not; "
                 "give more --eval-data (or more --calibration data for the held-out part)")
     if every is not None and st.calibrated is not None and st.calibrated.input_type != _float32():
-        return (f"the int8 input bounds it: with every op float ({every.name}) it reaches "
-                f"{every.score.brief(budget)}, so no QAT or calibration lifts it; convert with "
-                "--quantize int8-float-io (integer inside, float input and output)")
+        figure = "" if every is result.chosen else f" ({every.name}: {every.score.brief(budget)})"
+        return (f"the int8 input bounds it: even every op float misses the budget{figure}, and no QAT or "
+                "calibration lifts that; convert with --quantize int8-float-io (integer inside, float input and "
+                "output)")
     advice = "try --qat with --train-data, or a larger --calibration set"
     if integer_only(st.target):
         advice += " (this integer-only target allows no float fallback)"
