@@ -3,6 +3,7 @@ except with ``--metric``: the user's task metric sees all outputs at once)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from edgepack.validation.metrics import (
     RunningSliceSqnr,
     feature_axis,
 )
-from edgepack.validation.report import OutputComparison, ValidationReport, finite_or_none
+from edgepack.validation.report import OutputComparison, ValidationReport, finite_or_none, with_interval
 
 
 class _Micro:
@@ -208,16 +209,24 @@ class Evaluation:
                 measured["task_metric_drop_pp"] = report.task_metric["drop_pp"]
             else:
                 report.notes.append(f"convert's budget bounded the task metric {task}; pass --metric to measure it")
+        iv = report.intervals
+        sqnr_iv = min((i for i in iv.get("worst_slice_sqnr_db", {}).values()), default=None,
+                      key=lambda i: math.inf if i["value"] is None else i["value"])
         parts = []
         if "min_sqnr_db" in budget["budget"]:
-            parts.append("worst-slice SQNR " + ("inf" if measured["worst_slice_sqnr_db"] is None
-                                                 else f"{measured['worst_slice_sqnr_db']:.2f} dB"))
+            parts.append("worst-slice SQNR " + with_interval("inf" if measured["worst_slice_sqnr_db"] is None
+                                                              else f"{measured['worst_slice_sqnr_db']:.2f}", sqnr_iv, 2)
+                         + " dB")
         if "min_agreement" in budget["budget"] and measured["agreement"] is not None:
-            parts.append(f"agreement {measured['agreement']:.4f}")
+            one = len(self.manifest.outputs) == 1
+            parts.append("agreement " + with_interval(f"{measured['agreement']:.3f}",
+                                                      iv.get("top1_agreement") if one else None))
         if "max_drop_pp" in budget["budget"] and measured["accuracy_drop_pp"] is not None:
-            parts.append(f"accuracy drop {measured['accuracy_drop_pp']:.2f} pp")
+            parts.append("accuracy drop " + with_interval(f"{measured['accuracy_drop_pp']:.2f}",
+                                                          iv.get("accuracy_drop_pp"), 2) + " pp")
         if measured.get("task_metric_drop_pp") is not None:
-            parts.append(f"task metric drop {measured['task_metric_drop_pp']:.2f} pp")
+            parts.append("task metric drop " + with_interval(f"{measured['task_metric_drop_pp']:.2f}",
+                                                             iv.get("task_metric_drop_pp"), 2) + " pp")
         report.budget = {"budget": budget["budget"], "budget_met_at_convert": budget["budget_met"],
                          "values": measured, "measured": ", ".join(parts) or "not measurable on this data"}
 
