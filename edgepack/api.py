@@ -60,7 +60,8 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             distribute: str | None = None, learning_rate: float | None = None, max_drop: float | None = None,
             min_sqnr: float | None = None, min_agreement: float | None = None,
             eval_data: str | Path | Mapping[str, str | Path] | None = None, sqnr_axis: Sequence[str] | None = None,
-            keep_best: bool | None = None, metric: str | None = None) -> ConvertResult:
+            keep_best: bool | None = None, metric: str | None = None,
+            confidence: float | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
 
     Every option left at ``None`` takes the ``recipe`` file's value, else the default of
@@ -89,8 +90,8 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     budget: the search keeps the cheapest candidate that meets it (better ranges, float fallback of
     the worst layers, int16x8) and records it in the manifest's ``budget``; ``sqnr_axis``
     (``["NAME:AXIS"]``) sets an output's slice axis; ``keep_best`` writes the best candidate when
-    none meets it; ``metric`` (``"FILE.py:FUNCTION"``) makes ``max_drop`` bound the user's task
-    metric instead of top-1 accuracy (no labels needed when it compares with the source outputs)."""
+    none meets it; ``metric`` (``"FILE.py:FUNCTION"``) makes ``max_drop`` bound the user's task metric
+    (no labels needed); met: the bound of the ``confidence`` (0.95) interval meets the budget."""
     flags = {k: v for k, v in locals().items() if k not in ("progress", "recipe")}
     from edgepack._native import quiet_tensorflow
     from edgepack.packaging.tempdirs import run_tempdir
@@ -121,8 +122,9 @@ def validate(*, bundle: str | Path, data: str | Path | Mapping[str, str | Path],
              runtime: str = "litert", max_drop: float | None = None, trust_model: bool = False,
              verbose: bool = False, progress: Callable[[int], None] | None = None, check: bool = True,
              preprocess: str | None = None, recipe: str | Path | None = None, label_column: str | None = None,
-             metric: str | None = None):
-    """Validate a bundle on ``data``; raises :class:`ValidationFailed` past the budget when ``check``.
+             metric: str | None = None, confidence: float = 0.95):
+    """Validate a bundle on ``data``; raises :class:`ValidationFailed` past the budget when ``check``
+    (``max_drop`` judged on the upper bound of the drop's ``confidence`` interval).
 
     ``metric`` (``"FILE.py:FUNCTION"``, as for convert) measures the user's task metric on the bundle
     and the reference; ``max_drop`` then bounds it instead of top-1 accuracy.
@@ -140,7 +142,7 @@ def validate(*, bundle: str | Path, data: str | Path | Mapping[str, str | Path],
                              runtime=_enum(Runtime, runtime, "--runtime"), max_drop=max_drop,
                              trust_model=trust_model, progress=progress, preprocess=preprocess,
                              recipe=Path(recipe) if recipe is not None else None, label_column=label_column,
-                             metric=metric)
+                             metric=metric, confidence=confidence)
     if check:
         raise_if_failed(report)
     return report
@@ -152,6 +154,9 @@ def budget_lines(budget: Mapping[str, Any]) -> list[str]:
     met = "met" if budget["budget_met"] else "NOT met (--keep-best)"
     lines = [f"budget {met}: chosen {chosen['name']} ({chosen['step']}) after {len(budget['candidates'])} "
              f"candidate(s) in {budget['search_seconds']:.1f}s"]
+    judged = interval_lines(chosen["metric"].get("intervals"))
+    if judged:
+        lines.append(f"  judged on the interval's bound: {judged}")
     for c in budget["candidates"]:
         sq = [v for v in c["metric"]["sqnr_db"].values()]
         worst = min((v for v in sq if v is not None), default=None)
@@ -168,6 +173,24 @@ def budget_lines(budget: Mapping[str, Any]) -> list[str]:
     for note in budget.get("notes", []):
         lines.append(f"  note: {note}")
     return lines
+
+
+def interval_lines(intervals: Mapping[str, Any] | None) -> str:
+    """``agreement logits 0.930 [0.895, 0.954], n=300 (95%)``: a budget's figures with their intervals."""
+    if not intervals:
+        return ""
+
+    def text(i: Mapping[str, Any], digits: int) -> str:
+        def f(v):
+            return "inf" if v is None else f"{v:.{digits}f}"
+        return f"{f(i['value'])} [{f(i['low'])}, {f(i['high'])}], n={i['n']}"
+
+    parts = [f"agreement {k} {text(i, 3)}" for k, i in intervals.get("agreement", {}).items()]
+    parts += [f"worst-slice SQNR {k} {text(i, 2)} dB" for k, i in intervals.get("sqnr_db", {}).items()]
+    for key, what in (("accuracy_drop_pp", "accuracy drop"), ("task_metric_drop_pp", "task metric drop")):
+        if key in intervals:
+            parts.append(f"{what} {text(intervals[key], 2)} pp")
+    return "; ".join(parts) + f" ({intervals['confidence'] * 100:g}% intervals)" if parts else ""
 
 
 def inspect_layers(*, path: str | Path) -> dict[str, Any]:

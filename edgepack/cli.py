@@ -124,6 +124,73 @@ class FiniteFloat(click.ParamType):
         return number
 
 
+# -- --help in sections: one table, option -> section, per command. An option not named here lands in
+#    the last section (OTHER_SECTION), and tests/test_cli_help.py lists it so that it gets a home.
+OTHER_SECTION = "Other options"
+HELP_SECTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "convert": {
+        "Quantization": ("--quantize", "--per-tensor"),
+        "Calibration": ("--calibration", "--calibration-samples", "--preprocess", "--label-column"),
+        "ONNX models": ("--input-shape", "--onnx2tf-option"),
+        "Pruning, clustering, low-rank, QAT and fine-tuning": (
+            "--prune", "--prune-norm", "--prune-round", "--prune-group", "--prune-layers", "--keep-layers",
+            "--cluster", "--cluster-layers", "--low-rank", "--qat", "--train-data", "--epochs", "--learning-rate",
+            "--distill", "--distribute"),
+        "Accuracy budget": ("--max-drop", "--metric", "--min-sqnr", "--min-agreement", "--eval-data", "--sqnr-axis",
+                            "--keep-best", "--confidence"),
+        "Target": ("--target",),
+        "Output and general": ("--output", "--labels", "--force", "--recipe", "--seed", "--trust-model",
+                               "--verbose", "--quiet", "--json", "--help"),
+    },
+    "validate": {
+        "Data": ("--data", "--preprocess", "--recipe", "--label-column"),
+        "Comparison and pass/fail": ("--reference", "--runtime", "--max-drop", "--metric", "--confidence",
+                                     "--trust-model"),
+        "Output and general": ("--verbose", "--quiet", "--json", "--help"),
+    },
+    "tune": {
+        "Data": ("--eval-data", "--calibration", "--train-data", "--preprocess", "--epochs"),
+        "Search": ("--space", "--trials", "--sampler", "--pruner", "--objective", "--seed"),
+        "Target and limits": ("--target", "--max-latency-ms", "--max-bytes"),
+        "Study storage and workers": ("--storage", "--study", "--workers"),
+        "Output and general": ("--output", "--keep", "--report", "--trust-model", "--verbose", "--quiet", "--json",
+                               "--help"),
+    },
+}
+
+
+def option_key(param: click.Parameter) -> str:
+    """The name an option has in :data:`HELP_SECTIONS`: its long form (``--output`` for ``-o/--output``)."""
+    longs = [o for o in getattr(param, "opts", ()) if o.startswith("--")]
+    return longs[0] if longs else param.name
+
+
+def option_sections(command: click.Command, ctx: click.Context) -> dict[str, list[click.Parameter]]:
+    """The command's options by section, in the table's order; unassigned ones last, under OTHER_SECTION."""
+    table = HELP_SECTIONS.get(command.name or "", {})
+    where = {opt: title for title, opts in table.items() for opt in opts}
+    sections: dict[str, list[click.Parameter]] = {title: [] for title in table}
+    sections[OTHER_SECTION] = []
+    for param in command.get_params(ctx):
+        if isinstance(param, click.Option):
+            sections[where.get(option_key(param), OTHER_SECTION)].append(param)
+    return sections
+
+
+class SectionedCommand(click.Command):
+    """A command whose ``--help`` lists its options in the sections of :data:`HELP_SECTIONS`
+    (parsing is Click's own: only the help text is grouped)."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections = option_sections(self, ctx)
+        named = [t for t, params in sections.items() if params and t != OTHER_SECTION]
+        for title, params in sections.items():
+            records = [r for r in (p.get_help_record(ctx) for p in params) if r is not None]
+            if records:
+                with formatter.section(title if named else "Options"):
+                    formatter.write_dl(records)
+
+
 class EdgepackGroup(click.Group):
     """Click's own usage errors as one line (``error: ...``, exit 2), like edgepack's."""
 
@@ -264,7 +331,7 @@ def main() -> None:
     """Turn Keras/ONNX models into validated TFLite (LiteRT) bundles for phones and microcontrollers."""
 
 
-@main.command()
+@main.command(cls=SectionedCommand)
 @click.argument("model", type=click.Path(path_type=str), required=False)
 @click.option("-o", "--output", type=click.Path(path_type=str), help="Bundle directory to create.")
 @click.option("--quantize", type=click.Choice(R.QUANTIZE_MODES), default=R.QuantizeOptions.mode.value,
@@ -303,13 +370,17 @@ def main() -> None:
               help="Accuracy budget: top-1 agreement with the source model of at least F (e.g. 0.99), per output.")
 @click.option("--eval-data", multiple=True, metavar="PATH|NAME=PATH",
               help="Data the budget is judged on (any source validate accepts). Default: a seeded held-out part of "
-                   "the calibration data that calibration does not use.")
+                   "the calibration data that calibration does not use (100 samples, or what the budget needs, up "
+                   "to 400; at most half the data).")
 @click.option("--sqnr-axis", multiple=True, metavar="NAME:AXIS",
               help="The axis along which output NAME is judged slice by slice (axis 0 = batch; repeatable). "
                    "Default: the smallest non-batch axis of 2..256 elements of a rank>=3 output, "
                    "the last axis of 2..64 of a rank-2 one.")
 @click.option("--keep-best", is_flag=True,
               help="When no candidate meets the budget, write the best one anyway (\"budget_met\": false).")
+@click.option("--confidence", type=FiniteFloat(min=0.5, max=0.999), metavar="LEVEL",
+              help="Budgets are met when the bound of this two-sided interval meets them (lower bound of agreement "
+                   "and SQNR, upper bound of a drop).  [default: 0.95]")
 @data_options
 @optimize_options
 @common_options
@@ -354,7 +425,7 @@ def convert(recipe, verbose, quiet, as_json, optimize=None, **options) -> None:
                 click.echo(line)
 
 
-@main.command()
+@main.command(cls=SectionedCommand)
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str), required=True,
               help="Folder for the study (study.db), trials.csv, pareto.png and the kept bundles.")
@@ -440,7 +511,7 @@ def tune(model, output, calibration, verbose, quiet, as_json, report, **options)
         sys.exit(130)
 
 
-@main.command()
+@main.command(cls=SectionedCommand)
 @click.argument("bundle", type=click.Path(path_type=str))
 @click.option("--data", required=True, multiple=True, metavar="PATH|NAME=PATH",
               help="Labelled data: .npz with x (or input names) and y, a folder with one subfolder of images per "
@@ -454,11 +525,14 @@ def tune(model, output, calibration, verbose, quiet, as_json, report, **options)
               help="Your task metric, as for convert: FUNCTION(outputs, references, labels) returns a score, "
                    "1.0 = perfect; reported for bundle and reference, and judged by --max-drop.")
 @click.option("--trust-model", is_flag=True, help="Allow loading a reference model with Lambda layers.")
+@click.option("--confidence", type=FiniteFloat(min=0.5, max=0.999), default=0.95, show_default=True, metavar="LEVEL",
+              help="Level of the intervals printed beside each figure; --max-drop fails when the drop's upper "
+                   "bound is over it.")
 @data_options
 @common_options
 @handle_errors
-def validate(bundle, data, reference, runtime, max_drop, metric, trust_model, preprocess, recipe, label_column,
-             verbose, quiet, as_json) -> None:
+def validate(bundle, data, reference, runtime, max_drop, metric, trust_model, confidence, preprocess, recipe,
+             label_column, verbose, quiet, as_json) -> None:
     """Run BUNDLE on a device runtime over labelled data and compare with the source model.
 
     The preprocessing recorded in the bundle's manifest is applied to --data unless --preprocess or
@@ -467,7 +541,8 @@ def validate(bundle, data, reference, runtime, max_drop, metric, trust_model, pr
 
     report = api.validate(bundle=bundle, data=data_option(data, "--data"), reference=reference, runtime=runtime,
                           max_drop=max_drop, trust_model=trust_model, verbose=verbose > 0, check=False,
-                          preprocess=preprocess, recipe=recipe, label_column=label_column, metric=metric)
+                          preprocess=preprocess, recipe=recipe, label_column=label_column, metric=metric,
+                          confidence=confidence)
     if as_json:
         _emit_json(report.to_dict())
     elif quiet == 0:

@@ -297,7 +297,8 @@ class BudgetOptions:
     sqnr_axes: tuple[tuple[str, int], ...] = ()  # --sqnr-axis NAME:AXIS
     keep_best: bool = False  # write the best candidate when the budget is not met ("budget_met": false)
     metric: str | None = None  # --metric FILE.py:FUNCTION, the task metric --max-drop bounds
-    holdout: int = 64  # held-out calibration samples when no data is given
+    holdout: int = 100  # held-out calibration samples when no data is given (more when the budget needs more)
+    confidence: float = 0.95  # "met": the bound of this two-sided interval meets the budget
 
     def __post_init__(self) -> None:
         for option, value in (("--max-drop", self.max_drop), ("--min-sqnr", self.min_sqnr),
@@ -313,6 +314,9 @@ class BudgetOptions:
             raise OptionError("--min-sqnr", self.min_sqnr, hint="give decibels, e.g. 30")
         if self.holdout < 2:
             raise OptionError("budget.holdout", self.holdout, hint="give at least 2")
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, int | float) \
+                or not 0.5 <= self.confidence < 1:
+            raise OptionError("--confidence", self.confidence, hint="give a level in [0.5, 1), e.g. 0.95")
         if self.metric is not None:
             parse_metric(self.metric)
             if self.max_drop is None:
@@ -441,6 +445,7 @@ _FLAT: dict[str, tuple[str, str]] = {
     "max_drop": ("budget", "max_drop"), "min_sqnr": ("budget", "min_sqnr"), "min_agreement": ("budget", "min_agreement"),
     "metric": ("budget", "metric"),
     "eval_data": ("budget", "data"), "sqnr_axis": ("budget", "sqnr_axes"), "keep_best": ("budget", "keep_best"),
+    "confidence": ("budget", "confidence"),
     "output": ("output", "path"), "force": ("output", "force"), "labels": ("output", "labels"),
     "target": ("target", ""), "seed": ("seed", ""), "recipe": ("recipe", ""), "verbose": ("verbose", ""),
     "prune_groups": ("optimize", "prune_groups"),

@@ -57,15 +57,15 @@ def calibration_set(data: Path | Mapping[str, Path], inputs: Sequence[InputSpec]
                     label_column: str | None = None, min_samples: int = 100, target: str = "",
                     holdout: int = 0) -> CalibrationSet:
     """Open, check, select and scan the calibration data; log statistics (``-v``) and warnings.
-    ``holdout`` samples are first set aside (seeded) and never calibrated on: up to that many when
-    the data has enough beyond ``count``, else a fifth of it."""
+    ``holdout`` samples are first set aside (seeded) and never calibrated on: that many when the data
+    has them beyond ``count``, else as many as it has up to half of it."""
     pre = input_preprocessing(inputs, spec=spec, recipe=recipe)
     full = open_dataset(data, inputs, what="--calibration", preprocess=pre, label_column=label_column)
     heldout = None
     pool = full
     if holdout:
         n = len(full)
-        h = holdout if n >= count + holdout else n // 5
+        h = holdout if n >= count + holdout else min(holdout, n // 2)
         if h < 2:
             from edgepack.errors import CalibrationError
 

@@ -73,7 +73,7 @@ def stage_optimize(st: PipelineState) -> dict | None:
     if not opt.active:
         return None
     _check_request(st, spec)
-    from edgepack.optimize.finetune import FinetuneOptions, finetune
+    from edgepack.optimize.finetune import FinetuneOptions
 
     data = _training_data(st)
     opts = FinetuneOptions(epochs=opt.epochs, distill=opt.distill, distribute=opt.distribute, seed=req.seed,
@@ -82,19 +82,7 @@ def stage_optimize(st: PipelineState) -> dict | None:
     original = model = st.loaded.model
     section: dict[str, Any] = {"before": _totals(original)}
     if spec is not None and spec.kind == "channels":
-        from edgepack.optimize.graph import copy_model
-        from edgepack.optimize.prune import prune_channels
-
-        pruned, report = prune_channels(model, spec.ratio, norm=opt.prune_norm, round_to=opt.prune_round,
-                                        prune_layers=opt.prune_layers, keep_layers=opt.keep_layers,
-                                        group_ratios=opt.prune_groups)
-        section["channels"] = report.to_dict()
-        model = pruned
-        if data is not None:
-            model, result = finetune(lambda: copy_model(pruned), original, data, opts, label="prune")
-            section["channels"]["finetune"] = result.to_dict()
-        else:
-            log.warning("pruned without fine-tuning; pass --train-data to recover accuracy")
+        model = _prune_channels(model, data, opts, section, opt)
     if opt.low_rank is not None:
         model = _low_rank(model, original, data, opts, section, opt)
     section["after"] = _totals(model)
@@ -129,6 +117,24 @@ def stage_optimize(st: PipelineState) -> dict | None:
     return {k: v for k, v in (("prune", opt.prune), ("cluster", opt.cluster), ("low_rank", opt.low_rank),
                               ("qat", opt.qat), ("params", section["after"]["params"]),
                               ("macs", section["after"]["macs"])) if v}
+
+
+def _prune_channels(original: Any, data, opts, section: dict, opt) -> Any:
+    """--prune channels:R, fine-tuned on --train-data when given; recorded in ``section["channels"]``."""
+    from edgepack.optimize.finetune import finetune
+    from edgepack.optimize.graph import copy_model
+    from edgepack.optimize.prune import prune_channels
+
+    pruned, report = prune_channels(original, opt.prune_spec.ratio, norm=opt.prune_norm, round_to=opt.prune_round,
+                                    prune_layers=opt.prune_layers, keep_layers=opt.keep_layers,
+                                    group_ratios=opt.prune_groups)
+    section["channels"] = report.to_dict()
+    if data is None:
+        log.warning("pruned without fine-tuning; pass --train-data to recover accuracy")
+        return pruned
+    model, result = finetune(lambda: copy_model(pruned), original, data, opts, label="prune")
+    section["channels"]["finetune"] = result.to_dict()
+    return model
 
 
 def _low_rank(model: Any, original: Any, data, opts, section: dict, opt) -> Any:

@@ -97,7 +97,7 @@ def stage_calibrate(st: PipelineState) -> dict | None:
     cal = calibration_set(req.calibration.data, specs, count=req.calibration.samples, seed=req.seed,
                           spec=req.calibration.preprocess, recipe=req.recipe, label_column=req.calibration.label_column,
                           min_samples=st.target.min_calibration_samples, target=st.target.name,
-                          holdout=req.budget.holdout if req.budget.active and req.budget.eval_data is None else 0)
+                          holdout=_holdout(req))
     st.calibration = cal.data
     st.heldout = cal.heldout
     st.calibration_info = CalibrationInfo(source=cal.source, samples=len(cal.data), available=cal.available,
@@ -251,3 +251,12 @@ def stage_package(st: PipelineState) -> dict:
         writer.write_text(MANIFEST_NAME, manifest.to_json())
         st.manifest = manifest
     return {"path": str(req.output.path)}
+
+
+def _holdout(req) -> int:
+    """Calibration samples held out for the accuracy budget (0: no budget, or --eval-data given)."""
+    if not req.budget.active or req.budget.eval_data is not None:
+        return 0
+    from edgepack.pipeline.budget import holdout_wanted
+
+    return holdout_wanted(req.budget)

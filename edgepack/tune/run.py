@@ -59,43 +59,9 @@ def run_tune(job: TuneJob, *, convert: Callable[..., Any], validate: Callable[..
         job.output.mkdir(parents=True, exist_ok=True)
     study = load_study(job, create=not report_only)
     job.output.mkdir(parents=True, exist_ok=True)
-    interrupted = False
-    ran = 0
+    interrupted, ran = False, 0
     if not report_only:
-        left = top_up(study, job)
-        ticker = Ticker(left, job.options.workers)
-        log.info("study %s: %d trials to run (budget %d) with %d worker(s)", job.study, left, job.budget,
-                 job.options.workers)
-
-        def stage(number: int, name: str) -> None:
-            if progress:
-                progress(f"trial {number} ({ticker.done}/{ticker.total} done, ETA {fmt_seconds(ticker.eta_seconds())})"
-                         f": {name}")
-
-        def finished(number: int, out: TrialOutcome) -> None:
-            from edgepack.tune.study import describe
-
-            ticker.done += 1
-            if on_trial:
-                on_trial(f"trial {number} [{ticker.done}/{ticker.total}, ETA {fmt_seconds(ticker.eta_seconds())}] "
-                         f"{out.status}: {describe(out)}")
-
-        def poll() -> None:
-            from optuna.trial import TrialState
-
-            if progress:
-                ticker.done = left - len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,
-                                                                                  TrialState.RUNNING)))
-                progress(f"{ticker.done}/{ticker.total} trials done, ETA {fmt_seconds(ticker.eta_seconds())} "
-                         f"({job.options.workers} workers)")
-
-        try:
-            if job.options.workers == 1:
-                ran = work(job, 0, convert, validate, progress=stage, finished=finished)
-            else:
-                run_workers(job, job.options.workers, convert, validate, verbose, poll=poll)
-        except KeyboardInterrupt:
-            interrupted = True
+        ran, interrupted = _run_trials(job, study, convert, validate, verbose, progress, on_trial)
     summary = collect(study)
     if report_only:  # bundles are the running study's business: only say where the best one is
         where = kept_paths(job.output, summary).get(summary.best.number) if summary.best is not None else None
@@ -117,3 +83,45 @@ def run_tune(job: TuneJob, *, convert: Callable[..., Any], validate: Callable[..
             "arena_bytes": best.get("arena_bytes")},
         "pareto": [r.number for r in summary.rows if r.pareto],
     }
+
+
+def _run_trials(job: TuneJob, study, convert: Callable[..., Any], validate: Callable[..., Any], verbose: bool,
+                progress: Callable[[str], None] | None, on_trial: Callable[[str], None] | None) -> tuple[int, bool]:
+    """Top the study up to its budget and run the trials here (one worker) or in worker processes:
+    ``(trials run here, interrupted)``."""
+    interrupted, ran = False, 0
+    left = top_up(study, job)
+    ticker = Ticker(left, job.options.workers)
+    log.info("study %s: %d trials to run (budget %d) with %d worker(s)", job.study, left, job.budget,
+             job.options.workers)
+
+    def stage(number: int, name: str) -> None:
+        if progress:
+            progress(f"trial {number} ({ticker.done}/{ticker.total} done, ETA {fmt_seconds(ticker.eta_seconds())})"
+                     f": {name}")
+
+    def finished(number: int, out: TrialOutcome) -> None:
+        from edgepack.tune.study import describe
+
+        ticker.done += 1
+        if on_trial:
+            on_trial(f"trial {number} [{ticker.done}/{ticker.total}, ETA {fmt_seconds(ticker.eta_seconds())}] "
+                     f"{out.status}: {describe(out)}")
+
+    def poll() -> None:
+        from optuna.trial import TrialState
+
+        if progress:
+            ticker.done = left - len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,
+                                                                              TrialState.RUNNING)))
+            progress(f"{ticker.done}/{ticker.total} trials done, ETA {fmt_seconds(ticker.eta_seconds())} "
+                     f"({job.options.workers} workers)")
+
+    try:
+        if job.options.workers == 1:
+            ran = work(job, 0, convert, validate, progress=stage, finished=finished)
+        else:
+            run_workers(job, job.options.workers, convert, validate, verbose, poll=poll)
+    except KeyboardInterrupt:
+        interrupted = True
+    return ran, interrupted

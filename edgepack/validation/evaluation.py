@@ -3,11 +3,22 @@ except with ``--metric``: the user's task metric sees all outputs at once)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from edgepack.errors import ModelLoadError
+from edgepack.validation.intervals import (
+    CONFIDENCE,
+    Interval,
+    agreement_interval,
+    paired_drop_interval,
+    per_sample_slice_sums,
+    task_drop_interval,
+    wilson_interval,
+    worst_slice_sqnr_interval,
+)
 from edgepack.validation.metrics import (
     RunningAccuracy,
     RunningAgreement,
@@ -15,7 +26,7 @@ from edgepack.validation.metrics import (
     RunningSliceSqnr,
     feature_axis,
 )
-from edgepack.validation.report import OutputComparison, ValidationReport, finite_or_none
+from edgepack.validation.report import OutputComparison, ValidationReport, finite_or_none, with_interval
 
 
 class _Micro:
@@ -35,11 +46,71 @@ def _per_sample(arr: np.ndarray, samples: int | None) -> np.ndarray:
     return arr.reshape(samples, arr.shape[0] // samples, *arr.shape[1:])
 
 
+def _points(i: Interval) -> Interval:
+    """A drop as a fraction → in percentage points."""
+    return Interval(i.value * 100, i.low * 100, i.high * 100, i.n, i.confidence, i.method)
+
+
+def _top1(a: np.ndarray, n: int) -> np.ndarray:
+    return np.asarray(a).reshape(n, -1, np.asarray(a).shape[-1]).argmax(axis=-1) if np.asarray(a).ndim > 1 \
+        else np.asarray(a)
+
+
+class _PerSample:
+    """What the intervals are computed from, kept per sample (a few numbers each): top-1 right or not
+    for the reference and the bundle, each sample's share of agreeing top-1 decisions, and per output
+    the signal and noise sums of each slice."""
+
+    def __init__(self) -> None:
+        self.ref_right: list[np.ndarray] = []
+        self.out_right: list[np.ndarray] = []
+        self.agree: list[np.ndarray] = []
+        self.sums: list[list[tuple[np.ndarray, np.ndarray]] | None] = []
+
+    def update(self, refs: list[np.ndarray], outs: list[np.ndarray], labels: np.ndarray | None,
+               samples: int | None, axes: list[int | None]) -> None:
+        n = samples if samples is not None else len(refs[0])
+        r0, o0 = _per_sample(refs[0], samples), _per_sample(outs[0], samples)
+        if r0.ndim >= 2 and r0.shape[-1] > 1 and len(r0) == n:
+            self.agree.append(np.mean(_top1(r0, n) == _top1(o0, n), axis=1))
+        if labels is not None and r0.ndim >= 2 and len(r0) == n:
+            y = np.asarray(labels)
+            y = (y.argmax(axis=-1) if y.ndim == refs[0].ndim and y.ndim > 1 else y).reshape(-1)
+            if y.size == n:
+                self.ref_right.append(r0.reshape(n, -1).argmax(axis=-1) == y)
+                self.out_right.append(o0.reshape(n, -1).argmax(axis=-1) == y)
+        # slices are judged on samples-first outputs only (a time-major output's axis means another thing)
+        self.sums.append([per_sample_slice_sums(r, o, ax) if len(r) == n else None
+                          for r, o, ax in zip(refs, outs, axes)])
+
+    def intervals(self, names: list[str], confidence: float) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.agree:
+            d["top1_agreement"] = agreement_interval(np.concatenate(self.agree), confidence).to_dict()
+        if self.ref_right:
+            ref, out = np.concatenate(self.ref_right), np.concatenate(self.out_right)
+            d["accuracy_bundle"] = wilson_interval(int(out.sum()), out.size, confidence).to_dict()
+            d["accuracy_reference"] = wilson_interval(int(ref.sum()), ref.size, confidence).to_dict()
+            d["accuracy_drop_pp"] = _points(paired_drop_interval(ref, out, confidence)).to_dict(3)
+        sqnr = {}
+        for i, name in enumerate(names):
+            parts = [chunk[i] for chunk in self.sums if i < len(chunk)]
+            if parts and all(p is not None for p in parts):
+                rr, nn = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+                sqnr[name] = worst_slice_sqnr_interval(rr, nn, confidence).to_dict(3)
+        if sqnr:
+            d["worst_slice_sqnr_db"] = sqnr
+        return d
+
+
 class Evaluation:
     """Running metrics of one validation pass: the bundle against labels, the reference and TFLM."""
 
-    def __init__(self, manifest: Any, *, labelled: bool, reference: bool, tflm: bool, task: Any = None) -> None:
+    def __init__(self, manifest: Any, *, labelled: bool, reference: bool, tflm: bool, task: Any = None,
+                 confidence: float = CONFIDENCE) -> None:
         self.manifest = manifest
+        self.confidence = confidence
+        self.samples = _PerSample()
         self.task = task  # --metric: validation.metrics.TaskMetric
         self.kept: tuple[list, list, list] = ([], [], [])  # outputs, references, labels, for the task metric
         self.labelled = labelled
@@ -82,6 +153,7 @@ class Evaluation:
             self.slices = [RunningSliceSqnr(self.budget_axes[t.name] if t.name in self.budget_axes
                                             else feature_axis(ref.shape))
                            for t, ref in zip(self.manifest.outputs, refs)]
+        self.samples.update(refs, outs, labels, samples, [sl.axis for sl in self.slices])
         if self.task is not None:  # samples first, as convert's budget gives them to the metric
             self.kept[0].append([_per_sample(o, samples) for o in outs])
             self.kept[1].append([_per_sample(r, samples) for r in refs])
@@ -105,13 +177,18 @@ class Evaluation:
                 worst, axis = finite_or_none(value), self.slices[i].axis
             report.outputs.append(OutputComparison(name=t.name, max_abs_error=acc.max_abs,
                                                    cosine_similarity=acc.cosine, sqnr_db=finite_or_none(acc.sqnr_db),
-                                                   worst_slice_sqnr_db=worst, worst_slice=where, slice_axis=axis))
+                                                   worst_slice_sqnr_db=worst, worst_slice=where, slice_axis=axis,
+                                                   exact=acc.noise == 0.0))
         if self.task is not None and self.kept[0]:
             outs, refs = ([np.concatenate(parts) for parts in zip(*chunks)] for chunks in self.kept[:2])
             labels = None if any(y is None for y in self.kept[2]) else np.concatenate(self.kept[2])
             value, ref_value = self.task(outs, refs, labels), self.task(refs, refs, labels)
             report.task_metric = {"metric": self.task.spec, "bundle": value, "reference": ref_value,
                                   "drop_pp": round((ref_value - value) * 100.0, 4)}
+            drop = task_drop_interval(self.task, outs, refs, labels, ref_value - value, self.confidence)
+            report.intervals["task_metric_drop_pp"] = _points(drop).to_dict(3)
+        report.confidence = self.confidence
+        report.intervals.update(self.samples.intervals([t.name for t in self.manifest.outputs], self.confidence))
         self._budget(report)
         if self.tflm is not None:
             report.runtimes["tflm"] = self._tflm_section(report)
@@ -132,16 +209,24 @@ class Evaluation:
                 measured["task_metric_drop_pp"] = report.task_metric["drop_pp"]
             else:
                 report.notes.append(f"convert's budget bounded the task metric {task}; pass --metric to measure it")
+        iv = report.intervals
+        sqnr_iv = min((i for i in iv.get("worst_slice_sqnr_db", {}).values()), default=None,
+                      key=lambda i: math.inf if i["value"] is None else i["value"])
         parts = []
         if "min_sqnr_db" in budget["budget"]:
-            parts.append("worst-slice SQNR " + ("inf" if measured["worst_slice_sqnr_db"] is None
-                                                 else f"{measured['worst_slice_sqnr_db']:.2f} dB"))
+            parts.append("worst-slice SQNR " + with_interval("inf" if measured["worst_slice_sqnr_db"] is None
+                                                              else f"{measured['worst_slice_sqnr_db']:.2f}", sqnr_iv, 2)
+                         + " dB")
         if "min_agreement" in budget["budget"] and measured["agreement"] is not None:
-            parts.append(f"agreement {measured['agreement']:.4f}")
+            one = len(self.manifest.outputs) == 1
+            parts.append("agreement " + with_interval(f"{measured['agreement']:.3f}",
+                                                      iv.get("top1_agreement") if one else None))
         if "max_drop_pp" in budget["budget"] and measured["accuracy_drop_pp"] is not None:
-            parts.append(f"accuracy drop {measured['accuracy_drop_pp']:.2f} pp")
+            parts.append("accuracy drop " + with_interval(f"{measured['accuracy_drop_pp']:.2f}",
+                                                          iv.get("accuracy_drop_pp"), 2) + " pp")
         if measured.get("task_metric_drop_pp") is not None:
-            parts.append(f"task metric drop {measured['task_metric_drop_pp']:.2f} pp")
+            parts.append("task metric drop " + with_interval(f"{measured['task_metric_drop_pp']:.2f}",
+                                                             iv.get("task_metric_drop_pp"), 2) + " pp")
         report.budget = {"budget": budget["budget"], "budget_met_at_convert": budget["budget_met"],
                          "values": measured, "measured": ", ".join(parts) or "not measurable on this data"}
 

@@ -23,6 +23,7 @@ from edgepack.runtimes.litert import Runtime
 from edgepack.tflite_model import read_tflite
 from edgepack.validation.data import read_bundle_data, source_specs
 from edgepack.validation.evaluation import Evaluation
+from edgepack.validation.intervals import CONFIDENCE
 from edgepack.validation.reference import reference_outputs
 from edgepack.validation.report import ValidationReport
 
@@ -48,7 +49,7 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
                     runtime: Runtime = Runtime.LITERT, max_drop: float | None = None, trust_model: bool = False,
                     progress: Callable[[int], None] | None = None, preprocess: str | None = None,
                     recipe: Path | None = None, label_column: str | None = None,
-                    metric: str | None = None) -> ValidationReport:
+                    metric: str | None = None, confidence: float = CONFIDENCE) -> ValidationReport:
     """Stream ``data`` through the bundle (in an isolated child per runtime) and the reference,
     chunk by chunk: memory stays at a chunk whatever the data size; metrics are running sums."""
     start = time.perf_counter()
@@ -86,7 +87,7 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
                               max_drop_pp=max_drop)
     watch = RangeWatch(manifest.inputs, len(ds))
     ev = Evaluation(manifest, labelled=ds.labels is not None, reference=loaded is not None,
-                    tflm=manifest.target.runtime == "tflm", task=task)
+                    tflm=manifest.target.runtime == "tflm", task=task, confidence=confidence)
     _stream(ev, runtime, model_path, len(info.inputs), _chunks(ds, ds_tflite.observe(watch.observe), loaded),
             len(ds), reference=(loaded, ref_path), progress=progress)
     for warning in watch.warnings():
@@ -170,21 +171,28 @@ def _check_reference_io(loaded, manifest, ref_path: Path) -> None:
 
 
 def _judge(report: ValidationReport, max_drop: float | None) -> None:
-    """Collect every failure; the caller raises once."""
+    """Collect every failure; the caller raises once. A drop passes when its interval's upper bound is
+    within --max-drop (the figure alone, on few samples, says little)."""
     if max_drop is None:
         return
+    level = f"{report.confidence * 100:g}%"
     if report.task_metric is not None:
         tm = report.task_metric
-        if tm["drop_pp"] > max_drop:
+        high = (report.intervals.get("task_metric_drop_pp") or {}).get("high", tm["drop_pp"])
+        if tm["drop_pp"] > max_drop or high > max_drop:
             report.failures.append(f"task metric {tm['metric']} dropped {tm['drop_pp']:.2f} pp (reference "
-                                   f"{tm['reference']:.4f} -> bundle {tm['bundle']:.4f}), over --max-drop {max_drop:g}")
+                                   f"{tm['reference']:.4f} -> bundle {tm['bundle']:.4f}; {level} upper bound "
+                                   f"{high:.2f} pp on {report.samples} samples), over --max-drop {max_drop:g}")
         return
     drop = report.accuracy_drop_pp
     if drop is None:
         report.failures.append("--max-drop needs labelled data (y) and a reference model to compare with")
-    elif drop > max_drop:
+        return
+    high = (report.intervals.get("accuracy_drop_pp") or {}).get("high", drop)
+    if drop > max_drop or high > max_drop:
         report.failures.append(f"accuracy dropped {drop:.2f} pp (reference {report.accuracy_reference * 100:.2f}% "
-                               f"-> bundle {report.accuracy_bundle * 100:.2f}%), over --max-drop {max_drop:g}")
+                               f"-> bundle {report.accuracy_bundle * 100:.2f}%; {level} upper bound {high:.2f} pp "
+                               f"on {report.samples} samples), over --max-drop {max_drop:g}")
 
 
 def raise_if_failed(report: ValidationReport) -> None:

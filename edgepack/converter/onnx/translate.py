@@ -235,12 +235,7 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
         onnx_path = work / "model.onnx"
         _save_onnx(proto, onnx_path)
         feeds, probe_source = probe_inputs(model, shapes, calibration)
-        try:  # onnxruntime logs a failing kernel natively: captured, it is the exception that counts
-            with capture_native_output(not verbose):
-                refs = model(feeds)
-        except Exception as exc:  # onnxruntime may reject random data (e.g. out-of-range indices)
-            log.info("onnxruntime probe skipped: %s", (str(exc).strip().splitlines() or [""])[0][:300])
-            refs = None
+        refs = _probe_references(model, feeds, verbose)
         # Integer inputs are probed with ones (indices, lengths, flags), which can send a correct graph
         # down paths real data never takes (node-suite MaxUnpool): a mismatch then only warns.
         strict = probe_source == "calibration" or all(np.dtype(t.dtype).kind == "f" for t in model.inputs)
@@ -277,6 +272,16 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
                           "probe_input": probe_source, "onnx2tf_option_set": cand.name, "onnx2tf_options": options,
                           "onnx2tf_failed_sets": [f"{name}: {err.message[:200]}" for name, err in failures]})
     return result
+
+
+def _probe_references(model: OnnxModel, feeds: dict[str, np.ndarray], verbose: bool) -> list[np.ndarray] | None:
+    """onnxruntime's outputs on the probe inputs, or None when it rejects them."""
+    try:  # onnxruntime logs a failing kernel natively: captured, it is the exception that counts
+        with capture_native_output(not verbose):
+            return model(feeds)
+    except Exception as exc:  # onnxruntime may reject random data (e.g. out-of-range indices)
+        log.info("onnxruntime probe skipped: %s", (str(exc).strip().splitlines() or [""])[0][:300])
+        return None
 
 
 def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, str],

@@ -1,0 +1,84 @@
+"""The intervals every budget and validate figure carries (edgepack.validation.intervals)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from edgepack.validation.intervals import (
+    agreement_interval,
+    bootstrap_interval,
+    paired_drop_interval,
+    per_sample_slice_sums,
+    samples_to_show_agreement,
+    samples_to_show_drop,
+    wilson_interval,
+    worst_slice_sqnr_interval,
+    z_value,
+)
+
+
+def test_wilson_known_values():
+    assert wilson_interval(40, 40).low == pytest.approx(0.9124, abs=1e-4)  # the issue's 40 of 40
+    assert wilson_interval(40, 40).high == 1.0
+    i = wilson_interval(279, 300)  # 0.930 on 300 samples
+    assert (round(i.low, 3), round(i.high, 3)) == (0.895, 0.954)
+    # n/(n + z^2): every sample right
+    assert wilson_interval(100, 100).low == pytest.approx(100 / (100 + z_value(0.95) ** 2))
+    assert wilson_interval(0, 10).low == 0.0 and wilson_interval(5, 10).low == pytest.approx(0.2366, abs=1e-4)
+    assert wilson_interval(40, 40, confidence=0.99).low < wilson_interval(40, 40).low
+    assert i.format() == "0.930 [0.895, 0.954], n=300"
+
+
+def test_samples_needed_to_show_a_budget():
+    n = samples_to_show_agreement(0.96)
+    assert n == 93
+    assert wilson_interval(n, n).low >= 0.96 > wilson_interval(n - 1, n - 1).low
+    assert samples_to_show_agreement(1.0) is None  # never: the lower bound of n/n is below 1
+    m = samples_to_show_drop(0.01)
+    right = np.ones(m, bool)
+    assert paired_drop_interval(right, right).high <= 0.01 < paired_drop_interval(right[1:], right[1:]).high
+
+
+def test_paired_drop_interval():
+    right = np.ones(80, bool)
+    same = paired_drop_interval(right, right)
+    # every sample right in both: the drop's upper bound is 1 - Wilson's lower bound of 80/80
+    assert same.value == 0 and same.high == pytest.approx(1 - wilson_interval(80, 80).low)
+    assert same.low == pytest.approx(-same.high)
+    ref = np.r_[np.ones(60, bool), np.zeros(20, bool)]
+    out = ref.copy()
+    out[:6] = False  # six samples only the reference gets right
+    i = paired_drop_interval(ref, out)
+    assert i.value == pytest.approx(6 / 80) and i.low < i.value < i.high
+    assert i.low > 0  # six one-sided disagreements on 80 samples: a real drop
+    swapped = paired_drop_interval(out, ref)  # the difference the other way round: the mirror interval
+    assert swapped.low == pytest.approx(-i.high) and swapped.high == pytest.approx(-i.low)
+    # pairing counts: the same marginals with the disagreements spread both ways is a wider interval
+    both = ref.copy()
+    both[:6], both[60:66] = False, True
+    assert paired_drop_interval(ref, both).high > paired_drop_interval(ref, ref).high
+
+
+def test_bootstrap_is_seeded_and_covers():
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(200, 6))
+    out = ref + rng.normal(size=(200, 6)) * 0.01
+    signal, noise = per_sample_slice_sums(ref, out, 1)
+    a, b = worst_slice_sqnr_interval(signal, noise), worst_slice_sqnr_interval(signal, noise)
+    assert a == b and a.low < a.value < a.high and a.n == 200
+    assert a.value == pytest.approx(min(10 * np.log10(np.sum(ref ** 2, 0) / np.sum((ref - out) ** 2, 0))))
+    exact = worst_slice_sqnr_interval(*per_sample_slice_sums(ref, ref, 1))
+    assert exact.value == exact.low == math.inf and exact.to_dict()["low"] is None
+    values = rng.normal(1.0, 1.0, 400)
+    mean = bootstrap_interval(lambda idx: float(values[idx].mean()), 400, float(values.mean()))
+    assert mean.low < 1.0 < mean.high and mean.high - mean.low == pytest.approx(2 * 1.96 / 20, rel=0.2)
+
+
+def test_agreement_interval_counts_samples_not_positions():
+    one_decision = agreement_interval(np.r_[np.ones(38), np.zeros(2)])
+    assert one_decision.method == "wilson" and one_decision.n == 40
+    steps = agreement_interval(np.full(40, 0.95))  # 20 steps a sample, 19 agree: 40 samples, not 800
+    assert steps.method == "bootstrap" and steps.n == 40 and steps.value == pytest.approx(0.95)
