@@ -56,8 +56,9 @@ def check_subgraph_depth(proto, path: Path) -> None:
                 subgraphs = [attr.g] if attr.type == AttributeProto.GRAPH else \
                     list(attr.graphs) if attr.type == AttributeProto.GRAPHS else []
                 if subgraphs and depth + 1 > MAX_SUBGRAPH_DEPTH:
-                    raise ModelLoadError(f"{path}: node {node.name or node.op_type!r} ({node.op_type}) nests "
-                                         f"subgraphs more than {MAX_SUBGRAPH_DEPTH} levels deep (edgepack's limit)",
+                    what = f"node {node.name!r} ({node.op_type})" if node.name else f"an {node.op_type} node"
+                    raise ModelLoadError(f"{path}: {what} nests subgraphs more than {MAX_SUBGRAPH_DEPTH} levels deep "
+                                         "(edgepack's limit)",
                                          hint="flatten the control flow before export (e.g. constant conditions)")
                 stack.extend((g, depth + 1) for g in subgraphs)
 
