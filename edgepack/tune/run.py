@@ -76,6 +76,7 @@ def run_tune(job: TuneJob, *, convert: Callable[..., Any], validate: Callable[..
         workers, note = worker_count(job.options.workers, left, cores=usable_cores(), memory=available_memory())
         if note:
             log.warning("%s", note)
+        if workers != job.options.workers:
             job = dataclasses.replace(job, options=dataclasses.replace(job.options, workers=workers))
         ticker = Ticker(left, job.options.workers)
         log.info("study %s: %d trials to run (budget %d) with %d worker(s)", job.study, left, job.budget,

@@ -122,6 +122,7 @@ def test_default_space_samples_only_combinations_convert_accepts():
     (8, 100, 16, 4 << 30, 2, "4.0 GiB of memory available at 1.5 GiB a worker"),
     (4, 100, 16, 1 << 29, 1, "GiB of memory available"),
     (2, 10, 2, 20 << 30, 2, None),
+    (4, 0, 2, 20 << 30, 1, None),  # a finished study: one worker, no note
 ])
 def test_workers_are_capped_by_trials_cores_and_memory(requested, trials, cores, memory, expected, note):
     """Issue 20 item 9: never more workers than trials, cores, or memory at ~1.5 GiB a worker."""
