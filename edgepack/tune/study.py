@@ -9,6 +9,7 @@ lost; a trial interrupted by Ctrl-C is marked failed and the next run puts it ba
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -45,8 +46,8 @@ class TuneJob:
     study: str
     seed: int = 0
 
-    @property
-    def budget(self) -> int:
+    @functools.cached_property
+    def budget(self) -> int:  # cached: a grid's valid points are counted by walking them
         if self.options.sampler is Sampler.GRID:
             points = sum(1 for _ in self.space.grid(dict(self.flags)))
             return min(points, self.options.trials or points)
