@@ -8,6 +8,7 @@ class, and its images carry that class as label.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -136,7 +137,8 @@ class ImageFolderSource(Source):
                     img.load()
                     arr = self.preprocess.image_to_array(img)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise self._too_large(i, None) from err
+            said = re.search(r"\((\d+) pixels\)", str(err))  # Pillow checked the header before edgepack could
+            raise self._too_large(i, int(said.group(1)) if said else None) from err
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise CalibrationError(f"{self.where}: file {self.files[i]} (sample {i}) is not a readable image: "
                                    f"{str(err).splitlines()[0] if str(err) else type(err).__name__}",

@@ -253,8 +253,22 @@ def test_png_of_50000_by_50000_names_the_file_and_pixel_limit(tmp_path, keras3_m
     folder.mkdir()
     _png_header_only(folder / "bomb.png", 50_000, 50_000)
     res = _convert_over(bundle_copy, keras3_model, "--calibration", folder)
-    _contained("png 50000x50000", res, 1, str(folder), "file bomb.png", "limit of 89,478,485 pixels")
+    _contained("png 50000x50000", res, 1, str(folder), "file bomb.png", "limit of 89,478,485 pixels",
+               "(2,500,000,000 pixels)")
     assert leftovers(tmp_path, private_tmpdir) == []
+
+
+def test_image_between_the_limit_and_pillows_error_is_refused_too(tmp_path):
+    """10000 x 10000: Pillow only warns (its error starts at twice the limit); edgepack refuses it, in one error."""
+    from edgepack.calibration.images import ImageFolderSource
+    from edgepack.errors import CalibrationError
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _png_header_only(folder / "big.png", 10_000, 10_000)
+    source = ImageFolderSource(folder, (8, 8, 1), "float32", what="--calibration")
+    with pytest.raises(CalibrationError, match=r"file big.png .*limit of 89,478,485 pixels per image \(100,000,000"):
+        source.read(np.array([0]))
 
 
 def _npz_claiming_labels(path: Path, count: int) -> Path:
