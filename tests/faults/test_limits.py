@@ -78,7 +78,7 @@ def test_tune_grid_of_ten_billion_points_is_refused_before_it_is_built(tmp_path,
     assert not out.exists()
 
 
-def test_tune_workers_never_outnumber_trials(tmp_path, keras3_model, labelled_npz, calib_npy):
+def test_tune_workers_never_outnumber_trials(tmp_path, keras3_model, labelled_npz, calib_npy, private_tmpdir):
     """--workers 64 --trials 1 runs one trial in one process, and says so in one note line."""
     space = tmp_path / "space.toml"
     space.write_text("calibration_samples = [40]\n")
@@ -90,6 +90,7 @@ def test_tune_workers_never_outnumber_trials(tmp_path, keras3_model, labelled_np
     assert len(notes) == 1 and "starting 1 worker (1 trial to run" in notes[0], res.stderr
     assert "Traceback" not in res.stderr and not res.stderr.count("error:")
     assert res.peak_rss <= 1 << 30
+    assert leftovers(tmp_path, tmp_path / "study", private_tmpdir) == []
     MEASURED.append(f"tune --workers 64 --trials 1: exit 0, {res.seconds:.1f} s, peak RSS {res.peak_rss / 2**20:.0f} "
                     f"MiB: {notes[0]}")
     print(MEASURED[-1])
