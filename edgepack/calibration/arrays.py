@@ -109,19 +109,57 @@ def open_npy(path: Path, *, what: str = "--calibration") -> OffsetArray | np.nda
     return arr
 
 
+def _declared_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return count * dtype.itemsize
+
+
+def _member_data_bytes(zf: zipfile.ZipFile, info: zipfile.ZipInfo, header_len: int, want: int, path: Path) -> int:
+    """Bytes of array data a member really holds, up to ``want`` + 1: stored members by their size
+    (never more than the file has after the member's start), compressed ones by decompressing (counted,
+    not kept: the header's sizes can be faked)."""
+    if info.compress_type == zipfile.ZIP_STORED:
+        return min(info.compress_size, path.stat().st_size - info.header_offset) - header_len
+    got = 0
+    with zf.open(info) as member:
+        member.read(header_len)
+        while got <= want and (chunk := member.read(min(1 << 20, want + 1 - got))):
+            got += len(chunk)
+    return got
+
+
+def _check_declared(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, what: str, key: str,
+                    shape: tuple[int, ...], dtype: np.dtype, header_len: int) -> None:
+    """Refuse an array whose header declares more data than its member holds, before anything is
+    allocated (numpy allocates the declared shape first: a header claiming 10^12 labels is 8 TB)."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise CalibrationError(f"{what} {path}: array {key!r} is compressed with zip method {info.compress_type}",
+                               hint="write it with np.savez or np.savez_compressed")
+    declared = _declared_bytes(shape, dtype)
+    held = _member_data_bytes(zf, info, header_len, declared, path)
+    if held < declared:
+        raise CalibrationError(f"{what} {path}: array {key!r} declares shape {shape} ({declared:,} bytes of {dtype}) "
+                               f"but its member holds {max(held, 0):,} bytes",
+                               hint="the file is truncated or crafted; re-write it with np.savez")
+
+
 def open_npz(path: Path, *, what: str = "--calibration") -> dict[str, OffsetArray | np.ndarray]:
-    """Arrays of an ``.npz``: stored (np.savez) members are read by offset, compressed ones are loaded."""
+    """Arrays of an ``.npz``: stored (np.savez) members are read by offset, compressed ones are loaded.
+    Every array's declared shape is checked against the bytes its member really holds first."""
     out: dict[str, OffsetArray | np.ndarray] = {}
     try:
         with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
             for info in zf.infolist():
                 key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-                if info.compress_type != zipfile.ZIP_STORED:
-                    out[key] = None  # loaded below, whole
-                    continue
                 with zf.open(info) as member:
                     shape, dtype, fortran = _npy_header(member, path, f"{what} array {key!r} in")
                     header_len = member.tell()
+                _check_declared(zf, info, path, what, key, shape, dtype, header_len)
+                if info.compress_type != zipfile.ZIP_STORED:
+                    out[key] = None  # loaded below, whole
+                    continue
                 # the member's data starts after its local file header (30 bytes + name + extra)
                 raw.seek(info.header_offset + 26)
                 name_len, extra_len = np.frombuffer(raw.read(4), "<u2")

@@ -19,6 +19,10 @@ from edgepack.calibration.preprocess import Preprocess
 from edgepack.calibration.source import Source
 from edgepack.errors import CalibrationError
 
+# Bytes of one CSV line (one sample). A row is parsed whole, and its cells cost ~60 bytes each as
+# Python strings: 4 MiB of "0.1," is ~1M values and ~60 MB while parsed; a 100 MB line took 2.8 GB.
+MAX_LINE_BYTES = 4 << 20
+
 
 def _is_number(cell: str) -> bool:
     try:
@@ -63,7 +67,11 @@ class CsvSource(Source):
             raise CalibrationError(f"{self.where}: cannot open ({err.strerror})") from err
         with f:
             offset = 0
-            for line_no, raw in enumerate(f, start=1):
+            line_no = 0
+            while raw := f.readline(MAX_LINE_BYTES + 1):
+                line_no += 1
+                if len(raw) > MAX_LINE_BYTES:
+                    raise self._too_long(line_no)
                 start, offset = offset, offset + len(raw)
                 try:
                     text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
@@ -71,6 +79,10 @@ class CsvSource(Source):
                     raise CalibrationError(f"{self.where}: line {line_no} is not UTF-8 text") from None
                 if text.strip():
                     yield line_no, start, next(csv.reader([text]))
+
+    def _too_long(self, line_no: int) -> CalibrationError:
+        return CalibrationError(f"{self.where}: line {line_no} is longer than {MAX_LINE_BYTES >> 20} MiB (edgepack's "
+                                "limit for one CSV row)", hint="one sample per line; give long samples as .npy/.npz")
 
     def _scan(self, label_column: str | None, class_index: Mapping[str, int] | None) -> None:
         offsets, lines, raw_labels = array("q"), array("q"), []  # compact: 8 bytes a row
@@ -135,7 +147,10 @@ class CsvSource(Source):
         with open(self.path, "rb") as f:
             for k, i in enumerate(idx):
                 f.seek(int(self.offsets[i]))
-                cells = next(csv.reader([f.readline().decode("utf-8-sig")]))
+                raw = f.readline(MAX_LINE_BYTES + 1)
+                if len(raw) > MAX_LINE_BYTES:  # the file changed since the scan
+                    raise self._too_long(int(self.lines[i]))
+                cells = next(csv.reader([raw.decode("utf-8-sig")]))
                 if self.label_pos is not None:
                     del cells[self.label_pos]
                 try:

@@ -8,6 +8,7 @@ class, and its images carry that class as label.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,9 @@ from edgepack.calibration.source import Source, fmt_shape
 from edgepack.errors import CalibrationError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+# Pixels of one image (Pillow's own default bound, 8192 x ~10923): checked from the header, before
+# anything is decoded; a 50000 x 50000 PNG of a few KB would otherwise ask for 7.5 GB.
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 def _walk(root: Path) -> tuple[list[str], int]:
@@ -111,14 +115,30 @@ class ImageFolderSource(Source):
     def locate(self, i: int) -> str:
         return f"file {self.files[i]}"
 
+    def _too_large(self, i: int, pixels: int | None) -> CalibrationError:
+        size = f" ({pixels:,} pixels)" if pixels else ""
+        return CalibrationError(f"{self.where}: file {self.files[i]} (sample {i}) is larger than edgepack's limit of "
+                                f"{MAX_IMAGE_PIXELS:,} pixels per image{size}",
+                                hint="resize the image before using it as data")
+
     def _decode(self, i: int) -> np.ndarray:
+        import warnings
+
         from PIL import Image, UnidentifiedImageError
 
         path = self.root / self.files[i]
         try:
-            with Image.open(path) as img:
-                img.load()
-                arr = self.preprocess.image_to_array(img)
+            with warnings.catch_warnings():  # Pillow warns between its limit and twice that: refused here
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    width, height = img.size
+                    if width * height > MAX_IMAGE_PIXELS:
+                        raise self._too_large(i, width * height)
+                    img.load()
+                    arr = self.preprocess.image_to_array(img)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            said = re.search(r"\((\d+) pixels\)", str(err))  # Pillow checked the header before edgepack could
+            raise self._too_large(i, int(said.group(1)) if said else None) from err
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise CalibrationError(f"{self.where}: file {self.files[i]} (sample {i}) is not a readable image: "
                                    f"{str(err).splitlines()[0] if str(err) else type(err).__name__}",

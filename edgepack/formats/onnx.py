@@ -9,8 +9,7 @@ outputs in the ONNX output order.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,9 @@ import numpy as np
 
 from edgepack.calibration import InputSpec
 from edgepack.errors import ModelLoadError, UsageError
+from edgepack.formats import onnx_limits
 from edgepack.formats.base import LoadedModel, ModelFormat
+from edgepack.formats.onnx_external import load_external_data
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class OnnxModel:
                                  f"(shape {format_shape(t.shape)})",
                                  hint=f"fix it with --input-shape {t.name}:{example}")
             out[t.name] = tuple(int(x) for x in dims)
+            onnx_limits.check_input_size(t.name, out[t.name], usage=t.name in self.shape_overrides)
         return out
 
     def _named_sizes(self) -> dict[str, int]:
@@ -131,100 +133,6 @@ def _tensor_info(vi) -> OnnxTensor:
     return OnnxTensor(vi.name, tuple(dims), dtype)
 
 
-# -- external data ------------------------------------------------------------------------------
-def _all_tensors(graph) -> Iterator[Any]:
-    """Every TensorProto of a graph: initializers, sparse ones, node attributes, subgraphs."""
-    from onnx import AttributeProto
-
-    yield from graph.initializer
-    for sp in graph.sparse_initializer:
-        yield sp.values
-        yield sp.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == AttributeProto.TENSORS:
-                yield from attr.tensors
-            elif attr.type == AttributeProto.GRAPH:
-                yield from _all_tensors(attr.g)
-            elif attr.type == AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_tensors(g)
-
-
-def check_external_data(model, folder: Path) -> int:
-    """Refuse external data outside ``folder``; returns the number of externally stored tensors."""
-    from onnx import TensorProto
-
-    root = folder.resolve()
-    count = 0
-    for t in _all_tensors(model.graph):
-        if t.data_location != TensorProto.EXTERNAL:
-            continue
-        count += 1
-        loc = next((e.value for e in t.external_data if e.key == "location"), "")
-        why = _unsafe_location(loc, folder, root)
-        if why:
-            raise ModelLoadError(f"ONNX tensor {t.name!r}: external data location {loc!r} {why}",
-                                 hint=f"keep external data files inside {folder} and refer to them by relative path")
-        short = _short_external_data(t, folder / loc, loc)
-        if short:
-            raise ModelLoadError(f"ONNX tensor {t.name!r}: external data is short: {short}",
-                                 hint="the data file is truncated or does not belong to this model; re-export both")
-    return count
-
-
-def _short_external_data(t, file: Path, loc: str) -> str | None:
-    """Why ``t``'s bytes do not fit in ``file``, or None. Checked at load, because onnx reads a short
-    range silently and the fault would surface later as an unrelated reshape error in onnx2tf."""
-    from onnx import TensorProto, helper
-
-    info = {e.key: e.value for e in t.external_data}
-    try:
-        offset, length = int(info.get("offset") or 0), int(info["length"]) if info.get("length") else None
-    except ValueError:
-        return f"offset/length {info.get('offset')!r}/{info.get('length')!r} are not numbers"
-    size = file.stat().st_size
-    if offset > size:
-        return f"it starts at byte {offset}, past the end of {loc} ({size} bytes)"
-    available = size - offset
-    if length is not None and length > available:
-        return f"{length} bytes at offset {offset} are recorded, {loc} holds {available} from there"
-    name = TensorProto.DataType.Name(t.data_type)
-    if name in ("STRING", "INT4", "UINT4", "FLOAT4E2M1", "UNDEFINED"):
-        return None  # variable-size or packed 4-bit data: no fixed byte count to compare
-    try:
-        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-    except (KeyError, TypeError, ValueError):
-        return None
-    need = int(np.prod(list(t.dims), dtype=np.int64)) * itemsize
-    have = length if length is not None else available
-    if have < need:
-        return f"shape {list(t.dims)} ({name.lower()}) needs {need} bytes, {loc} holds {have} at offset {offset}"
-    return None
-
-
-def _unsafe_location(loc: str, folder: Path, root: Path) -> str | None:
-    if not loc:
-        return "is empty"
-    if os.path.isabs(loc) or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[1] == ":"):
-        return "is an absolute path"
-    parts = Path(loc.replace("\\", "/")).parts
-    if ".." in parts:
-        return "leaves the model's folder (..)"
-    current = folder
-    for part in parts:
-        current = current / part
-        if current.is_symlink():
-            return f"goes through a symlink ({current.name})"
-    if not current.is_file():
-        return f"does not exist in {folder}"
-    if root not in current.resolve().parents:
-        return "resolves outside the model's folder"
-    return None
-
-
 def _lower_ir_version(proto, path: Path) -> None:
     """Lower (never raise) the IR version to the minimum the model's opsets need.
 
@@ -243,23 +151,23 @@ def _lower_ir_version(proto, path: Path) -> None:
 
 
 def load_onnx(path: Path, sha256: str) -> LoadedModel:
-    """Read ``path`` (checking external data first); I/O in the ONNX model's order."""
+    """Read ``path`` (checking opsets, nesting and external data first); I/O in the ONNX model's order."""
     import onnx
-    from onnx import external_data_helper
 
+    onnx_limits.check_file_size(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf DecodeError and friends
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(err).__name__}: {err})",
                              hint="re-export the model (torch.onnx.export)") from err
-    if check_external_data(proto, path.parent):
-        try:
-            external_data_helper.load_external_data_for_model(proto, str(path.parent))
-        except (OSError, ValueError) as err:
-            raise ModelLoadError(f"{path}: cannot read external data ({err})") from err
+    onnx_limits.check_opsets(proto, path)
+    onnx_limits.check_subgraph_depth(proto, path)
+    load_external_data(proto, path.parent)
     _lower_ir_version(proto, path)
     init_names = {t.name for t in proto.graph.initializer}
     inputs = [_tensor_info(vi) for vi in proto.graph.input if vi.name not in init_names]
+    for t in inputs:
+        onnx_limits.check_input_size(t.name, t.shape, where=f"{path}: ")
     outputs = [_tensor_info(vi) for vi in proto.graph.output]
     if not inputs or not outputs:
         raise ModelLoadError(f"{path}: the ONNX graph has no {'inputs' if not inputs else 'outputs'}")
@@ -291,6 +199,7 @@ def with_input_shapes(loaded: LoadedModel, shapes: Mapping[str, Sequence[int]]) 
             raise UsageError(f"--input-shape {name}:{format_shape(dims)} does not fit the ONNX input's "
                              f"shape {format_shape(t.shape)}",
                              hint="give every axis, keeping the fixed sizes and choosing the dynamic ones")
+        onnx_limits.check_input_size(name, dims, usage=True, where=f"--input-shape {name}: ")
         fixed[name] = dims
     new = replace(model, shape_overrides={**model.shape_overrides, **fixed}, _session=model._session)
     return replace(loaded, inputs=_input_specs(new), model=new)

@@ -27,6 +27,18 @@ MAX_CONFIG_BYTES = 64 << 20
 MAX_MEMBER_BYTES = 2 << 30
 MAX_TOTAL_BYTES = 2 << 30
 MAX_MEMBERS = 10_000
+# Keras writes its archives with zipfile's defaults (stored members); deflate is what any zip tool
+# uses. Other methods (bzip2, lzma, zstd) are refused before a byte is decompressed: bzip2 hands back
+# hundreds of MiB per small read, so counting output in chunks would no longer bound the work.
+ALLOWED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
+_METHOD_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma", 93: "zstandard", 95: "xz", 98: "ppmd",
+                 9: "deflate64", 6: "implode"}
+# A member that inflates to more than MAX_RATIO times its compressed size (once past RATIO_FLOOR) is a
+# bomb: Keras' members are stored (ratio 1) and float weights deflate to ~1.1:1; zeros deflate to ~1000:1.
+MAX_RATIO = 100
+RATIO_FLOOR = 1 << 20
+# Decompressed in 64 KiB reads: the ratio and size limits are checked after each one.
+READ_CHUNK = 64 << 10
 
 UNSAFE_LAYERS = ("Lambda", "TFOpLambda")
 # Keras configs name the module of every object they deserialize; only Keras' own are built-in.
@@ -97,33 +109,51 @@ def _bad_member_name(name: str) -> bool:
 
 
 def check_archive(path: Path, zf: zipfile.ZipFile) -> None:
-    """Refuse traversal names and decompression bombs. Sizes are counted while decompressing,
-    not taken from the headers, which a crafted archive can fake. Nothing is extracted."""
+    """Refuse traversal names, compression methods Keras never writes, members whose compressed bytes
+    overlap or lie outside the file, and decompression bombs. Sizes and ratios are counted while
+    decompressing, not taken from the headers, which a crafted archive can fake. Nothing is extracted."""
     infos = zf.infolist()
     if len(infos) > MAX_MEMBERS:
         raise ModelLoadError(f"{path}: archive has {len(infos)} members (limit {MAX_MEMBERS})",
                              hint="this is not a Keras model as Keras writes it")
-    total = 0
+    archive_bytes = path.stat().st_size
+    compressed = 0
     for info in infos:
         if _bad_member_name(info.filename):
             raise ModelLoadError(f"{path}: archive member {info.filename!r} points outside the archive",
                                  hint="refusing a crafted archive; re-save the model with model.save()")
+        if info.compress_type not in ALLOWED_METHODS:
+            method = _METHOD_NAMES.get(info.compress_type, f"method {info.compress_type}")
+            raise ModelLoadError(f"{path}: archive member {info.filename!r} is compressed with {method}; Keras "
+                                 "writes only stored or deflated members",
+                                 hint="re-save the model with model.save(); edgepack does not decompress other methods")
+        compressed += info.compress_size
+    if compressed > archive_bytes:  # members sharing compressed bytes: the classic overlapping-file bomb
+        raise ModelLoadError(f"{path}: archive members claim {compressed} compressed bytes in a {archive_bytes}-byte "
+                             "file (overlapping members)", hint="refusing a crafted archive; re-save the model")
+    total = 0
+    for info in infos:
         limit = MAX_CONFIG_BYTES if info.filename == "config.json" else MAX_MEMBER_BYTES
-        size = _counted_size(zf, info, min(limit, MAX_TOTAL_BYTES - total), path)
-        total += size
+        total += _counted_size(zf, info, min(limit, MAX_TOTAL_BYTES - total), path)
 
 
 def _counted_size(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, path: Path) -> int:
     size = 0
+    ratio_cap = max(RATIO_FLOOR, MAX_RATIO * info.compress_size)
     try:
         with zf.open(info) as member:
-            while chunk := member.read(1 << 20):
+            while chunk := member.read(READ_CHUNK):
                 size += len(chunk)
                 if size > limit:
                     raise ModelLoadError(
                         f"{path}: archive member {info.filename!r} decompresses to more than "
                         f"{limit >> 20} MiB (edgepack's limit for a model that can become a TFLite file)",
                         hint="refusing a decompression bomb; a real model this large cannot be deployed")
+                if size > ratio_cap:
+                    raise ModelLoadError(
+                        f"{path}: archive member {info.filename!r} inflates more than {MAX_RATIO}x its "
+                        f"{info.compress_size} compressed bytes (edgepack's limit; Keras stores members uncompressed)",
+                        hint="refusing a decompression bomb; re-save the model with model.save()")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
         raise ModelLoadError(f"{path}: corrupt archive member {info.filename!r} ({err})",
                              hint="re-save the model") from err

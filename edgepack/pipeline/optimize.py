@@ -26,26 +26,37 @@ def _techniques(st: PipelineState, spec: PruneSpec | None) -> str:
     return "/".join(p for p in parts if p)
 
 
+def combination_problem(*, mode: str | None, qat: bool, per_tensor: bool, sparsity: bool,
+                        cluster: int | None) -> UsageError | None:
+    """Why convert refuses this combination of options, or None. ``sparsity``: the --prune form
+    trains with tfmot (sparsity or M:N). ``edgepack tune`` samples only combinations this accepts."""
+    if qat and mode is not None and mode not in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO):
+        return UsageError(f"--qat trains for integer inference; --quantize {mode} does not use it",
+                          hint="use --quantize int8 or int8-float-io")
+    if qat and per_tensor and sparsity:
+        return UsageError("--per-tensor cannot be combined with sparsity-preserving QAT: tfmot's prune-preserve "
+                          "scheme quantizes conv weights per channel", hint="drop --per-tensor, or --prune sparsity/m:n")
+    if qat and per_tensor and cluster is not None:
+        return UsageError(f"--cluster {cluster} --qat --per-tensor is not supported: tfmot's cluster-preserving "
+                          "QAT quantizes conv weights per channel", hint="drop --per-tensor, or --qat")
+    return None
+
+
 def _check_request(st: PipelineState, spec: PruneSpec | None) -> None:
     req, opt = st.request, st.request.optimize
     if not st.loaded.is_keras:
         raise UsageError(f"{_techniques(st, spec)} not supported for this format: {req.model.path.name} is "
                          f"{st.loaded.format.value}, and these optimizations edit a Keras model (.keras or .h5)",
                          hint="convert the Keras source instead")
-    if opt.qat and req.quantize.mode not in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO):
-        raise UsageError(f"--qat trains for integer inference; --quantize {req.quantize.mode} does not use it",
-                         hint="use --quantize int8 or int8-float-io")
+    refused = combination_problem(mode=req.quantize.mode, qat=opt.qat, per_tensor=req.quantize.per_tensor,
+                                  sparsity=spec is not None and spec.uses_tfmot, cluster=opt.cluster)
+    if refused is not None:
+        raise refused
     tfmot = opt.qat or opt.cluster is not None or (spec is not None and spec.uses_tfmot)
     if opt.train_data is None and tfmot:
         what = "--qat" if opt.qat else (f"--cluster {opt.cluster}" if opt.cluster else f"--prune {opt.prune}")
         raise UsageError(f"{what} needs training data", hint="pass --train-data FILE (.npz with x, and y if "
                                                              "labelled; without y the original model teaches)")
-    if opt.qat and req.quantize.per_tensor and spec is not None and spec.uses_tfmot:
-        raise UsageError("--per-tensor cannot be combined with sparsity-preserving QAT: tfmot's prune-preserve "
-                         "scheme quantizes conv weights per channel", hint="drop --per-tensor, or --prune sparsity/m:n")
-    if opt.qat and req.quantize.per_tensor and opt.cluster is not None:
-        raise UsageError(f"--cluster {opt.cluster} --qat --per-tensor is not supported: tfmot's cluster-preserving "
-                         "QAT quantizes conv weights per channel", hint="drop --per-tensor, or --qat")
     if opt.train_data is None and (opt.distill or opt.distribute):
         log.warning("--distill/--distribute only apply when fine-tuning with --train-data; ignoring them")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.errors import ModelLoadError, UsageError
-from edgepack.request import ConvertRequest, TuneOptions
+from edgepack.request import ConvertRequest, Sampler, TuneOptions
 from edgepack.targets import load_target
 from edgepack.tune.space import SearchSpace, default_space, read_space
 from edgepack.tune.study import TuneJob, storage_url
@@ -35,6 +35,8 @@ def make_job(*, model: Path, output: Path, options: TuneOptions, flags: dict[str
     else:
         space = default_space(keras=model.suffix.lower() in KERAS_SUFFIXES, trainable=flags.get("train_data") is not None,
                               quantize_modes=spec.quantize_modes, min_calibration_samples=spec.min_calibration_samples)
+    if options.sampler is Sampler.GRID:
+        space.grid_size()  # counted before anything is created: a grid past the limit is refused here
     fixed = {k: (str(Path(v).resolve()) if k in ("calibration", "train_data", "labels", "recipe")
                  and isinstance(v, str | Path) else v) for k, v in flags.items() if k != "target"}
     return TuneJob(model=model.resolve(), output=output.resolve(), target=spec.name, flags=tuple(sorted(fixed.items())),

@@ -6,6 +6,7 @@ bundle are still written, and running the same command again resumes the study.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -13,7 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgepack.tune.report import CSV_NAME, PNG_NAME, collect, keep_bundles, kept_paths, write_csv, write_picture
-from edgepack.tune.study import TuneJob, load_study, run_workers, top_up, work
+from edgepack.tune.study import (
+    TuneJob,
+    available_memory,
+    load_study,
+    run_workers,
+    top_up,
+    usable_cores,
+    work,
+    worker_count,
+)
 from edgepack.tune.trial import TrialOutcome
 
 log = logging.getLogger(__name__)
@@ -91,6 +101,11 @@ def _run_trials(job: TuneJob, study, convert: Callable[..., Any], validate: Call
     ``(trials run here, interrupted)``."""
     interrupted, ran = False, 0
     left = top_up(study, job)
+    workers, note = worker_count(job.options.workers, left, cores=usable_cores(), memory=available_memory())
+    if note:
+        log.warning("%s", note)
+    if workers != job.options.workers:
+        job = dataclasses.replace(job, options=dataclasses.replace(job.options, workers=workers))
     ticker = Ticker(left, job.options.workers)
     log.info("study %s: %d trials to run (budget %d) with %d worker(s)", job.study, left, job.budget,
              job.options.workers)

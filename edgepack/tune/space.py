@@ -25,7 +25,7 @@ import dataclasses
 import itertools
 import math
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,13 @@ from edgepack.request import QUANTIZE_MODES, OptimizeOptions, parse_prune, valid
 
 Flags = dict[str, Any]
 GROUPS = "prune_groups"
+# A grid is counted before any point is built; past this many points it is refused (each point is
+# a real convert + validate, seconds to minutes: 10,000 of them is weeks of a machine).
+MAX_GRID_POINTS = 10_000
+# Knobs sampled only where every value they take is a combination convert accepts (tfmot's
+# preserving QAT is per-channel; QAT is for int8): decided after the other knobs, else left at
+# convert's default (false) and not a parameter of the trial.
+CONDITIONAL = ("qat", "per_tensor")
 
 
 def _ratio(value: Any) -> str | None:
@@ -108,6 +115,20 @@ def _sparsity(flags: Flags, value: float) -> None:
         flags["prune"] = f"sparsity:{value:g}"
 
 
+def refusal(flags: Mapping[str, Any]) -> str | None:
+    """Why convert would refuse these options together (its own rule), or None."""
+    from edgepack.pipeline.optimize import combination_problem
+
+    prune = flags.get("prune")
+    try:
+        sparsity = prune is not None and parse_prune(str(prune)).uses_tfmot
+    except UsageError:
+        sparsity = False
+    err = combination_problem(mode=flags.get("quantize"), qat=bool(flags.get("qat")),
+                              per_tensor=bool(flags.get("per_tensor")), sparsity=sparsity, cluster=flags.get("cluster"))
+    return None if err is None else err.message
+
+
 @dataclass(frozen=True)
 class Knob:
     """One searchable setting: what a valid value is, and which convert options it sets."""
@@ -148,13 +169,19 @@ class Dimension:
     def is_int(self) -> bool:
         return self.choices is None and all(isinstance(v, int) for v in (self.low, self.high, self.step or 1))
 
-    def grid(self) -> tuple[Any, ...] | None:
-        """Every value, or None for a continuous range."""
+    def grid_count(self) -> int | None:
+        """How many values, counted without building them; None for a continuous range."""
         if self.choices is not None:
-            return self.choices
+            return len(self.choices)
         if self.step is None:
             return None
-        n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+
+    def grid(self) -> tuple[Any, ...] | None:
+        """Every value, or None for a continuous range (call after :meth:`SearchSpace.grid_size`)."""
+        n = self.grid_count()
+        if n is None or self.choices is not None:
+            return self.choices
         vals = [self.low + i * self.step for i in range(n)]
         return tuple(int(v) for v in vals) if self.is_int else tuple(round(v, 10) for v in vals)
 
@@ -176,8 +203,37 @@ class SearchSpace:
     dimensions: tuple[Dimension, ...]
     source: str = "default"  # the file it came from, or "default"
 
-    def suggest(self, trial: Any) -> dict[str, Any]:
-        return {d.name: d.suggest(trial) for d in self.dimensions}
+    def _ordered(self) -> list[Dimension]:
+        """The conditional knobs last, in :data:`CONDITIONAL` order: they depend on the others."""
+        rank = {name: i + 1 for i, name in enumerate(CONDITIONAL)}
+        return sorted(self.dimensions, key=lambda d: rank.get(d.name, 0))
+
+    def _free(self, d: Dimension, params: Mapping[str, Any], fixed: Mapping[str, Any] | None) -> bool:
+        """Whether every value of conditional knob ``d`` makes a combination convert accepts."""
+        return all(refusal({**(fixed or {}), **self.to_flags({**params, d.name: v})}) is None
+                   for v in d.choices or ())
+
+    def suggest(self, trial: Any, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """This trial's point; conditional knobs only where all their values are valid with the rest
+        (and with ``fixed``, the options every trial shares)."""
+        params: dict[str, Any] = {}
+        for d in self._ordered():
+            if d.name in CONDITIONAL and not self._free(d, params, fixed):
+                continue
+            params[d.name] = d.suggest(trial)
+        return params
+
+    def _valid_point(self, point: Mapping[str, Any], fixed: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """A grid point as :meth:`suggest` would draw it, or None when it repeats another point (a
+        conditional knob that is not free, at a value other than its default)."""
+        params: dict[str, Any] = {}
+        for d in self._ordered():
+            if d.name in CONDITIONAL and not self._free(d, params, fixed):
+                if point[d.name]:
+                    return None
+                continue
+            params[d.name] = point[d.name]
+        return params
 
     def to_flags(self, params: Mapping[str, Any]) -> Flags:
         """The :func:`edgepack.api.convert` options one point of the space stands for."""
@@ -193,16 +249,28 @@ class SearchSpace:
             flags["prune_groups"] = groups
         return flags
 
-    def grid(self) -> list[dict[str, Any]]:
-        """Every point of a discrete space, in a fixed order."""
-        values = []
+    def grid_size(self) -> int:
+        """Points of the full grid, counted arithmetically; refused past :data:`MAX_GRID_POINTS`."""
+        total = 1
         for d in self.dimensions:
-            g = d.grid()
-            if g is None:
+            n = d.grid_count()
+            if n is None:
                 raise UsageError(f"--space {self.source}: '{d.name}' is a continuous range; grid search needs "
                                  "every value", hint="give it a step, or a list of values")
-            values.append(g)
-        return [dict(zip([d.name for d in self.dimensions], combo)) for combo in itertools.product(*values)]
+            total *= n
+        if total > MAX_GRID_POINTS:
+            raise UsageError(f"--space {self.source}: --sampler grid over {total:,} points; edgepack's limit is "
+                             f"{MAX_GRID_POINTS:,}", hint="give fewer values or a coarser step, or use --sampler tpe")
+        return total
+
+    def grid(self, fixed: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every valid point of a discrete space, in a fixed order, one at a time."""
+        self.grid_size()
+        names = [d.name for d in self.dimensions]
+        for combo in itertools.product(*(d.grid() for d in self.dimensions)):
+            point = self._valid_point(dict(zip(names, combo)), fixed)
+            if point is not None:
+                yield point
 
     def to_data(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

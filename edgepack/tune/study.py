@@ -11,6 +11,8 @@ and the next run puts it back in the budget.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import json
 import logging
 import os
@@ -24,7 +26,7 @@ from typing import Any
 from edgepack.errors import EdgepackError, UsageError
 from edgepack.request import Pruner, Sampler, TuneOptions
 from edgepack.tune.space import SearchSpace
-from edgepack.tune.trial import ERROR, PRUNED, Limits, TrialOutcome, run_trial
+from edgepack.tune.trial import ERROR, PRUNED, REFUSED, Limits, TrialOutcome, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,10 @@ class TuneJob:
     study: str
     seed: int = 0
 
-    @property
-    def budget(self) -> int:
+    @functools.cached_property
+    def budget(self) -> int:  # cached: a grid's valid points are counted by walking them
         if self.options.sampler is Sampler.GRID:
-            points = len(self.space.grid())
+            points = sum(1 for _ in self.space.grid(dict(self.flags)))
             return min(points, self.options.trials or points)
         return self.options.trials or TuneOptions.DEFAULT_TRIALS
 
@@ -95,7 +97,7 @@ def make_sampler(sampler: Sampler, seed: int, startup: int):
         with warnings.catch_warnings():  # constraints, liar and multivariate are marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True,
-                                              constraints_func=_constraints, multivariate=True)
+                                              constraints_func=_constraints, multivariate=True, group=True)
     return optuna.samplers.RandomSampler(seed=seed)  # grid: every trial comes with its point fixed
 
 
@@ -177,8 +179,8 @@ def top_up(study, job: TuneJob) -> int:
     missing = job.budget - len(active)
     if job.options.sampler is Sampler.GRID:
         taken = {_point_key(t.system_attrs.get("fixed_params") or t.params) for t in active}
-        points = [p for p in job.space.grid() if _point_key(p) not in taken]
-        for p in points[:max(0, missing)]:
+        points = (p for p in job.space.grid(dict(job.flags)) if _point_key(p) not in taken)
+        for p in itertools.islice(points, max(0, missing)):
             study.enqueue_trial(p)
     else:
         for _ in range(max(0, missing)):
@@ -234,7 +236,7 @@ def work(job: TuneJob, worker: int, convert: Callable[..., Any], validate: Calla
         trial.set_user_attr("worker", worker)
         trial.set_user_attr("output", str(job.output.resolve()))
         try:
-            params = job.space.suggest(trial)
+            params = job.space.suggest(trial, fixed=dict(job.flags))
             out = _same_point(study, params, trial.number)
             if out is None:
                 out = run_trial(trial=trial, params=params, flags={**flags, **job.space.to_flags(params)},
@@ -251,7 +253,7 @@ def work(job: TuneJob, worker: int, convert: Callable[..., Any], validate: Calla
         else:
             study.tell(trial, out.value)
         ran += 1
-        if out.status == ERROR:
+        if out.status in (ERROR, REFUSED):
             log.warning("trial %d: %s", trial.number, out.reason)
         if finished:
             finished(trial.number, out)
@@ -327,6 +329,52 @@ def describe(out: TrialOutcome) -> str:
         parts.append(out.reason)
     parts.append(f"{out.seconds:.1f}s")
     return ", ".join(parts)
+
+
+# What one local worker holds: a process that imported TensorFlow peaks at ~0.7 GiB before any work, and a
+# tune trial of the tests' tiny Keras model at 0.8 GiB (tests/faults/test_limits.py); real models need more.
+WORKER_BYTES = 3 << 29
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still use: the kernel's MemAvailable, lowered by a cgroup limit."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            found += [int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit.isdigit():
+            found.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def worker_count(requested: int, trials: int, *, cores: int, memory: int | None) -> tuple[int, str | None]:
+    """How many local workers to start: no more than ``trials`` left to run, the ``cores`` and what
+    ``memory`` holds at :data:`WORKER_BYTES` a worker (at least one). A note when that is fewer."""
+    n, why = requested, []
+    if trials < n:
+        n = max(1, trials)
+        if trials:  # nothing left to run: one worker finds that out quietly
+            why.append(f"{trials} trial{'s' if trials != 1 else ''} to run")
+    if cores < n:
+        n = max(1, cores)
+        why.append(f"{cores} core{'s' if cores != 1 else ''}")
+    if memory is not None and memory // WORKER_BYTES < n:
+        n = max(1, memory // WORKER_BYTES)
+        why.append(f"{memory / 2**30:.1f} GiB of memory available at {WORKER_BYTES / 2**30:.1f} GiB a worker")
+    if not why:
+        return n, None
+    return n, f"--workers {requested}: starting {n} worker{'s' if n != 1 else ''} ({'; '.join(why)})"
 
 
 def run_workers(job: TuneJob, workers: int, convert: Callable[..., Any], validate: Callable[..., Any],

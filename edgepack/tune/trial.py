@@ -4,10 +4,11 @@ The convert and validate functions are handed in by :mod:`edgepack.api` (the lay
 trial runs exactly what ``edgepack convert`` and ``edgepack validate`` run. Fine-tuning reports its
 held-out score after every epoch; the study's pruner may stop the trial there.
 
-A trial ends in one of four states: ``feasible``; ``infeasible`` (the target's flash/RAM/Vela checks,
+A trial ends in one of five states: ``feasible``; ``infeasible`` (the target's flash/RAM/Vela checks,
 ``--max-bytes`` or ``--max-latency-ms`` failed — recorded with the numbers, never dropped);
-``pruned`` (stopped early); ``error`` (the combination cannot be converted, e.g. QAT with int16x8:
-the one-line message is recorded).
+``pruned`` (stopped early); ``refused`` (convert refused the combination of options, e.g. QAT with
+int16x8 given as fixed options: the space itself samples only combinations convert accepts);
+``error`` (the conversion failed: the one-line message is recorded).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from edgepack.targets import TargetSpec
 log = logging.getLogger(__name__)
 
 FEASIBLE, INFEASIBLE, PRUNED, ERROR = "feasible", "infeasible", "pruned", "error"
+REFUSED = "refused"  # convert refused the options together: not a failure of the conversion
 
 
 @dataclass
@@ -102,7 +104,7 @@ def run_trial(*, trial: Any, params: dict[str, Any], flags: dict[str, Any], bund
     except UsageError as err:
         if "--eval-data" in str(err) or "--train-data" in str(err) or "--calibration" in str(err):
             raise  # the user's data, not this point of the space: every trial would fail the same way
-        return _ended(out, ERROR, str(err), start, bundle)
+        return _ended(out, REFUSED, str(err), start, bundle)
     except (CalibrationError, ModelLoadError, PackagingError):
         raise  # the data, the model or the disk: every trial would fail alike
     except EdgepackError as err:

@@ -151,7 +151,8 @@ def _zip(path: Path, members: dict[str, bytes | int]) -> Path:
     return path
 
 
-def test_config_bomb_is_refused_with_bounded_reads(tmp_path):
+def test_config_bomb_is_refused_with_bounded_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(safety, "MAX_RATIO", 10**6)  # the size limit alone (spaces also trip the ratio limit)
     bomb = _zip(tmp_path / "bomb.keras", {"metadata.json": b'{"keras_version": "3.5.0"}',
                                           "config.json": safety.MAX_CONFIG_BYTES + (1 << 20)})
     assert bomb.stat().st_size < 1 << 20
@@ -162,6 +163,7 @@ def test_config_bomb_is_refused_with_bounded_reads(tmp_path):
 
 def test_weights_and_extra_member_bombs_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(safety, "MAX_MEMBER_BYTES", 8 << 20)  # the real cap is 2 GiB; same code path
+    monkeypatch.setattr(safety, "MAX_RATIO", 10**6)  # the size limit alone (spaces also trip the ratio limit)
     for extra in ("model.weights.h5", "assets/extra.bin"):
         good = tmp_path / "good.keras"
         build_keras3().save(good)

@@ -8,6 +8,8 @@ import contextlib
 import logging
 import os
 import re
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,57 @@ log = logging.getLogger(__name__)
 # goes to GitHub: 20 images of 128x128x3, float32 in [0, 1].
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 _SAMPLE_SHAPE = (20, 128, 128, 3)
+
+# Wall-clock seconds one onnx2tf translation may take: the README's zoo runs convert VGG-19, the slowest,
+# in 66 s, and benchmarks/model_zoo.py gives each converter run 900 s. The environment variable sets
+# another bound for slow machines or tests.
+TRANSLATE_SECONDS = 900.0
+TIMEOUT_ENV = "EDGEPACK_ONNX2TF_TIMEOUT"
+
+
+class TranslationTimeout(ConversionError):
+    """onnx2tf ran past its time limit: not a translation failure another option set could fix."""
+
+
+class _Expired(BaseException):
+    """Raised by the alarm inside onnx2tf: a BaseException, so its ``except Exception`` blocks let it pass."""
+
+
+def translate_seconds() -> float:
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None:
+        return TRANSLATE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        from edgepack.errors import UsageError
+
+        raise UsageError(f"{TIMEOUT_ENV}={raw!r}: not a positive number of seconds")
+    return value
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float, expired: list[bool]) -> Iterator[None]:
+    """Raise :class:`_Expired` in this thread after ``seconds`` and every second after that (a bare
+    ``except:`` in the translator may swallow one), and note it in ``expired``. SIGALRM: only on the
+    main thread, where Python runs signal handlers; native code that never returns to Python delays it."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame) -> None:
+        expired.append(True)
+        raise _Expired()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def ops_message(ops: dict[str, list[str]]) -> str:
@@ -71,20 +124,30 @@ def run_onnx2tf(onnx_path: Path, workdir: Path, names: dict[str, str], verbose: 
     failures become one ConversionError."""
     import tensorflow  # noqa: F401  (imported outside the capture so its start-up noise is handled once)
 
+    seconds = translate_seconds()
+    expired: list[bool] = []
     failure: BaseException | None = None
-    with capture_all_output(not verbose) as cap:
-        import onnx2tf
+    try:
+        with capture_all_output(not verbose) as cap:
+            import onnx2tf
 
-        try:
-            with offline_onnx2tf(workdir):
-                model = onnx2tf.convert(
-                    input_onnx_file_path=str(onnx_path.resolve()), output_folder_path=str(workdir.resolve() / "onnx2tf_out"),
-                    disable_model_save=True, not_use_onnxsim=True, not_use_opname_auto_generate=True,
-                    non_verbose=not verbose, verbosity="info" if verbose else "error", **(options or {}))
-        except KeyboardInterrupt:
-            raise
-        except (SystemExit, Exception) as err:  # onnx2tf calls sys.exit(1) or raises anything at all
-            failure = err
+            try:
+                with offline_onnx2tf(workdir), _deadline(seconds, expired):
+                    model = onnx2tf.convert(
+                        input_onnx_file_path=str(onnx_path.resolve()),
+                        output_folder_path=str(workdir.resolve() / "onnx2tf_out"),
+                        disable_model_save=True, not_use_onnxsim=True, not_use_opname_auto_generate=True,
+                        non_verbose=not verbose, verbosity="info" if verbose else "error", **(options or {}))
+            except KeyboardInterrupt:
+                raise
+            except (SystemExit, Exception) as err:  # onnx2tf calls sys.exit(1) or raises anything at all
+                failure = err
+    except _Expired:
+        expired.append(True)
+    if expired:
+        raise TranslationTimeout(f"onnx2tf did not finish translating the model within {seconds:g} s (edgepack's "
+                                 f"limit, set by {TIMEOUT_ENV})",
+                                 hint=f"simplify the model, or allow more time with {TIMEOUT_ENV}=SECONDS")
     text = cap.text
     if failure is not None:
         raise _onnx2tf_error(failure, text, names) from failure

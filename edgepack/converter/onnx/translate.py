@@ -35,6 +35,7 @@ from edgepack.converter.onnx.iomap import IoMap, map_io
 # SAMPLE_FILE and write_sample_images are re-exported: benchmarks and tests use them from here
 from edgepack.converter.onnx.onnx2tf_run import (  # noqa: F401
     SAMPLE_FILE,
+    TranslationTimeout,
     ops_message,
     run_onnx2tf,
     write_sample_images,
@@ -257,6 +258,8 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
                 queue = [] if onnx2tf_options else fallbacks.after_crash(set(names.values()), tried)
                 failures.append((cand.name, err))
                 continue
+            except TranslationTimeout:
+                raise  # another option set would take as long again
             except ConversionError as err:
                 log.info("onnx2tf option set %r failed: %s", cand.name, err.message)
                 failures.append((cand.name, err))
