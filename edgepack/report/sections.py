@@ -76,18 +76,19 @@ def summary(m: Mapping[str, Any], validation: Mapping[str, Any] | None) -> dict[
 
 def _confusion(conf: Mapping[str, Any] | None, labels: Sequence[str] | None) -> dict[str, Any] | None:
     """The matrix with row/column names and per-class accuracy; cell shades as fractions of the row."""
-    if not conf or not conf.get("matrix"):
+    if not conf or not (conf.get("matrix") or conf.get("per_class")):
         return None
-    matrix = conf["matrix"]
-    names = list(conf.get("labels") or labels or [])
-    names += [str(i) for i in range(len(names), len(matrix))]
+    matrix = conf.get("matrix")
+    per_class = conf.get("per_class") or [[sum(r), r[i]] for i, r in enumerate(matrix or [])]
+    names = list(labels or [])[:len(per_class)]
+    names += [str(i) for i in range(len(names), len(per_class))]
     rows = []
-    for i, row in enumerate(matrix):
-        total = sum(row)
-        rows.append({"name": names[i], "cells": [{"n": n, "shade": n / total if total else 0.0, "diag": i == j}
-                                                 for j, n in enumerate(row)],
-                     "total": total, "accuracy": row[i] / total if total and i < len(row) else None})
-    return {"names": names[:len(matrix)], "rows": rows, "output": conf.get("output")}
+    for i, (total, correct) in enumerate(per_class):
+        cells = None
+        if matrix is not None:
+            cells = [{"n": n, "shade": n / total if total else 0.0, "diag": i == j} for j, n in enumerate(matrix[i])]
+        rows.append({"name": names[i], "cells": cells, "total": total, "accuracy": correct / total if total else None})
+    return {"names": names, "rows": rows, "output": conf.get("output"), "matrix": matrix is not None}
 
 
 def validation(v: Mapping[str, Any] | None, labels: Sequence[str] | None) -> dict[str, Any] | None:

@@ -42,6 +42,9 @@ class ValidationReport:
     budget: dict[str, Any] | None = None
     # --metric: the user's task metric on the bundle and the reference ({metric, bundle, reference, drop_pp})
     task_metric: dict[str, Any] | None = None
+    # labelled data and a class-vector first output: {output, classes, per_class: [[samples, correct]], matrix}
+    # (matrix[true][predicted], up to validation.confusion.MAX_MATRIX_CLASSES classes)
+    confusion: dict[str, Any] | None = None
 
     @property
     def accuracy_drop_pp(self) -> float | None:
