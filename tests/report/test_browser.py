@@ -38,7 +38,8 @@ def test_the_harness_sees_a_request_an_error_and_markup(tmp_path):
                    '<img src="http://example.invalid/x.png"><img src=x onerror=alert(1)>'
                    "<script>undefined_function()</script></body></html>")
     result = probe(bad)
-    assert result["violations"] and result["errors"] and result["console"] and result["alerts"] == 1 and result["imgs_with_src_x"] == 1
+    assert result["violations"] and result["errors"] and result["console"]
+    assert result["alerts"] == 1 and result["imgs_with_src_x"] == 1
     assert any(img["natural_width"] == 0 for img in result["images"])
 
 
@@ -71,3 +72,15 @@ def test_study_page_in_chromium(study_dir):
     assert result["keys"]["count-feasible"] == ["1"] and result["keys"]["count-infeasible"] == ["1"]
     assert result["keys"]["best-link"] == ["best/report.html"] and (study_dir / "best" / "report.html").is_file()
     assert "--max-bytes" in result["text"]  # the infeasible trial's reason
+
+
+def test_study_page_is_rebuilt_from_the_storage_alone(study_dir, keras3_model, tmp_path):
+    from edgepack import api
+
+    page = study_dir / "report.html"
+    before = page.read_text("utf-8")
+    page.unlink()
+    result = api.tune(model=keras3_model, output=study_dir, report=True)
+    assert result["report"] == str(page)
+    after = page.read_text("utf-8")
+    assert 'data-key="best-trial"' in after and after.count("<tr>") == before.count("<tr>")
