@@ -89,3 +89,19 @@ def test_sensitivity_chart_names_ops_and_marks_kept_ones():
     assert "CONV_2D block_3/conv" in svg  # the tick label: type and short name, as text
     assert "<script>" not in svg and "&lt;script&gt;" in svg
     assert short_name("a/b/c/d;e/f") == "c/d"
+
+
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55-ethos-u55"])
+def test_microcontroller_pages_show_arena_firmware_and_vela(target_bundle, target):
+    bundle = target_bundle(target)
+    page = (bundle / "report.html").read_text("utf-8")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    extras = manifest["extras"]
+    assert 'data-key="arena-bytes"' in page and "TFLite Micro arena" in page
+    assert fmt_bytes(extras["tflm"]["firmware"]["tensor_arena_size"]) in page
+    assert all(f in page for f in extras["tflm"]["firmware"]["files"])
+    if "vela" in extras:
+        assert "Ethos-U: Vela" in page and fmt_bytes(extras["vela"]["sram_bytes"]) in page
+        assert "Vela&#39;s estimate" in page or "Vela's estimate" in page
+    else:
+        assert target == "cortex-m4"
