@@ -15,6 +15,13 @@
       errors: errors, violations: violations, alerts: alerts, text: document.body.innerText,
       imgs_with_src_x: document.querySelectorAll('img[src="x"]').length
     };
+    // a sortable table: click its first header twice and record the first column after each click
+    var th = document.querySelector("table.sortable th.sortable");
+    if (th) {
+      var table = th.closest("table"), firstColumn = function () {
+        return Array.prototype.slice.call(table.rows, 1).map(function (r) { return r.cells[0].textContent; }); };
+      th.click(); out.sorted_up = firstColumn(); th.click(); out.sorted_down = firstColumn();
+    }
     document.querySelectorAll("[data-key]").forEach(function (e) { (out.keys[e.dataset.key] = out.keys[e.dataset.key] || []).push(e.textContent.trim()); });
     var pre = document.createElement("pre"); pre.id = "edgepack-probe"; pre.textContent = JSON.stringify(out);
     document.body.appendChild(pre);

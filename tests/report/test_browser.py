@@ -72,6 +72,7 @@ def test_study_page_in_chromium(study_dir):
     assert result["keys"]["count-feasible"] == ["1"] and result["keys"]["count-infeasible"] == ["1"]
     assert result["keys"]["best-link"] == ["best/report.html"] and (study_dir / "best" / "report.html").is_file()
     assert "--max-bytes" in result["text"]  # the infeasible trial's reason
+    assert result["sorted_up"] == ["0", "1"] and result["sorted_down"] == ["1", "0"]  # the trials table sorts
 
 
 def test_study_page_is_rebuilt_from_the_storage_alone(study_dir, keras3_model, tmp_path):
