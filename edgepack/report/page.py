@@ -77,20 +77,23 @@ def split_rows(rows: Sequence[Any], limit: int = MAX_ROWS, shown: int = SHOWN_RO
 
 
 def interval(d: Mapping[str, Any] | None, key: str) -> tuple[float, float] | None:
-    """A metric's confidence interval where validation.json carries one, in any of the spellings
-    ``KEY_interval``/``KEY_ci``, ``intervals[KEY]``/``ci[KEY]``, or ``KEY: {value, interval|ci|low/high}``."""
+    """A metric's confidence interval where validation.json carries one: ``intervals[KEY]`` as
+    ``{low, high, n}`` (a null bound is infinite, as for an exact SQNR), or the spellings
+    ``KEY_interval``/``KEY_ci``, ``ci[KEY]``, ``KEY: {value, interval|ci|low/high}``."""
     if not d:
         return None
-    cands = [d.get(f"{key}_interval"), d.get(f"{key}_ci"), (d.get("intervals") or {}).get(key),
+    cands = [(d.get("intervals") or {}).get(key), d.get(f"{key}_interval"), d.get(f"{key}_ci"),
              (d.get("ci") or {}).get(key)]
     v = d.get(key)
     if isinstance(v, Mapping):
-        cands += [v.get("interval"), v.get("ci"), [v.get("low"), v.get("high")]]
+        cands += [v.get("interval"), v.get("ci"), {"low": v.get("low"), "high": v.get("high")}]
     for c in cands:
         if isinstance(c, Mapping):
+            if c.get("low", c.get("lo")) is None and c.get("high", c.get("hi")) is None:
+                continue
             c = [c.get("low", c.get("lo")), c.get("high", c.get("hi"))]
-        if isinstance(c, (list, tuple)) and len(c) >= 2 and all(isinstance(x, (int, float)) for x in c[:2]):
-            return float(c[0]), float(c[1])
+        if isinstance(c, (list, tuple)) and len(c) >= 2 and all(x is None or isinstance(x, (int, float)) for x in c[:2]):
+            return (-math.inf if c[0] is None else float(c[0])), (math.inf if c[1] is None else float(c[1]))
     return None
 
 

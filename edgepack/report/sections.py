@@ -96,8 +96,11 @@ def validation(v: Mapping[str, Any] | None, labels: Sequence[str] | None) -> dic
         return None
     metrics = [{"label": label, "value": value(v, key), "fmt": fmt, "interval": interval(v, key), "key": key}
                for key, label, fmt in _METRICS if value(v, key) is not None]
-    outputs = [{**o, "interval": interval(o, "sqnr_db")} for o in v.get("outputs") or []]
-    return {"raw": v, "metrics": metrics, "outputs": outputs, "confusion": _confusion(v.get("confusion"), labels),
+    slices = (v.get("intervals") or {}).get("worst_slice_sqnr_db") or {}
+    outputs = [{**o, "interval": interval(slices, o.get("name", ""))} for o in v.get("outputs") or []]
+    return {"raw": v, "metrics": metrics, "confidence": v.get("confidence") if v.get("intervals") else None,
+            "task_interval": interval(v, "task_metric_drop_pp"), "outputs": outputs,
+            "confusion": _confusion(v.get("confusion"), labels),
             "task": v.get("task_metric"), "runtimes": v.get("runtimes") or {}, "notes": v.get("notes") or []}
 
 

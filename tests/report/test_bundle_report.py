@@ -71,12 +71,31 @@ def test_long_tables_fold_into_details():
 
 @pytest.mark.parametrize("spelling", [
     {"accuracy_bundle": 0.9, "accuracy_bundle_interval": [0.85, 0.94]},
+    {"accuracy_bundle": 0.9, "intervals": {"accuracy_bundle": {"low": 0.85, "high": 0.94, "n": 300}}},
     {"accuracy_bundle": 0.9, "intervals": {"accuracy_bundle": [0.85, 0.94]}},
     {"accuracy_bundle": {"value": 0.9, "ci": {"low": 0.85, "high": 0.94}}},
 ])
 def test_intervals_are_read_in_any_spelling(spelling):
     assert interval(spelling, "accuracy_bundle") == (0.85, 0.94)
     assert interval({"accuracy_bundle": 0.9}, "accuracy_bundle") is None
+    assert interval({"intervals": {"x": {"low": 40.0, "high": None, "n": 64}}}, "x") == (40.0, float("inf"))
+
+
+def test_intervals_render_next_to_their_figures(hostile_bundle, tmp_path):
+    """validation.json with intervals (edgepack.validation.intervals' layout) shows them on the page."""
+    import shutil
+
+    from edgepack.report import render_bundle_report
+
+    copy = tmp_path / "b"
+    shutil.copytree(hostile_bundle, copy)
+    v = json.loads((copy / "validation.json").read_text())
+    out = v["outputs"][0]["name"]
+    v.update(confidence=0.95, intervals={"accuracy_bundle": {"low": 0.25, "high": 0.35, "n": 64},
+                                         "worst_slice_sqnr_db": {out: {"low": 38.5, "high": None, "n": 64}}})
+    (copy / "validation.json").write_text(json.dumps(v))
+    page = render_bundle_report(copy)
+    assert "95.0% confidence intervals" in page and "[25.00% … 35.00%]" in page and "[38.5 … ∞]" in page
 
 
 def test_sensitivity_chart_names_ops_and_marks_kept_ones():
