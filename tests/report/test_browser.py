@@ -58,6 +58,7 @@ def test_bundle_page_in_chromium(hostile_bundle):
     assert keys["verdict"] == ["PASS" if validation["passed"] else "FAIL"]
     assert HOSTILE_LABEL in result["text"]  # the label reads as text in the confusion matrix
     assert len(result["figures"]) >= 2  # the flash bar and the sensitivity chart
+    assert (hostile_bundle / "report.html").stat().st_size < 200_000
     if shot is not None:
         assert shot.stat().st_size > 10_000
 
@@ -67,6 +68,7 @@ def test_study_page_in_chromium(study_dir):
     result = probe(study_dir / "report.html", screenshot=shot)
     _clean(result)
     assert len(result["images"]) == 1  # the Pareto picture, inline
+    assert (study_dir / "report.html").stat().st_size < 300_000
     best = json.loads((study_dir / "best.json").read_text())
     assert result["keys"]["best-trial"] == [str(best["trial"])]
     assert result["keys"]["count-feasible"] == ["1"] and result["keys"]["count-infeasible"] == ["1"]
