@@ -41,25 +41,37 @@ def _labels(bundle: Path, manifest) -> list[str] | None:
         return None
 
 
-def bundle_context(bundle: Path) -> dict[str, Any]:
-    """Everything the page shows, as plain data: the manifest, validation.json, the sensitivity
-    table and the flatbuffer's tensor table (parsed, not run)."""
+def _read(bundle: Path) -> dict[str, Any]:
+    """The bundle's files: the manifest (schema-checked, artifacts verified), validation.json, the
+    sensitivity table, the flatbuffer (parsed, not run) and the labels."""
     from edgepack.tflite_model import read_tflite
 
     manifest = read_manifest(bundle)
     verify_artifacts(bundle, manifest.artifacts)  # a page about a tampered bundle would vouch for it
-    m = manifest.to_dict()
     validation = _side_json(bundle, VALIDATION_NAME)
+    if validation is not None and not isinstance(validation, dict):
+        raise BundleError(f"{bundle / VALIDATION_NAME}: not a validation report (a JSON {type(validation).__name__})",
+                          hint="validate the bundle again")
     sens_art = next((a for a in manifest.artifacts if a.role == "sensitivity"), None)
-    sensitivity = _side_json(bundle, sens_art.path) if sens_art else None
-    info = read_tflite(bundle / manifest.artifact("model").path)
-    labels = _labels(bundle, manifest)
+    return {"manifest": manifest, "validation": validation,
+            "sensitivity": _side_json(bundle, sens_art.path) if sens_art else None,
+            "info": read_tflite(bundle / manifest.artifact("model").path), "labels": _labels(bundle, manifest)}
+
+
+def bundle_context(files: dict[str, Any]) -> dict[str, Any]:
+    """Everything the page shows, as plain data."""
+    import edgepack
+
+    manifest, validation, info = files["manifest"], files["validation"], files["info"]
+    m = manifest.to_dict()
     return {
+        "edgepack_version": edgepack.__version__,
         "manifest": m,
         "title": f"{manifest.source.file} → {manifest.target.name}",
         "summary": sections.summary(m, validation),
-        "validation": sections.validation(validation, labels),
-        "quantization": sections.quantization(m, sensitivity, model_tables.tensor_table(info, m.get("budget"))),
+        "validation": sections.validation(validation, files["labels"]),
+        "quantization": sections.quantization(m, files["sensitivity"],
+                                              model_tables.tensor_table(info, m.get("budget"))),
         "optimization": sections.optimization(m),
         "model": {**model_tables.model_rows(info), "io": sections.io(m), "mcu": sections.mcu(m),
                   "vela": (m.get("extras") or {}).get("vela")},
@@ -69,13 +81,19 @@ def bundle_context(bundle: Path) -> dict[str, Any]:
 
 def render_bundle_report(bundle: str | Path) -> str:
     """The page for ``bundle``, as a string."""
+    import jinja2
+
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise BundleError(f"{bundle}: not a bundle directory", hint="give the -o folder of 'edgepack convert'")
-    ctx = bundle_context(bundle)
-    import edgepack
-
-    return render("bundle.html.j2", edgepack_version=edgepack.__version__, **ctx)
+    files = _read(bundle)
+    try:
+        return render("bundle.html.j2", **bundle_context(files))
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, jinja2.TemplateError) as err:
+        # the manifest passed its schema: what does not fit is a side file's layout, which nothing hashes
+        raise BundleError(f"{bundle}: {VALIDATION_NAME} or the sensitivity table has an unexpected layout "
+                          f"({type(err).__name__}: {err})",
+                          hint="validate the bundle again, or convert it again") from err
 
 
 def write_bundle_report(bundle: str | Path, output: str | Path | None = None) -> Path:

@@ -24,7 +24,8 @@ def environment():
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("edgepack.report", "templates"),
                              autoescape=True,  # names from models and files are text, never markup
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                             # a field an older bundle's files lack renders as "–", not as an error
+                             undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(bytes=fmt_bytes, num=fmt_num, pct=fmt_pct, shape=fmt_shape)
     env.globals.update(split_rows=split_rows, MAX_ROWS=MAX_ROWS)
     return env
@@ -36,7 +37,7 @@ def render(template: str, **context: Any) -> str:
 
 def fmt_bytes(n: Any) -> str:
     """``45,664 B (44.6 KiB)``: the exact count and a readable one."""
-    if n is None:
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
         return "–"
     n = int(n)
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
@@ -47,7 +48,7 @@ def fmt_bytes(n: Any) -> str:
 
 def fmt_num(x: Any, digits: int = 4) -> str:
     """Numbers as a person reads them: ints with separators, floats to ``digits`` significant places."""
-    if x is None:
+    if x is None or not x and not isinstance(x, (int, float, str)):  # None, Undefined, empty containers
         return "–"
     if isinstance(x, bool):
         return "yes" if x else "no"
@@ -64,7 +65,9 @@ def fmt_num(x: Any, digits: int = 4) -> str:
 
 def fmt_pct(x: Any, digits: int = 2) -> str:
     """A fraction as a percentage."""
-    return "–" if x is None else f"{float(x) * 100:.{digits}f}%"
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return "–"
+    return f"{float(x) * 100:.{digits}f}%"
 
 
 def fmt_shape(shape: Sequence[Any] | None) -> str:

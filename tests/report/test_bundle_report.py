@@ -124,3 +124,23 @@ def test_microcontroller_pages_show_arena_firmware_and_vela(target_bundle, targe
         assert "Vela&#39;s estimate" in page or "Vela's estimate" in page
     else:
         assert target == "cortex-m4"
+
+
+@pytest.mark.parametrize("validation", [
+    {"passed": True},  # an older or partial validation.json: what it lacks shows as "–"
+    {"outputs": "not a list", "confusion": {"matrix": "x"}, "passed": False},
+    [1, 2, 3],
+])
+def test_an_odd_validation_json_is_a_page_or_one_line(hostile_bundle, tmp_path, validation):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(hostile_bundle, copy)
+    (copy / "validation.json").write_text(json.dumps(validation))
+    res = CliRunner().invoke(main, ["report", str(copy)])
+    if validation == {"passed": True}:
+        assert res.exit_code == 0, res.output
+        assert "PASS" in (copy / "report.html").read_text("utf-8")
+    else:
+        assert res.exit_code == 1 and res.output.startswith("error: ") and res.output.count("\n") <= 2, res.output
+        assert "validation" in res.output
