@@ -428,7 +428,7 @@ def tune(model, output, calibration, verbose, quiet, as_json, report, **options)
         best = result["best_trial"]
         counts = ", ".join(f"{n} {k}" for k, n in sorted(result["counts"].items()))
         click.echo(f"study {result['study']}: {result['trials']} trials ({counts or 'none'}); "
-                   f"wrote {result['csv']} and {result['picture']}")
+                   f"wrote {result['csv']}, {result['picture']} and {result['report']}")
         if best is None:
             click.echo("no feasible trial yet")
         else:
