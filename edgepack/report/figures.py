@@ -117,3 +117,28 @@ def sensitivity_svg(rows: Sequence[Mapping], title: str) -> str:
         return f'{m.group(0)}<title>{html.escape(tip)}</title>'
 
     return re.sub(r'<g id="op-(\d+)">', titled, svg)
+
+
+def curves_png(history: Mapping[str, Sequence[float]], title: str) -> bytes:
+    """Fine-tuning curves per epoch: the losses on the left, the held-out metrics on the right."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    losses = {k: v for k, v in history.items() if "loss" in k}
+    others = {k: v for k, v in history.items() if "loss" not in k}
+    fig, axes = plt.subplots(1, 2 if others else 1, figsize=(9 if others else 5, 3.2), dpi=90, squeeze=False)
+    for ax, series, label in ((axes[0][0], losses, "loss"), *(((axes[0][1], others, "metric"),) if others else ())):
+        for name, values in series.items():
+            ax.plot(range(1, len(values) + 1), values, marker="o", ms=3, label=name)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

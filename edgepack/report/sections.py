@@ -145,9 +145,26 @@ def optimization(m: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         layers = [r for r in sec.get("layers") or [] if isinstance(r, Mapping)]
         cols = _columns(layers)
+        nested = {k: v for k, v in sec.items() if isinstance(v, dict)}
+        if isinstance(sec.get("history"), Mapping):  # QAT's own fine-tuning record sits at the top
+            nested = {"fine-tuning": dict(sec), **nested}
         out.append({"name": name, "settings": {k: v for k, v in sec.items() if not isinstance(v, (dict, list))},
-                    "nested": {k: v for k, v in sec.items() if isinstance(v, dict)},
-                    "columns": cols, "rows": [[r.get(c) for c in cols] for r in layers]})
+                    "nested": {k: {kk: vv for kk, vv in d.items() if kk != "history"} for k, d in nested.items()},
+                    "curves": _curves(name, nested), "columns": cols, "rows": [[r.get(c) for c in cols] for r in layers]})
+    return out
+
+
+def _curves(name: str, nested: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
+    """A figure of every fine-tuning record's per-epoch history (drawn only when there is one)."""
+    out = []
+    for key, d in nested.items():
+        hist = d.get("history")
+        if isinstance(hist, Mapping) and any(isinstance(v, list) and v for v in hist.values()):
+            from edgepack.report.figures import curves_png, data_uri
+
+            series = {k: [float(x) for x in v] for k, v in hist.items() if isinstance(v, list)}
+            title = f"{name}: {key}, per epoch"
+            out.append({"title": title, "uri": data_uri(curves_png(series, title), "image/png")})
     return out
 
 

@@ -17,8 +17,8 @@ LABELS = ["cat", HOSTILE_LABEL, "a & b", "</td></tr></table><b>bold</b>"]
 
 @pytest.fixture(scope="session")
 def hostile_bundle(tmp_path_factory, keras3_model, calib_npy, labelled_npz) -> Path:
-    """Converted with an accuracy budget (sensitivity chart, candidates) and validated (confusion matrix);
-    the model file is named with markup too."""
+    """Pruned and fine-tuned (per-layer records, curves), converted with an accuracy budget (sensitivity
+    chart, candidates) and validated (confusion matrix); the model file is named with markup too."""
     work = tmp_path_factory.mktemp("report")
     model = work / f"{HOSTILE_FILE}.keras"
     shutil.copy(keras3_model, model)
@@ -26,7 +26,7 @@ def hostile_bundle(tmp_path_factory, keras3_model, calib_npy, labelled_npz) -> P
     labels.write_text("\n".join(LABELS) + "\n")
     out = work / "bundle"
     api.convert(model=model, output=out, calibration=calib_npy, labels=labels, min_sqnr=40.0, keep_best=True,
-                eval_data=labelled_npz)
+                eval_data=labelled_npz, prune="channels:0.5", train_data=labelled_npz, epochs=2)
     api.validate(bundle=out, data=labelled_npz, check=False)
     return out
 

@@ -58,6 +58,7 @@ def test_bundle_page_in_chromium(hostile_bundle):
     assert keys["verdict"] == ["PASS" if validation["passed"] else "FAIL"]
     assert HOSTILE_LABEL in result["text"]  # the label reads as text in the confusion matrix
     assert len(result["figures"]) >= 2  # the flash bar and the sensitivity chart
+    assert any(img["alt"].startswith("channels: finetune") for img in result["images"])  # fine-tuning curves
     assert (hostile_bundle / "report.html").stat().st_size < 200_000
     if shot is not None:
         assert shot.stat().st_size > 10_000
