@@ -12,16 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgepack.tune.report import (
-    CSV_NAME,
-    PNG_NAME,
-    collect,
-    keep_bundles,
-    kept_paths,
-    write_csv,
-    write_page,
-    write_picture,
-)
+from edgepack.tune.report import CSV_NAME, PNG_NAME, collect, keep_bundles, kept_paths, write_csv, write_page, write_picture
 from edgepack.tune.study import TuneJob, load_study, run_workers, top_up, work
 from edgepack.tune.trial import TrialOutcome
 
