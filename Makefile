@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv bench clean docs zoo
+.PHONY: demo test lint venv bench clean docs zoo chromium report-check
 
 venv: $(STAMP)
 
@@ -17,13 +17,27 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/digits_demo.py --workdir build/demo
 
-test: $(STAMP) lint
+test: $(STAMP) lint chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Layering (import-linter contracts in pyproject.toml) and style (ruff); both run in `make test`.
 lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/ruff check edgepack tests benchmarks examples tools
+
+# Headless Chromium (Debian's package) for tests/report's browser checks: installed where missing when
+# root with apt-get (CI); elsewhere a note, and those tests skip saying why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null \
+	      || echo "note: apt-get install chromium failed; the browser tests will skip" >&2; \
+	  else echo "note: chromium not installed (apt-get install chromium as root); the browser tests will skip" >&2; fi; }
+
+# report.html of a bundle and of a tune study, rendered and checked in headless Chromium;
+# SCREENSHOTS=docs refreshes docs/report-bundle.png and docs/report-study.png
+report-check: $(STAMP) chromium
+	REPORT_SCREENSHOTS=$(SCREENSHOTS) $(BIN)/python -m pytest -q tests/report
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/convert_overhead.py

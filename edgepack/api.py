@@ -18,7 +18,7 @@ from edgepack.errors import OptionError
 from edgepack.packaging.manifest import Manifest
 
 __all__ = ["ConvertResult", "budget_lines", "convert", "convert_request", "inspect", "inspect_layers", "layer_lines",
-           "raise_if_failed", "render_report", "reproduce", "stderr_console", "target", "target_docs", "targets",
+           "raise_if_failed", "render_report", "report", "reproduce", "stderr_console", "target", "target_docs", "targets",
            "tune", "validate"]
 
 
@@ -355,6 +355,22 @@ def reproduce(*, bundle: str | Path, output: str | Path, force: bool = False, ve
     new = (request.output.path / manifest.artifact("model").path).read_bytes()
     report = compare_models(old, new, original_name=str(src), new_name=str(request.output.path))
     return report.to_dict()
+
+
+def report(*, bundle: str | Path, output: str | Path | None = None, force: bool = False) -> Path:
+    """Write ``bundle``'s self-contained ``report.html`` (to ``output`` if given; an existing ``output``
+    is replaced only with ``force``) from its manifest and validation.json; returns the page's path."""
+    from edgepack.report import write_bundle_report
+
+    if output is not None and Path(output).exists() and not force:
+        from edgepack.errors import PackagingError
+
+        raise PackagingError(f"output {output} already exists", hint="pass --force to replace it, or choose another -o")
+    if output is not None and not Path(output).resolve().parent.is_dir():
+        from edgepack.errors import PackagingError
+
+        raise PackagingError(f"output folder {Path(output).resolve().parent} does not exist", hint="create it first")
+    return write_bundle_report(Path(bundle), Path(output) if output is not None else None)
 
 
 def render_report(report, console) -> None:

@@ -499,7 +499,7 @@ def tune(model, output, calibration, verbose, quiet, as_json, report, **options)
         best = result["best_trial"]
         counts = ", ".join(f"{n} {k}" for k, n in sorted(result["counts"].items()))
         click.echo(f"study {result['study']}: {result['trials']} trials ({counts or 'none'}); "
-                   f"wrote {result['csv']} and {result['picture']}")
+                   f"wrote {result['csv']}, {result['picture']} and {result['report']}")
         if best is None:
             click.echo("no feasible trial yet")
         else:
@@ -684,3 +684,22 @@ def targets(name, docs_path, verbose, quiet, as_json) -> None:
     for d in data:
         t.add_row(d["name"], d["runtime"], ", ".join(d["quantize_modes"]), d["description"])
     con.print(t)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=str))
+@click.option("-o", "--output", type=click.Path(path_type=str), default=None,
+              help="Write the page here [default: BUNDLE/report.html, which convert and validate keep up to date].")
+@click.option("--force", is_flag=True, help="Replace an existing -o file.")
+@common_options
+@handle_errors
+def report(bundle, output, force, verbose, quiet, as_json) -> None:
+    """Write BUNDLE's report.html: one self-contained page (summary, validation, quantization,
+    optimization, the model, provenance) from its manifest and validation.json; no model is run."""
+    from edgepack import api
+
+    written = api.report(bundle=bundle, output=output, force=force)
+    if as_json:
+        _emit_json({"report": str(written), "bytes": written.stat().st_size})
+    elif quiet == 0:
+        click.echo(f"wrote {written} ({written.stat().st_size} bytes)")

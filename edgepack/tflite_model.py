@@ -53,6 +53,8 @@ class TfliteModel:
     signature_inputs: dict[str, int]  # signature name -> tensor index (serving_default / first)
     signature_outputs: dict[str, int]
     subgraphs: int
+    # per operator (execution order, main subgraph): its input and output tensor indices (-1: optional, absent)
+    op_io: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
 
     @property
     def op_counts(self) -> dict[str, int]:
@@ -162,6 +164,9 @@ def _summarize(model, size: int) -> TfliteModel:
             dtype=_DTYPES.get(t.type, f"type{t.type}"), scales=scales, zero_points=zps, constant=is_const(t)))
 
     ops = tuple(op_kinds(model))
+    op_io = tuple((tuple(int(i) for i in (op.inputs if op.inputs is not None else ())),
+                   tuple(int(i) for i in (op.outputs if op.outputs is not None else ())))
+                  for op in (sg.operators or []))
 
     sig_in: dict[str, int] = {}
     sig_out: dict[str, int] = {}
@@ -173,4 +178,5 @@ def _summarize(model, size: int) -> TfliteModel:
     return TfliteModel(size=size, tensors=tuple(tensors),
                        inputs=tuple(int(i) for i in (sg.inputs if sg.inputs is not None else ())),
                        outputs=tuple(int(i) for i in (sg.outputs if sg.outputs is not None else ())), ops=ops,
-                       signature_inputs=sig_in, signature_outputs=sig_out, subgraphs=len(model.subgraphs))
+                       signature_inputs=sig_in, signature_outputs=sig_out, subgraphs=len(model.subgraphs),
+                       op_io=op_io)

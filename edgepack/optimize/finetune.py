@@ -61,7 +61,8 @@ class FinetuneResult:
         return {"epochs": self.epochs, "target": self.target, "final_loss": self.loss,
                 "final_val_loss": self.val_loss, "metric": self.metric, f"{self.metric}_before": self.before,
                 f"{self.metric}_after": self.after, f"{self.metric}_original": self.teacher,
-                "replicas": self.replicas, "learning_rate": self.learning_rate}
+                "replicas": self.replicas, "learning_rate": self.learning_rate,
+                "history": self.history}  # per epoch: the fine-tuning curves report.html draws
 
 
 def is_probability(out: np.ndarray) -> bool:

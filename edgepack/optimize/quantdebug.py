@@ -150,37 +150,10 @@ def local_errors(float_values: Mapping[str, list[np.ndarray]], quant_values: Map
 
 
 def plot_sensitivity(rows: Sequence[Mapping], path_title: str) -> bytes:
-    """A PNG: per-op scaled error along the graph (bars), the whole-model gain of keeping the op in
-    float where measured (dots), the ops the chosen candidate keeps out of int8 in red."""
-    import io
+    """A PNG: per-op scaled error along the graph (bars, each op named by type and short layer name),
+    the whole-model gain of keeping the op in float where measured (dots), the ops the chosen
+    candidate keeps out of int8 in red; drawn by :func:`edgepack.report.figures.sensitivity_png`,
+    which also draws the report page's hoverable SVG of it."""
+    from edgepack.report.figures import sensitivity_png
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(rows)
-    fig, ax = plt.subplots(figsize=(min(max(8.0, n * 0.12), 40.0), 5.5), dpi=100)
-    xs = np.arange(n)
-    err = [r.get("scaled_rmse") or 0.0 for r in rows]
-    colors = ["#d62728" if r.get("kept") else "#1f77b4" for r in rows]
-    ax.bar(xs, err, color=colors, width=0.85)
-    ax.set_yscale("symlog", linthresh=0.1)
-    ax.set_xlabel("ops in execution order (red: kept out of int8)")
-    ax.set_ylabel("RMSE / scale (int8 steps)")
-    ax.set_title(path_title, fontsize=9)
-    gains = [(i, r["gain"]) for i, r in enumerate(rows) if r.get("gain") is not None]
-    if gains:
-        ax2 = ax.twinx()
-        ax2.plot([g[0] for g in gains], [g[1] for g in gains], "o", color="#2ca02c", ms=4)
-        ax2.axhline(0.0, color="#2ca02c", lw=0.5, ls=":")
-        ax2.set_ylabel("budget gain if kept float (dB / pp)", color="#2ca02c")
-    kept = [(i, r) for i, r in enumerate(rows) if r.get("kept")][:40]
-    ax.set_xticks([i for i, _ in kept])
-    ax.set_xticklabels([f"{r['op']}\n{r['node'][-24:]}" for _, r in kept], rotation=90, fontsize=6, color="#d62728")
-    ax.set_xlim(-0.6, n - 0.4)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return sensitivity_png(rows, path_title)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -250,7 +251,22 @@ def stage_package(st: PipelineState) -> dict:
         validate_dict(manifest.to_dict())
         writer.write_text(MANIFEST_NAME, manifest.to_json())
         st.manifest = manifest
-    return {"path": str(req.output.path)}
+        report_seconds = _write_report(writer.staging)
+    return {"path": str(req.output.path), "report_seconds": report_seconds}
+
+
+def _write_report(staging) -> float | None:
+    """report.html, rendered from the staged bundle's files; not an artifact (validate rewrites it), so
+    the manifest neither lists nor hashes it. A page that fails to render costs the page, not the bundle."""
+    from edgepack.report import write_bundle_report
+
+    start = time.perf_counter()
+    try:
+        write_bundle_report(staging)
+    except Exception as err:  # noqa: BLE001 - the bundle is complete without its page
+        log.warning("report.html not written: %s: %s", type(err).__name__, err)
+        return None
+    return round(time.perf_counter() - start, 4)
 
 
 def _holdout(req) -> int:

@@ -236,3 +236,43 @@ def _replace_dir(src: Path, dest: Path) -> None:
     shutil.copytree(src, tmp)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.replace(dest)
+
+
+HTML_NAME = "report.html"
+
+
+def importances(study) -> dict[str, float] | None:
+    """Optuna's parameter importances of the objective; None until they can be estimated."""
+    import optuna
+
+    try:
+        return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (ValueError, RuntimeError, ZeroDivisionError) as err:  # too few trials, or no knob varied
+        log.info("parameter importances not estimable yet: %s", err)
+        return None
+
+
+def write_page(summary: StudySummary, study, output: Path, title: str, picture: Path | None) -> Path:
+    """The study's ``report.html`` (edgepack.report.study): the same rows as trials.csv, sortable."""
+    from edgepack.report.study import write_study_report
+
+    kept = kept_paths(output, summary)
+    columns = ["trial", *summary.param_names, *[c for c in COLUMNS[1:] if c not in ("host", "worker", "same_as")]]
+    rows = []
+    for r in summary.rows:
+        values = {"trial": r.number, "status": r.status, "feasible": r.feasible, "pareto": r.pareto,
+                  "epochs_run": len(r.get("epochs") or []), "bundle": kept.get(r.number)}
+        rows.append([values.get(c, r.params.get(c, r.get(c))) for c in columns])
+    best = summary.best
+    best_info = None if best is None else {"trial": best.number, **best.params, "objective": best.get("objective"),
+                                           "metric": best.get("metric"), "bytes": best.get("bytes"),
+                                           "latency_ms": best.get("latency_ms"), "arena_bytes": best.get("arena_bytes")}
+    link = None
+    if best is not None and kept.get(best.number) == str(output / BEST_DIR):
+        link = f"{BEST_DIR}/report.html" if (output / BEST_DIR / "report.html").is_file() else f"{BEST_DIR}/"
+    infeasible = [{"trial": r.number, "status": r.status, "reason": r.get("reason")} for r in summary.rows
+                  if not r.feasible]
+    png = picture.read_bytes() if picture is not None and picture.is_file() else None
+    return write_study_report(output / HTML_NAME, title=title, columns=columns, rows=rows, best=best_info,
+                              importances=importances(study), infeasible=infeasible, counts=summary.counts(),
+                              picture=png, best_link=link)

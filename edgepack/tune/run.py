@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgepack.tune.report import CSV_NAME, PNG_NAME, collect, keep_bundles, kept_paths, write_csv, write_picture
+from edgepack.tune.report import CSV_NAME, PNG_NAME, collect, keep_bundles, kept_paths, write_csv, write_page, write_picture
 from edgepack.tune.study import (
     TuneJob,
     available_memory,
@@ -79,14 +79,14 @@ def run_tune(job: TuneJob, *, convert: Callable[..., Any], validate: Callable[..
     else:
         kept = keep_bundles(summary, job.output, pareto=job.options.keep.value == "pareto")
     csv_path = write_csv(summary, job.output / CSV_NAME)
-    png_path = write_picture(summary, job.output / PNG_NAME,
-                             f"{job.model.name} for {job.target}: {len(summary.rows)} trials, study {job.study}",
-                             limits=_limits(job))
+    title = f"{job.model.name} for {job.target}: {len(summary.rows)} trials, study {job.study}"
+    png_path = write_picture(summary, job.output / PNG_NAME, title, limits=_limits(job))
+    html_path = write_page(summary, study, job.output, title, png_path)
     best = summary.best
     return {
         "study": job.study, "storage": job.storage.split("@")[-1], "trials": len(summary.rows),
         "ran_here": ran, "counts": summary.counts(), "interrupted": interrupted,
-        "csv": str(csv_path), "picture": str(png_path), **kept,
+        "csv": str(csv_path), "picture": str(png_path), "report": str(html_path), **kept,
         "best_trial": None if best is None else {
             "trial": best.number, "params": best.params, "objective": best.get("objective"),
             "metric": best.get("metric"), "bytes": best.get("bytes"), "latency_ms": best.get("latency_ms"),

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.errors import ModelLoadError
+from edgepack.validation.confusion import RunningConfusion
 from edgepack.validation.intervals import (
     CONFIDENCE,
     Interval,
@@ -115,6 +116,7 @@ class Evaluation:
         self.kept: tuple[list, list, list] = ([], [], [])  # outputs, references, labels, for the task metric
         self.labelled = labelled
         self.accuracy = RunningAccuracy()
+        self.confusion = RunningConfusion()
         self.reference_accuracy = RunningAccuracy() if reference else None
         self.agreement = RunningAgreement() if reference else None
         self.outputs = [RunningComparison() for _ in manifest.outputs] if reference else []
@@ -128,6 +130,7 @@ class Evaluation:
     def bundle(self, outs: list[np.ndarray], labels: np.ndarray | None) -> None:
         if labels is not None:
             self.accuracy.update(outs[0], labels)
+            self.confusion.update(outs[0], labels)
 
     def micro(self, micro: list[np.ndarray], outs: list[np.ndarray], labels: np.ndarray | None) -> None:
         assert self.tflm is not None
@@ -166,6 +169,7 @@ class Evaluation:
     def fill(self, report: ValidationReport) -> None:
         if self.labelled:
             report.accuracy_bundle = self.accuracy.result()
+            report.confusion = self.confusion.to_dict(self.manifest.outputs[0].name)
             if self.reference_accuracy is not None:
                 report.accuracy_reference = self.reference_accuracy.result()
         if self.agreement is not None:

@@ -47,6 +47,9 @@ class ValidationReport:
     # accuracy_reference, accuracy_drop_pp, task_metric_drop_pp, worst_slice_sqnr_db {output: ...}
     confidence: float = 0.95
     intervals: dict[str, Any] = field(default_factory=dict)
+    # labelled data and a class-vector first output: {output, classes, per_class: [[samples, correct]], matrix}
+    # (matrix[true][predicted], up to validation.confusion.MAX_MATRIX_CLASSES classes)
+    confusion: dict[str, Any] | None = None
 
     @property
     def accuracy_drop_pp(self) -> float | None:

@@ -97,7 +97,19 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
     _judge(report, max_drop)
     report.seconds = round(time.perf_counter() - start, 3)
     write_file_atomic(bundle / REPORT_NAME, report.to_json())
+    _update_page(bundle)
     return report
+
+
+def _update_page(bundle: Path) -> None:
+    """report.html shows the last validation: rewritten after every one (a failure to render costs the
+    page, not the validation)."""
+    from edgepack.report import write_bundle_report
+
+    try:
+        write_bundle_report(bundle)
+    except Exception as err:  # noqa: BLE001 - validation.json is written; the page is a view of it
+        log.warning("report.html not updated: %s: %s", type(err).__name__, err)
 
 
 def _stream(ev: Evaluation, runtime: Runtime, model_path: Path, graph_inputs: int, chunks, total: int, *,
