@@ -395,7 +395,23 @@ def tune(*, model: str | Path, output: str | Path, eval_data: str | Path | None 
         raise TypeError(f"tune() got unexpected keyword arguments: {', '.join(unknown)}")
     fixed = {k: v for k, v in convert_options.items() if v is not None}
     convert_request(model=model, output=Path(output) / "trials" / "check", **fixed)  # the shared options are valid
-    job = make_job(model=Path(model), output=Path(output), options=options, flags=fixed, report=report)
-    quiet_tensorflow(verbose)
-    return run_tune(job, convert=convert, validate=validate, verbose=verbose, report_only=report, progress=progress,
-                    on_trial=on_trial)
+    existed = Path(output).exists()
+    try:
+        job = make_job(model=Path(model), output=Path(output), options=options, flags=fixed, report=report)
+        quiet_tensorflow(verbose)
+        result = run_tune(job, convert=convert, validate=validate, verbose=verbose, report_only=report,
+                          progress=progress, on_trial=on_trial)
+    except Exception:
+        if not existed:  # a refused --storage (or any early failure) leaves no empty -o folder behind
+            _remove_if_empty(Path(output))
+        raise
+    from edgepack.errors import redact
+
+    return {**result, "storage": redact(str(result.get("storage", "")))}
+
+
+def _remove_if_empty(folder: Path) -> None:
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only an empty folder: a study that already holds trials stays

@@ -412,7 +412,8 @@ class ConvertRequest:
                                             inputs=tuple((k, a(v)) for k, v in self.calibration.inputs)),
             optimize=dataclasses.replace(self.optimize, train_data=a(self.optimize.train_data)),
             budget=dataclasses.replace(self.budget, data=a(self.budget.data),
-                                       inputs=tuple((k, a(v)) for k, v in self.budget.inputs)),
+                                       inputs=tuple((k, a(v)) for k, v in self.budget.inputs),
+                                       metric=_resolved_metric(self.budget.metric)),
             output=dataclasses.replace(self.output, path=a(self.output.path), labels=a(self.output.labels)),
             recipe=a(self.recipe))
 
@@ -424,7 +425,16 @@ class ConvertRequest:
         files.update({f"calibration:{k}": v for k, v in self.calibration.inputs})
         files["eval_data"] = self.budget.data
         files.update({f"eval_data:{k}": v for k, v in self.budget.inputs})
+        files["metric"] = parse_metric(self.budget.metric)[0] if self.budget.metric is not None else None
         return {k: v for k, v in files.items() if v is not None}
+
+
+def _resolved_metric(spec: str | None) -> str | None:
+    """``--metric FILE.py:FUNCTION`` with FILE made absolute (against the working folder, as given)."""
+    if spec is None:
+        return None
+    path, name = parse_metric(spec)
+    return f"{path.resolve()}:{name}"
 
 
 # -- building ----------------------------------------------------------------------------------------
@@ -450,6 +460,10 @@ _PARTS = {"model": ModelOptions, "quantize": QuantizeOptions, "calibration": Cal
 _PATHS = {("model", "path"), ("calibration", "path"), ("optimize", "train_data"), ("output", "path"),
           ("output", "labels"), ("budget", "data")}
 _NOT_IN_RECIPE = {"recipe", "verbose", "force"}  # the command line's business
+# What only the person at the command line (or the API call) can grant: code to run. A recipe or a manifest
+# may record it; it counts only when the same flag is given (the flag's value then wins).
+PERMISSIONS = {("model", "trust"): ("trust_model", "--trust-model"),
+               ("budget", "metric"): ("metric", "--metric FILE.py:FUNCTION")}
 
 
 def build_request(recipe: Mapping[str, Any], flags: Mapping[str, Any], *, where: str = "--recipe",
@@ -457,7 +471,31 @@ def build_request(recipe: Mapping[str, Any], flags: Mapping[str, Any], *, where:
     """A request from a recipe's data (nested, as :meth:`ConvertRequest.to_dict` writes it, with
     ``model``/``target``/... also allowed as plain strings) overridden by ``flags`` (flat option
     names, ``None`` = not given). Relative paths in a recipe are relative to ``base``.
-    ``recipe_rules`` keeps the command line's business (``--force``, ``--recipe``) out of the data."""
+    ``recipe_rules`` keeps the command line's business (``--force``, ``--recipe``, and the
+    :data:`PERMISSIONS`: ``--trust-model``, ``--metric``) out of the data. A value of the wrong type
+    is a :class:`UsageError` naming the key and the type expected."""
+    try:
+        return _build(recipe, flags, where, base, recipe_rules)
+    except (TypeError, ValueError, AttributeError) as err:  # a value no check above foresaw: still one line
+        raise UsageError(f"{where}: invalid value ({type(err).__name__}: {err})",
+                         hint="see the recipe keys in 'edgepack convert --help'") from None
+
+
+def refuse_permissions(data: Mapping[str, Any], flags: Mapping[str, Any], where: str) -> None:
+    """A recipe or manifest asking for code to run (``model.trust``, ``budget.metric``) without the
+    command line's flag: :class:`UsageError` naming the flag to pass."""
+    for (part, key), (flag, option) in PERMISSIONS.items():
+        table = data.get(part)
+        value = table.get(key) if isinstance(table, Mapping) else None
+        if value not in (None, False) and not flags.get(flag):
+            raise UsageError(f"{where}: '{part}.{key}' asks to run code, and only the command line can allow that",
+                             hint=f"pass {option} yourself if you trust it")
+
+
+def _build(recipe: Mapping[str, Any], flags: Mapping[str, Any], where: str, base: Path | None,
+           recipe_rules: bool) -> ConvertRequest:
+    if recipe_rules:
+        refuse_permissions(recipe, flags, where)
     parts: dict[str, dict[str, Any]] = {name: {} for name in _PARTS}
     top: dict[str, Any] = {}
     for key, value in recipe.items():
@@ -473,13 +511,16 @@ def build_request(recipe: Mapping[str, Any], flags: Mapping[str, Any], *, where:
                                                                                        and k in ("data", "inputs")):
                     raise UsageError(f"{where}: unknown key '{key}.{k}'",
                                      hint=f"known: {', '.join(f.name for f in dataclasses.fields(_PARTS[key]))}")
+                check_type(where, key, k, v)
                 parts[key][k] = _rebase((key, k), v, base)
         elif key in _PARTS:
             first = {"model": "path", "quantize": "mode", "output": "path", "calibration": "data"}.get(key)
             if first is None:
                 raise UsageError(f"{where}: '{key}' must be a table")
+            check_type(where, key, first, value, short=True)
             parts[key][first] = _rebase((key, "path" if first == "data" else first), value, base)
         elif key in ("target", "seed", "recipe"):
+            check_type(where, "", key, value)
             top[key] = value
         else:
             raise UsageError(f"{where}: unknown key '{key}'",
@@ -493,6 +534,73 @@ def build_request(recipe: Mapping[str, Any], flags: Mapping[str, Any], *, where:
         else:
             top[part] = value
     return _assemble(parts, top, where)
+
+
+# -- the types a recipe (TOML) or a manifest (JSON) value may have -------------------------------------
+_STRINGS = (str,)
+_PATH_OR_TABLE = (str, Mapping)
+_LIST_LIKE = (list, tuple, str, Mapping)
+_SPECIAL: dict[tuple[str, str], tuple[tuple[type, ...], str]] = {
+    ("calibration", "data"): (_PATH_OR_TABLE, "a path or a table of paths"),
+    ("budget", "data"): (_PATH_OR_TABLE, "a path or a table of paths"),
+    ("calibration", "inputs"): ((Mapping, list, tuple), "a table of paths"),
+    ("budget", "inputs"): ((Mapping, list, tuple), "a table of paths"),
+    ("optimize", "low_rank"): ((str, int, float), "a number or a string"),
+    ("", "target"): (_STRINGS, "a string"), ("", "seed"): ((int,), "a whole number"),
+    ("", "recipe"): (_STRINGS, "a path (string)"),
+}
+
+
+def _expected(part: str, key: str) -> tuple[tuple[type, ...], str, bool] | None:
+    """(allowed types, their name, None allowed) of ``part.key``, from the part's type hints."""
+    import types
+    import typing
+
+    if (part, key) in _SPECIAL:
+        return (*_SPECIAL[(part, key)], True)
+    hint = typing.get_type_hints(_PARTS[part]).get(key) if part in _PARTS else None
+    if hint is None:
+        return None
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    nullable = type(None) in args
+    args = tuple(a for a in args if a is not type(None))
+    base = typing.get_origin(args[0]) or args[0]
+    if base is bool:
+        return (bool,), "true or false", nullable
+    if base is int:
+        return (int,), "a whole number", nullable
+    if base is float:
+        return (int, float), "a number", nullable
+    if base is Path:
+        return _STRINGS, "a path (string)", nullable
+    if base is tuple:
+        return _LIST_LIKE, "a list or a table", nullable
+    if isinstance(base, type) and issubclass(base, str):
+        return _STRINGS, "a string", nullable
+    return None
+
+
+def check_type(where: str, part: str, key: str, value: Any, *, short: bool = False) -> None:
+    """:class:`UsageError` naming ``part.key`` and the type expected when ``value`` has another
+    (``short``: the ``model = "..."`` form of a part)."""
+    found = _expected(part, key)
+    if found is None:
+        return
+    allowed, name, nullable = found
+    if value is None and nullable:
+        return
+    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    if allowed is _LIST_LIKE and key.endswith("_layers"):
+        name = "a name pattern or a list of them (strings)"
+        ok = isinstance(value, str) or isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+    if not ok:
+        label = part if short else ".".join(p for p in (part, key) if p)
+        raise UsageError(f"{where}: '{label}' must be {name}, not {_type_name(value)}")
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "true/false", int: "a whole number", float: "a number", str: "a string", list: "a list",
+            dict: "a table", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _rebase(key: tuple[str, str], value: Any, base: Path | None) -> Any:

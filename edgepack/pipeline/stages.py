@@ -208,7 +208,9 @@ def _request_record(st: PipelineState) -> dict[str, Any]:
     req = st.request.resolved()
     files = {}
     for role, path in req.input_files().items():
-        sha = (st.original or st.loaded).sha256 if role == "model" else file_sha256(path)
+        sha = ((st.original or st.loaded).sha256 if role == "model"
+               else st.task_metric.sha256 if role == "metric" and st.task_metric is not None  # the code that ran
+               else file_sha256(path))
         files[role] = {"path": str(path), "sha256": sha}
     settings = req.to_dict()
     # where the bundle is written is not part of what it is: two runs into two folders match

@@ -38,6 +38,12 @@ def _resolve_reference(manifest, reference: Path | None, bundle: Path) -> Path |
         return reference
     src = manifest.source.path
     if src and Path(src).exists():
+        # the manifest is data: follow its path only to a regular file within the limit whose hash is the recorded one
+        from edgepack.validation.inputs import MAX_MODEL_BYTES, check_recorded
+
+        check_recorded(Path(src), manifest.source.sha256, f"{bundle}: the manifest's source model",
+                       limit=MAX_MODEL_BYTES, folders=manifest.source.format == "saved_model",
+                       hint="pass --reference MODEL to compare with a model you name")
         return Path(src)
     log.warning("source model %s no longer exists; validating without a reference (pass --reference)",
                 src or manifest.source.file)
