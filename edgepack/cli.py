@@ -500,9 +500,13 @@ def validate(bundle, data, reference, runtime, max_drop, metric, trust_model, pr
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Bundle directory to create.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--check", is_flag=True, help="Exit 1 unless the new model.tflite is byte-identical.")
+@click.option("--trust-model", is_flag=True, help="Allow a request recorded with --trust-model to load the model "
+              "with its code (Lambda layers). The manifest alone never can.")
+@click.option("--metric", metavar="FILE.py[:FUNCTION]", help="The task metric file of a request recorded with "
+              "--metric; its sha256 must be the recorded one. The manifest alone never runs one.")
 @common_options
 @handle_errors
-def reproduce(bundle, output, force, check, verbose, quiet, as_json) -> None:
+def reproduce(bundle, output, force, check, trust_model, metric, verbose, quiet, as_json) -> None:
     """Convert again from the request recorded in BUNDLE into OUTPUT and compare the models.
 
     Every input file must be unchanged (the manifest holds their sha256). Reports whether the new
@@ -510,7 +514,8 @@ def reproduce(bundle, output, force, check, verbose, quiet, as_json) -> None:
     from edgepack import api
     from edgepack.errors import ValidationFailed
 
-    report = api.reproduce(bundle=bundle, output=output, force=force, verbose=verbose > 0)
+    report = api.reproduce(bundle=bundle, output=output, force=force, verbose=verbose > 0, trust_model=trust_model,
+                           metric=metric)
     if as_json:
         _emit_json(report)
     elif quiet == 0:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 def stage_prepare(st: PipelineState) -> dict:
     req = st.request
     bundle_mod.check_output(req.output.path, req.output.force)
+    st.output_seen = bundle_mod.output_identity(req.output.path)
     st.target = load_target(req.target)
     if req.quantize.mode.value not in st.target.quantize_modes:
         raise UsageError(f"--quantize {req.quantize.mode} is not supported by target {st.target.name}",
@@ -222,7 +223,7 @@ def stage_package(st: PipelineState) -> dict:
     import edgepack
 
     req, info = st.request, st.info
-    with bundle_mod.atomic_bundle(req.output.path, force=req.output.force) as writer:
+    with bundle_mod.atomic_bundle(req.output.path, force=req.output.force, seen=st.output_seen) as writer:
         writer.add("model.tflite", st.tflite, role="model")
         if st.labels is not None:
             writer.add("labels.txt", "\n".join(st.labels) + "\n", role="labels")
