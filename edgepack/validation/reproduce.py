@@ -76,11 +76,13 @@ def check_inputs(where: str, req: ConvertRequest, files: Mapping[str, Any]) -> N
             if not path.exists():
                 raise BundleError(f"{where}: the {role} file {path} the bundle was made from no longer exists",
                                   hint="restore it to reproduce the bundle")
-        what = "--metric" if role == "metric" else f"{where}: the {role} file"
-        if bounded_sha256(path, what, limit=MAX_INPUT_BYTES) != sha:
-            hint = ("give the metric file the bundle was made with" if role == "metric"
-                    else "restore the original file to reproduce the bundle")
-            raise BundleError(f"{what} {path} changed since the bundle was made (sha256 differs)", hint=hint)
+        if role == "metric":
+            if bounded_sha256(path, "--metric", limit=MAX_INPUT_BYTES) != sha:
+                raise UsageError(f"--metric {path} is not the metric file the bundle was made with (sha256 differs)",
+                                 hint="give the file the manifest's files.metric names, unchanged")
+        elif bounded_sha256(path, f"{where}: the {role} file", limit=MAX_INPUT_BYTES) != sha:
+            raise BundleError(f"{where}: the {role} file {path} changed since the bundle was made (sha256 differs)",
+                              hint="restore the original file to reproduce the bundle")
 
 
 @dataclass
