@@ -70,7 +70,7 @@ def to_toml(doc: dict[str, Any]) -> str:
 
 def base_recipe(model: Path, metric: Path, calib: Path) -> dict[str, Any]:
     return {"model": {"path": str(model)}, "target": "generic", "seed": 0,
-            "quantize": {"mode": "none"}, "calibration": {"data": str(calib), "samples": 10},
+            "quantize": {"mode": "int8"}, "calibration": {"data": str(calib), "samples": 10},
             "budget": {"max_drop": 1.0}, "optimize": {"epochs": 1},
             "inputs": {"x": {"mean": 0.0, "std": 1.0}}, "_metric": str(metric)}
 
@@ -123,8 +123,9 @@ def fuzz_recipes(work: Path, base: dict[str, Any], marker: Path, seeds: Iterable
         try:
             _prepare_and_load(api.convert_request(recipe=recipe, output=work / "out"))
             outcomes["accepted"] += 1
-        except EdgepackError:
+        except EdgepackError as err:
             outcomes["rejected"] += 1
+            outcomes[f"rejected: {type(err).__name__}"] += 1
         except Exception as err:  # noqa: BLE001 - any other exception is a finding
             findings.append((seed, f"{type(err).__name__}: {err}"[:300]))
         if marker.exists():
@@ -206,8 +207,9 @@ def fuzz_reproduce(bundle: Path, work: Path, marker: Path, seeds: Iterable[int])
                 outcomes["accepted"] += 1
             except Reached:
                 outcomes["accepted (reached convert)"] += 1
-            except EdgepackError:
+            except EdgepackError as err:
                 outcomes["rejected"] += 1
+                outcomes[f"rejected: {type(err).__name__}"] += 1
             except Exception as err:  # noqa: BLE001
                 findings.append((seed, f"{type(err).__name__}: {err}"[:300]))
             if marker.exists():

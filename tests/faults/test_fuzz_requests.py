@@ -17,7 +17,8 @@ def test_hostile_recipes_run_no_payload(tmp_path, calib_npy):
     model, metric = make_payloads(tmp_path, marker)
     outcomes, findings = fuzz_recipes(tmp_path, base_recipe(model, metric, calib_npy), marker, range(100))
     assert findings == [] and outcomes["payload ran"] == 0, findings[:5]
-    assert outcomes["rejected"] > 50 and outcomes["accepted"] + outcomes["rejected"] == 100, outcomes
+    assert outcomes["accepted"] + outcomes["rejected"] == 100, outcomes
+    assert outcomes["rejected: UnsafeModelError"] >= 3 and outcomes["rejected: UsageError"] > 20, outcomes
 
 
 def test_hostile_manifests_run_no_payload(int8_bundle, tmp_path):
