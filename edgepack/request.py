@@ -44,6 +44,7 @@ from typing import Any
 
 from edgepack.calibration.preprocess import KEYS as PREPROCESS_KEYS
 from edgepack.errors import OptionError, UsageError
+from edgepack.recipe_types import check_type
 
 
 class QuantizeMode(StrEnum):
@@ -511,16 +512,16 @@ def _build(recipe: Mapping[str, Any], flags: Mapping[str, Any], where: str, base
                                                                                        and k in ("data", "inputs")):
                     raise UsageError(f"{where}: unknown key '{key}.{k}'",
                                      hint=f"known: {', '.join(f.name for f in dataclasses.fields(_PARTS[key]))}")
-                check_type(where, key, k, v)
+                check_type(where, _PARTS[key], key, k, v)
                 parts[key][k] = _rebase((key, k), v, base)
         elif key in _PARTS:
             first = {"model": "path", "quantize": "mode", "output": "path", "calibration": "data"}.get(key)
             if first is None:
                 raise UsageError(f"{where}: '{key}' must be a table")
-            check_type(where, key, first, value, short=True)
+            check_type(where, _PARTS[key], key, first, value, short=True)
             parts[key][first] = _rebase((key, "path" if first == "data" else first), value, base)
         elif key in ("target", "seed", "recipe"):
-            check_type(where, "", key, value)
+            check_type(where, None, "", key, value)
             top[key] = value
         else:
             raise UsageError(f"{where}: unknown key '{key}'",
@@ -534,73 +535,6 @@ def _build(recipe: Mapping[str, Any], flags: Mapping[str, Any], where: str, base
         else:
             top[part] = value
     return _assemble(parts, top, where)
-
-
-# -- the types a recipe (TOML) or a manifest (JSON) value may have -------------------------------------
-_STRINGS = (str,)
-_PATH_OR_TABLE = (str, Mapping)
-_LIST_LIKE = (list, tuple, str, Mapping)
-_SPECIAL: dict[tuple[str, str], tuple[tuple[type, ...], str]] = {
-    ("calibration", "data"): (_PATH_OR_TABLE, "a path or a table of paths"),
-    ("budget", "data"): (_PATH_OR_TABLE, "a path or a table of paths"),
-    ("calibration", "inputs"): ((Mapping, list, tuple), "a table of paths"),
-    ("budget", "inputs"): ((Mapping, list, tuple), "a table of paths"),
-    ("optimize", "low_rank"): ((str, int, float), "a number or a string"),
-    ("", "target"): (_STRINGS, "a string"), ("", "seed"): ((int,), "a whole number"),
-    ("", "recipe"): (_STRINGS, "a path (string)"),
-}
-
-
-def _expected(part: str, key: str) -> tuple[tuple[type, ...], str, bool] | None:
-    """(allowed types, their name, None allowed) of ``part.key``, from the part's type hints."""
-    import types
-    import typing
-
-    if (part, key) in _SPECIAL:
-        return (*_SPECIAL[(part, key)], True)
-    hint = typing.get_type_hints(_PARTS[part]).get(key) if part in _PARTS else None
-    if hint is None:
-        return None
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    nullable = type(None) in args
-    args = tuple(a for a in args if a is not type(None))
-    base = typing.get_origin(args[0]) or args[0]
-    if base is bool:
-        return (bool,), "true or false", nullable
-    if base is int:
-        return (int,), "a whole number", nullable
-    if base is float:
-        return (int, float), "a number", nullable
-    if base is Path:
-        return _STRINGS, "a path (string)", nullable
-    if base is tuple:
-        return _LIST_LIKE, "a list or a table", nullable
-    if isinstance(base, type) and issubclass(base, str):
-        return _STRINGS, "a string", nullable
-    return None
-
-
-def check_type(where: str, part: str, key: str, value: Any, *, short: bool = False) -> None:
-    """:class:`UsageError` naming ``part.key`` and the type expected when ``value`` has another
-    (``short``: the ``model = "..."`` form of a part)."""
-    found = _expected(part, key)
-    if found is None:
-        return
-    allowed, name, nullable = found
-    if value is None and nullable:
-        return
-    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
-    if allowed is _LIST_LIKE and key.endswith("_layers"):
-        name = "a name pattern or a list of them (strings)"
-        ok = isinstance(value, str) or isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-    if not ok:
-        label = part if short else ".".join(p for p in (part, key) if p)
-        raise UsageError(f"{where}: '{label}' must be {name}, not {_type_name(value)}")
-
-
-def _type_name(value: Any) -> str:
-    return {bool: "true/false", int: "a whole number", float: "a number", str: "a string", list: "a list",
-            dict: "a table", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _rebase(key: tuple[str, str], value: Any, base: Path | None) -> Any:
