@@ -113,7 +113,7 @@ def _prepare_and_load(request) -> None:
 def fuzz_recipes(work: Path, base: dict[str, Any], marker: Path, seeds: Iterable[int]) -> tuple[Counter, list]:
     """``convert --recipe`` (through the API: request, then prepare and load) on each mutated recipe."""
     from edgepack import api
-    from edgepack.errors import EdgepackError
+    from edgepack.errors import EdgepackError, InternalError
 
     outcomes: Counter = Counter()
     findings: list[tuple[int, str]] = []
@@ -123,6 +123,8 @@ def fuzz_recipes(work: Path, base: dict[str, Any], marker: Path, seeds: Iterable
         try:
             _prepare_and_load(api.convert_request(recipe=recipe, output=work / "out"))
             outcomes["accepted"] += 1
+        except InternalError as err:  # an EdgepackError, but "failed unexpectedly": a finding
+            findings.append((seed, str(err)[:300]))
         except EdgepackError as err:
             outcomes["rejected"] += 1
             outcomes[f"rejected: {type(err).__name__}"] += 1
@@ -176,7 +178,7 @@ def fuzz_reproduce(bundle: Path, work: Path, marker: Path, seeds: Iterable[int])
     the pipeline stops after ``load``."""
     import edgepack.pipeline.run as pipeline_run
     from edgepack import api
-    from edgepack.errors import EdgepackError
+    from edgepack.errors import EdgepackError, InternalError
 
     shutil.copytree(bundle, work / "b", dirs_exist_ok=True)
     make_payloads(work / "b", marker)
@@ -207,6 +209,8 @@ def fuzz_reproduce(bundle: Path, work: Path, marker: Path, seeds: Iterable[int])
                 outcomes["accepted"] += 1
             except Reached:
                 outcomes["accepted (reached convert)"] += 1
+            except InternalError as err:
+                findings.append((seed, str(err)[:300]))
             except EdgepackError as err:
                 outcomes["rejected"] += 1
                 outcomes[f"rejected: {type(err).__name__}"] += 1
