@@ -199,7 +199,7 @@ def _read_metric_file(path: Path, spec: str) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as err:
-        raise OptionError("--metric", spec, hint=f"{path}: {err.strerror or 'cannot be read'}") from None
+        raise OptionError("--metric", spec, hint=f"{path} is not a file ({err.strerror or 'cannot be read'})") from None
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OptionError("--metric", spec, hint=f"{path} is not a file")
