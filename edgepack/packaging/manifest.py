@@ -167,7 +167,10 @@ def validate_dict(d: dict[str, Any], *, where: str = "manifest") -> None:
     err = jsonschema.exceptions.best_match(_validator().iter_errors(d))
     if err is not None:
         loc = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise BundleError(f"{where}: invalid at {loc}: {err.message}",
+        message = err.message
+        if err.validator == "pattern" and loc.startswith("artifacts/"):  # say what the pattern means
+            message = f"{err.instance!r} points outside the bundle (an absolute path or a '.'/'..' part)"
+        raise BundleError(f"{where}: invalid at {loc}: {message}",
                           hint="re-create the bundle with this edgepack version") from err
     for which in ("inputs", "outputs"):  # NaN passes JSON Schema's bounds (every comparison with it is false)
         for pos, t in enumerate(d.get(which) or []):
