@@ -5,7 +5,12 @@ runs) the reader must return or raise one EdgepackError. With ``--run``, each mo
 accepts is also run on LiteRT in a forked child, counting native crashes that got past it (in
 ``validate`` those would be contained by the isolated runner, and reported as one line).
 
-    .venv/bin/python benchmarks/fuzz.py                      # 5000 .tflite + 2000 manifest cases
+With ``--recipes N`` / ``--reproduce N`` (2000 each by default) it also feeds hostile recipes to
+``convert --recipe`` and hostile manifests to ``reproduce`` (tests/faults/fuzz_requests.py): a Lambda
+model and a metric module that write a marker file when they run are named by every case; the
+count of payload runs and of exceptions outside EdgepackError must both be 0.
+
+    .venv/bin/python benchmarks/fuzz.py                      # 5000 .tflite + 2000 manifest + 2000 recipe + 2000 reproduce
     .venv/bin/python benchmarks/fuzz.py --tflite 20000 --run
 """
 
@@ -24,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.faults.fuzz_requests import base_recipe, fuzz_recipes, fuzz_reproduce, make_payloads
 from tests.faults.fuzzing import fuzz_manifest, fuzz_tflite, mutate_bytes
 
 
@@ -82,6 +88,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tflite", type=int, default=5000, help="mutations per model")
     ap.add_argument("--manifest", type=int, default=2000, help="manifest mutations")
+    ap.add_argument("--recipes", type=int, default=2000, help="hostile recipes given to convert --recipe")
+    ap.add_argument("--reproduce", type=int, default=2000, help="hostile manifests given to reproduce")
     ap.add_argument("--seed", type=int, default=0, help="first seed")
     ap.add_argument("--run", action="store_true", help="also run verified mutations on LiteRT (forked children)")
     args = ap.parse_args()
@@ -112,7 +120,33 @@ def main() -> int:
               f"{outcomes['accepted']}, rejected {outcomes['rejected']}, findings {len(found)}")
         for seed, what in found[:10]:
             print(f"  seed {seed}: {what}")
+        findings += fuzz_permissions(Path(tmp), bundles["int8"], args)
     return 1 if findings else 0
+
+
+def fuzz_permissions(tmp: Path, bundle: Path, args: argparse.Namespace) -> int:
+    """Hostile recipes and manifests: payload runs and unexpected errors (both must be 0)."""
+    marker = tmp / "PAYLOAD_RAN"
+    work = tmp / "recipes"
+    work.mkdir()
+    model, metric = make_payloads(work, marker)
+    findings = 0
+    for what, count, run in (
+            ("recipe (convert --recipe)", args.recipes,
+             lambda seeds: fuzz_recipes(work, base_recipe(model, metric, tmp / "calib.npy"), marker, seeds)),
+            ("manifest (reproduce)", args.reproduce,
+             lambda seeds: fuzz_reproduce(bundle, tmp / "reproduce", marker, seeds))):
+        if count <= 0:
+            continue
+        start = time.perf_counter()
+        outcomes, found = run(range(args.seed, args.seed + count))
+        unexpected = [f for f in found if f[1] != "payload ran"]
+        findings += len(found)
+        print(f"{what}: {count} mutations in {time.perf_counter() - start:.1f}s, {dict(outcomes)}; "
+              f"payload runs {outcomes['payload ran']}, unexpected errors {len(unexpected)}")
+        for seed, text in found[:10]:
+            print(f"  seed {seed}: {text}")
+    return findings
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,7 +207,9 @@ def inspect_layers(*, path: str | Path) -> dict[str, Any]:
     if art is None:
         raise BundleError(f"{p}: no sensitivity table in this bundle",
                           hint="convert with an accuracy budget (--min-sqnr, --min-agreement or --max-drop)")
-    return json.loads((p / art.path).read_text("utf-8"))
+    from edgepack.packaging.manifest import read_json_file
+
+    return read_json_file(p / art.path)
 
 
 def layer_lines(table: Mapping[str, Any]) -> list[str]:
@@ -240,6 +241,9 @@ def inspect(*, path: str | Path) -> dict[str, Any]:
         raise BundleError(f"{p}: no such file or directory")
     info = read_tflite(model_path)
     if manifest is not None:
+        from edgepack.packaging.manifest import check_model_tensors
+
+        check_model_tensors(manifest, info, str(p))
         inputs = [t.__dict__ for t in manifest.inputs]
         outputs = [t.__dict__ for t in manifest.outputs]
     else:
@@ -256,7 +260,9 @@ def inspect(*, path: str | Path) -> dict[str, Any]:
         out["artifacts"] = [a.__dict__ for a in manifest.artifacts]
         val = p / "validation.json"
         if val.is_file():
-            out["validation"] = json.loads(val.read_text("utf-8"))
+            from edgepack.packaging.manifest import read_json_file
+
+            out["validation"] = read_json_file(val)
     return out
 
 
@@ -315,35 +321,25 @@ def target(name: str) -> dict[str, Any]:
 
 
 def reproduce(*, bundle: str | Path, output: str | Path, force: bool = False, verbose: bool = False,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[str], None] | None = None, trust_model: bool = False,
+              metric: str | None = None) -> dict[str, Any]:
     """Run the request recorded in ``bundle``'s manifest again into ``output`` and compare the new
     ``model.tflite`` with the bundle's: byte-identical, or which tensors differ and by how much.
 
-    Refuses (one line) when an input file the request names is gone or changed since."""
+    The manifest is data, never permission: a request recorded with ``--trust-model`` or ``--metric``
+    runs only with ``trust_model=True`` / ``metric="FILE.py[:FUNCTION]"`` given here (the metric file's
+    sha256 must be the recorded one). Refuses (one line) when an artifact does not match the manifest,
+    or an input file the request names has no recorded sha256, is gone or changed since."""
     from edgepack._native import quiet_tensorflow
-    from edgepack.errors import BundleError
-    from edgepack.formats.base import file_sha256
+    from edgepack.packaging.bundle import verify_artifacts
     from edgepack.packaging.manifest import read_manifest
     from edgepack.pipeline.run import run_pipeline
-    from edgepack.request import ConvertRequest
-    from edgepack.validation.reproduce import compare_models
+    from edgepack.validation.reproduce import compare_models, replay_request
 
     src = Path(bundle)
     manifest = read_manifest(src)
-    if manifest.request is None:
-        raise BundleError(f"{src}: the manifest holds no request (made by edgepack before 0.1's schema 1.1)",
-                          hint="convert the model again with this edgepack")
-    for role, f in manifest.request["files"].items():
-        path = Path(f["path"])
-        if not path.exists():
-            raise BundleError(f"{src}: the {role} file {path} the bundle was made from no longer exists",
-                              hint="restore it to reproduce the bundle")
-        if file_sha256(path) != f["sha256"]:
-            raise BundleError(f"{src}: the {role} file {path} changed since the bundle was made (sha256 differs)",
-                              hint="restore the original file to reproduce the bundle")
-    settings = manifest.request["settings"]
-    request = ConvertRequest.from_dict({**settings, "output": {**settings.get("output", {}), "path": str(output)}},
-                                       where=f"{src}/manifest.json request")
+    verify_artifacts(src, manifest.artifacts)  # compare real artifacts only
+    request = replay_request(src, manifest.request, Path(output), trust_model=trust_model, metric=metric)
     request = dataclasses.replace(request, output=dataclasses.replace(request.output, force=force),
                                   verbose=verbose)
     quiet_tensorflow(verbose)
@@ -351,8 +347,10 @@ def reproduce(*, bundle: str | Path, output: str | Path, force: bool = False, ve
 
     with run_tempdir():
         run_pipeline(request, progress=progress)
+    made = read_manifest(request.output.path)
+    verify_artifacts(request.output.path, made.artifacts)
     old = (src / manifest.artifact("model").path).read_bytes()
-    new = (request.output.path / manifest.artifact("model").path).read_bytes()
+    new = (request.output.path / made.artifact("model").path).read_bytes()
     report = compare_models(old, new, original_name=str(src), new_name=str(request.output.path))
     return report.to_dict()
 
@@ -434,7 +432,23 @@ def tune(*, model: str | Path, output: str | Path, eval_data: str | Path | None 
         raise TypeError(f"tune() got unexpected keyword arguments: {', '.join(unknown)}")
     fixed = {k: v for k, v in convert_options.items() if v is not None}
     convert_request(model=model, output=Path(output) / "trials" / "check", **fixed)  # the shared options are valid
-    job = make_job(model=Path(model), output=Path(output), options=options, flags=fixed, report=report)
-    quiet_tensorflow(verbose)
-    return run_tune(job, convert=convert, validate=validate, verbose=verbose, report_only=report, progress=progress,
-                    on_trial=on_trial)
+    existed = Path(output).exists()
+    try:
+        job = make_job(model=Path(model), output=Path(output), options=options, flags=fixed, report=report)
+        quiet_tensorflow(verbose)
+        result = run_tune(job, convert=convert, validate=validate, verbose=verbose, report_only=report,
+                          progress=progress, on_trial=on_trial)
+    except Exception:
+        if not existed:  # a refused --storage (or any early failure) leaves no empty -o folder behind
+            _remove_if_empty(Path(output))
+        raise
+    from edgepack.errors import redact
+
+    return {**result, "storage": redact(str(result.get("storage", "")))}
+
+
+def _remove_if_empty(folder: Path) -> None:
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only an empty folder: a study that already holds trials stays

@@ -6,6 +6,7 @@ document on stdout and nothing else there.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -21,18 +22,25 @@ import click
 
 from edgepack import __version__
 from edgepack import request as R
-from edgepack.errors import EdgepackError, UsageError
+from edgepack.errors import EdgepackError, UsageError, redact
 
 _OPT = R.OptimizeOptions
 
 RUNTIME_CHOICES = ("litert", "tflite-runtime")
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Log lines (and their tracebacks) with credentials masked: a --storage URL can reach a log line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def _setup_logging(verbose: int, quiet: int) -> None:
     level = logging.WARNING + 10 * (quiet - verbose)
     level = max(logging.DEBUG, min(level, logging.CRITICAL))
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if verbose < 2 else
+    handler.setFormatter(_RedactingFormatter("%(levelname)s: %(message)s" if verbose < 2 else
                                            "%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("edgepack")
     root.handlers[:] = [handler]
@@ -49,19 +57,31 @@ def common_options(fn):
 
 
 def _log_dir() -> Path:
-    return Path(os.environ.get("EDGEPACK_LOG_DIR") or Path.home() / ".cache" / "edgepack" / "logs")
+    given = os.environ.get("EDGEPACK_LOG_DIR")
+    if given:
+        return Path(given)
+    folder = Path.home() / ".cache" / "edgepack" / "logs"
+    with contextlib.suppress(OSError):  # edgepack's own folders: private, also when an older version made them 0755
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for owned in (folder.parent, folder):
+            owned.chmod(0o700)
+    return folder
 
 
 def _write_log(command: str, err: BaseException) -> Path | None:
-    """The full traceback of an unexpected failure, in a file the one-line message can point to."""
+    """The full traceback of an unexpected failure, in a file the one-line message can point to:
+    mode 0600 in a 0700 folder, credentials masked (the argv line may hold a --storage URL)."""
     import traceback
 
     try:
         folder = _log_dir()
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = folder / f"edgepack-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        text = "".join(traceback.format_exception(err))
-        path.write_text(f"edgepack {__version__} {command}\nargv: {sys.argv!r}\n\n{text}", encoding="utf-8")
+        text = redact(f"edgepack {__version__} {command}\nargv: {sys.argv!r}\n\n"
+                      + "".join(traceback.format_exception(err)))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
         return path
     except OSError:
         return None
@@ -80,7 +100,7 @@ def _fail(command: str, err: BaseException, verbose: int) -> None:
     if internal:
         log = _write_log(command, err.__cause__ or err)
         line += f" (full traceback: {log})" if log else ""
-    click.echo(" ".join(line.split("\n")), err=True)
+    click.echo(redact(" ".join(line.split("\n"))), err=True)
     sys.exit(err.exit_code)
 
 
@@ -200,13 +220,13 @@ class EdgepackGroup(click.Group):
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.UsageError as err:
             where = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
-            click.echo(f"error: {' '.join(err.format_message().split())}{where}", err=True)
+            click.echo(redact(f"error: {' '.join(err.format_message().split())}{where}"), err=True)
             sys.exit(2)
         except click.exceptions.Abort:
             click.echo("error: interrupted; nothing was written", err=True)
             sys.exit(130)
         except click.ClickException as err:
-            click.echo(f"error: {' '.join(err.format_message().split())}", err=True)
+            click.echo(redact(f"error: {' '.join(err.format_message().split())}"), err=True)
             sys.exit(err.exit_code)
         if not standalone_mode:
             return rv
@@ -555,9 +575,13 @@ def validate(bundle, data, reference, runtime, max_drop, metric, trust_model, co
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Bundle directory to create.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--check", is_flag=True, help="Exit 1 unless the new model.tflite is byte-identical.")
+@click.option("--trust-model", is_flag=True, help="Allow a request recorded with --trust-model to load the model "
+              "with its code (Lambda layers). The manifest alone never can.")
+@click.option("--metric", metavar="FILE.py[:FUNCTION]", help="The task metric file of a request recorded with "
+              "--metric; its sha256 must be the recorded one. The manifest alone never runs one.")
 @common_options
 @handle_errors
-def reproduce(bundle, output, force, check, verbose, quiet, as_json) -> None:
+def reproduce(bundle, output, force, check, trust_model, metric, verbose, quiet, as_json) -> None:
     """Convert again from the request recorded in BUNDLE into OUTPUT and compare the models.
 
     Every input file must be unchanged (the manifest holds their sha256). Reports whether the new
@@ -565,7 +589,8 @@ def reproduce(bundle, output, force, check, verbose, quiet, as_json) -> None:
     from edgepack import api
     from edgepack.errors import ValidationFailed
 
-    report = api.reproduce(bundle=bundle, output=output, force=force, verbose=verbose > 0)
+    report = api.reproduce(bundle=bundle, output=output, force=force, verbose=verbose > 0, trust_model=trust_model,
+                           metric=metric)
     if as_json:
         _emit_json(report)
     elif quiet == 0:

@@ -8,6 +8,23 @@ with :attr:`EdgepackError.exit_code` (1, or 2 for usage errors); library code ne
 
 from __future__ import annotations
 
+import re
+
+# Credentials that can ride in a user's text (a --storage URL, a DSN, an environment dump): URL userinfo
+# (``scheme://user:PASSWORD@host``), ``password=``/``passwd=``/``pwd=`` keys (URL queries, libpq keyword
+# strings, ``PGPASSWORD=`` environment style; quoted values too).
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*):[^\s'\"]*@")
+_KEY_VALUE = re.compile(r"(?P<head>(?i:\w*(?:password|passwd|pwd))\s*=\s*)"
+                        r"(?P<value>'(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&;,'\")]+)")
+REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential replaced by ``***`` (the one redaction, for messages, logs,
+    crash logs, trials.csv and manifests)."""
+    text = _USERINFO.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
+    return _KEY_VALUE.sub(lambda m: f"{m['head']}{REDACTED}", text)
+
 
 class EdgepackError(Exception):
     """Base class; ``str(err)`` is the one line shown to the user."""
@@ -15,6 +32,7 @@ class EdgepackError(Exception):
     exit_code = 1
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        message, hint = redact(message), (None if hint is None else redact(hint))  # never echo a password
         self.message = message
         self.hint = hint
         super().__init__(message if hint is None else f"{message}; {hint}")

@@ -44,6 +44,7 @@ from typing import Any
 
 from edgepack.calibration.preprocess import KEYS as PREPROCESS_KEYS
 from edgepack.errors import OptionError, UsageError
+from edgepack.recipe_types import check_type
 
 
 class QuantizeMode(StrEnum):
@@ -416,7 +417,8 @@ class ConvertRequest:
                                             inputs=tuple((k, a(v)) for k, v in self.calibration.inputs)),
             optimize=dataclasses.replace(self.optimize, train_data=a(self.optimize.train_data)),
             budget=dataclasses.replace(self.budget, data=a(self.budget.data),
-                                       inputs=tuple((k, a(v)) for k, v in self.budget.inputs)),
+                                       inputs=tuple((k, a(v)) for k, v in self.budget.inputs),
+                                       metric=_resolved_metric(self.budget.metric)),
             output=dataclasses.replace(self.output, path=a(self.output.path), labels=a(self.output.labels)),
             recipe=a(self.recipe))
 
@@ -428,7 +430,16 @@ class ConvertRequest:
         files.update({f"calibration:{k}": v for k, v in self.calibration.inputs})
         files["eval_data"] = self.budget.data
         files.update({f"eval_data:{k}": v for k, v in self.budget.inputs})
+        files["metric"] = parse_metric(self.budget.metric)[0] if self.budget.metric is not None else None
         return {k: v for k, v in files.items() if v is not None}
+
+
+def _resolved_metric(spec: str | None) -> str | None:
+    """``--metric FILE.py:FUNCTION`` with FILE made absolute (against the working folder, as given)."""
+    if spec is None:
+        return None
+    path, name = parse_metric(spec)
+    return f"{path.resolve()}:{name}"
 
 
 # -- building ----------------------------------------------------------------------------------------
@@ -455,6 +466,10 @@ _PARTS = {"model": ModelOptions, "quantize": QuantizeOptions, "calibration": Cal
 _PATHS = {("model", "path"), ("calibration", "path"), ("optimize", "train_data"), ("output", "path"),
           ("output", "labels"), ("budget", "data")}
 _NOT_IN_RECIPE = {"recipe", "verbose", "force"}  # the command line's business
+# What only the person at the command line (or the API call) can grant: code to run. A recipe or a manifest
+# may record it; it counts only when the same flag is given (the flag's value then wins).
+PERMISSIONS = {("model", "trust"): ("trust_model", "--trust-model"),
+               ("budget", "metric"): ("metric", "--metric FILE.py:FUNCTION")}
 
 
 def build_request(recipe: Mapping[str, Any], flags: Mapping[str, Any], *, where: str = "--recipe",
@@ -462,7 +477,31 @@ def build_request(recipe: Mapping[str, Any], flags: Mapping[str, Any], *, where:
     """A request from a recipe's data (nested, as :meth:`ConvertRequest.to_dict` writes it, with
     ``model``/``target``/... also allowed as plain strings) overridden by ``flags`` (flat option
     names, ``None`` = not given). Relative paths in a recipe are relative to ``base``.
-    ``recipe_rules`` keeps the command line's business (``--force``, ``--recipe``) out of the data."""
+    ``recipe_rules`` keeps the command line's business (``--force``, ``--recipe``, and the
+    :data:`PERMISSIONS`: ``--trust-model``, ``--metric``) out of the data. A value of the wrong type
+    is a :class:`UsageError` naming the key and the type expected."""
+    try:
+        return _build(recipe, flags, where, base, recipe_rules)
+    except (TypeError, ValueError, AttributeError) as err:  # a value no check above foresaw: still one line
+        raise UsageError(f"{where}: invalid value ({type(err).__name__}: {err})",
+                         hint="see the recipe keys in 'edgepack convert --help'") from None
+
+
+def refuse_permissions(data: Mapping[str, Any], flags: Mapping[str, Any], where: str) -> None:
+    """A recipe or manifest asking for code to run (``model.trust``, ``budget.metric``) without the
+    command line's flag: :class:`UsageError` naming the flag to pass."""
+    for (part, key), (flag, option) in PERMISSIONS.items():
+        table = data.get(part)
+        value = table.get(key) if isinstance(table, Mapping) else None
+        if value not in (None, False) and not flags.get(flag):
+            raise UsageError(f"{where}: '{part}.{key}' asks to run code, and only the command line can allow that",
+                             hint=f"pass {option} yourself if you trust it")
+
+
+def _build(recipe: Mapping[str, Any], flags: Mapping[str, Any], where: str, base: Path | None,
+           recipe_rules: bool) -> ConvertRequest:
+    if recipe_rules:
+        refuse_permissions(recipe, flags, where)
     parts: dict[str, dict[str, Any]] = {name: {} for name in _PARTS}
     top: dict[str, Any] = {}
     for key, value in recipe.items():
@@ -478,13 +517,16 @@ def build_request(recipe: Mapping[str, Any], flags: Mapping[str, Any], *, where:
                                                                                        and k in ("data", "inputs")):
                     raise UsageError(f"{where}: unknown key '{key}.{k}'",
                                      hint=f"known: {', '.join(f.name for f in dataclasses.fields(_PARTS[key]))}")
+                check_type(where, _PARTS[key], key, k, v)
                 parts[key][k] = _rebase((key, k), v, base)
         elif key in _PARTS:
             first = {"model": "path", "quantize": "mode", "output": "path", "calibration": "data"}.get(key)
             if first is None:
                 raise UsageError(f"{where}: '{key}' must be a table")
+            check_type(where, _PARTS[key], key, first, value, short=True)
             parts[key][first] = _rebase((key, "path" if first == "data" else first), value, base)
         elif key in ("target", "seed", "recipe"):
+            check_type(where, None, "", key, value)
             top[key] = value
         else:
             raise UsageError(f"{where}: unknown key '{key}'",

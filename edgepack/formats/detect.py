@@ -25,8 +25,10 @@ def detect_format(path: Path) -> tuple[ModelFormat, dict | None]:
     superblock may sit at offset 512 or later), and a file that is both is refused: Keras picks its
     loader by the file name, so a polyglot would be checked as one format and loaded as the other.
     """
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file or directory")
+    try:
+        path.stat()
+    except OSError as err:  # missing, a name too long, a loop of links: the system's word for it
+        raise ModelLoadError(f"{path}: {(err.strerror or 'cannot be read').lower()}") from None
     if path.is_dir():
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
             return ModelFormat.SAVED_MODEL, None

@@ -85,8 +85,25 @@ def _staging_prefix(out: Path, kind: str) -> str:
     return f".{out.name}.{kind}-{os.getpid()}-"
 
 
+_UNSEEN = (-1, -1)
+
+
+def output_identity(out: Path) -> tuple[int, int] | None:
+    """(device, inode) of the output folder, None when there is none: another run's swap changes it."""
+    try:
+        st = os.stat(out)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 @contextlib.contextmanager
-def atomic_bundle(out: Path, *, force: bool) -> Iterator[BundleWriter]:
+def atomic_bundle(out: Path, *, force: bool, seen: tuple[int, int] | None | object = _UNSEEN) -> Iterator[BundleWriter]:
+    """``seen``: the output's :func:`output_identity` when the run began; with ``force`` only that
+    output is replaced, not one another run wrote meanwhile (two concurrent ``--force`` runs: one
+    writes, the other fails and says so)."""
+    if seen is _UNSEEN:
+        seen = output_identity(out)
     check_output(out, force)
     out = out.resolve()
     try:
@@ -95,11 +112,33 @@ def atomic_bundle(out: Path, *, force: bool) -> Iterator[BundleWriter]:
         raise _disk_error(err, out, "create a staging folder beside") from err
     try:
         yield (writer := BundleWriter(staging, out))
-        _swap_into_place(staging, out, force)
+        with _folder_lock(out.parent):  # one swap at a time beside this output, checked against what we saw
+            if force and output_identity(out) != seen:
+                raise PackagingError(f"output {out} was replaced by another run while converting; this run's bundle "
+                                     "was not written", hint="run again to replace it, or choose another -o")
+            _swap_into_place(staging, out, force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     del writer
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` itself (no lock file to leave behind); a no-op where unsupported."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _swap_into_place(staging: Path, out: Path, force: bool) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -167,8 +168,17 @@ def validate_dict(d: dict[str, Any], *, where: str = "manifest") -> None:
     err = jsonschema.exceptions.best_match(_validator().iter_errors(d))
     if err is not None:
         loc = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise BundleError(f"{where}: invalid at {loc}: {err.message}",
+        message = err.message
+        if err.validator == "pattern" and loc.startswith("artifacts/"):  # say what the pattern means
+            message = f"{err.instance!r} points outside the bundle (an absolute path or a '.'/'..' part)"
+        raise BundleError(f"{where}: invalid at {loc}: {message}",
                           hint="re-create the bundle with this edgepack version") from err
+    for which in ("inputs", "outputs"):  # NaN passes JSON Schema's bounds (every comparison with it is false)
+        for pos, t in enumerate(d.get(which) or []):
+            scale = t.get("scale") if isinstance(t, dict) else None
+            if isinstance(scale, float) and not math.isfinite(scale):
+                raise BundleError(f"{where}: invalid at {which}/{pos}/scale: {scale} is not a positive finite number",
+                                  hint="re-create the bundle with this edgepack version")
 
 
 @functools.lru_cache(maxsize=1)
@@ -182,18 +192,49 @@ def _validator():
     return cls(schema())
 
 
+MAX_JSON_BYTES = 64 << 20  # manifest.json, validation.json, sensitivity.json: far above what edgepack writes
+
+
+def read_json_file(path: Path, *, limit: int = MAX_JSON_BYTES) -> Any:
+    """A JSON file of a bundle: a regular file of at most ``limit`` bytes (checked before it is read, and
+    while), parsed; one-line :class:`BundleError` for anything else (too large, not JSON, an integer past
+    Python's digit limit, nesting past the recursion limit)."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not hang the open
+    except OSError as err:
+        raise BundleError(f"{path}: cannot read ({err.strerror})") from err
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{path}: not a regular file")
+        too_big = BundleError(f"{path}: larger than the {limit >> 20} MiB limit for a bundle's JSON files",
+                              hint="re-create the bundle with 'edgepack convert'")
+        if st.st_size > limit:
+            raise too_big
+        try:
+            raw = f.read(limit + 1)
+        except OSError as err:
+            raise BundleError(f"{path}: cannot read ({err.strerror})") from err
+    if len(raw) > limit:
+        raise too_big
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # JSONDecodeError and int digit limits are ValueErrors
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise BundleError(f"{path}: not valid JSON ({type(err).__name__}: {first})",
+                          hint="re-create the bundle with 'edgepack convert'") from err
+
+
 def read_manifest(bundle: str | Path) -> Manifest:
     """Load and schema-check ``bundle/manifest.json``."""
     path = Path(bundle) / MANIFEST_NAME
     if not path.is_file():
         raise BundleError(f"{bundle}: no {MANIFEST_NAME}; is this an edgepack bundle?",
                           hint="create one with 'edgepack convert'")
-    try:
-        d = json.loads(path.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise BundleError(f"{path}: not valid JSON ({err})") from err
-    except OSError as err:
-        raise BundleError(f"{path}: cannot read ({err.strerror})") from err
+    d = read_json_file(path)
     if not isinstance(d, dict):
         raise BundleError(f"{path}: not a manifest (a JSON {type(d).__name__}, not an object)")
     if str(d.get("schema_version", "")).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
@@ -201,3 +242,21 @@ def read_manifest(bundle: str | Path) -> Manifest:
                           f"(this edgepack reads {SCHEMA_VERSION})")
     validate_dict(d, where=str(path))
     return Manifest.from_dict(d)
+
+
+def check_model_tensors(manifest: Manifest, info: Any, where: str) -> None:
+    """The manifest's inputs and outputs describe ``info`` (the bundle's :class:`~edgepack.tflite_model.TfliteInfo`):
+    same tensor index, dtype, shape, scale and zero point. ``validate`` quantizes and dequantizes with
+    the manifest's figures: a manifest edited to other scales would measure another model."""
+    for which, tensors in (("inputs", manifest.inputs), ("outputs", manifest.outputs)):
+        for pos, t in enumerate(tensors):
+            if not 0 <= t.index < len(info.tensors):
+                raise BundleError(f"{where}: manifest {which}[{pos}] names tensor {t.index}, which the model "
+                                  "does not have", hint="re-create the bundle with 'edgepack convert'")
+            real = info.tensor(t.index)
+            for field_name, mine, theirs in (("dtype", t.dtype, real.dtype), ("shape", list(t.shape), list(real.shape)),
+                                             ("scale", t.scale, real.scale), ("zero_point", t.zero_point,
+                                                                              real.zero_point)):
+                if mine != theirs:
+                    raise BundleError(f"{where}: manifest {which}[{pos}].{field_name} {mine!r} does not match the "
+                                      f"model's ({theirs!r})", hint="re-create the bundle with 'edgepack convert'")

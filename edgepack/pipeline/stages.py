@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 def stage_prepare(st: PipelineState) -> dict:
     req = st.request
     bundle_mod.check_output(req.output.path, req.output.force)
+    st.output_seen = bundle_mod.output_identity(req.output.path)
     st.target = load_target(req.target)
     if req.quantize.mode.value not in st.target.quantize_modes:
         raise UsageError(f"--quantize {req.quantize.mode} is not supported by target {st.target.name}",
@@ -209,7 +210,9 @@ def _request_record(st: PipelineState) -> dict[str, Any]:
     req = st.request.resolved()
     files = {}
     for role, path in req.input_files().items():
-        sha = (st.original or st.loaded).sha256 if role == "model" else file_sha256(path)
+        sha = ((st.original or st.loaded).sha256 if role == "model"
+               else st.task_metric.sha256 if role == "metric" and st.task_metric is not None  # the code that ran
+               else file_sha256(path))
         files[role] = {"path": str(path), "sha256": sha}
     settings = req.to_dict()
     # where the bundle is written is not part of what it is: two runs into two folders match
@@ -221,7 +224,7 @@ def stage_package(st: PipelineState) -> dict:
     import edgepack
 
     req, info = st.request, st.info
-    with bundle_mod.atomic_bundle(req.output.path, force=req.output.force) as writer:
+    with bundle_mod.atomic_bundle(req.output.path, force=req.output.force, seen=st.output_seen) as writer:
         writer.add("model.tflite", st.tflite, role="model")
         if st.labels is not None:
             writer.add("labels.txt", "\n".join(st.labels) + "\n", role="labels")

@@ -50,6 +50,8 @@ class PipelineState:
     heldout: Dataset | None = None
     budget: dict[str, Any] | None = None
     task_metric: Any = None  # --metric: the user's TaskMetric (validation.metrics), loaded by stage_prepare
+    # the output folder as stage_prepare found it (packaging.bundle.output_identity): a --force run replaces only that
+    output_seen: tuple[int, int] | None = None
 
     @property
     def arena_bytes(self) -> int | None:

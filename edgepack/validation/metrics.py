@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -185,6 +186,30 @@ def slice_sqnr(ref: np.ndarray, out: np.ndarray, axis: int | None) -> tuple[floa
 
 
 # -- the user's task metric (--metric FILE.py:FUNCTION) ----------------------------------------------------
+MAX_METRIC_BYTES = 16 << 20  # a metric's .py file
+
+
+def _read_metric_file(path: Path, spec: str) -> bytes:
+    """The metric file's bytes: a regular file of at most :data:`MAX_METRIC_BYTES` (never a FIFO or a device)."""
+    import os
+    import stat
+
+    from edgepack.errors import OptionError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise OptionError("--metric", spec, hint=f"{path} is not a file ({err.strerror or 'cannot be read'})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OptionError("--metric", spec, hint=f"{path} is not a file")
+        data = f.read(MAX_METRIC_BYTES + 1)
+    if len(data) > MAX_METRIC_BYTES:
+        raise OptionError("--metric", spec, hint=f"{path} is larger than the {MAX_METRIC_BYTES >> 20} MiB limit "
+                                                 "for a metric file")
+    return data
+
+
 class TaskMetric:
     """The user's own metric for ``--max-drop``: ``FUNCTION(outputs, references, labels)`` in ``FILE.py``
     returns a score, 1.0 = perfect (detection F1 against the source model's detections, mAP against
@@ -194,7 +219,10 @@ class TaskMetric:
     The file is the user's code, named on the command line: it runs in this process, like a plugin.
     """
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, *, sha256: str | None = None) -> None:
+        """``sha256``: the hash the file must have (``reproduce`` checks the one recorded at convert time);
+        the bytes hashed are the bytes run, so the recorded :attr:`sha256` is that of the code that ran."""
+        import hashlib
         import importlib.util
 
         from edgepack.errors import EdgepackError, OptionError
@@ -202,12 +230,16 @@ class TaskMetric:
 
         path, name = parse_metric(spec)
         self.spec = spec
-        if not path.is_file():
-            raise OptionError("--metric", spec, hint=f"{path} is not a file")
-        module_spec = importlib.util.spec_from_file_location(f"edgepack_user_metric_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
+        source = _read_metric_file(path, spec)
+        self.sha256 = hashlib.sha256(source).hexdigest()
+        if sha256 is not None and self.sha256 != sha256:
+            raise OptionError("--metric", spec, hint=f"{path} is not the file the bundle was made with (sha256 "
+                                                     "differs from the one in its manifest)")
+        module = importlib.util.module_from_spec(importlib.util.spec_from_loader(
+            f"edgepack_user_metric_{path.stem}", loader=None, origin=str(path)))
+        module.__file__ = str(path)
         try:
-            module_spec.loader.exec_module(module)
+            exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - the user's own file, named on the command line
         except Exception as err:
             raise EdgepackError(f"--metric: importing {path} failed: {type(err).__name__}: {err}",
                                 hint="run the file with python to see the whole error") from err

@@ -16,7 +16,7 @@ from edgepack.calibration.layout import outputs_to_source
 from edgepack.calibration.progress import progress_bar
 from edgepack.errors import BundleError, ModelLoadError, UsageError, ValidationFailed
 from edgepack.packaging.bundle import verify_artifacts, write_file_atomic
-from edgepack.packaging.manifest import read_manifest
+from edgepack.packaging.manifest import check_model_tensors, read_manifest
 from edgepack.packaging.tempdirs import run_tempdir
 from edgepack.runtimes.isolated import IsolatedRunner
 from edgepack.runtimes.litert import Runtime
@@ -39,6 +39,12 @@ def _resolve_reference(manifest, reference: Path | None, bundle: Path) -> Path |
         return reference
     src = manifest.source.path
     if src and Path(src).exists():
+        # the manifest is data: follow its path only to a regular file within the limit whose hash is the recorded one
+        from edgepack.validation.inputs import MAX_MODEL_BYTES, check_recorded
+
+        check_recorded(Path(src), manifest.source.sha256, f"{bundle}: the manifest's source model",
+                       limit=MAX_MODEL_BYTES, folders=manifest.source.format == "saved_model",
+                       hint="pass --reference MODEL to compare with a model you name")
         return Path(src)
     log.warning("source model %s no longer exists; validating without a reference (pass --reference)",
                 src or manifest.source.file)
@@ -64,6 +70,7 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
     verify_artifacts(bundle, manifest.artifacts)
     model_path = bundle / manifest.artifact("model").path
     info = read_tflite(model_path)  # the flatbuffer is verified before any interpreter sees it
+    check_model_tensors(manifest, info, str(bundle))  # the scales used below are the model's own
     ref_path = _resolve_reference(manifest, reference, bundle)
     loaded = None
     if ref_path is not None:

@@ -27,11 +27,12 @@ def test_schema_rejects_lies_and_gaps():
     with pytest.raises(BundleError, match="artifacts/0"):
         validate_dict(d)
     d = example()
-    d["artifacts"][0]["path"] = "../escape.tflite"
-    validate_dict(d)  # relative paths are fine syntactically; verify_artifacts checks existence
-    d["artifacts"][0]["path"] = "/etc/passwd"
-    with pytest.raises(BundleError):
-        validate_dict(d)
+    d["artifacts"][0]["path"] = "sub/model.tflite"
+    validate_dict(d)  # relative paths inside the bundle are fine; verify_artifacts checks existence
+    for outside in ("../escape.tflite", "a/../../x", "./model.tflite", "/etc/passwd"):  # issue 20: no '..' parts
+        d["artifacts"][0]["path"] = outside
+        with pytest.raises(BundleError, match="artifacts/0/path"):
+            validate_dict(d)
 
 
 def test_schema_is_draft_2020_and_requires_core_sections():
