@@ -1,0 +1,229 @@
+"""LiteRT metadata in ``model.tflite``: what MediaPipe Tasks and Android Studio's ML Model Binding read.
+
+The metadata is a flatbuffer (file identifier ``M001``, the TFLite Support ``metadata_schema.fbs``)
+kept in one of the model's buffers and named by a ``TFLITE_METADATA`` entry of the model's
+``metadata`` list; associated files (the labels) are a zip archive appended to the model, which
+is where the readers look for them.
+
+edgepack writes the flatbuffer itself with the ``flatbuffers`` Builder (a core dependency), driven
+by :data:`LAYOUT` — each table's fields in schema slot order, copied from the schema's field ids —
+so the core install needs neither tflite-support (which does not install beside TF 2.19) nor
+mediapipe (whose ``metadata_writers`` do not import in 1.2.2). The same layout reads it back
+(``inspect``); the tests read it with MediaPipe's generated schema module and run MediaPipe Tasks on it.
+Everything written is deterministic (``reproduce`` gives the same bytes).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+from edgepack.errors import BundleError
+
+METADATA_NAME = "TFLITE_METADATA"
+FILE_IDENTIFIER = b"M001"
+# The oldest metadata parser that reads every field below: the fields that raised the version
+# (process units per subgraph 1.1.0, tensor groups 1.2.0, file versions 1.4.1, custom metadata
+# 1.5.0) are not written.
+MIN_PARSER_VERSION = "1.0.0"
+
+# enums of metadata_schema.fbs
+COLOR_SPACE = {"rgb": 1, "grayscale": 2}
+TENSOR_AXIS_LABELS = 2
+CONTENT_PROPERTIES = {"FeatureProperties": 1, "ImageProperties": 2}
+PROCESS_UNIT_OPTIONS = {"NormalizationOptions": 1}
+
+# table -> fields in slot order: (name, kind); kinds: str, int8/uint8/int32/uint32, [float], [str],
+# a table name, [table name], or union:<type field>:<enum>
+LAYOUT: dict[str, tuple[tuple[str, str], ...]] = {
+    "ModelMetadata": (("name", "str"), ("description", "str"), ("version", "str"),
+                      ("subgraph_metadata", "[SubGraphMetadata]"), ("author", "str"), ("license", "str"),
+                      ("associated_files", "[AssociatedFile]"), ("min_parser_version", "str")),
+    "SubGraphMetadata": (("name", "str"), ("description", "str"), ("input_tensor_metadata", "[TensorMetadata]"),
+                         ("output_tensor_metadata", "[TensorMetadata]"), ("associated_files", "[AssociatedFile]")),
+    "TensorMetadata": (("name", "str"), ("description", "str"), ("dimension_names", "[str]"), ("content", "Content"),
+                       ("process_units", "[ProcessUnit]"), ("stats", "Stats"), ("associated_files", "[AssociatedFile]")),
+    "AssociatedFile": (("name", "str"), ("description", "str"), ("type", "int8"), ("locale", "str")),
+    "Content": (("content_properties_type", "uint8"), ("content_properties", "union:content_properties_type:"
+                                                                               "CONTENT_PROPERTIES")),
+    "ImageProperties": (("color_space", "int8"), ("default_size", "ImageSize")),
+    "ImageSize": (("width", "uint32"), ("height", "uint32")),
+    "FeatureProperties": (),
+    "ProcessUnit": (("options_type", "uint8"), ("options", "union:options_type:PROCESS_UNIT_OPTIONS")),
+    "NormalizationOptions": (("mean", "[float]"), ("std", "[float]")),
+    "Stats": (("max", "[float]"), ("min", "[float]")),
+}
+_ENUMS = {"CONTENT_PROPERTIES": CONTENT_PROPERTIES, "PROCESS_UNIT_OPTIONS": PROCESS_UNIT_OPTIONS}
+_SCALARS = {"int8": "Int8", "uint8": "Uint8", "int32": "Int32", "uint32": "Uint32"}
+
+
+# -- writing -------------------------------------------------------------------------------------------
+def encode(meta: Mapping[str, Any]) -> bytes:
+    """The ``ModelMetadata`` flatbuffer of ``meta`` (nested dicts keyed as :data:`LAYOUT`; a union
+    field holds ``{"type": TABLE, ...fields}``)."""
+    from flatbuffers import Builder
+
+    builder = Builder(1024)
+    builder.Finish(_table(builder, "ModelMetadata", meta), file_identifier=FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def _table(b, table: str, value: Mapping[str, Any]) -> int:
+    layout = LAYOUT[table]
+    unknown = set(value) - {name for name, _ in layout} - {"type"}
+    if unknown:
+        raise ValueError(f"{table} has no field {sorted(unknown)}")
+    offsets: dict[str, int] = {}
+    for name, kind in layout:  # children first: a flatbuffer table is built after what it points to
+        if value.get(name) is not None and kind not in _SCALARS:
+            offsets[name] = _child(b, kind, value[name])
+    unions = {kind.split(":")[1]: (name, _ENUMS[kind.split(":")[2]]) for name, kind in layout
+              if kind.startswith("union:")}
+    b.StartObject(len(layout))
+    for slot, (name, kind) in enumerate(layout):
+        if name in unions:  # a union's type field: the type of the table the union field holds
+            union, enum = unions[name]
+            if value.get(union) is not None:
+                b.PrependUint8Slot(slot, enum[value[union]["type"]], 0)
+        elif name in offsets:
+            b.PrependUOffsetTRelativeSlot(slot, offsets[name], 0)
+        elif kind in _SCALARS and value.get(name) is not None:
+            getattr(b, f"Prepend{_SCALARS[kind]}Slot")(slot, int(value[name]), 0)
+    return b.EndObject()
+
+
+def _child(b, kind: str, value: Any) -> int:
+    if kind == "str":
+        return b.CreateString(str(value))
+    if kind.startswith("union:"):
+        return _table(b, value["type"], {k: v for k, v in value.items() if k != "type"})
+    if kind == "[float]":
+        b.StartVector(4, len(value), 4)
+        for v in reversed(value):
+            b.PrependFloat32(float(v))
+        return b.EndVector()
+    if kind.startswith("["):
+        inner = kind[1:-1]
+        items = [b.CreateString(str(v)) if inner == "str" else _table(b, inner, v) for v in value]
+        b.StartVector(4, len(items), 4)
+        for off in reversed(items):
+            b.PrependUOffsetTRelative(off)
+        return b.EndVector()
+    return _table(b, kind, value)
+
+
+# -- reading -------------------------------------------------------------------------------------------
+def decode(buf: bytes) -> dict[str, Any]:
+    """The ``ModelMetadata`` flatbuffer as nested dicts (the fields of :data:`LAYOUT` that are set)."""
+    from flatbuffers import encode as fb_encode
+    from flatbuffers import packer
+    from flatbuffers.table import Table
+
+    if len(buf) < 8 or buf[4:8] != FILE_IDENTIFIER:
+        raise BundleError("the model's TFLITE_METADATA is not a metadata flatbuffer (no M001 identifier)")
+    try:
+        return _read(Table(buf, fb_encode.Get(packer.uoffset, buf, 0)), "ModelMetadata")
+    except (IndexError, ValueError, UnicodeDecodeError) as err:
+        raise BundleError(f"the model's metadata flatbuffer is corrupt ({err})") from err
+
+
+def _read(tab, table: str) -> dict[str, Any]:
+    from flatbuffers import number_types as nt
+    from flatbuffers.table import Table
+
+    out: dict[str, Any] = {}
+    layout = LAYOUT[table]
+    for slot, (name, kind) in enumerate(layout):
+        o = tab.Offset(4 + 2 * slot)
+        if not o:
+            continue
+        if kind in _SCALARS:
+            out[name] = tab.Get(getattr(nt, f"{_SCALARS[kind]}Flags"), o + tab.Pos)
+        elif kind == "str":
+            out[name] = tab.String(o + tab.Pos).decode("utf-8")
+        elif kind.startswith("union:"):
+            _, type_field, enum = kind.split(":")
+            type_name = {v: k for k, v in _ENUMS[enum].items()}.get(out.get(type_field))
+            if type_name is not None:
+                t = Table(tab.Bytes, tab.Indirect(o + tab.Pos))
+                out[name] = {"type": type_name, **_read(t, type_name)}
+        elif kind.startswith("["):
+            inner, start = kind[1:-1], tab.Vector(o)
+            n = tab.VectorLen(o)
+            if inner == "float":
+                out[name] = [tab.Get(nt.Float32Flags, start + 4 * i) for i in range(n)]
+            elif inner == "str":
+                out[name] = [tab.String(start + 4 * i).decode("utf-8") for i in range(n)]
+            else:
+                out[name] = [_read(Table(tab.Bytes, tab.Indirect(start + 4 * i)), inner) for i in range(n)]
+        else:
+            out[name] = _read(Table(tab.Bytes, tab.Indirect(o + tab.Pos)), kind)
+    return out
+
+
+# -- in the model --------------------------------------------------------------------------------------
+def embed(model: bytes, meta: Mapping[str, Any], files: Mapping[str, bytes]) -> bytes:
+    """``model`` with ``meta`` as its TFLITE_METADATA (replacing any) and ``files`` appended as the
+    associated-file zip; every other buffer, metadata entry and signature is kept."""
+    from ai_edge_litert import schema_py_generated as schema
+    from flatbuffers import Builder
+
+    obj = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(_flatbuffer_part(model), 0))
+    entries = [m for m in obj.metadata or [] if (m.name or b"").decode() != METADATA_NAME]
+    buffer = schema.BufferT()
+    buffer.data = list(encode(meta))
+    obj.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_NAME, len(obj.buffers) - 1
+    obj.metadata = [*entries, entry]
+    builder = Builder(len(model) + 4096)
+    builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
+    out = io.BytesIO(bytes(builder.Output()))
+    if files:
+        with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as z:
+            for name in sorted(files):
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))  # no clock in the bytes
+                info.external_attr = 0o644 << 16
+                z.writestr(info, files[name])
+    return out.getvalue()
+
+
+def _flatbuffer_part(model: bytes) -> bytes:
+    """The model without an appended zip (an old metadata's associated files)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(model)) as z:
+            first = min((i.header_offset for i in z.infolist()), default=None)
+    except zipfile.BadZipFile:
+        return model
+    return model[:first] if first else model
+
+
+def read(model: bytes) -> dict[str, Any] | None:
+    """The model's metadata (as :func:`decode`) and its associated files' names
+    (``"files"``), or None when it has none."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    m = schema.Model.GetRootAsModel(model, 0)
+    for i in range(m.MetadataLength()):
+        entry = m.Metadata(i)
+        if (entry.Name() or b"").decode() == METADATA_NAME:
+            buf = m.Buffers(entry.Buffer()).DataAsNumpy()
+            meta = decode(bytes(buf.tobytes()) if hasattr(buf, "tobytes") else b"")
+            try:
+                with zipfile.ZipFile(io.BytesIO(model)) as z:
+                    meta["files"] = sorted(z.namelist())
+            except zipfile.BadZipFile:
+                meta["files"] = []
+            return meta
+    return None
+
+
+def associated_file(model: bytes, name: str) -> bytes:
+    """One associated file's bytes (e.g. the labels) from the zip appended to the model."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(model)) as z:
+            return z.read(name)
+    except (zipfile.BadZipFile, KeyError) as err:
+        raise BundleError(f"the model has no associated file {name!r}") from err
