@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgepack.errors import UsageError
+from edgepack.packaging.metadata import pixel_normalization
 
 
 @dataclass(frozen=True)
@@ -28,28 +29,18 @@ class CameraQuantization:
     std: float
 
 
-def pixel_normalization(pre: Mapping[str, Any] | None) -> tuple[float, float] | None:
-    """``(mean, std)`` in pixel units of a preprocessing spec (its ``scale``, ``mean``, ``std``
-    folded), or None when it does not normalize; per-channel values must agree."""
-    if not pre or not any(k in pre for k in ("scale", "mean", "std")):
-        return None
-    scale = float(pre.get("scale") or 1.0)
-    means = {float(m) for m in pre.get("mean") or [0.0]}
-    stds = {float(s) for s in pre.get("std") or [1.0]}
-    if len(means) > 1 or len(stds) > 1:
-        raise UsageError("--quantize uint8 feeds raw pixels, so one mean and one std must hold for every channel; "
-                         f"the preprocessing has mean={sorted(means)} std={sorted(stds)}",
-                         hint="use --quantize int8-float-io for per-channel normalization")
-    return means.pop() / scale, stds.pop() / scale
-
-
 def camera_quantization(pre: Mapping[str, Any] | None) -> CameraQuantization | None:
     """The camera input quantization for a preprocessing spec, or None without normalization.
     A mean that is not a whole pixel value (127.5) rounds half up, as uint8 pipelines do (128)."""
     norm = pixel_normalization(pre)
     if norm is None:
         return None
-    mean, std = norm
+    means, stds = set(norm[0]), set(norm[1])
+    if len(means) > 1 or len(stds) > 1:
+        raise UsageError("--quantize uint8 feeds raw pixels, so one mean and one std must hold for every channel; "
+                         f"the preprocessing has mean={sorted(means)} std={sorted(stds)}",
+                         hint="use --quantize int8-float-io for per-channel normalization")
+    mean, std = means.pop(), stds.pop()
     zero_point = int(mean + 0.5)
     if not 0 <= zero_point <= 255 or std <= 0:
         raise UsageError(f"--quantize uint8: the normalization (mean {mean:g}, std {std:g} in pixel units) does not "

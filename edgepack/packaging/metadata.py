@@ -135,9 +135,14 @@ def _read(tab, table: str) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     layout = LAYOUT[table]
+    type_fields = {kind.split(":")[1] for _, kind in layout if kind.startswith("union:")}
+    types: dict[str, int] = {}
     for slot, (name, kind) in enumerate(layout):
         o = tab.Offset(4 + 2 * slot)
         if not o:
+            continue
+        if name in type_fields:  # read with its union, not shown
+            types[name] = tab.Get(nt.Uint8Flags, o + tab.Pos)
             continue
         if kind in _SCALARS:
             out[name] = tab.Get(getattr(nt, f"{_SCALARS[kind]}Flags"), o + tab.Pos)
@@ -145,7 +150,7 @@ def _read(tab, table: str) -> dict[str, Any]:
             out[name] = tab.String(o + tab.Pos).decode("utf-8")
         elif kind.startswith("union:"):
             _, type_field, enum = kind.split(":")
-            type_name = {v: k for k, v in _ENUMS[enum].items()}.get(out.get(type_field))
+            type_name = {v: k for k, v in _ENUMS[enum].items()}.get(types.get(type_field))
             if type_name is not None:
                 t = Table(tab.Bytes, tab.Indirect(o + tab.Pos))
                 out[name] = {"type": type_name, **_read(t, type_name)}
@@ -227,3 +232,87 @@ def associated_file(model: bytes, name: str) -> bytes:
             return z.read(name)
     except (zipfile.BadZipFile, KeyError) as err:
         raise BundleError(f"the model has no associated file {name!r}") from err
+
+
+# -- what an app needs, from the bundle's facts --------------------------------------------------------
+def pixel_normalization(pre: Mapping[str, Any] | None) -> tuple[list[float], list[float]] | None:
+    """Per-channel ``(mean, std)`` in pixel units of a preprocessing spec (``x = (pixel - mean) / std``:
+    its ``scale``, ``mean`` and ``std`` folded into one step), or None when it does not normalize."""
+    if not pre or not any(k in pre for k in ("scale", "mean", "std")):
+        return None
+    scale = float(pre.get("scale") or 1.0)
+    means = [float(m) / scale for m in pre.get("mean") or [0.0]]
+    stds = [float(s) / scale for s in pre.get("std") or [1.0]]
+    return means, stds
+
+
+def is_image(t: Any) -> bool:
+    """An NHWC input of 1 or 3 channels whose preprocessing treats it as pixels."""
+    pre = t.preprocessing or {}
+    return (len(t.shape) == 4 and t.shape[-1] in (1, 3) and (pre.get("layout") or "nhwc") == "nhwc"
+            and (bool(pre.get("color") or pre.get("resize")) or pixel_normalization(pre) is not None
+                 or t.dtype == "uint8"))
+
+
+def _input_meta(t: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": t.name}
+    if not is_image(t):
+        stats = t.statistics or {}
+        out["content"] = {"content_properties": {"type": "FeatureProperties"}}
+        out["description"] = f"{t.dtype} tensor of shape {list(t.shape)}"
+        if "min" in stats and "max" in stats:
+            out["stats"] = {"max": [float(stats["max"])], "min": [float(stats["min"])]}
+        return out
+    pre = t.preprocessing or {}
+    channels, (height, width) = t.shape[-1], t.shape[1:3]
+    color = "grayscale" if channels == 1 else "rgb"
+    props = {"type": "ImageProperties", "color_space": COLOR_SPACE[color],
+             "default_size": {"width": int(width), "height": int(height)}}
+    out["content"] = {"content_properties": props}
+    norm = pixel_normalization(pre)
+    mean, std = norm if norm is not None else ([0.0], [1.0])
+    out["description"] = (f"{width}x{height} {color.upper()} image, {t.dtype}"
+                          + ("" if t.dtype == "uint8" else f", (pixel - {_nums(mean)}) / {_nums(std)}"))
+    out["process_units"] = [{"options": {"type": "NormalizationOptions", "mean": mean, "std": std}}]
+    if t.dtype == "uint8":
+        out["stats"] = {"max": [255.0], "min": [0.0]}
+    else:
+        n = max(len(mean), len(std))
+        mean, std = mean * (n // len(mean)), std * (n // len(std))
+        out["stats"] = {"max": [(255.0 - m) / s for m, s in zip(mean, std)],
+                        "min": [(0.0 - m) / s for m, s in zip(mean, std)]}
+    return out
+
+
+def _nums(values: list[float]) -> str:
+    return "/".join(f"{v:g}" for v in values)
+
+
+def _output_meta(t: Any, labels: str | None, value_range: tuple[float, float] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": t.name, "content": {"content_properties": {"type": "FeatureProperties"}}}
+    if labels is not None:
+        out["description"] = f"scores of shape {list(t.shape)}: one per class of {labels}, {t.dtype}"
+        out["dimension_names"] = ["batch", "class"]
+        out["associated_files"] = [{"name": labels, "description": "one label per class, in score order",
+                                    "type": TENSOR_AXIS_LABELS}]
+    else:
+        out["description"] = f"{t.dtype} tensor of shape {list(t.shape)}"
+    if value_range is not None:
+        out["stats"] = {"max": [float(value_range[1])], "min": [float(value_range[0])]}
+    return out
+
+
+def model_metadata(*, info: Mapping[str, str | None], inputs: list, outputs: list, signature: str,
+                   labels: str | None = None, classifier: str | None = None,
+                   ranges: Mapping[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+    """The metadata of a model: ``info`` (name, description, version, author, license), ``inputs`` and
+    ``outputs`` (manifest :class:`~edgepack.packaging.manifest.TensorInfo`, in the graph's order),
+    ``labels`` (the associated file) for the ``classifier`` output, ``ranges`` per output name."""
+    meta: dict[str, Any] = {k: v for k, v in info.items() if v}
+    meta["subgraph_metadata"] = [{
+        "name": signature,
+        "input_tensor_metadata": [_input_meta(t) for t in inputs],
+        "output_tensor_metadata": [_output_meta(t, labels if t.name == classifier else None,
+                                                (ranges or {}).get(t.name)) for t in outputs]}]
+    meta["min_parser_version"] = MIN_PARSER_VERSION
+    return meta

@@ -50,6 +50,8 @@ class PipelineState:
     heldout: Dataset | None = None
     budget: dict[str, Any] | None = None
     task_metric: Any = None  # --metric: the user's TaskMetric (validation.metrics), loaded by stage_prepare
+    delegate: dict[str, Any] | None = None  # phone targets: measured XNNPACK coverage (manifest extras "delegate")
+    app: dict[str, Any] = field(default_factory=dict)  # LiteRT targets: "signatures", "metadata" (manifest extras)
 
     @property
     def arena_bytes(self) -> int | None:
@@ -69,6 +71,9 @@ class PipelineState:
             out["vela"] = {"model": self.vela.file, **self.vela.report.to_dict(),
                            "validation": "validate runs the plain int8 model.tflite: the host cannot run "
                                          "the Ethos-U custom op"}
+        out.update(self.app)
+        if self.delegate is not None:
+            out["delegate"] = self.delegate
         return out
 
 
