@@ -193,6 +193,27 @@ def inspect_layers(*, path: str | Path) -> dict[str, Any]:
     return json.loads((p / art.path).read_text("utf-8"))
 
 
+def metadata_lines(meta: Mapping[str, Any] | None, delegate: Mapping[str, Any] | None) -> list[str]:
+    """``inspect``'s lines for the LiteRT metadata and the measured delegate coverage."""
+    from edgepack.runtimes.delegate import coverage_lines
+
+    lines = []
+    if meta is not None:
+        head = ", ".join(f"{k} {meta[k]!r}" for k in ("name", "version", "author", "license") if meta.get(k))
+        lines.append(f"metadata (parser >= {meta.get('min_parser_version')}): {head}")
+        for sg in meta.get("subgraph_metadata", []):
+            for kind in ("input_tensor_metadata", "output_tensor_metadata"):
+                for t in sg.get(kind, []):
+                    norm = next((p["options"] for p in t.get("process_units", []) if "options" in p), None)
+                    files = ", ".join(f["name"] for f in t.get("associated_files", []))
+                    lines.append(f"  {kind.split('_')[0]} {t.get('name')}: {t.get('description', '')}"
+                                 + (f"; normalization mean {norm['mean']} std {norm['std']}" if norm else "")
+                                 + (f"; files {files}" if files else ""))
+    if delegate is not None:
+        lines += coverage_lines(delegate)
+    return lines
+
+
 def layer_lines(table: Mapping[str, Any]) -> list[str]:
     rows = table["rows"]
     lines = [f"chosen: {table.get('chosen')}", f"{'#':>4} {'op':<24} {'RMSE/scale':>10} {'gain':>7} {'kept':<6} node"]
@@ -204,10 +225,12 @@ def layer_lines(table: Mapping[str, Any]) -> list[str]:
 
 
 def inspect(*, path: str | Path) -> dict[str, Any]:
-    """Inputs/outputs with quantization, op table and sizes of a bundle or a bare ``.tflite``."""
+    """Inputs/outputs with quantization, op table and sizes of a bundle or a bare ``.tflite``; its
+    LiteRT metadata (``metadata``, None without) and a phone bundle's XNNPACK coverage (``delegate``)."""
     from edgepack.errors import BundleError
     from edgepack.packaging.bundle import verify_artifacts
     from edgepack.packaging.manifest import read_manifest
+    from edgepack.packaging.metadata import read as read_metadata
     from edgepack.tflite_model import read_tflite
 
     p = Path(path)
@@ -233,9 +256,12 @@ def inspect(*, path: str | Path) -> dict[str, Any]:
         "subgraphs": info.subgraphs, "tensors": len(info.tensors),
         "state_links": state_links([t["name"] for t in inputs], [t["name"] for t in outputs]),
     }
+    out["metadata"] = read_metadata(model_path.read_bytes())
     if manifest is not None:
         out["manifest"] = manifest.to_dict()
         out["artifacts"] = [a.__dict__ for a in manifest.artifacts]
+        if "delegate" in manifest.extras:
+            out["delegate"] = manifest.extras["delegate"]
         val = p / "validation.json"
         if val.is_file():
             out["validation"] = json.loads(val.read_text("utf-8"))

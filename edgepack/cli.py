@@ -565,6 +565,8 @@ def inspect(path, layers, verbose, quiet, as_json) -> None:
     con.print(ops)
     for link in info["state_links"]:
         con.print(f"state: output {link['output']} feeds input {link['input']} on the next call")
+    for line in api.metadata_lines(info.get("metadata"), info.get("delegate")):
+        con.print(line, markup=False)
     for art in info.get("artifacts", []):
         con.print(f"artifact {art['path']}: {art['bytes']} bytes ({art['role']})")
 
