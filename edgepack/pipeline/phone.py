@@ -9,6 +9,7 @@ hashes — and the bundle README's Kotlin, Swift and Python snippets, and record
 from __future__ import annotations
 
 import logging
+import re
 
 from edgepack.pipeline.state import PipelineState
 
@@ -99,8 +100,8 @@ def descriptive(st: PipelineState) -> dict[str, str | None]:
         found.update(name=proto.graph.name or None, description=proto.doc_string or proto.graph.doc_string or None,
                      version=str(proto.model_version) if proto.model_version else props.get("version"),
                      author=props.get("author"), license=props.get("license"))
-    elif src.is_keras and getattr(src.model, "name", None):
-        found["name"] = src.model.name
+    elif src.is_keras and not re.fullmatch(r"(functional|sequential|model)(_\d+)?", str(src.model.name)):
+        found["name"] = src.model.name  # a name the user gave, not Keras' default
     found["name"] = found["name"] or src.path.stem
     if not found["description"]:
         found["description"] = (f"{found['name']}: {st.info.quantization_mode} LiteRT model converted by edgepack "
