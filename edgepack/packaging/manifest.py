@@ -23,7 +23,8 @@ from edgepack.errors import BundleError
 # 1.1: the resolved request; 1.2: extras.optimize cluster / low_rank sections; 1.3: the accuracy budget's search;
 # 1.4: budget.budget.metric (--metric) and task_metric* figures in the budget's candidates;
 #      quantization.calibration.repaired_ranges
-SCHEMA_VERSION = "1.4"
+# 1.5: quantization mode uint8; extras.signatures, extras.metadata (LiteRT metadata), extras.delegate (XNNPACK coverage)
+SCHEMA_VERSION = "1.5"
 MANIFEST_NAME = "manifest.json"
 
 
