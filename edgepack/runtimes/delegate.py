@@ -64,18 +64,22 @@ def _partition_nodes(ops: list[dict], delegate: dict) -> set[int]:
     return nodes
 
 
-def _reason(op: dict, dynamic: set[int]) -> str:
-    """Why a node stays on the CPU kernels, from what the node list shows."""
-    types = {getattr(t, "__name__", str(t)) for t in [*op["operand_types"], *op["result_types"]]}
+def _reason(op: dict, dynamic: set[int], produced: set[int]) -> str:
+    """Why a node stays on the CPU kernels, from what the node list shows (``produced``: tensors some
+    node computes, i.e. not constants or model inputs)."""
+    names = lambda types: {getattr(t, "__name__", str(t)) for t in types}  # noqa: E731
+    ins, outs = names(op["operand_types"]), names(op["result_types"])
     if any(int(t) in dynamic for t in [*op["inputs"], *op["outputs"]] if int(t) >= 0):
         return "dynamic shape"
-    if "int16" in types:
+    if "int16" in ins | outs:
         return "int16 activations: no XNNPACK kernel (LiteRT reference kernel)"
-    ins = {getattr(t, "__name__", str(t)) for t in op["operand_types"]} - {"int32"}
-    outs = {getattr(t, "__name__", str(t)) for t in op["result_types"]}
-    if ins and outs and ins != outs:
+    if op["op_name"] in ("QUANTIZE", "DEQUANTIZE", "CAST") and ins != outs:
         return f"type conversion {'/'.join(sorted(ins))} -> {'/'.join(sorted(outs))} not taken by XNNPACK"
-    return f"XNNPACK does not take {op['op_name']} with {'/'.join(sorted(types))} tensors"
+    if op["op_name"] == "SHAPE" or (ins | outs) == {"int32"}:
+        return "int32 shape arithmetic (a shape computed at run time, e.g. for the dynamic batch)"
+    if op["op_name"] == "RESHAPE" and len(op["inputs"]) > 1 and int(op["inputs"][1]) in produced:
+        return "its new shape is computed at run time"
+    return f"XNNPACK does not take {op['op_name']} with {'/'.join(sorted(ins | outs))} tensors"
 
 
 def _measure(model_path: str) -> dict[str, Any]:
@@ -91,7 +95,8 @@ def _measure(model_path: str) -> dict[str, Any]:
     delegated: set[int] = set()
     for d in partitions:
         delegated |= _partition_nodes(ops, d)
-    cpu = [{"index": op["index"], "op": op["op_name"], "reason": _reason(op, dynamic)}
+    produced = {int(t) for op in original for t in op["outputs"]}
+    cpu = [{"index": op["index"], "op": op["op_name"], "reason": _reason(op, dynamic, produced)}
            for op in original if op["index"] not in delegated]
     return {"delegate": DELEGATE, "runtime": "ai-edge-litert", "nodes": len(original), "delegated": len(delegated),
             "partitions": len(partitions), "cpu_ops": cpu}

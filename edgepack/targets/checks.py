@@ -6,6 +6,7 @@ by ``edgepack targets NAME`` and written into ``docs/targets.md``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -116,9 +117,9 @@ def check_delegate(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
     summary = f"{cov['delegated']} of {cov['nodes']} ops on {cov['delegate']}, {cov['partitions']} partition(s)"
     if facts.mode not in INTEGER_MODES or not cov["cpu_ops"]:
         return True, summary
-    off = ", ".join(f"{c['op']} ({c['reason']})" for c in cov["cpu_ops"][:8])
-    more = f" and {len(cov['cpu_ops']) - 8} more" if len(cov["cpu_ops"]) > 8 else ""
-    detail = f"{summary}; on CPU kernels: {off}{more}"
+    groups = Counter((c["op"], c["reason"]) for c in cov["cpu_ops"])
+    off = ", ".join(f"{op} x{n} ({reason})" for (op, reason), n in sorted(groups.items()))
+    detail = f"{summary}; on CPU kernels: {off}"
     if spec.delegate_fallback == "fail":
         return False, f"{facts.mode} model falls off {cov['delegate']} on target {spec.name}: {detail}"
     return True, f"warning: {detail}"
