@@ -176,13 +176,16 @@ def embed(model: bytes, meta: Mapping[str, Any], files: Mapping[str, bytes]) -> 
     from flatbuffers import Builder
 
     obj = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(_flatbuffer_part(model), 0))
-    entries = [m for m in obj.metadata or [] if (m.name or b"").decode() != METADATA_NAME]
+    old = next((m for m in obj.metadata or [] if (m.name or b"").decode() == METADATA_NAME), None)
     buffer = schema.BufferT()
     buffer.data = list(encode(meta))
-    obj.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name, entry.buffer = METADATA_NAME, len(obj.buffers) - 1
-    obj.metadata = [*entries, entry]
+    if old is not None:  # replaced in place: embedding twice gives the bytes embedding once gives
+        obj.buffers[old.buffer] = buffer
+    else:
+        obj.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = METADATA_NAME, len(obj.buffers) - 1
+        obj.metadata = [*(obj.metadata or []), entry]
     builder = Builder(len(model) + 4096)
     builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
     out = io.BytesIO(bytes(builder.Output()))

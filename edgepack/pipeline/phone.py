@@ -1,9 +1,10 @@
 """Phone stages: camera uint8 I/O, measured XNNPACK coverage, LiteRT metadata and the app code.
 
-camera_io (after convert) sets a ``--quantize uint8`` model's input quantization so raw pixels are
-its input (:mod:`edgepack.converter.uint8_io`); delegate (phone targets) measures which ops XNNPACK
-takes; app (LiteRT targets) writes the metadata into model.tflite — the bytes the manifest then
-hashes — and the bundle README's Kotlin, Swift and Python snippets, and records the signatures.
+camera_check (before convert) and camera_io (after it) set a ``--quantize uint8`` model's input
+quantization so raw pixels are its input (:mod:`edgepack.converter.uint8_io`); delegate (phone
+targets) measures which ops XNNPACK takes; app (LiteRT targets) writes the metadata into
+model.tflite — the bytes the manifest then hashes — and the bundle README's Kotlin, Swift and
+Python snippets, and records the signatures.
 """
 
 from __future__ import annotations
@@ -16,25 +17,38 @@ from edgepack.pipeline.state import PipelineState
 log = logging.getLogger(__name__)
 
 
-def stage_camera_io(st: PipelineState) -> dict | None:
+def stage_camera_check(st: PipelineState) -> dict | None:
+    """--quantize uint8: the camera quantization of every image input, from its preprocessing — checked
+    before the conversion, so a normalization raw pixels cannot carry fails in seconds, not after it."""
     if st.request.quantize.mode.value != "uint8":
         return None
-    from edgepack.converter.uint8_io import camera_quantization, with_input_quantization
+    from edgepack.converter.uint8_io import camera_quantization
+
+    for spec in st.loaded.inputs:
+        cam = camera_quantization((st.input_data.get(spec.name) or {}).get("preprocessing"))
+        if cam is not None:
+            st.camera[spec.name] = cam
+    return {name: {"scale": c.scale, "zero_point": c.zero_point} for name, c in st.camera.items()}
+
+
+def stage_camera_io(st: PipelineState) -> dict | None:
+    """--quantize uint8: the converted model's image inputs take raw pixels (:mod:`edgepack.converter.uint8_io`)."""
+    if not st.camera:
+        return None
+    from edgepack.converter.uint8_io import with_input_quantization
     from edgepack.formats.base import signature_name
     from edgepack.tflite_model import read_tflite
 
     info = read_tflite(st.tflite)
-    params, detail = {}, {}
-    for pos, spec in enumerate(st.loaded.inputs):
-        pre = (st.input_data.get(spec.name) or {}).get("preprocessing")
-        cam = camera_quantization(pre)
-        index = info.signature_inputs.get(signature_name(spec.name), info.inputs[pos])
-        if cam is not None and info.tensor(index).dtype == "uint8":
+    positions = {spec.name: pos for pos, spec in enumerate(st.loaded.inputs)}
+    params = {}
+    for name, cam in st.camera.items():
+        index = info.signature_inputs.get(signature_name(name), info.inputs[positions[name]])
+        if info.tensor(index).dtype == "uint8":
             params[index] = cam
-            detail[spec.name] = {"scale": cam.scale, "zero_point": cam.zero_point}
     if params:
         st.tflite = with_input_quantization(st.tflite, params)
-    return {"camera_inputs": detail}
+    return {"inputs": len(params)}
 
 
 def stage_delegate(st: PipelineState) -> dict | None:

@@ -27,6 +27,7 @@ STAGES: tuple[tuple[str, Stage], ...] = (
     ("load", stages.stage_load),
     ("optimize", optimize.stage_optimize),
     ("calibrate", stages.stage_calibrate),
+    ("camera_check", phone.stage_camera_check),
     ("convert", stages.stage_convert),
     ("camera_io", phone.stage_camera_io),
     ("read_back", stages.stage_read_back),

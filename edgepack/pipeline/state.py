@@ -52,6 +52,7 @@ class PipelineState:
     task_metric: Any = None  # --metric: the user's TaskMetric (validation.metrics), loaded by stage_prepare
     delegate: dict[str, Any] | None = None  # phone targets: measured XNNPACK coverage (manifest extras "delegate")
     app: dict[str, Any] = field(default_factory=dict)  # LiteRT targets: "signatures", "metadata" (manifest extras)
+    camera: dict[str, Any] = field(default_factory=dict)  # --quantize uint8: input name -> CameraQuantization
 
     @property
     def arena_bytes(self) -> int | None:
