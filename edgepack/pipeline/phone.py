@@ -73,12 +73,13 @@ def stage_app(st: PipelineState) -> dict | None:
     inputs = tensor_infos(info, [s.name for s in st.loaded.inputs], "inputs", st.input_data)
     outputs = tensor_infos(info, st.loaded.output_names, "outputs")
     st.app["signatures"] = signatures(st.tflite)
+    about = descriptive(st)
     if st.request.metadata.write:
         by_index = {t.index: t for t in inputs}
         out_by_index = {t.index: t for t in outputs}
         classifier = _classifier(outputs, st.labels)
         meta = md.model_metadata(
-            info=descriptive(st), inputs=[by_index[i] for i in info.inputs if i in by_index],
+            info=about, inputs=[by_index[i] for i in info.inputs if i in by_index],
             outputs=[out_by_index[i] for i in info.outputs if i in out_by_index],
             signature=next(iter(st.app["signatures"]), "serving_default"),
             labels="labels.txt" if classifier else None, classifier=classifier, ranges=output_ranges(st.tflite, outputs))
@@ -88,7 +89,7 @@ def stage_app(st: PipelineState) -> dict | None:
     from edgepack.packaging.app_code import AppFacts, readme
 
     st.extra_files["README.md"] = (readme(AppFacts(
-        name=descriptive(st)["name"] or "model", target=st.target.name, mode=info.quantization_mode,
+        name=about["name"] or "model", target=st.target.name, mode=info.quantization_mode,
         signature=next(iter(st.app["signatures"]), "serving_default"), inputs=inputs, outputs=outputs,
         labels=len(st.labels) if st.labels else 0, metadata=st.request.metadata.write,
         classifier=_classifier(outputs, st.labels))), "readme")
