@@ -256,7 +256,7 @@ def inspect(*, path: str | Path) -> dict[str, Any]:
         "subgraphs": info.subgraphs, "tensors": len(info.tensors),
         "state_links": state_links([t["name"] for t in inputs], [t["name"] for t in outputs]),
     }
-    out["metadata"] = read_metadata(model_path.read_bytes())
+    out["metadata"] = read_metadata(model_path.read_bytes(), str(model_path))
     if manifest is not None:
         out["manifest"] = manifest.to_dict()
         out["artifacts"] = [a.__dict__ for a in manifest.artifacts]

@@ -16,6 +16,7 @@ Everything written is deterministic (``reproduce`` gives the same bytes).
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -57,6 +58,8 @@ LAYOUT: dict[str, tuple[tuple[str, str], ...]] = {
 }
 _ENUMS = {"CONTENT_PROPERTIES": CONTENT_PROPERTIES, "PROCESS_UNIT_OPTIONS": PROCESS_UNIT_OPTIONS}
 _SCALARS = {"int8": "Int8", "uint8": "Uint8", "int32": "Int32", "uint32": "Uint32"}
+# what the flatbuffers accessors raise on offsets or lengths that point outside the buffer
+_CORRUPT = (IndexError, ValueError, TypeError, struct.error, UnicodeDecodeError, OverflowError)
 
 
 # -- writing -------------------------------------------------------------------------------------------
@@ -115,18 +118,20 @@ def _child(b, kind: str, value: Any) -> int:
 
 
 # -- reading -------------------------------------------------------------------------------------------
-def decode(buf: bytes) -> dict[str, Any]:
-    """The ``ModelMetadata`` flatbuffer as nested dicts (the fields of :data:`LAYOUT` that are set)."""
+def decode(buf: bytes, name: str = "the model") -> dict[str, Any]:
+    """The ``ModelMetadata`` flatbuffer as nested dicts (the fields of :data:`LAYOUT` that are set);
+    ``name`` says whose metadata it is in an error."""
     from flatbuffers import encode as fb_encode
     from flatbuffers import packer
     from flatbuffers.table import Table
 
     if len(buf) < 8 or buf[4:8] != FILE_IDENTIFIER:
-        raise BundleError("the model's TFLITE_METADATA is not a metadata flatbuffer (no M001 identifier)")
+        raise BundleError(f"{name}: its TFLITE_METADATA is not a metadata flatbuffer (no M001 identifier)")
     try:
         return _read(Table(buf, fb_encode.Get(packer.uoffset, buf, 0)), "ModelMetadata")
-    except (IndexError, ValueError, UnicodeDecodeError) as err:
-        raise BundleError(f"the model's metadata flatbuffer is corrupt ({err})") from err
+    except _CORRUPT as err:
+        raise BundleError(f"{name}: its metadata flatbuffer is corrupt ({err})",
+                          hint="re-create it with 'edgepack convert'") from err
 
 
 def _read(tab, table: str) -> dict[str, Any]:
@@ -208,24 +213,31 @@ def _flatbuffer_part(model: bytes) -> bytes:
     return model[:first] if first else model
 
 
-def read(model: bytes) -> dict[str, Any] | None:
+def read(model: bytes, name: str = "the model") -> dict[str, Any] | None:
     """The model's metadata (as :func:`decode`) and its associated files' names
-    (``"files"``), or None when it has none."""
+    (``"files"``), or None when it has none; :class:`BundleError` when it is corrupt."""
     from ai_edge_litert import schema_py_generated as schema
 
-    m = schema.Model.GetRootAsModel(model, 0)
-    for i in range(m.MetadataLength()):
-        entry = m.Metadata(i)
-        if (entry.Name() or b"").decode() == METADATA_NAME:
-            buf = m.Buffers(entry.Buffer()).DataAsNumpy()
-            meta = decode(bytes(buf.tobytes()) if hasattr(buf, "tobytes") else b"")
-            try:
-                with zipfile.ZipFile(io.BytesIO(model)) as z:
-                    meta["files"] = sorted(z.namelist())
-            except zipfile.BadZipFile:
-                meta["files"] = []
-            return meta
-    return None
+    try:
+        m = schema.Model.GetRootAsModel(model, 0)
+        found = None
+        for i in range(m.MetadataLength()):
+            entry = m.Metadata(i)
+            if (entry.Name() or b"").decode() == METADATA_NAME:
+                data = m.Buffers(entry.Buffer()).DataAsNumpy()
+                found = data.tobytes() if hasattr(data, "tobytes") else b""
+    except _CORRUPT as err:
+        raise BundleError(f"{name}: its metadata list is corrupt ({err})",
+                          hint="re-create it with 'edgepack convert'") from err
+    if found is None:
+        return None
+    meta = decode(found, name)
+    try:
+        with zipfile.ZipFile(io.BytesIO(model)) as z:
+            meta["files"] = sorted(z.namelist())
+    except (zipfile.BadZipFile, *_CORRUPT):
+        meta["files"] = []
+    return meta
 
 
 def associated_file(model: bytes, name: str) -> bytes:
