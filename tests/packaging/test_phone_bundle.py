@@ -73,6 +73,10 @@ def test_mediapipe_image_classifier_agrees_with_validate(phone_bundle, phone_cla
     assert agree / len(names) >= 0.99
     correct = sum(names[f] == f.rsplit("_", 1)[1].removesuffix(".png") for f in names)
     assert correct / len(names) >= 0.9  # the classifier learned the colours: agreement is not on noise
+    from edgepack import api
+
+    report = api.validate(bundle=bundle, data=test)  # the command itself, against the Keras source
+    assert report.samples == len(names) and report.top1_agreement >= 0.99
 
 
 def test_metadata_reads_back_equal_with_the_schema_module(phone_bundle):
