@@ -23,8 +23,9 @@ from edgepack.errors import BundleError
 # 1.1: the resolved request; 1.2: extras.optimize cluster / low_rank sections; 1.3: the accuracy budget's search;
 # 1.4: budget.budget.metric (--metric) and task_metric* figures in the budget's candidates;
 #      quantization.calibration.repaired_ranges
-# 1.5: quantization mode uint8; extras.signatures, extras.metadata (LiteRT metadata), extras.delegate (XNNPACK coverage)
-SCHEMA_VERSION = "1.5"
+# 1.6 (1.5: the budget's confidence intervals, on main): quantization mode uint8; extras.signatures,
+#      extras.metadata (LiteRT metadata), extras.delegate (XNNPACK coverage)
+SCHEMA_VERSION = "1.6"
 MANIFEST_NAME = "manifest.json"
 
 
