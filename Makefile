@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The `phone` extra of pyproject.toml (MediaPipe Tasks for the phone tests), installed after the core by name:
+# pip cannot resolve ".[test,phone]" in one go (mediapipe wants absl-py~=2.3, tfmot declares ~=1.2).
+PHONE_PINS := mediapipe==1.2.2 opencv-contrib-python==4.11.0.86
 
 .PHONY: demo test lint venv bench clean docs zoo chromium report-check
 
@@ -12,6 +15,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet $(PHONE_PINS)
 	@touch $(STAMP)
 
 demo: $(STAMP)

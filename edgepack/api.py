@@ -59,8 +59,9 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             distribute: str | None = None, learning_rate: float | None = None, max_drop: float | None = None,
             min_sqnr: float | None = None, min_agreement: float | None = None,
             eval_data: str | Path | Mapping[str, str | Path] | None = None, sqnr_axis: Sequence[str] | None = None,
-            keep_best: bool | None = None, metric: str | None = None,
-            confidence: float | None = None) -> ConvertResult:
+            keep_best: bool | None = None, metric: str | None = None, metadata: bool | None = None,
+            model_name: str | None = None, description: str | None = None, model_version: str | None = None,
+            author: str | None = None, license: str | None = None, confidence: float | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
 
     Every option left at ``None`` takes the ``recipe`` file's value, else the default of
@@ -90,7 +91,10 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     the worst layers, int16x8) and records it in the manifest's ``budget``; ``sqnr_axis``
     (``["NAME:AXIS"]``) sets an output's slice axis; ``keep_best`` writes the best candidate when
     none meets it; ``metric`` (``"FILE.py:FUNCTION"``) makes ``max_drop`` bound the user's task metric
-    (no labels needed); met: the bound of the ``confidence`` (0.95) interval meets the budget."""
+    (no labels needed); met: the bound of the ``confidence`` (0.95) interval meets the budget.
+
+    ``metadata=False`` leaves model.tflite without LiteRT metadata; ``model_name``, ``description``,
+    ``model_version``, ``author`` and ``license`` fill it (defaults from the source model)."""
     flags = {k: v for k, v in locals().items() if k not in ("progress", "recipe")}
     from edgepack._native import quiet_tensorflow
     from edgepack.packaging.tempdirs import run_tempdir
@@ -212,6 +216,27 @@ def inspect_layers(*, path: str | Path) -> dict[str, Any]:
     return read_json_file(p / art.path)
 
 
+def metadata_lines(meta: Mapping[str, Any] | None, delegate: Mapping[str, Any] | None) -> list[str]:
+    """``inspect``'s lines for the LiteRT metadata and the measured delegate coverage."""
+    from edgepack.runtimes.delegate import coverage_lines
+
+    lines = []
+    if meta is not None:
+        head = ", ".join(f"{k} {meta[k]!r}" for k in ("name", "version", "author", "license") if meta.get(k))
+        lines.append(f"metadata (parser >= {meta.get('min_parser_version')}): {head}")
+        for sg in meta.get("subgraph_metadata", []):
+            for kind in ("input_tensor_metadata", "output_tensor_metadata"):
+                for t in sg.get(kind, []):
+                    norm = next((p["options"] for p in t.get("process_units", []) if "options" in p), None)
+                    files = ", ".join(f["name"] for f in t.get("associated_files", []))
+                    lines.append(f"  {kind.split('_')[0]} {t.get('name')}: {t.get('description', '')}"
+                                 + (f"; normalization mean {norm['mean']} std {norm['std']}" if norm else "")
+                                 + (f"; files {files}" if files else ""))
+    if delegate is not None:
+        lines += coverage_lines(delegate)
+    return lines
+
+
 def layer_lines(table: Mapping[str, Any]) -> list[str]:
     rows = table["rows"]
     lines = [f"chosen: {table.get('chosen')}", f"{'#':>4} {'op':<24} {'RMSE/scale':>10} {'gain':>7} {'kept':<6} node"]
@@ -223,10 +248,12 @@ def layer_lines(table: Mapping[str, Any]) -> list[str]:
 
 
 def inspect(*, path: str | Path) -> dict[str, Any]:
-    """Inputs/outputs with quantization, op table and sizes of a bundle or a bare ``.tflite``."""
+    """Inputs/outputs with quantization, op table and sizes of a bundle or a bare ``.tflite``; its
+    LiteRT metadata (``metadata``, None without) and a phone bundle's XNNPACK coverage (``delegate``)."""
     from edgepack.errors import BundleError
     from edgepack.packaging.bundle import verify_artifacts
     from edgepack.packaging.manifest import read_manifest
+    from edgepack.packaging.metadata import read as read_metadata
     from edgepack.tflite_model import read_tflite
 
     p = Path(path)
@@ -255,9 +282,12 @@ def inspect(*, path: str | Path) -> dict[str, Any]:
         "subgraphs": info.subgraphs, "tensors": len(info.tensors),
         "state_links": state_links([t["name"] for t in inputs], [t["name"] for t in outputs]),
     }
+    out["metadata"] = read_metadata(model_path.read_bytes(), str(model_path))
     if manifest is not None:
         out["manifest"] = manifest.to_dict()
         out["artifacts"] = [a.__dict__ for a in manifest.artifacts]
+        if "delegate" in manifest.extras:
+            out["delegate"] = manifest.extras["delegate"]
         val = p / "validation.json"
         if val.is_file():
             from edgepack.packaging.manifest import read_json_file

@@ -356,7 +356,8 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(path_type=str), help="Bundle directory to create.")
 @click.option("--quantize", type=click.Choice(R.QUANTIZE_MODES), default=R.QuantizeOptions.mode.value,
               show_default=True,
-              help="int8: full integer with int8 I/O; int8-float-io: integer inside, float I/O; "
+              help="int8: full integer with int8 I/O; uint8: full integer with uint8 (camera) I/O; "
+                   "int8-float-io: integer inside, float I/O; "
                    "int16x8: int16 activations; float16; dynamic: int8 weights only; none: float32.")
 @click.option("--calibration", multiple=True, metavar="PATH|NAME=PATH",
               help="Representative inputs: .npy (N, *input_shape), .npz keyed by input name, .csv, or a folder "
@@ -396,6 +397,14 @@ def main() -> None:
               help="The axis along which output NAME is judged slice by slice (axis 0 = batch; repeatable). "
                    "Default: the smallest non-batch axis of 2..256 elements of a rank>=3 output, "
                    "the last axis of 2..64 of a rank-2 one.")
+@click.option("--metadata/--no-metadata", default=None,
+              help="Write LiteRT metadata into model.tflite (names, normalization, labels; what MediaPipe Tasks "
+                   "and Android Studio read). Default: on.")
+@click.option("--model-name", metavar="TEXT", help="Metadata: the model's name (default: the source model's).")
+@click.option("--description", metavar="TEXT", help="Metadata: what the model does.")
+@click.option("--model-version", metavar="TEXT", help="Metadata: the model's version.")
+@click.option("--author", metavar="TEXT", help="Metadata: the model's author.")
+@click.option("--license", "license", metavar="TEXT", help="Metadata: the model's license.")
 @click.option("--keep-best", is_flag=True,
               help="When no candidate meets the budget, write the best one anyway (\"budget_met\": false).")
 @click.option("--confidence", type=FiniteFloat(min=0.5, max=0.999), metavar="LEVEL",
@@ -656,6 +665,8 @@ def inspect(path, layers, verbose, quiet, as_json) -> None:
     con.print(ops)
     for link in info["state_links"]:
         con.print(f"state: output {link['output']} feeds input {link['input']} on the next call")
+    for line in api.metadata_lines(info.get("metadata"), info.get("delegate")):
+        con.print(line, markup=False)
     for art in info.get("artifacts", []):
         con.print(f"artifact {art['path']}: {art['bytes']} bytes ({art['role']})")
 

@@ -29,6 +29,11 @@ is the special case with nothing else in it)::
     resize = [96, 96]
     mean = 127.5
     std = 127.5
+
+    [metadata]                # LiteRT metadata in model.tflite (metadata = false: none)
+    name = "Flower classifier"
+    author = "Example Ltd"
+    license = "Apache-2.0"
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from edgepack.recipe_types import check_type
 class QuantizeMode(StrEnum):
     INT8 = "int8"  # full integer, int8 input and output
     INT8_FLOAT_IO = "int8-float-io"  # integer internals, float32 input and output
+    UINT8 = "uint8"  # full integer inside, uint8 input and output: camera pixels in, as MediaPipe and Coral feed
     INT16X8 = "int16x8"  # int16 activations, int8 weights
     FLOAT16 = "float16"  # float16 weights
     DYNAMIC = "dynamic"  # int8 weights, float activations (dynamic range)
@@ -57,7 +63,7 @@ class QuantizeMode(StrEnum):
 
     @property
     def needs_calibration(self) -> bool:
-        return self in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO, QuantizeMode.INT16X8)
+        return self in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO, QuantizeMode.INT16X8, QuantizeMode.UINT8)
 
 
 QUANTIZE_MODES = tuple(m.value for m in QuantizeMode)
@@ -366,6 +372,25 @@ class OutputOptions:
 
 
 @dataclass(frozen=True)
+class MetadataOptions:
+    """LiteRT metadata written into model.tflite (what MediaPipe Tasks and Android Studio read).
+    ``None`` fields default from the source model (its name, ONNX doc string, version, metadata_props)."""
+
+    write: bool = True  # --no-metadata: leave model.tflite as the converter made it
+    name: str | None = None
+    description: str | None = None
+    version: str | None = None
+    author: str | None = None
+    license: str | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "write" and value is not None and not isinstance(value, str):
+                raise OptionError(f"metadata.{f.name}", value, hint="give text")
+
+
+@dataclass(frozen=True)
 class ConvertRequest:
     model: ModelOptions
     output: OutputOptions
@@ -373,6 +398,7 @@ class ConvertRequest:
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     optimize: OptimizeOptions = field(default_factory=OptimizeOptions)
     budget: BudgetOptions = field(default_factory=BudgetOptions)
+    metadata: MetadataOptions = field(default_factory=MetadataOptions)
     target: str = "generic"
     seed: int = 0  # sample selection and fine-tuning
     recipe: Path | None = None  # the recipe file; its [inputs.NAME] tables are the preprocessing
@@ -460,9 +486,12 @@ _FLAT: dict[str, tuple[str, str]] = {
     "output": ("output", "path"), "force": ("output", "force"), "labels": ("output", "labels"),
     "target": ("target", ""), "seed": ("seed", ""), "recipe": ("recipe", ""), "verbose": ("verbose", ""),
     "prune_groups": ("optimize", "prune_groups"),
+    "metadata": ("metadata", "write"), "model_name": ("metadata", "name"), "description": ("metadata", "description"),
+    "model_version": ("metadata", "version"), "author": ("metadata", "author"), "license": ("metadata", "license"),
 }
 _PARTS = {"model": ModelOptions, "quantize": QuantizeOptions, "calibration": CalibrationOptions,
-          "optimize": OptimizeOptions, "budget": BudgetOptions, "output": OutputOptions}
+          "optimize": OptimizeOptions, "budget": BudgetOptions, "output": OutputOptions,
+          "metadata": MetadataOptions}
 _PATHS = {("model", "path"), ("calibration", "path"), ("optimize", "train_data"), ("output", "path"),
           ("output", "labels"), ("budget", "data")}
 _NOT_IN_RECIPE = {"recipe", "verbose", "force"}  # the command line's business
@@ -520,7 +549,8 @@ def _build(recipe: Mapping[str, Any], flags: Mapping[str, Any], where: str, base
                 check_type(where, _PARTS[key], key, k, v)
                 parts[key][k] = _rebase((key, k), v, base)
         elif key in _PARTS:
-            first = {"model": "path", "quantize": "mode", "output": "path", "calibration": "data"}.get(key)
+            first = {"model": "path", "quantize": "mode", "output": "path", "calibration": "data",
+                     "metadata": "write"}.get(key)
             if first is None:
                 raise UsageError(f"{where}: '{key}' must be a table")
             check_type(where, _PARTS[key], key, first, value, short=True)
@@ -530,7 +560,8 @@ def _build(recipe: Mapping[str, Any], flags: Mapping[str, Any], where: str, base
             top[key] = value
         else:
             raise UsageError(f"{where}: unknown key '{key}'",
-                             hint="known: model, target, seed, quantize, calibration, optimize, budget, output, inputs")
+                             hint="known: model, target, seed, quantize, calibration, optimize, budget, output, inputs, "
+                                  "metadata")
     for name, value in flags.items():
         if value is None or name not in _FLAT:
             continue

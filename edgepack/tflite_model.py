@@ -65,7 +65,8 @@ class TfliteModel:
 
     @property
     def quantization_mode(self) -> str:
-        """``int8``, ``int8-float-io``, ``int16x8``, ``float16``, ``dynamic`` or ``none``."""
+        """``int8``, ``uint8`` (int8 inside, uint8 I/O), ``int8-float-io``, ``int16x8``, ``float16``,
+        ``dynamic`` or ``none``."""
         io = set(self.inputs) | set(self.outputs)
         io_types = {self.tensors[i].dtype for i in io}
         acts = [t for t in self.tensors if not t.constant and t.index not in io and t.dtype != "resource"]
@@ -81,6 +82,8 @@ class TfliteModel:
             return "int16x8"
         # int8 activations at all: an integer model, some of whose ops may stay float (accuracy budget)
         if quantized_acts:
+            if "uint8" in quantized_io and io_types <= {"uint8", "int32", "int64", "bool"}:
+                return "uint8"
             return "int8" if io_types <= {"int8", "uint8", "int32", "int64", "bool"} else "int8-float-io"
         if weights & {"int8", "int4"}:
             return "dynamic"

@@ -120,3 +120,61 @@ def target_bundle(tmp_path_factory, keras3_model, calib_npy):
         return made[target]
 
     return make
+
+
+COLOR_LABELS = ("red", "green", "blue", "yellow")
+_COLORS = np.array([[220, 40, 40], [40, 200, 60], [50, 70, 220], [230, 220, 50]], np.float32)
+
+
+def colour_images(n: int, seed: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic colour-pattern photos: a class colour, dimmed, with pixel noise; uint8 (n, size, size, 3)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, len(_COLORS), n)
+    x = _COLORS[y][:, None, None, :] * rng.uniform(0.6, 1.0, (n, 1, 1, 1)) + rng.normal(0, 25, (n, size, size, 3))
+    return np.clip(x, 0, 255).astype(np.uint8), y
+
+
+@pytest.fixture(scope="session")
+def phone_classifier(tmp_path_factory) -> dict[str, Path]:
+    """A small image classifier trained in a few seconds on colour patterns (input normalized with
+    mean 127.5, std 127.5), a calibration folder and a test folder of PNGs, and labels.txt."""
+    import keras
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("phone")
+    keras.utils.set_random_seed(0)
+    x, y = colour_images(600, 0)
+    inp = keras.Input((16, 16, 3), name="image")
+    h = keras.layers.Conv2D(8, 3, activation="relu")(inp)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inp, keras.layers.Dense(len(_COLORS), activation="softmax", name="scores")(h), name="colours")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit((x.astype(np.float32) - 127.5) / 127.5, y, epochs=15, verbose=0)
+    model.save(root / "colours.keras")
+    for folder, seed, n in (("calib", 1, 120), ("test", 2, 300)):
+        (root / folder).mkdir()
+        xs, ys = colour_images(n, seed)
+        for i, (img, label) in enumerate(zip(xs, ys)):
+            Image.fromarray(img).save(root / folder / f"{i:03d}_{COLOR_LABELS[label]}.png")
+    (root / "labels.txt").write_text("\n".join(COLOR_LABELS) + "\n")
+    return {"model": root / "colours.keras", "calib": root / "calib", "test": root / "test",
+            "labels": root / "labels.txt", "root": root}
+
+
+@pytest.fixture(scope="session")
+def phone_bundle(tmp_path_factory, phone_classifier):
+    """Factory: the colour classifier converted for android-arm64 with --quantize MODE, built once per mode."""
+    from edgepack import api
+
+    made: dict[tuple, Path] = {}
+
+    def make(mode: str, **extra) -> Path:
+        key = (mode, tuple(sorted(extra.items())))
+        if key not in made:
+            made[key] = tmp_path_factory.mktemp("phone_bundles") / mode
+            api.convert(model=phone_classifier["model"], output=made[key], calibration=phone_classifier["calib"],
+                        quantize=mode, target="android-arm64", labels=phone_classifier["labels"],
+                        preprocess="mean=127.5,std=127.5", **extra)
+        return made[key]
+
+    return make

@@ -95,12 +95,12 @@ def _configure(conv, mode: QuantizeMode, rep: Callable | None, per_tensor: bool,
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode is QuantizeMode.FLOAT16:
         conv.target_spec.supported_types = [tf.float16]
-    elif mode in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO):
+    elif mode in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO, QuantizeMode.UINT8):
         conv.representative_dataset = rep
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if mode is QuantizeMode.INT8:
-            conv.inference_input_type = tf.int8
-            conv.inference_output_type = tf.int8
+        if mode is not QuantizeMode.INT8_FLOAT_IO:
+            conv.inference_input_type = tf.uint8 if mode is QuantizeMode.UINT8 else tf.int8
+            conv.inference_output_type = conv.inference_input_type
     elif mode is QuantizeMode.INT16X8:
         conv.representative_dataset = rep
         conv.target_spec.supported_ops = [

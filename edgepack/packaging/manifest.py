@@ -25,7 +25,9 @@ from edgepack.errors import BundleError
 # 1.4: budget.budget.metric (--metric) and task_metric* figures in the budget's candidates;
 #      quantization.calibration.repaired_ranges
 # 1.5: budget.confidence and the intervals of the chosen candidate's figures (chosen.metric.intervals)
-SCHEMA_VERSION = "1.5"
+# 1.6: quantization mode uint8; extras.signatures, extras.metadata (LiteRT metadata), extras.delegate (XNNPACK
+#      coverage)
+SCHEMA_VERSION = "1.6"
 MANIFEST_NAME = "manifest.json"
 
 

@@ -1,8 +1,9 @@
 """The conversion pipeline: a straight line of small, timed stages.
 
-prepare → load → optimize (--prune/--qat) → calibrate → convert → read back → budget (the accuracy
-budget's search) → measure (optimization
-results, TFLM arena) → check target → vela (Ethos-U) → firmware (MCU sources) → package.
+prepare → load → optimize (--prune/--qat) → calibrate → convert → camera I/O (--quantize uint8) → read
+back → budget (the accuracy budget's search) → app (LiteRT targets: metadata into the model, signatures,
+app code) → measure (optimization results, TFLM arena) → delegate (phone targets: XNNPACK coverage) →
+check target → vela (Ethos-U) → firmware (MCU sources) → package.
 Stages that do not apply to a request or target return None and change nothing.
 Each stage appends a :class:`StageRecord` (name, seconds, detail) that ends up in the manifest.
 """
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 from edgepack.errors import EdgepackError, InternalError
 from edgepack.packaging.manifest import StageRecord
-from edgepack.pipeline import budget, mcu, optimize, stages
+from edgepack.pipeline import budget, mcu, optimize, phone, stages
 from edgepack.pipeline.state import PipelineState, Stage
 from edgepack.request import ConvertRequest
 
@@ -26,11 +27,15 @@ STAGES: tuple[tuple[str, Stage], ...] = (
     ("load", stages.stage_load),
     ("optimize", optimize.stage_optimize),
     ("calibrate", stages.stage_calibrate),
+    ("camera_check", phone.stage_camera_check),
     ("convert", stages.stage_convert),
+    ("camera_io", phone.stage_camera_io),
     ("read_back", stages.stage_read_back),
     ("budget", budget.stage_budget),
+    ("app", phone.stage_app),
     ("measure_optimized", optimize.stage_measure),
     ("measure_arena", mcu.stage_measure_arena),
+    ("delegate", phone.stage_delegate),
     ("check_target", stages.stage_check_target),
     ("vela", mcu.stage_vela),
     ("firmware", mcu.stage_firmware),

@@ -167,8 +167,11 @@ def stage_read_back(st: PipelineState) -> dict:
 
 def stage_check_target(st: PipelineState) -> dict:
     facts = ModelFacts(mode=st.info.quantization_mode, size=len(st.tflite), op_counts=st.info.op_counts,
-                       arena_bytes=st.arena_bytes)
+                       arena_bytes=st.arena_bytes, delegate=st.delegate)
     results = run_checks(st.target, facts)
+    for name, _, detail in results:
+        if detail.startswith("warning: "):
+            log.warning("target %s, check %s: %s", st.target.name, name, detail.removeprefix("warning: "))
     return {name: detail for name, _, detail in results}
 
 

@@ -52,6 +52,9 @@ class PipelineState:
     task_metric: Any = None  # --metric: the user's TaskMetric (validation.metrics), loaded by stage_prepare
     # the output folder as stage_prepare found it (packaging.bundle.output_identity): a --force run replaces only that
     output_seen: tuple[int, int] | None = None
+    delegate: dict[str, Any] | None = None  # phone targets: measured XNNPACK coverage (manifest extras "delegate")
+    app: dict[str, Any] = field(default_factory=dict)  # LiteRT targets: "signatures", "metadata" (manifest extras)
+    camera: dict[str, Any] = field(default_factory=dict)  # --quantize uint8: input name -> CameraQuantization
 
     @property
     def arena_bytes(self) -> int | None:
@@ -71,6 +74,9 @@ class PipelineState:
             out["vela"] = {"model": self.vela.file, **self.vela.report.to_dict(),
                            "validation": "validate runs the plain int8 model.tflite: the host cannot run "
                                          "the Ethos-U custom op"}
+        out.update(self.app)
+        if self.delegate is not None:
+            out["delegate"] = self.delegate
         return out
 
 

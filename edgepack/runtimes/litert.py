@@ -23,10 +23,29 @@ class Runtime(StrEnum):
     TFLITE_RUNTIME = "tflite-runtime"
 
 
+def camera_pixels(x: np.ndarray, t: TensorInfo) -> np.ndarray | None:
+    """A uint8 image input whose quantization is its normalization (``--quantize uint8``): the raw
+    pixels a camera pipeline (MediaPipe, Android ``Bitmap``) feeds, recovered from the normalized
+    values — not ``round(x / scale) + zero_point``, which differs by one where the mean is 127.5."""
+    from edgepack.packaging.metadata import pixel_normalization
+
+    norm = pixel_normalization(getattr(t, "preprocessing", None)) if t.dtype == "uint8" and t.scale else None
+    if norm is None or len(set(norm[0])) != 1 or len(set(norm[1])) != 1:
+        return None
+    mean, std = norm[0][0], norm[1][0]
+    if not (np.isclose(t.scale, 1.0 / std, rtol=1e-6) and t.zero_point == int(mean + 0.5)):
+        return None
+    return np.clip(np.rint(np.asarray(x, np.float64) * std + mean), 0, 255).astype(np.uint8)
+
+
 def quantize(x: np.ndarray, t: TensorInfo) -> np.ndarray:
-    """float → the tensor's dtype, with its scale/zero point (no-op for float tensors)."""
+    """float → the tensor's dtype, with its scale/zero point (no-op for float tensors); camera
+    inputs get the raw pixels (:func:`camera_pixels`)."""
     if t.dtype in ("float32", "float16"):
         return np.asarray(x, dtype=t.dtype)
+    pixels = camera_pixels(x, t)
+    if pixels is not None:
+        return pixels
     if t.scale is None or t.scale == 0:  # plain integer data (ids, indices): the tensor's own type
         x = np.asarray(x)
         return (np.rint(x) if x.dtype.kind == "f" else x).astype(t.dtype)

@@ -6,6 +6,7 @@ by ``edgepack targets NAME`` and written into ``docs/targets.md``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ class ModelFacts:
     vela_size: int | None = None
     vela_flash_bytes: int | None = None
     vela_sram_bytes: int | None = None
+    # phone targets: the measured delegate coverage (edgepack.runtimes.delegate)
+    delegate: dict | None = None
 
 
 Check = Callable[[TargetSpec, ModelFacts], "tuple[bool, str]"]
@@ -101,7 +104,28 @@ def check_vela_sram(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
                    f"Vela model needs {sram} bytes of SRAM ({_kib(sram)})")
 
 
-CHECKS: tuple[Check, ...] = (check_quantize_mode, check_ops, check_flash, check_arena)
+INTEGER_MODES = ("int8", "uint8", "int8-float-io", "int16x8")
+
+
+def check_delegate(spec: TargetSpec, facts: ModelFacts) -> tuple[bool, str]:
+    """Phone targets: every op of an integer model runs on the target's delegate (XNNPACK), measured by
+    applying it as LiteRT does; ops left on LiteRT's CPU kernels (int16x8 on reference kernels, many
+    times slower) are a warning, or a failure where the profile sets ``delegate_fallback = "fail"``."""
+    cov = facts.delegate
+    if cov is None:
+        return True, "no delegate coverage measured for this target"
+    summary = f"{cov['delegated']} of {cov['nodes']} ops on {cov['delegate']}, {cov['partitions']} partition(s)"
+    if facts.mode not in INTEGER_MODES or not cov["cpu_ops"]:
+        return True, summary
+    groups = Counter((c["op"], c["reason"]) for c in cov["cpu_ops"])
+    off = ", ".join(f"{op} x{n} ({reason})" for (op, reason), n in sorted(groups.items()))
+    detail = f"{summary}; on CPU kernels: {off}"
+    if spec.delegate_fallback == "fail":
+        return False, f"{facts.mode} model falls off {cov['delegate']} on target {spec.name}: {detail}"
+    return True, f"warning: {detail}"
+
+
+CHECKS: tuple[Check, ...] = (check_quantize_mode, check_ops, check_flash, check_arena, check_delegate)
 # Run after Vela has compiled the model (Ethos-U targets only), before anything is written.
 VELA_CHECKS: tuple[Check, ...] = (check_vela_flash, check_vela_sram)
 

@@ -30,6 +30,8 @@ class TargetSpec:
     alignment: int = 16
     arch: str | None = None
     delegate: str | None = None
+    # integer ops the delegate does not take: "warn" (log and record) or "fail" (no bundle)
+    delegate_fallback: str = "warn"
     vela: dict[str, str] | None = None
     # Microcontroller keys: a fixed batch dimension (TFLM wants static shapes), the safety margin
     # added to the measured tensor arena in the generated firmware, and where the op list came from.
@@ -87,6 +89,8 @@ def _build(data: dict) -> TargetSpec:
         raise EdgepackError(f"target profile {data.get('source_file')} has unknown keys: {', '.join(unknown)}")
     spec = TargetSpec(**data)
     bad = [m for m in spec.quantize_modes if m not in QUANTIZE_MODES]
+    if spec.delegate_fallback not in ("warn", "fail"):
+        raise EdgepackError(f"target profile {spec.source_file}: delegate_fallback must be \"warn\" or \"fail\"")
     if bad or spec.runtime not in RUNTIMES:
         raise EdgepackError(f"target profile {spec.source_file} names unknown modes/runtime: {bad or spec.runtime}")
     return spec

@@ -50,7 +50,7 @@ def _facts(**kw) -> ModelFacts:
 
 def test_checks_pass_within_budget():
     results = run_checks(load_target("cortex-m4"), _facts())
-    assert [name for name, ok, _ in results] == ["quantize_mode", "ops", "flash", "arena"]
+    assert [name for name, ok, _ in results] == ["quantize_mode", "ops", "flash", "arena", "delegate"]
     assert all(ok for _, ok, _ in results)
 
 
