@@ -159,6 +159,8 @@ HELP_SECTIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "Accuracy budget": ("--max-drop", "--metric", "--min-sqnr", "--min-agreement", "--eval-data", "--sqnr-axis",
                             "--keep-best", "--confidence"),
         "Target": ("--target",),
+        "App metadata (LiteRT metadata in model.tflite)": ("--metadata", "--model-name", "--description",
+                                                           "--model-version", "--author", "--license"),
         "Output and general": ("--output", "--labels", "--force", "--recipe", "--seed", "--trust-model",
                                "--verbose", "--quiet", "--json", "--help"),
     },
