@@ -118,7 +118,9 @@ class Preprocess:
         """Where 8-bit pixel values land after this spec; None when no numeric step is given."""
         if self.scale is None and self.mean is None and self.std is None:
             return None
-        ends = self.apply_numeric(np.array([[raw[0]], [raw[1]]], np.float32), "float32")
+        # per-channel mean/std (``mean=a:b:c``) need one column per channel for the in-place steps
+        channels = max(np.size(v) for v in (self.scale, self.mean, self.std) if v is not None)
+        ends = self.apply_numeric(np.repeat(np.array([[raw[0]], [raw[1]]], np.float32), channels, axis=1), "float32")
         return float(ends.min()), float(ends.max())
 
 

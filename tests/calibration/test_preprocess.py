@@ -60,6 +60,9 @@ def test_layout_nchw_and_implied_range():
     assert out.shape == (2, 3, 4, 5) and np.allclose(out, 1.0)
     assert parse_spec("mean=127.5,std=127.5").implied_range() == (-1.0, 1.0)
     assert parse_spec("resize=8x8").implied_range() is None
+    # per-channel mean/std (ImageNet's): each channel's own ends, the widest over channels (crashed before)
+    low, high = parse_spec("mean=123.675:116.28:103.53,std=58.395:57.12:57.375").implied_range()
+    assert low == pytest.approx(-123.675 / 58.395) and high == pytest.approx((255 - 103.53) / 57.375)
 
 
 def test_recipe_toml_and_json_per_input(tmp_path):
