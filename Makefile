@@ -1,11 +1,9 @@
-# Two commands: `make demo` and `make test`. Both create .venv if it is missing.
+# Two commands: `make demo` and `make test`. Both create .venv if it is missing (with the test and phone
+# extras: MediaPipe Tasks reads the bundles in tests/packaging).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The `phone` extra of pyproject.toml (MediaPipe Tasks for the phone tests), installed after the core by name:
-# pip cannot resolve ".[test,phone]" in one go (mediapipe wants absl-py~=2.3, tfmot declares ~=1.2).
-PHONE_PINS := mediapipe==1.2.2 opencv-contrib-python==4.11.0.86
 
 .PHONY: demo test lint venv bench clean docs zoo chromium report-check
 
@@ -14,8 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
-	$(BIN)/python -m pip install --quiet $(PHONE_PINS)
+	$(BIN)/python -m pip install --quiet -e ".[test,phone]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

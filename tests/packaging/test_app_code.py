@@ -116,12 +116,8 @@ def test_tensor_model_snippet_lists_every_input_and_output(tmp_path):
         assert f'"{name}"' in code
 
 
-def test_make_installs_the_phone_extra_as_declared():
-    """`make` installs the `phone` extra's pins by name (pip cannot resolve it with tfmot in one go):
-    the two lists are the same."""
-    import tomllib
-
+def test_make_installs_the_phone_extra():
+    """`make` installs the `phone` extra with the test extra (one pip resolution), so the MediaPipe
+    tests run in `make test` and CI instead of skipping."""
     root = Path(__file__).resolve().parents[2]
-    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["phone"]
-    pins = re.search(r"^PHONE_PINS := (.*)$", (root / "Makefile").read_text(), re.M).group(1).split()
-    assert sorted(pins) == sorted(extra)
+    assert '-e ".[test,phone]"' in (root / "Makefile").read_text()
