@@ -51,6 +51,8 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             prune_groups: Mapping[str, float] | Sequence[str] | None = None,
             input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
             onnx2tf_options: Mapping[str, Any] | None = None,
+            input_values: Mapping[str, Any] | Sequence[str] | None = None,
+            state: Mapping[str, str] | Sequence[str] | None = None,
             preprocess: str | None = None, recipe: str | Path | None = None,
             label_column: str | None = None, prune: str | None = None, prune_norm: str | None = None,
             prune_round: int | None = None, prune_layers: Sequence[str] | None = None,
@@ -72,7 +74,8 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     manifest.
 
     ``input_shapes`` fixes an ONNX model's dynamic dimensions: ``{"input": (1, 3, 224, 224)}`` or
-    ``["input:1x3x224x224"]``.
+    ``["input:1x3x224x224"]``. ``input_values`` (``{"sr": 16000}``) freezes ONNX inputs to constants
+    before translation; ``state`` (``{"state": "stateN"}``) names recurrent state pairs.
 
     ``prune_groups`` (``{"dense*": 0.5}``) gives ``prune="channels:R"`` another ratio per layer-name pattern.
     ``on_epoch(phase, epoch, metric, value)`` hears each fine-tuning epoch's held-out score; raising

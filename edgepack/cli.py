@@ -287,6 +287,12 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224",
               help="ONNX: fix an input's dynamic dimensions (repeatable, one per input).")
+@click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
+              help="ONNX: freeze an input to a constant before translation (repeatable), e.g. sr=16000; Ifs "
+                   "that it decides are inlined.")
+@click.option("--state", multiple=True, metavar="INPUT=OUTPUT",
+              help="A recurrent state pair: OUTPUT feeds INPUT at the next frame (repeatable; found by name "
+                   "when not given: state -> stateN, h -> hn).")
 @click.option("--onnx2tf-option", "onnx2tf_options", multiple=True, metavar="KEY=VALUE",
               help="ONNX: force an onnx2tf.convert() option instead of the automatic fallbacks (repeatable; "
                    "VALUE as JSON or text), e.g. disable_group_convolution=true.")

@@ -131,3 +131,29 @@ def relaxed_specs(specs: Sequence[InputSpec]) -> list[InputSpec]:
 def outputs_to_source(outputs: Sequence[np.ndarray], perms: Sequence[Sequence[int] | None]) -> list[np.ndarray]:
     """TFLite-layout outputs back in the source model's layout."""
     return [o if p is None else np.transpose(o, inverse(p)) for o, p in zip(outputs, perms)]
+
+
+# -- recurrent state ----------------------------------------------------------------------------------
+_STATE_SUFFIXES = ("N", "n", "_out", "_new", "_next", "out")
+
+
+def find_state_pairs(inputs: Sequence[str], outputs: Sequence[str],
+                     given: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+    """Recurrent state pairs, input -> the output that feeds it at the next frame: the ``given``
+    ones (``--state state=stateN``, checked), else found by name (``state`` -> ``stateN``, ``h`` -> ``hn``)."""
+    from edgepack.errors import UsageError
+
+    if given:
+        for i, o in given:
+            if i not in inputs:
+                raise UsageError(f"--state {i}={o}: the model has no input {i!r}", hint=f"inputs: {', '.join(inputs)}")
+            if o not in outputs:
+                raise UsageError(f"--state {i}={o}: the model has no output {o!r}",
+                                 hint=f"outputs: {', '.join(outputs)}")
+        return dict(given)
+    pairs = {}
+    for name in inputs:
+        found = next((name + s for s in _STATE_SUFFIXES if name + s in outputs), None)
+        if found is not None:
+            pairs[name] = found
+    return pairs

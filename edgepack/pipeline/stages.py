@@ -142,7 +142,8 @@ def _convert_onnx(st: PipelineState) -> dict:
     req = st.request
     res = convert_onnx(st.loaded, req.quantize.mode, st.calibration, per_tensor=req.quantize.per_tensor,
                        verbose=req.verbose, batch=st.target.batch, onnx2tf_options=dict(req.model.onnx2tf_options),
-                       keep_calibrated=_keeper(st))
+                       keep_calibrated=_keeper(st), prepared=st.prepared_onnx,
+                       state_pairs=(st.graph or {}).get("state_pairs"))
     st.tflite = res.tflite
     st.source_io = {"inputs": {m.name: m.manifest_fields() for m in res.inputs},
                     "outputs": {m.name: m.manifest_fields() for m in res.outputs}}

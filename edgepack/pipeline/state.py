@@ -50,6 +50,10 @@ class PipelineState:
     heldout: Dataset | None = None
     budget: dict[str, Any] | None = None
     task_metric: Any = None  # --metric: the user's TaskMetric (validation.metrics), loaded by stage_prepare
+    # the graph stage: ONNX (proto, node names, PrepareRecord) ready for onnx2tf, and the manifest's
+    # "graph" section (what preparation did, frozen inputs, recurrent state pairs)
+    prepared_onnx: Any = None
+    graph: dict[str, Any] | None = None
 
     @property
     def arena_bytes(self) -> int | None:
@@ -58,6 +62,8 @@ class PipelineState:
     def manifest_sections(self) -> dict[str, Any]:
         """The manifest's optional sections, from the typed results of the stages that ran."""
         out: dict[str, Any] = {}
+        if self.graph is not None:
+            out["graph"] = self.graph
         if self.optimization is not None:
             out["optimize"] = self.optimization
         if self.arena is not None:

@@ -117,9 +117,27 @@ def refuse_quantized(proto) -> None:
                               hint="export the float model; edgepack quantizes it itself (--quantize)")
 
 
+def conversion_shapes(model: OnnxModel, batch: int | None = None) -> dict[str, tuple[int, ...]]:
+    """The static input shapes the graph is converted with; ``batch`` (a target's) replaces the batch
+    size of inputs that have a batch axis (a state input's first axis is not one: it keeps its size)."""
+    shapes = model.conversion_shapes()
+    if batch is None:
+        return shapes
+    return {k: (batch, *v[1:]) if v and not _fixed_leading(model, k) else v for k, v in shapes.items()}
+
+
+def _fixed_leading(model: OnnxModel, name: str) -> bool:
+    t = next(t for t in model.inputs if t.name == name)
+    return bool(t.shape) and isinstance(t.shape[0], int) and t.shape[0] > 1
+
+
 def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]]):
-    """A copy of the graph with static input shapes, named nodes and onnx-simplifier applied."""
+    """A copy of the graph ready for onnx2tf: static input shapes, frozen inputs (--input-value),
+    decidable Ifs inlined, names TensorFlow accepts, named nodes and onnx-simplifier applied
+    (:mod:`.prepare`). Returns (graph, node name -> op type, what preparation did)."""
     import onnx
+
+    from edgepack.converter.onnx.prepare import inline_ifs, prepare_graph
 
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
@@ -129,12 +147,23 @@ def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]]):
             for d, size in zip(dims, shapes[vi.name]):
                 d.Clear()
                 d.dim_value = size
+    record = prepare_graph(proto, model.fixed_values)
+    proto = _simplify(proto)
+    for _ in range(8):  # folding decides more conditions (shape arithmetic), inlining exposes more to fold
+        if not record.ifs_left:
+            break
+        inlined, record.ifs_left = inline_ifs(proto)
+        if not inlined:
+            break
+        record.inlined_ifs += inlined
+        proto = _simplify(proto)
+    record.nodes_after = len(proto.graph.node)
     names = name_nodes(proto)
     missing = unsupported_ops(proto)
     if missing:
         raise ConversionError(f"onnx2tf has no translation for: {ops_message(missing)}",
                               hint="replace these ops in the exported model, or export with another opset")
-    return _simplify(proto), names
+    return proto, names, record
 
 
 def _simplify(proto):
@@ -187,6 +216,8 @@ def save_signature(tf_model, inputs: list[IoMap], outputs: list[IoMap], path: Pa
     def serve(*args):
         out = tf_model(list(args) if len(args) > 1 else args[0], training=False)
         outs = out if isinstance(out, (list, tuple)) else [out]
+        # state outputs go back to the ONNX layout, the layout the next frame's state input takes
+        outs = [tf.transpose(o, layout.inverse(m.restore)) if m.restore else o for o, m in zip(outs, outputs)]
         return dict(zip(out_names, outs))
 
     concrete = tf.function(serve, input_signature=specs).get_concrete_function()
@@ -217,21 +248,22 @@ MISMATCH = 1e-2
 
 def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset | None, *,
                  per_tensor: bool = False, verbose: bool = False, batch: int | None = None,
-                 onnx2tf_options: dict[str, Any] | None = None, keep_calibrated: Any = None) -> OnnxConversion:
+                 onnx2tf_options: dict[str, Any] | None = None, keep_calibrated: Any = None,
+                 prepared: tuple | None = None, state_pairs: dict[str, str] | None = None) -> OnnxConversion:
     """onnx2tf, then TensorFlow's converter; everything onnx2tf writes stays in a temp dir.
     ``batch`` (a target's static batch) replaces the inputs' batch size. When onnx2tf or the
     converter fails, or onnx2tf's graph disagrees with onnxruntime, the option sets of
-    :mod:`onnx_fallbacks` are tried in order; ``onnx2tf_options`` forces one set instead."""
+    :mod:`onnx_fallbacks` are tried in order; ``onnx2tf_options`` forces one set instead.
+    ``prepared``: what :func:`prepare` returned for the same shapes (the pipeline's graph stage).
+    ``state_pairs`` (input -> output): recurrent state, kept in the ONNX layout on both ends."""
     model: OnnxModel = loaded.model
     refuse_quantized(model.proto)  # before the shapes: --input-shape would not help
     if onnx2tf_options:
         fallbacks.check_known(onnx2tf_options)
-    shapes = model.conversion_shapes()
-    if batch is not None:
-        shapes = {k: (batch, *v[1:]) if v else v for k, v in shapes.items()}
+    shapes = conversion_shapes(model, batch)
     with tempfile.TemporaryDirectory(prefix="edgepack-onnx2tf-") as tmp:
         work = Path(tmp)
-        proto, names = prepare(model, shapes)
+        proto, names, record = prepared if prepared is not None else prepare(model, shapes)
         onnx_path = work / "model.onnx"
         _save_onnx(proto, onnx_path)
         feeds, probe_source = probe_inputs(model, shapes, calibration)
@@ -249,10 +281,11 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
         crash: NativeCrash | None = None
         while queue:
             cand = queue.pop(0)
-            options = dict(cand.options)
+            options = _keep_state_layout(dict(cand.options), state_pairs)
             try:
                 result = _attempt(loaded, work, onnx_path, names, shapes, feeds, refs, options, mode, calibration,
-                                  per_tensor=per_tensor, verbose=verbose, strict=strict, keep=keep_calibrated)
+                                  per_tensor=per_tensor, verbose=verbose, strict=strict, keep=keep_calibrated,
+                                  state_outputs=set((state_pairs or {}).values()))
             except NativeCrash as err:
                 # a crash in calibration is not a translation error: only sets meant for it are tried,
                 # and if none helps the user gets the crash (its hint says what to try)
@@ -274,6 +307,7 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
         log.warning("onnx2tf's TensorFlow graph differs from onnxruntime by %.3g (relative) on a %s input; "
                     "check the bundle with 'edgepack validate --reference'", probe, probe_source)
     result.detail.update({"onnx_nodes": len(model.proto.graph.node), "simplified_nodes": len(proto.graph.node),
+                          "graph": record.to_dict(),
                           "probe_input": probe_source, "onnx2tf_option_set": cand.name, "onnx2tf_options": options,
                           "onnx2tf_failed_sets": [f"{name}: {err.message[:200]}" for name, err in failures]})
     return result
@@ -282,7 +316,8 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
 def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, str],
              shapes: dict[str, tuple[int, ...]], feeds: dict[str, np.ndarray], refs: list[np.ndarray] | None,
              options: dict[str, Any], mode: QuantizeMode, calibration: Dataset | None, *,
-             per_tensor: bool, verbose: bool, strict: bool, keep: Any = None) -> OnnxConversion:
+             per_tensor: bool, verbose: bool, strict: bool, keep: Any = None,
+             state_outputs: set[str] | frozenset[str] = frozenset()) -> OnnxConversion:
     """One onnx2tf option set: translate, compare with onnxruntime, convert. With ``strict`` (a
     probe input that means something) a large mismatch is a failure (ConversionError), so that the
     next option set is tried."""
@@ -291,7 +326,8 @@ def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, 
     model: OnnxModel = loaded.model
     tf_model = run_onnx2tf(onnx_path, work, names, verbose, options)
     try:
-        inputs, outputs, probe = map_io(model, tf_model, shapes, feeds, refs, kept=fallbacks.kept_inputs(options))
+        inputs, outputs, probe = map_io(model, tf_model, shapes, feeds, refs, kept=fallbacks.kept_inputs(options),
+                                        restore=state_outputs)
     except ConversionError:
         raise
     except Exception as err:  # TensorFlow running onnx2tf's graph on the probe input (shape errors...)
@@ -310,6 +346,15 @@ def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, 
     tflite = convert_to_tflite(tf_loaded, mode, calib, per_tensor=per_tensor, verbose=verbose, keep_calibrated=keep)
     return OnnxConversion(tflite, inputs, outputs,
                           {"probe_max_rel_error": None if probe is None else round(probe, 8)})
+
+
+def _keep_state_layout(options: dict[str, Any], state_pairs: dict[str, str] | None) -> dict[str, Any]:
+    """State inputs keep their ONNX shape through onnx2tf: a [2, 1, 128] LSTM state is not an NCW
+    tensor, and transposing it breaks the LSTM's initial state."""
+    if not state_pairs:
+        return options
+    kept = list(options.get("keep_shape_absolutely_input_names") or [])
+    return {**options, "keep_shape_absolutely_input_names": kept + [n for n in state_pairs if n not in kept]}
 
 
 def _all_failed(failures: list[tuple[str, ConversionError]]) -> ConversionError:
