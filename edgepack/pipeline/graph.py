@@ -37,7 +37,7 @@ def stage_graph(st: PipelineState) -> dict | None:
         pairs = {k: v for k, v in pairs.items() if k not in dict(req.input_values)}
     model = st.loaded.model
     shapes = conversion_shapes(model, st.target.batch)
-    st.prepared_onnx = prepare(model, shapes)
+    st.prepared_onnx = prepare(model, shapes, lower_lstm=bool(pairs))
     record = st.prepared_onnx[2].to_dict()
     record["max_rel_error_vs_original"] = _check_prepared(model, st.prepared_onnx[0], shapes)
     st.graph = {**record, "state_pairs": pairs,

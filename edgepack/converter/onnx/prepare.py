@@ -43,12 +43,15 @@ class PrepareRecord:
     inlined_ifs: int = 0
     ifs_left: int = 0
     renamed: int = 0
+    lowered_lstms: int = 0
+    tidied_slices: int = 0
     nodes_before: int = 0
     nodes_after: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"frozen_inputs": self.frozen_inputs, "inlined_ifs": self.inlined_ifs, "ifs_left": self.ifs_left,
-                "renamed": self.renamed, "nodes_before": self.nodes_before, "nodes_after": self.nodes_after}
+                "renamed": self.renamed, "lowered_lstms": self.lowered_lstms,
+                "tidied_slices": self.tidied_slices, "nodes_before": self.nodes_before, "nodes_after": self.nodes_after}
 
 
 def freeze_inputs(proto, values: Mapping[str, np.ndarray]) -> None:
@@ -303,3 +306,46 @@ def prepare_graph(proto, values: Mapping[str, np.ndarray]) -> PrepareRecord:
     record.renamed = rename_for_tensorflow(proto)
     record.nodes_after = sum(1 for _ in _walk(proto.graph))
     return record
+
+
+# -- slices -------------------------------------------------------------------------------------------
+def tidy_slices(proto) -> int:
+    """Slices with constant bounds on a tensor of known shape keep only the axes they cut, with ends
+    clamped to the axis size: onnx2tf reads an end of INT64_MAX on the batch axis of a transposed
+    tensor as an empty batch (silero's STFT: ``[0, 4, 258]``). Returns how many were rewritten."""
+    from onnx import numpy_helper, shape_inference
+
+    graph = proto.graph
+    consts = _constant_values(graph)
+    try:
+        inferred = shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 — without shapes nothing is rewritten
+        return 0
+    dims = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            for vi in [*inferred.graph.value_info, *inferred.graph.input]}
+    count = 0
+    for node in graph.node:
+        if node.op_type != "Slice" or len(node.input) < 4 or any(i not in consts for i in node.input[1:]):
+            continue
+        shape = dims.get(node.input[0])
+        if not shape or None in shape:
+            continue
+        starts, ends, axes = (consts[i].reshape(-1).tolist() for i in node.input[1:4])
+        steps = consts[node.input[4]].reshape(-1).tolist() if len(node.input) > 4 else [1] * len(axes)
+        kept = []
+        for s, e, a, st in zip(starts, ends, axes, steps):
+            size = shape[a % len(shape)]
+            if st == 1 and s in (0, -size) and e >= size:
+                continue  # the whole axis
+            kept.append((s, min(e, size) if st > 0 else e, a % len(shape), st))
+        if len(kept) == len(starts) and all(e == k[1] for e, k in zip(ends, kept)):
+            continue
+        if not kept:
+            kept = [(0, shape[0], 0, 1)]
+        base = f"{node.name or node.output[0]}/tidy"
+        arrays = [np.array([k[j] for k in kept], np.int64) for j in range(4)]
+        names = [f"{base}_{what}" for what in ("starts", "ends", "axes", "steps")]
+        graph.initializer.extend(numpy_helper.from_array(a, n) for a, n in zip(arrays, names))
+        node.input[:] = [node.input[0], *names]
+        count += 1
+    return count

@@ -131,13 +131,14 @@ def _fixed_leading(model: OnnxModel, name: str) -> bool:
     return bool(t.shape) and isinstance(t.shape[0], int) and t.shape[0] > 1
 
 
-def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]]):
+def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]], *, lower_lstm: bool = False):
     """A copy of the graph ready for onnx2tf: static input shapes, frozen inputs (--input-value),
     decidable Ifs inlined, names TensorFlow accepts, named nodes and onnx-simplifier applied
-    (:mod:`.prepare`). Returns (graph, node name -> op type, what preparation did)."""
+    (:mod:`.prepare`); with ``lower_lstm`` (streaming models) LSTMs become cell ops (:mod:`.lstm`).
+    Returns (graph, node name -> op type, what preparation did)."""
     import onnx
 
-    from edgepack.converter.onnx.prepare import inline_ifs, prepare_graph
+    from edgepack.converter.onnx.prepare import inline_ifs, prepare_graph, tidy_slices
 
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
@@ -157,6 +158,13 @@ def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]]):
             break
         record.inlined_ifs += inlined
         proto = _simplify(proto)
+    record.tidied_slices = tidy_slices(proto)
+    if lower_lstm:
+        from edgepack.converter.onnx.lstm import lower_lstms
+
+        record.lowered_lstms = lower_lstms(proto)
+        if record.lowered_lstms:
+            proto = _simplify(proto)
     record.nodes_after = len(proto.graph.node)
     names = name_nodes(proto)
     missing = unsupported_ops(proto)
