@@ -255,7 +255,7 @@ def _constant_values(graph) -> dict[str, np.ndarray]:
 # -- names TensorFlow refuses ---------------------------------------------------------------------------
 def valid_scope_name(name: str) -> bool:
     """TensorFlow's scope rule; a leading '/' (PyTorch exports) onnx2tf handles itself."""
-    return bool(_VALID_SCOPE.match(name)) and (not name or name[0] == "/" or bool(_VALID_FIRST.match(name)))
+    return bool(_VALID_SCOPE.match(name))
 
 
 def _clean(name: str) -> str:
@@ -313,10 +313,11 @@ def tidy_slices(proto) -> int:
     """Slices with constant bounds on a tensor of known shape keep only the axes they cut, with ends
     clamped to the axis size: onnx2tf reads an end of INT64_MAX on the batch axis of a transposed
     tensor as an empty batch (silero's STFT: ``[0, 4, 258]``). Returns how many were rewritten."""
-    from onnx import numpy_helper, shape_inference
+    from onnx import helper, numpy_helper, shape_inference
 
     graph = proto.graph
     consts = _constant_values(graph)
+    extra: list[tuple[str, Any]] = []
     try:
         inferred = shape_inference.infer_shapes(proto)
     except Exception:  # noqa: BLE001 — without shapes nothing is rewritten
@@ -338,14 +339,35 @@ def tidy_slices(proto) -> int:
             if st == 1 and s in (0, -size) and e >= size:
                 continue  # the whole axis
             kept.append((s, min(e, size) if st > 0 else e, a % len(shape), st))
-        if len(kept) == len(starts) and all(e == k[1] for e, k in zip(ends, kept)):
+        if len(kept) == len(starts) == 1 and ends[0] == kept[0][1]:
             continue
         if not kept:
             kept = [(0, shape[0], 0, 1)]
-        base = f"{node.name or node.output[0]}/tidy"
-        arrays = [np.array([k[j] for k in kept], np.int64) for j in range(4)]
-        names = [f"{base}_{what}" for what in ("starts", "ends", "axes", "steps")]
-        graph.initializer.extend(numpy_helper.from_array(a, n) for a, n in zip(arrays, names))
-        node.input[:] = [node.input[0], *names]
+        # one Slice per axis cut: onnx2tf maps each axis through its layout change on its own
+        base, source = node.name or node.output[0], node.input[0]
+        for j, cut in enumerate(kept):
+            names = [f"{base}/tidy{j}_{what}" for what in ("starts", "ends", "axes", "steps")]
+            graph.initializer.extend(numpy_helper.from_array(np.array([v], np.int64), n) for v, n in zip(cut, names))
+            out = node.output[0] if j == len(kept) - 1 else f"{base}/tidy{j}"
+            if j == len(kept) - 1:
+                node.input[:] = [source, *names]
+            else:
+                extra.append((node.output[0], helper.make_node("Slice", [source, *names], [out], name=f"{base}/tidy{j}")))
+            source = out
         count += 1
+    if extra:
+        _insert_before(graph, extra)
     return count
+
+
+def _insert_before(graph, extra: list[tuple[str, Any]]) -> None:
+    """Insert each (output name, new node) right before the node that produces that output."""
+    before: dict[str, list[Any]] = {}
+    for out, new in extra:
+        before.setdefault(out, []).append(new)
+    nodes = []
+    for node in graph.node:
+        nodes.extend(before.get(node.output[0], []) if node.output else [])
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)

@@ -158,13 +158,13 @@ def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]], *, lower_lstm:
             break
         record.inlined_ifs += inlined
         proto = _simplify(proto)
-    record.tidied_slices = tidy_slices(proto)
     if lower_lstm:
         from edgepack.converter.onnx.lstm import lower_lstms
 
         record.lowered_lstms = lower_lstms(proto)
         if record.lowered_lstms:
             proto = _simplify(proto)
+    record.tidied_slices = tidy_slices(proto)  # last: onnx-simplifier would merge the slices again
     record.nodes_after = len(proto.graph.node)
     names = name_nodes(proto)
     missing = unsupported_ops(proto)
