@@ -125,7 +125,7 @@ def to_layouts(ds: Dataset, specs: Sequence[InputSpec], tflite_shapes: dict[str,
 
 def relaxed_specs(specs: Sequence[InputSpec]) -> list[InputSpec]:
     """Specs that accept any sample shape of the right rank (the layout is resolved later)."""
-    return [InputSpec(s.name, tuple(None for _ in s.shape), s.dtype) for s in specs]
+    return [InputSpec(s.name, tuple(None for _ in s.shape), s.dtype, s.sample_axis) for s in specs]
 
 
 def outputs_to_source(outputs: Sequence[np.ndarray], perms: Sequence[Sequence[int] | None]) -> list[np.ndarray]:

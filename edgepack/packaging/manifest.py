@@ -88,6 +88,9 @@ class TensorInfo:
     # statistics of the calibration data after it (min/max/mean/std/percentiles)
     preprocessing: dict[str, Any] | None = None
     statistics: dict[str, Any] | None = None
+    # 0: axis 0 is the batch (data: one sample = the tensor without it); None: no batch axis (recurrent
+    # state; data: one sample = the whole tensor)
+    sample_axis: int | None = 0
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,25 @@ def stage_graph(st: PipelineState) -> dict | None:
         pairs = {k: v for k, v in pairs.items() if k not in dict(req.input_values)}
     model = st.loaded.model
     shapes = conversion_shapes(model, st.target.batch)
+    st.loaded = _whole_inputs(st.loaded, shapes)
     st.prepared_onnx = prepare(model, shapes, lower_lstm=bool(pairs))
     record = st.prepared_onnx[2].to_dict()
     record["max_rel_error_vs_original"] = _check_prepared(model, st.prepared_onnx[0], shapes)
     st.graph = {**record, "state_pairs": pairs,
                 "frozen_inputs": {k: np.asarray(v).tolist() for k, v in model.fixed_values.items()}}
     return st.graph
+
+
+def _whole_inputs(loaded, shapes: dict[str, tuple[int, ...]]):
+    """Inputs whose first axis is 2 or more have no sample axis (a [2, batch, 128] state, 8 frames of a
+    sequence model): each sample of the data is one whole tensor, as the model takes it."""
+    import dataclasses
+
+    from edgepack.calibration import InputSpec
+
+    specs = [InputSpec(s.name, shapes[s.name], s.dtype, sample_axis=None)
+             if shapes.get(s.name) and shapes[s.name][0] > 1 else s for s in loaded.inputs]
+    return dataclasses.replace(loaded, inputs=specs)
 
 
 def _check_prepared(model, proto, shapes: dict[str, tuple[int, ...]]) -> float | None:

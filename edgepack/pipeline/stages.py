@@ -202,6 +202,15 @@ def _merged(*per_name: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, 
     return out
 
 
+def _sample_axes(st: PipelineState, which: str) -> dict[str, dict[str, Any]]:
+    """Inputs without a sample axis, and the state outputs that feed them, say so (``sample_axis`` None)."""
+    whole = {s.name for s in st.loaded.inputs if s.sample_axis is None}
+    if which == "outputs":
+        pairs = (st.graph or {}).get("state_pairs") or {}
+        whole = {out for inp, out in pairs.items() if inp in whole}
+    return {name: {"sample_axis": None} for name in whole}
+
+
 def _request_record(st: PipelineState) -> dict[str, Any]:
     """The resolved request and the sha256 of each input file it names (edgepack reproduce)."""
     from edgepack.formats.base import file_sha256
@@ -238,8 +247,9 @@ def stage_package(st: PipelineState) -> dict:
                                           granularity=info.granularity, calibration=st.calibration_info),
             artifacts=list(writer.artifacts),
             inputs=tensor_infos(info, [s.name for s in st.loaded.inputs], "inputs",
-                                _merged(st.source_io.get("inputs"), st.input_data)),
-            outputs=tensor_infos(info, st.loaded.output_names, "outputs", st.source_io.get("outputs")),
+                                _merged(st.source_io.get("inputs"), st.input_data, _sample_axes(st, "inputs"))),
+            outputs=tensor_infos(info, st.loaded.output_names, "outputs",
+                                 _merged(st.source_io.get("outputs"), _sample_axes(st, "outputs"))),
             ops=info.op_counts,
             versions=edgepack.dependency_versions(),
             stages=list(st.stages),

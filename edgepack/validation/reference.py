@@ -10,9 +10,38 @@ from edgepack.formats.base import LoadedModel
 _BATCH = 64
 
 
+def as_converted(loaded: LoadedModel, manifest) -> LoadedModel:
+    """The reference as the bundle was converted from it: ONNX inputs frozen by ``--input-value`` are
+    fed their recorded values, and inputs without a sample axis take whole tensors."""
+    import dataclasses
+
+    from edgepack.calibration import InputSpec
+    from edgepack.formats.base import ModelFormat
+
+    frozen = (manifest.extras.get("graph") or {}).get("frozen_inputs") or {}
+    if frozen and loaded.format is ModelFormat.ONNX:
+        from edgepack.formats.onnx import with_input_values
+
+        loaded = with_input_values(loaded, {k: v for k, v in frozen.items() if k in {s.name for s in loaded.inputs}})
+    whole = {t.name: tuple(t.shape) for t in manifest.inputs if t.sample_axis is None}
+    if whole:
+        loaded = dataclasses.replace(loaded, inputs=[
+            InputSpec(s.name, whole[s.name], s.dtype, sample_axis=None) if s.name in whole else s
+            for s in loaded.inputs])
+    return loaded
+
+
 def reference_outputs(loaded: LoadedModel, chunk: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs of the source model (Keras, SavedModel, ONNX) for one chunk, its own output order, float32."""
-    return loaded.run(chunk)
+    """Outputs of the source model (Keras, SavedModel, ONNX) for one chunk, its own output order, float32.
+    With inputs that have no sample axis (recurrent state) the model runs sample by sample, and an
+    output whose first axis is not a batch of 1 gets one (the state it returns, whole per sample)."""
+    whole = {s.name for s in loaded.inputs if s.sample_axis is None}
+    if not whole:
+        return loaded.run(chunk)
+    n = len(next(iter(chunk.values())))
+    runs = [loaded.run({k: v[i] if k in whole else v[i:i + 1] for k, v in chunk.items()}) for i in range(n)]
+    return [np.stack([r[j] for r in runs]) if runs[0][j].ndim and runs[0][j].shape[0] != 1
+            else np.concatenate([r[j] for r in runs]) for j in range(len(runs[0]))]
 
 
 def run_reference(loaded: LoadedModel, data: Dataset) -> list[np.ndarray]:

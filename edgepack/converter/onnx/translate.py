@@ -20,7 +20,7 @@ import importlib.util
 import logging
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,16 +119,12 @@ def refuse_quantized(proto) -> None:
 
 def conversion_shapes(model: OnnxModel, batch: int | None = None) -> dict[str, tuple[int, ...]]:
     """The static input shapes the graph is converted with; ``batch`` (a target's) replaces the batch
-    size of inputs that have a batch axis (a state input's first axis is not one: it keeps its size)."""
+    size of inputs whose first axis is a batch of 1 (a first axis of 2 or more is part of the tensor:
+    a [2, batch, 128] state, 8 frames of a sequence model)."""
     shapes = model.conversion_shapes()
     if batch is None:
         return shapes
-    return {k: (batch, *v[1:]) if v and not _fixed_leading(model, k) else v for k, v in shapes.items()}
-
-
-def _fixed_leading(model: OnnxModel, name: str) -> bool:
-    t = next(t for t in model.inputs if t.name == name)
-    return bool(t.shape) and isinstance(t.shape[0], int) and t.shape[0] > 1
+    return {k: (batch, *v[1:]) if v and v[0] == 1 else v for k, v in shapes.items()}
 
 
 def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]], *, lower_lstm: bool = False):
@@ -242,11 +238,21 @@ def save_signature(tf_model, inputs: list[IoMap], outputs: list[IoMap], path: Pa
 
 def calibration_for_tflite(calibration: Dataset, loaded: LoadedModel, inputs: list[IoMap]) -> Dataset:
     """Calibration samples in the TFLite layout, whichever layout they were given in."""
-    tflite_shapes = {m.name: m.tflite_shape[1:] for m in inputs}
+    specs = tflite_specs(loaded, inputs)
     perms = {m.name: m.perm for m in inputs}
-    _, tflite = layout.to_layouts(calibration, loaded.inputs, tflite_shapes, perms)
-    tflite.check([InputSpec(m.name, m.tflite_shape[1:], s.dtype) for s, m in zip(loaded.inputs, inputs)])
+    _, tflite = layout.to_layouts(calibration, loaded.inputs, {s.name: s.shape for s in specs}, perms)
+    tflite.check(specs)
     return tflite
+
+
+def tflite_specs(loaded: LoadedModel, inputs: list[IoMap]) -> list[InputSpec]:
+    """The TFLite model's inputs as calibration specs (an input without a sample axis keeps its whole shape)."""
+    out = []
+    for s, m in zip(loaded.inputs, inputs):
+        whole = s.sample_axis is None
+        out.append(InputSpec(m.name, tuple(m.tflite_shape if whole else m.tflite_shape[1:]), s.dtype,
+                             None if whole else 0))
+    return out
 
 
 # Relative difference (to the output's magnitude) from onnxruntime beyond which a translation is
@@ -348,7 +354,7 @@ def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, 
     with capture_native_output(not verbose):
         saved = save_signature(tf_model, inputs, outputs, Path(tempfile.mkdtemp(prefix="saved_model_", dir=work)))
     tf_loaded = LoadedModel(saved, ModelFormat.SAVED_MODEL, loaded.sha256,
-                            [InputSpec(m.name, m.tflite_shape[1:], m.dtype) for m in inputs],
+                            [replace(s, dtype=m.dtype) for s, m in zip(tflite_specs(loaded, inputs), inputs)],
                             [m.name for m in outputs], None)
     calib = calibration_for_tflite(calibration, loaded, inputs) if calibration is not None else None
     tflite = convert_to_tflite(tf_loaded, mode, calib, per_tensor=per_tensor, verbose=verbose, keep_calibrated=keep)
