@@ -205,9 +205,16 @@ def _merged(*per_name: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, 
 def _sample_axes(st: PipelineState, which: str) -> dict[str, dict[str, Any]]:
     """Inputs without a sample axis, and the state outputs that feed them, say so (``sample_axis`` None)."""
     whole = {s.name for s in st.loaded.inputs if s.sample_axis is None}
-    if which == "outputs":
+    if which == "outputs" and whole:  # the state outputs, and any output whose first axis is not a batch of 1
         pairs = (st.graph or {}).get("state_pairs") or {}
-        whole = {out for inp, out in pairs.items() if inp in whole}
+        shapes = {n: st.info.tensor(i).shape for n, i in st.info.signature_outputs.items()}
+        from edgepack.formats.base import signature_name
+
+        whole = {out for inp, out in pairs.items() if inp in whole} | {
+            n for n in st.loaded.output_names if len(shapes.get(signature_name(n), ())) and
+            shapes[signature_name(n)][0] != 1}
+    elif which == "outputs":
+        whole = set()
     return {name: {"sample_axis": None} for name in whole}
 
 

@@ -268,7 +268,8 @@ def rename_for_tensorflow(proto) -> int:
     the graph's inputs and outputs keep their names. Returns how many names changed."""
     graph = proto.graph
     keep = {vi.name for vi in graph.input} | {vi.name for vi in graph.output}
-    taken = _used_names(graph) | {n.name for n in _walk(graph)}
+    tensors = _used_names(graph)
+    taken = tensors | {n.name for n in _walk(graph)}
     mapping: dict[str, str] = {}
 
     def fresh(name: str) -> str:
@@ -280,7 +281,7 @@ def rename_for_tensorflow(proto) -> int:
         taken.add(new)
         return new
 
-    for name in sorted(taken - keep):
+    for name in sorted(tensors - keep):
         if name and not valid_scope_name(name):
             mapping[name] = fresh(name)
     count = len(mapping)
