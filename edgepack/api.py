@@ -149,6 +149,48 @@ def validate(*, bundle: str | Path, data: str | Path | Mapping[str, str | Path],
     return report
 
 
+def validate_stream(*, bundle: str | Path, data: str | Path, reference: str | Path | None = None,
+                    runtime: str = "litert", threshold: float = 0.5, hop: int | None = None,
+                    metric: str | None = None, trust_model: bool = False, verbose: bool = False):
+    """Stream frame sequences (a folder of WAV files cut into frames every ``hop`` samples, or an .npz
+    of frame sequences) through a bundle with recurrent state and its reference, each carrying its own
+    state; per-frame SQNR, the worst frame and the decision agreement at ``threshold``."""
+    from edgepack._native import quiet_tensorflow
+    from edgepack.validation.streaming import validate_stream as run
+
+    quiet_tensorflow(verbose)
+    return run(Path(bundle), Path(data), reference=Path(reference) if reference else None, runtime=runtime,
+               threshold=threshold, hop=hop, metric=metric, trust_model=trust_model)
+
+
+def wants_stream(*, bundle: str | Path, data: str | Path | Mapping[str, str | Path]) -> bool:
+    """Whether ``validate`` streams by default: a bundle with state pairs, data without the state."""
+    from edgepack.validation.streaming import wants_stream as check
+
+    return check(Path(bundle), data if isinstance(data, Mapping) else Path(data))
+
+
+def stream_lines(report) -> list[str]:
+    """What ``validate --stream`` prints."""
+    lines = [f"streamed {report.frames} frames in {report.sequences} sequence(s) through {', '.join(report.runtimes)} "
+             f"and {report.reference} (state pairs {report.state_pairs}) in {report.seconds:.1f}s"]
+    for kind, outputs in report.outputs.items():
+        for name, o in outputs.items():
+            worst = o["worst_frame"]
+            sq = "identical" if o["min_sqnr_db"] is None else f"min {o['min_sqnr_db']:.1f} dB"
+            lines.append(f"  {kind} {name}: SQNR {sq}, median "
+                         f"{'inf' if o['median_sqnr_db'] is None else format(o['median_sqnr_db'], '.1f')} dB, "
+                         f"worst frame {worst['sequence']}#{worst['frame']}, {o['frames_below_60db']} frame(s) < 60 dB")
+        for name, d in report.decisions[kind].items():
+            lo, hi = d["interval95"]
+            lines.append(f"  {kind} {name}: decisions at {report.threshold:g} agree on {d['agreeing_frames']}/"
+                         f"{d['frames']} frames ({d['agreement']:.2%}, 95% CI {lo:.2%}-{hi:.2%})")
+    if report.task_metric:
+        tm = report.task_metric
+        lines.append(f"  --metric {tm['metric']}: mean {tm['mean']:.4f}, min {tm['min']:.4f} over {tm['frames']} frames")
+    return lines
+
+
 def budget_lines(budget: Mapping[str, Any]) -> list[str]:
     """What convert prints about an accuracy budget's search."""
     chosen = budget["chosen"]

@@ -460,17 +460,35 @@ def tune(model, output, calibration, verbose, quiet, as_json, report, **options)
               help="Your task metric, as for convert: FUNCTION(outputs, references, labels) returns a score, "
                    "1.0 = perfect; reported for bundle and reference, and judged by --max-drop.")
 @click.option("--trust-model", is_flag=True, help="Allow loading a reference model with Lambda layers.")
+@click.option("--stream", is_flag=True,
+              help="Recurrent models: run frame sequences (a WAV folder or an .npz of frames), each runtime and the "
+                   "reference carrying its own state; per-frame SQNR and decisions. Default for a bundle with state "
+                   "pairs when the data holds no state.")
+@click.option("--hop", type=click.IntRange(min=1), help="--stream with WAV files: samples between frames (default: "
+                                                        "the frame size; silero: 512 for its 576-sample window).")
+@click.option("--threshold", type=FiniteFloat(), default=0.5, show_default=True,
+              help="--stream: a one-value output's decision threshold (speech at 0.5).")
 @data_options
 @common_options
 @handle_errors
-def validate(bundle, data, reference, runtime, max_drop, metric, trust_model, preprocess, recipe, label_column,
-             verbose, quiet, as_json) -> None:
+def validate(bundle, data, reference, runtime, max_drop, metric, trust_model, stream, hop, threshold, preprocess,
+             recipe, label_column, verbose, quiet, as_json) -> None:
     """Run BUNDLE on a device runtime over labelled data and compare with the source model.
 
     The preprocessing recorded in the bundle's manifest is applied to --data unless --preprocess or
     --recipe is given."""
     from edgepack import api
 
+    if stream or api.wants_stream(bundle=bundle, data=data_option(data, "--data")):
+        result = api.validate_stream(bundle=bundle, data=data_option(data, "--data"), reference=reference,
+                                     runtime=runtime, threshold=threshold, hop=hop, metric=metric,
+                                     trust_model=trust_model, verbose=verbose > 0)
+        if as_json:
+            _emit_json(result.to_dict())
+        elif quiet == 0:
+            for line in api.stream_lines(result):
+                click.echo(line)
+        return
     report = api.validate(bundle=bundle, data=data_option(data, "--data"), reference=reference, runtime=runtime,
                           max_drop=max_drop, trust_model=trust_model, verbose=verbose > 0, check=False,
                           preprocess=preprocess, recipe=recipe, label_column=label_column, metric=metric)
