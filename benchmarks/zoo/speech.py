@@ -90,3 +90,22 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def vad_stream(onnx_path: Path, audio: np.ndarray, frame: int = 576, hop: int = 512) -> dict[str, np.ndarray]:
+    """silero's windows over ``audio`` and the state onnxruntime carries into each (calibration data
+    whose (input, state) pairs are the ones the model meets streaming)."""
+    import onnxruntime as ort
+
+    from edgepack.validation.frames import cut_frames
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    windows = cut_frames(audio, frame, hop).astype(np.float32)
+    state = np.zeros((2, 1, 128), np.float32)
+    states = []
+    for w in windows:
+        states.append(state)
+        feed = {"input": w[None], "state": state, **({"sr": np.array(RATE, np.int64)} if "sr" in names else {})}
+        state = sess.run(["stateN"], feed)[0]
+    return {"input": windows, "state": np.stack(states)}

@@ -32,16 +32,8 @@ def as_converted(loaded: LoadedModel, manifest) -> LoadedModel:
 
 
 def reference_outputs(loaded: LoadedModel, chunk: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs of the source model (Keras, SavedModel, ONNX) for one chunk, its own output order, float32.
-    With inputs that have no sample axis (recurrent state) the model runs sample by sample, and an
-    output whose first axis is not a batch of 1 gets one (the state it returns, whole per sample)."""
-    whole = {s.name for s in loaded.inputs if s.sample_axis is None}
-    if not whole:
-        return loaded.run(chunk)
-    n = len(next(iter(chunk.values())))
-    runs = [loaded.run({k: v[i] if k in whole else v[i:i + 1] for k, v in chunk.items()}) for i in range(n)]
-    return [np.stack([r[j] for r in runs]) if runs[0][j].ndim and runs[0][j].shape[0] != 1
-            else np.concatenate([r[j] for r in runs]) for j in range(len(runs[0]))]
+    """Outputs of the source model (Keras, SavedModel, ONNX) for one chunk, its own output order, float32."""
+    return loaded.run(chunk)
 
 
 def run_reference(loaded: LoadedModel, data: Dataset) -> list[np.ndarray]:
