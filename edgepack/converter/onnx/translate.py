@@ -110,6 +110,21 @@ def quantized_ops(proto) -> list[str]:
     return found
 
 
+def refuse_unhandled_quantization(proto) -> None:
+    """Refuse, before anything else is asked of the user, a quantized model that :mod:`.dequantize`
+    cannot turn back into float ops (QLinear* operators, integer ops outside onnxruntime's patterns)."""
+    if not quantized_ops(proto):
+        return
+    import onnx
+
+    from edgepack.converter.onnx.dequantize import dequantize
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    dequantize(copy)
+    refuse_quantized(copy)
+
+
 def refuse_quantized(proto) -> None:
     quantized = quantized_ops(proto)
     if quantized:
@@ -144,7 +159,12 @@ def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]], *, lower_lstm:
             for d, size in zip(dims, shapes[vi.name]):
                 d.Clear()
                 d.dim_value = size
+    from edgepack.converter.onnx.dequantize import dequantize
+
+    dequantized = dequantize(proto)
+    refuse_quantized(proto)  # what no rewrite took (QLinear* operators...)
     record = prepare_graph(proto, model.fixed_values)
+    record.dequantized = dequantized
     proto = _simplify(proto)
     for _ in range(8):  # folding decides more conditions (shape arithmetic), inlining exposes more to fold
         if not record.ifs_left:
@@ -271,7 +291,6 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
     ``prepared``: what :func:`prepare` returned for the same shapes (the pipeline's graph stage).
     ``state_pairs`` (input -> output): recurrent state, kept in the ONNX layout on both ends."""
     model: OnnxModel = loaded.model
-    refuse_quantized(model.proto)  # before the shapes: --input-shape would not help
     if onnx2tf_options:
         fallbacks.check_known(onnx2tf_options)
     shapes = conversion_shapes(model, batch)
@@ -283,7 +302,9 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
         feeds, probe_source = probe_inputs(model, shapes, calibration)
         try:  # onnxruntime logs a failing kernel natively: captured, it is the exception that counts
             with capture_native_output(not verbose):
-                refs = model(feeds)
+                # a dequantized model is checked against its float graph: the original's run-time
+                # activation rounding is what dequantizing removes
+                refs = run_proto(proto, feeds) if record.dequantized.changed else model(feeds)
         except Exception as exc:  # onnxruntime may reject random data (e.g. out-of-range indices)
             log.info("onnxruntime probe skipped: %s", (str(exc).strip().splitlines() or [""])[0][:300])
             refs = None
@@ -299,7 +320,8 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
             try:
                 result = _attempt(loaded, work, onnx_path, names, shapes, feeds, refs, options, mode, calibration,
                                   per_tensor=per_tensor, verbose=verbose, strict=strict, keep=keep_calibrated,
-                                  state_outputs=set((state_pairs or {}).values()))
+                                  state_outputs=set((state_pairs or {}).values()),
+                                  source_ranges=(proto, record.dequantized.ranges))
             except NativeCrash as err:
                 # a crash in calibration is not a translation error: only sets meant for it are tried,
                 # and if none helps the user gets the crash (its hint says what to try)
@@ -331,7 +353,8 @@ def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, 
              shapes: dict[str, tuple[int, ...]], feeds: dict[str, np.ndarray], refs: list[np.ndarray] | None,
              options: dict[str, Any], mode: QuantizeMode, calibration: Dataset | None, *,
              per_tensor: bool, verbose: bool, strict: bool, keep: Any = None,
-             state_outputs: set[str] | frozenset[str] = frozenset()) -> OnnxConversion:
+             state_outputs: set[str] | frozenset[str] = frozenset(),
+             source_ranges: tuple | None = None) -> OnnxConversion:
     """One onnx2tf option set: translate, compare with onnxruntime, convert. With ``strict`` (a
     probe input that means something) a large mismatch is a failure (ConversionError), so that the
     next option set is tried."""
@@ -357,9 +380,22 @@ def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, 
                             [replace(s, dtype=m.dtype) for s, m in zip(tflite_specs(loaded, inputs), inputs)],
                             [m.name for m in outputs], None)
     calib = calibration_for_tflite(calibration, loaded, inputs) if calibration is not None else None
-    tflite = convert_to_tflite(tf_loaded, mode, calib, per_tensor=per_tensor, verbose=verbose, keep_calibrated=keep)
-    return OnnxConversion(tflite, inputs, outputs,
-                          {"probe_max_rel_error": None if probe is None else round(probe, 8)})
+    kept: list = []
+
+    def keep_too(calibrated) -> None:
+        kept.append(calibrated)
+        if keep is not None:
+            keep(calibrated)
+
+    tflite = convert_to_tflite(tf_loaded, mode, calib, per_tensor=per_tensor, verbose=verbose, keep_calibrated=keep_too)
+    detail: dict[str, Any] = {"probe_max_rel_error": None if probe is None else round(probe, 8)}
+    if source_ranges and source_ranges[1] and kept and mode.needs_calibration:
+        from edgepack.converter.onnx.ranges import apply_source_ranges
+
+        again, detail["source_ranges"] = apply_source_ranges(kept[-1], source_ranges[0], source_ranges[1],
+                                                             feeds, inputs, mode)
+        tflite = again or tflite
+    return OnnxConversion(tflite, inputs, outputs, detail)
 
 
 def _keep_state_layout(options: dict[str, Any], state_pairs: dict[str, str] | None) -> dict[str, Any]:
@@ -378,6 +414,16 @@ def _all_failed(failures: list[tuple[str, ConversionError]]) -> ConversionError:
         return first
     tried = ", ".join(name for name, _ in failures[1:])
     return ConversionError(f"{first.message} (onnx2tf option sets also tried: {tried})", hint=first.hint)
+
+
+def run_proto(proto, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+    """onnxruntime on a graph in memory (the prepared one)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return [np.asarray(o) for o in sess.run(outputs, feeds)]
 
 
 def _save_onnx(proto, path: Path) -> None:
