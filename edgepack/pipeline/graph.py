@@ -65,15 +65,17 @@ def _check_prepared(model, proto, shapes: dict[str, tuple[int, ...]], strict: bo
     dequantized graph differs by the activation rounding it no longer does: recorded, not refused."""
     import onnxruntime as ort
 
+    from edgepack._native import capture_native_output
     from edgepack.converter.onnx.translate import probe_inputs
 
     feeds, _ = probe_inputs(model, shapes)
-    try:
-        want = model(feeds)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        got = sess.run(None, feeds)
+    try:  # onnxruntime logs a failing kernel natively (random indices out of range): captured
+        with capture_native_output():
+            want = model(feeds)
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            got = sess.run(None, feeds)
     except Exception as err:  # noqa: BLE001 — onnxruntime may refuse random data (indices): no check then
         log.info("prepared-graph check skipped: %s", (str(err).strip().splitlines() or [""])[0][:200])
         return None

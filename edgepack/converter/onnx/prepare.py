@@ -9,7 +9,7 @@ and run-time switches into the plain dataflow graph onnx2tf translates.
 3. **Rename** nodes and tensors whose names TensorFlow refuses as scope names (``Softmax@0``); the
    graph's inputs and outputs keep the names the source has.
 
-Constant folding and simplification (onnx-simplifier) follow in :func:`translate.prepare`. What
+Constant folding and simplification (onnx-simplifier) follow in :func:`ready.prepare`. What
 each step did is returned as a :class:`PrepareRecord`, which the manifest keeps.
 """
 
@@ -375,3 +375,13 @@ def _insert_before(graph, extra: list[tuple[str, Any]]) -> None:
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+def run_proto(proto, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+    """onnxruntime on a graph in memory (the prepared one)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return [np.asarray(o) for o in sess.run(outputs, feeds)]

@@ -20,7 +20,7 @@ def onnx_values(proto, feeds: dict[str, np.ndarray], names: list[str]) -> dict[s
     import onnx
     from onnx import helper
 
-    from edgepack.converter.onnx.translate import run_proto
+    from edgepack.converter.onnx.prepare import run_proto
 
     produced = {o for n in proto.graph.node for o in n.output} | {i.name for i in proto.graph.input}
     wanted = [n for n in names if n in produced]
