@@ -183,8 +183,8 @@ def stream_lines(report) -> list[str]:
                          f"worst frame {worst['sequence']}#{worst['frame']}, {o['frames_below_60db']} frame(s) < 60 dB")
         for name, d in report.decisions[kind].items():
             lo, hi = d["interval95"]
-            lines.append(f"  {kind} {name}: decisions at {report.threshold:g} agree on {d['agreeing_frames']}/"
-                         f"{d['frames']} frames ({d['agreement']:.2%}, 95% CI {lo:.2%}-{hi:.2%})")
+            lines.append(f"  {kind} {name}: decisions at {report.threshold:g} agree {d['agreeing']}/{d['decisions']} "
+                         f"over {d['frames']} frames ({d['agreement']:.2%}, 95% CI {lo:.2%}-{hi:.2%})")
     if report.task_metric:
         tm = report.task_metric
         lines.append(f"  --metric {tm['metric']}: mean {tm['mean']:.4f}, min {tm['min']:.4f} over {tm['frames']} frames")

@@ -98,17 +98,25 @@ class _Tally:
         self.sqnr: dict[str, list[float]] = {t.name: [] for t in outputs}
         self.where: list[tuple[str, int]] = []
         self.agree: dict[str, int] = {t.name: 0 for t in outputs if t.name not in self.state_out}
+        self.decided: dict[str, int] = dict.fromkeys(self.agree, 0)
 
     def add(self, seq: str, index: int, outs: list[np.ndarray], refs: list[np.ndarray]) -> None:
         self.where.append((seq, index))
         for t, o, r in zip(self.outputs, outs, refs):
             self.sqnr[t.name].append(sqnr_db(r, o))
             if t.name in self.agree:
-                self.agree[t.name] += int(self._decision(o) == self._decision(r))
+                a, b = self._decisions(o, r)
+                self.agree[t.name] += int(np.sum(a == b))
+                self.decided[t.name] += a.size
 
-    def _decision(self, x: np.ndarray) -> Any:
-        flat = np.asarray(x, np.float64).reshape(-1)
-        return bool(flat[0] >= self.threshold) if flat.size == 1 else int(np.argmax(flat))
+    def _decisions(self, out: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One value, or probabilities that are not a distribution (a sequence model's per-window speech
+        probabilities): each thresholded; else the argmax (class scores)."""
+        o, r = np.asarray(out, np.float64).reshape(-1), np.asarray(ref, np.float64).reshape(-1)
+        probabilities = r.min() >= 0 and r.max() <= 1 and abs(r.sum() - 1) > 1e-3
+        if r.size == 1 or probabilities:
+            return o >= self.threshold, r >= self.threshold
+        return np.array([np.argmax(o)]), np.array([np.argmax(r)])
 
     def results(self) -> tuple[dict[str, Any], dict[str, Any]]:
         n = len(self.where)
@@ -123,9 +131,10 @@ class _Tally:
                              "state": name in self.state_out, "per_frame_sqnr_db": [_num(v) for v in values]}
         decisions = {}
         for name, k in self.agree.items():
-            lo, hi = wilson_interval(k, n)
-            decisions[name] = {"agreement": round(k / n, 6) if n else None, "agreeing_frames": k, "frames": n,
-                               "interval95": [round(lo, 6), round(hi, 6)]}
+            total = self.decided[name]
+            lo, hi = wilson_interval(k, total)
+            decisions[name] = {"agreement": round(k / total, 6) if total else None, "agreeing": k, "decisions": total,
+                               "frames": n, "interval95": [round(lo, 6), round(hi, 6)]}
         return outputs, decisions
 
 
