@@ -151,23 +151,24 @@ def _evaluate(proto, names: list[str]) -> dict[str, np.ndarray]:
 
 def _used_names(graph) -> set[str]:
     names = {t.name for t in graph.initializer} | {vi.name for vi in graph.input}
-    for node in _walk(graph):
+    for node in walk_nodes(graph):
         names.update(node.input)
         names.update(node.output)
     return names
 
 
-def _walk(graph) -> Iterator[Any]:
+def walk_nodes(graph) -> Iterator[Any]:
+    """Every node of ``graph`` and of its subgraphs (If branches, Loop bodies), depth first."""
     from onnx import AttributeProto
 
     for node in graph.node:
         yield node
         for attr in node.attribute:
             if attr.type == AttributeProto.GRAPH:
-                yield from _walk(attr.g)
+                yield from walk_nodes(attr.g)
             elif attr.type == AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    yield from _walk(g)
+                    yield from walk_nodes(g)
 
 
 def _branch_nodes(node, taken: bool, taken_names: set[str]) -> list[Any]:
@@ -238,7 +239,7 @@ def inline_ifs(proto, max_rounds: int = 64) -> tuple[int, int]:
                 new_nodes.append(node)
         del graph.node[:]
         graph.node.extend(new_nodes)
-    left = sum(1 for n in _walk(proto.graph) if n.op_type == "If")
+    left = sum(1 for n in walk_nodes(proto.graph) if n.op_type == "If")
     return inlined, left
 
 
@@ -272,7 +273,7 @@ def rename_for_tensorflow(proto) -> int:
     graph = proto.graph
     keep = {vi.name for vi in graph.input} | {vi.name for vi in graph.output}
     tensors = _used_names(graph)
-    taken = tensors | {n.name for n in _walk(graph)}
+    taken = tensors | {n.name for n in walk_nodes(graph)}
     mapping: dict[str, str] = {}
 
     def fresh(name: str) -> str:
@@ -292,7 +293,7 @@ def rename_for_tensorflow(proto) -> int:
         t.name = mapping.get(t.name, t.name)
     for vi in graph.value_info:
         vi.name = mapping.get(vi.name, vi.name)
-    for node in list(_walk(graph)):
+    for node in list(walk_nodes(graph)):
         if node.name and not valid_scope_name(node.name):
             node.name = fresh(node.name)
             count += 1
@@ -302,13 +303,13 @@ def rename_for_tensorflow(proto) -> int:
 
 def prepare_graph(proto, values: Mapping[str, np.ndarray]) -> PrepareRecord:
     """Freeze ``values``, inline decidable Ifs and rename for TensorFlow, in place."""
-    record = PrepareRecord(nodes_before=sum(1 for _ in _walk(proto.graph)))
+    record = PrepareRecord(nodes_before=sum(1 for _ in walk_nodes(proto.graph)))
     if values:
         freeze_inputs(proto, values)
         record.frozen_inputs = {k: np.asarray(v).tolist() for k, v in values.items()}
     record.inlined_ifs, record.ifs_left = inline_ifs(proto)
     record.renamed = rename_for_tensorflow(proto)
-    record.nodes_after = sum(1 for _ in _walk(proto.graph))
+    record.nodes_after = sum(1 for _ in walk_nodes(proto.graph))
     return record
 
 

@@ -6,34 +6,20 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Iterator
-from typing import Any
 
 from edgepack._native import capture_native_output
 from edgepack.converter.onnx.onnx2tf_run import ops_message
+from edgepack.converter.onnx.prepare import walk_nodes
 from edgepack.errors import ConversionError
 from edgepack.formats.onnx import OnnxModel
 
 log = logging.getLogger(__name__)
 
 
-def _walk_nodes(graph) -> Iterator[Any]:
-    from onnx import AttributeProto
-
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == AttributeProto.GRAPH:
-                yield from _walk_nodes(attr.g)
-            elif attr.type == AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _walk_nodes(g)
-
-
 def name_nodes(proto) -> dict[str, str]:
     """Give unnamed nodes a stable name (``Conv_3``) so errors can point at them; name -> op type."""
     seen: dict[str, str] = {}
-    for i, node in enumerate(_walk_nodes(proto.graph)):
+    for i, node in enumerate(walk_nodes(proto.graph)):
         if not node.name or node.name in seen:
             node.name = f"{node.op_type}_{i}"
         seen[node.name] = node.op_type
@@ -43,7 +29,7 @@ def name_nodes(proto) -> dict[str, str]:
 def unsupported_ops(proto) -> dict[str, list[str]]:
     """Op types onnx2tf has no translation for -> the nodes using them."""
     missing: dict[str, list[str]] = {}
-    for node in _walk_nodes(proto.graph):
+    for node in walk_nodes(proto.graph):
         custom = node.domain not in ("", "ai.onnx")
         if custom or importlib.util.find_spec(f"onnx2tf.ops.{node.op_type}") is None:
             key = f"{node.domain}.{node.op_type}" if custom else node.op_type
@@ -62,7 +48,7 @@ def quantized_ops(proto) -> list[str]:
     QLinear* ops, or DequantizeLinear applied to a stored weight (QDQ format)."""
     weights = {t.name for t in proto.graph.initializer}
     found: list[str] = []
-    for node in _walk_nodes(proto.graph):
+    for node in walk_nodes(proto.graph):
         op = node.op_type
         integer = op in _INTEGER_OPS or op.startswith("QLinear")
         qdq_weight = op == "DequantizeLinear" and node.input and node.input[0] in weights
