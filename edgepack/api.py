@@ -271,7 +271,8 @@ def inspect(*, path: str | Path) -> dict[str, Any]:
         "path": str(p), "model": str(model_path), "bytes": info.size, "mode": info.quantization_mode,
         "granularity": info.granularity, "inputs": inputs, "outputs": outputs, "ops": info.op_counts,
         "subgraphs": info.subgraphs, "tensors": len(info.tensors),
-        "state_links": state_links([t["name"] for t in inputs], [t["name"] for t in outputs]),
+        "state_links": state_links([t["name"] for t in inputs], [t["name"] for t in outputs],
+                                   ((manifest.extras.get("graph") or {}).get("state_pairs") if manifest else None)),
     }
     if manifest is not None:
         out["manifest"] = manifest.to_dict()
@@ -282,25 +283,15 @@ def inspect(*, path: str | Path) -> dict[str, Any]:
     return out
 
 
-_NEXT_MARKS = ("n", "_n", "out", "_out", "next", "_next", "new", "_new", "_1")
+def state_links(inputs: Sequence[str], outputs: Sequence[str],
+                recorded: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    """Outputs that feed an input on the next call of a streaming model: the pairs a manifest records
+    (``extras.graph.state_pairs``), else where the names make it obvious (``state`` -> ``stateN``,
+    ``h`` -> ``h_out``, ``cache`` -> ``next_cache``); else nothing."""
+    from edgepack.calibration.layout import find_state_pairs
 
-
-def state_links(inputs: Sequence[str], outputs: Sequence[str]) -> list[dict[str, str]]:
-    """Outputs that feed an input on the next call of a streaming model, where the names make it
-    obvious (``state`` -> ``stateN``, ``h`` -> ``h_out``, ``cache`` -> ``next_cache``); else nothing."""
-    links = []
-    for o in outputs:
-        low = o.lower()
-        for i in inputs:
-            base = i.lower()
-            if low == base:
-                continue
-            rest = low[len(base):] if low.startswith(base) else None
-            pre = low[:-len(base)] if low.endswith(base) else None
-            if rest in _NEXT_MARKS or pre in ("next_", "new_", "next", "new"):
-                links.append({"output": o, "input": i})
-                break
-    return links
+    pairs = dict(recorded) if recorded else find_state_pairs(inputs, outputs)
+    return [{"output": o, "input": i} for i, o in pairs.items()]
 
 
 def _tensor_dict(t, sig: dict[str, int]) -> dict[str, Any]:

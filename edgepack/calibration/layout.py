@@ -134,13 +134,24 @@ def outputs_to_source(outputs: Sequence[np.ndarray], perms: Sequence[Sequence[in
 
 
 # -- recurrent state ----------------------------------------------------------------------------------
-_STATE_SUFFIXES = ("N", "n", "_out", "_new", "_next", "out")
+# what a name adds to say "the next one": state -> stateN, h -> h_out, c -> next_c, cache -> new_cache
+_NEXT_SUFFIXES = ("n", "_n", "out", "_out", "next", "_next", "new", "_new", "_1")
+_NEXT_PREFIXES = ("next_", "new_", "next", "new")
+
+
+def _feeds(output: str, input_name: str) -> bool:
+    low, base = output.lower(), input_name.lower()
+    if low == base:  # a pass-through is not a state
+        return False
+    rest = low[len(base):] if low.startswith(base) else None
+    pre = low[:-len(base)] if low.endswith(base) else None
+    return rest in _NEXT_SUFFIXES or pre in _NEXT_PREFIXES
 
 
 def find_state_pairs(inputs: Sequence[str], outputs: Sequence[str],
                      given: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
-    """Recurrent state pairs, input -> the output that feeds it at the next frame: the ``given``
-    ones (``--state state=stateN``, checked), else found by name (``state`` -> ``stateN``, ``h`` -> ``hn``)."""
+    """Recurrent state pairs, input -> the output that feeds it at the next frame, in output order: the
+    ``given`` ones (``--state state=stateN``, checked), else those the names make obvious."""
     from edgepack.errors import UsageError
 
     if given:
@@ -151,9 +162,9 @@ def find_state_pairs(inputs: Sequence[str], outputs: Sequence[str],
                 raise UsageError(f"--state {i}={o}: the model has no output {o!r}",
                                  hint=f"outputs: {', '.join(outputs)}")
         return dict(given)
-    pairs = {}
-    for name in inputs:
-        found = next((name + s for s in _STATE_SUFFIXES if name + s in outputs), None)
+    pairs: dict[str, str] = {}
+    for o in outputs:
+        found = next((i for i in inputs if i not in pairs and _feeds(o, i)), None)
         if found is not None:
-            pairs[name] = found
+            pairs[found] = o
     return pairs
