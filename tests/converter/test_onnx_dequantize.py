@@ -57,6 +57,8 @@ def quantized(tmp_path_factory):
 
     quantize_static(str(float_path), str(d / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    quantize_static(str(float_path), str(d / "qoperator.onnx"), Reader(), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     quantize_dynamic(str(float_path), str(d / "dynamic.onnx"), weight_type=QuantType.QUInt8,
                      op_types_to_quantize=["Conv", "MatMul"])
     return d
@@ -90,6 +92,22 @@ def test_qdq_model_keeps_its_ranges_and_reads_like_onnxruntime(quantized, tmp_pa
     ours, theirs = sqnr_db(reference, _bundle(tmp_path / "b", held)), sqnr_db(reference, _ort(quantized / "qdq.onnx", held))
     assert abs(ours - theirs) <= 1.0, (ours, theirs)
     assert sqnr_db(_ort(quantized / "qdq.onnx", held), _bundle(tmp_path / "b", held)) > 35
+
+
+def test_qoperator_model_becomes_qdq_then_float_with_its_relus_and_ranges(quantized, tmp_path):
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(quantized / "qoperator.onnx")).graph.node}
+    assert {"QLinearConv", "QLinearMatMul", "QLinearGlobalAveragePool"} <= ops
+    res = api.convert(model=quantized / "qoperator.onnx", output=tmp_path / "b", quantize="int8-float-io",
+                      calibration=quantized / "calib.npy")
+    convert = next(s for s in res.manifest.stages if s.name == "convert").detail
+    assert convert["graph"]["dequantized"]["qoperators_rewritten"] == 4 and convert["source_ranges"]["kept"] >= 3
+    held = np.load(quantized / "held.npy")
+    reference = _ort(quantized / "float.onnx", held)
+    ours = sqnr_db(reference, _bundle(tmp_path / "b", held))
+    theirs = sqnr_db(reference, _ort(quantized / "qoperator.onnx", held))
+    assert ours >= theirs - 1.0, (ours, theirs)  # the ReLUs fused into the output ranges are kept
 
 
 def test_dynamic_quantized_model_converts_with_its_effective_weights(quantized, tmp_path):

@@ -9,7 +9,10 @@
   ``Conv``/``MatMul`` with the weight ``(w - w_zp) * w_scale`` and the float bias; ``DynamicQuantizeLSTM``
   becomes an ``LSTM`` with its dequantized weights. The activations' run-time 8-bit rounding goes.
 
-What is not rewritten (QOperator ``QLinear*`` graphs, other patterns) stays and is refused by name.
+- **QOperator** (``QLinearConv``, ``QLinearMatMul``, onnxruntime's ``QLinearAdd``...): each op becomes
+  DequantizeLinear -> float op -> QuantizeLinear, then is handled as QDQ.
+
+What is not rewritten (other patterns) stays and is refused by name.
 """
 
 from __future__ import annotations
@@ -29,14 +32,15 @@ class DequantizeRecord:
     qdq_pairs: int = 0  # activation QuantizeLinear -> DequantizeLinear pairs removed
     integer_ops: int = 0  # ConvInteger / MatMulInteger chains rewritten
     lstms: int = 0  # DynamicQuantizeLSTM rewritten
+    qoperators: int = 0  # QLinear* ops turned into DequantizeLinear -> float op -> QuantizeLinear
     ranges: dict[str, list[float]] = field(default_factory=dict)  # activation -> [min, max] from the QDQ pairs
 
     @property
     def changed(self) -> bool:
-        return bool(self.weights or self.qdq_pairs or self.integer_ops or self.lstms)
+        return bool(self.weights or self.qdq_pairs or self.integer_ops or self.lstms or self.qoperators)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dequantized_weights": self.weights, "qdq_pairs_removed": self.qdq_pairs,
+        return {"qoperators_rewritten": self.qoperators, "dequantized_weights": self.weights, "qdq_pairs_removed": self.qdq_pairs,
                 "integer_ops_rewritten": self.integer_ops, "lstms_rewritten": self.lstms,
                 "activation_ranges": len(self.ranges)}
 
@@ -103,6 +107,58 @@ def _rename_input(g: _Graph, old: str, new: str) -> None:
             g.graph.node.append(helper.make_node("Identity", [new], [old], name=f"{old}/dequantized"))
 
 
+# QOperator ops (onnxruntime quantize_static's QOperator format) -> (float op, attributes kept, positions of
+# the quantized inputs' (value, scale, zero point) triples, position of the output's (scale, zero point))
+_QOPS = {
+    "QLinearConv": ("Conv", ((0, 1, 2), (3, 4, 5)), 6),
+    "QLinearMatMul": ("MatMul", ((0, 1, 2), (3, 4, 5)), 6),
+    "QLinearAdd": ("Add", ((0, 1, 2), (3, 4, 5)), 6),
+    "QLinearMul": ("Mul", ((0, 1, 2), (3, 4, 5)), 6),
+    "QLinearGlobalAveragePool": ("GlobalAveragePool", ((0, 1, 2),), 3),
+    "QLinearSigmoid": ("Sigmoid", ((0, 1, 2),), 3),
+    "QLinearLeakyRelu": ("LeakyRelu", ((0, 1, 2),), 3),
+}
+
+
+def qoperator_to_qdq(g: _Graph, record: DequantizeRecord) -> None:
+    """Each QLinear* op -> DequantizeLinear of its inputs, the float op, QuantizeLinear of its output: the
+    QDQ form, which the steps below fold (weights) and remove with their ranges kept (activations).
+    A QLinearConv's int32 bias becomes the float bias ``B * x_scale * w_scale``."""
+    from onnx import helper
+
+    for node in list(g.graph.node):
+        spec = _QOPS.get(node.op_type)
+        if spec is None or _attr(node, "channels_last", 0):
+            continue
+        op, triples, out_at = spec
+        ins = list(node.input)
+        name = node.name or node.output[0]
+        new = []
+        floats = []
+        for k, (v, s, z) in enumerate(triples):
+            f = f"{name}/in{k}_float"
+            new.append(helper.make_node("DequantizeLinear", [ins[v], ins[s], ins[z]], [f], name=f,
+                                        **({"axis": 0} if op == "Conv" and k == 1 else
+                                           {"axis": 1} if op == "MatMul" and k == 1 else {})))
+            floats.append(f)
+        if op == "Conv" and len(ins) > 8 and ins[8]:
+            if not all(i in g.consts for i in (ins[1], ins[4], ins[8])):
+                continue
+            scale = np.asarray(g.consts[ins[1]], np.float32) * np.asarray(g.consts[ins[4]], np.float32)
+            floats.append(g.add_const(f"{name}/bias_float", (g.consts[ins[8]].astype(np.float32) * scale)
+                                      .astype(np.float32).reshape(-1)))
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "channels_last"}
+        y = f"{name}/out_float"
+        new.append(helper.make_node(op, floats, [y], name=f"{name}/float", **attrs))
+        new.append(helper.make_node("QuantizeLinear", [y, ins[out_at], ins[out_at + 1]], [node.output[0]],
+                                    name=f"{name}/quantize"))
+        position = list(g.graph.node).index(node)
+        g.graph.node.remove(node)
+        for k, n in enumerate(new):
+            g.graph.node.insert(position + k, n)
+        record.qoperators += 1
+
+
 def fold_weight_dequantize(g: _Graph, record: DequantizeRecord) -> None:
     """DequantizeLinear(stored weight) -> the float weight itself."""
     for node in list(g.graph.node):
@@ -114,6 +170,14 @@ def fold_weight_dequantize(g: _Graph, record: DequantizeRecord) -> None:
         _rename_input(g, node.output[0], f"{node.output[0]}/float")
         g.graph.node.remove(node)
         record.weights += 1
+
+
+_NON_NEGATIVE = {"Relu", "Sigmoid", "Softmax", "Abs", "Sqrt", "Exp", "Clip", "HardSigmoid", "Softplus"}
+
+
+def _may_be_negative(g: _Graph, name: str) -> bool:
+    producer = g.producer.get(name)
+    return producer is not None and producer.op_type not in _NON_NEGATIVE and name not in g.consts
 
 
 def remove_activation_qdq(g: _Graph, record: DequantizeRecord) -> None:
@@ -128,10 +192,18 @@ def remove_activation_qdq(g: _Graph, record: DequantizeRecord) -> None:
         scale = np.asarray(g.consts[q.input[1]], np.float64).reshape(-1)
         z = np.asarray(zp if zp is not None else 0, np.float64).reshape(-1)
         lo, hi = _qrange(zp)
+        source = q.input[0]
+        if scale.size == 1 and scale[0] * (lo - z[0]) >= 0 and _may_be_negative(g, source):
+            # a range that starts at 0 is a ReLU the quantizer fused into the producer: it stays
+            from onnx import helper
+
+            relu = f"{source}/fused_relu"
+            g.graph.node.insert(list(g.graph.node).index(q), helper.make_node("Relu", [source], [relu], name=relu))
+            source = relu
         if scale.size == 1:
-            record.ranges[q.input[0]] = [float(scale[0] * (lo - z[0])), float(scale[0] * (hi - z[0]))]
+            record.ranges[source] = [float(scale[0] * (lo - z[0])), float(scale[0] * (hi - z[0]))]
         for d in dqs:
-            _rename_input(g, d.output[0], q.input[0])
+            _rename_input(g, d.output[0], source)
             g.graph.node.remove(d)
         g.graph.node.remove(q)
         record.qdq_pairs += 1
@@ -240,7 +312,7 @@ def rewrite_dynamic_lstm(g: _Graph, record: DequantizeRecord) -> None:
 def dequantize(proto) -> DequantizeRecord:
     """Every rewrite above, in place; what was done."""
     record = DequantizeRecord()
-    for step in (fold_weight_dequantize, remove_activation_qdq, rewrite_integer_ops, rewrite_dynamic_lstm):
+    for step in (qoperator_to_qdq, fold_weight_dequantize, remove_activation_qdq, rewrite_integer_ops, rewrite_dynamic_lstm):
         step(_Graph(proto), record)
     if record.changed:  # domains no node uses any more (com.microsoft...) would stop onnx-simplifier
         keep = [o for o in proto.opset_import if o.domain in ("", "ai.onnx")
