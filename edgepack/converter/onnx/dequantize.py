@@ -40,7 +40,8 @@ class DequantizeRecord:
         return bool(self.weights or self.qdq_pairs or self.integer_ops or self.lstms or self.qoperators)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"qoperators_rewritten": self.qoperators, "dequantized_weights": self.weights, "qdq_pairs_removed": self.qdq_pairs,
+        return {"qoperators_rewritten": self.qoperators, "dequantized_weights": self.weights,
+                "qdq_pairs_removed": self.qdq_pairs,
                 "integer_ops_rewritten": self.integer_ops, "lstms_rewritten": self.lstms,
                 "activation_ranges": len(self.ranges)}
 
