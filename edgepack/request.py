@@ -164,6 +164,10 @@ class ModelOptions:
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     # ONNX: onnx2tf options forced by an expert, ((key, value), ...)
     onnx2tf_options: tuple[tuple[str, Any], ...] = ()
+    # ONNX: inputs frozen to constants before translation (--input-value sr=16000), ((name, value), ...)
+    input_values: tuple[tuple[str, Any], ...] = ()
+    # recurrent state pairs, input name -> the output that carries it to the next frame (--state state=stateN)
+    state_pairs: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -472,7 +476,8 @@ def _resolved_metric(spec: str | None) -> str | None:
 # flat option name (CLI flag / API keyword) -> (part, field in that part)
 _FLAT: dict[str, tuple[str, str]] = {
     "model": ("model", "path"), "trust_model": ("model", "trust"), "input_shapes": ("model", "input_shapes"),
-    "onnx2tf_options": ("model", "onnx2tf_options"),
+    "onnx2tf_options": ("model", "onnx2tf_options"), "input_values": ("model", "input_values"),
+    "state": ("model", "state_pairs"),
     "quantize": ("quantize", "mode"), "per_tensor": ("quantize", "per_tensor"),
     "calibration": ("calibration", "data"), "calibration_samples": ("calibration", "samples"),
     "preprocess": ("calibration", "preprocess"), "label_column": ("calibration", "label_column"),
@@ -612,6 +617,10 @@ def _assemble(parts: dict[str, dict[str, Any]], top: dict[str, Any], where: str)
         m["input_shapes"] = _input_shapes(m["input_shapes"])
     if "onnx2tf_options" in m:
         m["onnx2tf_options"] = parse_key_values(m["onnx2tf_options"], "--onnx2tf-option")
+    if "input_values" in m:
+        m["input_values"] = tuple((k, v) for k, v in parse_key_values(m["input_values"], "--input-value"))
+    if "state_pairs" in m:
+        m["state_pairs"] = parse_state_pairs(m["state_pairs"])
     o = parts["optimize"]
     for k in ("prune_layers", "keep_layers", "cluster_layers"):
         if k in o:
@@ -702,6 +711,18 @@ def parse_key_values(spec: Mapping[str, Any] | Sequence[Any] | str | None, optio
             raise OptionError(option, key, hint="give KEY=VALUE with KEY a keyword name")
         pairs[key] = value
     return tuple(sorted(pairs.items()))
+
+
+def parse_state_pairs(spec: Mapping[str, str] | Sequence[Any] | str | None) -> tuple[tuple[str, str], ...]:
+    """``{"state": "stateN"}``, ``["state=stateN", ...]`` or pairs -> ((input, output), ...) as given."""
+    if not spec:
+        return ()
+    items = list(spec.items()) if isinstance(spec, Mapping) else [
+        tuple(s.split("=", 1)) if isinstance(s, str) else tuple(s) for s in ([spec] if isinstance(spec, str) else spec)]
+    for item in items:
+        if len(item) != 2 or not all(isinstance(x, str) and x for x in item):
+            raise UsageError(f"--state {item!r}: expected INPUT=OUTPUT", hint="e.g. --state state=stateN")
+    return tuple((str(a), str(b)) for a, b in items)
 
 
 def _split(text: str, option: str) -> tuple[str, Any]:

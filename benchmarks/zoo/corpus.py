@@ -38,6 +38,7 @@ class ZooModel:
     member: str  # path inside the wheel, or inside the installed package's folder
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --input-shape for dynamic inputs
     trained: bool = True  # False: placeholder weights (graph translation only, int8 figures meaningless)
+    values: dict[str, int] = field(default_factory=dict)  # --input-value (silero's sample rate)
 
 
 
@@ -47,6 +48,7 @@ def _light(name: str) -> ZooModel:
 
 
 _VAD = {"input": (1, 576), "state": (2, 1, 128)}  # 16 kHz: 512 new samples + 64 of context (silero v5+)
+_SR = {"sr": 16000}  # the sample-rate input, frozen: its If is inlined (--input-value sr=16000)
 
 MODELS: tuple[ZooModel, ...] = (
     *(_light(n) for n in ("bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
@@ -57,15 +59,16 @@ MODELS: tuple[ZooModel, ...] = (
     ZooModel("ddddocr_common", "ocr", "ddddocr==1.6.1", "ddddocr/common.onnx", {"input1": (1, 1, 64, 256)}),
     ZooModel("ddddocr_common_det", "captcha", "ddddocr==1.6.1", "ddddocr/common_det.onnx"),
     ZooModel("ddddocr_common_old", "ocr", "ddddocr==1.6.1", "ddddocr/common_old.onnx", {"input1": (1, 1, 64, 256)}),
-    ZooModel("silero_vad", "vad", "silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx", _VAD),
-    ZooModel("silero_vad_16k_op15", "vad", "silero-vad==6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx", _VAD),
+    ZooModel("silero_vad", "vad", "silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx", _VAD, values=_SR),
+    ZooModel("silero_vad_16k_op15", "vad", "silero-vad==6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx", _VAD,
+             values=_SR),
     ZooModel("silero_vad_16k_sequence", "vad_seq", "silero-vad==6.2.3",
              "silero_vad/data/silero_vad_16k_sequence.onnx", {"input": (8, 576)}),
     ZooModel("silero_vad_half", "vad", "silero-vad==6.2.3", "silero_vad/data/silero_vad_half.onnx", _VAD),
     ZooModel("silero_vad_op18_ifless", "vad", "silero-vad==6.2.3",
-             "silero_vad/data/silero_vad_op18_ifless.onnx", _VAD),
+             "silero_vad/data/silero_vad_op18_ifless.onnx", _VAD, values=_SR),
     ZooModel("silero_vad_openvino_16k", "vad", "silero-vad==6.2.3",
-             "silero_vad/data/silero_vad_openvino_16k.onnx"),
+             "silero_vad/data/silero_vad_openvino_16k.onnx", _VAD),
 )
 
 

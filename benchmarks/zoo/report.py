@@ -122,6 +122,30 @@ def _summary(s: dict, rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _streaming(rows: list[dict]) -> str:
+    """The VAD bundles streamed over 10 s of espeak-ng speech and silence (``validate --stream``)."""
+    vad = [r for r in rows if r["edgepack"] and ("stream_frames" in r["edgepack"] or "stream_error" in r["edgepack"])]
+    if not vad:
+        return ""
+    lines = ["", "## Streaming (VAD)", "",
+             "`edgepack validate BUNDLE --data stream.npz --reference model.onnx --stream`: 10 s of espeak-ng speech "
+             "with pauses over noise, silero's 576-sample windows every 512 samples, bundle and onnxruntime each "
+             "carrying its own state. SQNR per frame on the speech probability; decisions at 0.5 (95 % Wilson interval).",
+             "", "| model | mode | frames | min SQNR | median SQNR | frames < 60 dB | decisions agree |",
+             "|---|---|---|---|---|---|---|"]
+    for r in vad:
+        e = r["edgepack"]
+        if "stream_error" in e:
+            lines.append(f"| {r['model']} | {r['mode']} | failed: {e['stream_error'][:120].replace('|', '/')} |||||")
+            continue
+        lo, hi = e["stream_interval95"]
+        worst = _num(e["stream_min_sqnr_db"], ".1f") or "exact"
+        lines.append(f"| {r['model']} | {r['mode']} | {e['stream_frames']} | {worst} | "
+                     f"{_num(e['stream_median_sqnr_db'], '.1f') or 'exact'} | {e['stream_frames_below_60db']} | "
+                     f"{e['stream_agreement']:.2%} ({lo:.1%}-{hi:.1%}) |")
+    return "\n".join(lines) + "\n"
+
+
 def render(results: dict) -> str:
     notes: list[str] = []
     head = ("| model | mode | edgepack | SQNR | rel | cos | agree | bytes | s | val | tb "
@@ -135,6 +159,7 @@ def render(results: dict) -> str:
     text = HEADER.format(command=results["command"].strip(), minutes=results["minutes"])
     text += "\n".join(_summary(summary(results["rows"]), results["rows"]) + ["## Results", ""] + table)
     text += "\n\n⁽ᵖ⁾ placeholder weights (onnx's light models).\n"
+    text += _streaming(results["rows"])
     if notes:
         text += "\n## Notes\n\n" + "\n".join(f"{i}. {n.replace('|', '/')}" for i, n in enumerate(notes, 1)) + "\n"
     return text

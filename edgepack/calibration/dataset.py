@@ -25,11 +25,20 @@ _CHUNK = 64  # samples read at a time: memory stays at a few batches whatever th
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the model expects for one input: name, shape without the batch axis (None = any), dtype."""
+    """What the model expects for one input: name, shape without the batch axis (None = any), dtype.
+
+    ``sample_axis`` None: the input has no batch axis (a recurrent state of shape [2, batch, 128],
+    a Keras input built with a fixed batch of 2); ``shape`` is then the whole tensor's, and each
+    sample of the data is one whole tensor."""
 
     name: str
     shape: tuple[int | None, ...]
     dtype: str = "float32"
+    sample_axis: int | None = 0
+
+    def tensor_shape(self, batch: int | None) -> tuple[int | None, ...]:
+        """The model tensor's shape for a batch of ``batch`` samples (one whole tensor without a sample axis)."""
+        return tuple(self.shape) if self.sample_axis is None else (batch, *self.shape)
 
 
 class Dataset:

@@ -125,9 +125,46 @@ def to_layouts(ds: Dataset, specs: Sequence[InputSpec], tflite_shapes: dict[str,
 
 def relaxed_specs(specs: Sequence[InputSpec]) -> list[InputSpec]:
     """Specs that accept any sample shape of the right rank (the layout is resolved later)."""
-    return [InputSpec(s.name, tuple(None for _ in s.shape), s.dtype) for s in specs]
+    return [InputSpec(s.name, tuple(None for _ in s.shape), s.dtype, s.sample_axis) for s in specs]
 
 
 def outputs_to_source(outputs: Sequence[np.ndarray], perms: Sequence[Sequence[int] | None]) -> list[np.ndarray]:
     """TFLite-layout outputs back in the source model's layout."""
     return [o if p is None else np.transpose(o, inverse(p)) for o, p in zip(outputs, perms)]
+
+
+# -- recurrent state ----------------------------------------------------------------------------------
+# what a name adds to say "the next one": state -> stateN, h -> h_out, c -> next_c, cache -> new_cache
+_NEXT_SUFFIXES = ("n", "_n", "out", "_out", "next", "_next", "new", "_new", "_1")
+_NEXT_PREFIXES = ("next_", "new_", "next", "new")
+
+
+def _feeds(output: str, input_name: str) -> bool:
+    low, base = output.lower(), input_name.lower()
+    if low == base:  # a pass-through is not a state
+        return False
+    rest = low[len(base):] if low.startswith(base) else None
+    pre = low[:-len(base)] if low.endswith(base) else None
+    return rest in _NEXT_SUFFIXES or pre in _NEXT_PREFIXES
+
+
+def find_state_pairs(inputs: Sequence[str], outputs: Sequence[str],
+                     given: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+    """Recurrent state pairs, input -> the output that feeds it at the next frame, in output order: the
+    ``given`` ones (``--state state=stateN``, checked), else those the names make obvious."""
+    from edgepack.errors import UsageError
+
+    if given:
+        for i, o in given:
+            if i not in inputs:
+                raise UsageError(f"--state {i}={o}: the model has no input {i!r}", hint=f"inputs: {', '.join(inputs)}")
+            if o not in outputs:
+                raise UsageError(f"--state {i}={o}: the model has no output {o!r}",
+                                 hint=f"outputs: {', '.join(outputs)}")
+        return dict(given)
+    pairs: dict[str, str] = {}
+    for o in outputs:
+        found = next((i for i in inputs if i not in pairs and _feeds(o, i)), None)
+        if found is not None:
+            pairs[found] = o
+    return pairs

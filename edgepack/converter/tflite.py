@@ -31,7 +31,7 @@ def _tensor_specs(loaded: LoadedModel, batch: int | None = None):
     """Input signature; ``batch`` None keeps the batch dimension dynamic."""
     import tensorflow as tf
 
-    return [tf.TensorSpec((batch, *spec.shape), tf.as_dtype(spec.dtype), name=signature_name(spec.name))
+    return [tf.TensorSpec(spec.tensor_shape(batch), tf.as_dtype(spec.dtype), name=signature_name(spec.name))
             for spec in loaded.inputs]
 
 
@@ -78,10 +78,11 @@ def _make_converter(loaded: LoadedModel, workdir: Path, batch: int | None = None
 
 def representative_dataset(loaded: LoadedModel, data: Dataset) -> Callable[[], Iterator[dict]]:
     dtypes = {spec.name: spec.dtype for spec in loaded.inputs}
+    whole = {spec.name: spec.shape for spec in loaded.inputs if spec.sample_axis is None}
 
     def gen():
-        for sample in data.samples(dtypes):
-            yield {signature_name(k): v for k, v in sample.items()}
+        for sample in data.samples(dtypes):  # an input without a sample axis takes one sample as the tensor
+            yield {signature_name(k): v.reshape(whole[k]) if k in whole else v for k, v in sample.items()}
 
     return gen
 

@@ -47,7 +47,19 @@ class LoadedModel:
         return self.format in (ModelFormat.KERAS3, ModelFormat.KERAS3_H5)
 
     def run(self, batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Float32 outputs in the model's output order for one batch keyed by input name."""
+        """Float32 outputs in the model's output order for one batch keyed by input name.
+        With inputs that have no sample axis (recurrent state: each sample is a whole tensor) the model
+        runs sample by sample, and an output whose first axis is not a batch of 1 (the state it
+        returns) gets a sample axis."""
+        whole = {s.name for s in self.inputs if s.sample_axis is None}
+        if whole:
+            n = len(next(iter(batch.values())))
+            runs = [self._run({k: v[i] if k in whole else v[i:i + 1] for k, v in batch.items()}) for i in range(n)]
+            return [np.stack([r[j] for r in runs]) if runs[0][j].ndim and runs[0][j].shape[0] != 1
+                    else np.concatenate([r[j] for r in runs]) for j in range(len(runs[0]))]
+        return self._run(batch)
+
+    def _run(self, batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if self.format is ModelFormat.SAVED_MODEL:
             import tensorflow as tf
 

@@ -65,9 +65,17 @@ def detect_h5(path: Path) -> tuple[ModelFormat, dict]:
 
 def load_keras(p: Path, fmt: ModelFormat, sha: str, trust_model: bool) -> LoadedModel:
     model = _load_keras(p, fmt, trust_model)
-    inputs = [InputSpec(_input_name(t, i), tuple(t.shape[1:]), _dtype_name(t.dtype))
-              for i, t in enumerate(model.inputs)]
+    inputs = [_keras_input(t, i) for i, t in enumerate(model.inputs)]
     return LoadedModel(p, fmt, sha, inputs, _output_names(model), model)
+
+
+def _keras_input(t: Any, i: int) -> InputSpec:
+    """A fixed first dimension other than 1 (``Input(batch_shape=(2, 1, 8))``, an LSTM state) is part
+    of the tensor, not a batch to set to 1: the input keeps its whole shape and has no sample axis."""
+    shape = tuple(t.shape)
+    if shape and isinstance(shape[0], int) and shape[0] > 1:
+        return InputSpec(_input_name(t, i), shape, _dtype_name(t.dtype), sample_axis=None)
+    return InputSpec(_input_name(t, i), shape[1:], _dtype_name(t.dtype))
 
 
 def _output_names(model: Any) -> list[str]:

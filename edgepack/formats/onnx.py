@@ -45,6 +45,8 @@ class OnnxModel:
     inputs: list[OnnxTensor]
     outputs: list[OnnxTensor]
     shape_overrides: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # --input-value: inputs frozen to constants; they leave ``inputs`` and every run feeds them
+    fixed_values: dict[str, np.ndarray] = field(default_factory=dict)
     _session: Any = field(default=None, repr=False)
 
     def conversion_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -87,15 +89,18 @@ class OnnxModel:
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         sess = self.session()
+        fixed = self.fixed_values  # frozen inputs (--input-value): fed whole to every run
         leading = {np.shape(v)[0] if np.ndim(v) else None for v in feeds.values()}
         n = next(iter(leading))
-        fixed = {t.name: t.shape[0] for t in self.inputs if t.shape and isinstance(t.shape[0], int)}
-        step = min(fixed.values()) if fixed else n
+        shapes = {t.name: t.shape for t in self.inputs}
+        sizes = {shapes[k][0] for k in feeds if k in shapes and shapes[k] and isinstance(shapes[k][0], int)}
+        step = min(sizes) if sizes else n
         # one call when there is no common batch axis to slice (a scalar input, a [2, batch, 128] state)
         if len(leading) != 1 or n is None or step == n or step < 1:
-            return [np.asarray(o) for o in sess.run(None, {k: np.asarray(v) for k, v in feeds.items()})]
+            return [np.asarray(o) for o in sess.run(None, {**{k: np.asarray(v) for k, v in feeds.items()}, **fixed})]
         # A model exported with a fixed batch (often 1) gets the batch in slices of that size.
-        parts = [sess.run(None, {k: np.asarray(v[i:i + step]) for k, v in feeds.items()}) for i in range(0, n, step)]
+        parts = [sess.run(None, {**{k: np.asarray(v[i:i + step]) for k, v in feeds.items()}, **fixed})
+                 for i in range(0, n, step)]
         return [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(self.outputs))]
 
     def session(self):
@@ -202,4 +207,40 @@ def with_input_shapes(loaded: LoadedModel, shapes: Mapping[str, Sequence[int]]) 
         onnx_limits.check_input_size(name, dims, usage=True, where=f"--input-shape {name}: ")
         fixed[name] = dims
     new = replace(model, shape_overrides={**model.shape_overrides, **fixed}, _session=model._session)
+    return replace(loaded, inputs=_input_specs(new), model=new)
+
+
+# -- --input-value --------------------------------------------------------------------------------
+def input_value(name: str, value: Any, dtype: str, shape: Sequence[Dim]) -> np.ndarray:
+    """The constant for ``--input-value NAME=VALUE``: the input's dtype, and its shape when that is
+    static (a scalar then fills it)."""
+    try:
+        arr = np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"--input-value {name}={value!r}: not a {dtype} value",
+                         hint="give a number, or a JSON list for a tensor input") from err
+    static = tuple(d if isinstance(d, int) else None for d in shape)
+    if arr.ndim == 0 and static and None not in static:
+        return np.full(static, arr, dtype=dtype)
+    if arr.ndim != len(static) or any(d is not None and d != s for d, s in zip(static, arr.shape)):
+        raise UsageError(f"--input-value {name}: a value of shape {format_shape(arr.shape)} for input {name!r} "
+                         f"of shape {format_shape(shape)}", hint="give a scalar, or a JSON list of the input's shape")
+    return arr
+
+
+def with_input_values(loaded: LoadedModel, values: Mapping[str, Any]) -> LoadedModel:
+    """``loaded`` with the named inputs frozen to constants: they leave the model's inputs, and
+    onnxruntime is fed them on every run (the reference stays the original graph)."""
+    model: OnnxModel = loaded.model
+    by_name = {t.name: t for t in model.inputs}
+    fixed = dict(model.fixed_values)
+    for name, value in values.items():
+        t = by_name.get(name)
+        if t is None:
+            raise UsageError(f"--input-value {name}: the ONNX model has no input {name!r}",
+                             hint=f"inputs: {', '.join(by_name) or '(none left)'}")
+        fixed[name] = input_value(name, value, t.dtype, model.shape_overrides.get(name, t.shape))
+    new = replace(model, inputs=[t for t in model.inputs if t.name not in fixed], fixed_values=fixed)
+    if not new.inputs:
+        raise UsageError("--input-value froze every input of the ONNX model", hint="leave at least one input free")
     return replace(loaded, inputs=_input_specs(new), model=new)

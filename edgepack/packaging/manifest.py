@@ -27,7 +27,8 @@ from edgepack.errors import BundleError
 # 1.5: budget.confidence and the intervals of the chosen candidate's figures (chosen.metric.intervals)
 # 1.6: quantization mode uint8; extras.signatures, extras.metadata (LiteRT metadata), extras.delegate (XNNPACK
 #      coverage)
-SCHEMA_VERSION = "1.6"
+# 1.7: sample_axis per input/output; extras.graph (the ONNX graph stage and recurrent state pairs)
+SCHEMA_VERSION = "1.7"
 MANIFEST_NAME = "manifest.json"
 
 
@@ -92,6 +93,9 @@ class TensorInfo:
     # statistics of the calibration data after it (min/max/mean/std/percentiles)
     preprocessing: dict[str, Any] | None = None
     statistics: dict[str, Any] | None = None
+    # 0: axis 0 is the batch (data: one sample = the tensor without it); None: no batch axis (recurrent
+    # state; data: one sample = the whole tensor)
+    sample_axis: int | None = 0
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,8 @@ def _convert_onnx(st: PipelineState) -> dict:
     req = st.request
     res = convert_onnx(st.loaded, req.quantize.mode, st.calibration, per_tensor=req.quantize.per_tensor,
                        verbose=req.verbose, batch=st.target.batch, onnx2tf_options=dict(req.model.onnx2tf_options),
-                       keep_calibrated=_keeper(st))
+                       keep_calibrated=_keeper(st), prepared=st.prepared_onnx,
+                       state_pairs=(st.graph or {}).get("state_pairs"))
     st.tflite = res.tflite
     st.source_io = {"inputs": {m.name: m.manifest_fields() for m in res.inputs},
                     "outputs": {m.name: m.manifest_fields() for m in res.outputs}}
@@ -206,6 +207,22 @@ def _merged(*per_name: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, 
     return out
 
 
+def _sample_axes(st: PipelineState, which: str) -> dict[str, dict[str, Any]]:
+    """Inputs without a sample axis, and the state outputs that feed them, say so (``sample_axis`` None)."""
+    whole = {s.name for s in st.loaded.inputs if s.sample_axis is None}
+    if which == "outputs" and whole:  # the state outputs, and any output whose first axis is not a batch of 1
+        pairs = (st.graph or {}).get("state_pairs") or {}
+        shapes = {n: st.info.tensor(i).shape for n, i in st.info.signature_outputs.items()}
+        from edgepack.formats.base import signature_name
+
+        whole = {out for inp, out in pairs.items() if inp in whole} | {
+            n for n in st.loaded.output_names if len(shapes.get(signature_name(n), ())) and
+            shapes[signature_name(n)][0] != 1}
+    elif which == "outputs":
+        whole = set()
+    return {name: {"sample_axis": None} for name in whole}
+
+
 def _request_record(st: PipelineState) -> dict[str, Any]:
     """The resolved request and the sha256 of each input file it names (edgepack reproduce)."""
     from edgepack.formats.base import file_sha256
@@ -244,8 +261,9 @@ def stage_package(st: PipelineState) -> dict:
                                           granularity=info.granularity, calibration=st.calibration_info),
             artifacts=list(writer.artifacts),
             inputs=tensor_infos(info, [s.name for s in st.loaded.inputs], "inputs",
-                                _merged(st.source_io.get("inputs"), st.input_data)),
-            outputs=tensor_infos(info, st.loaded.output_names, "outputs", st.source_io.get("outputs")),
+                                _merged(st.source_io.get("inputs"), st.input_data, _sample_axes(st, "inputs"))),
+            outputs=tensor_infos(info, st.loaded.output_names, "outputs",
+                                 _merged(st.source_io.get("outputs"), _sample_axes(st, "outputs"))),
             ops=info.op_counts,
             versions=edgepack.dependency_versions(),
             stages=list(st.stages),

@@ -55,6 +55,10 @@ class PipelineState:
     delegate: dict[str, Any] | None = None  # phone targets: measured XNNPACK coverage (manifest extras "delegate")
     app: dict[str, Any] = field(default_factory=dict)  # LiteRT targets: "signatures", "metadata" (manifest extras)
     camera: dict[str, Any] = field(default_factory=dict)  # --quantize uint8: input name -> CameraQuantization
+    # the graph stage: ONNX (proto, node names, PrepareRecord) ready for onnx2tf, and the manifest's
+    # "graph" section (what preparation did, frozen inputs, recurrent state pairs)
+    prepared_onnx: Any = None
+    graph: dict[str, Any] | None = None
 
     @property
     def arena_bytes(self) -> int | None:
@@ -63,6 +67,8 @@ class PipelineState:
     def manifest_sections(self) -> dict[str, Any]:
         """The manifest's optional sections, from the typed results of the stages that ran."""
         out: dict[str, Any] = {}
+        if self.graph is not None:
+            out["graph"] = self.graph
         if self.optimization is not None:
             out["optimize"] = self.optimization
         if self.arena is not None:

@@ -87,7 +87,8 @@ class TfliteRunner:
                  outputs: list[TensorInfo]) -> None:
         self.interp = make_interpreter(runtime, model_path)
         self.inputs, self.outputs = inputs, outputs
-        self.dynamic_batch = all(t.shape_signature and t.shape_signature[0] == -1 for t in inputs)
+        self.dynamic_batch = all(t.shape_signature and t.shape_signature[0] == -1 and t.sample_axis is not None
+                                 for t in inputs)
         self.current: int | None = None
 
     def __call__(self, chunk: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -108,10 +109,12 @@ class TfliteRunner:
             with capture_native_output():  # the delegate announces itself on stderr here
                 self.interp.allocate_tensors()
             self.current = n
-        for t in self.inputs:
-            self.interp.set_tensor(t.index, quantize(batch[t.name], t))
+        for t in self.inputs:  # a tensor without a sample axis (recurrent state) is one whole sample
+            data = batch[t.name].reshape(t.shape) if t.sample_axis is None else batch[t.name]
+            self.interp.set_tensor(t.index, quantize(data, t))
         self.interp.invoke()
-        return [dequantize(self.interp.get_tensor(t.index), t) for t in self.outputs]
+        return [dequantize(self.interp.get_tensor(t.index), t).reshape(1, *t.shape) if t.sample_axis is None
+                else dequantize(self.interp.get_tensor(t.index), t) for t in self.outputs]
 
 
 def constant_tensors(model: bytes) -> dict[str, tuple]:

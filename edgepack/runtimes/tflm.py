@@ -170,7 +170,8 @@ class TflmRunner:
             with capture_native_output():
                 self.interp.invoke()
             for i, (t, pos) in enumerate(zip(self.outputs, self.out_pos)):
-                parts[i].append(dequantize(np.asarray(self.interp.get_output(pos)), t).reshape(1, *t.shape[1:]))
+                whole = t.shape if t.sample_axis is None else t.shape[1:]  # recurrent state: one whole sample
+                parts[i].append(dequantize(np.asarray(self.interp.get_output(pos)), t).reshape(1, *whole))
         return [np.concatenate(p, axis=0) for p in parts]
 
 

@@ -24,7 +24,7 @@ from edgepack.tflite_model import read_tflite
 from edgepack.validation.data import read_bundle_data, source_specs
 from edgepack.validation.evaluation import Evaluation
 from edgepack.validation.intervals import CONFIDENCE
-from edgepack.validation.reference import reference_outputs
+from edgepack.validation.reference import as_converted, reference_outputs
 from edgepack.validation.report import ValidationReport
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
     if ref_path is not None:
         from edgepack.formats.detect import load_model
 
-        loaded = load_model(ref_path, trust_model=trust_model)
+        loaded = as_converted(load_model(ref_path, trust_model=trust_model), manifest)
         _check_reference_io(loaded, manifest, ref_path)
     elif task is not None:
         raise UsageError("--metric compares the bundle with the source model, and there is none",

@@ -29,6 +29,9 @@ class IoMap:
     tflite_shape: tuple[int, ...]
     perm: tuple[int, ...] | None  # tflite = source.transpose(perm); None = same layout
     dtype: str = "float32"
+    # outputs onnx2tf transposed that the TFLite model gives back in the ONNX layout (recurrent state):
+    # the permutation onnx2tf applied, undone in the serving signature
+    restore: tuple[int, ...] | None = None
 
     def manifest_fields(self) -> dict[str, Any]:
         src_layout, _ = layout.layout_names(self.perm, len(self.tflite_shape))
@@ -101,9 +104,11 @@ def _error(got: np.ndarray, ref: np.ndarray) -> float:
 
 def map_io(model: OnnxModel, tf_model, shapes: dict[str, tuple[int, ...]],
            feeds: dict[str, np.ndarray], refs: list[np.ndarray] | None,
-           kept: set[str] | frozenset[str] = frozenset()) -> tuple[list[IoMap], list[IoMap], float | None]:
+           kept: set[str] | frozenset[str] = frozenset(),
+           restore: set[str] | frozenset[str] = frozenset()) -> tuple[list[IoMap], list[IoMap], float | None]:
     """ONNX inputs/outputs -> onnx2tf's, with layouts; outputs checked on one batch against
-    onnxruntime (``refs``). ``kept``: inputs onnx2tf was told to leave in the ONNX layout.
+    onnxruntime (``refs``). ``kept``: inputs onnx2tf was told to leave in the ONNX layout;
+    ``restore``: outputs given back in the ONNX layout whatever onnx2tf did (recurrent state).
     Returns the maps and the largest relative difference seen."""
     if len(tf_model.inputs) != len(model.inputs) or len(tf_model.outputs) != len(model.outputs):
         raise ConversionError(f"onnx2tf produced {len(tf_model.inputs)} inputs/{len(tf_model.outputs)} outputs for "
@@ -135,6 +140,10 @@ def map_io(model: OnnxModel, tf_model, shapes: dict[str, tuple[int, ...]],
             errs = [_error(got[i], np.transpose(ref, p) if p else ref) for p in cands]
             perm = cands[int(np.argmin(errs))]
             worst = max(worst, min(errs))
+        if perm is not None and t.name in restore:
+            source = tuple(tf_shape[i] for i in layout.inverse(perm))
+            outputs.append(IoMap(t.name, t.shape, source, None, tf_out.dtype.name, restore=perm))
+            continue
         if perm is not None and perm[0] != 0:
             raise ConversionError(f"onnx2tf moved the batch axis of ONNX output {t.name!r} (perm {list(perm)}); "
                                   "edgepack cannot map it back")

@@ -16,11 +16,9 @@ onnx2tf is kept on a short leash:
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,16 @@ from edgepack.converter.onnx.onnx2tf_run import (  # noqa: F401
     run_onnx2tf,
     write_sample_images,
 )
+from edgepack.converter.onnx.prepare import run_proto
+
+# the graph stage's functions, used from here by the pipeline and the tests
+from edgepack.converter.onnx.ready import (  # noqa: F401
+    conversion_shapes,
+    name_nodes,
+    prepare,
+    quantized_ops,
+    refuse_unhandled_quantization,
+)
 from edgepack.errors import ConversionError
 from edgepack.formats.detect import LoadedModel, ModelFormat
 from edgepack.formats.onnx import OnnxModel
@@ -54,106 +62,6 @@ class OnnxConversion:
     inputs: list[IoMap]
     outputs: list[IoMap]
     detail: dict[str, Any] = field(default_factory=dict)
-
-
-# -- preparing the graph ---------------------------------------------------------------------------
-def _walk_nodes(graph) -> Iterator[Any]:
-    from onnx import AttributeProto
-
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == AttributeProto.GRAPH:
-                yield from _walk_nodes(attr.g)
-            elif attr.type == AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _walk_nodes(g)
-
-
-def name_nodes(proto) -> dict[str, str]:
-    """Give unnamed nodes a stable name (``Conv_3``) so errors can point at them; name -> op type."""
-    seen: dict[str, str] = {}
-    for i, node in enumerate(_walk_nodes(proto.graph)):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{i}"
-        seen[node.name] = node.op_type
-    return seen
-
-
-def unsupported_ops(proto) -> dict[str, list[str]]:
-    """Op types onnx2tf has no translation for -> the nodes using them."""
-    missing: dict[str, list[str]] = {}
-    for node in _walk_nodes(proto.graph):
-        custom = node.domain not in ("", "ai.onnx")
-        if custom or importlib.util.find_spec(f"onnx2tf.ops.{node.op_type}") is None:
-            key = f"{node.domain}.{node.op_type}" if custom else node.op_type
-            missing.setdefault(key, []).append(node.name)
-    return missing
-
-
-# Ops that compute on integers: a model that has them was quantized by its exporter (onnxruntime's
-# quantize_dynamic/quantize_static, QOperator format). onnx2tf cannot rebuild their float meaning.
-_INTEGER_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
-                "MatMulIntegerToFloat", "MatMulNBits", "QGemm", "QAttention", "QEmbedLayerNormalization")
-
-
-def quantized_ops(proto) -> list[str]:
-    """Op types that show the model is already quantized, in graph order: integer-arithmetic ops,
-    QLinear* ops, or DequantizeLinear applied to a stored weight (QDQ format)."""
-    weights = {t.name for t in proto.graph.initializer}
-    found: list[str] = []
-    for node in _walk_nodes(proto.graph):
-        op = node.op_type
-        integer = op in _INTEGER_OPS or op.startswith("QLinear")
-        qdq_weight = op == "DequantizeLinear" and node.input and node.input[0] in weights
-        if (integer or qdq_weight) and op not in found:
-            found.append(op)
-    return found
-
-
-def refuse_quantized(proto) -> None:
-    quantized = quantized_ops(proto)
-    if quantized:
-        raise ConversionError(f"this ONNX model is already quantized ({', '.join(quantized)})",
-                              hint="export the float model; edgepack quantizes it itself (--quantize)")
-
-
-def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]]):
-    """A copy of the graph with static input shapes, named nodes and onnx-simplifier applied."""
-    import onnx
-
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    for vi in proto.graph.input:
-        if vi.name in shapes:
-            dims = vi.type.tensor_type.shape.dim
-            for d, size in zip(dims, shapes[vi.name]):
-                d.Clear()
-                d.dim_value = size
-    names = name_nodes(proto)
-    missing = unsupported_ops(proto)
-    if missing:
-        raise ConversionError(f"onnx2tf has no translation for: {ops_message(missing)}",
-                              hint="replace these ops in the exported model, or export with another opset")
-    return _simplify(proto), names
-
-
-def _simplify(proto):
-    """onnx-simplifier folds the shape arithmetic that dynamic exports leave behind."""
-    try:
-        import onnxsim
-
-        with capture_native_output() as cap:
-            simplified, ok = onnxsim.simplify(proto)
-    except Exception as err:  # onnxsim raises RuntimeError/ValidationError for graphs it cannot handle
-        log.warning("onnx-simplifier skipped (%s); converting the graph as exported",
-                    (str(err).strip().splitlines() or [type(err).__name__])[0][:200])
-        return proto
-    if not ok:
-        log.warning("onnx-simplifier's result failed its own check; converting the graph as exported")
-        log.debug("onnxsim output: %s", cap.tail())
-        return proto
-    return simplified
 
 
 def probe_inputs(model: OnnxModel, shapes: dict[str, tuple[int, ...]],
@@ -188,6 +96,8 @@ def save_signature(tf_model, inputs: list[IoMap], outputs: list[IoMap], path: Pa
     def serve(*args):
         out = tf_model(list(args) if len(args) > 1 else args[0], training=False)
         outs = out if isinstance(out, (list, tuple)) else [out]
+        # state outputs go back to the ONNX layout, the layout the next frame's state input takes
+        outs = [tf.transpose(o, layout.inverse(m.restore)) if m.restore else o for o, m in zip(outs, outputs)]
         return dict(zip(out_names, outs))
 
     concrete = tf.function(serve, input_signature=specs).get_concrete_function()
@@ -204,11 +114,21 @@ def save_signature(tf_model, inputs: list[IoMap], outputs: list[IoMap], path: Pa
 
 def calibration_for_tflite(calibration: Dataset, loaded: LoadedModel, inputs: list[IoMap]) -> Dataset:
     """Calibration samples in the TFLite layout, whichever layout they were given in."""
-    tflite_shapes = {m.name: m.tflite_shape[1:] for m in inputs}
+    specs = tflite_specs(loaded, inputs)
     perms = {m.name: m.perm for m in inputs}
-    _, tflite = layout.to_layouts(calibration, loaded.inputs, tflite_shapes, perms)
-    tflite.check([InputSpec(m.name, m.tflite_shape[1:], s.dtype) for s, m in zip(loaded.inputs, inputs)])
+    _, tflite = layout.to_layouts(calibration, loaded.inputs, {s.name: s.shape for s in specs}, perms)
+    tflite.check(specs)
     return tflite
+
+
+def tflite_specs(loaded: LoadedModel, inputs: list[IoMap]) -> list[InputSpec]:
+    """The TFLite model's inputs as calibration specs (an input without a sample axis keeps its whole shape)."""
+    out = []
+    for s, m in zip(loaded.inputs, inputs):
+        whole = s.sample_axis is None
+        out.append(InputSpec(m.name, tuple(m.tflite_shape if whole else m.tflite_shape[1:]), s.dtype,
+                             None if whole else 0))
+    return out
 
 
 # Relative difference (to the output's magnitude) from onnxruntime beyond which a translation is
@@ -218,25 +138,25 @@ MISMATCH = 1e-2
 
 def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset | None, *,
                  per_tensor: bool = False, verbose: bool = False, batch: int | None = None,
-                 onnx2tf_options: dict[str, Any] | None = None, keep_calibrated: Any = None) -> OnnxConversion:
+                 onnx2tf_options: dict[str, Any] | None = None, keep_calibrated: Any = None,
+                 prepared: tuple | None = None, state_pairs: dict[str, str] | None = None) -> OnnxConversion:
     """onnx2tf, then TensorFlow's converter; everything onnx2tf writes stays in a temp dir.
     ``batch`` (a target's static batch) replaces the inputs' batch size. When onnx2tf or the
     converter fails, or onnx2tf's graph disagrees with onnxruntime, the option sets of
-    :mod:`onnx_fallbacks` are tried in order; ``onnx2tf_options`` forces one set instead."""
+    :mod:`onnx_fallbacks` are tried in order; ``onnx2tf_options`` forces one set instead.
+    ``prepared``: what :func:`prepare` returned for the same shapes (the pipeline's graph stage).
+    ``state_pairs`` (input -> output): recurrent state, kept in the ONNX layout on both ends."""
     model: OnnxModel = loaded.model
-    refuse_quantized(model.proto)  # before the shapes: --input-shape would not help
     if onnx2tf_options:
         fallbacks.check_known(onnx2tf_options)
-    shapes = model.conversion_shapes()
-    if batch is not None:
-        shapes = {k: (batch, *v[1:]) if v else v for k, v in shapes.items()}
+    shapes = conversion_shapes(model, batch)
     with tempfile.TemporaryDirectory(prefix="edgepack-onnx2tf-") as tmp:
         work = Path(tmp)
-        proto, names = prepare(model, shapes)
+        proto, names, record = prepared if prepared is not None else prepare(model, shapes)
         onnx_path = work / "model.onnx"
         _save_onnx(proto, onnx_path)
         feeds, probe_source = probe_inputs(model, shapes, calibration)
-        refs = _probe_references(model, feeds, verbose)
+        refs = _probe_references(proto, model, feeds, verbose, record.dequantized.changed)
         # Integer inputs are probed with ones (indices, lengths, flags), which can send a correct graph
         # down paths real data never takes (node-suite MaxUnpool): a mismatch then only warns.
         strict = probe_source == "calibration" or all(np.dtype(t.dtype).kind == "f" for t in model.inputs)
@@ -245,10 +165,12 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
         crash: NativeCrash | None = None
         while queue:
             cand = queue.pop(0)
-            options = dict(cand.options)
+            options = _keep_state_layout(dict(cand.options), state_pairs)
             try:
                 result = _attempt(loaded, work, onnx_path, names, shapes, feeds, refs, options, mode, calibration,
-                                  per_tensor=per_tensor, verbose=verbose, strict=strict, keep=keep_calibrated)
+                                  per_tensor=per_tensor, verbose=verbose, strict=strict, keep=keep_calibrated,
+                                  state_outputs=set((state_pairs or {}).values()),
+                                  source_ranges=(proto, record.dequantized.ranges))
             except NativeCrash as err:
                 # a crash in calibration is not a translation error: only sets meant for it are tried,
                 # and if none helps the user gets the crash (its hint says what to try)
@@ -272,16 +194,20 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
         log.warning("onnx2tf's TensorFlow graph differs from onnxruntime by %.3g (relative) on a %s input; "
                     "check the bundle with 'edgepack validate --reference'", probe, probe_source)
     result.detail.update({"onnx_nodes": len(model.proto.graph.node), "simplified_nodes": len(proto.graph.node),
+                          "graph": record.to_dict(),
                           "probe_input": probe_source, "onnx2tf_option_set": cand.name, "onnx2tf_options": options,
                           "onnx2tf_failed_sets": [f"{name}: {err.message[:200]}" for name, err in failures]})
     return result
 
 
-def _probe_references(model: OnnxModel, feeds: dict[str, np.ndarray], verbose: bool) -> list[np.ndarray] | None:
-    """onnxruntime's outputs on the probe inputs, or None when it rejects them."""
+def _probe_references(proto, model: OnnxModel, feeds: dict[str, np.ndarray], verbose: bool,
+                      dequantized: bool) -> list[np.ndarray] | None:
+    """onnxruntime's outputs on the probe inputs, or None when it rejects them. A dequantized model is
+    checked against its float graph: the original's run-time activation rounding is what dequantizing
+    removes."""
     try:  # onnxruntime logs a failing kernel natively: captured, it is the exception that counts
         with capture_native_output(not verbose):
-            return model(feeds)
+            return run_proto(proto, feeds) if dequantized else model(feeds)
     except Exception as exc:  # onnxruntime may reject random data (e.g. out-of-range indices)
         log.info("onnxruntime probe skipped: %s", (str(exc).strip().splitlines() or [""])[0][:300])
         return None
@@ -290,7 +216,9 @@ def _probe_references(model: OnnxModel, feeds: dict[str, np.ndarray], verbose: b
 def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, str],
              shapes: dict[str, tuple[int, ...]], feeds: dict[str, np.ndarray], refs: list[np.ndarray] | None,
              options: dict[str, Any], mode: QuantizeMode, calibration: Dataset | None, *,
-             per_tensor: bool, verbose: bool, strict: bool, keep: Any = None) -> OnnxConversion:
+             per_tensor: bool, verbose: bool, strict: bool, keep: Any = None,
+             state_outputs: set[str] | frozenset[str] = frozenset(),
+             source_ranges: tuple | None = None) -> OnnxConversion:
     """One onnx2tf option set: translate, compare with onnxruntime, convert. With ``strict`` (a
     probe input that means something) a large mismatch is a failure (ConversionError), so that the
     next option set is tried."""
@@ -299,7 +227,8 @@ def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, 
     model: OnnxModel = loaded.model
     tf_model = run_onnx2tf(onnx_path, work, names, verbose, options)
     try:
-        inputs, outputs, probe = map_io(model, tf_model, shapes, feeds, refs, kept=fallbacks.kept_inputs(options))
+        inputs, outputs, probe = map_io(model, tf_model, shapes, feeds, refs, kept=fallbacks.kept_inputs(options),
+                                        restore=state_outputs)
     except ConversionError:
         raise
     except Exception as err:  # TensorFlow running onnx2tf's graph on the probe input (shape errors...)
@@ -312,12 +241,34 @@ def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, 
     with capture_native_output(not verbose):
         saved = save_signature(tf_model, inputs, outputs, Path(tempfile.mkdtemp(prefix="saved_model_", dir=work)))
     tf_loaded = LoadedModel(saved, ModelFormat.SAVED_MODEL, loaded.sha256,
-                            [InputSpec(m.name, m.tflite_shape[1:], m.dtype) for m in inputs],
+                            [replace(s, dtype=m.dtype) for s, m in zip(tflite_specs(loaded, inputs), inputs)],
                             [m.name for m in outputs], None)
     calib = calibration_for_tflite(calibration, loaded, inputs) if calibration is not None else None
-    tflite = convert_to_tflite(tf_loaded, mode, calib, per_tensor=per_tensor, verbose=verbose, keep_calibrated=keep)
-    return OnnxConversion(tflite, inputs, outputs,
-                          {"probe_max_rel_error": None if probe is None else round(probe, 8)})
+    kept: list = []
+
+    def keep_too(calibrated) -> None:
+        kept.append(calibrated)
+        if keep is not None:
+            keep(calibrated)
+
+    tflite = convert_to_tflite(tf_loaded, mode, calib, per_tensor=per_tensor, verbose=verbose, keep_calibrated=keep_too)
+    detail: dict[str, Any] = {"probe_max_rel_error": None if probe is None else round(probe, 8)}
+    if source_ranges and source_ranges[1] and kept and mode.needs_calibration:
+        from edgepack.converter.onnx.ranges import apply_source_ranges
+
+        again, detail["source_ranges"] = apply_source_ranges(kept[-1], source_ranges[0], source_ranges[1],
+                                                             feeds, inputs, mode)
+        tflite = again or tflite
+    return OnnxConversion(tflite, inputs, outputs, detail)
+
+
+def _keep_state_layout(options: dict[str, Any], state_pairs: dict[str, str] | None) -> dict[str, Any]:
+    """State inputs keep their ONNX shape through onnx2tf: a [2, 1, 128] LSTM state is not an NCW
+    tensor, and transposing it breaks the LSTM's initial state."""
+    if not state_pairs:
+        return options
+    kept = list(options.get("keep_shape_absolutely_input_names") or [])
+    return {**options, "keep_shape_absolutely_input_names": kept + [n for n in state_pairs if n not in kept]}
 
 
 def _all_failed(failures: list[tuple[str, ConversionError]]) -> ConversionError:

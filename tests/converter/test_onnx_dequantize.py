@@ -1,0 +1,123 @@
+"""Already-quantized ONNX models: QDQ graphs (onnxruntime's quantize_static, made inside the test) convert
+with their activation ranges kept; dynamically quantized ones (ConvInteger, MatMulInteger) become float
+ops with the same effective weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgepack import api
+from edgepack.validation.metrics import sqnr_db
+
+
+def _float_model(path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def f(n, a):
+        return numpy_helper.from_array(np.asarray(a, np.float32), n)
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"]), helper.make_node("Flatten", ["p"], ["fl"]),
+             helper.make_node("MatMul", ["fl", "wf"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        [f("w1", rng.normal(0, .4, (8, 3, 3, 3))), f("b1", rng.normal(0, .1, 8)), f("w2", rng.normal(0, .3, (8, 8, 3, 3))),
+         f("b2", rng.normal(0, .1, 8)), f("wf", rng.normal(0, .5, (8, 5)))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    d = tmp_path_factory.mktemp("quantized")
+    float_path = _float_model(d / "float.onnx")
+    rng = np.random.default_rng(1)
+    calib, held = rng.random((64, 3, 12, 12)).astype(np.float32), rng.random((40, 3, 12, 12)).astype(np.float32)
+    np.save(d / "calib.npy", calib)
+    np.save(d / "held.npy", held)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"x": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(float_path), str(d / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    quantize_static(str(float_path), str(d / "qoperator.onnx"), Reader(), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_dynamic(str(float_path), str(d / "dynamic.onnx"), weight_type=QuantType.QUInt8,
+                     op_types_to_quantize=["Conv", "MatMul"])
+    return d
+
+
+def _ort(path, x):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def _bundle(bundle, x):
+    from edgepack.packaging.manifest import read_manifest
+    from edgepack.runtimes.isolated import IsolatedRunner
+
+    m = read_manifest(bundle)
+    with IsolatedRunner("litert", bundle / "model.tflite", m.inputs, m.outputs) as run:
+        return run({"x": np.transpose(x, (0, 2, 3, 1))})[0]
+
+
+def test_qdq_model_keeps_its_ranges_and_reads_like_onnxruntime(quantized, tmp_path):
+    res = api.convert(model=quantized / "qdq.onnx", output=tmp_path / "b", quantize="int8-float-io",
+                      calibration=quantized / "calib.npy")
+    convert = next(s for s in res.manifest.stages if s.name == "convert").detail
+    assert convert["graph"]["dequantized"]["qdq_pairs_removed"] >= 5
+    kept = convert["source_ranges"]
+    assert kept["kept"] >= 3 and kept["kept"] <= kept["recorded"]  # the manifest says how many
+    held = np.load(quantized / "held.npy")
+    reference = _ort(quantized / "float.onnx", held)
+    ours, theirs = sqnr_db(reference, _bundle(tmp_path / "b", held)), sqnr_db(reference, _ort(quantized / "qdq.onnx", held))
+    assert abs(ours - theirs) <= 1.0, (ours, theirs)
+    assert sqnr_db(_ort(quantized / "qdq.onnx", held), _bundle(tmp_path / "b", held)) > 35
+
+
+def test_qoperator_model_becomes_qdq_then_float_with_its_relus_and_ranges(quantized, tmp_path):
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(quantized / "qoperator.onnx")).graph.node}
+    assert {"QLinearConv", "QLinearMatMul", "QLinearGlobalAveragePool"} <= ops
+    res = api.convert(model=quantized / "qoperator.onnx", output=tmp_path / "b", quantize="int8-float-io",
+                      calibration=quantized / "calib.npy")
+    convert = next(s for s in res.manifest.stages if s.name == "convert").detail
+    assert convert["graph"]["dequantized"]["qoperators_rewritten"] == 4 and convert["source_ranges"]["kept"] >= 3
+    held = np.load(quantized / "held.npy")
+    reference = _ort(quantized / "float.onnx", held)
+    ours = sqnr_db(reference, _bundle(tmp_path / "b", held))
+    theirs = sqnr_db(reference, _ort(quantized / "qoperator.onnx", held))
+    assert ours >= theirs - 1.0, (ours, theirs)  # the ReLUs fused into the output ranges are kept
+
+
+def test_dynamic_quantized_model_converts_with_its_effective_weights(quantized, tmp_path):
+    import onnx
+
+    assert {n.op_type for n in onnx.load(str(quantized / "dynamic.onnx")).graph.node} >= {"ConvInteger", "MatMulInteger"}
+    res = api.convert(model=quantized / "dynamic.onnx", output=tmp_path / "b", quantize="none")
+    graph = next(s for s in res.manifest.stages if s.name == "convert").detail["graph"]
+    assert graph["dequantized"]["integer_ops_rewritten"] == 3
+    held = np.load(quantized / "held.npy")
+    out = _bundle(tmp_path / "b", held)
+    assert sqnr_db(_ort(quantized / "float.onnx", held), out) > 35  # the float model, up to 8-bit weights
+    assert sqnr_db(_ort(quantized / "dynamic.onnx", held), out) > 30  # onnxruntime also rounds activations
