@@ -151,7 +151,8 @@ HELP_SECTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "convert": {
         "Quantization": ("--quantize", "--per-tensor"),
         "Calibration": ("--calibration", "--calibration-samples", "--preprocess", "--label-column"),
-        "ONNX models": ("--input-shape", "--onnx2tf-option"),
+        "ONNX models": ("--input-shape", "--onnx2tf-option", "--input-value"),
+        "Recurrent and streaming models": ("--state",),
         "Pruning, clustering, low-rank, QAT and fine-tuning": (
             "--prune", "--prune-norm", "--prune-round", "--prune-group", "--prune-layers", "--keep-layers",
             "--cluster", "--cluster-layers", "--low-rank", "--qat", "--train-data", "--epochs", "--learning-rate",
@@ -168,6 +169,7 @@ HELP_SECTIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "Data": ("--data", "--preprocess", "--recipe", "--label-column"),
         "Comparison and pass/fail": ("--reference", "--runtime", "--max-drop", "--metric", "--confidence",
                                      "--trust-model"),
+        "Streaming (recurrent models)": ("--stream", "--hop", "--threshold"),
         "Output and general": ("--verbose", "--quiet", "--json", "--help"),
     },
     "tune": {
