@@ -3,6 +3,41 @@
 >>> from edgepack import api
 >>> result = api.convert(model="model.keras", output="bundle", calibration="calib.npy")
 >>> report = api.validate(bundle="bundle", data="heldout.npz", max_drop=1.0)
+
+convert's keywords
+------------------
+Every option left at ``None`` takes the ``recipe`` file's value, else the default of
+:mod:`edgepack.request` (the one place defaults live); given options override the recipe.
+
+``calibration`` is an ``.npy``/``.npz``/``.csv`` file or an image folder, or ``{input name: path}``
+for models with several inputs; ``preprocess`` (``"resize=96x96,mean=127.5,std=127.5"``) or the
+recipe's ``[inputs.NAME]`` tables say how raw data becomes model input, and are recorded in the
+manifest.
+
+``input_shapes`` fixes an ONNX model's dynamic dimensions: ``{"input": (1, 3, 224, 224)}`` or
+``["input:1x3x224x224"]``. ``input_values`` (``{"sr": 16000}``) freezes ONNX inputs to constants
+before translation; ``state`` (``{"state": "stateN"}``) names recurrent state pairs.
+
+``prune_groups`` (``{"dense*": 0.5}``) gives ``prune="channels:R"`` another ratio per layer-name pattern.
+``on_epoch(phase, epoch, metric, value)`` hears each fine-tuning epoch's held-out score; raising
+:class:`~edgepack.errors.StopRequested` from it stops the conversion (nothing is written); it is not
+part of the request (build_request ignores it).
+
+``prune`` (``"channels:0.5"``, ``"sparsity:0.8"``, ``"2:4"``) and ``qat`` optimize a Keras model
+before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y).
+``cluster`` (K, e.g. 16) shares K values per kernel (tfmot clustering; ``cluster_layers`` picks layers
+by name pattern); ``low_rank`` (``0.9`` energy kept, or ``"rank:8"``) factorizes Dense/Conv2D
+layers where that cuts MACs; ``keep_layers`` excludes layers from all of them.
+
+``max_drop`` (with labelled ``eval_data``), ``min_sqnr`` and ``min_agreement`` set an accuracy
+budget: the search keeps the cheapest candidate that meets it (better ranges, float fallback of
+the worst layers, int16x8) and records it in the manifest's ``budget``; ``sqnr_axis``
+(``["NAME:AXIS"]``) sets an output's slice axis; ``keep_best`` writes the best candidate when
+none meets it; ``metric`` (``"FILE.py:FUNCTION"``) makes ``max_drop`` bound the user's task metric
+(no labels needed); met: the bound of the ``confidence`` (0.95) interval meets the budget.
+
+``metadata=False`` leaves model.tflite without LiteRT metadata; ``model_name``, ``description``,
+``model_version``, ``author`` and ``license`` fill it (defaults from the source model).
 """
 
 from __future__ import annotations
@@ -64,40 +99,9 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             keep_best: bool | None = None, metric: str | None = None, metadata: bool | None = None,
             model_name: str | None = None, description: str | None = None, model_version: str | None = None,
             author: str | None = None, license: str | None = None, confidence: float | None = None) -> ConvertResult:
-    """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
-
-    Every option left at ``None`` takes the ``recipe`` file's value, else the default of
-    :mod:`edgepack.request` (the one place defaults live); given options override the recipe.
-
-    ``calibration`` is an ``.npy``/``.npz``/``.csv`` file or an image folder, or ``{input name: path}``
-    for models with several inputs; ``preprocess`` (``"resize=96x96,mean=127.5,std=127.5"``) or the
-    recipe's ``[inputs.NAME]`` tables say how raw data becomes model input, and are recorded in the
-    manifest.
-
-    ``input_shapes`` fixes an ONNX model's dynamic dimensions: ``{"input": (1, 3, 224, 224)}`` or
-    ``["input:1x3x224x224"]``. ``input_values`` (``{"sr": 16000}``) freezes ONNX inputs to constants
-    before translation; ``state`` (``{"state": "stateN"}``) names recurrent state pairs.
-
-    ``prune_groups`` (``{"dense*": 0.5}``) gives ``prune="channels:R"`` another ratio per layer-name pattern.
-    ``on_epoch(phase, epoch, metric, value)`` hears each fine-tuning epoch's held-out score; raising
-    :class:`~edgepack.errors.StopRequested` from it stops the conversion (nothing is written); it is not
-    part of the request (build_request ignores it).
-
-    ``prune`` (``"channels:0.5"``, ``"sparsity:0.8"``, ``"2:4"``) and ``qat`` optimize a Keras model
-    before conversion, fine-tuned for ``epochs`` on ``train_data`` (.npz with x, optional y).
-    ``cluster`` (K, e.g. 16) shares K values per kernel (tfmot clustering; ``cluster_layers`` picks layers
-    by name pattern); ``low_rank`` (``0.9`` energy kept, or ``"rank:8"``) factorizes Dense/Conv2D
-    layers where that cuts MACs; ``keep_layers`` excludes layers from all of them.
-
-    ``max_drop`` (with labelled ``eval_data``), ``min_sqnr`` and ``min_agreement`` set an accuracy
-    budget: the search keeps the cheapest candidate that meets it (better ranges, float fallback of
-    the worst layers, int16x8) and records it in the manifest's ``budget``; ``sqnr_axis``
-    (``["NAME:AXIS"]``) sets an output's slice axis; ``keep_best`` writes the best candidate when
-    none meets it; ``metric`` (``"FILE.py:FUNCTION"``) makes ``max_drop`` bound the user's task metric
-    (no labels needed); met: the bound of the ``confidence`` (0.95) interval meets the budget.
-
-    ``metadata=False`` leaves model.tflite without LiteRT metadata; ``model_name``, ``description``,
-    ``model_version``, ``author`` and ``license`` fill it (defaults from the source model)."""
+    """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help`` and, for what each
+    keyword means, this module's docstring ("convert's keywords"). Every option left at ``None`` takes the
+    ``recipe`` file's value, else the default of :mod:`edgepack.request`; given options override the recipe."""
     flags = {k: v for k, v in locals().items() if k not in ("progress", "recipe")}
     from edgepack._native import quiet_tensorflow
     from edgepack.packaging.tempdirs import run_tempdir

@@ -160,35 +160,10 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
         # Integer inputs are probed with ones (indices, lengths, flags), which can send a correct graph
         # down paths real data never takes (node-suite MaxUnpool): a mismatch then only warns.
         strict = probe_source == "calibration" or all(np.dtype(t.dtype).kind == "f" for t in model.inputs)
-        failures: list[tuple[str, ConversionError]] = []
-        queue = fallbacks.candidates(onnx2tf_options, set(names.values()))
-        crash: NativeCrash | None = None
-        while queue:
-            cand = queue.pop(0)
-            options = _keep_state_layout(dict(cand.options), state_pairs)
-            try:
-                result = _attempt(loaded, work, onnx_path, names, shapes, feeds, refs, options, mode, calibration,
-                                  per_tensor=per_tensor, verbose=verbose, strict=strict, keep=keep_calibrated,
-                                  state_outputs=set((state_pairs or {}).values()),
-                                  source_ranges=(proto, record.dequantized.ranges))
-            except NativeCrash as err:
-                # a crash in calibration is not a translation error: only sets meant for it are tried,
-                # and if none helps the user gets the crash (its hint says what to try)
-                log.info("option set %r: TensorFlow crashed (%s)", cand.name, err.message)
-                tried = {name for name, _ in failures} | {cand.name}
-                crash = crash or err
-                queue = [] if onnx2tf_options else fallbacks.after_crash(set(names.values()), tried)
-                failures.append((cand.name, err))
-                continue
-            except TranslationTimeout:
-                raise  # another option set would take as long again
-            except ConversionError as err:
-                log.info("onnx2tf option set %r failed: %s", cand.name, err.message)
-                failures.append((cand.name, err))
-                continue
-            break
-        else:
-            raise crash if crash is not None else _all_failed(failures)
+        result, cand, options, failures = _try_option_sets(
+            loaded, work, onnx_path, names, shapes, feeds, refs, mode, calibration, onnx2tf_options,
+            per_tensor=per_tensor, verbose=verbose, strict=strict, keep=keep_calibrated, state_pairs=state_pairs,
+            source_ranges=(proto, record.dequantized.ranges))
     probe = result.detail["probe_max_rel_error"]
     if probe is not None and probe > 1e-3:
         log.warning("onnx2tf's TensorFlow graph differs from onnxruntime by %.3g (relative) on a %s input; "
@@ -198,6 +173,44 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
                           "probe_input": probe_source, "onnx2tf_option_set": cand.name, "onnx2tf_options": options,
                           "onnx2tf_failed_sets": [f"{name}: {err.message[:200]}" for name, err in failures]})
     return result
+
+
+def _try_option_sets(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, str],
+                     shapes: dict[str, tuple[int, ...]], feeds: dict[str, np.ndarray], refs: list[np.ndarray] | None,
+                     mode: QuantizeMode, calibration: Dataset | None, onnx2tf_options: dict[str, Any] | None, *,
+                     per_tensor: bool, verbose: bool, strict: bool, keep: Any, state_pairs: dict[str, str] | None,
+                     source_ranges: tuple) -> tuple[OnnxConversion, Any, dict[str, Any], list]:
+    """The onnx2tf option sets in order (or the forced one) until one translates, matches onnxruntime
+    and converts: ``(result, the set, its options, the sets that failed)``."""
+    failures: list[tuple[str, ConversionError]] = []
+    queue = fallbacks.candidates(onnx2tf_options, set(names.values()))
+    crash: NativeCrash | None = None
+    while queue:
+        cand = queue.pop(0)
+        options = _keep_state_layout(dict(cand.options), state_pairs)
+        try:
+            result = _attempt(loaded, work, onnx_path, names, shapes, feeds, refs, options, mode, calibration,
+                              per_tensor=per_tensor, verbose=verbose, strict=strict, keep=keep,
+                              state_outputs=set((state_pairs or {}).values()), source_ranges=source_ranges)
+        except NativeCrash as err:
+            # a crash in calibration is not a translation error: only sets meant for it are tried,
+            # and if none helps the user gets the crash (its hint says what to try)
+            log.info("option set %r: TensorFlow crashed (%s)", cand.name, err.message)
+            tried = {name for name, _ in failures} | {cand.name}
+            crash = crash or err
+            queue = [] if onnx2tf_options else fallbacks.after_crash(set(names.values()), tried)
+            failures.append((cand.name, err))
+            continue
+        except TranslationTimeout:
+            raise  # another option set would take as long again
+        except ConversionError as err:
+            log.info("onnx2tf option set %r failed: %s", cand.name, err.message)
+            failures.append((cand.name, err))
+            continue
+        break
+    else:
+        raise crash if crash is not None else _all_failed(failures)
+    return result, cand, options, failures
 
 
 def _probe_references(proto, model: OnnxModel, feeds: dict[str, np.ndarray], verbose: bool,
