@@ -83,12 +83,14 @@ def main() -> int:
             "--quantize", "int8", "--calibration", str(w / "calibration.npy"), "--labels", str(w / "labels.txt"),
             "--force")
         run("inspect", str(w / "digits_int8"))
-        run("validate", str(w / "digits_int8"), "--data", str(w / "heldout.npz"), "--max-drop", "1")
+        # 360 held-out digits can show a drop of at most about 2 pp at 95 %: the budget is judged on the
+        # upper bound of the drop's interval (0.28 pp measured, [-0.92, 1.60]), so 1 pp could never pass here
+        run("validate", str(w / "digits_int8"), "--data", str(w / "heldout.npz"), "--max-drop", "2")
         # The same model for a Cortex-M4 board: TFLite Micro ops, measured arena, firmware sources,
         # and validation on TFLite Micro's interpreter next to LiteRT.
         run("convert", str(w / "digits.keras"), "-o", str(w / "digits_cortex_m4"), "--target", "cortex-m4",
             "--calibration", str(w / "calibration.npy"), "--labels", str(w / "labels.txt"), "--force")
-        run("validate", str(w / "digits_cortex_m4"), "--data", str(w / "heldout.npz"), "--max-drop", "1")
+        run("validate", str(w / "digits_cortex_m4"), "--data", str(w / "heldout.npz"), "--max-drop", "2")
     except subprocess.CalledProcessError as err:
         print(f"demo failed: step exited with {err.returncode}", file=sys.stderr)
         return err.returncode
