@@ -52,3 +52,25 @@ def test_a_budget_int8_misses_searches_with_the_state_fed_whole(lstm):
     steps = [c["step"] for c in b["candidates"]]
     assert steps[0] == "int8" and not b["candidates"][0]["met"] and len(steps) > 2
     assert b["budget_met"] and min(b["chosen"]["metric"]["sqnr_db"].values()) >= 45
+
+
+def test_min_agreement_without_a_class_output_is_one_line(lstm):
+    """silero-style outputs: one probability and the state; no top-1 decision to agree on (the state's
+    argmax is not one), so --min-agreement is refused in one line, not an internal error."""
+    res = _convert(lstm, "agree", "--min-agreement", "0.9")
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "--min-agreement: no output of the model has a class axis" in lines[0]
+    assert "stateN (2x1x4, state)" in lines[0] and "unexpectedly" not in res.stderr
+    assert not (lstm / "agree").exists()
+
+
+def test_task_metric_budget_on_a_state_model(lstm, tmp_path):
+    metric = tmp_path / "decide.py"
+    metric.write_text("import numpy as np\n\n\ndef decide(outputs, references, labels=None):\n"
+                      "    return float(np.mean((outputs[0] > 0.5) == (references[0] > 0.5)))\n")
+    res = _convert(lstm, "task", "--max-drop", "5", "--metric", f"{metric}:decide")
+    assert res.exit_code == 0, res.output
+    b = _budget(lstm / "task")
+    assert b["budget_met"] and b["chosen"]["metric"]["task_metric_reference"] == 1.0
+    assert "agreement" not in b["chosen"]["metric"]["intervals"]  # no top-1 taken from the state

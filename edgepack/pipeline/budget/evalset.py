@@ -36,6 +36,7 @@ class EvalSet:
     stacked: tuple[bool, ...] = ()  # per output: the samples axis was added (no leading batch axis)
     # inputs without a sample axis (recurrent state): each sample is one whole tensor, run one at a time
     whole: frozenset[str] = frozenset()
+    states: frozenset[str] = frozenset()  # recurrent state outputs: no top-1 decision is taken from them
     _task_reference: float | None = None
     _task_resampled: np.ndarray | None = None
 
@@ -46,7 +47,12 @@ class EvalSet:
         return EvalSet({k: v[positions] for k, v in self.inputs.items()}, [r[positions] for r in self.refs],
                        self.output_names, self.perms, self.axes,
                        None if self.labels is None else self.labels[positions], self.task, self.stacked,
-                       self.whole)
+                       self.whole, self.states)
+
+    def has_decision(self, i: int) -> bool:
+        """Output ``i`` has a class axis to take a top-1 decision from (not a state, not one value)."""
+        ref = self.refs[i]
+        return self.output_names[i] not in self.states and ref.ndim >= 2 and ref.shape[-1] > 1
 
     def sample(self, i: int) -> dict[str, np.ndarray]:
         """Sample ``i`` as the model takes it: a batch of one, or the whole tensor of an input without
@@ -111,8 +117,24 @@ def eval_set(st) -> EvalSet:
     out_perm = [(st.source_io.get("outputs", {}).get(n) or {}).get("perm") for n in loaded.output_names]
     axes = _slice_axes(list(loaded.output_names), ref_arrays, dict(st.request.budget.sqnr_axes))
     labels = None if ds.labels is None else np.asarray(ds.labels)
-    return EvalSet(tfl_arrays, ref_arrays, list(loaded.output_names), out_perm, axes, labels, st.task_metric,
-                   tuple(stacked), whole)
+    states = frozenset(((st.graph or {}).get("state_pairs") or {}).values())
+    ev = EvalSet(tfl_arrays, ref_arrays, list(loaded.output_names), out_perm, axes, labels, st.task_metric,
+                 tuple(stacked), whole, states)
+    _check_agreement(ev, st.request.budget)
+    return ev
+
+
+def _check_agreement(ev: EvalSet, budget) -> None:
+    """``--min-agreement`` needs an output with a class axis (a top-1 decision to agree on)."""
+    from edgepack.errors import UsageError
+
+    if budget.min_agreement is None or any(ev.has_decision(i) for i in range(len(ev.refs))):
+        return
+    shapes = ", ".join(f"{n} ({'x'.join(map(str, r.shape[1:])) or 'scalar'}{', state' if n in ev.states else ''})"
+                       for n, r in zip(ev.output_names, ev.refs))
+    raise UsageError(f"--min-agreement: no output of the model has a class axis to take a top-1 decision from "
+                     f"(outputs: {shapes})",
+                     hint="use --min-sqnr, or --max-drop with a task --metric (a threshold decision, say)")
 
 
 def _open_eval_data(st):

@@ -238,7 +238,7 @@ def score_outputs(outs: list[np.ndarray], ev: EvalSet) -> Score:
     sqnr, whole, worst, agree = {}, {}, {}, {}
     evidence = Evidence({}, {})
     err = np.zeros(len(ev))
-    for name, ref, out, axis in zip(ev.output_names, ev.refs, outs, ev.axes):
+    for i, (name, ref, out, axis) in enumerate(zip(ev.output_names, ev.refs, outs, ev.axes)):
         out = out.reshape(ref.shape) if out.size == ref.size else out
         s = RunningSliceSqnr(axis)
         s.update(ref, out)
@@ -250,7 +250,7 @@ def score_outputs(outs: list[np.ndarray], ev: EvalSet) -> Score:
             w = RunningSliceSqnr(None)
             w.update(ref, out)
             whole[name] = w.worst[0]
-        if ref.ndim >= 2 and ref.shape[-1] > 1:
+        if ev.has_decision(i):
             same = (ref.argmax(axis=-1) == out.argmax(axis=-1)).reshape(len(ev), -1)
             agree[name] = float(np.mean(same))
             evidence.agree_hits[name] = same.mean(axis=1)
