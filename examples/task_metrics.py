@@ -14,6 +14,9 @@ outputs (no labels needed; 1.0 = the same result as the float model):
 - :func:`ctc_string_accuracy`: a CTC recognizer's per-step class ids ``(N, steps)`` or scores
   ``(N, steps, [1,] C)``, greedy-decoded (repeats collapsed, blank 0 dropped); the fraction of
   samples whose string is the source model's.
+- :func:`vad_decision_agreement`: a voice-activity detector's speech probability (silero-vad's
+  ``output``); the fraction of samples whose speech / non-speech decision at ``threshold`` (0.5) is
+  the source model's.
 
 The signature edgepack calls: ``FUNCTION(outputs, references, labels) -> float``; ``outputs`` and
 ``references`` are lists of arrays (one per model output, source layout, batch first).
@@ -92,6 +95,12 @@ def ctc_string_accuracy(outputs, references, labels=None, *, blank=0) -> float:
 
     got, ref = strings(np.asarray(outputs[0])), strings(np.asarray(references[0]))
     return float(np.mean([a == b for a, b in zip(got, ref)]))
+
+
+def vad_decision_agreement(outputs, references, labels=None, *, threshold=0.5) -> float:
+    got = np.asarray(outputs[0]).reshape(len(outputs[0]), -1) > threshold
+    ref = np.asarray(references[0]).reshape(len(references[0]), -1) > threshold
+    return float(np.mean(np.all(got == ref, axis=1)))
 
 
 # -- shared ---------------------------------------------------------------------------------------------

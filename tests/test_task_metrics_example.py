@@ -60,3 +60,11 @@ def test_ctc_string_accuracy_collapses_repeats_and_blanks(tm):
     assert tm.ctc_string_accuracy([np.array([[3, 3, 3, 3, 4], [5, 5, 5, 5, 5]], np.float32)], [ref]) == 0.5
     scores = np.eye(6, dtype=np.float32)[ref.astype(int)][:, :, None, :]  # (N, steps, 1, classes)
     assert tm.ctc_string_accuracy([scores], [scores]) == 1.0
+
+
+def test_vad_decision_agreement_counts_flipped_decisions(tm):
+    ref = np.array([[0.1], [0.6], [0.9], [0.45]], np.float32)
+    assert tm.vad_decision_agreement([ref], [ref]) == 1.0
+    moved = np.array([[0.2], [0.55], [0.4], [0.52]], np.float32)  # two cross 0.5
+    assert tm.vad_decision_agreement([moved], [ref]) == 0.5
+    assert tm.vad_decision_agreement([moved], [ref], threshold=0.15) == 0.75

@@ -34,6 +34,9 @@ class EvalSet:
     labels: np.ndarray | None = None
     task: Callable[[list, list, Any], float] | None = None  # --metric: the user's task metric
     stacked: tuple[bool, ...] = ()  # per output: the samples axis was added (no leading batch axis)
+    # inputs without a sample axis (recurrent state): each sample is one whole tensor, run one at a time
+    whole: frozenset[str] = frozenset()
+    states: frozenset[str] = frozenset()  # recurrent state outputs: no top-1 decision is taken from them
     _task_reference: float | None = None
     _task_resampled: np.ndarray | None = None
 
@@ -43,7 +46,18 @@ class EvalSet:
     def subset(self, positions: np.ndarray) -> EvalSet:
         return EvalSet({k: v[positions] for k, v in self.inputs.items()}, [r[positions] for r in self.refs],
                        self.output_names, self.perms, self.axes,
-                       None if self.labels is None else self.labels[positions], self.task, self.stacked)
+                       None if self.labels is None else self.labels[positions], self.task, self.stacked,
+                       self.whole, self.states)
+
+    def has_decision(self, i: int) -> bool:
+        """Output ``i`` has a class axis to take a top-1 decision from (not a state, not one value)."""
+        ref = self.refs[i]
+        return self.output_names[i] not in self.states and ref.ndim >= 2 and ref.shape[-1] > 1
+
+    def sample(self, i: int) -> dict[str, np.ndarray]:
+        """Sample ``i`` as the model takes it: a batch of one, or the whole tensor of an input without
+        a sample axis."""
+        return {k: v[i] if k in self.whole else v[i:i + 1] for k, v in self.inputs.items()}
 
     def task_reference(self) -> float:
         """The task metric of the source model's own outputs (the score a candidate may drop from)."""
@@ -90,19 +104,37 @@ def eval_set(st) -> EvalSet:
     info = st.info
     in_perm = {n: (f or {}).get("perm") for n, f in st.source_io.get("inputs", {}).items()}
     tfl_shapes = {}
+    whole = frozenset(s.name for s in specs if s.sample_axis is None)
     for i, spec in enumerate(specs):
         idx = info.signature_inputs.get(signature_name(spec.name), info.inputs[i])
-        tfl_shapes[spec.name] = info.tensor(idx).shape[1:]
+        shape = info.tensor(idx).shape
+        tfl_shapes[spec.name] = shape if spec.name in whole else shape[1:]
     src, tfl = to_layouts(ds, specs, tfl_shapes, in_perm)
     dtypes = {s.name: s.dtype for s in specs}
     src_arrays = {k: np.concatenate([b[k] for b in src.batches(64, dtypes)]) for k in dtypes}
     tfl_arrays = {k: np.concatenate([b[k] for b in tfl.batches(64)]).astype(np.float32) for k in dtypes}
-    ref_arrays, stacked = _source_outputs(loaded, src_arrays, len(ds))
+    ref_arrays, stacked = _source_outputs(loaded, src_arrays, len(ds), bool(whole))
     out_perm = [(st.source_io.get("outputs", {}).get(n) or {}).get("perm") for n in loaded.output_names]
     axes = _slice_axes(list(loaded.output_names), ref_arrays, dict(st.request.budget.sqnr_axes))
     labels = None if ds.labels is None else np.asarray(ds.labels)
-    return EvalSet(tfl_arrays, ref_arrays, list(loaded.output_names), out_perm, axes, labels, st.task_metric,
-                   tuple(stacked))
+    states = frozenset(((st.graph or {}).get("state_pairs") or {}).values())
+    ev = EvalSet(tfl_arrays, ref_arrays, list(loaded.output_names), out_perm, axes, labels, st.task_metric,
+                 tuple(stacked), whole, states)
+    _check_agreement(ev, st.request.budget)
+    return ev
+
+
+def _check_agreement(ev: EvalSet, budget) -> None:
+    """``--min-agreement`` needs an output with a class axis (a top-1 decision to agree on)."""
+    from edgepack.errors import UsageError
+
+    if budget.min_agreement is None or any(ev.has_decision(i) for i in range(len(ev.refs))):
+        return
+    shapes = ", ".join(f"{n} ({'x'.join(map(str, r.shape[1:])) or 'scalar'}{', state' if n in ev.states else ''})"
+                       for n, r in zip(ev.output_names, ev.refs))
+    raise UsageError(f"--min-agreement: no output of the model has a class axis to take a top-1 decision from "
+                     f"(outputs: {shapes})",
+                     hint="use --min-sqnr, or --max-drop with a task --metric (a threshold decision, say)")
 
 
 def _open_eval_data(st):
@@ -129,16 +161,19 @@ def _open_eval_data(st):
     return ds
 
 
-def _source_outputs(loaded, src_arrays: dict[str, np.ndarray], n_samples: int) -> tuple[list[np.ndarray], list[bool]]:
+def _source_outputs(loaded, src_arrays: dict[str, np.ndarray], n_samples: int, whole: bool = False
+                    ) -> tuple[list[np.ndarray], list[bool]]:
     """The source model's outputs, samples first, and per output whether a samples axis was stacked in
-    front (an output whose leading axis is not the samples', like time-major ``(steps, 1, classes)``)."""
+    front (an output whose leading axis is not the samples', like time-major ``(steps, 1, classes)``).
+    With inputs without a sample axis (``whole``) the model already runs sample by sample, stacking the
+    outputs that have no batch axis (the runner does the same with the TFLite outputs)."""
     refs: list[list[np.ndarray]] = [[] for _ in loaded.output_names]
     stacked = [False] * len(loaded.output_names)
     for start in range(0, n_samples, 32):
         chunk = {k: v[start:start + 32] for k, v in src_arrays.items()}
         n = len(next(iter(chunk.values())))
         outs = [np.asarray(o, np.float32) for o in loaded.run(chunk)]
-        if start == 0:
+        if start == 0 and not whole:
             stacked = [o.ndim == 0 or o.shape[0] != n for o in outs]
         if any(stacked):  # one sample at a time, each output's samples stacked in front
             per = [loaded.run({k: v[j:j + 1] for k, v in chunk.items()}) for j in range(n)]

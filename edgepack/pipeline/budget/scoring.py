@@ -192,7 +192,12 @@ class Runner:
                         for i, name in enumerate(ev.output_names)]
         self.info = info
         self.dynamic = all(info.tensor(i).shape_signature and info.tensor(i).shape_signature[0] == -1
-                           for i in self.in_idx.values()) and not any(ev.stacked)
+                           for i in self.in_idx.values()) and not any(ev.stacked) and not ev.whole
+        # one sample per invoke; an output whose first axis is not a batch of 1 (the state it returns)
+        # gets the samples axis in front, as the source model's outputs did
+        self.add_axis = [bool(i < len(ev.stacked) and ev.stacked[i]) or
+                         bool(ev.whole and (not info.tensor(idx).shape or info.tensor(idx).shape[0] != 1))
+                         for i, idx in enumerate(self.out_idx)]
         self.ev = ev
         self.batch = None
 
@@ -212,12 +217,14 @@ class Runner:
                     self.interp.allocate_tensors()
                 self.batch = b
             for name, idx in self.in_idx.items():
-                self.interp.set_tensor(idx, quantize(inputs[name][start:start + b], self.info.tensor(idx)))
+                t = self.info.tensor(idx)
+                data = inputs[name][start].reshape(t.shape) if name in self.ev.whole else inputs[name][start:start + b]
+                self.interp.set_tensor(idx, quantize(data, t))
             self.interp.invoke()
             for i, (idx, perm) in enumerate(zip(self.out_idx, self.ev.perms)):
                 out = dequantize(self.interp.get_tensor(idx), self.info.tensor(idx))
                 out = out if perm is None else np.transpose(out, np.argsort(perm))
-                parts[i].append(out[None] if i < len(self.ev.stacked) and self.ev.stacked[i] else out)
+                parts[i].append(out[None] if self.add_axis[i] else out)
         return [np.concatenate(p, axis=0) for p in parts]
 
 
@@ -231,7 +238,7 @@ def score_outputs(outs: list[np.ndarray], ev: EvalSet) -> Score:
     sqnr, whole, worst, agree = {}, {}, {}, {}
     evidence = Evidence({}, {})
     err = np.zeros(len(ev))
-    for name, ref, out, axis in zip(ev.output_names, ev.refs, outs, ev.axes):
+    for i, (name, ref, out, axis) in enumerate(zip(ev.output_names, ev.refs, outs, ev.axes)):
         out = out.reshape(ref.shape) if out.size == ref.size else out
         s = RunningSliceSqnr(axis)
         s.update(ref, out)
@@ -243,7 +250,7 @@ def score_outputs(outs: list[np.ndarray], ev: EvalSet) -> Score:
             w = RunningSliceSqnr(None)
             w.update(ref, out)
             whole[name] = w.worst[0]
-        if ref.ndim >= 2 and ref.shape[-1] > 1:
+        if ev.has_decision(i):
             same = (ref.argmax(axis=-1) == out.argmax(axis=-1)).reshape(len(ev), -1)
             agree[name] = float(np.mean(same))
             evidence.agree_hits[name] = same.mean(axis=1)

@@ -178,8 +178,8 @@ class Search(GreedyFallback, TopDown):
         from edgepack.optimize.quantdebug import local_errors, run_all_tensors
 
         names = [node for _, node, _, _ in self.cal.ops()]
-        order = list(ev.inputs)
-        samples = [[ev.inputs[k][i:i + 1] for k in order] for i in range(len(ev))]
+        order = _interpreter_order(self.cal.model, list(ev.inputs))
+        samples = [[ev.sample(i)[k] for k in order] for i in range(len(ev))]
         fl = run_all_tensors(self.cal.model, [[_to_float(a) for a in s] for s in samples], names)
         qv = run_all_tensors(cand.model, [[_to_float(a) for a in s] for s in samples], names)
         info = read_tflite(cand.model)
@@ -241,3 +241,11 @@ class Search(GreedyFallback, TopDown):
                          "why": chosen.why.get(node)})
         return rows
 
+
+def _interpreter_order(model: bytes, names: list[str]) -> list[str]:
+    """The model's input names in the interpreter's input order (run_all_tensors feeds them so)."""
+    from edgepack.formats.base import signature_name
+
+    info = read_tflite(model)
+    index = {n: info.signature_inputs.get(signature_name(n), info.inputs[i]) for i, n in enumerate(names)}
+    return sorted(names, key=lambda n: list(info.inputs).index(index[n]) if index[n] in info.inputs else len(names))
