@@ -60,7 +60,8 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             distribute: str | None = None, learning_rate: float | None = None, max_drop: float | None = None,
             min_sqnr: float | None = None, min_agreement: float | None = None,
             eval_data: str | Path | Mapping[str, str | Path] | None = None, sqnr_axis: Sequence[str] | None = None,
-            keep_best: bool | None = None, metric: str | None = None) -> ConvertResult:
+            keep_best: bool | None = None, metric: str | None = None,
+            no_ptq: Sequence[str] | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
 
     Every option left at ``None`` takes the ``recipe`` file's value, else the default of
@@ -90,7 +91,10 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     the worst layers, int16x8) and records it in the manifest's ``budget``; ``sqnr_axis``
     (``["NAME:AXIS"]``) sets an output's slice axis; ``keep_best`` writes the best candidate when
     none meets it; ``metric`` (``"FILE.py:FUNCTION"``) makes ``max_drop`` bound the user's task
-    metric instead of top-1 accuracy (no labels needed when it compares with the source outputs)."""
+    metric instead of top-1 accuracy (no labels needed when it compares with the source outputs).
+
+    ``no_ptq`` (``["equalize"]``, ``["all"]``) turns off full-integer PTQ algorithms (see
+    :data:`edgepack.request.PTQ_ALGORITHMS`) that int8 conversions apply by default."""
     flags = {k: v for k, v in locals().items() if k not in ("progress", "recipe")}
     from edgepack._native import quiet_tensorflow
     from edgepack.packaging.tempdirs import run_tempdir

@@ -60,6 +60,8 @@ class QuantizeMode(StrEnum):
 
 
 QUANTIZE_MODES = tuple(m.value for m in QuantizeMode)
+# full-integer PTQ algorithms applied before calibration (edgepack.optimize.ptq), in the order they run
+PTQ_ALGORITHMS = ("fuse", "equalize", "bias-correction")
 PRUNE_NORMS = ("l1", "l2")
 DISTRIBUTE = ("mirrored",)
 PRUNE_FORMS = ["channels:RATIO", "sparsity:RATIO", "M:N (e.g. 2:4)"]
@@ -163,9 +165,15 @@ class ModelOptions:
 class QuantizeOptions:
     mode: QuantizeMode = QuantizeMode.INT8
     per_tensor: bool = False
+    no_ptq: tuple[str, ...] = ()  # --no-ptq NAME: PTQ algorithms turned off ("all": every one)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", _enum(QuantizeMode, self.mode, "--quantize"))
+        names = (self.no_ptq,) if isinstance(self.no_ptq, str) else tuple(self.no_ptq)
+        for name in names:
+            if name not in (*PTQ_ALGORITHMS, "all"):
+                raise OptionError("--no-ptq", name, [*PTQ_ALGORITHMS, "all"])
+        object.__setattr__(self, "no_ptq", PTQ_ALGORITHMS if "all" in names else names)
 
 
 @dataclass(frozen=True)
@@ -433,6 +441,7 @@ _FLAT: dict[str, tuple[str, str]] = {
     "model": ("model", "path"), "trust_model": ("model", "trust"), "input_shapes": ("model", "input_shapes"),
     "onnx2tf_options": ("model", "onnx2tf_options"),
     "quantize": ("quantize", "mode"), "per_tensor": ("quantize", "per_tensor"),
+    "no_ptq": ("quantize", "no_ptq"),
     "calibration": ("calibration", "data"), "calibration_samples": ("calibration", "samples"),
     "preprocess": ("calibration", "preprocess"), "label_column": ("calibration", "label_column"),
     **{k: ("optimize", k) for k in ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "qat",

@@ -1,6 +1,7 @@
 """The conversion pipeline: a straight line of small, timed stages.
 
-prepare → load → optimize (--prune/--qat) → calibrate → convert → read back → budget (the accuracy
+prepare → load → optimize (--prune/--qat) → calibrate → ptq (fusion, equalization, bias
+correction) → convert → read back → budget (the accuracy
 budget's search) → measure (optimization
 results, TFLM arena) → check target → vela (Ethos-U) → firmware (MCU sources) → package.
 Stages that do not apply to a request or target return None and change nothing.
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 from edgepack.errors import EdgepackError, InternalError
 from edgepack.packaging.manifest import StageRecord
-from edgepack.pipeline import budget, mcu, optimize, stages
+from edgepack.pipeline import budget, mcu, optimize, ptq, stages
 from edgepack.pipeline.state import PipelineState, Stage
 from edgepack.request import ConvertRequest
 
@@ -26,6 +27,7 @@ STAGES: tuple[tuple[str, Stage], ...] = (
     ("load", stages.stage_load),
     ("optimize", optimize.stage_optimize),
     ("calibrate", stages.stage_calibrate),
+    ("ptq", ptq.stage_ptq),
     ("convert", stages.stage_convert),
     ("read_back", stages.stage_read_back),
     ("budget", budget.stage_budget),

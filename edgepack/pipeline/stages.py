@@ -112,7 +112,7 @@ def stage_convert(st: PipelineState) -> dict:
 
     if st.loaded.format is ModelFormat.ONNX:
         return _convert_onnx(st)
-    st.tflite = convert_to_tflite(st.loaded, st.request.quantize.mode, st.calibration,
+    st.tflite = convert_to_tflite(st.quantize_source or st.loaded, st.request.quantize.mode, st.calibration,
                                   per_tensor=st.request.quantize.per_tensor, verbose=st.request.verbose,
                                   batch=st.target.batch, keep_calibrated=_keeper(st))
     return {"bytes": len(st.tflite)}
@@ -140,9 +140,9 @@ def _convert_onnx(st: PipelineState) -> dict:
     tf_keras.backend.reset_uids()
 
     req = st.request
-    res = convert_onnx(st.loaded, req.quantize.mode, st.calibration, per_tensor=req.quantize.per_tensor,
-                       verbose=req.verbose, batch=st.target.batch, onnx2tf_options=dict(req.model.onnx2tf_options),
-                       keep_calibrated=_keeper(st))
+    res = convert_onnx(st.quantize_source or st.loaded, req.quantize.mode, st.calibration,
+                       per_tensor=req.quantize.per_tensor, verbose=req.verbose, batch=st.target.batch,
+                       onnx2tf_options=dict(req.model.onnx2tf_options), keep_calibrated=_keeper(st))
     st.tflite = res.tflite
     st.source_io = {"inputs": {m.name: m.manifest_fields() for m in res.inputs},
                     "outputs": {m.name: m.manifest_fields() for m in res.outputs}}

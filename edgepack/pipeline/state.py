@@ -50,6 +50,9 @@ class PipelineState:
     heldout: Dataset | None = None
     budget: dict[str, Any] | None = None
     task_metric: Any = None  # --metric: the user's TaskMetric (validation.metrics), loaded by stage_prepare
+    # the ptq stage: the rewritten float model the converter gets (``loaded`` stays the reference), and its record
+    quantize_source: LoadedModel | None = None
+    ptq: dict[str, Any] | None = None
 
     @property
     def arena_bytes(self) -> int | None:
@@ -60,6 +63,8 @@ class PipelineState:
         out: dict[str, Any] = {}
         if self.optimization is not None:
             out["optimize"] = self.optimization
+        if self.ptq is not None:
+            out["ptq"] = self.ptq
         if self.arena is not None:
             out["tflm"] = self.arena.to_dict()
             if self.firmware is not None:

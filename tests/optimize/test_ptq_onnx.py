@@ -1,0 +1,95 @@
+"""The ptq algorithms on tiny ONNX models that carry the defect each one fixes: int8 SQNR against
+onnxruntime with and without the algorithm (the same calibration data), and the manifest record."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgepack import api
+from edgepack.packaging.manifest import read_manifest
+from tests.optimize.ptq_builders import biased_rounding, hard_swish_net, imbalanced_pair
+
+
+def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / max(np.sum((ref - out) ** 2), 1e-30)))
+
+
+def _run_int8(bundle, x: np.ndarray) -> np.ndarray:
+    """The bundle on LiteRT, NCHW in and out (the manifest's layout permutations)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    m = read_manifest(bundle)
+    interp = Interpreter(model_path=str(bundle / "model.tflite"))
+    interp.allocate_tensors()
+    i, o = interp.get_input_details()[0], interp.get_output_details()[0]
+    perm_in, perm_out = m.inputs[0].perm, m.outputs[0].perm
+    outs = []
+    for sample in x:
+        xs = sample[None].transpose(perm_in)
+        s, z = i["quantization"]
+        interp.set_tensor(i["index"], np.clip(np.round(xs / s) + z, -128, 127).astype(np.int8))
+        interp.invoke()
+        s, z = o["quantization"]
+        y = (interp.get_tensor(o["index"]).astype(np.float32) - z) * s
+        outs.append(y.transpose(np.argsort(perm_out))[0])
+    return np.stack(outs)
+
+
+def _compare(tmp_path, model, calib: np.ndarray, held: np.ndarray, algorithm: str):
+    """(SQNR with the algorithm, SQNR without it, the manifest of the bundle with it)."""
+    import onnxruntime as ort
+
+    np.save(tmp_path / "calib.npy", calib)
+    ref = np.concatenate([ort.InferenceSession(str(model)).run(None, {"image": s[None]})[0] for s in held])
+    others = [a for a in ("fuse", "equalize", "bias-correction") if a != algorithm]
+    results = {}
+    for label, off in (("with", others), ("without", [*others, algorithm])):
+        out = tmp_path / label
+        api.convert(model=model, output=out, quantize="int8", calibration=tmp_path / "calib.npy", no_ptq=off)
+        results[label] = (_sqnr(ref, _run_int8(out, held)), read_manifest(out))
+    return results["with"][0], results["without"][0], results["with"][1], results["without"][1]
+
+
+def test_fusing_decomposed_hard_swish_reaches_the_int8_kernel(tmp_path):
+    model = hard_swish_net(tmp_path / "hs.onnx")
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (132, 3, 12, 12)).astype(np.float32)
+    fused, plain, m, m_plain = _compare(tmp_path, model, x[:100], x[100:], "fuse")
+    rec = m.extras["ptq"]["fuse"]
+    assert rec["fused"] == 6 and rec["nodes_removed"] == 5 * 3 + 1 and rec["float_max_rel_difference"] < 1e-4
+    assert rec["opset"] == 14  # lifted from 13: HardSwish is an opset-14 op
+    assert m.ops.get("HARD_SWISH") == 6 and "HARD_SWISH" not in m_plain.ops
+    assert set(m.ops) == {"CONV_2D", "HARD_SWISH"}  # nothing else, nothing float
+    assert m.quantization.mode == "int8"
+    assert fused > 20 and fused > plain + 10, (fused, plain)
+
+
+def test_equalizing_a_100x_channel_imbalance(tmp_path):
+    model = imbalanced_pair(tmp_path / "pair.onnx")
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (132, 3, 12, 12)).astype(np.float32)
+    eq, plain, m, _ = _compare(tmp_path, model, x[:100], x[100:], "equalize")
+    rec = m.extras["ptq"]["equalize"]
+    assert rec["pairs"] == 1 and rec["layers"][0]["activation"] == "Relu"
+    assert rec["layers"][0]["scale_ratio"] > 20 and rec["float_max_rel_difference"] < 1e-4
+    assert eq > plain + 6, (eq, plain)
+
+
+def test_bias_correction_removes_a_biased_rounding_error(tmp_path):
+    model = biased_rounding(tmp_path / "dw.onnx")
+    rng = np.random.default_rng(2)
+    x = (4 + rng.normal(0, 1, (132, 8, 10, 10))).astype(np.float32)
+    corrected, plain, m, _ = _compare(tmp_path, model, x[:100], x[100:], "bias-correction")
+    rec = m.extras["ptq"]["bias-correction"]
+    assert rec["layers"] == 1 and rec["samples"] == 32 and rec["granularity"] == "per-channel"
+    assert rec["max_abs_shift"] > 0.05  # 9 weights each 0.45 step low, inputs near 4: about 0.13
+    assert corrected > plain + 3, (corrected, plain)
+
+
+@pytest.mark.parametrize("bad", ["fusion", "everything"])
+def test_no_ptq_names_the_algorithms(tmp_path, bad):
+    from edgepack.errors import OptionError
+
+    with pytest.raises(OptionError, match="--no-ptq"):
+        api.convert(model=tmp_path / "m.onnx", output=tmp_path / "o", no_ptq=[bad])
