@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from edgepack.optimize.ptq.batchnorm import fold_batchnorms
-from edgepack.optimize.ptq.onnx_graph import GraphIndex, attr, drop_unused_constants, set_initializer, unique_name
+from edgepack.optimize.ptq.onnx_graph import (
+    GraphIndex,
+    attr,
+    drop_unused_constants,
+    session,
+    set_initializer,
+    unique_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +77,6 @@ def _probe(proto, layers, idx: GraphIndex, per_tensor: bool):
 
 
 def _mean_shifts(probe, names: list[str], layers, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
-    from edgepack.optimize.ptq.onnx_face import session
-
     sess = session(probe)
     sums: list[np.ndarray | None] = [None] * len(names)
     for feed in feeds:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.calibration import Dataset
+from edgepack.optimize.ptq.onnx_graph import session
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,6 @@ def onnx_samples(model, calibration: Dataset, count: int | None = None) -> list[
         if count is not None and len(out) >= count:
             break
     return out
-
-
-def session(proto):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 2
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def max_rel_difference(before, after, feeds: list[dict[str, np.ndarray]]) -> float:

@@ -114,3 +114,13 @@ def drop_unused_constants(graph) -> int:
         del graph.initializer[:]
         graph.initializer.extend(keep)
     return len(dead_nodes) + dropped
+
+
+def session(proto):
+    """An onnxruntime session on ``proto`` (quiet, 2 threads, CPU)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 2
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
