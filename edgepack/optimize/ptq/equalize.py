@@ -28,8 +28,9 @@ HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu")
 _CLAMP = (1e-3, 1e3)  # bounds on s: a dead channel (all-zero weights) is left alone
 
 
-def _pairs(graph) -> tuple[list[tuple[Any, Any | None, Any]], dict[str, int]]:
-    """(conv1, activation or None, conv2) chains, and the pairs skipped by the activation that blocks them."""
+def _pairs(graph, also: tuple[str, ...] = ()) -> tuple[list[tuple[Any, Any | None, Any]], dict[str, int]]:
+    """(conv1, activation or None, conv2) chains, and the pairs skipped by the activation that blocks them;
+    ``also``: activations let through although not homogeneous."""
     idx = GraphIndex.build(graph)
     pairs, blocked = [], {}
     for conv1 in graph.node:
@@ -37,7 +38,7 @@ def _pairs(graph) -> tuple[list[tuple[Any, Any | None, Any]], dict[str, int]]:
             continue
         nxt = idx.only_consumer(conv1.output[0])
         act = None
-        if nxt is not None and nxt.op_type in HOMOGENEOUS:
+        if nxt is not None and nxt.op_type in (*HOMOGENEOUS, *also):
             if nxt.op_type == "PRelu" and idx.value(nxt.input[1]) is None:
                 continue
             act, nxt = nxt, idx.only_consumer(nxt.output[0])
@@ -52,7 +53,7 @@ def _pairs(graph) -> tuple[list[tuple[Any, Any | None, Any]], dict[str, int]]:
     return pairs, blocked
 
 
-def _scales(w1: np.ndarray, w2: np.ndarray, group2: int) -> np.ndarray | None:
+def _scales(w1: np.ndarray, w2: np.ndarray, group2: int, shrink_only: bool = False) -> np.ndarray | None:
     c = w1.shape[0]
     r1 = np.abs(w1).reshape(c, -1).max(axis=1)
     if group2 == 1 and w2.shape[1] == c:
@@ -63,7 +64,8 @@ def _scales(w1: np.ndarray, w2: np.ndarray, group2: int) -> np.ndarray | None:
         return None
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.sqrt(r1 / r2)
-    return np.where(np.isfinite(s) & (s > 0), np.clip(s, *_CLAMP), 1.0)
+    s = np.where(np.isfinite(s) & (s > 0), np.clip(s, *_CLAMP), 1.0)
+    return np.maximum(s, 1.0) if shrink_only else s
 
 
 def _equalize_pair(graph, idx: GraphIndex, conv1, act, conv2) -> float | None:
@@ -71,7 +73,7 @@ def _equalize_pair(graph, idx: GraphIndex, conv1, act, conv2) -> float | None:
     w1, w2 = idx.value(conv1.input[1]), idx.value(conv2.input[1])
     if attr(conv1, "group", 1) != 1 and attr(conv1, "group", 1) != w1.shape[0]:
         return None
-    s = _scales(w1, w2, attr(conv2, "group", 1))
+    s = _scales(w1, w2, attr(conv2, "group", 1), shrink_only=act is not None and act.op_type not in HOMOGENEOUS)
     if s is None:
         return None
     b1 = idx.value(conv1.input[2]) if len(conv1.input) > 2 and conv1.input[2] else None
@@ -94,13 +96,15 @@ def _equalize_pair(graph, idx: GraphIndex, conv1, act, conv2) -> float | None:
     return float(s.max() / s.min())
 
 
-def equalize_onnx(proto) -> tuple[Any, dict[str, Any]]:
+def equalize_onnx(proto, through: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any]]:
+    """``through``: non-homogeneous activations to equalize across all the same (``("HardSwish",)``),
+    shrinking only (s >= 1): the function changes where the large channels pass the activation's bend."""
     import onnx
 
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     folded = fold_batchnorms(out.graph)
-    pairs, blocked = _pairs(out.graph)
+    pairs, blocked = _pairs(out.graph, through)
     record: dict[str, Any] = {"batchnorms_folded": folded, "pairs": 0, "layers": [],
                               "not_homogeneous": blocked}
     for conv1, act, conv2 in pairs:  # a conv in two pairs (a chain): its input and output scalings compose
