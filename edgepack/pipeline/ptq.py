@@ -31,6 +31,8 @@ def stage_ptq(st: PipelineState) -> dict | None:
         return None
     if st.loaded.format is ModelFormat.ONNX:
         model, record = _onnx(st, wanted)
+    elif st.loaded.is_keras:
+        model, record = _keras(st, wanted)
     else:
         model, record = None, {a: {"skipped": f"no {st.loaded.format.value} face yet"} for a in wanted}
     st.ptq = record
@@ -56,3 +58,15 @@ def _onnx(st: PipelineState, wanted: list[str]):
         return None, record
     new = dataclasses.replace(model, proto=proto, _session=None)
     return dataclasses.replace(loaded, model=new), record
+
+
+def _keras(st: PipelineState, wanted: list[str]):
+    from edgepack.optimize.ptq import keras_face
+    from edgepack.optimize.ptq.onnx_face import SAMPLES
+
+    loaded = st.loaded
+    batch = next(st.calibration.batches(SAMPLES, {s.name: s.dtype for s in loaded.inputs}))
+    model, record = keras_face.apply(loaded.model, wanted, [batch[s.name] for s in loaded.inputs],
+                                     per_tensor=st.request.quantize.per_tensor)
+    return (None if model is None else dataclasses.replace(loaded, model=model)), record
+
