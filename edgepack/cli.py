@@ -285,7 +285,8 @@ def main() -> None:
 @click.option("--per-tensor", is_flag=True, help="Quantize weights per tensor instead of per channel.")
 @click.option("--no-ptq", "no_ptq", multiple=True, type=click.Choice([*R.PTQ_ALGORITHMS, "all"]),
               help="Turn off a full-integer PTQ algorithm applied before calibration (repeatable): fuse "
-                   "(decomposed hard-swish -> HARD_SWISH), equalize (cross-layer equalization), bias-correction.")
+                   "(decomposed hard-swish -> HARD_SWISH), equalize (cross-layer equalization), learned-rounding "
+                   "(AdaRound-style weight rounding), bias-correction.")
 @click.option("--trust-model", is_flag=True, help="Allow loading models whose layers run Python code (Lambda).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224",

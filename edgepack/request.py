@@ -61,7 +61,7 @@ class QuantizeMode(StrEnum):
 
 QUANTIZE_MODES = tuple(m.value for m in QuantizeMode)
 # full-integer PTQ algorithms applied before calibration (edgepack.optimize.ptq), in the order they run
-PTQ_ALGORITHMS = ("fuse", "equalize", "bias-correction")
+PTQ_ALGORITHMS = ("fuse", "equalize", "learned-rounding", "bias-correction")
 PRUNE_NORMS = ("l1", "l2")
 DISTRIBUTE = ("mirrored",)
 PRUNE_FORMS = ["channels:RATIO", "sparsity:RATIO", "M:N (e.g. 2:4)"]

@@ -84,3 +84,20 @@ def biased_rounding(path: Path) -> Path:
     graph = helper.make_graph(nodes, "biased_rounding", [_io("image", [1, c, 10, 10])], [_io("out", [1, c, 8, 8])],
                               [_init("w", w)])
     return _save(graph, path)
+
+
+def coherent_rounding(path: Path) -> Path:
+    """A 1x1 conv over 16 input channels that carry nearly the same signal, every weight 0.4 of an
+    int8 step above the grid: nearest rounding rounds all 16 down and their errors add up (16 x 0.4
+    steps); rounding some up instead cancels them."""
+    from onnx import helper
+
+    rng = np.random.default_rng(6)
+    cin, cout = 16, 4
+    steps = rng.integers(10, 100, (cout, cin, 1, 1)).astype(np.float64)
+    steps[:, 0] = 127
+    w = np.where(steps == 127, 127, steps + 0.4) / 127
+    nodes = [helper.make_node("Conv", ["image", "w"], ["out"], name="pointwise")]
+    graph = helper.make_graph(nodes, "coherent_rounding", [_io("image", [1, cin, 6, 6])], [_io("out", [1, cout, 6, 6])],
+                              [_init("w", w)])
+    return _save(graph, path)

@@ -8,7 +8,7 @@ import pytest
 
 from edgepack import api
 from edgepack.packaging.manifest import read_manifest
-from tests.optimize.ptq_builders import biased_rounding, hard_swish_net, imbalanced_pair
+from tests.optimize.ptq_builders import biased_rounding, coherent_rounding, hard_swish_net, imbalanced_pair
 
 
 def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
@@ -42,7 +42,7 @@ def _compare(tmp_path, model, calib: np.ndarray, held: np.ndarray, algorithm: st
 
     np.save(tmp_path / "calib.npy", calib)
     ref = np.concatenate([ort.InferenceSession(str(model)).run(None, {"image": s[None]})[0] for s in held])
-    others = [a for a in ("fuse", "equalize", "bias-correction") if a != algorithm]
+    others = [a for a in ("fuse", "equalize", "learned-rounding", "bias-correction") if a != algorithm]
     results = {}
     for label, off in (("with", others), ("without", [*others, algorithm])):
         out = tmp_path / label
@@ -85,6 +85,51 @@ def test_bias_correction_removes_a_biased_rounding_error(tmp_path):
     assert rec["layers"] == 1 and rec["samples"] == 32 and rec["granularity"] == "per-channel"
     assert rec["max_abs_shift"] > 0.05  # 9 weights each 0.45 step low, inputs near 4: about 0.13
     assert corrected > plain + 3, (corrected, plain)
+
+
+def _coherent_inputs(n: int) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    base = rng.normal(2, 1, (n, 1, 6, 6))
+    return (base + rng.normal(0, 0.05, (n, 16, 6, 6))).astype(np.float32)
+
+
+def test_learned_rounding_beats_nearest_rounding(tmp_path):
+    model = coherent_rounding(tmp_path / "pw.onnx")
+    x = _coherent_inputs(132)
+    learned, nearest, m, _ = _compare(tmp_path, model, x[:100], x[100:], "learned-rounding")
+    rec = m.extras["ptq"]["learned-rounding"]
+    assert rec["layers"] == 1 and rec["largest"][0]["layer"] == "pointwise"
+    assert 0.2 < rec["mean_moved_from_nearest"] < 0.8  # some weights rounded up instead of down
+    assert learned > nearest + 3, (learned, nearest)  # 42.4 -> 47.1 dB when measured
+
+
+def test_learned_rounding_lands_on_the_converters_int8_grid_exactly(tmp_path):
+    """The converter's int8 weights are exactly the integers chosen: its per-channel scale
+    (max|w| / 127) is the grid the rounding used, because each channel's largest weight is kept."""
+    import onnx
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgepack.optimize.ptq.onnx_graph import GraphIndex
+    from edgepack.optimize.ptq.rounding import round_onnx
+
+    model = coherent_rounding(tmp_path / "pw.onnx")
+    x = _coherent_inputs(132)
+    rounded, rec = round_onnx(onnx.load(str(model)), [{"image": s[None]} for s in x[:32]])
+    w = GraphIndex.build(rounded.graph).value(rounded.graph.node[0].input[1]).reshape(4, 16)
+    peak = np.abs(w).max(axis=1, keepdims=True)
+    chosen = np.round(w / (peak / 127)).astype(np.int64)
+    nearest = np.round(GraphIndex.build(onnx.load(str(model)).graph).value("w").reshape(4, 16) / (peak / 127))
+    assert (chosen != nearest).sum() > 8  # not the nearest rounding
+    onnx.save(rounded, str(tmp_path / "rounded.onnx"))
+    np.save(tmp_path / "calib.npy", x[:100])
+    api.convert(model=tmp_path / "rounded.onnx", output=tmp_path / "b", quantize="int8",
+                calibration=tmp_path / "calib.npy", no_ptq=["all"])
+    interp = Interpreter(model_path=str(tmp_path / "b" / "model.tflite"))
+    filters = [t for t in interp.get_tensor_details() if t["dtype"] == np.int8 and tuple(t["shape"]) == (4, 1, 1, 16)]
+    assert len(filters) == 1
+    q = interp.get_tensor(filters[0]["index"]).reshape(4, 16).astype(np.int64)
+    np.testing.assert_array_equal(q, chosen)
+    np.testing.assert_allclose(filters[0]["quantization_parameters"]["scales"], peak.ravel() / 127, rtol=1e-6)
 
 
 @pytest.mark.parametrize("bad", ["fusion", "everything"])
