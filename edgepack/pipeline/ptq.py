@@ -2,7 +2,8 @@
 
 Each algorithm (``edgepack.optimize.ptq``) rewrites the model the converter gets; the source model
 stays ``st.loaded``, the reference every comparison (validate, the accuracy budget) is made against.
-Each records what it changed in the manifest's ``extras.ptq``; ``--no-ptq NAME`` turns one off.
+Each records what it changed in the manifest's ``extras.ptq``; ``--ptq NAME`` turns one on,
+``--no-ptq NAME`` off.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from edgepack.formats.base import ModelFormat
-from edgepack.request import PTQ_ALGORITHMS, QuantizeMode
+from edgepack.request import QuantizeMode
 
 if TYPE_CHECKING:
     from edgepack.pipeline.state import PipelineState
@@ -26,7 +27,7 @@ def stage_ptq(st: PipelineState) -> dict | None:
     req = st.request
     if req.quantize.mode not in _INTEGER or st.calibration is None:
         return None
-    wanted = [a for a in PTQ_ALGORITHMS if a not in req.quantize.no_ptq]
+    wanted = req.quantize.ptq_algorithms
     if not wanted:
         return None
     if st.loaded.format is ModelFormat.ONNX:

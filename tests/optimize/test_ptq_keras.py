@@ -9,7 +9,7 @@ from edgepack import api
 from edgepack.packaging.manifest import read_manifest
 from tests.optimize.test_ptq_onnx import _sqnr
 
-ALGORITHMS = ("fuse", "equalize", "bias-correction")
+ALGORITHMS = ("fuse", "equalize", "learned-rounding", "bias-correction")
 
 
 def _run_int8(bundle, x: np.ndarray) -> np.ndarray:
@@ -35,9 +35,9 @@ def _compare(tmp_path, model, x: np.ndarray, algorithm: str):
     ref = np.asarray(model(x[100:], training=False))
     others = [a for a in ALGORITHMS if a != algorithm]
     res = {}
-    for label, off in (("with", others), ("without", [*others, algorithm])):
+    for label, on, off in (("with", [algorithm], others), ("without", [], ["all"])):
         api.convert(model=path, output=tmp_path / label, quantize="int8", calibration=tmp_path / "calib.npy",
-                    no_ptq=off)
+                    ptq=on, no_ptq=off)
         res[label] = (_sqnr(ref, _run_int8(tmp_path / label, x[100:])), read_manifest(tmp_path / label))
     return res["with"][0], res["without"][0], res["with"][1]
 

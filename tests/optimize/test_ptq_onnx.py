@@ -44,9 +44,10 @@ def _compare(tmp_path, model, calib: np.ndarray, held: np.ndarray, algorithm: st
     ref = np.concatenate([ort.InferenceSession(str(model)).run(None, {"image": s[None]})[0] for s in held])
     others = [a for a in ("fuse", "equalize", "learned-rounding", "bias-correction") if a != algorithm]
     results = {}
-    for label, off in (("with", others), ("without", [*others, algorithm])):
+    for label, on, off in (("with", [algorithm], others), ("without", [], ["all"])):
         out = tmp_path / label
-        api.convert(model=model, output=out, quantize="int8", calibration=tmp_path / "calib.npy", no_ptq=off)
+        api.convert(model=model, output=out, quantize="int8", calibration=tmp_path / "calib.npy", ptq=on,
+                    no_ptq=off)
         results[label] = (_sqnr(ref, _run_int8(out, held)), read_manifest(out))
     return results["with"][0], results["without"][0], results["with"][1], results["without"][1]
 
@@ -138,3 +139,12 @@ def test_no_ptq_names_the_algorithms(tmp_path, bad):
 
     with pytest.raises(OptionError, match="--no-ptq"):
         api.convert(model=tmp_path / "m.onnx", output=tmp_path / "o", no_ptq=[bad])
+
+
+def test_default_algorithms_and_the_flags_that_change_them():
+    from edgepack.request import QuantizeOptions
+
+    assert QuantizeOptions().ptq_algorithms == ["fuse", "equalize"]
+    assert QuantizeOptions(ptq=("all",), no_ptq=("fuse",)).ptq_algorithms == ["equalize", "learned-rounding",
+                                                                           "bias-correction"]
+    assert QuantizeOptions(no_ptq=("all",)).ptq_algorithms == []
