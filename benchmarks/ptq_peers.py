@@ -50,7 +50,7 @@ ZOO = [ROOT / "build" / "zoo" / "models", Path("/work/main/build/zoo/models")]
 # edgepack variants: label -> (--ptq, --no-ptq)
 VARIANTS = {"edgepack before (--no-ptq all)": ([], ["all"]),
             "edgepack +fuse": ([], ["equalize"]),
-            "edgepack default (fuse, equalize)": ([], []),
+            "edgepack default (fuse+equalize)": ([], []),
             "edgepack default +bias-correction": (["bias-correction"], []),
             "edgepack default +learned-rounding": (["learned-rounding"], [])}
 

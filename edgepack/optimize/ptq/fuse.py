@@ -155,12 +155,13 @@ def fuse_hard_swish(proto) -> tuple[Any, dict[str, Any]]:
     from onnx import helper
 
     version = opset(proto)
+    record: dict[str, Any] = {"fused": 0, "op": "HardSwish", "opset": version}
+    if not find_hard_swishes(proto.graph):
+        return proto, record
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     matches = find_hard_swishes(out.graph)
-    record: dict[str, Any] = {"fused": len(matches), "op": "HardSwish", "opset": version}
-    if not matches:
-        return out, record
+    record["fused"] = len(matches)
     if version < 13:
         record.update(fused=0, skipped=f"opset {version}: HardSwish needs 14, and lifting from below 13 changes "
                                       "other ops' semantics", found=len(matches))
