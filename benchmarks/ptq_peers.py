@@ -134,6 +134,14 @@ def ort_static(model: Path, calib: list[dict], method: str, work: Path) -> Path:
 
     pre = work / f"{model.stem}_pre.onnx"
     if not pre.exists():
+        import onnx
+        from onnx import version_converter
+
+        proto = onnx.load(str(model))
+        if next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) < 13:
+            # per-channel DequantizeLinear (its axis attribute) needs opset 13; onnxruntime writes it anyway
+            onnx.save(version_converter.convert_version(proto, 13), str(work / f"{model.stem}_op13.onnx"))
+            model = work / f"{model.stem}_op13.onnx"
         quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
     out = work / f"{model.stem}_ort_{method}.onnx"
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -193,7 +201,11 @@ def measure_model(name: str, work: Path, peers: list[str], variants: list[str]) 
                 rows.append({"model": name, "quantizer": "NNCF", "absent": "nncf is not installed"})
                 continue
         else:
-            q = ort_static(path, calib, method, work)
+            try:
+                q = ort_static(path, calib, method, work)
+            except Exception as err:  # a peer that fails on this model is a row, not the end of the run
+                rows.append({"model": name, "quantizer": f"onnxruntime {method}", "absent": f"failed: {err}"[:200]})
+                continue
         secs = time.perf_counter() - start
         row(f"onnxruntime {method}" if method != "NNCF" else "NNCF", secs, run_onnx(q, held), qdq_float_ops(q))
     for label in variants:
