@@ -148,3 +148,13 @@ def test_default_algorithms_and_the_flags_that_change_them():
     assert QuantizeOptions(ptq=("all",), no_ptq=("fuse",)).ptq_algorithms == ["equalize", "learned-rounding",
                                                                            "bias-correction"]
     assert QuantizeOptions(no_ptq=("all",)).ptq_algorithms == []
+
+
+def test_cli_ptq_flags_refuse_unknown_names(tmp_path):
+    from click.testing import CliRunner
+
+    from edgepack.cli import main
+
+    res = CliRunner().invoke(main, ["convert", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o"), "--ptq", "nope"])
+    assert res.exit_code == 2 and "--ptq" in res.output and "learned-rounding" in res.output
+    assert "Traceback" not in res.output
