@@ -61,9 +61,10 @@ class QuantizeMode(StrEnum):
 
 QUANTIZE_MODES = tuple(m.value for m in QuantizeMode)
 # full-integer PTQ algorithms applied before calibration (edgepack.optimize.ptq), in the order they run, and
-# those on by default (learned rounding measured a loss on the zoo: README, "Full-integer PTQ")
+# those on by default (exact rewrites; learned rounding and bias correction measured losses on zoo models:
+# README, "Full-integer PTQ")
 PTQ_ALGORITHMS = ("fuse", "equalize", "learned-rounding", "bias-correction")
-PTQ_DEFAULT = ("fuse", "equalize", "bias-correction")
+PTQ_DEFAULT = ("fuse", "equalize")
 PRUNE_NORMS = ("l1", "l2")
 DISTRIBUTE = ("mirrored",)
 PRUNE_FORMS = ["channels:RATIO", "sparsity:RATIO", "M:N (e.g. 2:4)"]

@@ -144,7 +144,7 @@ def test_no_ptq_names_the_algorithms(tmp_path, bad):
 def test_default_algorithms_and_the_flags_that_change_them():
     from edgepack.request import QuantizeOptions
 
-    assert QuantizeOptions().ptq_algorithms == ["fuse", "equalize", "bias-correction"]
+    assert QuantizeOptions().ptq_algorithms == ["fuse", "equalize"]
     assert QuantizeOptions(ptq=("all",), no_ptq=("fuse",)).ptq_algorithms == ["equalize", "learned-rounding",
                                                                            "bias-correction"]
     assert QuantizeOptions(no_ptq=("all",)).ptq_algorithms == []
