@@ -115,7 +115,7 @@ def equalize_onnx(proto, through: tuple[str, ...] = ()) -> tuple[Any, dict[str, 
         record["pairs"] += 1
         record["layers"].append({"conv1": conv1.name, "activation": act.op_type if act is not None else None,
                                  "conv2": conv2.name, "scale_ratio": round(ratio, 3)})
-    if not folded and not record["pairs"]:
+    if not record["pairs"]:  # folding alone changes nothing the converter would not do itself
         return proto, record
     drop_unused_constants(out.graph)
     return out, record
