@@ -30,6 +30,9 @@ def stage_ptq(st: PipelineState) -> dict | None:
     wanted = req.quantize.ptq_algorithms
     if not wanted:
         return None
+    if req.optimize.qat:  # the model learned its int8 weights and ranges: nothing here to correct
+        st.ptq = {a: {"skipped": "--qat: the model was trained for int8"} for a in wanted}
+        return {a: "skipped" for a in wanted}
     if st.loaded.format is ModelFormat.ONNX:
         model, record = _onnx(st, wanted)
     elif st.loaded.is_keras:
