@@ -98,7 +98,8 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             eval_data: str | Path | Mapping[str, str | Path] | None = None, sqnr_axis: Sequence[str] | None = None,
             keep_best: bool | None = None, metric: str | None = None, metadata: bool | None = None,
             model_name: str | None = None, description: str | None = None, model_version: str | None = None,
-            author: str | None = None, license: str | None = None, confidence: float | None = None) -> ConvertResult:
+            author: str | None = None, license: str | None = None, confidence: float | None = None,
+            ptq: Sequence[str] | None = None, no_ptq: Sequence[str] | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help`` and, for what each
     keyword means, this module's docstring ("convert's keywords"). Every option left at ``None`` takes the
     ``recipe`` file's value, else the default of :mod:`edgepack.request`; given options override the recipe."""

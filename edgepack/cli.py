@@ -149,7 +149,7 @@ class FiniteFloat(click.ParamType):
 OTHER_SECTION = "Other options"
 HELP_SECTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "convert": {
-        "Quantization": ("--quantize", "--per-tensor"),
+        "Quantization": ("--quantize", "--per-tensor", "--ptq", "--no-ptq"),
         "Calibration": ("--calibration", "--calibration-samples", "--preprocess", "--label-column"),
         "ONNX models": ("--input-shape", "--onnx2tf-option", "--input-value"),
         "Recurrent and streaming models": ("--state",),
@@ -375,6 +375,12 @@ def main() -> None:
               help="Target profile (see 'edgepack targets').")
 @click.option("--labels", type=click.Path(path_type=str), help="Text file, one class label per line.")
 @click.option("--per-tensor", is_flag=True, help="Quantize weights per tensor instead of per channel.")
+@click.option("--ptq", "ptq", multiple=True, type=click.Choice([*R.PTQ_ALGORITHMS, "all"]),
+              help="Turn on a full-integer PTQ algorithm run before calibration (repeatable): fuse (decomposed "
+                   "hard-swish -> HARD_SWISH), equalize (cross-layer equalization), learned-rounding (AdaRound-style "
+                   f"weight rounding), bias-correction. On by default: {', '.join(R.PTQ_DEFAULT)}.")
+@click.option("--no-ptq", "no_ptq", multiple=True, type=click.Choice([*R.PTQ_ALGORITHMS, "all"]),
+              help="Turn off a full-integer PTQ algorithm (repeatable).")
 @click.option("--trust-model", is_flag=True, help="Allow loading models whose layers run Python code (Lambda).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224",

@@ -67,6 +67,11 @@ class QuantizeMode(StrEnum):
 
 
 QUANTIZE_MODES = tuple(m.value for m in QuantizeMode)
+# full-integer PTQ algorithms applied before calibration (edgepack.optimize.ptq), in the order they run, and
+# those on by default (exact rewrites; learned rounding and bias correction measured losses on zoo models:
+# README, "Full-integer PTQ")
+PTQ_ALGORITHMS = ("fuse", "equalize", "learned-rounding", "bias-correction")
+PTQ_DEFAULT = ("fuse", "equalize")
 PRUNE_NORMS = ("l1", "l2")
 DISTRIBUTE = ("mirrored",)
 PRUNE_FORMS = ["channels:RATIO", "sparsity:RATIO", "M:N (e.g. 2:4)"]
@@ -174,9 +179,23 @@ class ModelOptions:
 class QuantizeOptions:
     mode: QuantizeMode = QuantizeMode.INT8
     per_tensor: bool = False
+    ptq: tuple[str, ...] = ()  # --ptq NAME: PTQ algorithms turned on beyond PTQ_DEFAULT ("all": every one)
+    no_ptq: tuple[str, ...] = ()  # --no-ptq NAME: PTQ algorithms turned off ("all": every one)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", _enum(QuantizeMode, self.mode, "--quantize"))
+        for option in ("ptq", "no_ptq"):
+            value = getattr(self, option)
+            names = (value,) if isinstance(value, str) else tuple(value)
+            for name in names:
+                if name not in (*PTQ_ALGORITHMS, "all"):
+                    raise OptionError(f"--{option.replace('_', '-')}", name, [*PTQ_ALGORITHMS, "all"])
+            object.__setattr__(self, option, PTQ_ALGORITHMS if "all" in names else names)
+
+    @property
+    def ptq_algorithms(self) -> list[str]:
+        """The PTQ algorithms this request runs, in pipeline order."""
+        return [a for a in PTQ_ALGORITHMS if (a in PTQ_DEFAULT or a in self.ptq) and a not in self.no_ptq]
 
 
 @dataclass(frozen=True)
@@ -479,6 +498,7 @@ _FLAT: dict[str, tuple[str, str]] = {
     "onnx2tf_options": ("model", "onnx2tf_options"), "input_values": ("model", "input_values"),
     "state": ("model", "state_pairs"),
     "quantize": ("quantize", "mode"), "per_tensor": ("quantize", "per_tensor"),
+    "ptq": ("quantize", "ptq"), "no_ptq": ("quantize", "no_ptq"),
     "calibration": ("calibration", "data"), "calibration_samples": ("calibration", "samples"),
     "preprocess": ("calibration", "preprocess"), "label_column": ("calibration", "label_column"),
     **{k: ("optimize", k) for k in ("prune", "prune_norm", "prune_round", "prune_layers", "keep_layers", "qat",

@@ -28,7 +28,8 @@ from edgepack.errors import BundleError
 # 1.6: quantization mode uint8; extras.signatures, extras.metadata (LiteRT metadata), extras.delegate (XNNPACK
 #      coverage)
 # 1.7: sample_axis per input/output; extras.graph (the ONNX graph stage and recurrent state pairs)
-SCHEMA_VERSION = "1.7"
+# 1.8: extras.ptq (the ptq stage: fused activations, equalized pairs, bias corrections, rounded layers)
+SCHEMA_VERSION = "1.8"
 MANIFEST_NAME = "manifest.json"
 
 

@@ -1,9 +1,10 @@
 """The conversion pipeline: a straight line of small, timed stages.
 
-prepare → load → graph (ONNX preparation, state pairs) → optimize (--prune/--qat) → calibrate → convert →
-camera I/O (--quantize uint8) → read back → budget (the accuracy budget's search) → app (LiteRT targets:
-metadata into the model, signatures, app code) → measure (optimization results, TFLM arena) → delegate
-(phone targets: XNNPACK coverage) → check target → vela (Ethos-U) → firmware (MCU sources) → package.
+prepare → load → graph (ONNX preparation, state pairs) → optimize (--prune/--qat) → calibrate → ptq
+(fusion, equalization, bias correction) → convert → camera I/O (--quantize uint8) → read back → budget (the
+accuracy budget's search) → app (LiteRT targets: metadata into the model, signatures, app code) → measure
+(optimization results, TFLM arena) → delegate (phone targets: XNNPACK coverage) → check target → vela
+(Ethos-U) → firmware (MCU sources) → package.
 Stages that do not apply to a request or target return None and change nothing.
 Each stage appends a :class:`StageRecord` (name, seconds, detail) that ends up in the manifest.
 """
@@ -16,7 +17,7 @@ from collections.abc import Callable
 
 from edgepack.errors import EdgepackError, InternalError
 from edgepack.packaging.manifest import StageRecord
-from edgepack.pipeline import budget, graph, mcu, optimize, phone, stages
+from edgepack.pipeline import budget, graph, mcu, optimize, phone, ptq, stages
 from edgepack.pipeline.state import PipelineState, Stage
 from edgepack.request import ConvertRequest
 
@@ -28,6 +29,7 @@ STAGES: tuple[tuple[str, Stage], ...] = (
     ("graph", graph.stage_graph),
     ("optimize", optimize.stage_optimize),
     ("calibrate", stages.stage_calibrate),
+    ("ptq", ptq.stage_ptq),
     ("camera_check", phone.stage_camera_check),
     ("convert", stages.stage_convert),
     ("camera_io", phone.stage_camera_io),

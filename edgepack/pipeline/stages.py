@@ -114,7 +114,7 @@ def stage_convert(st: PipelineState) -> dict:
 
     if st.loaded.format is ModelFormat.ONNX:
         return _convert_onnx(st)
-    st.tflite = convert_to_tflite(st.loaded, st.request.quantize.mode, st.calibration,
+    st.tflite = convert_to_tflite(st.quantize_source or st.loaded, st.request.quantize.mode, st.calibration,
                                   per_tensor=st.request.quantize.per_tensor, verbose=st.request.verbose,
                                   batch=st.target.batch, keep_calibrated=_keeper(st))
     return {"bytes": len(st.tflite)}
@@ -132,6 +132,18 @@ def _keeper(st: PipelineState):
     return keep
 
 
+def _prepared(st: PipelineState):
+    """The graph stage's prepared ONNX graph, made again from the ptq stage's rewrite when there is one
+    (fused activations, equalized weights must reach onnx2tf; the original stays the reference)."""
+    if st.quantize_source is None or st.prepared_onnx is None:
+        return st.prepared_onnx
+    from edgepack.converter.onnx.translate import conversion_shapes, prepare
+
+    model = st.quantize_source.model
+    pairs = (st.graph or {}).get("state_pairs")
+    return prepare(model, conversion_shapes(model, st.target.batch), lower_lstm=bool(pairs))
+
+
 def _convert_onnx(st: PipelineState) -> dict:
     import tf_keras
 
@@ -142,10 +154,10 @@ def _convert_onnx(st: PipelineState) -> dict:
     tf_keras.backend.reset_uids()
 
     req = st.request
-    res = convert_onnx(st.loaded, req.quantize.mode, st.calibration, per_tensor=req.quantize.per_tensor,
-                       verbose=req.verbose, batch=st.target.batch, onnx2tf_options=dict(req.model.onnx2tf_options),
-                       keep_calibrated=_keeper(st), prepared=st.prepared_onnx,
-                       state_pairs=(st.graph or {}).get("state_pairs"))
+    res = convert_onnx(st.quantize_source or st.loaded, req.quantize.mode, st.calibration,
+                       per_tensor=req.quantize.per_tensor, verbose=req.verbose, batch=st.target.batch,
+                       onnx2tf_options=dict(req.model.onnx2tf_options), keep_calibrated=_keeper(st),
+                       prepared=_prepared(st), state_pairs=(st.graph or {}).get("state_pairs"))
     st.tflite = res.tflite
     st.source_io = {"inputs": {m.name: m.manifest_fields() for m in res.inputs},
                     "outputs": {m.name: m.manifest_fields() for m in res.outputs}}

@@ -59,6 +59,9 @@ class PipelineState:
     # "graph" section (what preparation did, frozen inputs, recurrent state pairs)
     prepared_onnx: Any = None
     graph: dict[str, Any] | None = None
+    # the ptq stage: the rewritten float model the converter gets (``loaded`` stays the reference), and its record
+    quantize_source: LoadedModel | None = None
+    ptq: dict[str, Any] | None = None
 
     @property
     def arena_bytes(self) -> int | None:
@@ -71,6 +74,8 @@ class PipelineState:
             out["graph"] = self.graph
         if self.optimization is not None:
             out["optimize"] = self.optimization
+        if self.ptq is not None:
+            out["ptq"] = self.ptq
         if self.arena is not None:
             out["tflm"] = self.arena.to_dict()
             if self.firmware is not None:

@@ -1,0 +1,76 @@
+"""The ptq stage (between calibrate and convert): full-integer PTQ algorithms on the float model.
+
+Each algorithm (``edgepack.optimize.ptq``) rewrites the model the converter gets; the source model
+stays ``st.loaded``, the reference every comparison (validate, the accuracy budget) is made against.
+Each records what it changed in the manifest's ``extras.ptq``; ``--ptq NAME`` turns one on,
+``--no-ptq NAME`` off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
+
+from edgepack.formats.base import ModelFormat
+from edgepack.request import QuantizeMode
+
+if TYPE_CHECKING:
+    from edgepack.pipeline.state import PipelineState
+
+log = logging.getLogger(__name__)
+
+_INTEGER = (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO, QuantizeMode.INT16X8)
+
+
+def stage_ptq(st: PipelineState) -> dict | None:
+    req = st.request
+    if req.quantize.mode not in _INTEGER or st.calibration is None:
+        return None
+    wanted = req.quantize.ptq_algorithms
+    if not wanted:
+        return None
+    if req.optimize.qat:  # the model learned its int8 weights and ranges: nothing here to correct
+        st.ptq = {a: {"skipped": "--qat: the model was trained for int8"} for a in wanted}
+        return {a: "skipped" for a in wanted}
+    if st.loaded.format is ModelFormat.ONNX:
+        model, record = _onnx(st, wanted)
+    elif st.loaded.is_keras:
+        model, record = _keras(st, wanted)
+    else:
+        model, record = None, {a: {"skipped": f"no {st.loaded.format.value} face yet"} for a in wanted}
+    st.ptq = record
+    if model is not None:
+        st.quantize_source = model
+    return {name: _summary(r) for name, r in record.items()}
+
+
+def _summary(record: dict[str, Any]) -> Any:
+    if "skipped" in record:
+        return "skipped"
+    return {k: v for k, v in record.items() if isinstance(v, (int, float))}
+
+
+def _onnx(st: PipelineState, wanted: list[str]):
+    from edgepack.formats.onnx import OnnxModel
+    from edgepack.optimize.ptq import onnx_face
+
+    loaded = st.loaded
+    model: OnnxModel = loaded.model
+    proto, record = onnx_face.apply(model, wanted, st.calibration, per_tensor=st.request.quantize.per_tensor)
+    if proto is model.proto:
+        return None, record
+    new = dataclasses.replace(model, proto=proto, _session=None)
+    return dataclasses.replace(loaded, model=new), record
+
+
+def _keras(st: PipelineState, wanted: list[str]):
+    from edgepack.optimize.ptq import keras_face
+    from edgepack.optimize.ptq.onnx_face import SAMPLES
+
+    loaded = st.loaded
+    batch = next(st.calibration.batches(SAMPLES, {s.name: s.dtype for s in loaded.inputs}))
+    model, record = keras_face.apply(loaded.model, wanted, [batch[s.name] for s in loaded.inputs],
+                                     per_tensor=st.request.quantize.per_tensor)
+    return (None if model is None else dataclasses.replace(loaded, model=model)), record
+
