@@ -89,7 +89,11 @@ def test_tune_workers_never_outnumber_trials(tmp_path, keras3_model, labelled_np
     notes = [ln for ln in res.stderr.splitlines() if "--workers 64" in ln]
     assert len(notes) == 1 and "starting 1 worker (1 trial to run" in notes[0], res.stderr
     assert "Traceback" not in res.stderr and not res.stderr.count("error:")
-    assert res.peak_rss <= 1 << 30
+    # One trial converts and validates inside this process: TensorFlow's import alone is about 733 MiB of RSS
+    # here (457 MiB of it file-backed library pages, more when other TensorFlow processes have warmed the page
+    # cache), and the whole run measured 847-1,055 MiB. The case's point is that one process starts, not 64
+    # (3.7 GB and rising before): 1.25 GiB is that one process with headroom, not the 1 GiB of the others.
+    assert res.peak_rss <= 1.25 * (1 << 30)
     assert leftovers(tmp_path, tmp_path / "study", private_tmpdir) == []
     MEASURED.append(f"tune --workers 64 --trials 1: exit 0, {res.seconds:.1f} s, peak RSS {res.peak_rss / 2**20:.0f} "
                     f"MiB: {notes[0]}")
