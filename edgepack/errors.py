@@ -13,7 +13,7 @@ import re
 # Credentials that can ride in a user's text (a --storage URL, a DSN, an environment dump): URL userinfo
 # (``scheme://user:PASSWORD@host``), ``password=``/``passwd=``/``pwd=`` keys (URL queries, libpq keyword
 # strings, ``PGPASSWORD=`` environment style; quoted values too).
-_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*):[^\s'\"]*@")
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*):[^@/\s]*@")
 _KEY_VALUE = re.compile(r"(?P<head>(?i:\w*(?:password|passwd|pwd))\s*=\s*)"
                         r"(?P<value>'(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&;,'\")]+)")
 REDACTED = "***"

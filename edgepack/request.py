@@ -601,7 +601,7 @@ def _build(recipe: Mapping[str, Any], flags: Mapping[str, Any], where: str, base
 def _rebase(key: tuple[str, str], value: Any, base: Path | None) -> Any:
     if base is None or not isinstance(value, str | Mapping):
         return value
-    if key in _PATHS or key in (("calibration", "data"), ("budget", "inputs")):
+    if key in _PATHS or key in (("calibration", "data"), ("calibration", "inputs"), ("budget", "inputs")):
         if isinstance(value, Mapping):
             return {k: str(base / v) for k, v in value.items()}
         return str(base / value)

@@ -86,6 +86,14 @@ resize = [96, 96]
     assert req.optimize.prune == "channels:0.25" and req.optimize.train_data == tmp_path / "train.npz"
 
 
+def test_recipe_per_input_calibration_is_relative_to_the_recipe(tmp_path):
+    """``[calibration] inputs = {...}`` paths are the recipe's, like every other path in it (they were
+    left relative to the working folder)."""
+    recipe = _write(tmp_path / "r.toml", 'model = "m.onnx"\n[calibration]\ninputs = { image = "img.npy" }\n')
+    req = build_request(read_recipe(recipe), {"output": "out"}, base=tmp_path)
+    assert dict(req.calibration.inputs) == {"image": tmp_path / "img.npy"}
+
+
 @pytest.mark.parametrize("text,needle", [
     ('bogus = 1\n', "unknown key 'bogus'"),
     ('[optimize]\nprun = "channels:0.5"\n', "unknown key 'optimize.prun'"),

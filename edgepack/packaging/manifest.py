@@ -248,7 +248,20 @@ def read_manifest(bundle: str | Path) -> Manifest:
         raise BundleError(f"{path}: schema_version {d.get('schema_version')!r} is not supported "
                           f"(this edgepack reads {SCHEMA_VERSION})")
     validate_dict(d, where=str(path))
-    return Manifest.from_dict(d)
+    manifest = Manifest.from_dict(d)
+    _check_labels_artifact(manifest, path)
+    return manifest
+
+
+def _check_labels_artifact(manifest: Manifest, path: Path) -> None:
+    """``labels`` names the bundle's labels artifact, nothing else: readers (validate's class names, the
+    report's confusion table) open it by that name, and only artifacts are checked to lie inside the
+    bundle with their recorded hash. A manifest pointing ``labels`` elsewhere would make them read any file."""
+    if manifest.labels is None:
+        return
+    if not any(a.path == manifest.labels and a.role == "labels" for a in manifest.artifacts):
+        raise BundleError(f"{path}: 'labels' names {manifest.labels!r}, which is not the bundle's labels artifact",
+                          hint="re-create the bundle with 'edgepack convert'")
 
 
 def check_model_tensors(manifest: Manifest, info: Any, where: str) -> None:

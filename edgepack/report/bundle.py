@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 from edgepack.errors import BundleError
 from edgepack.packaging.bundle import verify_artifacts
-from edgepack.packaging.manifest import read_manifest
+from edgepack.packaging.manifest import read_json_file, read_manifest
 from edgepack.report import model as model_tables
 from edgepack.report import sections
 from edgepack.report.page import render, write_atomic
@@ -21,20 +20,21 @@ VALIDATION_NAME = "validation.json"
 
 
 def _side_json(bundle: Path, name: str) -> Any:
-    """A JSON file beside the manifest; None when absent, one line when unreadable."""
+    """A JSON file beside the manifest; None when absent, one line when unreadable (the bundle's JSON
+    size cap, regular files only)."""
     path = bundle / name
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError, RecursionError) as err:
-        raise BundleError(f"{path}: not readable JSON ({err})", hint="validate the bundle again") from err
+    return read_json_file(path)
 
 
 def _labels(bundle: Path, manifest) -> list[str] | None:
-    if not manifest.labels:
+    """The labels artifact's lines (read_manifest checked that ``labels`` names it, verify_artifacts that
+    it lies inside the bundle with its recorded hash)."""
+    art = next((a for a in manifest.artifacts if a.role == "labels"), None)
+    if art is None:
         return None
-    path = bundle / manifest.labels
+    path = bundle / art.path
     try:
         return path.read_text("utf-8").splitlines()
     except (OSError, UnicodeDecodeError):

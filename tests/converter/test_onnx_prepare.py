@@ -127,3 +127,16 @@ def test_keras_input_with_a_fixed_batch_keeps_it(tmp_path):
     report = api.validate(bundle=tmp_path / "b", data=tmp_path / "d.npy", reference=tmp_path / "m.keras")
     assert report.samples == 5 and report.outputs[0].max_abs_error < 1e-4
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["inputs"][0]["sample_axis"] is None
+
+
+def test_an_op_type_that_is_not_an_identifier_is_an_unsupported_op():
+    """A node of op type ``Nope.x`` made find_spec import a parent package and raise: an internal error
+    at the graph stage instead of the unsupported-op line (security review)."""
+    from onnx import TensorProto, helper
+
+    from edgepack.converter.onnx.ready import unsupported_ops
+
+    graph = helper.make_graph([helper.make_node("Nope.x", ["x"], ["y"], name="odd")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    assert unsupported_ops(helper.make_model(graph)) == {"Nope.x": ["odd"]}

@@ -117,3 +117,21 @@ def test_concurrent_force_converts_one_writes_the_other_says_it_did_not(tmp_path
     assert manifest.quantization.requested == "dynamic"  # the second run's bundle, whole
     verify_artifacts(out, manifest.artifacts)
     assert not leftovers(tmp_path)
+
+
+# -- review finding: the manifest's 'labels' named any file, and report / validate read it -------------------
+@pytest.mark.parametrize("command", ["report", "validate"])
+def test_labels_outside_the_labels_artifact_are_refused(bundle_copy, tmp_path, labelled_npz, command):
+    """``"labels": "/abs/secret.txt"`` made ``edgepack report`` copy the file's lines into report.html as
+    class names (validate rebuilt the page the same way): only the verified labels artifact is read."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET-line1\nTOPSECRET-line2\n")
+    _edit_manifest(bundle_copy, lambda d: d.update(labels=str(secret)))
+    before = snapshot(bundle_copy)
+    args = ["report", bundle_copy, "-o", tmp_path / "page.html"] if command == "report" else \
+        ["validate", bundle_copy, "--data", labelled_npz]
+    res = run_cli(args)
+    assert_error(res, 1, "'labels'", "not the bundle's labels artifact")
+    assert "TOPSECRET" not in res.stdout + res.stderr
+    assert not (tmp_path / "page.html").exists()
+    assert snapshot(bundle_copy) == before

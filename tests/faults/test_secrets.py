@@ -27,6 +27,8 @@ SECRET = "S3cretPW"
     f"PGPASSWORD={SECRET} edgepack tune ...",  # environment style
     f"argv: ['edgepack', 'tune', '--storage', 'postgresql://alice:{SECRET}@host/db']",  # a crash log's argv line
     f"sqlite:///x.db?passwd={SECRET}&timeout=3",
+    f"postgresql://alice:it's{SECRET}@host/db",  # a quote in the password (SQLAlchemy takes it raw)
+    f"argv: ['--storage', 'postgresql://alice:p\"{SECRET}@host/db']",
 ])
 def test_redact_masks_every_credential_form(text):
     out = redact(text)

@@ -31,7 +31,9 @@ def unsupported_ops(proto) -> dict[str, list[str]]:
     missing: dict[str, list[str]] = {}
     for node in walk_nodes(proto.graph):
         custom = node.domain not in ("", "ai.onnx")
-        if custom or importlib.util.find_spec(f"onnx2tf.ops.{node.op_type}") is None:
+        # an op type is the model's text: only an identifier can name one of onnx2tf's op modules (a dot
+        # would make find_spec import a parent package and raise)
+        if custom or not node.op_type.isidentifier() or importlib.util.find_spec(f"onnx2tf.ops.{node.op_type}") is None:
             key = f"{node.domain}.{node.op_type}" if custom else node.op_type
             missing.setdefault(key, []).append(node.name)
     return missing
