@@ -150,7 +150,7 @@ def validate_stream(bundle: Path, data: Path, *, reference: Path | None = None, 
     state, zeros at the start of every sequence); write ``validation_stream.json`` into the bundle."""
     from edgepack.formats.detect import load_model
     from edgepack.tflite_model import read_tflite
-    from edgepack.validation.validate import _resolve_reference
+    from edgepack.validation.validate import resolve_reference
 
     start = time.perf_counter()
     manifest = read_manifest(bundle)
@@ -166,7 +166,7 @@ def validate_stream(bundle: Path, data: Path, *, reference: Path | None = None, 
         from edgepack.validation.metrics import TaskMetric
 
         task = TaskMetric(metric)
-    ref_path = _resolve_reference(manifest, reference, bundle)
+    ref_path = resolve_reference(manifest, reference, bundle, trust_model=trust_model)
     if ref_path is None:
         raise UsageError("--stream compares the bundle with the source model, and there is none",
                          hint="pass --reference MODEL")

@@ -32,7 +32,14 @@ REPORT_NAME = "validation.json"
 CHUNK = 64  # samples in flight: memory stays at a chunk whatever the data size
 
 
-def _resolve_reference(manifest, reference: Path | None, bundle: Path) -> Path | None:
+def resolve_reference(manifest, reference: Path | None, bundle: Path, *, trust_model: bool = False) -> Path | None:
+    """The reference model: ``--reference``, else the manifest's recorded source (checked). Trust is
+    given to a file the person names: ``--trust-model`` needs ``--reference``."""
+    if trust_model and reference is None:
+        from edgepack.errors import UsageError
+
+        raise UsageError("--trust-model applies to a --reference you name, not to the source path a bundle records",
+                         hint="add --reference MODEL (the model you trust)")
     if reference is not None:
         if not reference.exists():
             raise BundleError(f"--reference {reference}: no such file or directory")
@@ -71,7 +78,7 @@ def validate_bundle(bundle: Path, data: Path | dict[str, Path], *, reference: Pa
     model_path = bundle / manifest.artifact("model").path
     info = read_tflite(model_path)  # the flatbuffer is verified before any interpreter sees it
     check_model_tensors(manifest, info, str(bundle))  # the scales used below are the model's own
-    ref_path = _resolve_reference(manifest, reference, bundle)
+    ref_path = resolve_reference(manifest, reference, bundle, trust_model=trust_model)
     loaded = None
     if ref_path is not None:
         from edgepack.formats.detect import load_model

@@ -196,3 +196,12 @@ def test_reproduce_verifies_every_input_and_artifact(bundle_copy, tmp_path, edit
     res = run_cli(["reproduce", bundle_copy, "-o", tmp_path / "again", "--check"])
     assert_error(res, 1, *fragments)
     assert not (tmp_path / "again").exists()
+
+
+def test_validate_trusts_only_a_reference_the_person_names(bundle_copy, labelled_npz):
+    """``validate --trust-model`` without ``--reference`` loaded the manifest's recorded source path with
+    safe mode off: trust went to a file the person never named (security review)."""
+    before = snapshot(bundle_copy)
+    res = run_cli(["validate", bundle_copy, "--data", labelled_npz, "--trust-model"])
+    assert_error(res, 2, "--trust-model", "--reference")
+    assert snapshot(bundle_copy) == before  # nothing validated, nothing written
