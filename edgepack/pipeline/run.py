@@ -1,7 +1,8 @@
 """The conversion pipeline: a straight line of small, timed stages.
 
 prepare → load → graph (ONNX preparation, state pairs) → optimize (--prune/--qat) → calibrate → ptq
-(fusion, equalization, bias correction) → convert → lstm_float (recurrent cells kept float) → camera I/O (--quantize uint8) → read back → budget (the
+(fusion, equalization, bias correction) → convert → lstm_float →
+camera I/O (--quantize uint8) → read back → budget (the
 accuracy budget's search) → app (LiteRT targets: metadata into the model, signatures, app code) → measure
 (optimization results, TFLM arena) → delegate (phone targets: XNNPACK coverage) → check target → vela
 (Ethos-U) → firmware (MCU sources) → package.
