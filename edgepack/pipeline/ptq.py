@@ -102,7 +102,9 @@ def stage_lstm_float(st: PipelineState) -> dict | None:
         mismatched = scale_mismatches(model)
         if not nodes and not mismatched:
             return None
-        st.tflite = st.calibrated.quantize(denylist=nodes + mismatched) if mismatched else model
+        # kept on the calibrated model: the accuracy budget's candidates keep them float as well
+        st.calibrated = dataclasses.replace(st.calibrated, keep_float=tuple(nodes + mismatched))
+        st.tflite = st.calibrated.quantize() if mismatched else model
         record = {"float_ops": len(nodes), "scale_mismatches": len(mismatched)}
         log.info("lstm-float: %d recurrent-cell ops and %d mis-scaled copies kept float", len(nodes), len(mismatched))
     st.ptq = {**(st.ptq or {}), LSTM_FLOAT: record}
