@@ -21,9 +21,11 @@ from collections.abc import Sequence
 CELL_OPS = frozenset({"ADD", "SUB", "MUL", "LOGISTIC", "TANH", "SPLIT", "SPLIT_V"})
 
 
-def cell_nodes(ops: Sequence[tuple[str, str, list[int], list[int]]]) -> list[str]:
+def cell_nodes(ops: Sequence[tuple[str, str, list[int], list[int]]], *, projections: bool = True) -> list[str]:
     """The node names (first output tensor's name) of every recurrent-cell op in ``ops``
-    (:func:`edgepack.converter.requantize.model_ops`), in execution order."""
+    (:func:`edgepack.converter.requantize.model_ops`), in execution order; with ``projections`` the
+    FULLY_CONNECTED ops that feed a cell (the gates' input and recurrent matmuls: onnxruntime runs them
+    in float inside its LSTM op too, on its int8-rounded input)."""
     producer = {t: i for i, (_, _, _, outs) in enumerate(ops) for t in outs}
     parent = list(range(len(ops)))
 
@@ -41,7 +43,11 @@ def cell_nodes(ops: Sequence[tuple[str, str, list[int], list[int]]]) -> list[str
             if j is not None and ops[j][0] in CELL_OPS:
                 parent[find(i)] = find(j)
     cells = {find(i) for i, (kind, _, ins, _) in enumerate(ops) if kind == "MUL" and _gate_product(ops, producer, ins)}
-    return [node for i, (kind, node, _, _) in enumerate(ops) if kind in CELL_OPS and find(i) in cells]
+    inside = {i for i, (kind, _, _, _) in enumerate(ops) if kind in CELL_OPS and find(i) in cells}
+    if projections:
+        inside |= {producer[t] for i in inside for t in ops[i][2]
+                   if t in producer and ops[producer[t]][0] == "FULLY_CONNECTED"}
+    return [node for i, (_, node, _, _) in enumerate(ops) if i in inside]
 
 
 def _gate_product(ops, producer: dict[int, int], ins: list[int]) -> bool:
