@@ -86,3 +86,17 @@ def test_a_silu_is_not_a_recurrent_cell():
     assert cell_nodes(ops) == []
     gate = ops + [("LOGISTIC", "g", [5], [7]), ("MUL", "ig", [7, 6], [8])]
     assert cell_nodes(gate) == ["s", "m", "a", "t", "g", "ig"]
+
+
+def test_integer_only_targets_keep_the_cells_int8_and_say_so(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = _bilstm(tmp_path / "bilstm.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(1).normal(0, 1, (100, STEPS, FEATURES)).astype(np.float32))
+    api.convert(model=model, output=tmp_path / "mcu", quantize="int8", calibration=tmp_path / "calib.npy",
+                target="cortex-m4")
+    interp = Interpreter(model_path=str(tmp_path / "mcu" / "model.tflite"))
+    dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    gates = [dtypes[int(op["outputs"][0])] for op in interp._get_ops_details() if op["op_name"] in ("LOGISTIC", "TANH")]
+    assert len(gates) >= 64 and all(d == np.int8 for d in gates)
+    assert "runs integer ops only" in read_manifest(tmp_path / "mcu").extras["ptq"]["lstm-float"]["skipped"]
