@@ -77,3 +77,49 @@ def scale_mismatches(model: bytes) -> list[str]:
     return [node for kind, node, ins, outs in model_ops(model)
             if kind in _COPIES and ins and outs and grid(ins[0]) is not None
             and any(grid(o) is not None and grid(o) != grid(ins[0]) for o in outs)]
+
+
+def hybrid_projections(model: bytes, nodes: Sequence[str]) -> tuple[bytes, int]:
+    """``model`` with the float FULLY_CONNECTED ops among ``nodes`` made hybrid: int8 weights (per output
+    channel, symmetric, as the converter writes them) and float activations that the kernel quantizes per
+    row as it runs (``asymmetric_quantize_inputs``). The cell's projections then cost their int8 bytes and
+    not four times that; returns the model and how many weight tensors were quantized."""
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    sg = obj.subgraphs[0]
+    fc = {i for i, c in enumerate(obj.operatorCodes)
+          if max(c.builtinCode, c.deprecatedBuiltinCode) == schema.BuiltinOperator.FULLY_CONNECTED}
+    wanted = set(nodes)
+    name = lambda op: (sg.tensors[op.outputs[0]].name or b"").decode()  # noqa: E731
+    readers: dict[int, list] = {}
+    for op in sg.operators:
+        for i in op.inputs:
+            readers.setdefault(int(i), []).append(op)
+    done: set[int] = set()
+    for op in sg.operators:
+        if op.opcodeIndex not in fc or name(op) not in wanted or len(op.inputs) < 2:
+            continue
+        w = sg.tensors[op.inputs[1]]
+        data = obj.buffers[w.buffer].data
+        if (sg.tensors[op.inputs[0]].type != schema.TensorType.FLOAT32 or w.type != schema.TensorType.FLOAT32
+                or data is None or not len(data) or len(w.shape) != 2
+                or any(r.opcodeIndex not in fc or name(r) not in wanted for r in readers[int(op.inputs[1])])):
+            continue
+        for r in readers[int(op.inputs[1])]:
+            if r.builtinOptions is not None:
+                r.builtinOptions.asymmetricQuantizeInputs = True
+        if int(op.inputs[1]) in done:
+            continue
+        weights = np.frombuffer(bytes(bytearray(data)), np.float32).reshape(w.shape)
+        scale = (np.maximum(np.abs(weights).max(axis=1), 1e-12) / 127.0).astype(np.float32)
+        obj.buffers[w.buffer].data = np.frombuffer(
+            np.clip(np.round(weights / scale[:, None]), -127, 127).astype(np.int8).tobytes(), np.uint8)
+        w.type = schema.TensorType.INT8
+        w.quantization = schema.QuantizationParametersT()
+        w.quantization.scale, w.quantization.zeroPoint = scale, np.zeros(len(scale), np.int64)
+        w.quantization.quantizedDimension = 0
+        done.add(int(op.inputs[1]))
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj)), len(done)

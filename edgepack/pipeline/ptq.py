@@ -88,7 +88,7 @@ def stage_lstm_float(st: PipelineState) -> dict | None:
     if (LSTM_FLOAT not in req.quantize.ptq_algorithms or st.calibrated is None
             or req.quantize.mode not in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO)):
         return None
-    from edgepack.converter.recurrent import cell_nodes, scale_mismatches
+    from edgepack.converter.recurrent import cell_nodes, hybrid_projections, scale_mismatches
 
     nodes = cell_nodes(st.calibrated.ops())
     if integer_only(st.target):
@@ -104,8 +104,9 @@ def stage_lstm_float(st: PipelineState) -> dict | None:
             return None
         # kept on the calibrated model: the accuracy budget's candidates keep them float as well
         st.calibrated = dataclasses.replace(st.calibrated, keep_float=tuple(nodes + mismatched))
-        st.tflite = st.calibrated.quantize() if mismatched else model
-        record = {"float_ops": len(nodes), "scale_mismatches": len(mismatched)}
+        model = st.calibrated.quantize() if mismatched else model
+        st.tflite, hybrid = hybrid_projections(model, nodes)
+        record = {"float_ops": len(nodes), "scale_mismatches": len(mismatched), "hybrid_weights": hybrid}
         log.info("lstm-float: %d recurrent-cell ops and %d mis-scaled copies kept float", len(nodes), len(mismatched))
     st.ptq = {**(st.ptq or {}), LSTM_FLOAT: record}
     return dict(record)
