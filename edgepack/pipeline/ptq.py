@@ -91,17 +91,15 @@ def stage_lstm_float(st: PipelineState) -> dict | None:
     from edgepack.converter.recurrent import cell_nodes, hybrid_projections, scale_mismatches
 
     nodes = cell_nodes(st.calibrated.ops())
+    if not nodes:
+        return None
     if integer_only(st.target):
-        if not nodes:
-            return None
         record: dict[str, Any] = {"skipped": f"target {st.target.name} runs integer ops only: "
                                              f"{len(nodes)} recurrent-cell ops stay int8"}
     else:
-        model = st.calibrated.quantize(denylist=nodes) if nodes else st.tflite
+        model = st.calibrated.quantize(denylist=nodes)
         # byte-copying ops the quantizer gave a scale not their input's: float too (they read wrong otherwise)
         mismatched = scale_mismatches(model)
-        if not nodes and not mismatched:
-            return None
         # kept on the calibrated model: the accuracy budget's candidates keep them float as well
         st.calibrated = dataclasses.replace(st.calibrated, keep_float=tuple(nodes + mismatched))
         model = st.calibrated.quantize() if mismatched else model
