@@ -88,8 +88,12 @@ def scores(metric: str, refs: list[np.ndarray], outs: list[np.ndarray]) -> dict[
 
 
 def stacked(per_feed: list[list[np.ndarray]]) -> list[np.ndarray]:
-    """Per output, the feeds' results concatenated on the batch axis (each feed is one sample)."""
-    return [np.concatenate([np.asarray(f[i]) for f in per_feed]) for i in range(len(per_feed[0]))]
+    """Per output, the feeds' results concatenated on the batch axis (each feed is one sample); stacked on a
+    new one when the output has no batch axis of 1 (the OCR recognizer's time-major [T, 1, classes])."""
+    def join(arrays: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(arrays) if arrays[0].ndim and arrays[0].shape[0] == 1 else np.stack(arrays)
+
+    return [join([np.asarray(f[i]) for f in per_feed]) for i in range(len(per_feed[0]))]
 
 
 def run_onnx(path: Path | bytes, feeds: list[dict]) -> list[np.ndarray]:

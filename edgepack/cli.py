@@ -378,7 +378,8 @@ def main() -> None:
 @click.option("--ptq", "ptq", multiple=True, type=click.Choice([*R.PTQ_ALGORITHMS, "all"]),
               help="Turn on a full-integer PTQ algorithm run before calibration (repeatable): fuse (decomposed "
                    "hard-swish -> HARD_SWISH), equalize (cross-layer equalization), learned-rounding (AdaRound-style "
-                   f"weight rounding), bias-correction. On by default: {', '.join(R.PTQ_DEFAULT)}.")
+                   f"weight rounding), bias-correction, lstm-float (a recurrent cell's gates and state kept float; "
+                   f"LiteRT targets). On by default: {', '.join(R.PTQ_DEFAULT)}.")
 @click.option("--no-ptq", "no_ptq", multiple=True, type=click.Choice([*R.PTQ_ALGORITHMS, "all"]),
               help="Turn off a full-integer PTQ algorithm (repeatable).")
 @click.option("--trust-model", is_flag=True, help="Allow loading models whose layers run Python code (Lambda).")

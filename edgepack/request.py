@@ -70,8 +70,9 @@ QUANTIZE_MODES = tuple(m.value for m in QuantizeMode)
 # full-integer PTQ algorithms applied before calibration (edgepack.optimize.ptq), in the order they run, and
 # those on by default (exact rewrites; learned rounding and bias correction measured losses on zoo models:
 # README, "Full-integer PTQ")
-PTQ_ALGORITHMS = ("fuse", "equalize", "learned-rounding", "bias-correction")
-PTQ_DEFAULT = ("fuse", "equalize")
+# lstm-float: a recurrent cell's gates and state kept float after conversion (pipeline/ptq.py, stage_lstm_float)
+PTQ_ALGORITHMS = ("fuse", "equalize", "learned-rounding", "bias-correction", "lstm-float")
+PTQ_DEFAULT = ("fuse", "equalize", "lstm-float")
 PRUNE_NORMS = ("l1", "l2")
 DISTRIBUTE = ("mirrored",)
 PRUNE_FORMS = ["channels:RATIO", "sparsity:RATIO", "M:N (e.g. 2:4)"]

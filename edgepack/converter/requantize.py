@@ -56,6 +56,8 @@ class Calibrated:
     samples: Any = field(default=None, compare=False, repr=False)
     # ranges the calibrator recorded too wide, replaced by the values seen: {index: (recorded, observed)}
     repaired: dict = field(default_factory=dict, compare=False, repr=False)
+    # node names every quantization keeps float (the lstm-float stage: recurrent cells), budget candidates too
+    keep_float: tuple[str, ...] = ()
     _tensors: list = field(default_factory=list, compare=False, repr=False)
     _ops: list = field(default_factory=list, compare=False, repr=False)
 
@@ -96,7 +98,7 @@ class Calibrated:
         data = self.model if not ranges else with_ranges(self.model, ranges)
         in_t = tf.float32 if self.input_type == tf.float32 else tf.int8
         out_t = tf.float32 if float_output or self.output_type == tf.float32 else tf.int8
-        deny = sorted(set(denylist))
+        deny = sorted(set(denylist) | set(self.keep_float))
         # an op with several outputs (SPLIT, UNPACK: an LSTM's gates) is not matched by its node name:
         # it is kept float by its type, so every op of that type is
         multi = {node: kind for kind, node, _, outs in self.ops() if len(outs) > 1}

@@ -21,13 +21,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _INTEGER = (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO, QuantizeMode.INT16X8)
+LSTM_FLOAT = "lstm-float"
 
 
 def stage_ptq(st: PipelineState) -> dict | None:
     req = st.request
     if req.quantize.mode not in _INTEGER or st.calibration is None:
         return None
-    wanted = req.quantize.ptq_algorithms
+    wanted = [a for a in req.quantize.ptq_algorithms if a != LSTM_FLOAT]  # that one runs after convert
     if not wanted:
         return None
     if req.optimize.qat:  # the model learned its int8 weights and ranges: nothing here to correct
@@ -74,3 +75,36 @@ def _keras(st: PipelineState, wanted: list[str]):
                                      per_tensor=st.request.quantize.per_tensor)
     return (None if model is None else dataclasses.replace(loaded, model=model)), record
 
+
+
+def stage_lstm_float(st: PipelineState) -> dict | None:
+    """The converted int8 model quantized again with its recurrent cells' ops float
+    (:mod:`edgepack.converter.recurrent`): as onnxruntime's static quantization runs an LSTM's gates
+    and cell. Int8 modes on targets with float kernels; integer-only targets keep full int8 and the
+    manifest says so. Recorded in ``extras.ptq["lstm-float"]``."""
+    from edgepack.pipeline.budget.stage import integer_only
+
+    req = st.request
+    if (LSTM_FLOAT not in req.quantize.ptq_algorithms or st.calibrated is None
+            or req.quantize.mode not in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO)):
+        return None
+    from edgepack.converter.recurrent import cell_nodes, hybrid_projections, scale_mismatches
+
+    nodes = cell_nodes(st.calibrated.ops())
+    if not nodes:
+        return None
+    if integer_only(st.target):
+        record: dict[str, Any] = {"skipped": f"target {st.target.name} runs integer ops only: "
+                                             f"{len(nodes)} recurrent-cell ops stay int8"}
+    else:
+        model = st.calibrated.quantize(denylist=nodes)
+        # byte-copying ops the quantizer gave a scale not their input's: float too (they read wrong otherwise)
+        mismatched = scale_mismatches(model)
+        # kept on the calibrated model: the accuracy budget's candidates keep them float as well
+        st.calibrated = dataclasses.replace(st.calibrated, keep_float=tuple(nodes + mismatched))
+        model = st.calibrated.quantize() if mismatched else model
+        st.tflite, hybrid = hybrid_projections(model, nodes)
+        record = {"float_ops": len(nodes), "scale_mismatches": len(mismatched), "hybrid_weights": hybrid}
+        log.info("lstm-float: %d recurrent-cell ops and %d mis-scaled copies kept float", len(nodes), len(mismatched))
+    st.ptq = {**(st.ptq or {}), LSTM_FLOAT: record}
+    return dict(record)

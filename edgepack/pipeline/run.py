@@ -1,7 +1,8 @@
 """The conversion pipeline: a straight line of small, timed stages.
 
 prepare → load → graph (ONNX preparation, state pairs) → optimize (--prune/--qat) → calibrate → ptq
-(fusion, equalization, bias correction) → convert → camera I/O (--quantize uint8) → read back → budget (the
+(fusion, equalization, bias correction) → convert → lstm_float →
+camera I/O (--quantize uint8) → read back → budget (the
 accuracy budget's search) → app (LiteRT targets: metadata into the model, signatures, app code) → measure
 (optimization results, TFLM arena) → delegate (phone targets: XNNPACK coverage) → check target → vela
 (Ethos-U) → firmware (MCU sources) → package.
@@ -32,6 +33,7 @@ STAGES: tuple[tuple[str, Stage], ...] = (
     ("ptq", ptq.stage_ptq),
     ("camera_check", phone.stage_camera_check),
     ("convert", stages.stage_convert),
+    ("lstm_float", ptq.stage_lstm_float),
     ("camera_io", phone.stage_camera_io),
     ("read_back", stages.stage_read_back),
     ("budget", budget.stage_budget),
