@@ -11,13 +11,16 @@ Quantization fields are read back from the produced model, never echoed from the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from edgepack.errors import BundleError
 
@@ -202,21 +205,40 @@ def _validator():
 MAX_JSON_BYTES = 64 << 20  # manifest.json, validation.json, sensitivity.json: far above what edgepack writes
 
 
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for a message ("a FIFO", "a directory", ...)."""
+    import stat
+
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+@contextlib.contextmanager
+def open_regular(path: Path, label: str) -> Iterator[tuple[BinaryIO, os.stat_result]]:
+    """``path`` opened for reading as a regular file, with its stat from the open descriptor: opened
+    without blocking (a FIFO, even one swapped in after a check, cannot hang the open); one-line
+    :class:`BundleError` naming ``label`` for anything else."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise BundleError(f"{label}: cannot read ({err.strerror})") from err
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{label} is {file_kind(st.st_mode)}, not a regular file")
+        yield f, st
+
+
 def read_json_file(path: Path, *, limit: int = MAX_JSON_BYTES) -> Any:
     """A JSON file of a bundle: a regular file of at most ``limit`` bytes (checked before it is read, and
     while), parsed; one-line :class:`BundleError` for anything else (too large, not JSON, an integer past
     Python's digit limit, nesting past the recursion limit)."""
-    import os
-    import stat
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not hang the open
-    except OSError as err:
-        raise BundleError(f"{path}: cannot read ({err.strerror})") from err
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise BundleError(f"{path}: not a regular file")
+    with open_regular(path, str(path)) as (f, st):
         too_big = BundleError(f"{path}: larger than the {limit >> 20} MiB limit for a bundle's JSON files",
                               hint="re-create the bundle with 'edgepack convert'")
         if st.st_size > limit:

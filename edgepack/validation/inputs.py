@@ -9,11 +9,11 @@ recorded at conversion time. A FIFO, a device or ``/dev/zero`` is refused before
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 from pathlib import Path
 
 from edgepack.errors import BundleError
+from edgepack.packaging.manifest import file_kind, open_regular
 
 MAX_MODEL_BYTES = 2 << 30  # a source model followed from manifest.json (a .tflite cannot hold more)
 MAX_INPUT_BYTES = 4 << 30  # one input file (or folder) of a recorded request, hashed before reproduce uses it
@@ -21,25 +21,10 @@ MAX_FOLDER_FILES = 100_000  # files in a folder input (image folders, SavedModel
 _CHUNK = 1 << 20
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def _file_sha256(path: Path, what: str, budget: list[int], limit: int) -> str:
     """One regular file's sha256, charged to ``budget`` (bytes left). Opened without blocking (a FIFO
     swapped in after the check cannot hang the open), checked on the open descriptor."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as err:
-        raise BundleError(f"{what} {path}: cannot read ({err.strerror})") from err
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise BundleError(f"{what} {path} is {_kind(st.st_mode)}, not a regular file")
+    with open_regular(path, f"{what} {path}") as (f, st):
         if st.st_size > budget[0]:
             raise BundleError(f"{what} {path} is larger than the {limit / 2**30:g} GiB limit for files a manifest "
                               "names")
@@ -89,7 +74,7 @@ def _sha256(path: Path, what: str, limit: int, folders: bool) -> str:
         if stat.S_ISREG(mode):
             entries.append(q)
         elif not stat.S_ISDIR(mode):
-            raise BundleError(f"{what} {q} is {_kind(mode)}, not a regular file")
+            raise BundleError(f"{what} {q} is {file_kind(mode)}, not a regular file")
     h = hashlib.sha256()
     for q in sorted(entries):
         h.update(str(q.relative_to(path)).encode())
