@@ -182,8 +182,8 @@ def _observe_main(folder: Path, tensors: list[int]) -> None:
     interp = Interpreter(model_path=str(folder / "in.tflite"), experimental_preserve_all_tensors=True,
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     inputs = [d["index"] for d in interp.get_input_details()]
-    lo = dict.fromkeys(tensors, np.inf)
-    hi = dict.fromkeys(tensors, -np.inf)
+    lo = np.full(len(tensors), np.inf)
+    hi = np.full(len(tensors), -np.inf)
     shapes = None
     for arrays in _read_samples(sys.stdin.buffer):
         if [a.shape for a in arrays] != shapes:
@@ -194,11 +194,23 @@ def _observe_main(folder: Path, tensors: list[int]) -> None:
         for idx, a in zip(inputs, arrays):
             interp.set_tensor(idx, a)
         interp.invoke()
-        for t in tensors:
-            v = interp.get_tensor(t)
-            if v.size:
-                lo[t], hi[t] = min(lo[t], float(v.min())), max(hi[t], float(v.max()))
-    (folder / "out.json").write_text(json.dumps({t: [lo[t], hi[t]] for t in tensors if np.isfinite(lo[t])}))
+        for k, t in enumerate(tensors):
+            _update(lo, hi, k, interp.tensor(t)())  # a view: every tensor is preserved, nothing is copied
+    # a tensor that never held a value (empty, or NaN only) gets no range, as in TensorFlow's calibrator
+    (folder / "out.json").write_text(json.dumps({t: [lo[k], hi[k]] for k, t in enumerate(tensors) if lo[k] <= hi[k]}))
+
+
+def _update(lo: np.ndarray, hi: np.ndarray, k: int, values: np.ndarray) -> None:
+    """Widen ``lo[k]``/``hi[k]`` to ``values``; NaN values are skipped (as TensorFlow's calibrator does)."""
+    if not values.size:
+        return
+    a, b = values.min(), values.max()
+    if np.isnan(a) or np.isnan(b):
+        finite = values[~np.isnan(values)]
+        if not finite.size:
+            return
+        a, b = finite.min(), finite.max()
+    lo[k], hi[k] = min(lo[k], float(a)), max(hi[k], float(b))
 
 
 def child_main(folder: Path) -> None:

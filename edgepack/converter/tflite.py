@@ -125,42 +125,61 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
         from edgepack.converter import isolate
 
         order = _input_order(result)
-        samples = ([s[n] for n in order] if order else list(s.values()) for s in rep())
-        new_quantizer = conv.experimental_new_quantizer and activations_type != tf.int16
-        q = None if new_quantizer else {
-            "input": _dtype_num(input_type), "output": _dtype_num(output_type), "allow_float": allow_float,
-            "activations": _dtype_num(activations_type), "bias": _dtype_num(bias_type),
-            "disable_per_channel": bool(conv._experimental_disable_per_channel),
-            "disable_per_channel_dense": bool(conv._experimental_disable_per_channel_quantization_for_dense_layers)}
-        try:
-            out = isolate.calibrate(result, samples, quantize=q, verbose=verbose, stage=f"{mode} calibration")
-        except isolate.NativeCrash as crash:
-            from edgepack.tflite_model import read_tflite
 
-            raise isolate.NativeCrash(crash.message, signal_name=crash.signal_name,
-                                      hint=isolate.crash_hint(read_tflite(bytes(result)).op_counts, mode.value)) from None
-        if q is not None:
-            return out
-        out, repaired = _repair(bytes(out), lambda: ([s[n] for n in order] if order else list(s.values())
-                                                     for s in rep()), verbose)
+        def samples():
+            return ([s[n] for n in order] if order else list(s.values()) for s in rep())
+
+        per_channel_off = bool(conv._experimental_disable_per_channel)
+        dense_off = bool(conv._experimental_disable_per_channel_quantization_for_dense_layers)
+        if not conv.experimental_new_quantizer or activations_type == tf.int16:  # the old quantizer, in the child
+            q = {"input": _dtype_num(input_type), "output": _dtype_num(output_type), "allow_float": allow_float,
+                 "activations": _dtype_num(activations_type), "bias": _dtype_num(bias_type),
+                 "disable_per_channel": per_channel_off, "disable_per_channel_dense": dense_off}
+            return _crash_hint(result, mode, lambda: isolate.calibrate(
+                result, samples(), quantize=q, verbose=verbose, stage=f"{mode} calibration"))
+        out, repaired = _crash_hint(result, mode, lambda: _calibrated(bytes(result), samples, mode, verbose))
         if keep is not None:
             from edgepack.converter.requantize import Calibrated
 
             keep(Calibrated(bytes(out), input_type=input_type, output_type=output_type,
-                            disable_per_channel=bool(conv._experimental_disable_per_channel),
-                            disable_per_channel_dense=bool(
-                                conv._experimental_disable_per_channel_quantization_for_dense_layers),
+                            disable_per_channel=per_channel_off, disable_per_channel_dense=dense_off,
                             enable_variable_quantization=enable_variable_quantization,
-                            debug_options=debug_options.SerializeToString(),
-                            samples=lambda: ([s[n] for n in order] if order else list(s.values()) for s in rep()),
-                            repaired=repaired))
-        return mlir_quantize(out, conv._experimental_disable_per_channel, input_data_type=input_type,
-                             output_data_type=output_type, enable_variable_quantization=enable_variable_quantization,
-                             disable_per_channel_for_dense_layers=(
-                                 conv._experimental_disable_per_channel_quantization_for_dense_layers),
+                            debug_options=debug_options.SerializeToString(), samples=samples, repaired=repaired))
+        return mlir_quantize(out, per_channel_off, input_data_type=input_type, output_data_type=output_type,
+                             enable_variable_quantization=enable_variable_quantization,
+                             disable_per_channel_for_dense_layers=dense_off,
                              debug_options_str=debug_options.SerializeToString())
 
     return quantize
+
+
+def _crash_hint(model, mode: QuantizeMode, run: Callable):
+    """``run()``; a native crash in the child gets the hint naming the graph's risky ops."""
+    from edgepack.converter import isolate
+
+    try:
+        return run()
+    except isolate.NativeCrash as crash:
+        from edgepack.tflite_model import read_tflite
+
+        raise isolate.NativeCrash(crash.message, signal_name=crash.signal_name,
+                                  hint=isolate.crash_hint(read_tflite(bytes(model)).op_counts, mode.value)) from None
+
+
+def _calibrated(model: bytes, samples: Callable, mode: QuantizeMode, verbose: bool) -> tuple[bytes, dict]:
+    """The float model with every activation's min/max recorded, and the ranges repaired after
+    TensorFlow's calibrator (``{}`` when it was not used). One pass over the samples with every tensor
+    in its own buffer (:mod:`~edgepack.converter.minmax`) where the graph allows; else TensorFlow's
+    calibrator, then the range check (a second pass, only when some ranges look too wide)."""
+    from edgepack.converter import isolate
+    from edgepack.converter.minmax import calibration_tensors, with_calibration
+
+    tensors = calibration_tensors(model)
+    if tensors is not None:
+        ranges = isolate.observe(model, samples(), tensors, verbose=verbose, stage=f"{mode} calibration")
+        return with_calibration(model, ranges), {}
+    out = isolate.calibrate(model, samples(), verbose=verbose, stage=f"{mode} calibration")
+    return _repair(bytes(out), samples, verbose)
 
 
 def _repair(model: bytes, samples: Callable, verbose: bool) -> tuple[bytes, dict]:

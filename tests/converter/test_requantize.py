@@ -99,13 +99,10 @@ def test_a_float_path_has_no_int8_rounding_left(tmp_path):
     assert 10 * np.log10(float(np.sum(ref ** 2)) / max(noise, 1e-30)) > 80.0
 
 
-def test_ranges_the_calibrator_records_too_wide_are_repaired(tmp_path):
-    """x * relu6(x + 2): TF's calibrator records the relu6 output (0..6) with the product's range,
-    which would leave it a handful of int8 levels; the check replaces it by the values seen."""
+def _gated_model(tmp_path):
+    """x * relu6(x + 2) (offset 2 so TF does not fuse it into HARD_SWISH): TF's calibrator records the
+    relu6 output (0..6) with the product's range, which would leave it a handful of int8 levels."""
     import tf_keras as keras
-
-    from edgepack import api
-    from edgepack.tflite_model import read_tflite
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 3), name="image")
@@ -115,11 +112,74 @@ def test_ranges_the_calibrator_records_too_wide_are_repaired(tmp_path):
     model = keras.Model(inp, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(h)))
     model.save(tmp_path / "gated.h5")
     np.save(tmp_path / "calib.npy", np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype(np.float32) * 3)
-    res = api.convert(model=tmp_path / "gated.h5", output=tmp_path / "bundle", calibration=tmp_path / "calib.npy")
+    return tmp_path / "gated.h5", tmp_path / "calib.npy"
+
+
+def _gate_scale(bundle) -> float:
+    from edgepack.tflite_model import read_tflite
+
+    info = read_tflite((bundle / "model.tflite").read_bytes())
+    return next(t for t in info.tensors if "gate" in t.name and t.dtype == "int8" and "Mul" not in t.name).scale
+
+
+def test_one_calibration_pass_records_the_ranges_the_values_have(tmp_path):
+    """The one-pass calibration (every tensor in its own buffer) gives the relu6 output its 0..6: no
+    range is recorded too wide, so there is nothing to repair and no second pass."""
+    from edgepack import api
+
+    model, calib = _gated_model(tmp_path)
+    res = api.convert(model=model, output=tmp_path / "bundle", calibration=calib)
+    assert res.manifest.quantization.calibration.repaired_ranges == 0
+    assert _gate_scale(tmp_path / "bundle") == pytest.approx(6.0 / 255, rel=0.02)  # not the product's range
+
+
+def test_ranges_the_calibrator_records_too_wide_are_repaired(tmp_path, monkeypatch):
+    """Graphs the one pass cannot take (several subgraphs, LSTM kernels) keep TensorFlow's calibrator;
+    its too-wide ranges are checked and replaced by the values seen."""
+    from edgepack import api
+    from edgepack.converter import minmax
+
+    monkeypatch.setattr(minmax, "calibration_tensors", lambda model: None)  # as for such a graph
+    model, calib = _gated_model(tmp_path)
+    res = api.convert(model=model, output=tmp_path / "bundle", calibration=calib)
     assert res.manifest.quantization.calibration.repaired_ranges == 1
-    info = read_tflite((tmp_path / "bundle" / "model.tflite").read_bytes())
-    add = next(t for t in info.tensors if "gate" in t.name and t.dtype == "int8" and "Mul" not in t.name)
-    assert add.scale == pytest.approx(6.0 / 255, rel=0.02)  # 0..6 on 256 levels, not the product's range
+    assert _gate_scale(tmp_path / "bundle") == pytest.approx(6.0 / 255, rel=0.02)
+
+
+def test_one_pass_ranges_match_the_calibrator_after_its_repair(tmp_path):
+    """The one pass logs the tensors TensorFlow's calibrator logs, with the same min/max, except where
+    the calibrator recorded a consumer's in-place result: there it gives what the repair gives."""
+    from edgepack.converter import isolate
+    from edgepack.converter.minmax import calibration_tensors, with_calibration
+    from edgepack.converter.requantize import repair_ranges
+    from edgepack.converter.tflite import convert_to_tflite
+    from edgepack.formats.detect import load_model
+    from edgepack.request import QuantizeMode
+
+    model, _ = _gated_model(tmp_path)
+    float_model = convert_to_tflite(load_model(model), QuantizeMode.NONE, None)
+    data = np.load(tmp_path / "calib.npy")
+
+    def samples():
+        return ([d[None]] for d in data)
+
+    tensors = calibration_tensors(float_model)
+    ours = _recorded(with_calibration(float_model, isolate.observe(float_model, samples(), tensors)))
+    tf_cal = isolate.calibrate(float_model, samples())
+    repaired, fixed = repair_ranges(tf_cal, samples)
+    theirs, raw = _recorded(repaired), _recorded(tf_cal)
+    assert sorted(ours) == sorted(raw) == tensors
+    assert fixed and all(raw[i] != ours[i] for i in fixed)  # the in-place union, which the one pass never records
+    for i in tensors:
+        assert ours[i] == pytest.approx(theirs[i], rel=1e-4, abs=1e-5), i
+
+
+def _recorded(model: bytes) -> dict[int, tuple[float, float]]:
+    from edgepack.converter.requantize import _unpack
+
+    sg = _unpack(model).subgraphs[0]
+    return {i: (float(t.quantization.min[0]), float(t.quantization.max[0])) for i, t in enumerate(sg.tensors)
+            if t.quantization is not None and t.quantization.min is not None and len(t.quantization.min)}
 
 
 def test_ops_with_several_outputs_are_kept_float_by_type(tmp_path):

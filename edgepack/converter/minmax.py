@@ -1,0 +1,74 @@
+"""Calibration in one pass: every activation's min/max observed with each tensor in its own buffer.
+
+TensorFlow's calibrator (TF 2.19) logs each op's float inputs before *and after* the op ran, so when
+the runtime lets an op write its result into an input's buffer (in place), that input is recorded
+with the union of both ranges (a relu6 output recorded as the product ``x * relu6(x + 3)``'s
+-2.25..247.7). edgepack used to calibrate with TensorFlow and then run the samples a second time to
+repair such ranges (:func:`edgepack.converter.requantize.repair_ranges`): two passes.
+
+Here the calibration *is* the observation: the float model runs once per sample on LiteRT's builtin
+kernels with every tensor preserved (no buffer is shared, so nothing is overwritten), in the
+crash-contained child (:func:`edgepack.converter.isolate.observe`), and the min/max of exactly the
+tensors TensorFlow's calibrator logs — float32 inputs and outputs of ops that hold no constant data
+— are written into the model the way its ``Calibrate()`` writes them (a ``QuantizationParameters``
+with one ``min`` and one ``max``). NaN values are skipped, as the calibrator skips them. The result
+is what ``mlir_quantize`` takes.
+
+Graphs this pass cannot reproduce keep TensorFlow's calibrator (and the range check after it):
+several subgraphs (WHILE/IF bodies, which the logging interpreter calibrates too), LSTM/RNN kernels
+(the calibrator logs their internal gate tensors, which no interpreter exposes) and custom ops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# builtin ops whose calibration logs internal tensors (the calibrator's LSTM logging kernel) or that
+# carry variable state: only TensorFlow's calibrator sees what they need
+_NEEDS_TF_CALIBRATOR = {"LSTM", "UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM",
+                        "UNIDIRECTIONAL_SEQUENCE_RNN", "BIDIRECTIONAL_SEQUENCE_RNN", "RNN", "SVDF",
+                        "VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
+_FLOAT32 = 0  # schema TensorType.FLOAT32
+
+
+def calibration_tensors(model: bytes) -> list[int] | None:
+    """The tensors TensorFlow's calibrator would log (float32, not constant, an op's input or output),
+    by index; None when the graph needs TensorFlow's own calibrator (see the module's docstring)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgepack.tflite_model import op_kinds
+
+    obj = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    if len(obj.subgraphs or []) != 1:
+        return None
+    kinds = op_kinds(obj)
+    if any(k in _NEEDS_TF_CALIBRATOR or k.startswith("CUSTOM:") for k in kinds):
+        return None
+    sg, buffers = obj.subgraphs[0], obj.buffers or []
+    found: set[int] = set()
+    for op in sg.operators or []:
+        for group in (op.inputs, op.outputs):
+            found.update(int(i) for i in (group if group is not None else ()) if i >= 0)
+    return sorted(i for i in found if sg.tensors[i].type == _FLOAT32 and not _constant(sg.tensors[i], buffers))
+
+
+def _constant(tensor, buffers) -> bool:
+    if not tensor.buffer or tensor.buffer >= len(buffers):
+        return False
+    buf = buffers[tensor.buffer]
+    return buf.data is not None and len(buf.data) > 0 or bool(getattr(buf, "size", 0))
+
+
+def with_calibration(model: bytes, ranges: Mapping[int, tuple[float, float]]) -> bytes:
+    """``model`` with each tensor of ``ranges`` (index -> (min, max)) given a calibration record: a
+    QuantizationParameters holding that min and max only, as TensorFlow's ``Calibrate()`` writes it."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    tensors = obj.subgraphs[0].tensors
+    for i, (lo, hi) in ranges.items():
+        q = schema.QuantizationParametersT()
+        q.min, q.max = [float(lo)], [float(hi)]
+        tensors[int(i)].quantization = q
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
