@@ -10,9 +10,9 @@ The child loads TensorFlow Lite's calibration extension by file, without importi
 (importing TensorFlow would add seconds to every calibrated conversion); it needs only NumPy.
 
 The same child can also *observe* a float model's tensors (:func:`observe`): per tensor index,
-the min/max it takes over the samples, read with LiteRT's reference kernels and every tensor
-preserved, which is how :func:`edgepack.converter.requantize.repair_ranges` checks the ranges
-the calibrator recorded.
+the min/max it takes over the samples, each tensor made a graph output so that it keeps its own
+buffer; that is edgepack's one-pass calibration (:mod:`edgepack.converter.minmax`) and how
+:func:`edgepack.converter.requantize.repair_ranges` checks the ranges TensorFlow's calibrator recorded.
 
     python -m edgepack.converter.isolate FOLDER   # FOLDER/in.tflite, FOLDER/args.json -> FOLDER/out.tflite
 """
@@ -61,8 +61,13 @@ def calibrate(model: bytes, samples: Iterable[Sequence[np.ndarray]], *, quantize
 def observe(model: bytes, samples: Iterable[Sequence[np.ndarray]], tensors: Sequence[int], *,
             verbose: bool = False, stage: str = "range check") -> dict[int, tuple[float, float]]:
     """The min/max each of ``tensors`` (indices) takes over ``samples`` when ``model`` (float) runs
-    on LiteRT's builtin kernels with every tensor kept: ``{index: (min, max)}``."""
-    out = _run_child(model, samples, {"observe": [int(t) for t in tensors]}, verbose, stage)
+    on LiteRT: ``{index: (min, max)}``, NaN skipped. Every tensor asked for is made an output of the
+    graph, so each has a buffer of its own (nothing is computed in place over it) and LiteRT's
+    optimized kernels (XNNPACK) write it out; graph inputs are read from the samples themselves."""
+    from edgepack.converter.minmax import with_outputs
+
+    tensors = [int(t) for t in tensors]
+    out = _run_child(with_outputs(model, tensors), samples, {"observe": tensors}, verbose, stage)
     return {int(k): (float(v[0]), float(v[1])) for k, v in json.loads(out).items()}
 
 
@@ -177,13 +182,16 @@ def _read_samples(raw):
 
 
 def _observe_main(folder: Path, tensors: list[int]) -> None:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    import os
 
-    interp = Interpreter(model_path=str(folder / "in.tflite"), experimental_preserve_all_tensors=True,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(folder / "in.tflite"), num_threads=os.cpu_count() or 1)
     inputs = [d["index"] for d in interp.get_input_details()]
     lo = np.full(len(tensors), np.inf)
     hi = np.full(len(tensors), -np.inf)
+    position = {t: k for k, t in enumerate(tensors)}
+    read = [(k, t) for k, t in enumerate(tensors) if t not in inputs]
     shapes = None
     for arrays in _read_samples(sys.stdin.buffer):
         if [a.shape for a in arrays] != shapes:
@@ -193,9 +201,11 @@ def _observe_main(folder: Path, tensors: list[int]) -> None:
             shapes = [a.shape for a in arrays]
         for idx, a in zip(inputs, arrays):
             interp.set_tensor(idx, a)
+            if idx in position and a.dtype == np.float32:
+                _update(lo, hi, position[idx], a)
         interp.invoke()
-        for k, t in enumerate(tensors):
-            _update(lo, hi, k, interp.tensor(t)())  # a view: every tensor is preserved, nothing is copied
+        for k, t in read:
+            _update(lo, hi, k, interp.tensor(t)())  # a view of an output buffer: nothing is copied
     # a tensor that never held a value (empty, or NaN only) gets no range, as in TensorFlow's calibrator
     (folder / "out.json").write_text(json.dumps({t: [lo[k], hi[k]] for k, t in enumerate(tensors) if lo[k] <= hi[k]}))
 

@@ -6,9 +6,10 @@ with the union of both ranges (a relu6 output recorded as the product ``x * relu
 -2.25..247.7). edgepack used to calibrate with TensorFlow and then run the samples a second time to
 repair such ranges (:func:`edgepack.converter.requantize.repair_ranges`): two passes.
 
-Here the calibration *is* the observation: the float model runs once per sample on LiteRT's builtin
-kernels with every tensor preserved (no buffer is shared, so nothing is overwritten), in the
-crash-contained child (:func:`edgepack.converter.isolate.observe`), and the min/max of exactly the
+Here the calibration *is* the observation: the float model runs once per sample on LiteRT (its
+optimized kernels, XNNPACK included) with every tensor to calibrate made an output of the graph, so
+that each has a buffer of its own and nothing is computed in place over it, in the crash-contained
+child (:func:`edgepack.converter.isolate.observe`), and the min/max of exactly the
 tensors TensorFlow's calibrator logs — float32 inputs and outputs of ops that hold no constant data
 — are written into the model the way its ``Calibrate()`` writes them (a ``QuantizationParameters``
 with one ``min`` and one ``max``). NaN values are skipped, as the calibrator skips them. The result
@@ -22,6 +23,8 @@ several subgraphs (WHILE/IF bodies, which the logging interpreter calibrates too
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+import numpy as np
 
 # builtin ops whose calibration logs internal tensors (the calibrator's LSTM logging kernel) or that
 # carry variable state: only TensorFlow's calibrator sees what they need
@@ -71,4 +74,17 @@ def with_calibration(model: bytes, ranges: Mapping[int, tuple[float, float]]) ->
         q = schema.QuantizationParametersT()
         q.min, q.max = [float(lo)], [float(hi)]
         tensors[int(i)].quantization = q
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+def with_outputs(model: bytes, tensors: list[int]) -> bytes:
+    """``model`` with ``tensors`` (graph inputs aside) added to its outputs: each keeps a buffer of its own
+    and is written out whichever kernels (XNNPACK's fused ones too) compute it."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    sg = obj.subgraphs[0]
+    inputs = {int(i) for i in sg.inputs}
+    outs = [int(i) for i in sg.outputs]
+    sg.outputs = np.asarray(list(dict.fromkeys([*outs, *(t for t in tensors if t not in inputs)])), np.int32)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))

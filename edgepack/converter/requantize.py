@@ -56,6 +56,8 @@ class Calibrated:
     samples: Any = field(default=None, compare=False, repr=False)
     # ranges the calibrator recorded too wide, replaced by the values seen: {index: (recorded, observed)}
     repaired: dict = field(default_factory=dict, compare=False, repr=False)
+    # how the ranges were recorded ("one pass", or "tensorflow" + the range check), in how many seconds
+    calibration: dict = field(default_factory=dict, compare=False, repr=False)
     # node names every quantization keeps float (the lstm-float stage: recurrent cells), budget candidates too
     keep_float: tuple[str, ...] = ()
     _tensors: list = field(default_factory=list, compare=False, repr=False)

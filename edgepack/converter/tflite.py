@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -137,14 +138,18 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
                  "disable_per_channel": per_channel_off, "disable_per_channel_dense": dense_off}
             return _crash_hint(result, mode, lambda: isolate.calibrate(
                 result, samples(), quantize=q, verbose=verbose, stage=f"{mode} calibration"))
-        out, repaired = _crash_hint(result, mode, lambda: _calibrated(bytes(result), samples, mode, verbose))
+        start = time.perf_counter()
+        out, repaired, how = _crash_hint(result, mode, lambda: _calibrated(bytes(result), samples, mode, verbose))
+        how = {**how, "seconds": round(time.perf_counter() - start, 3)}
+        log.info("calibration: %s", how)
         if keep is not None:
             from edgepack.converter.requantize import Calibrated
 
             keep(Calibrated(bytes(out), input_type=input_type, output_type=output_type,
                             disable_per_channel=per_channel_off, disable_per_channel_dense=dense_off,
                             enable_variable_quantization=enable_variable_quantization,
-                            debug_options=debug_options.SerializeToString(), samples=samples, repaired=repaired))
+                            debug_options=debug_options.SerializeToString(), samples=samples, repaired=repaired,
+                            calibration=how))
         return mlir_quantize(out, per_channel_off, input_data_type=input_type, output_data_type=output_type,
                              enable_variable_quantization=enable_variable_quantization,
                              disable_per_channel_for_dense_layers=dense_off,
@@ -166,20 +171,22 @@ def _crash_hint(model, mode: QuantizeMode, run: Callable):
                                   hint=isolate.crash_hint(read_tflite(bytes(model)).op_counts, mode.value)) from None
 
 
-def _calibrated(model: bytes, samples: Callable, mode: QuantizeMode, verbose: bool) -> tuple[bytes, dict]:
-    """The float model with every activation's min/max recorded, and the ranges repaired after
-    TensorFlow's calibrator (``{}`` when it was not used). One pass over the samples with every tensor
-    in its own buffer (:mod:`~edgepack.converter.minmax`) where the graph allows; else TensorFlow's
-    calibrator, then the range check (a second pass, only when some ranges look too wide)."""
+def _calibrated(model: bytes, samples: Callable, mode: QuantizeMode, verbose: bool) -> tuple[bytes, dict, dict]:
+    """The float model with every activation's min/max recorded, the ranges repaired after
+    TensorFlow's calibrator (``{}`` when it was not used), and how the ranges were recorded. One pass
+    over the samples with every tensor in its own buffer (:mod:`~edgepack.converter.minmax`) where the
+    graph allows; else TensorFlow's calibrator, then the range check (a second pass, only when some
+    ranges look too wide)."""
     from edgepack.converter import isolate
     from edgepack.converter.minmax import calibration_tensors, with_calibration
 
     tensors = calibration_tensors(model)
     if tensors is not None:
         ranges = isolate.observe(model, samples(), tensors, verbose=verbose, stage=f"{mode} calibration")
-        return with_calibration(model, ranges), {}
+        return with_calibration(model, ranges), {}, {"method": "one pass", "tensors": len(ranges)}
     out = isolate.calibrate(model, samples(), verbose=verbose, stage=f"{mode} calibration")
-    return _repair(bytes(out), samples, verbose)
+    fixed, repaired = _repair(bytes(out), samples, verbose)
+    return fixed, repaired, {"method": "tensorflow calibrator, then the range check", "repaired": len(repaired)}
 
 
 def _repair(model: bytes, samples: Callable, verbose: bool) -> tuple[bytes, dict]:

