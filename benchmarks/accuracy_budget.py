@@ -147,7 +147,8 @@ def report(rows: list[dict]) -> None:
     for r in rows:
         b = r["budget"]
         first = b["candidates"][0]
-        chosen = next(c for c in b["candidates"] if c["name"] == b["chosen"]["name"] and c["step"] == b["chosen"]["step"])
+        chosen = next(c for c in b["candidates"] if c["name"] == b["chosen"]["name"] and c["step"] == b["chosen"]["step"]
+                      and c.get("litert_p50_ms") is not None)
         for label, c in (("full int8", first), (f"chosen: {c_name(b)}", chosen)):
             lat = c["litert_p50_ms"] / first["litert_p50_ms"] if first["litert_p50_ms"] else float("nan")
             out = 100.0 * (c["float_ops"] + c.get("int16_ops", 0)) / max(c["ops"], 1)

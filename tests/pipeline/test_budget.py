@@ -88,7 +88,10 @@ def test_finds_the_one_sensitive_layer_and_keeps_only_it_float(work):
     assert min(chosen["metric"]["sqnr_db"].values()) >= 25
     assert b["eval_data"]["source"] == "held-out calibration samples" and b["eval_data"]["samples"] == 100
     # every candidate is recorded with its cost
-    assert all({"bytes", "float_ops", "litert_p50_ms", "metric"} <= set(c) for c in b["candidates"])
+    assert all({"bytes", "float_ops", "metric"} <= set(c) for c in b["candidates"])
+    # latency for the two a reader compares: full int8 and the chosen one
+    assert b["candidates"][0]["litert_p50_ms"] > 0
+    assert any(c.get("litert_p50_ms", 0) > 0 for c in b["candidates"] if c["name"] == chosen["name"])
     # the picture and the table are in the bundle
     assert (out / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = json.loads((out / "sensitivity.json").read_text())["rows"]
@@ -306,3 +309,33 @@ def test_top_down_gives_stretches_back_to_int8_while_the_budget_holds(work):
     ops = [n for k, n, _, _ in kept[0].ops() if k not in ("QUANTIZE", "DEQUANTIZE")]
     assert 0 < len(down.denylist) < len(ops) and set(down.why) == set(down.denylist)
     assert search.tried[1].name.startswith("every op float") and any("int8 again" in c.name for c in search.tried)
+
+
+def test_ops_kept_float_by_every_quantization_are_not_searched_again(work):
+    """Ops the lstm-float stage keeps float (``Calibrated.keep_float``) are float in every candidate:
+    the search neither probes them nor gives them back to int8 (each such candidate would be the
+    same model again, scored again: most of the OCR recognizer's search)."""
+    import dataclasses
+
+    from edgepack.calibration import Dataset
+    from edgepack.converter.tflite import convert_to_tflite
+    from edgepack.formats.detect import load_model
+    from edgepack.pipeline import budget as B
+    from edgepack.request import BudgetOptions, QuantizeMode
+
+    loaded = load_model(work / "outlier.h5")
+    x = np.load(work / "x16.npy")
+    kept = []
+    base = convert_to_tflite(loaded, QuantizeMode.INT8, Dataset({"x": x[:200]}), keep_calibrated=kept.append)
+    ops = [n for k, n, _, _ in kept[0].ops() if k not in ("QUANTIZE", "DEQUANTIZE")]
+    outlier = next(n for n in ops if "outlier" in n)
+    cal = dataclasses.replace(kept[0], keep_float=tuple(n for n in ops if n != outlier))
+    ev = B.EvalSet({"x": x[200:]}, [loaded.run({"x": x[200:]})[0]], list(loaded.output_names), [None], [None])
+    search = B.Search(cal, base, ev, BudgetOptions(min_sqnr=35), allow_float=True, allow_int16=False, latency=False)
+    down = search._top_down(search._make("int8", "full int8", model=base))
+    assert down.met and down.denylist == (outlier,)
+    # full int8, every op float (int8 outputs, then float ones), and the one stretch left to give back (the
+    # outlier alone), once: nothing else
+    names = [c.name.split(":")[0] for c in search.tried]
+    assert names[0] == "full int8" and names[-1] == "int8 again" and names.count("int8 again") == 1
+    assert all(n.startswith("every op float") for n in names[1:-1])

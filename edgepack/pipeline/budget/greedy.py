@@ -58,7 +58,8 @@ class GreedyFallback:
         ops = self.cal.ops()
         producers = self._output_producers()
         weights = self._weight_share(ops)
-        compute = {node: kind for kind, node, _, _ in ops if kind not in STRUCTURAL}
+        keep = set(self.cal.keep_float)  # float in every candidate already: keeping them float changes nothing
+        compute = {node: kind for kind, node, _, _ in ops if kind not in STRUCTURAL and node not in keep}
         by_local = sorted((n for n in compute if n in self.local), key=lambda n: -self.local[n])
         probes = list(dict.fromkeys([*by_local[:PROBE_OPS], *[p for p in producers if p in compute]]))
         options = [(node, (node,), False, 1.0 + 10.0 * weights.get(node, 0.0)) for node in probes]

@@ -61,7 +61,8 @@ class Search(GreedyFallback, TopDown):
         allow_float = kw.pop("allow_float", False)
         if model is None:
             ranges = kw.get("ranges") or {}
-            key = (tuple(sorted(set(kw.get("denylist", ())))), tuple(sorted(ranges.items())),
+            # ops every quantization keeps float (the lstm-float stage's) are float with or without the denylist
+            key = (tuple(sorted(set(kw.get("denylist", ())) | set(self.cal.keep_float))), tuple(sorted(ranges.items())),
                    kw.get("float_output", False), kw.get("int16", False), allow_float)
             model = self._models.get(key)
             if model is None:
@@ -92,7 +93,9 @@ class Search(GreedyFallback, TopDown):
         if chosen is None:
             chosen = self.best()
         sens = self.sensitivity(chosen)
-        trace = [c.record(self.budget, self.latency) for c in self.tried]
+        # LiteRT p50 for the two candidates a reader compares (full int8 and the chosen one): measuring it
+        # for every rejected candidate cost as much as scoring them
+        trace = [c.record(self.budget, self.latency and (i == 0 or c is chosen)) for i, c in enumerate(self.tried)]
         return SearchResult(chosen, met, trace, sens, self.notes, time.perf_counter() - start, self.all_float)
 
     def _search(self) -> Candidate | None:
@@ -177,7 +180,8 @@ class Search(GreedyFallback, TopDown):
     def _local(self, cand: Candidate, ev: EvalSet) -> dict[str, float]:
         from edgepack.optimize.quantdebug import local_errors, run_all_tensors
 
-        names = [node for _, node, _, _ in self.cal.ops()]
+        keep = set(self.cal.keep_float)  # float in every candidate: no int8 error to measure
+        names = [node for _, node, _, _ in self.cal.ops() if node not in keep]
         order = _interpreter_order(self.cal.model, list(ev.inputs))
         samples = [[ev.sample(i)[k] for k in order] for i in range(len(ev))]
         fl = run_all_tensors(self.cal.model, [[_to_float(a) for a in s] for s in samples], names)
@@ -229,7 +233,7 @@ class Search(GreedyFallback, TopDown):
                 self.local = self._local(chosen, self._ranking_set(self.tried[0]))
             except Exception as err:  # the table is a diagnostic; a failure to draw it must not fail convert
                 log.info("sensitivity table skipped: %s", err)
-        kept = set(chosen.denylist)
+        kept = set(chosen.denylist) | set(self.cal.keep_float)
         if chosen.float_output:
             kept |= set(self._output_producers())
         rows = []

@@ -17,7 +17,8 @@ class TopDown:
         graph: start from every op float (inputs stay int8; the outputs float when their slices need
         different scales) and give contiguous stretches back to int8, halves first, then quarters...,
         keeping each that still meets the budget. None when even all-float misses it."""
-        ops = [node for kind, node, _, _ in self.cal.ops() if kind not in ("QUANTIZE", "DEQUANTIZE")]
+        keep = set(self.cal.keep_float)  # float in every candidate already (the lstm-float stage's)
+        ops = [node for kind, node, _, _ in self.cal.ops() if kind not in ("QUANTIZE", "DEQUANTIZE") and node not in keep]
         int8_out = self.cal.output_type != _float32()
         current = None
         # int8 outputs first (what the app reads stays the same), float outputs when int8 ones cannot meet it
@@ -35,9 +36,12 @@ class TopDown:
         if not current.met:
             self.notes.append(f"even every op in float misses the budget ({current.score.brief(self.budget)})")
             return current
-        deny, trials = list(ops), 0
+        deny, trials, sizes = list(ops), 0, []
         for level in range(1, TOP_DOWN_LEVELS + 1):
             size = max(1, math.ceil(len(ops) / 2 ** level))
+            if size in sizes:  # a small graph: the same stretches again would give the same answers
+                break
+            sizes.append(size)
             for a in range(0, len(ops), size):
                 chunk = [n for n in ops[a:a + size] if n in deny]
                 if not chunk or trials >= TOP_DOWN_TRIALS:
