@@ -214,5 +214,6 @@ def expand_functions(proto, ops: set[str] | None = None) -> int:
             break
         del proto.graph.node[:]
         proto.graph.node.extend(nodes)
+        constants_as_tensors(proto)  # bodies write Constant(value_float=...), which onnx-simplifier refuses too
         total += expanded
     return total

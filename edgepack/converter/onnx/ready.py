@@ -113,6 +113,7 @@ def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]], *, lower_lstm:
 
     dequantized = dequantize(proto)
     refuse_quantized(proto)  # what no rewrite took (QLinear* operators...)
+    constants_as_tensors(proto)  # onnx-simplifier and onnx2tf read a Constant's `value` only
     record = prepare_graph(proto, model.fixed_values)
     record.dequantized = dequantized
     proto = _simplify(proto)
@@ -139,7 +140,6 @@ def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]], *, lower_lstm:
         record.expanded_functions = expand_functions(proto, set(missing))
         if record.expanded_functions:
             proto = _simplify(proto)
-            constants_as_tensors(proto)
             names = name_nodes(proto)
             missing = unsupported_ops(proto)
     if missing:
@@ -159,7 +159,6 @@ def expanded_copy(proto):
     if not count:
         return None
     copy = _simplify(copy)
-    constants_as_tensors(copy)
     return copy, name_nodes(copy), count
 
 
