@@ -24,7 +24,7 @@ def _default_opset(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _value_types(proto) -> dict[str, Any]:
+def value_types(proto) -> dict[str, Any]:
     """Tensor name -> TypeProto for every value whose type ONNX's shape inference knows."""
     import onnx
     from onnx import helper
@@ -56,7 +56,7 @@ def cast_like_to_cast(proto) -> int:
     for i, node in enumerate(proto.graph.node):
         if node.op_type != "CastLike" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
             continue
-        types = types if types is not None else _value_types(proto)
+        types = types if types is not None else value_types(proto)
         like = types.get(node.input[1])
         if like is None or not like.tensor_type.elem_type:
             continue
@@ -201,7 +201,7 @@ def expand_functions(proto, ops: set[str] | None = None) -> int:
     total = 0
     for _ in range(_MAX_ROUNDS):
         total += cast_like_to_cast(proto)
-        types = _value_types(proto)
+        types = value_types(proto)
         nodes, expanded = [], 0
         for node in proto.graph.node:
             fn = _function_body(node, opset, types) if ops is None or node.op_type in ops else None

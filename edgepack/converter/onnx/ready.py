@@ -9,6 +9,7 @@ import logging
 
 from edgepack._native import capture_native_output
 from edgepack.converter.onnx.functions import constants_as_tensors, expand_functions
+from edgepack.converter.onnx.integers import widen_small_integers
 from edgepack.converter.onnx.onnx2tf_run import ops_message
 from edgepack.converter.onnx.prepare import walk_nodes
 from edgepack.errors import ConversionError
@@ -133,6 +134,7 @@ def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]], *, lower_lstm:
             proto = _simplify(proto)
     record.tidied_slices = tidy_slices(proto)  # last: onnx-simplifier would merge the slices again
     constants_as_tensors(proto)
+    record.widened_integer_ops = widen_small_integers(proto)
     record.nodes_after = len(proto.graph.node)
     names = name_nodes(proto)
     missing = unsupported_ops(proto)
