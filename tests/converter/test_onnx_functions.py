@@ -108,3 +108,21 @@ def test_inputs_that_are_not_images_keep_their_layout(tmp_path):
     assert convert["onnx2tf_options"]["keep_shape_absolutely_input_names"] == ["a", "b"]
     assert all(t.perm is None for t in read_manifest(tmp_path / "b").inputs)
     assert _bundle_vs_onnxruntime(path, tmp_path / "b", {"a": _x(2, 2, 2), "b": _x(2, 2, 2) + 3}) < 1e-6
+
+
+def test_small_integer_arithmetic_is_computed_in_int32(tmp_path):
+    # TFLite has no float-model kernel for ADD on int8 or LESS on uint8; ONNX's int8 sums wrap around
+    nodes = [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Less", ["u", "v"], ["lt"])]
+    ins = [helper.make_tensor_value_info(n, t, [2, 3]) for n, t in
+           (("a", TensorProto.INT8), ("b", TensorProto.INT8), ("u", TensorProto.UINT8), ("v", TensorProto.UINT8))]
+    outs = [helper.make_tensor_value_info("s", TensorProto.INT8, [2, 3]),
+            helper.make_tensor_value_info("lt", TensorProto.BOOL, [2, 3])]
+    path = _save(nodes, ins, outs, tmp_path / "m.onnx", opset=14)
+    api.convert(model=path, output=tmp_path / "b", quantize="none")
+    assert _stages(tmp_path / "b")["graph"]["widened_integer_ops"] == 2
+    a = np.array([[100, -100, 5], [127, -128, 0]], np.int8)
+    u = np.array([[0, 200, 255], [7, 8, 9]], np.uint8)
+    feeds = {"a": a, "b": np.full((2, 3), 100, np.int8), "u": u, "v": np.full((2, 3), 8, np.uint8)}
+    by_name = dict(zip([t.name for t in read_manifest(tmp_path / "b").outputs], _run(tmp_path / "b", feeds)))
+    np.testing.assert_array_equal(by_name["s"], (a.astype(np.int32) + 100).astype(np.int8))  # 100 + 100 = -56
+    np.testing.assert_array_equal(by_name["lt"], u < 8)
