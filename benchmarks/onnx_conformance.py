@@ -9,6 +9,8 @@ loosely (max error within 10% of the output's range, plus 0.02).
     python benchmarks/onnx_conformance.py                 # all cases, 2 worker processes
     python benchmarks/onnx_conformance.py --stride 3      # every 3rd case (a documented subset)
     python benchmarks/onnx_conformance.py --match conv    # cases whose name contains "conv"
+    python benchmarks/onnx_conformance.py --no-doc --cases A B ... --results part1.jsonl   # one share of a run
+    python benchmarks/onnx_conformance.py --stride 4 --from-results part*.jsonl           # the doc from the shares
 
 Prints pass/fail per case and the pass rate, and writes docs/onnx-coverage.md. Each chunk of cases
 runs in its own process (onnx2tf can crash a process), with a time limit.
