@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the other models' rows of the last --json run (rerun a few, regenerate the table)")
     ap.add_argument("--render-only", action="store_true", help="rewrite --out from build/zoo/results.json")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per converter run")
+    ap.add_argument("--vad-routes", default="", metavar="MODELS",
+                    help="comma-separated VAD models (of those run) to also take through the int8 routes of "
+                         "benchmarks/zoo/vad_routes.py (long: ten conversions, budgets among them)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     modes = [m for m in args.modes.split(",") if m]
@@ -212,17 +215,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start, rows = time.perf_counter(), []
     command = "python benchmarks/model_zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    kept, before = [], 0.0
+    kept, before, previous = [], 0.0, {}
     if args.merge and RESULTS.is_file():  # rows of the models not rerun stay as they were measured
         names, previous = {m.name for m in models}, json.loads(RESULTS.read_text())
         kept = [r for r in previous["rows"] if r["model"] not in names]
         command, before = f"{previous['command']} && {command.strip()}", previous["minutes"]
+    routes = dict(previous.get("vad_routes") or {})  # --merge keeps the routes measured before
     for model in sorted(models, key=lambda m: not m.trained):  # trained models first: they matter most
         rows.extend(run_model(model, modes, not args.no_onnx2tf, args.timeout))
+        if model.name in args.vad_routes.split(",") and model.kind == "vad":  # one window a call
+            from benchmarks.zoo.vad_routes import run_routes
+
+            routes[model.name] = run_routes(corpus.model_path(model), corpus.CACHE / "runs" / model.name,
+                                            shape_args(model, "--input-shape"), args.timeout)
         order = {m.name: i for i, m in enumerate(corpus.MODELS)}
         merged = sorted(kept + rows, key=lambda r: (order.get(r["model"], len(order)), r["mode"] != "float32"))
         minutes = round(before + (time.perf_counter() - start) / 60, 1)
-        results = {"rows": merged, "summary": summary(merged), "minutes": minutes, "command": command.strip()}
+        results = {"rows": merged, "summary": summary(merged), "minutes": minutes, "command": command.strip(),
+                   "vad_routes": routes}
         if args.json:  # after every model, so a long run that is stopped keeps what it measured
             RESULTS.write_text(json.dumps(results, indent=1))  # inf SQNR (bit-exact) is written as Infinity
     args.out.parent.mkdir(parents=True, exist_ok=True)

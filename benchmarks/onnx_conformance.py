@@ -9,6 +9,8 @@ loosely (max error within 10% of the output's range, plus 0.02).
     python benchmarks/onnx_conformance.py                 # all cases, 2 worker processes
     python benchmarks/onnx_conformance.py --stride 3      # every 3rd case (a documented subset)
     python benchmarks/onnx_conformance.py --match conv    # cases whose name contains "conv"
+    python benchmarks/onnx_conformance.py --no-doc --cases A B ... --results part1.jsonl   # one share of a run
+    python benchmarks/onnx_conformance.py --stride 4 --from-results part*.jsonl           # the doc from the shares
 
 Prints pass/fail per case and the pass rate, and writes docs/onnx-coverage.md. Each chunk of cases
 runs in its own process (onnx2tf can crash a process), with a time limit.
@@ -320,9 +322,15 @@ def main() -> None:
     ap.add_argument("--case-timeout", type=float, default=240, help="seconds one case may take")
     ap.add_argument("--cases", nargs="*", default=None, help="only these cases (by name)")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/onnx-coverage.md")
+    ap.add_argument("--results", type=Path, help="also write every case's result here (JSON lines)")
+    ap.add_argument("--from-results", type=Path, nargs="+", metavar="JSONL",
+                    help="no conversions: write the doc from these --results files (runs split over processes)")
     args = ap.parse_args()
     if args.worker is not None:
         _worker(args.worker)
+        return
+    if args.from_results:
+        _doc_from_results(args.from_results, args.stride)
         return
     all_cases = node_cases()
     names = [c.name for c in all_cases if args.match in c.name and (not args.cases or c.name in args.cases)]
@@ -335,6 +343,9 @@ def main() -> None:
             for r in chunk_results:
                 print(f"{r.case:60s} float32 {r.float32:5s} int8 {r.int8:5s} {r.detail[:80]}", flush=True)
             results.extend(chunk_results)
+            if args.results:
+                with args.results.open("a", encoding="utf-8") as f:
+                    f.writelines(json.dumps(asdict(r)) + "\n" for r in chunk_results)
     seconds = time.perf_counter() - start
     r = rates(results)
     print(f"float32 pass rate: {_rate(*r['float32'])}; int8 pass rate: {_rate(*r['int8'])}; "
@@ -347,6 +358,23 @@ def main() -> None:
         command = "python benchmarks/onnx_conformance.py " + " ".join(sys.argv[1:])
         DOC.write_text(write_doc(results, len(all_cases), note, seconds, command=command.strip()), encoding="utf-8")
         print(f"wrote {DOC}")
+
+
+def _doc_from_results(files: list[Path], stride: int) -> None:
+    """docs/onnx-coverage.md from --results files (the last result of a case wins)."""
+    by_case: dict[str, CaseResult] = {}
+    for f in files:
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if line.startswith("{"):
+                r = CaseResult(**json.loads(line))
+                by_case[r.case] = r
+    results = sorted(by_case.values(), key=lambda r: r.case)
+    note = "all cases" if stride == 1 else f"every {stride}th case"
+    command = "python benchmarks/onnx_conformance.py " + " ".join(sys.argv[1:])
+    DOC.write_text(write_doc(results, len(node_cases()), note, sum(r.seconds for r in results) / 2,
+                             command=command.strip()), encoding="utf-8")
+    r = rates(results)
+    print(f"float32 pass rate: {_rate(*r['float32'])}; int8 pass rate: {_rate(*r['int8'])}; wrote {DOC}")
 
 
 if __name__ == "__main__":

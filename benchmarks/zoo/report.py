@@ -160,6 +160,10 @@ def render(results: dict) -> str:
     text += "\n".join(_summary(summary(results["rows"]), results["rows"]) + ["## Results", ""] + table)
     text += "\n\n⁽ᵖ⁾ placeholder weights (onnx's light models).\n"
     text += _streaming(results["rows"])
+    for model, rows in (results.get("vad_routes") or {}).items():  # model_zoo.py --vad-routes
+        from benchmarks.zoo.vad_routes import render_routes
+
+        text += render_routes(model, rows)
     if notes:
         text += "\n## Notes\n\n" + "\n".join(f"{i}. {n.replace('|', '/')}" for i, n in enumerate(notes, 1)) + "\n"
     return text

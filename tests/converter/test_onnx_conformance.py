@@ -79,3 +79,16 @@ def test_integer_only_dtypes_a_bundle_cannot_carry_are_not_applicable():
     assert conformance.not_applicable([np.zeros(2, np.uint32)], [np.zeros(2, np.float32)]).startswith(
         "not applicable: uint32")
     assert conformance.not_applicable([np.zeros(2, np.int8)], [np.zeros(2, np.bool_)]) == ""
+
+
+def test_doc_from_results_of_runs_split_over_processes(tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.setattr(conformance, "DOC", tmp_path / "coverage.md")
+    monkeypatch.setattr(conformance, "node_cases", lambda: [tmp_path / "a", tmp_path / "b", tmp_path / "c"])
+    (tmp_path / "1.jsonl").write_text(json.dumps({"case": "a", "float32": "pass", "int8": "n/a"}) + "\n")
+    (tmp_path / "2.jsonl").write_text(json.dumps({"case": "b", "float32": "error", "int8": "n/a", "detail": "x"}) + "\n")
+    conformance._doc_from_results([tmp_path / "1.jsonl", tmp_path / "2.jsonl"], stride=4)
+    doc = (tmp_path / "coverage.md").read_text()
+    assert "float32 pass rate: 1/2 = 50.0%" in doc and "every 4th case" in doc and "cases in onnx" in doc
+    assert "1/2 = 50.0%" in capsys.readouterr().out

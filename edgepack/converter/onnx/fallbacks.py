@@ -38,15 +38,15 @@ class OptionSet:
     options: dict[str, Any] = field(default_factory=dict)
     ops: frozenset[str] | None = None
     after_crash: bool = False  # tried only after TensorFlow's calibration crashed (not after other failures)
+    keep_input_layout: bool = False  # every input keeps its ONNX shape (names filled in per model)
 
 
 PSEUDO_OPS = ["acos", "asin", "atan", "erf"]
 
 # Tried in this order after the default (no options) fails or mismatches onnxruntime. Tried and
-# left out for lack of a model they fix: keep_shape_absolutely_input_names for recurrent state
-# inputs (silero_vad_openvino_16k gets past its "initial_state ... not compatible with
-# cell.state_size" only to fail at the LSTM's input; node-suite LSTM/GRU/RNN cases still fail),
-# disable_strict_mode, batch_size=1, disable_suppression_flextranspose.
+# left out for lack of a model they fix: disable_strict_mode, batch_size=1,
+# disable_suppression_flextranspose. (State inputs of streaming models keep their layout on every
+# set: translate._keep_state_layout.)
 FALLBACKS: tuple[OptionSet, ...] = (
     # TFLite has no builtin for these ops ("'tf.Acos' op is neither a custom op nor a flex op"), and
     # onnx2tf's pseudo-operators rebuild them from builtins: node-suite test_acos, test_acos_example,
@@ -59,6 +59,13 @@ FALLBACKS: tuple[OptionSet, ...] = (
     # and onnx2tf -oiqt, and calibrates with this set (top-1 agreement per time step 97.7%).
     # Tried only after such a crash: unrolling grows the graph with the sequence length.
     OptionSet("rnn_unroll", {"enable_rnn_unroll": True}, frozenset({"lstm", "gru", "rnn"}), after_crash=True),
+    # onnx2tf reads every 3-D to 5-D input as channels-first and transposes it to channels-last; for
+    # a tensor that is not an image (a [2, 2, 2] pair concatenated on axis 1, a [3, 5, 4] mask and'ed
+    # with a [5] one, LayerNormalization's bodies over axis 1) the ops after it then work on the wrong
+    # axes: wrong values or "Dimensions must be equal". Every input kept in its ONNX shape fixes
+    # node-suite test_concat_3d_axis_1, test_and_bcast3v1d, test_layer_normalization_4d_axis1_expanded,
+    # test_gridsample_bilinear.
+    OptionSet("keep_input_layout", keep_input_layout=True),
 )
 
 

@@ -45,6 +45,8 @@ class PrepareRecord:
     renamed: int = 0
     lowered_lstms: int = 0
     tidied_slices: int = 0
+    expanded_functions: int = 0  # ONNX function ops replaced by their bodies (functions.py)
+    widened_integer_ops: int = 0  # int8/uint8/int16 arithmetic computed in int32 (integers.py)
     dequantized: Any = None  # dequantize.DequantizeRecord
     nodes_before: int = 0
     nodes_after: int = 0
@@ -52,7 +54,9 @@ class PrepareRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"frozen_inputs": self.frozen_inputs, "inlined_ifs": self.inlined_ifs, "ifs_left": self.ifs_left,
                 "renamed": self.renamed, "lowered_lstms": self.lowered_lstms,
-                "tidied_slices": self.tidied_slices, "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
+                "tidied_slices": self.tidied_slices, "expanded_functions": self.expanded_functions,
+                "widened_integer_ops": self.widened_integer_ops,
+                "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
                 **({"dequantized": self.dequantized.to_dict()} if self.dequantized is not None
                    and self.dequantized.changed else {})}
 

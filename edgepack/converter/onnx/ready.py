@@ -8,6 +8,8 @@ import importlib.util
 import logging
 
 from edgepack._native import capture_native_output
+from edgepack.converter.onnx.functions import constants_as_tensors, expand_functions
+from edgepack.converter.onnx.integers import widen_small_integers
 from edgepack.converter.onnx.onnx2tf_run import ops_message
 from edgepack.converter.onnx.prepare import walk_nodes
 from edgepack.errors import ConversionError
@@ -112,6 +114,7 @@ def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]], *, lower_lstm:
 
     dequantized = dequantize(proto)
     refuse_quantized(proto)  # what no rewrite took (QLinear* operators...)
+    constants_as_tensors(proto)  # onnx-simplifier and onnx2tf read a Constant's `value` only
     record = prepare_graph(proto, model.fixed_values)
     record.dequantized = dequantized
     proto = _simplify(proto)
@@ -130,13 +133,35 @@ def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]], *, lower_lstm:
         if record.lowered_lstms:
             proto = _simplify(proto)
     record.tidied_slices = tidy_slices(proto)  # last: onnx-simplifier would merge the slices again
+    constants_as_tensors(proto)
+    record.widened_integer_ops = widen_small_integers(proto)
     record.nodes_after = len(proto.graph.node)
     names = name_nodes(proto)
     missing = unsupported_ops(proto)
+    if missing:  # ops onnx2tf lacks that ONNX defines as functions (CastLike, Swish): their bodies
+        record.expanded_functions = expand_functions(proto, set(missing))
+        if record.expanded_functions:
+            proto = _simplify(proto)
+            names = name_nodes(proto)
+            missing = unsupported_ops(proto)
     if missing:
         raise ConversionError(f"onnx2tf has no translation for: {ops_message(missing)}",
                               hint="replace these ops in the exported model, or export with another opset")
     return proto, names, record
+
+
+def expanded_copy(proto):
+    """A copy of a prepared graph with every ONNX function op expanded into its body, simplified and
+    its nodes named: ``(graph, node name -> op type, ops expanded)``; None when it has none."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    count = expand_functions(copy)
+    if not count:
+        return None
+    copy = _simplify(copy)
+    return copy, name_nodes(copy), count
 
 
 def _simplify(proto):

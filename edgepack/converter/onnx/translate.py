@@ -43,6 +43,7 @@ from edgepack.converter.onnx.prepare import run_proto
 # the graph stage's functions, used from here by the pipeline and the tests
 from edgepack.converter.onnx.ready import (  # noqa: F401
     conversion_shapes,
+    expanded_copy,
     name_nodes,
     prepare,
     quantized_ops,
@@ -153,17 +154,21 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
     with tempfile.TemporaryDirectory(prefix="edgepack-onnx2tf-") as tmp:
         work = Path(tmp)
         proto, names, record = prepared if prepared is not None else prepare(model, shapes)
-        onnx_path = work / "model.onnx"
-        _save_onnx(proto, onnx_path)
         feeds, probe_source = probe_inputs(model, shapes, calibration)
         refs = _probe_references(proto, model, feeds, verbose, record.dequantized.changed)
         # Integer inputs are probed with ones (indices, lengths, flags), which can send a correct graph
         # down paths real data never takes (node-suite MaxUnpool): a mismatch then only warns.
         strict = probe_source == "calibration" or all(np.dtype(t.dtype).kind == "f" for t in model.inputs)
-        result, cand, options, failures = _try_option_sets(
-            loaded, work, onnx_path, names, shapes, feeds, refs, mode, calibration, onnx2tf_options,
-            per_tensor=per_tensor, verbose=verbose, strict=strict, keep=keep_calibrated, state_pairs=state_pairs,
-            source_ranges=(proto, record.dequantized.ranges))
+
+        def translate(graph, node_names: dict[str, str]) -> tuple:
+            onnx_path = work / "model.onnx"
+            _save_onnx(graph, onnx_path)
+            return _try_option_sets(
+                loaded, work, onnx_path, node_names, shapes, feeds, refs, mode, calibration, onnx2tf_options,
+                per_tensor=per_tensor, verbose=verbose, strict=strict, keep=keep_calibrated,
+                state_pairs=state_pairs, source_ranges=(graph, record.dequantized.ranges))
+
+        result, cand, options, failures = _translate_or_expand(translate, proto, names, record)
     probe = result.detail["probe_max_rel_error"]
     if probe is not None and probe > 1e-3:
         log.warning("onnx2tf's TensorFlow graph differs from onnxruntime by %.3g (relative) on a %s input; "
@@ -188,6 +193,8 @@ def _try_option_sets(loaded: LoadedModel, work: Path, onnx_path: Path, names: di
     while queue:
         cand = queue.pop(0)
         options = _keep_state_layout(dict(cand.options), state_pairs)
+        if cand.keep_input_layout:
+            options["keep_shape_absolutely_input_names"] = [t.name for t in loaded.model.inputs]
         try:
             result = _attempt(loaded, work, onnx_path, names, shapes, feeds, refs, options, mode, calibration,
                               per_tensor=per_tensor, verbose=verbose, strict=strict, keep=keep,
@@ -211,6 +218,28 @@ def _try_option_sets(loaded: LoadedModel, work: Path, onnx_path: Path, names: di
     else:
         raise crash if crash is not None else _all_failed(failures)
     return result, cand, options, failures
+
+
+def _translate_or_expand(translate, proto, names: dict[str, str], record) -> tuple:
+    """``translate`` on the prepared graph; when every option set fails, once more on the graph with
+    its ONNX function ops expanded into their bodies (onnx2tf fails on LayerNormalization over axis 0
+    or on Clip without bounds, not on the basic ops these are defined with)."""
+    try:
+        return translate(proto, names)
+    except (TranslationTimeout, NativeCrash):
+        raise  # an expanded graph would take as long, or crash the same calibration
+    except ConversionError as err:
+        first = err
+    expanded = expanded_copy(proto)
+    if expanded is None:
+        raise first
+    log.info("translation failed (%s); retrying with %d ONNX function ops expanded", first.message, expanded[2])
+    try:
+        result, cand, options, failures = translate(expanded[0], expanded[1])
+    except ConversionError:
+        raise first from None  # the error of the graph as the user exported it
+    record.expanded_functions += expanded[2]
+    return result, cand, options, [("functions as ops", first), *failures]
 
 
 def _probe_references(proto, model: OnnxModel, feeds: dict[str, np.ndarray], verbose: bool,
