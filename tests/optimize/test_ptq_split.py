@@ -40,3 +40,41 @@ def test_split_gives_small_depthwise_channels_their_own_int8_scale(tmp_path):
     assert m.ops.get("DEPTHWISE_CONV_2D", 0) + m.ops["CONV_2D"] == 2 * len(layer["groups"]) + 1
     assert m_plain.ops == {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 1, "HARD_SWISH": 2}
     assert split > plain + 10, (split, plain)
+
+
+def test_split_restores_the_channel_order_with_a_gather_when_no_conv_reads_it(tmp_path):
+    """The depthwise output is the graph's output: no convolution to permute, so a Gather puts the channels
+    back; the float function is unchanged (onnxruntime, before and after)."""
+    import onnx
+
+    from edgepack.optimize.ptq import split
+    from edgepack.optimize.ptq.onnx_face import max_rel_difference
+
+    proto = onnx.load(str(depthwise_imbalance(tmp_path / "dw.onnx")))
+    graph = proto.graph
+    keep = [n for n in graph.node if n.name in ("conv1", "hswish1", "dw")]
+    del graph.node[:]
+    graph.node.extend(keep)
+    graph.output[0].name, graph.output[0].type.tensor_type.shape.dim[1].dim_value = "d", 8
+    del graph.initializer[[t.name for t in graph.initializer].index("w3")]
+    rng = np.random.default_rng(8)
+    feeds = [{"image": rng.normal(0, 1, (1, 3, 12, 12)).astype(np.float32)} for _ in range(6)]
+    new, rec = split.split_onnx(proto, feeds[:4])
+    assert rec["split"] == 1 and rec["layers"][0]["order"] == "gather"
+    assert [n.op_type for n in new.graph.node].count("Gather") == 1
+    assert max_rel_difference(proto, new, feeds[4:]) < 1e-5
+
+
+def test_channels_of_like_ranges_stay_one_group():
+    from edgepack.optimize.ptq.split import choose_groups
+
+    lo, hi = -np.linspace(1, 1.5, 16), np.linspace(8, 12, 16)  # within 1.5x: one int8 grid serves them all
+    groups, gain = choose_groups([np.stack([lo, hi])], np.ones(16))
+    assert len(groups) == 1 and gain == 0.0
+    hi[:3] = 0.05  # three channels 200x smaller ...
+    weight2 = np.ones(16)
+    groups, gain = choose_groups([np.stack([lo * 0 - 0.01, hi])], weight2)
+    assert len(groups) == 1  # ... whose kernels are no larger: their int8 noise reaches the output as small
+    weight2[:3] = 200.0**2  # ... and kernels 200x larger: as loud at the output, so they get their own grid
+    groups, gain = choose_groups([np.stack([lo * 0 - 0.01, hi])], weight2)
+    assert sorted(map(len, groups))[0] == 3 and gain > 20
