@@ -98,9 +98,17 @@ def channel_ranges(proto, tensors: list[str], feeds: list[dict[str, np.ndarray]]
     return out
 
 
-def _step2(lo: np.ndarray, hi: np.ndarray) -> float:
-    """Squared int8 step of a per-tensor grid over these channels' ranges (zero always on the grid)."""
-    return float((max(hi.max(), 0.0) - min(lo.min(), 0.0)) / 255.0) ** 2
+def _group_costs(ranges: list[np.ndarray], weight2: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``cost[a, b]``: channels ``order[a:b]`` as one group, ``sum over tensors of step^2 * sum |k|^2``
+    (the step of a per-tensor int8 grid over those channels, zero always on the grid); inf where b <= a."""
+    c = len(order)
+    cost = np.full((c + 1, c + 1), np.inf)
+    w = weight2[order].astype(np.float64)
+    for a in range(c):
+        step2 = sum(((np.maximum.accumulate(np.maximum(r[1][order[a:]], 0.0))
+                      - np.minimum.accumulate(np.minimum(r[0][order[a:]], 0.0))) / 255.0) ** 2 for r in ranges)
+        cost[a, a + 1:] = step2 * np.cumsum(w[a:])
+    return cost
 
 
 def choose_groups(ranges: list[np.ndarray], weight2: np.ndarray) -> tuple[list[np.ndarray], float]:
@@ -110,33 +118,26 @@ def choose_groups(ranges: list[np.ndarray], weight2: np.ndarray) -> tuple[list[n
     c = len(weight2)
     width = sum(np.maximum(r[1], 0) - np.minimum(r[0], 0) for r in ranges)
     order = np.argsort(-width, kind="stable")
-
-    def cost(a: int, b: int) -> float:  # channels order[a:b] as one group
-        sel = order[a:b]
-        return sum(_step2(r[0][sel], r[1][sel]) for r in ranges) * float(weight2[sel].sum())
-
-    # best[g][b]: least cost of order[:b] in g groups; cut[g][b]: where its last group starts
-    best = [[np.inf] * (c + 1) for _ in range(MAX_GROUPS + 1)]
-    cut = [[0] * (c + 1) for _ in range(MAX_GROUPS + 1)]
-    best[0][0] = 0.0
+    cost = _group_costs(ranges, weight2, order)
+    # best[g, b]: least cost of order[:b] in g groups; cut[g, b]: where its last group starts
+    best = np.full((MAX_GROUPS + 1, c + 1), np.inf)
+    cut = np.zeros((MAX_GROUPS + 1, c + 1), int)
+    best[0, 0] = 0.0
     for g in range(1, MAX_GROUPS + 1):
-        for b in range(1, c + 1):
-            for a in range(g - 1, b):
-                v = best[g - 1][a] + cost(a, b)
-                if v < best[g][b]:
-                    best[g][b], cut[g][b] = v, a
-    one = max(best[1][c], 1e-30)
+        total = best[g - 1][:, None] + cost  # [a, b]
+        cut[g] = np.argmin(total, axis=0)
+        best[g] = total[cut[g], np.arange(c + 1)]
     chosen = 1
-    for g in range(2, MAX_GROUPS + 1):
+    for g in range(2, min(MAX_GROUPS, c) + 1):
         need = MIN_GAIN_DB if chosen == 1 else STEP_GAIN_DB
-        if 10 * np.log10(max(best[chosen][c], 1e-30) / max(best[g][c], 1e-30)) >= need:
+        if 10 * np.log10(max(best[chosen, c], 1e-30) / max(best[g, c], 1e-30)) >= need:
             chosen = g
     bounds, b = [], c
     for g in range(chosen, 0, -1):
-        bounds.append((cut[g][b], b))
-        b = cut[g][b]
+        bounds.append((cut[g, b], b))
+        b = cut[g, b]
     groups = [np.sort(order[a:b]) for a, b in reversed(bounds)]
-    return groups, 10 * float(np.log10(one / max(best[chosen][c], 1e-30)))
+    return groups, 10 * float(np.log10(max(best[1, c], 1e-30) / max(best[chosen, c], 1e-30)))
 
 
 def split_onnx(proto, feeds: list[dict[str, np.ndarray]]) -> tuple[Any, dict[str, Any]]:
