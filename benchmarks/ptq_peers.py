@@ -51,6 +51,7 @@ ZOO = [ROOT / "build" / "zoo" / "models", Path("/work/main/build/zoo/models")]
 VARIANTS = {"edgepack before (--no-ptq all)": ([], ["all"]),
             "edgepack fuse": ([], ["equalize"]),
             "edgepack default (fuse+equalize)": ([], []),
+            "edgepack default +split": (["split"], []),
             "edgepack default +bias-correction": (["bias-correction"], []),
             "edgepack default +learned-rounding": (["learned-rounding"], [])}
 

@@ -377,7 +377,8 @@ def main() -> None:
 @click.option("--per-tensor", is_flag=True, help="Quantize weights per tensor instead of per channel.")
 @click.option("--ptq", "ptq", multiple=True, type=click.Choice([*R.PTQ_ALGORITHMS, "all"]),
               help="Turn on a full-integer PTQ algorithm run before calibration (repeatable): fuse (decomposed "
-                   "hard-swish -> HARD_SWISH), equalize (cross-layer equalization), learned-rounding (AdaRound-style "
+                   "hard-swish -> HARD_SWISH), equalize (cross-layer equalization), split (depthwise chains cut into "
+                   "channel groups, each with its own int8 scale), learned-rounding (AdaRound-style "
                    f"weight rounding), bias-correction, lstm-float (a recurrent cell's gates and state kept float; "
                    f"LiteRT targets). On by default: {', '.join(R.PTQ_DEFAULT)}.")
 @click.option("--no-ptq", "no_ptq", multiple=True, type=click.Choice([*R.PTQ_ALGORITHMS, "all"]),

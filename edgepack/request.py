@@ -70,8 +70,9 @@ QUANTIZE_MODES = tuple(m.value for m in QuantizeMode)
 # full-integer PTQ algorithms applied before calibration (edgepack.optimize.ptq), in the order they run, and
 # those on by default (exact rewrites; learned rounding and bias correction measured losses on zoo models:
 # README, "Full-integer PTQ")
+# split: depthwise chains cut into channel groups, each with its own int8 scale (optimize/ptq/split.py)
 # lstm-float: a recurrent cell's gates and state kept float after conversion (pipeline/ptq.py, stage_lstm_float)
-PTQ_ALGORITHMS = ("fuse", "equalize", "learned-rounding", "bias-correction", "lstm-float")
+PTQ_ALGORITHMS = ("fuse", "equalize", "split", "learned-rounding", "bias-correction", "lstm-float")
 PTQ_DEFAULT = ("fuse", "equalize", "lstm-float")
 PRUNE_NORMS = ("l1", "l2")
 DISTRIBUTE = ("mirrored",)

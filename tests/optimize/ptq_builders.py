@@ -101,3 +101,34 @@ def coherent_rounding(path: Path) -> Path:
     graph = helper.make_graph(nodes, "coherent_rounding", [_io("image", [1, cin, 6, 6])], [_io("out", [1, cout, 6, 6])],
                               [_init("w", w)])
     return _save(graph, path)
+
+
+def depthwise_imbalance(path: Path) -> Path:
+    """Conv -> HardSwish -> depthwise Conv -> HardSwish -> 1x1 Conv (PP-LCNet's first block, opset 14),
+    where two of conv1's eight output channels stay below 0.2 while the others reach about 30, and the
+    depthwise kernels of those two are 200x the others': their part of the output is as large, and the
+    int8 grid of the tensor between the convolutions (set by the wide channels) rounds them to 0 or 1 step.
+    Equalization cannot rescale them: hard-swish is not positively homogeneous."""
+    import onnx
+    from onnx import helper
+
+    rng = np.random.default_rng(6)
+    c = 8
+    small = np.arange(c) < 2
+    w1 = rng.normal(0, 1.5, (c, 3, 3, 3)) * np.where(small, 0.005, 1.0)[:, None, None, None]
+    b1 = np.where(small, 0.0, rng.normal(2, 1, c))
+    w2 = rng.normal(0, 0.3, (c, 1, 3, 3)) * np.where(small, 200.0, 1.0)[:, None, None, None]
+    nodes = [helper.make_node("Conv", ["image", "w1", "b1"], ["a"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("HardSwish", ["a"], ["h"], name="hswish1"),
+             helper.make_node("Conv", ["h", "w2", "b2"], ["d"], pads=[1, 1, 1, 1], group=c, name="dw"),
+             helper.make_node("HardSwish", ["d"], ["g"], name="hswish2"),
+             helper.make_node("Conv", ["g", "w3"], ["out"], name="pw")]
+    inits = [_init("w1", w1), _init("b1", b1), _init("w2", w2), _init("b2", np.zeros(c)),
+             _init("w3", rng.normal(0, 0.5, (4, c, 1, 1)))]
+    graph = helper.make_graph(nodes, "depthwise_imbalance", [_io("image", [1, 3, 12, 12])],
+                              [_io("out", [1, 4, 12, 12])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], producer_name="edgepack-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

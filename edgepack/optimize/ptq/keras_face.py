@@ -139,6 +139,8 @@ def apply(model, wanted: list[str], batch: list[np.ndarray], *, per_tensor: bool
             record["equalize"]["skipped"] = f"the float outputs differ by {diff:.3g} (relative) after the rewrite"
             copy = copy_model(model)
         changed |= bool(rows) and diff <= EXACT
+    if "split" in wanted:
+        record["split"] = {"skipped": "no Keras face yet (ONNX models only)"}
     if "learned-rounding" in wanted:
         record["learned-rounding"] = {"skipped": "no Keras face yet (ONNX models only)"}
     if "bias-correction" in wanted:

@@ -59,10 +59,11 @@ def max_rel_difference(before, after, feeds: list[dict[str, np.ndarray]]) -> flo
 
 def _algorithms(per_tensor: bool) -> dict[str, tuple[Callable[..., tuple[Any, dict]], bool]]:
     """name -> (rewrite(proto, feeds) -> (proto, record), float-exact)"""
-    from edgepack.optimize.ptq import bias_correction, equalize, fuse, rounding
+    from edgepack.optimize.ptq import bias_correction, equalize, fuse, rounding, split
 
     return {"fuse": (lambda proto, feeds: fuse.fuse_hard_swish(proto), True),
             "equalize": (lambda proto, feeds: equalize.equalize_onnx(proto), True),
+            "split": (lambda proto, feeds: split.split_onnx(proto, feeds[:split.SAMPLES]), True),
             "learned-rounding": (lambda proto, feeds: rounding.round_onnx(proto, feeds, per_tensor=per_tensor), False),
             "bias-correction": (lambda proto, feeds: bias_correction.correct_onnx(proto, feeds, per_tensor=per_tensor),
                                 False)}
