@@ -1,5 +1,5 @@
 """Full-integer PTQ side by side: edgepack (before and after each ptq algorithm) against onnxruntime's
-``quantize_static`` (and NNCF when it is installed), same models, same data, one run.
+``quantize_static``, NNCF (its own venv) and TF's converter, same models, same data, one run.
 
 For each zoo model (``benchmarks/zoo``: 200 calibration and 32 held-out inputs from ``inputs.py``,
 disjoint photographs) every quantizer's result is compared with the float ONNX model in onnxruntime
@@ -12,7 +12,8 @@ on the held-out inputs:
 - **float ops**: ops that run in float. TFLite: ops (QUANTIZE/DEQUANTIZE aside) whose output is
   float32. QDQ ONNX: ops (Q/DQ aside) none of whose inputs comes from a DequantizeLinear;
 - **s**: wall seconds of the quantizer (edgepack: the whole ``convert``, translation included;
-  onnxruntime: ``quant_pre_process`` + ``quantize_static``).
+  the peers: their child process, ``quant_pre_process`` + ``quantize_static`` or ``nncf.quantize``, imports
+  included).
 
 Models: the zoo's trained models above, and the project's own Keras nets (``peers/keras_nets.py``: the
 demo's digits CNN and the MobileNet-style digits net, trained here; 200 calibration digits, the 360 test
@@ -151,10 +152,17 @@ def tflite_float_ops(path: Path) -> tuple[int, int]:
 
 
 # -- peers ------------------------------------------------------------------------------------------
+def child_env() -> dict:
+    """The environment with the repository root importable (the children import benchmarks.peers)."""
+    import os
+
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+
+
 def ort_peer(case: Case, method: str, work: Path, limit_gb: float) -> tuple[Path | None, ChildResult]:
     out = work / f"{case.name}_ort_{method}.onnx"
     res = child.run([sys.executable, "-m", "benchmarks.peers.ort_child", str(case.onnx), str(case.calib_feeds_npz),
-                     method, str(out)], limit_gb, log=work / f"{case.name}_ort_{method}.log")
+                     method, str(out)], limit_gb, log=work / f"{case.name}_ort_{method}.log", env=child_env())
     return (out if res.ok else None), res
 
 
