@@ -23,8 +23,8 @@ Peers, each in a child process whose memory is watched (``--peer-memory-gb``: pa
 of memory at N GB" and the run goes on):
 
 - onnxruntime ``quantize_static``: QDQ, int8 weights per channel symmetric, int8 activations per tensor
-  (TFLite's scheme), MinMax, Entropy and Percentile calibration (the histogram methods in strides of 20
-  samples: ``peers/ort_child.py``);
+  (TFLite's scheme), MinMax, Entropy and Percentile calibration (a histogram method that runs out of
+  memory with all samples at once runs again in strides of 20 samples: ``peers/ort_child.py``);
 - NNCF 3.4 (``nncf.quantize``, ONNX backend, default preset, ``subset_size`` = the 200 samples) in the
   peers venv, never a dependency of edgepack: ``python benchmarks/peers/venv.py`` builds it
   (build/peers-venv); without it the NNCF rows say so and the run goes on;
@@ -60,6 +60,7 @@ import numpy as np
 from benchmarks.peers import child, float_match, keras_nets, venv
 from benchmarks.peers.child import ChildResult
 from benchmarks.peers.keras_nets import KerasNet
+from benchmarks.peers.ort_child import STRIDE
 from benchmarks.peers.venv import venv_python
 
 # name -> (inputs.py kind, zoo path, --input-shape, task metric, edgepack --quantize)
@@ -159,11 +160,19 @@ def child_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 
-def ort_peer(case: Case, method: str, work: Path, limit_gb: float) -> tuple[Path | None, ChildResult]:
+def ort_peer(case: Case, method: str, work: Path, limit_gb: float) -> tuple[Path | None, ChildResult, str]:
+    """onnxruntime in a child; a histogram method that runs out of memory with all samples at once is run
+    again in strides of ``ort_child.STRIDE`` samples (the third value says so)."""
     out = work / f"{case.name}_ort_{method}.onnx"
-    res = child.run([sys.executable, "-m", "benchmarks.peers.ort_child", str(case.onnx), str(case.calib_feeds_npz),
-                     method, str(out)], limit_gb, log=work / f"{case.name}_ort_{method}.log", env=child_env())
-    return (out if res.ok else None), res
+    note = ""
+    for stride in (0, STRIDE) if method in ("Entropy", "Percentile") else (0,):
+        res = child.run([sys.executable, "-m", "benchmarks.peers.ort_child", str(case.onnx), str(case.calib_feeds_npz),
+                         method, str(out), str(stride)], limit_gb, log=work / f"{case.name}_ort_{method}.log",
+                        env=child_env())
+        if res.ok or not res.message.startswith("out of memory"):
+            break
+        note = f"strided by {STRIDE}; all at once: {res.message}"
+    return (out if res.ok else None), res, note
 
 
 def nncf_peer(case: Case, work: Path, venv: Path, limit_gb: float) -> tuple[Path | None, ChildResult]:
@@ -256,13 +265,14 @@ def measure_peers(case: Case, rows: Rows, work: Path, peers: list[str], venv: Pa
             if not venv_python(venv).exists():
                 rows.absent(label, f"absent: no peers venv at {venv} (python benchmarks/peers/venv.py builds it)")
                 continue
-            q, res = nncf_peer(case, work, venv, limit_gb)
+            (q, res), note = nncf_peer(case, work, venv, limit_gb), ""
         else:
-            q, res = ort_peer(case, method, work, limit_gb)
+            q, res, note = ort_peer(case, method, work, limit_gb)
         if q is None:  # a peer that fails on this model is a row, not the end of the run
-            rows.absent(label, res.message)
+            rows.absent(label, f"{res.message}; {note}" if note else res.message)
             continue
-        rows.add(label, res.seconds, run_onnx(q, case.held), qdq_float_ops(q), peak_gb=round(res.peak_gb, 1))
+        rows.add(label + (f" [{note}]" if note else ""), res.seconds, run_onnx(q, case.held), qdq_float_ops(q),
+                 peak_gb=round(res.peak_gb, 1))
 
 
 def measure_edgepack(case: Case, rows: Rows, work: Path, variants: list[str]) -> None:
