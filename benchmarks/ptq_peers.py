@@ -295,10 +295,15 @@ def measure_edgepack(case: Case, rows: Rows, work: Path, variants: list[str]) ->
                  ptq={k: {m: v for m, v in rec.items() if isinstance(v, (int, float, str))} for k, rec in ptq.items()})
         if match and caught:
             start = time.perf_counter()
-            denied = float_match.elementwise_float(caught[-1], out, work / f"{case.name}_float_match")
-            secs += time.perf_counter() - start
             bundle = work / f"{case.name}_float_match"
-            rows.add(FLOAT_MATCH, secs, outputs(bundle), tflite_float_ops(bundle / "model.tflite"), denylisted=denied)
+            try:
+                denied = float_match.elementwise_float(caught[-1], out, bundle)
+                outs = outputs(bundle)
+            except Exception as err:  # noqa: BLE001 - a failed row is a row, not the end of the run
+                rows.absent(FLOAT_MATCH, f"failed: {type(err).__name__}: {err}"[:200])
+                continue
+            secs += time.perf_counter() - start
+            rows.add(FLOAT_MATCH, secs, outs, tflite_float_ops(bundle / "model.tflite"), denylisted=denied)
 
 
 def measure_model(name: str, work: Path, args: argparse.Namespace, variants: list[str]) -> list[dict]:

@@ -15,6 +15,7 @@ hands it to the budget search); nothing in edgepack changes.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from pathlib import Path
 
@@ -57,4 +58,18 @@ def elementwise_float(calibrated, bundle: Path, out: Path) -> int:
         shutil.rmtree(out)
     shutil.copytree(bundle, out)
     (out / "model.tflite").write_bytes(calibrated.quantize(denylist=nodes))
+    _reindex(out)
     return len(nodes)
+
+
+def _reindex(bundle: Path) -> None:
+    """The requantized model's I/O tensors keep their names, not their indices: the copied manifest's
+    ``index`` fields are set again from ``tflite_name`` (what ``zoo.measure.run_bundle`` reads)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(bundle / "model.tflite"))
+    by_name = {d["name"]: d["index"] for d in interp.get_input_details() + interp.get_output_details()}
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for t in manifest["inputs"] + manifest["outputs"]:
+        t["index"] = by_name[t["tflite_name"]]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
