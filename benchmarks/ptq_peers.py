@@ -24,7 +24,7 @@ of memory at N GB" and the run goes on):
 
 - onnxruntime ``quantize_static``: QDQ, int8 weights per channel symmetric, int8 activations per tensor
   (TFLite's scheme), MinMax, Entropy and Percentile calibration (a histogram method that runs out of
-  memory with all samples at once runs again in strides of 20 samples: ``peers/ort_child.py``);
+  memory with all samples at once runs again in strides of 10 samples: ``peers/ort_child.py``);
 - NNCF 3.4 (``nncf.quantize``, ONNX backend, default preset, ``subset_size`` = the 200 samples) in the
   peers venv, never a dependency of edgepack: ``python benchmarks/peers/venv.py`` builds it
   (build/peers-venv); without it the NNCF rows say so and the run goes on;
@@ -337,7 +337,7 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(names := [*VARIANTS, FLOAT_MATCH]),
                     help="edgepack rows, comma-separated: " + "; ".join(names))
     ap.add_argument("--peers-venv", type=Path, default=venv.DEFAULT, help="NNCF + tf2onnx (benchmarks/peers/venv.py)")
-    ap.add_argument("--peer-memory-gb", type=float, default=8.0,
+    ap.add_argument("--peer-memory-gb", type=float, default=5.0,
                     help="a peer whose process tree passes this is stopped: its row says out of memory")
     ap.add_argument("--keras-dir", type=Path, default=ROOT / "build" / "ptq_peers_keras",
                     help="the trained Keras nets and their ONNX exports, kept between runs")
