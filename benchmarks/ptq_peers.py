@@ -160,12 +160,15 @@ def child_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 
-def ort_peer(case: Case, method: str, work: Path, limit_gb: float) -> tuple[Path | None, ChildResult, str]:
+def ort_peer(case: Case, method: str, work: Path, limit_gb: float,
+             strided: bool = False) -> tuple[Path | None, ChildResult, str]:
     """onnxruntime in a child; a histogram method that runs out of memory with all samples at once is run
-    again in strides of ``ort_child.STRIDE`` samples (the third value says so)."""
+    again in strides of ``ort_child.STRIDE`` samples (the third value says so); ``strided``: at once
+    is not tried."""
     out = work / f"{case.name}_ort_{method}.onnx"
-    note = ""
-    for stride in (0, STRIDE) if method in ("Entropy", "Percentile") else (0,):
+    histogram = method in ("Entropy", "Percentile")
+    note = f"strided by {STRIDE} (--stride-histograms)" if histogram and strided else ""
+    for stride in ((STRIDE,) if strided else (0, STRIDE)) if histogram else (0,):
         res = child.run([sys.executable, "-m", "benchmarks.peers.ort_child", str(case.onnx), str(case.calib_feeds_npz),
                          method, str(out), str(stride)], limit_gb, log=work / f"{case.name}_ort_{method}.log",
                         env=child_env())
@@ -251,7 +254,8 @@ class Rows(list):
         print(f"{self.case.name}: {quantizer}: {why}", file=sys.stderr, flush=True)
 
 
-def measure_peers(case: Case, rows: Rows, work: Path, peers: list[str], venv: Path, limit_gb: float) -> None:
+def measure_peers(case: Case, rows: Rows, work: Path, peers: list[str], venv: Path, limit_gb: float,
+                  strided: list[str]) -> None:
     if case.keras is not None and "TF" in peers:
         out = work / f"{case.name}_tf.tflite"
         secs = keras_nets.tf_default_ptq(case.keras, out)
@@ -267,7 +271,7 @@ def measure_peers(case: Case, rows: Rows, work: Path, peers: list[str], venv: Pa
                 continue
             (q, res), note = nncf_peer(case, work, venv, limit_gb), ""
         else:
-            q, res, note = ort_peer(case, method, work, limit_gb)
+            q, res, note = ort_peer(case, method, work, limit_gb, case.name in strided)
         if q is None:  # a peer that fails on this model is a row, not the end of the run
             rows.absent(label, f"{res.message}; {note}" if note else res.message)
             continue
@@ -312,7 +316,8 @@ def measure_model(name: str, work: Path, args: argparse.Namespace, variants: lis
     if case is None:
         return []
     rows = Rows(case)
-    measure_peers(case, rows, work, [p for p in args.peers.split(",") if p], args.peers_venv, args.peer_memory_gb)
+    measure_peers(case, rows, work, [p for p in args.peers.split(",") if p], args.peers_venv, args.peer_memory_gb,
+                  args.stride_histograms.split(","))
     measure_edgepack(case, rows, work, variants)
     return list(rows)
 
@@ -339,6 +344,9 @@ def main() -> None:
     ap.add_argument("--peers-venv", type=Path, default=venv.DEFAULT, help="NNCF + tf2onnx (benchmarks/peers/venv.py)")
     ap.add_argument("--peer-memory-gb", type=float, default=5.0,
                     help="a peer whose process tree passes this is stopped: its row says out of memory")
+    ap.add_argument("--stride-histograms", default="", metavar="MODELS",
+                    help="models whose Entropy/Percentile calibrate in strides without trying all samples at once "
+                         "(layout_cdla: 19.5 GB at once)")
     ap.add_argument("--keras-dir", type=Path, default=ROOT / "build" / "ptq_peers_keras",
                     help="the trained Keras nets and their ONNX exports, kept between runs")
     ap.add_argument("--json", type=Path, help="write the rows here")

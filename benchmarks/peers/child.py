@@ -8,6 +8,7 @@ Calibration samples go to the child as one ``.npz``: each input's samples concat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -55,8 +56,15 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
+MACHINE_RESERVE_GB = 1.0  # the machine is shared: a peer never takes its last gigabyte
+
+
 def run(argv: list[str], limit_gb: float, env: dict | None = None, log: Path | None = None) -> ChildResult:
-    """``argv`` in its own process group; killed when its tree's resident memory passes ``limit_gb``."""
+    """``argv`` in its own process group; killed when its tree's resident memory passes ``limit_gb``, or
+    when the machine has less than ``MACHINE_RESERVE_GB`` left (before the kernel's OOM killer picks a
+    process, maybe someone else's)."""
+    import psutil
+
     start = time.perf_counter()
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -64,12 +72,18 @@ def run(argv: list[str], limit_gb: float, env: dict | None = None, log: Path | N
     try:
         while proc.poll() is None:
             peak = max(peak, _tree_rss(proc.pid))
-            if peak > limit_gb * 2**30:
+            left = psutil.virtual_memory().available / 2**30
+            if peak > limit_gb * 2**30 or left < MACHINE_RESERVE_GB:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+                why = f"limit {limit_gb:g} GB" if peak > limit_gb * 2**30 else f"the machine had {left:.1f} GB left"
                 return ChildResult(False, time.perf_counter() - start, peak / 2**30,
-                                   f"out of memory at {peak / 2**30:.1f} GB (limit {limit_gb:g} GB)")
+                                   f"out of memory at {peak / 2**30:.1f} GB ({why})")
             time.sleep(0.25)
+    except BaseException:  # interrupted: the child's group goes too
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
     finally:
         if log:
             out.close()
