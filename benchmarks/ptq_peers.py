@@ -24,7 +24,7 @@ of memory at N GB" and the run goes on):
 
 - onnxruntime ``quantize_static``: QDQ, int8 weights per channel symmetric, int8 activations per tensor
   (TFLite's scheme), MinMax, Entropy and Percentile calibration (a histogram method that runs out of
-  memory with all samples at once runs again in strides of 10 samples: ``peers/ort_child.py``);
+  memory with all samples at once runs again in strides of ``--stride`` samples: ``peers/ort_child.py``);
 - NNCF 3.4 (``nncf.quantize``, ONNX backend, default preset, ``subset_size`` = the 200 samples) in the
   peers venv, never a dependency of edgepack: ``python benchmarks/peers/venv.py`` builds it
   (build/peers-venv); without it the NNCF rows say so and the run goes on;
@@ -60,7 +60,6 @@ import numpy as np
 from benchmarks.peers import child, float_match, keras_nets, venv
 from benchmarks.peers.child import ChildResult
 from benchmarks.peers.keras_nets import KerasNet
-from benchmarks.peers.ort_child import STRIDE
 from benchmarks.peers.venv import venv_python
 
 # name -> (inputs.py kind, zoo path, --input-shape, task metric, edgepack --quantize)
@@ -160,21 +159,20 @@ def child_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 
-def ort_peer(case: Case, method: str, work: Path, limit_gb: float,
+def ort_peer(case: Case, method: str, work: Path, limit_gb: float, stride: int,
              strided: bool = False) -> tuple[Path | None, ChildResult, str]:
     """onnxruntime in a child; a histogram method that runs out of memory with all samples at once is run
-    again in strides of ``ort_child.STRIDE`` samples (the third value says so); ``strided``: at once
-    is not tried."""
+    again in strides of ``stride`` samples (the third value says so); ``strided``: at once is not tried."""
     out = work / f"{case.name}_ort_{method}.onnx"
     histogram = method in ("Entropy", "Percentile")
-    note = f"strided by {STRIDE} (--stride-histograms)" if histogram and strided else ""
-    for stride in ((STRIDE,) if strided else (0, STRIDE)) if histogram else (0,):
+    note = f"strided by {stride} (--stride-histograms)" if histogram and strided else ""
+    for step in ((stride,) if strided else (0, stride)) if histogram else (0,):
         res = child.run([sys.executable, "-m", "benchmarks.peers.ort_child", str(case.onnx), str(case.calib_feeds_npz),
-                         method, str(out), str(stride)], limit_gb, log=work / f"{case.name}_ort_{method}.log",
+                         method, str(out), str(step)], limit_gb, log=work / f"{case.name}_ort_{method}.log",
                         env=child_env())
-        if res.ok or not res.message.startswith("out of memory"):
+        if res.ok or not res.message.startswith("out of memory") or step:
             break
-        note = f"strided by {STRIDE}; all at once: {res.message}"
+        note = f"strided by {stride}; all at once: {res.message}"
     return (out if res.ok else None), res, note
 
 
@@ -255,7 +253,7 @@ class Rows(list):
 
 
 def measure_peers(case: Case, rows: Rows, work: Path, peers: list[str], venv: Path, limit_gb: float,
-                  strided: list[str]) -> None:
+                  strided: list[str], stride: int) -> None:
     if case.keras is not None and "TF" in peers:
         out = work / f"{case.name}_tf.tflite"
         secs = keras_nets.tf_default_ptq(case.keras, out)
@@ -271,7 +269,7 @@ def measure_peers(case: Case, rows: Rows, work: Path, peers: list[str], venv: Pa
                 continue
             (q, res), note = nncf_peer(case, work, venv, limit_gb), ""
         else:
-            q, res, note = ort_peer(case, method, work, limit_gb, case.name in strided)
+            q, res, note = ort_peer(case, method, work, limit_gb, stride, case.name in strided)
         if q is None:  # a peer that fails on this model is a row, not the end of the run
             rows.absent(label, f"{res.message}; {note}" if note else res.message)
             continue
@@ -317,7 +315,7 @@ def measure_model(name: str, work: Path, args: argparse.Namespace, variants: lis
         return []
     rows = Rows(case)
     measure_peers(case, rows, work, [p for p in args.peers.split(",") if p], args.peers_venv, args.peer_memory_gb,
-                  args.stride_histograms.split(","))
+                  args.stride_histograms.split(","), args.stride)
     measure_edgepack(case, rows, work, variants)
     return list(rows)
 
@@ -347,6 +345,7 @@ def main() -> None:
     ap.add_argument("--stride-histograms", default="", metavar="MODELS",
                     help="models whose Entropy/Percentile calibrate in strides without trying all samples at once "
                          "(layout_cdla: 19.5 GB at once)")
+    ap.add_argument("--stride", type=int, default=10, help="samples per histogram pass when strided (divides 200)")
     ap.add_argument("--keras-dir", type=Path, default=ROOT / "build" / "ptq_peers_keras",
                     help="the trained Keras nets and their ONNX exports, kept between runs")
     ap.add_argument("--json", type=Path, help="write the rows here")

@@ -16,8 +16,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-STRIDE = 10  # what the benchmark uses after an out-of-memory run
-
 
 def prepared(model: Path, work: Path) -> Path:
     """``quant_pre_process`` (shape inference, graph optimization), at opset 13 at least (per-channel
