@@ -43,6 +43,7 @@ from edgepack.converter.onnx.prepare import run_proto
 # the graph stage's functions, used from here by the pipeline and the tests
 from edgepack.converter.onnx.ready import (  # noqa: F401
     conversion_shapes,
+    emulates_rounding,
     name_nodes,
     prepare,
     quantized_ops,
@@ -152,7 +153,8 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
     shapes = conversion_shapes(model, batch)
     with tempfile.TemporaryDirectory(prefix="edgepack-onnx2tf-") as tmp:
         work = Path(tmp)
-        proto, names, record = prepared if prepared is not None else prepare(model, shapes)
+        proto, names, record = prepared if prepared is not None else prepare(
+            model, shapes, emulate_rounding=emulates_rounding(mode))
         onnx_path = work / "model.onnx"
         _save_onnx(proto, onnx_path)
         feeds, probe_source = probe_inputs(model, shapes, calibration)
