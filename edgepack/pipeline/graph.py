@@ -29,8 +29,12 @@ def stage_graph(st: PipelineState) -> dict | None:
         if pairs:
             st.graph = {"state_pairs": pairs}
         return st.graph
-    from edgepack.converter.onnx.translate import (conversion_shapes, emulates_rounding, prepare,
-                                                   refuse_unhandled_quantization)
+    from edgepack.converter.onnx.translate import (
+        conversion_shapes,
+        emulates_rounding,
+        prepare,
+        refuse_unhandled_quantization,
+    )
     from edgepack.formats.onnx import with_input_values
 
     refuse_unhandled_quantization(st.loaded.model.proto)  # before the shapes: --input-shape would not help

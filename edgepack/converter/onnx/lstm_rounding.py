@@ -12,6 +12,7 @@ no peepholes, no clip, default activations, layout 0, a static number of steps.
 from __future__ import annotations
 
 import logging
+
 import numpy as np
 
 from edgepack.converter.onnx.dynamic_rounding import NodeSink, fake_quantized
