@@ -54,8 +54,12 @@ def quantize_params(s: NodeSink, x: str, tag: str, outputs: tuple[str, str] | No
     zero, qmax = s.const("zero", np.float32(0)), s.const("qmax", np.float32(255))
     lo = s.op("Min", [s.op("ReduceMin", [x], f"{tag}_min", keepdims=0), zero], f"{tag}_min0")
     hi = s.op("Max", [s.op("ReduceMax", [x], f"{tag}_max", keepdims=0), zero], f"{tag}_max0")
-    scale = s.op("Div", [s.op("Sub", [hi, lo], f"{tag}_span"), qmax], f"{tag}_scale",
-                 outputs=[outputs[0]] if outputs else None)
+    span = s.op("Sub", [hi, lo], f"{tag}_span")
+    # 255 that depends on the data: TFLite's converter turns a division by a constant into a product with
+    # its reciprocal, one ulp off the quotient now and then, and an ulp of scale flips roundings downstream
+    # (max(min(span, 255), 255) stays a division; span * 0 + 255 is folded back to the constant)
+    divisor = s.op("Max", [s.op("Min", [span, qmax], f"{tag}_span255"), qmax], f"{tag}_qmax")
+    scale = s.op("Div", [span, divisor], f"{tag}_scale", outputs=[outputs[0]] if outputs else None)
     safe = s.op("Max", [scale, s.const("tiny", _TINY)], f"{tag}_safe_scale")
     zp = s.op("Div", [s.op("Neg", [lo], f"{tag}_neg_min"), safe], f"{tag}_zp_real")
     zp = s.op("Clip", [s.op("Round", [zp], f"{tag}_zp_round"), zero, qmax], f"{tag}_zp",
