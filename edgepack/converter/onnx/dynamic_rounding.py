@@ -74,11 +74,19 @@ def quantized(s: NodeSink, x: str, safe: str, zp: str, tag: str, output: str | N
                 outputs=[output] if output else None)
 
 
-def fake_quantized(s: NodeSink, x: str, tag: str) -> tuple[str, str]:
-    """(``(q - zp) * scale``, scale): ``x`` rounded to its run-time 8 bits, back in float."""
+def centred(s: NodeSink, x: str, tag: str) -> tuple[str, str]:
+    """(``q - zp``, scale): ``x`` rounded to its run-time 8 bits, as float integers -255..255."""
     scale, safe, zp = quantize_params(s, x, tag)
-    centred = s.op("Sub", [quantized(s, x, safe, zp, tag), zp], f"{tag}_centred")
-    return s.op("Mul", [centred, scale], f"{tag}_fq"), scale
+    return s.op("Sub", [quantized(s, x, safe, zp, tag), zp], f"{tag}_centred"), scale
+
+
+def integer_product(s: NodeSink, x: str, w_int: np.ndarray, w_scale: np.ndarray, tag: str) -> str:
+    """``x`` rounded at run time times the integer weights, summed exactly (float integers below 2**24),
+    then scaled once by ``x_scale * w_scale``: an 8-bit GEMM with a float output, as onnxruntime's."""
+    q, scale = centred(s, x, tag)
+    acc = s.op("MatMul", [q, s.const(f"{tag}_w", w_int.astype(np.float32))], f"{tag}_acc")
+    multiplier = s.op("Mul", [scale, s.const(f"{tag}_ws", np.asarray(w_scale, np.float32))], f"{tag}_multiplier")
+    return s.op("Mul", [acc, multiplier], f"{tag}_product")
 
 
 def _integer_inputs_only(g, node) -> bool:

@@ -15,19 +15,19 @@ import logging
 
 import numpy as np
 
-from edgepack.converter.onnx.dynamic_rounding import NodeSink, fake_quantized
+from edgepack.converter.onnx.dynamic_rounding import NodeSink, integer_product
 
 log = logging.getLogger(__name__)
 
 _MAX_STEPS = 256  # the unrolled graph grows with the steps
 
 
-def _weights(g, ins: list[str], q: int, s: int, z: int) -> np.ndarray:
-    """[D, in, 4H] int8 with a scale per direction (or per column) -> float [D, in, 4H]."""
+def _weights(g, ins: list[str], q: int, s: int, z: int) -> tuple[np.ndarray, np.ndarray]:
+    """[D, in, 4H] int8 -> (``q - zp`` as float [D, in, 4H], scale per direction [D] or per column [D, 4H])."""
     scale = np.asarray(g.consts[ins[s]], np.float32)
     zp = np.asarray(g.consts[ins[z]], np.float32) if ins[z] else np.zeros_like(scale)
     shape = (-1, 1, 1) if scale.ndim == 1 else (scale.shape[0], 1, -1)
-    return ((g.consts[ins[q]].astype(np.float32) - zp.reshape(shape)) * scale.reshape(shape)).astype(np.float32)
+    return (g.consts[ins[q]].astype(np.float32) - zp.reshape(shape)).astype(np.float32), scale
 
 
 def _plain(node, g, ins: list[str], steps: int | None) -> bool:
@@ -68,22 +68,20 @@ def _unrolled(s: NodeSink, node, ins: list[str], steps: int) -> None:
 
     a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
     hidden = int(a["hidden_size"])
-    w, r = _weights(s.g, ins, 1, 8, 9), _weights(s.g, ins, 2, 10, 11)  # [D, in, 4H], [D, H, 4H]
+    (w, w_scale), (r, r_scale) = _weights(s.g, ins, 1, 8, 9), _weights(s.g, ins, 2, 10, 11)
     dirs = w.shape[0]
     reverse = a.get("direction", b"forward") in (b"reverse", "reverse")
     bias = s.g.consts[ins[3]] if ins[3] else np.zeros((dirs, 8 * hidden), np.float32)
-    x_fq, _ = fake_quantized(s, ins[0], "x")
     outs = list(node.output) + [""] * (3 - len(node.output))
     per_step: list[list[str]] = [[] for _ in range(steps)]
     finals: list[tuple[str, str]] = []
     for d in range(dirs):
-        b = (bias[d, :4 * hidden] + bias[d, 4 * hidden:]).astype(np.float32)
-        xw = s.op("Add", [s.op("MatMul", [x_fq, s.const(f"W{d}", w[d])], f"xw{d}"), s.const(f"B{d}", b)], f"xwb{d}")
+        b = s.const(f"B{d}", (bias[d, :4 * hidden] + bias[d, 4 * hidden:]).astype(np.float32))
+        xw = integer_product(s, ins[0], w[d], w_scale[d], f"x{d}")  # X is rounded once for the whole call
         h, c = (s.op("Gather", [v, s.const(f"d{d}", np.array(d, np.int64))], f"{k}0_{d}", axis=0) if v else None
                 for k, v in (("h", ins[5]), ("c", ins[6])))
-        order = range(steps - 1, -1, -1) if reverse or d == 1 else range(steps)
-        for t in order:
-            h, c = _cell(s, xw, h, c, s.const(f"R{d}", r[d]), t, d)
+        for t in (range(steps - 1, -1, -1) if reverse or d == 1 else range(steps)):
+            h, c = _cell(s, xw, h, c, (r[d], r_scale[d], b), t, d)
             per_step[t].append(h)
         finals.append((h, c))
     if outs[0]:
@@ -96,12 +94,14 @@ def _unrolled(s: NodeSink, node, ins: list[str], steps: int) -> None:
                  outputs=[out], axis=0)
 
 
-def _cell(s: NodeSink, xw: str, h: str | None, c: str | None, r: str, t: int, d: int) -> tuple[str, str]:
+def _cell(s: NodeSink, xw: str, h: str | None, c: str | None, weights: tuple, t: int, d: int) -> tuple[str, str]:
+    """One step: ``(x_t W + round8(h) R) + b`` in onnxruntime's order of additions, then the gates."""
+    r, r_scale, b = weights
     tag = f"d{d}t{t}"
     gates = s.op("Gather", [xw, s.const(f"t{t}", np.array(t, np.int64))], f"x_{tag}", axis=0)
     if h is not None:
-        h_fq, _ = fake_quantized(s, h, f"h_{tag}")
-        gates = s.op("Add", [gates, s.op("MatMul", [h_fq, r], f"hr_{tag}")], f"gates_{tag}")
+        gates = s.op("Add", [gates, integer_product(s, h, r, r_scale, f"h_{tag}")], f"xh_{tag}")
+    gates = s.op("Add", [gates, b], f"gates_{tag}")
     split = {"num_outputs": 4} if s.opset >= 18 else {}
     names = [f"{s.prefix}{k}_{tag}" for k in ("i", "o", "f", "g")]
     s.op("Split", [gates], f"split_{tag}", outputs=names, axis=1, **split)
