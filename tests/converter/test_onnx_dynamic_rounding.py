@@ -107,3 +107,51 @@ def test_without_the_rounding_the_float_graph_is_tens_of_db_away(dynamic_model):
         sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         got = np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
         assert low <= sqnr_db(want, got) <= high, (emulate, sqnr_db(want, got))
+
+
+def _dynamic_lstm_model(path):
+    """onnxruntime's DynamicQuantizeLSTM (int8 weights, a scale per direction), bidirectional, 5 steps."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    hidden, size = 4, 6
+
+    def t(name, value):
+        return numpy_helper.from_array(np.asarray(value), name)
+
+    inits = [t("W", rng.integers(-127, 128, (2, size, 4 * hidden)).astype(np.int8)),
+             t("R", rng.integers(-127, 128, (2, hidden, 4 * hidden)).astype(np.int8)),
+             t("B", rng.normal(0, .2, (2, 8 * hidden)).astype(np.float32)),
+             t("ws", np.array([0.011, 0.013], np.float32)), t("wz", np.zeros(2, np.int8)),
+             t("rs", np.array([0.021, 0.017], np.float32)), t("rz", np.zeros(2, np.int8))]
+    node = helper.make_node("DynamicQuantizeLSTM", ["x", "W", "R", "B", "", "", "", "", "ws", "wz", "rs", "rz"],
+                            ["y"], domain="com.microsoft", hidden_size=hidden, direction="bidirectional")
+    graph = helper.make_graph([node], "dq_lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 2, 1, hidden])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_dynamic_lstm_rounds_its_input_and_hidden_state_like_onnxruntime(tmp_path):
+    """The kernel quantizes X once per call and h at every step of each direction: the unrolled cell
+    that does the same reads like onnxruntime to float32 precision; without the rounding it does not."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgepack.converter.onnx.dequantize import dequantize
+
+    path = _dynamic_lstm_model(tmp_path / "lstm.onnx")
+    xs = np.random.default_rng(5).normal(0, 1.5, (16, 5, 1, 6)).astype(np.float32)
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = np.stack([original.run(None, {"x": x})[0] for x in xs])
+    found = {}
+    for emulate in (False, True):
+        proto = onnx.load(str(path))
+        assert dequantize(proto, emulate_rounding=emulate).lstms == 1
+        assert "DynamicQuantizeLSTM" not in {n.op_type for n in proto.graph.node}
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        found[emulate] = sqnr_db(want, np.stack([sess.run(None, {"x": x})[0] for x in xs]))
+    assert found[True] >= 100 and found[False] < 60, found
