@@ -29,7 +29,12 @@ def stage_graph(st: PipelineState) -> dict | None:
         if pairs:
             st.graph = {"state_pairs": pairs}
         return st.graph
-    from edgepack.converter.onnx.translate import conversion_shapes, prepare, refuse_unhandled_quantization
+    from edgepack.converter.onnx.translate import (
+        conversion_shapes,
+        emulates_rounding,
+        prepare,
+        refuse_unhandled_quantization,
+    )
     from edgepack.formats.onnx import with_input_values
 
     refuse_unhandled_quantization(st.loaded.model.proto)  # before the shapes: --input-shape would not help
@@ -39,7 +44,8 @@ def stage_graph(st: PipelineState) -> dict | None:
     model = st.loaded.model
     shapes = conversion_shapes(model, st.target.batch)
     st.loaded = _whole_inputs(st.loaded, shapes)
-    st.prepared_onnx = prepare(model, shapes, lower_lstm=bool(pairs))
+    st.prepared_onnx = prepare(model, shapes, lower_lstm=bool(pairs),
+                               emulate_rounding=emulates_rounding(st.request.quantize.mode))
     record = st.prepared_onnx[2].to_dict()
     dequantized = st.prepared_onnx[2].dequantized is not None and st.prepared_onnx[2].dequantized.changed
     record["max_rel_error_vs_original"] = _check_prepared(model, st.prepared_onnx[0], shapes, strict=not dequantized)

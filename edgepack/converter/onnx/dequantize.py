@@ -33,6 +33,8 @@ class DequantizeRecord:
     integer_ops: int = 0  # ConvInteger / MatMulInteger chains rewritten
     lstms: int = 0  # DynamicQuantizeLSTM rewritten
     qoperators: int = 0  # QLinear* ops turned into DequantizeLinear -> float op -> QuantizeLinear
+    rounding_emulated: int = 0  # DynamicQuantizeLinear kept as float rounding ops (:mod:`.dynamic_rounding`)
+    activation_rounding: str = "removed"  # or "emulated": the run-time 8-bit rounding of dynamic models
     ranges: dict[str, list[float]] = field(default_factory=dict)  # activation -> [min, max] from the QDQ pairs
 
     @property
@@ -43,7 +45,9 @@ class DequantizeRecord:
         return {"qoperators_rewritten": self.qoperators, "dequantized_weights": self.weights,
                 "qdq_pairs_removed": self.qdq_pairs,
                 "integer_ops_rewritten": self.integer_ops, "lstms_rewritten": self.lstms,
-                "activation_ranges": len(self.ranges)}
+                "activation_ranges": len(self.ranges),
+                **({"activation_rounding": self.activation_rounding, "rounding_emulated": self.rounding_emulated}
+                   if self.integer_ops or self.lstms else {})}
 
 
 class _Graph:
@@ -310,10 +314,16 @@ def rewrite_dynamic_lstm(g: _Graph, record: DequantizeRecord) -> None:
         record.lstms += 1
 
 
-def dequantize(proto) -> DequantizeRecord:
-    """Every rewrite above, in place; what was done."""
+def dequantize(proto, emulate_rounding: bool = False) -> DequantizeRecord:
+    """Every rewrite above, in place; what was done. With ``emulate_rounding`` the run-time 8-bit
+    rounding of dynamically quantized models is kept as float ops (:mod:`.dynamic_rounding`): the float
+    graph then reads like onnxruntime on the original; without it, like the float model it came from."""
     record = DequantizeRecord()
-    for step in (qoperator_to_qdq, fold_weight_dequantize, remove_activation_qdq, rewrite_integer_ops, rewrite_dynamic_lstm):
+    steps = [qoperator_to_qdq, fold_weight_dequantize, remove_activation_qdq]
+    if emulate_rounding:
+        steps += _emulation_steps(proto)
+        record.activation_rounding = "emulated"
+    for step in (*steps, rewrite_integer_ops, rewrite_dynamic_lstm):
         step(_Graph(proto), record)
     if record.changed:  # domains no node uses any more (com.microsoft...) would stop onnx-simplifier
         keep = [o for o in proto.opset_import if o.domain in ("", "ai.onnx")
@@ -321,3 +331,25 @@ def dequantize(proto) -> DequantizeRecord:
         del proto.opset_import[:]
         proto.opset_import.extend(keep)
     return record
+
+
+def _emulation_steps(proto) -> list:
+    from edgepack.converter.onnx.dynamic_rounding import emulate_dynamic_quantize, emulate_integer_ops, toposort
+    from edgepack.converter.onnx.lstm_rounding import emulate_dynamic_lstm, lstm_steps
+
+    steps_of = lstm_steps(proto)
+
+    def lstms(g: _Graph, record: DequantizeRecord) -> None:
+        emulate_dynamic_lstm(g, record, steps_of)
+
+    def tidy(g: _Graph, record: DequantizeRecord) -> None:
+        toposort(g.graph)
+        if record.rounding_emulated or record.lstms:  # uint8 / int32 tensors are float now
+            keep = [vi for vi in g.graph.value_info if vi.type.tensor_type.elem_type not in _INTEGER_TYPES]
+            del g.graph.value_info[:]
+            g.graph.value_info.extend(keep)
+
+    return [emulate_dynamic_quantize, emulate_integer_ops, lstms, tidy]
+
+
+_INTEGER_TYPES = {2, 3, 6}  # TensorProto UINT8, INT8, INT32

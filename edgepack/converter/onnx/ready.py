@@ -14,6 +14,7 @@ from edgepack.converter.onnx.onnx2tf_run import ops_message
 from edgepack.converter.onnx.prepare import walk_nodes
 from edgepack.errors import ConversionError
 from edgepack.formats.onnx import OnnxModel
+from edgepack.request import QuantizeMode
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,18 @@ def conversion_shapes(model: OnnxModel, batch: int | None = None) -> dict[str, t
     return {k: (batch, *v[1:]) if v and v[0] == 1 else v for k, v in shapes.items()}
 
 
-def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]], *, lower_lstm: bool = False):
+def emulates_rounding(mode: QuantizeMode) -> bool:
+    """Float outputs keep a dynamically quantized model's run-time activation rounding (they read like
+    onnxruntime on the original); quantizing modes calibrate those activations instead."""
+    return mode in (QuantizeMode.NONE, QuantizeMode.FLOAT16)
+
+
+def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]], *, lower_lstm: bool = False,
+            emulate_rounding: bool = False):
     """A copy of the graph ready for onnx2tf: static input shapes, frozen inputs (--input-value),
     decidable Ifs inlined, names TensorFlow accepts, named nodes and onnx-simplifier applied
-    (:mod:`.prepare`); with ``lower_lstm`` (streaming models) LSTMs become cell ops (:mod:`.lstm`).
+    (:mod:`.prepare`); with ``lower_lstm`` (streaming models) LSTMs become cell ops (:mod:`.lstm`);
+    ``emulate_rounding``: see :func:`.dequantize.dequantize`.
     Returns (graph, node name -> op type, what preparation did)."""
     import onnx
 
@@ -112,7 +121,7 @@ def prepare(model: OnnxModel, shapes: dict[str, tuple[int, ...]], *, lower_lstm:
                 d.dim_value = size
     from edgepack.converter.onnx.dequantize import dequantize
 
-    dequantized = dequantize(proto)
+    dequantized = dequantize(proto, emulate_rounding=emulate_rounding)
     refuse_quantized(proto)  # what no rewrite took (QLinear* operators...)
     constants_as_tensors(proto)  # onnx-simplifier and onnx2tf read a Constant's `value` only
     record = prepare_graph(proto, model.fixed_values)
