@@ -123,6 +123,7 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
         from tensorflow.lite.python.convert import mlir_quantize
 
         from edgepack.converter import isolate
+        from edgepack.converter.copy_scales import requantize_copies
 
         order = _input_order(result)
         samples = ([s[n] for n in order] if order else list(s.values()) for s in rep())
@@ -140,7 +141,7 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
             raise isolate.NativeCrash(crash.message, signal_name=crash.signal_name,
                                       hint=isolate.crash_hint(read_tflite(bytes(result)).op_counts, mode.value)) from None
         if q is not None:
-            return out
+            return requantize_copies(bytes(out))[0]
         out, repaired = _repair(bytes(out), lambda: ([s[n] for n in order] if order else list(s.values())
                                                      for s in rep()), verbose)
         if keep is not None:
@@ -154,11 +155,12 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
                             debug_options=debug_options.SerializeToString(),
                             samples=lambda: ([s[n] for n in order] if order else list(s.values()) for s in rep()),
                             repaired=repaired))
-        return mlir_quantize(out, conv._experimental_disable_per_channel, input_data_type=input_type,
-                             output_data_type=output_type, enable_variable_quantization=enable_variable_quantization,
-                             disable_per_channel_for_dense_layers=(
-                                 conv._experimental_disable_per_channel_quantization_for_dense_layers),
-                             debug_options_str=debug_options.SerializeToString())
+        # byte-copying ops the quantizer gave another grid than their input's: a requantize after them
+        return requantize_copies(bytes(mlir_quantize(
+            out, conv._experimental_disable_per_channel, input_data_type=input_type,
+            output_data_type=output_type, enable_variable_quantization=enable_variable_quantization,
+            disable_per_channel_for_dense_layers=conv._experimental_disable_per_channel_quantization_for_dense_layers,
+            debug_options_str=debug_options.SerializeToString())))[0]
 
     return quantize
 

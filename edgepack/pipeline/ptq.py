@@ -88,7 +88,8 @@ def stage_lstm_float(st: PipelineState) -> dict | None:
     if (LSTM_FLOAT not in req.quantize.ptq_algorithms or st.calibrated is None
             or req.quantize.mode not in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO)):
         return None
-    from edgepack.converter.recurrent import cell_nodes, hybrid_projections, scale_mismatches
+    from edgepack.converter.copy_scales import scale_mismatches
+    from edgepack.converter.recurrent import cell_nodes, hybrid_projections
 
     nodes = cell_nodes(st.calibrated.ops())
     if not nodes:
