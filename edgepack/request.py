@@ -71,8 +71,9 @@ QUANTIZE_MODES = tuple(m.value for m in QuantizeMode)
 # those on by default (exact rewrites; learned rounding and bias correction measured losses on zoo models:
 # README, "Full-integer PTQ")
 # lstm-float: a recurrent cell's gates and state kept float after conversion (pipeline/ptq.py, stage_lstm_float)
-PTQ_ALGORITHMS = ("fuse", "equalize", "learned-rounding", "bias-correction", "lstm-float")
-PTQ_DEFAULT = ("fuse", "equalize", "lstm-float")
+# stft-magnitude: an STFT magnitude as a max over rotations (graph stage, converter/onnx/integer_forms.py)
+PTQ_ALGORITHMS = ("fuse", "equalize", "learned-rounding", "bias-correction", "lstm-float", "stft-magnitude")
+PTQ_DEFAULT = ("fuse", "equalize", "lstm-float", "stft-magnitude")
 PRUNE_NORMS = ("l1", "l2")
 DISTRIBUTE = ("mirrored",)
 PRUNE_FORMS = ["channels:RATIO", "sparsity:RATIO", "M:N (e.g. 2:4)"]

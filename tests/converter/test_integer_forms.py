@@ -107,7 +107,7 @@ def _int8(bundle, x: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return np.concatenate(outs).reshape(len(x), -1), kinds
 
 
-def test_full_int8_spectrogram_reads_better_with_the_magnitude_form(tmp_path, monkeypatch):
+def test_full_int8_spectrogram_reads_better_with_the_magnitude_form(tmp_path):
     path = _spectrogram_model(tmp_path / "spec.onnx")
     calib, held = _audio(100, seed=2), _audio(40, seed=3)
     np.save(tmp_path / "calib.npy", calib[:, 0][:, None])
@@ -119,9 +119,8 @@ def test_full_int8_spectrogram_reads_better_with_the_magnitude_form(tmp_path, mo
     with_forms, kinds = _int8(tmp_path / "forms", held)
     assert "SQRT" not in kinds and "DEQUANTIZE" not in kinds and {"ABS", "MAXIMUM"} <= set(kinds)
 
-    monkeypatch.setattr(integer_forms, "apply", lambda proto, mode: {})  # the converter without the rewrite
     api.convert(model=path, output=tmp_path / "plain", quantize="int8", calibration=tmp_path / "calib.npy",
-                target="cortex-m4")
+                target="cortex-m4", no_ptq=["stft-magnitude"])  # the switch that turns it off
     plain, plain_kinds = _int8(tmp_path / "plain", held)
     assert "SQRT" in plain_kinds and "integer_forms" not in read_manifest(tmp_path / "plain").extras["graph"]
     # per sample: the quiet ones are where squaring on one int8 grid loses everything
@@ -175,7 +174,7 @@ def test_gather_and_reflect_pad_forms_are_exact_and_run_int16_on_tflm(tmp_path, 
     api.convert(model=path, output=tmp_path / "i16", quantize="int16x8", calibration=tmp_path / "calib.npz")
     model = (tmp_path / "i16" / "model.tflite").read_bytes()
     assert tflm.measure_arena(model, 2).total > 0  # TFLM allocates and invokes it
-    monkeypatch.setattr(integer_forms, "apply", lambda proto, mode: {})
+    monkeypatch.setattr(integer_forms, "apply", lambda proto, mode, magnitude=True: {})
     api.convert(model=path, output=tmp_path / "plain", quantize="int16x8", calibration=tmp_path / "calib.npz")
     with pytest.raises(Exception, match="(?i)int16|invoke|not supported"):
         tflm.measure_arena((tmp_path / "plain" / "model.tflite").read_bytes(), 2)

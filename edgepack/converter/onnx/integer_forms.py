@@ -276,12 +276,13 @@ def _static_shapes(proto) -> dict[str, list[int]]:
     return out
 
 
-def apply(proto, mode: str) -> dict[str, int]:
-    """The rewrites a quantize ``mode`` wants, in place: the magnitude form for every integer mode,
-    the int16-kernel forms for int16x8; ``{rewrite: count}`` of those that changed something."""
+def apply(proto, mode: str, *, magnitude: bool = True) -> dict[str, int]:
+    """The rewrites a quantize ``mode`` wants, in place: the magnitude form for every integer mode
+    (unless ``magnitude`` is off: ``--no-ptq stft-magnitude``), the int16-kernel forms for int16x8;
+    ``{rewrite: count}`` of those that changed something."""
     if mode not in ("int8", "int8-float-io", "uint8", "int16x8"):
         return {}
-    done = {"stft_magnitudes": stft_magnitudes(proto)}
+    done = {"stft_magnitudes": stft_magnitudes(proto) if magnitude else 0}
     if mode == "int16x8":
         done.update(constant_gathers=constant_gathers(proto), reflect_pads=reflect_pads(proto))
     return {k: v for k, v in done.items() if v}
