@@ -143,7 +143,7 @@ def _prepared(st: PipelineState):
     model = st.quantize_source.model
     pairs = (st.graph or {}).get("state_pairs")
     prepared = prepare(model, conversion_shapes(model, st.target.batch), lower_lstm=bool(pairs))
-    return integer_forms(prepared, st.request.quantize)
+    return integer_forms(prepared, st.request.quantize, st.target)
 
 
 def _convert_onnx(st: PipelineState) -> dict:

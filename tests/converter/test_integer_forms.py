@@ -83,6 +83,15 @@ def test_magnitude_as_max_over_rotations_is_within_its_bound(tmp_path):
     assert rel[want > 1e-3].max() > bound / 4  # the form is an approximation, and a tight one
 
 
+def test_magnitude_form_only_where_the_magnitude_cannot_stay_float(tmp_path):
+    path = _spectrogram_model(tmp_path / "mag.onnx")
+    wants = {("int8-float-io", False): {}, ("int8", False): {}, ("none", True): {},
+             ("int8", True): {"stft_magnitudes": 1}, ("int16x8", False): {"stft_magnitudes": 1}}
+    for (mode, integer_only), want in wants.items():
+        assert integer_forms.apply(onnx.load(str(path)), mode, integer_only=integer_only) == want, mode
+    assert integer_forms.apply(onnx.load(str(path)), "int16x8", magnitude=False) == {}  # --no-ptq stft-magnitude
+
+
 def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
     ref = ref.astype(np.float64)
     return float(10 * np.log10(np.sum(ref ** 2) / np.sum((ref - out) ** 2)))
@@ -174,7 +183,7 @@ def test_gather_and_reflect_pad_forms_are_exact_and_run_int16_on_tflm(tmp_path, 
     api.convert(model=path, output=tmp_path / "i16", quantize="int16x8", calibration=tmp_path / "calib.npz")
     model = (tmp_path / "i16" / "model.tflite").read_bytes()
     assert tflm.measure_arena(model, 2).total > 0  # TFLM allocates and invokes it
-    monkeypatch.setattr(integer_forms, "apply", lambda proto, mode, magnitude=True: {})
+    monkeypatch.setattr(integer_forms, "apply", lambda proto, mode, **kw: {})
     api.convert(model=path, output=tmp_path / "plain", quantize="int16x8", calibration=tmp_path / "calib.npz")
     with pytest.raises(Exception, match="(?i)int16|invoke|not supported"):
         tflm.measure_arena((tmp_path / "plain" / "model.tflite").read_bytes(), 2)

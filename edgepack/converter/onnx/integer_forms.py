@@ -276,13 +276,18 @@ def _static_shapes(proto) -> dict[str, list[int]]:
     return out
 
 
-def apply(proto, mode: str, *, magnitude: bool = True) -> dict[str, int]:
-    """The rewrites a quantize ``mode`` wants, in place: the magnitude form for every integer mode
-    (unless ``magnitude`` is off: ``--no-ptq stft-magnitude``), the int16-kernel forms for int16x8;
-    ``{rewrite: count}`` of those that changed something."""
+def apply(proto, mode: str, *, magnitude: bool = True, integer_only: bool = False) -> dict[str, int]:
+    """The rewrites a quantize ``mode`` wants, in place; ``{rewrite: count}`` of those that changed
+    something. The magnitude form (unless ``magnitude`` is off: ``--no-ptq stft-magnitude``) where
+    the magnitude cannot stay float: int16x8 (no int16 SQRT) and int8 on ``integer_only`` targets (no
+    float SQRT worth having). On targets with float kernels an int8 model keeps the float SQRT the
+    converter leaves, and the accuracy budget can keep the magnitude float for a few hundred bytes
+    (silero: the rotations' conv is 8 times the STFT's weights, 1.9 MB when the budget keeps it float).
+    The int16-kernel forms for int16x8."""
     if mode not in ("int8", "int8-float-io", "uint8", "int16x8"):
         return {}
-    done = {"stft_magnitudes": stft_magnitudes(proto) if magnitude else 0}
+    wanted = magnitude and (mode == "int16x8" or integer_only)
+    done = {"stft_magnitudes": stft_magnitudes(proto) if wanted else 0}
     if mode == "int16x8":
         done.update(constant_gathers=constant_gathers(proto), reflect_pads=reflect_pads(proto))
     return {k: v for k, v in done.items() if v}
