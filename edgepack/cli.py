@@ -380,7 +380,8 @@ def main() -> None:
                    "hard-swish -> HARD_SWISH), equalize (cross-layer equalization), split (depthwise chains cut into "
                    "channel groups, each with its own int8 scale), learned-rounding (AdaRound-style "
                    f"weight rounding), bias-correction, lstm-float (a recurrent cell's gates and state kept float; "
-                   f"LiteRT targets). On by default: {', '.join(R.PTQ_DEFAULT)}.")
+                   f"LiteRT targets), stft-magnitude (ONNX sqrt(re^2+im^2) of an STFT conv as a max over rotations; "
+                   f"int16x8 and integer-only targets). On by default: {', '.join(R.PTQ_DEFAULT)}.")
 @click.option("--no-ptq", "no_ptq", multiple=True, type=click.Choice([*R.PTQ_ALGORITHMS, "all"]),
               help="Turn off a full-integer PTQ algorithm (repeatable).")
 @click.option("--trust-model", is_flag=True, help="Allow loading models whose layers run Python code (Lambda).")

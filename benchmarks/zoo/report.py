@@ -123,14 +123,15 @@ def _summary(s: dict, rows: list[dict]) -> list[str]:
 
 
 def _streaming(rows: list[dict]) -> str:
-    """The VAD bundles streamed over 10 s of espeak-ng speech and silence (``validate --stream``)."""
+    """The VAD bundles streamed over 60 s of espeak-ng speech and silence (``validate --stream``)."""
     vad = [r for r in rows if r["edgepack"] and ("stream_frames" in r["edgepack"] or "stream_error" in r["edgepack"])]
     if not vad:
         return ""
     lines = ["", "## Streaming (VAD)", "",
-             "`edgepack validate BUNDLE --data stream.npz --reference model.onnx --stream`: 10 s of espeak-ng speech "
-             "with pauses over noise, silero's 576-sample windows every 512 samples, bundle and onnxruntime each "
-             "carrying its own state. SQNR per frame on the speech probability; decisions at 0.5 (95 % Wilson interval).",
+             "`edgepack validate BUNDLE --data stream.npz --reference model.onnx --stream`: 60 s (1,875 windows) of "
+             "espeak-ng speech with pauses over noise, silero's 576-sample windows every 512 samples, bundle and "
+             "onnxruntime each carrying its own state. SQNR per frame on the speech probability; decisions at 0.5 "
+             "(95 % Wilson interval).",
              "", "| model | mode | frames | min SQNR | median SQNR | frames < 60 dB | decisions agree |",
              "|---|---|---|---|---|---|---|"]
     for r in vad:

@@ -55,30 +55,6 @@ def _gate_product(ops, producer: dict[int, int], ins: list[int]) -> bool:
     return {"LOGISTIC", "TANH"} <= kinds
 
 
-# int8 kernels that copy bytes: TFLite's kernels read the output with the input's scale and zero point
-_COPIES = frozenset({"REVERSE_V2", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "PACK", "UNPACK"})
-
-
-def scale_mismatches(model: bytes) -> list[str]:
-    """Node names of int8 ops that copy bytes but whose output's scale or zero point is not their
-    input's: TF 2.19's quantizer gives a REVERSE_V2 between a backward LSTM and a CONCATENATION the
-    concatenation's scale, not its input's, and the kernel then reads every value wrong (a bidirectional
-    LSTM of 16 units read 13 dB against the float model because of it, 31 dB with the REVERSE_V2 float)."""
-    from edgepack.converter.requantize import _unpack, model_ops
-
-    tensors = _unpack(model).subgraphs[0].tensors
-
-    def grid(i: int) -> tuple | None:
-        q = tensors[i].quantization
-        if q is None or q.scale is None or len(q.scale) != 1:
-            return None
-        return float(q.scale[0]), int(q.zeroPoint[0])
-
-    return [node for kind, node, ins, outs in model_ops(model)
-            if kind in _COPIES and ins and outs and grid(ins[0]) is not None
-            and any(grid(o) is not None and grid(o) != grid(ins[0]) for o in outs)]
-
-
 def hybrid_projections(model: bytes, nodes: Sequence[str]) -> tuple[bytes, int]:
     """``model`` with the float FULLY_CONNECTED ops among ``nodes`` made hybrid: int8 weights (per output
     channel, symmetric, as the converter writes them) and float activations that the kernel quantizes per

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgepack._native import capture_native_output
+from edgepack.converter.copy_scales import requantize_copies
 from edgepack.errors import ConversionError
 from edgepack.tflite_model import op_kinds
 
@@ -96,7 +97,7 @@ class Calibrated:
         from tensorflow.lite.python.convert import mlir_quantize
 
         if int16:
-            return self._int16x8(self.model, allow_float=allow_float)
+            return requantize_copies(self._int16x8(self.model, allow_float=allow_float))[0]
         data = self.model if not ranges else with_ranges(self.model, ranges)
         in_t = tf.float32 if self.input_type == tf.float32 else tf.int8
         out_t = tf.float32 if float_output or self.output_type == tf.float32 else tf.int8
@@ -119,7 +120,7 @@ class Calibrated:
                 raise ConversionError(f"re-quantizing the calibrated model failed: {first}",
                                       hint="run with -v for the converter log") from err
         del cap
-        return strip_fake_quant(out) if deny else out
+        return requantize_copies(strip_fake_quant(out) if deny else out)[0]
 
     def _int16x8(self, data: bytes, *, allow_float: bool) -> bytes:
         """int16 activations, float32 I/O. TF 2.19's MLIR quantizer fails on int16 (mixed element

@@ -124,6 +124,7 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
         from tensorflow.lite.python.convert import mlir_quantize
 
         from edgepack.converter import isolate
+        from edgepack.converter.copy_scales import requantize_copies
 
         order = _input_order(result)
 
@@ -136,8 +137,8 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
             q = {"input": _dtype_num(input_type), "output": _dtype_num(output_type), "allow_float": allow_float,
                  "activations": _dtype_num(activations_type), "bias": _dtype_num(bias_type),
                  "disable_per_channel": per_channel_off, "disable_per_channel_dense": dense_off}
-            return _crash_hint(result, mode, lambda: isolate.calibrate(
-                result, samples(), quantize=q, verbose=verbose, stage=f"{mode} calibration"))
+            return requantize_copies(bytes(_crash_hint(result, mode, lambda: isolate.calibrate(
+                result, samples(), quantize=q, verbose=verbose, stage=f"{mode} calibration"))))[0]
         start = time.perf_counter()
         out, repaired, how = _crash_hint(result, mode, lambda: _calibrated(bytes(result), samples, mode, verbose))
         how = {**how, "seconds": round(time.perf_counter() - start, 3)}
@@ -150,10 +151,12 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
                             enable_variable_quantization=enable_variable_quantization,
                             debug_options=debug_options.SerializeToString(), samples=samples, repaired=repaired,
                             calibration=how))
-        return mlir_quantize(out, per_channel_off, input_data_type=input_type, output_data_type=output_type,
-                             enable_variable_quantization=enable_variable_quantization,
-                             disable_per_channel_for_dense_layers=dense_off,
-                             debug_options_str=debug_options.SerializeToString())
+        # byte-copying ops the quantizer gave another grid than their input's: a requantize after them
+        return requantize_copies(bytes(mlir_quantize(
+            out, per_channel_off, input_data_type=input_type, output_data_type=output_type,
+            enable_variable_quantization=enable_variable_quantization,
+            disable_per_channel_for_dense_layers=dense_off,
+            debug_options_str=debug_options.SerializeToString())))[0]
 
     return quantize
 

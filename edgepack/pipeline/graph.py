@@ -49,9 +49,32 @@ def stage_graph(st: PipelineState) -> dict | None:
     record = st.prepared_onnx[2].to_dict()
     dequantized = st.prepared_onnx[2].dequantized is not None and st.prepared_onnx[2].dequantized.changed
     record["max_rel_error_vs_original"] = _check_prepared(model, st.prepared_onnx[0], shapes, strict=not dequantized)
+    st.prepared_onnx = integer_forms(st.prepared_onnx, st.request.quantize, st.target)
+    if st.prepared_onnx[2].integer_forms:  # the magnitude form changes the float function a little: measured
+        record["integer_forms"] = {**st.prepared_onnx[2].integer_forms,
+                                   "max_rel_change": _check_prepared(model, st.prepared_onnx[0], shapes, strict=False)}
+        log.info("integer forms: %s", record["integer_forms"])
     st.graph = {**record, "state_pairs": pairs,
                 "frozen_inputs": {k: np.asarray(v).tolist() for k, v in model.fixed_values.items()}}
     return st.graph
+
+
+def integer_forms(prepared: tuple, quantize, target) -> tuple:
+    """The prepared graph with the rewrites of :mod:`edgepack.converter.onnx.integer_forms` a quantize
+    mode wants (an STFT magnitude as a max over rotations; int16x8: int16-kernel forms), recorded."""
+    from edgepack.converter.onnx import integer_forms as forms
+    from edgepack.converter.onnx.ready import name_nodes
+
+    proto, names, record = prepared
+    from edgepack.pipeline.budget.stage import integer_only
+
+    done = forms.apply(proto, quantize.mode.value, magnitude="stft-magnitude" in quantize.ptq_algorithms,
+                       integer_only=integer_only(target))
+    if not done:
+        return prepared
+    record.integer_forms = done
+    record.nodes_after = len(proto.graph.node)
+    return proto, name_nodes(proto), record
 
 
 def _whole_inputs(loaded, shapes: dict[str, tuple[int, ...]]):

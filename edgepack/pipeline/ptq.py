@@ -22,13 +22,14 @@ log = logging.getLogger(__name__)
 
 _INTEGER = (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO, QuantizeMode.INT16X8)
 LSTM_FLOAT = "lstm-float"
+STFT_MAGNITUDE = "stft-magnitude"  # a graph-stage rewrite (pipeline/graph.py), not one of this stage's
 
 
 def stage_ptq(st: PipelineState) -> dict | None:
     req = st.request
     if req.quantize.mode not in _INTEGER or st.calibration is None:
         return None
-    wanted = [a for a in req.quantize.ptq_algorithms if a != LSTM_FLOAT]  # that one runs after convert
+    wanted = [a for a in req.quantize.ptq_algorithms if a not in (LSTM_FLOAT, STFT_MAGNITUDE)]  # run elsewhere
     if not wanted:
         return None
     if req.optimize.qat:  # the model learned its int8 weights and ranges: nothing here to correct
@@ -88,7 +89,8 @@ def stage_lstm_float(st: PipelineState) -> dict | None:
     if (LSTM_FLOAT not in req.quantize.ptq_algorithms or st.calibrated is None
             or req.quantize.mode not in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO)):
         return None
-    from edgepack.converter.recurrent import cell_nodes, hybrid_projections, scale_mismatches
+    from edgepack.converter.copy_scales import scale_mismatches
+    from edgepack.converter.recurrent import cell_nodes, hybrid_projections
 
     nodes = cell_nodes(st.calibrated.ops())
     if not nodes:

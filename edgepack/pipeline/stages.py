@@ -144,10 +144,12 @@ def _prepared(st: PipelineState):
     if st.quantize_source is None or st.prepared_onnx is None:
         return st.prepared_onnx
     from edgepack.converter.onnx.translate import conversion_shapes, prepare
+    from edgepack.pipeline.graph import integer_forms
 
     model = st.quantize_source.model
     pairs = (st.graph or {}).get("state_pairs")
-    return prepare(model, conversion_shapes(model, st.target.batch), lower_lstm=bool(pairs))
+    prepared = prepare(model, conversion_shapes(model, st.target.batch), lower_lstm=bool(pairs))
+    return integer_forms(prepared, st.request.quantize, st.target)
 
 
 def _convert_onnx(st: PipelineState) -> dict:

@@ -76,7 +76,10 @@ def test_lstm_internals_stay_float_and_read_better(tmp_path):
     assert record["float_ops"] >= 200 and floats >= record["float_ops"]
     assert floats_int8 <= 5  # without it: the float output and little else
     assert "lstm-float" not in read_manifest(tmp_path / "without").extras["ptq"]
-    assert sqnr > sqnr_int8 + 5, (sqnr, sqnr_int8)  # measured 31.3 against 23.4 dB
+    # measured 33.8 against 29.2 dB (31.3 against 23.4 before the converter requantized the backward
+    # direction's REVERSE_V2, edgepack.converter.copy_scales: no mis-scaled copy is left to keep float)
+    assert sqnr > sqnr_int8 + 3, (sqnr, sqnr_int8)
+    assert record["scale_mismatches"] == 0
     # the projections' weights int8 (hybrid FULLY_CONNECTED): no float32 copy of them
     assert record["hybrid_weights"] == 4  # input and recurrent weights of two directions
     size = (tmp_path / "with" / "model.tflite").stat().st_size

@@ -129,10 +129,11 @@ def test_mixed_output_is_judged_per_slice_and_made_float(work):
 
 
 def test_integer_only_target_fails_with_the_table_and_writes_nothing(work):
-    # 80 dB: beyond what 8-bit activations can reach, and float is not allowed
+    # 80 dB: beyond what 8-bit activations can reach, and float is not allowed (cortex-m33: int8 only;
+    # cortex-m4 allows int16x8 too)
     out = work / "mcu_bundle"
     res = _convert([str(work / "tiny.h5"), "-o", str(out), "--calibration", str(work / "img.npy"),
-                    "--min-sqnr", "80", "--target", "cortex-m4"])
+                    "--min-sqnr", "80", "--target", "cortex-m33"])
     assert res.exit_code == 1
     assert "no candidate meets the budget" in res.output and "integer-only" in res.output
     assert "RMSE/scale" in res.output  # the sensitivity table
@@ -142,7 +143,7 @@ def test_integer_only_target_fails_with_the_table_and_writes_nothing(work):
 def test_keep_best_writes_the_best_candidate(work):
     out = work / "mcu_best"
     res = _convert([str(work / "tiny.h5"), "-o", str(out), "--calibration", str(work / "img.npy"),
-                    "--min-sqnr", "80", "--target", "cortex-m4", "--keep-best"])
+                    "--min-sqnr", "80", "--target", "cortex-m33", "--keep-best"])
     assert res.exit_code == 0, res.output
     b = _budget(out)
     assert b["budget_met"] is False and b["chosen"]["float_ops"] == [] and not b["chosen"]["float_output"]

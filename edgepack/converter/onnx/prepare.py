@@ -50,6 +50,8 @@ class PrepareRecord:
     dequantized: Any = None  # dequantize.DequantizeRecord
     nodes_before: int = 0
     nodes_after: int = 0
+    # rewrites into forms integer kernels run well (integer_forms.apply): {rewrite: count}
+    integer_forms: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"frozen_inputs": self.frozen_inputs, "inlined_ifs": self.inlined_ifs, "ifs_left": self.ifs_left,
@@ -58,7 +60,8 @@ class PrepareRecord:
                 "widened_integer_ops": self.widened_integer_ops,
                 "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
                 **({"dequantized": self.dequantized.to_dict()} if self.dequantized is not None
-                   and self.dequantized.changed else {})}
+                   and self.dequantized.changed else {}),
+                **({"integer_forms": dict(self.integer_forms)} if self.integer_forms else {})}
 
 
 def freeze_inputs(proto, values: Mapping[str, np.ndarray]) -> None:

@@ -158,7 +158,8 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
         proto, names, record = prepared if prepared is not None else prepare(
             model, shapes, emulate_rounding=emulates_rounding(mode))
         feeds, probe_source = probe_inputs(model, shapes, calibration)
-        refs = _probe_references(proto, model, feeds, verbose, record.dequantized.changed)
+        # a dequantized graph, or one rewritten into integer forms, is checked against its own float graph
+        refs = _probe_references(proto, model, feeds, verbose, record.dequantized.changed or bool(record.integer_forms))
         # Integer inputs are probed with ones (indices, lengths, flags), which can send a correct graph
         # down paths real data never takes (node-suite MaxUnpool): a mismatch then only warns.
         strict = probe_source == "calibration" or all(np.dtype(t.dtype).kind == "f" for t in model.inputs)

@@ -1,0 +1,166 @@
+"""silero VAD in integer modes, streamed: speech decisions at 0.5 against the float model, per variant.
+
+Calibration: 20 s of espeak-ng speech and silence (seed 1) cut into silero's windows, each with the
+state onnxruntime carries into it (states reached by streaming real audio, not zeros). Evaluation:
+another 60 s utterance (seed 0, the model zoo's stream: 1,875 windows), bundle and onnxruntime each
+carrying its own state (``edgepack validate --stream``: LiteRT, and TFLite Micro for microcontroller
+bundles). Decisions at 0.5 with their 95 % Wilson interval; a goal of >= 99 % is met when the lower
+bound is. Fragility: how many of the float model's probabilities lie within 0.05 of the threshold.
+
+    python benchmarks/vad_int8.py                                   # 6 variants x 3 modes (~40 min)
+    python benchmarks/vad_int8.py --models silero_vad --modes mcu16 --out /tmp/vad.md
+
+Modes (flags after ``edgepack convert MODEL -o B --input-shape ... --calibration calib.npz``):
+``phone`` ``--quantize int8-float-io --min-sqnr 20``; ``phone-plain`` ``--quantize int8-float-io``;
+``mcu`` ``--quantize int8 --target cortex-m4``; ``mcu16`` ``--quantize int16x8 --target cortex-m4``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+
+from benchmarks.zoo import corpus, speech
+
+MODES = {"phone": ["--quantize", "int8-float-io", "--min-sqnr", "20"],
+         "phone-plain": ["--quantize", "int8-float-io"],
+         "mcu": ["--quantize", "int8", "--target", "cortex-m4"],
+         "mcu16": ["--quantize", "int16x8", "--target", "cortex-m4"]}
+SEQ = 8  # windows per call of silero_vad_16k_sequence
+BAND = 0.05
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def stream_states(model: corpus.ZooModel, path: Path, windows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Feeds (each with the state onnxruntime carries into it) and the float speech probabilities."""
+    sess = _session(path)
+    names = [i.name for i in sess.get_inputs()]
+    if model.kind == "vad_seq":
+        calls = windows[:len(windows) // SEQ * SEQ].reshape(-1, SEQ, windows.shape[-1])
+        h = c = np.zeros((1, 1, 128), np.float32)
+        feeds, probs = {"input": [], "h": [], "c": []}, []
+        for x in calls:
+            for k, v in (("input", x), ("h", h), ("c", c)):
+                feeds[k].append(v)
+            p, h, c = sess.run(["speech_probs", "hn", "cn"], {"input": x, "h": h, "c": c})
+            probs.extend(np.ravel(p))
+        # edgepack's layout: a leading axis of 1 is the sample axis (h, c), 8 windows are one whole sample
+        return {k: np.stack([a[0] if a.shape[0] == 1 else a for a in v]) for k, v in feeds.items()}, np.asarray(probs)
+    state = np.zeros((2, 1, 128), np.float32)
+    feeds, probs = {"input": [], "state": []}, []
+    for w in windows:
+        feed = {"input": w[None], "state": state, **({"sr": np.array(16000, np.int64)} if "sr" in names else {})}
+        feeds["input"].append(w)
+        feeds["state"].append(state)
+        p, state = sess.run(["output", "stateN"], feed)
+        probs.append(float(np.ravel(p)[0]))
+    return {k: np.stack(v) for k, v in feeds.items()}, np.asarray(probs)
+
+
+def data(model: corpus.ZooModel, path: Path, work: Path, seconds: float) -> tuple[Path, Path, np.ndarray]:
+    """calib.npz (windows and their states), stream.npz (windows only) and the float probabilities."""
+    from edgepack.validation.frames import cut_frames
+
+    work.mkdir(parents=True, exist_ok=True)
+    calib_audio = speech.utterance_track(20.0, seed=1)[0]
+    feeds, _ = stream_states(model, path, cut_frames(calib_audio, 576, 512).astype(np.float32))
+    np.savez(work / "calib.npz", **feeds)
+    windows = cut_frames(speech.utterance_track(seconds, seed=0)[0], 576, 512).astype(np.float32)
+    _, probs = stream_states(model, path, windows)
+    if model.kind == "vad_seq":
+        windows = windows[:len(windows) // SEQ * SEQ].reshape(-1, SEQ, windows.shape[-1])
+    np.savez(work / "stream.npz", input=windows)
+    return work / "calib.npz", work / "stream.npz", probs
+
+
+def shape_flags(model: corpus.ZooModel) -> list[str]:
+    return [a for name, s in model.shapes.items() for a in ("--input-shape", f"{name}:{'x'.join(map(str, s))}")] \
+        + [a for name, v in model.values.items() for a in ("--input-value", f"{name}={v}")]
+
+
+def run_mode(model: corpus.ZooModel, path: Path, work: Path, mode: str, calib: Path, stream: Path,
+             probs: np.ndarray) -> list[dict]:
+    from click.testing import CliRunner
+
+    from edgepack import api
+    from edgepack.cli import main
+
+    bundle = work / f"bundle_{mode}"
+    flags = [*shape_flags(model), "--calibration", str(calib), "--calibration-samples", str(len(np.load(calib)["input"])),
+             *MODES[mode]]
+    start = time.perf_counter()
+    res = CliRunner().invoke(main, ["convert", str(path), "-o", str(bundle), "--force", *flags])
+    seconds = time.perf_counter() - start
+    base = {"model": model.name, "mode": mode, "flags": " ".join(MODES[mode]), "convert_s": round(seconds, 1)}
+    if res.exit_code != 0:
+        return [{**base, "error": (res.output.strip().splitlines() or ["?"])[-1][:200]}]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    chosen = ((manifest.get("extras") or {}).get("budget") or {}).get("chosen") or {}
+    report = api.validate_stream(bundle=bundle, data=stream, reference=path)
+    near = int(np.sum(np.abs(probs - 0.5) < BAND))
+    rows = []
+    for runtime, outputs in report.decisions.items():
+        for name, d in outputs.items():
+            if name in report.state_pairs.values():
+                continue
+            rows.append({**base, "bytes": (bundle / "model.tflite").stat().st_size,
+                         "float_ops": len(chosen.get("float_ops") or []), "runtime": runtime,
+                         "frames": d["decisions"], "agreeing": d["agreeing"], "agreement": d["agreement"],
+                         "interval95": d["interval95"], "near_threshold": near,
+                         "graph": (manifest.get("extras") or {}).get("graph", {}).get("integer_forms")})
+    return rows
+
+
+def render(rows: list[dict], command: str) -> str:
+    lines = [f"Generated by `{command}`.", "",
+             "| model | mode | flags | bytes | float ops | runtime | frames | agree | 95 % interval | "
+             "float probs within 0.05 of 0.5 | convert s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['mode']} | `{r['flags']}` | error: {r['error']} |||||||")
+            continue
+        lo, hi = r["interval95"]
+        lines.append(f"| {r['model']} | {r['mode']} | `{r['flags']}` | {r['bytes']:,} | {r['float_ops']} | {r['runtime']} "
+                     f"| {r['frames']} | {r['agreeing']} = {100 * r['agreement']:.2f} % | {100 * lo:.1f}-{100 * hi:.1f} % "
+                     f"| {r['near_threshold']} | {r['convert_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    vads = [m for m in corpus.MODELS if m.kind in ("vad", "vad_seq")]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default=",".join(m.name for m in vads))
+    ap.add_argument("--modes", default="phone,mcu,mcu16")
+    ap.add_argument("--seconds", type=float, default=60.0, help="evaluation stream length (60 s: 1,875 windows)")
+    ap.add_argument("--out", type=Path, default=corpus.CACHE / "vad-int8.md")
+    args = ap.parse_args(argv)
+    rows = []
+    for model in (m for m in vads if m.name in args.models.split(",")):
+        path = corpus.model_path(model)
+        work = corpus.CACHE / "runs" / "vad_int8" / model.name
+        calib, stream, probs = data(model, path, work, args.seconds)
+        for mode in args.modes.split(","):
+            for row in run_mode(model, path, work, mode, calib, stream, probs):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(render(rows, "python benchmarks/vad_int8.py " + " ".join(argv or sys.argv[1:])))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""Byte-copying int8 ops whose output grid is not their input's, made right with a requantize.
+
+TFLite's (and TFLite Micro's) int8 kernels of REVERSE_V2, RESHAPE, TRANSPOSE, SQUEEZE, EXPAND_DIMS,
+PACK and UNPACK copy bytes: the output is read with the output tensor's scale and zero point, so
+they must equal the input's. TF 2.19's quantizer does not always make them equal: a REVERSE_V2
+between a bidirectional LSTM's backward direction and the CONCATENATION of both directions gets the
+concatenation's scale, not its input's, and every value of the backward half is then read wrong (a
+bidirectional LSTM of 16 units read 13-23 dB against the float model because of it).
+
+:func:`requantize_copies` gives such an op's output its input's grid (a new tensor) and adds a
+QUANTIZE op from that tensor to the original output tensor: int8 -> int8 QUANTIZE is a requantize in
+TFLite and in TFLite Micro, so the model stays integer-only and every consumer reads the grid it was
+quantized for. :func:`scale_mismatches` names the ops that need it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepack.tflite_model import op_kinds
+
+# int8 kernels that copy bytes: TFLite's kernels read the output with the input's scale and zero point
+COPIES = frozenset({"REVERSE_V2", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "PACK", "UNPACK"})
+_INTEGER_TYPES = (9, 7)  # schema TensorType INT8, INT16
+
+
+def _grid(tensor) -> tuple[float, int] | None:
+    q = tensor.quantization
+    if q is None or q.scale is None or len(q.scale) != 1 or q.zeroPoint is None or len(q.zeroPoint) != 1:
+        return None
+    return float(q.scale[0]), int(q.zeroPoint[0])
+
+
+def _mismatched_outputs(kind: str, op, tensors) -> list[int]:
+    """Positions of ``op``'s outputs whose grid differs from its first input's (integer tensors, same type)."""
+    if kind not in COPIES or op.inputs is None or not len(op.inputs) or op.outputs is None:
+        return []
+    src = tensors[int(op.inputs[0])]
+    if src.type not in _INTEGER_TYPES or _grid(src) is None:
+        return []
+    return [k for k, o in enumerate(op.outputs) if o >= 0 and tensors[int(o)].type == src.type
+            and _grid(tensors[int(o)]) is not None and _grid(tensors[int(o)]) != _grid(src)]
+
+
+def scale_mismatches(model: bytes) -> list[str]:
+    """Node names (first output tensor's name) of the first subgraph's integer ops that copy bytes
+    but whose output's scale or zero point is not their input's."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    obj = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    sg = obj.subgraphs[0]
+    return [(sg.tensors[int(op.outputs[0])].name or b"").decode()
+            for kind, op in zip(op_kinds(obj), sg.operators or []) if _mismatched_outputs(kind, op, sg.tensors)]
+
+
+def requantize_copies(model: bytes) -> tuple[bytes, list[str]]:
+    """``model`` with every mismatched copy (:func:`scale_mismatches`) writing its input's grid into a
+    new tensor, followed by a QUANTIZE (requantize) into the original output tensor; returns the
+    model and the node names fixed (the model unchanged when there are none)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    sg = obj.subgraphs[0]
+    kinds = op_kinds(obj)
+    if not any(_mismatched_outputs(k, op, sg.tensors) for k, op in zip(kinds, sg.operators or [])):
+        return model, []
+    quantize = _opcode(obj, schema.BuiltinOperator.QUANTIZE)
+    operators, fixed = [], []
+    for kind, op in zip(kinds, sg.operators):
+        operators.append(op)
+        positions = _mismatched_outputs(kind, op, sg.tensors)
+        if not positions:
+            continue
+        fixed.append((sg.tensors[int(op.outputs[0])].name or b"").decode())
+        src = sg.tensors[int(op.inputs[0])]
+        outs = np.asarray(op.outputs, np.int32).copy()
+        for k in positions:
+            target = int(outs[k])
+            outs[k] = _copy_tensor(obj, sg, sg.tensors[target], src.quantization)
+            requant = schema.OperatorT()
+            requant.opcodeIndex = quantize
+            requant.inputs = np.asarray([outs[k]], np.int32)
+            requant.outputs = np.asarray([target], np.int32)
+            operators.append(requant)
+        op.outputs = outs
+    sg.operators = operators
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj)), fixed
+
+
+def _opcode(obj, builtin: int) -> int:
+    from ai_edge_litert import schema_py_generated as schema
+
+    for i, code in enumerate(obj.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
+    obj.operatorCodes.append(code)
+    return len(obj.operatorCodes) - 1
+
+
+def _copy_tensor(obj, sg, like, quantization) -> int:
+    """A new activation tensor shaped like ``like`` with ``quantization``'s grid; its index."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    t = schema.TensorT()
+    t.shape = None if like.shape is None else np.asarray(like.shape, np.int32).copy()
+    t.shapeSignature = None if like.shapeSignature is None else np.asarray(like.shapeSignature, np.int32).copy()
+    t.type = like.type
+    t.name = (like.name or b"") + b"/input_grid"
+    q = schema.QuantizationParametersT()
+    q.scale = np.asarray(quantization.scale, np.float32).copy()
+    q.zeroPoint = np.asarray(quantization.zeroPoint, np.int64).copy()
+    q.quantizedDimension = 0
+    t.quantization = q
+    t.buffer = 0  # the empty buffer: an activation
+    sg.tensors.append(t)
+    return len(sg.tensors) - 1

@@ -1,0 +1,293 @@
+"""Rewrites of a prepared ONNX graph into forms integer kernels run well (quantized modes only).
+
+**STFT magnitude.** Audio models (silero VAD) compute a spectrogram as a Conv with a fixed Fourier
+basis, real and imaginary halves sliced out, and ``sqrt(re**2 + im**2)``. In int8 the square
+doubles the dynamic range in dB that one per-tensor grid must hold: everything below about 1/16 of
+the largest amplitude squares to zero (silero's magnitudes of quiet audio), and TFLite has no int8
+SQRT (the converter leaves it float) nor an int16 one (int16x8 refuses the model). The magnitude is
+also the largest value over rotations, ``|z| = max_t |re cos t + im sin t|``: with ``K`` angles
+``t = k pi / K`` the maximum is within ``cos(pi / 2K)`` of ``|z|`` (K = 8: 1.9 %, halved by a gain
+that centres the error; silero's speech probability moves by at most 0.011, 62 dB). The rotations
+fold into the Conv's weights (K times the output channels), so what runs is CONV_2D, ABS, SPLIT and
+MAXIMUM: linear in the amplitude, all with int8 and int16 kernels in TFLite and TFLite Micro.
+
+**For int16 kernels of TFLite Micro** (int16x8), which has no int16 GATHER or MIRROR_PAD, two
+float-exact rewrites: a Gather of one constant index becomes Slice + Squeeze, a reflect Pad becomes
+reversed Slices (negative step) and a Concat.
+
+Each returns how many it rewrote; the graph stage records them and checks the float graph after
+them against onnxruntime on the original (:mod:`edgepack.pipeline.graph`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ROTATIONS = 8  # angles of the magnitude's max-over-rotations form (error <= 1 - cos(pi/16) before the gain)
+
+
+def _consts(graph) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    out = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return out
+
+
+def _attr(node, name: str, default=None):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _unique(graph, base: str) -> str:
+    taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer} \
+        | {i.name for i in graph.input}
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    return name
+
+
+def _squared(node, producer: dict, consts: dict) -> str | None:
+    """The tensor ``node`` squares (``Pow(x, 2)`` or ``Mul(x, x)``), else None."""
+    if node is None:
+        return None
+    if node.op_type == "Pow" and node.input[1] in consts and np.all(np.asarray(consts[node.input[1]]) == 2):
+        return node.input[0]
+    if node.op_type == "Mul" and node.input[0] == node.input[1]:
+        return node.input[0]
+    return None
+
+
+def _channel_half(node, consts: dict, channels: int) -> tuple[int, int] | None:
+    """(start, end) of a Slice taking a range of axis 1 with step 1, else None."""
+    if node is None or node.op_type != "Slice" or len(node.input) < 4:
+        return None
+    try:
+        start, end = int(np.ravel(consts[node.input[1]])[0]), int(np.ravel(consts[node.input[2]])[0])
+        axis = int(np.ravel(consts[node.input[3]])[0])
+        step = int(np.ravel(consts[node.input[4]])[0]) if len(node.input) > 4 and node.input[4] else 1
+    except (KeyError, IndexError):
+        return None
+    if axis != 1 or step != 1:
+        return None
+    start, end = (start + channels if start < 0 else start), min(end + channels if end < 0 else end, channels)
+    return start, end
+
+
+def _magnitude_match(sqrt, producer: dict, consts: dict):
+    """(conv, real range, imaginary range) when ``sqrt`` is the magnitude of a constant-weight Conv's halves."""
+    add = producer.get(sqrt.input[0])
+    if add is None or add.op_type != "Add":
+        return None
+    parts = [_squared(producer.get(t), producer, consts) for t in add.input]
+    slices = [producer.get(t) for t in parts if t is not None]
+    if len(slices) != 2 or any(s is None or s.op_type != "Slice" for s in slices) \
+            or slices[0].input[0] != slices[1].input[0]:
+        return None
+    conv = producer.get(slices[0].input[0])
+    if conv is None or conv.op_type != "Conv" or conv.input[1] not in consts or len(conv.input) > 2 \
+            or _attr(conv, "group", 1) != 1:
+        return None
+    channels = consts[conv.input[1]].shape[0]
+    halves = [_channel_half(s, consts, channels) for s in slices]
+    if any(h is None for h in halves) or halves[0][1] - halves[0][0] != halves[1][1] - halves[1][0]:
+        return None
+    return conv, halves[0], halves[1]
+
+
+def stft_magnitudes(proto, rotations: int = ROTATIONS) -> int:
+    """Rewrite every ``sqrt(slice(conv)**2 + slice(conv)**2)`` in place (module docstring); returns how many."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    consts = _consts(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    done = 0
+    for sqrt in [n for n in graph.node if n.op_type == "Sqrt"]:
+        found = _magnitude_match(sqrt, producer, consts)
+        if found is None:
+            continue
+        conv, (r0, r1), (i0, i1) = found
+        w = consts[conv.input[1]].astype(np.float64)
+        gain = 2.0 / (1.0 + np.cos(np.pi / (2 * rotations)))  # centres the max-over-rotations error
+        angles = np.arange(rotations) * np.pi / rotations
+        wk = np.concatenate([(np.cos(t) * w[r0:r1] + np.sin(t) * w[i0:i1]) * gain for t in angles])
+        base = _unique(graph, sqrt.output[0] + "_rot")
+        graph.initializer.append(numpy_helper.from_array(wk.astype(np.float32), base + "_w"))
+        attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        new = [helper.make_node("Conv", [conv.input[0], base + "_w"], [base], name=base, **attrs),
+               helper.make_node("Abs", [base], [base + "_abs"], name=base + "_abs"),
+               helper.make_node("Split", [base + "_abs"], [f"{base}_{k}" for k in range(rotations)], axis=1,
+                                name=base + "_split")]
+        if _opset(proto) >= 18:  # equal parts: opset 18 asks for their number
+            new[-1].attribute.append(helper.make_attribute("num_outputs", rotations))
+        new += _max_tree([f"{base}_{k}" for k in range(rotations)], sqrt.output[0], base)
+        at = list(graph.node).index(sqrt)
+        graph.node.remove(sqrt)
+        for k, node in enumerate(new):
+            graph.node.insert(at + k, node)
+        done += 1
+    if done:
+        _drop_unused(graph)
+    return done
+
+
+def _opset(proto) -> int:
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=13)
+
+
+def _max_tree(names: list[str], out: str, base: str) -> list:
+    """Pairwise Max nodes over ``names`` (MAXIMUM has int8 and int16 kernels; REDUCE_MAX in TFLM no int16)."""
+    from onnx import helper
+
+    nodes, level, k = [], list(names), 0
+    while len(level) > 1:
+        nxt = []
+        for a, b in zip(level[0::2], level[1::2]):
+            o = out if len(level) == 2 else f"{base}_max{k}"
+            nodes.append(helper.make_node("Max", [a, b], [o], name=f"{base}_max{k}"))
+            nxt.append(o)
+            k += 1
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return nodes
+
+
+def _drop_unused(graph) -> None:
+    """Remove nodes and initializers nothing reads any more (the replaced Slice/Pow/Add chain)."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+
+
+def constant_gathers(proto) -> int:
+    """``Gather(x, scalar constant i, axis)`` -> ``Squeeze(Slice(x, i, i + 1, axis), axis)`` (float-exact)."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    consts = _consts(graph)
+    done = 0
+    for node in [n for n in graph.node if n.op_type == "Gather" and n.input[1] in consts]:
+        index = np.asarray(consts[node.input[1]])
+        if index.ndim != 0 or node.input[0] in consts:
+            continue
+        axis, i = int(_attr(node, "axis", 0)), int(index)
+        if i < 0:
+            continue  # a negative index needs the axis length: left as it is
+        base = _unique(graph, node.output[0] + "_slice")
+        for suffix, value in (("_s", i), ("_e", i + 1), ("_a", axis)):
+            graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), base + suffix))
+        at = list(graph.node).index(node)
+        graph.node.remove(node)
+        graph.node.insert(at, helper.make_node("Squeeze", [base, base + "_a"], [node.output[0]], name=base + "_sq"))
+        graph.node.insert(at, helper.make_node("Slice", [node.input[0], base + "_s", base + "_e", base + "_a"],
+                                               [base], name=base))
+        done += 1
+    if done:
+        _drop_unused(graph)
+    return done
+
+
+def reflect_pads(proto) -> int:
+    """``Pad(x, mode=reflect)`` with constant pads and a known shape -> reversed Slices and a Concat per
+    padded axis (float-exact)."""
+    from onnx import helper
+
+    graph = proto.graph
+    consts = _consts(graph)
+    shapes = _static_shapes(proto)
+    done = 0
+    for node in [n for n in graph.node if n.op_type == "Pad" and _attr(n, "mode", b"constant") == b"reflect"]:
+        shape = shapes.get(node.input[0])
+        if shape is None or len(node.input) < 2 or node.input[1] not in consts \
+                or (len(node.input) > 3 and node.input[3]):
+            continue
+        pads = [int(p) for p in np.ravel(consts[node.input[1]])]
+        rank = len(shape)
+        if len(pads) != 2 * rank or any(p < 0 for p in pads) \
+                or any(pads[a] >= shape[a] or pads[a + rank] >= shape[a] for a in range(rank) if pads[a] or pads[a + rank]):
+            continue
+        at = list(graph.node).index(node)
+        graph.node.remove(node)
+        current, new = node.input[0], []
+        for axis in range(rank):
+            before, after = pads[axis], pads[axis + rank]
+            if not before and not after:
+                continue
+            base = _unique(graph, f"{node.output[0]}_reflect{axis}")
+            parts = []
+            if before:  # x[before], ..., x[1]
+                parts.append(_reversed_slice(graph, new, current, base + "_l", before, 0, axis))
+            parts.append(current)
+            if after:  # x[n-2], ..., x[n-1-after]
+                parts.append(_reversed_slice(graph, new, current, base + "_r", shape[axis] - 2,
+                                             shape[axis] - 2 - after, axis))
+            last = axis == max(a for a in range(rank) if pads[a] or pads[a + rank])
+            out = node.output[0] if last else base
+            new.append(helper.make_node("Concat", parts, [out], axis=axis, name=base + "_cat"))
+            current = out
+        for k, n in enumerate(new):
+            graph.node.insert(at + k, n)
+        done += 1
+    if done:
+        _drop_unused(graph)
+    return done
+
+
+def _reversed_slice(graph, new: list, x: str, name: str, start: int, end: int, axis: int) -> str:
+    from onnx import helper, numpy_helper
+
+    for suffix, value in (("_s", start), ("_e", end), ("_a", axis), ("_st", -1)):
+        graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), name + suffix))
+    new.append(helper.make_node("Slice", [x, name + "_s", name + "_e", name + "_a", name + "_st"], [name], name=name))
+    return name
+
+
+def _static_shapes(proto) -> dict[str, list[int]]:
+    """Tensor name -> static shape, from ONNX shape inference (unknown dims left out)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 — inference may fail on custom domains: no shapes, no rewrite
+        return {}
+    out = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            out[vi.name] = [int(d.dim_value) for d in dims]
+    return out
+
+
+def apply(proto, mode: str, *, magnitude: bool = True, integer_only: bool = False) -> dict[str, int]:
+    """The rewrites a quantize ``mode`` wants, in place; ``{rewrite: count}`` of those that changed
+    something. The magnitude form (unless ``magnitude`` is off: ``--no-ptq stft-magnitude``) where
+    the magnitude cannot stay float: int16x8 (no int16 SQRT) and int8 on ``integer_only`` targets (no
+    float SQRT worth having). On targets with float kernels an int8 model keeps the float SQRT the
+    converter leaves, and the accuracy budget can keep the magnitude float for a few hundred bytes
+    (silero: the rotations' conv is 8 times the STFT's weights, 1.9 MB when the budget keeps it float).
+    The int16-kernel forms for int16x8."""
+    if mode not in ("int8", "int8-float-io", "uint8", "int16x8"):
+        return {}
+    wanted = magnitude and (mode == "int16x8" or integer_only)
+    done = {"stft_magnitudes": stft_magnitudes(proto) if wanted else 0}
+    if mode == "int16x8":
+        done.update(constant_gathers=constant_gathers(proto), reflect_pads=reflect_pads(proto))
+    return {k: v for k, v in done.items() if v}
