@@ -378,7 +378,9 @@ def main() -> None:
 @click.option("--ptq", "ptq", multiple=True, type=click.Choice([*R.PTQ_ALGORITHMS, "all"]),
               help="Turn on a full-integer PTQ algorithm run before calibration (repeatable): fuse (decomposed "
                    "hard-swish -> HARD_SWISH), equalize (cross-layer equalization), learned-rounding (AdaRound-style "
-                   f"weight rounding), bias-correction, lstm-float (a recurrent cell's gates and state kept float; "
+                   f"weight rounding), bias-correction, ranges (activation ranges chosen by the int8 model's output "
+                   f"error), int8-bias-correction (biases corrected on the int8 model's own activations), "
+                   f"lstm-float (a recurrent cell's gates and state kept float; "
                    f"LiteRT targets). On by default: {', '.join(R.PTQ_DEFAULT)}.")
 @click.option("--no-ptq", "no_ptq", multiple=True, type=click.Choice([*R.PTQ_ALGORITHMS, "all"]),
               help="Turn off a full-integer PTQ algorithm (repeatable).")

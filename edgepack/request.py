@@ -71,7 +71,9 @@ QUANTIZE_MODES = tuple(m.value for m in QuantizeMode)
 # those on by default (exact rewrites; learned rounding and bias correction measured losses on zoo models:
 # README, "Full-integer PTQ")
 # lstm-float: a recurrent cell's gates and state kept float after conversion (pipeline/ptq.py, stage_lstm_float)
-PTQ_ALGORITHMS = ("fuse", "equalize", "learned-rounding", "bias-correction", "lstm-float")
+# ranges, int8-bias-correction: on the calibrated model after conversion (pipeline/ptq.py, stage_calibrated)
+PTQ_ALGORITHMS = ("fuse", "equalize", "learned-rounding", "bias-correction", "ranges", "int8-bias-correction",
+                  "lstm-float")
 PTQ_DEFAULT = ("fuse", "equalize", "lstm-float")
 PRUNE_NORMS = ("l1", "l2")
 DISTRIBUTE = ("mirrored",)
