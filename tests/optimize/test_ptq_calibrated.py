@@ -51,6 +51,6 @@ def test_int8_bias_correction_of_a_biased_depthwise_rounding(tmp_path):
     x = (4 + rng.normal(0, 1, (132, 10, 10, 8))).astype(np.float32)
     corrected, plain, m = _compare_keras(tmp_path, model, x, "int8-bias-correction")
     rec = m.extras["ptq"]["int8-bias-correction"]
-    assert rec["layers"] == 1 and rec["samples"] == 16 and rec["chunks"] == ["full"], rec
+    assert rec["layers"] == 1 and rec["samples"] == 24 and rec["chunks"] == ["full"], rec
     assert rec["largest"][0]["max_abs_shift"] > 0.05
     assert corrected > plain + 3, (corrected, plain)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.optimize.ptq.tflite_graph import Measure, Runner, TfliteGraph
+from edgepack.optimize.ptq.tflite_graph import Measure, Runner, TfliteGraph, better
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def correct_biases(calibrated, samples: Sequence[Sequence[np.ndarray]], *, float
             model = _with_biases(g, trial)
             q = _quantize(calibrated, model, float_output)
             err = measure(q)
-            if err < best - 0.01:
+            if better(err, best):
                 best, shifts, quantized, pick = err, trial, q, label
                 break
         taken.append(pick)
@@ -142,7 +142,8 @@ def correct_biases(calibrated, samples: Sequence[Sequence[np.ndarray]], *, float
                     "max_abs_bias": float(f"{np.abs(g.constant(g.ops[p].inputs[2])).max():.4g}")}
                    for p, s in shifts.items()), key=lambda r: -r["max_abs_shift"])
     record.update(layers=len(shifts), candidates=len(layers), chunks=taken,
-                  calibration_error_db_before=round(before, 2), calibration_error_db_after=round(best, 2),
+                  calibration_error_db_before=round(float(before[0]), 2),
+                  calibration_error_db_after=round(float(best[0]), 2),
                   measured_on=measure.names or "outputs", seconds=round(time.perf_counter() - start, 1),
                   largest=rows[:5])
     return (_with_biases(g, shifts) if shifts else calibrated.model), record

@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.optimize.ptq.tflite_graph import Measure, TfliteGraph
+from edgepack.optimize.ptq.tflite_graph import Measure, TfliteGraph, better
 
 log = logging.getLogger(__name__)
 
 BINS = 2048
-SAMPLES = 16  # calibration samples for the histograms and for measuring the choices
+SAMPLES = 24  # calibration samples for the histograms and for measuring the choices
 CHUNKS = 4
 RULES = ("mse", "downstream", "percentile")
 _GRID = np.geomspace(1.0, 0.01, 33)  # the share of the recorded bound kept: down to 1 %, 15 % apart
@@ -213,12 +213,13 @@ def choose_ranges(calibrated, samples: Sequence[Sequence[np.ndarray]], *, float_
             trial = {**chosen, **{int(t): by_rule[rule][int(t)] for t in part if int(t) in by_rule[rule]}}
             err = measure(trial)
             trials += 1
-            if err < best - 0.01:
+            if better(err, best):
                 best, pick, pick_rule = err, trial, rule
         if pick is not None:
             chosen = pick
         taken.append(pick_rule)
-    record = _record(g, groups, chosen, taken, before, best, trials, len(samples), time.perf_counter() - start)
+    record = _record(g, groups, chosen, taken, float(before[0]), float(best[0]), trials, len(samples),
+                     time.perf_counter() - start)
     return (with_ranges(calibrated.model, expand(chosen)) if chosen else calibrated.model), record
 
 

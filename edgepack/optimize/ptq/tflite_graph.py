@@ -209,8 +209,9 @@ def with_outputs(model: bytes, names: Sequence[str]) -> bytes | None:
 
 class Measure:
     """The distance of a model's outputs (or logits, :func:`measure_points`) from the float
-    calibrated model's, on fixed samples (:func:`output_error`; lower is better). ``quantized``:
-    one quantization of it, to check that its tensors keep the names measured."""
+    calibrated model's, on fixed samples (:func:`output_error`; lower is better): on all of them
+    and on each half. ``quantized``: one quantization of it, to check that its tensors keep the
+    names measured."""
 
     def __init__(self, float_model: bytes, quantized: bytes, samples: Sequence[Sequence[np.ndarray]]) -> None:
         names = measure_points(TfliteGraph.read(float_model))
@@ -218,6 +219,21 @@ class Measure:
         self.samples = samples
         self.refs = list(run_all(with_outputs(float_model, self.names) or float_model, samples))
 
-    def __call__(self, quantized: bytes) -> float:
+    def __call__(self, quantized: bytes) -> np.ndarray:
+        """``[all samples, first half, second half]``; infinite when the measured tensors are gone."""
         model = with_outputs(quantized, self.names) if self.names else quantized
-        return output_error(self.refs, run_all(model, self.samples)) if model is not None else float("inf")
+        if model is None:
+            return np.full(3, np.inf)
+        outs = list(run_all(model, self.samples))
+        h = max(1, len(outs) // 2)
+        return np.array([output_error(self.refs, outs), output_error(self.refs[:h], outs[:h]),
+                         output_error(self.refs[h:] or self.refs, outs[h:] or outs)])
+
+
+MARGIN = 0.05  # dB
+
+
+def better(new: np.ndarray, old: np.ndarray) -> bool:
+    """A change is kept when it lowers the error on all samples and on each half: a change that
+    helps one half only fits those samples, not the data."""
+    return bool(new[0] < old[0] - MARGIN and np.all(new[1:] < old[1:]))
