@@ -32,7 +32,8 @@ of memory at N GB" and the run goes on):
   ONNX peers on their tf2onnx export (tf2onnx lives in the peers venv too).
 
 edgepack rows: ``--no-ptq all`` (before), fusion alone, the default (fusion and equalization), the default
-with each algorithm that is off by default (bias correction, learned rounding), and **the default at
+with each algorithm that is off by default (bias correction, learned rounding, split, downstream-error
+ranges, int8-measured bias correction), and **the default at
 NNCF's float precision** (``peers/float_match.py``: the same model quantized again with every elementwise
 arithmetic/activation op float, the ops NNCF's default leaves float) for the "same number of float ops"
 comparison.
@@ -78,7 +79,10 @@ VARIANTS = {"edgepack before (--no-ptq all)": ([], ["all"]),
             "edgepack default (fuse+equalize)": ([], []),
             "edgepack default +split": (["split"], []),
             "edgepack default +bias-correction": (["bias-correction"], []),
-            "edgepack default +learned-rounding": (["learned-rounding"], [])}
+            "edgepack default +learned-rounding": (["learned-rounding"], []),
+            "edgepack default +ranges": (["ranges"], []),
+            "edgepack default +int8-bias-correction": (["int8-bias-correction"], []),
+            "edgepack default +ranges+int8-bias-correction": (["ranges", "int8-bias-correction"], [])}
 DEFAULT = "edgepack default (fuse+equalize)"
 FLOAT_MATCH = "edgepack default at NNCF's precision (elementwise ops float)"
 

@@ -379,7 +379,9 @@ def main() -> None:
               help="Turn on a full-integer PTQ algorithm run before calibration (repeatable): fuse (decomposed "
                    "hard-swish -> HARD_SWISH), equalize (cross-layer equalization), split (depthwise chains cut into "
                    "channel groups, each with its own int8 scale), learned-rounding (AdaRound-style "
-                   f"weight rounding), bias-correction, lstm-float (a recurrent cell's gates and state kept float; "
+                   f"weight rounding), bias-correction, ranges (activation ranges chosen by the int8 model's output "
+                   f"error), int8-bias-correction (biases corrected on the int8 model's own activations), "
+                   f"lstm-float (a recurrent cell's gates and state kept float; "
                    f"LiteRT targets), stft-magnitude (ONNX sqrt(re^2+im^2) of an STFT conv as a max over rotations; "
                    f"int16x8 and integer-only targets). On by default: {', '.join(R.PTQ_DEFAULT)}.")
 @click.option("--no-ptq", "no_ptq", multiple=True, type=click.Choice([*R.PTQ_ALGORITHMS, "all"]),

@@ -23,13 +23,14 @@ log = logging.getLogger(__name__)
 _INTEGER = (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO, QuantizeMode.INT16X8)
 LSTM_FLOAT = "lstm-float"
 STFT_MAGNITUDE = "stft-magnitude"  # a graph-stage rewrite (pipeline/graph.py), not one of this stage's
+AFTER_CONVERT = ("ranges", "int8-bias-correction", LSTM_FLOAT)  # these run on the converted model
 
 
 def stage_ptq(st: PipelineState) -> dict | None:
     req = st.request
     if req.quantize.mode not in _INTEGER or st.calibration is None:
         return None
-    wanted = [a for a in req.quantize.ptq_algorithms if a not in (LSTM_FLOAT, STFT_MAGNITUDE)]  # run elsewhere
+    wanted = [a for a in req.quantize.ptq_algorithms if a not in (*AFTER_CONVERT, STFT_MAGNITUDE)]  # run elsewhere
     if not wanted:
         return None
     if req.optimize.qat:  # the model learned its int8 weights and ranges: nothing here to correct
@@ -76,6 +77,34 @@ def _keras(st: PipelineState, wanted: list[str]):
                                      per_tensor=st.request.quantize.per_tensor)
     return (None if model is None else dataclasses.replace(loaded, model=model)), record
 
+
+
+def stage_calibrated(st: PipelineState) -> dict | None:
+    """Algorithms that edit the calibrated model the converter kept (``edgepack.optimize.ptq.ranges``:
+    activation ranges; ``int8_bias``: biases measured on the int8 model's activations), each checked
+    on the int8 model's outputs; the edited model is quantized again and kept for the budget's search."""
+    req = st.request
+    wanted = [a for a in AFTER_CONVERT[:2] if a in req.quantize.ptq_algorithms]
+    if not wanted or st.calibrated is None or req.quantize.mode not in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO):
+        return None
+    if req.optimize.qat:
+        st.ptq = {**(st.ptq or {}), **{a: {"skipped": "--qat: the model was trained for int8"} for a in wanted}}
+        return {a: "skipped" for a in wanted}
+    if any(r.name == "convert" and "source_ranges" in r.detail for r in st.stages):
+        st.ptq = {**(st.ptq or {}), **{a: {"skipped": "the source model's own QDQ ranges are kept"} for a in wanted}}
+        return {a: "skipped" for a in wanted}
+    from edgepack.optimize.ptq import int8_bias, ranges
+
+    run = {"ranges": ranges.choose_ranges, "int8-bias-correction": int8_bias.correct_biases}
+    samples = ranges.spaced(st.calibrated.samples)
+    record = {}
+    for name in wanted:
+        model, record[name] = run[name](st.calibrated, samples)
+        if model is not st.calibrated.model:
+            st.calibrated = dataclasses.replace(st.calibrated, model=model, _tensors=[], _ops=[])
+            st.tflite = st.calibrated.quantize()
+    st.ptq = {**(st.ptq or {}), **record}
+    return {name: _summary(r) for name, r in record.items()}
 
 
 def stage_lstm_float(st: PipelineState) -> dict | None:

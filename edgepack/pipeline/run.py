@@ -33,6 +33,7 @@ STAGES: tuple[tuple[str, Stage], ...] = (
     ("ptq", ptq.stage_ptq),
     ("camera_check", phone.stage_camera_check),
     ("convert", stages.stage_convert),
+    ("ptq_calibrated", ptq.stage_calibrated),
     ("lstm_float", ptq.stage_lstm_float),
     ("camera_io", phone.stage_camera_io),
     ("read_back", stages.stage_read_back),

@@ -9,7 +9,7 @@ from edgepack import api
 from edgepack.packaging.manifest import read_manifest
 from tests.optimize.test_ptq_onnx import _sqnr
 
-ALGORITHMS = ("fuse", "equalize", "learned-rounding", "bias-correction")
+ALGORITHMS = ("fuse", "equalize", "learned-rounding", "bias-correction", "ranges", "int8-bias-correction")
 
 
 def _run_int8(bundle, x: np.ndarray) -> np.ndarray:
@@ -28,7 +28,8 @@ def _run_int8(bundle, x: np.ndarray) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def _compare(tmp_path, model, x: np.ndarray, algorithm: str):
+def _compare_keras(tmp_path, model, x: np.ndarray, algorithm: str):
+    """(SQNR with the algorithm, SQNR without any, the manifest of the bundle with it)."""
     path = tmp_path / "m.keras"
     model.save(path)
     np.save(tmp_path / "calib.npy", x[:100])
@@ -40,6 +41,9 @@ def _compare(tmp_path, model, x: np.ndarray, algorithm: str):
                     ptq=on, no_ptq=off)
         res[label] = (_sqnr(ref, _run_int8(tmp_path / label, x[100:])), read_manifest(tmp_path / label))
     return res["with"][0], res["without"][0], res["with"][1]
+
+
+_compare = _compare_keras
 
 
 def test_keras_equalization_of_a_100x_channel_imbalance(tmp_path):

@@ -42,7 +42,8 @@ def _compare(tmp_path, model, calib: np.ndarray, held: np.ndarray, algorithm: st
 
     np.save(tmp_path / "calib.npy", calib)
     ref = np.concatenate([ort.InferenceSession(str(model)).run(None, {"image": s[None]})[0] for s in held])
-    others = [a for a in ("fuse", "equalize", "split", "learned-rounding", "bias-correction") if a != algorithm]
+    others = [a for a in ("fuse", "equalize", "split", "learned-rounding", "bias-correction", "ranges",
+                          "int8-bias-correction") if a != algorithm]
     results = {}
     for label, on, off in (("with", [algorithm], others), ("without", [], ["all"])):
         out = tmp_path / label
@@ -145,9 +146,9 @@ def test_default_algorithms_and_the_flags_that_change_them():
     from edgepack.request import QuantizeOptions
 
     assert QuantizeOptions().ptq_algorithms == ["fuse", "equalize", "lstm-float", "stft-magnitude"]
-    assert QuantizeOptions(ptq=("all",), no_ptq=("fuse",)).ptq_algorithms == ["equalize", "split", "learned-rounding",
-                                                                           "bias-correction", "lstm-float",
-                                                                           "stft-magnitude"]
+    assert QuantizeOptions(ptq=("all",), no_ptq=("fuse",)).ptq_algorithms == [
+        "equalize", "split", "learned-rounding", "bias-correction", "ranges", "int8-bias-correction", "lstm-float",
+        "stft-magnitude"]
     assert QuantizeOptions(no_ptq=("all",)).ptq_algorithms == []
 
 

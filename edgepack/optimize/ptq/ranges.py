@@ -1,0 +1,250 @@
+"""Activation ranges chosen by the error they cause downstream, on the calibrated model.
+
+TensorFlow's calibrator records each activation's min/max; one rare value then sets the int8 step of
+the whole tensor. Clipping the range trades that rounding noise for clipping error, and which is
+better depends on what reads the tensor: a conv that gives a channel tiny weights does not care how
+that channel is rounded. For every activation (with the tensors that share its int8 scale: reshape,
+transpose, pooling, padding...), from a histogram of its values on calibration samples:
+
+- **mse**: the range whose expected int8 error (rounding noise step²/12 inside, squared clipping
+  outside; exact zeros cost nothing) is least;
+- **downstream**: the same, each channel weighted by how much of its error reaches the consumers'
+  outputs (a conv, depthwise conv or fully-connected consumer: the sum of the squared weights that
+  read the channel; other consumers: 1) — the error at the next layer's output;
+- **percentile**: the 0.01 % / 99.99 % values (onnxruntime's Percentile calibration).
+
+The choice is then measured on the int8 model itself: tensors in execution order, in a few chunks,
+each chunk's ranges set from each rule in turn, the model quantized again and run on calibration
+samples; a chunk takes the rule that brings the model's outputs closest to the float model's
+(whole tensor and worst channel), or keeps the recorded ranges. What was chosen is set as the
+calibrated model's recorded ranges, so every later quantization (the accuracy budget's candidates)
+uses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgepack.optimize.ptq.tflite_graph import Measure, TfliteGraph, better
+
+log = logging.getLogger(__name__)
+
+BINS = 2048
+SAMPLES = 24  # calibration samples for the histograms and for measuring the choices
+CHUNKS = 4
+RULES = ("mse", "downstream", "percentile")
+_GRID = np.geomspace(1.0, 0.01, 33)  # the share of the recorded bound kept: down to 1 %, 15 % apart
+# ops whose output the quantizer gives its input's scale: one range for both
+_SAME_SCALE = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "PAD", "PADV2", "MAX_POOL_2D", "STRIDED_SLICE",
+               "SLICE", "GATHER", "SPLIT", "SPLIT_V", "UNPACK", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH",
+               "RESIZE_NEAREST_NEIGHBOR", "BROADCAST_TO", "TILE"}
+# producers whose int8 output range is fixed by the kernel (the recorded one is not used)
+_FIXED = {"LOGISTIC", "SOFTMAX", "LOG_SOFTMAX", "TANH", "HARD_SWISH"}
+
+
+class _Groups:
+    """Activations that share one int8 scale (union-find over same-scale ops)."""
+
+    def __init__(self, g: TfliteGraph, tensors: list[int]) -> None:
+        self.parent = {t: t for t in tensors}
+        for op in g.ops:
+            if op.kind in _SAME_SCALE and op.inputs and op.inputs[0] in self.parent:
+                for o in op.outputs:
+                    if o in self.parent:
+                        self.parent[self.find(o)] = self.find(op.inputs[0])
+
+    def find(self, t: int) -> int:
+        while self.parent[t] != t:
+            self.parent[t] = self.parent[self.parent[t]]
+            t = self.parent[t]
+        return t
+
+    def members(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for t in self.parent:
+            out.setdefault(self.find(t), []).append(t)
+        return out
+
+
+def _channel_weights(g: TfliteGraph, members: list[int], channels: int) -> np.ndarray:
+    """Per channel (last axis) of the group, how strongly its error reaches the consumers' outputs,
+    mean 1 per consumer."""
+    total, n = np.zeros(channels), 0
+    for t in members:
+        for pos in g.consumers.get(t, []):
+            op = g.ops[pos]
+            if op.kind in _SAME_SCALE:
+                continue
+            w = None
+            k = g.constant(op.inputs[1]) if len(op.inputs) > 1 and op.inputs[0] == t else None
+            if k is not None and op.kind == "CONV_2D" and k.shape[-1] == channels:
+                w = (k.astype(np.float64) ** 2).reshape(-1, channels).sum(0)
+            elif k is not None and op.kind == "DEPTHWISE_CONV_2D" and k.shape[-1] % channels == 0:
+                w = (k.astype(np.float64) ** 2).reshape(-1, channels, k.shape[-1] // channels).sum((0, 2))
+            elif k is not None and op.kind == "FULLY_CONNECTED" and k.ndim == 2 and k.shape[1] == channels:
+                w = (k.astype(np.float64) ** 2).sum(0)
+            w = np.ones(channels) if w is None or not w.sum() else w
+            total += w / w.mean()
+            n += 1
+    return total / n if n else np.ones(channels)
+
+
+class _Histogram:
+    """Weighted histograms of one tensor's values over its recorded range: uniform and downstream."""
+
+    def __init__(self, lo: float, hi: float, weights: np.ndarray) -> None:
+        self.lo, self.hi = min(lo, 0.0), max(hi, 0.0)
+        self.edges = np.linspace(self.lo, self.hi, BINS + 1)
+        self.weights = weights
+        self.counts = np.zeros((2, BINS))  # row 0 uniform, row 1 downstream
+        self.zeros = np.zeros(2)
+
+    def add(self, v: np.ndarray) -> None:
+        c = self.weights.size
+        v = v.reshape(-1, c) if v.size % c == 0 and v.shape[-1] == c else v.reshape(-1, 1)
+        if len(v) > 4096:  # enough positions for the shape of the distribution
+            v = v[:: len(v) // 4096]
+        w = np.broadcast_to(self.weights if v.shape[1] == c else 1.0, v.shape).reshape(-1)
+        flat = v.reshape(-1).astype(np.float64)
+        zero = flat == 0
+        self.zeros += (zero.sum(), w[zero].sum())
+        span = max(self.hi - self.lo, 1e-30)
+        b = np.clip(((flat - self.lo) / span * BINS).astype(np.int64), 0, BINS - 1)
+        self.counts[0] += np.bincount(b, minlength=BINS)
+        self.counts[1] += np.bincount(b, weights=w, minlength=BINS)
+
+    def best(self, row: int) -> tuple[float, float]:
+        """The (lo, hi) of the grid with the least expected int8 error for histogram ``row``."""
+        x = (self.edges[:-1] + self.edges[1:]) / 2
+        w = self.counts[row]
+        cw, cx, cx2 = (np.concatenate([[0.0], np.cumsum(a)]) for a in (w, w * x, w * x * x))
+        his = self.hi * _GRID
+        los = self.lo * _GRID
+        i_hi = np.searchsorted(x, his, side="right")  # bins above hi start here
+        i_lo = np.searchsorted(x, los, side="left")  # bins below lo end here
+        above = (cx2[-1] - cx2[i_hi]) - 2 * his * (cx[-1] - cx[i_hi]) + his ** 2 * (cw[-1] - cw[i_hi])
+        below = cx2[i_lo] - 2 * los * cx[i_lo] + los ** 2 * cw[i_lo]
+        inside = (cw[i_hi][None, :] - cw[i_lo][:, None]) - self.zeros[row]
+        step = (his[None, :] - los[:, None]) / 255.0
+        err = np.maximum(inside, 0) * step ** 2 / 12 + above[None, :] + below[:, None]
+        a, b = np.unravel_index(int(np.argmin(err)), err.shape)
+        return float(los[a]), float(his[b])
+
+    def percentile(self, q: float = 1e-4) -> tuple[float, float]:
+        c = np.cumsum(self.counts[0])
+        total = c[-1]
+        lo = self.edges[int(np.searchsorted(c, q * total))]
+        hi = self.edges[int(np.searchsorted(c, (1 - q) * total)) + 1]
+        return float(min(lo, 0.0)), float(max(hi, 0.0))
+
+
+def _activations(g: TfliteGraph) -> list[int]:
+    """Tensors whose recorded range is used: op outputs, not the model's inputs/outputs, not fixed-range."""
+    outs = set(g.outputs)
+    found = []
+    for op in g.ops:
+        if op.kind in _FIXED:
+            continue
+        for o in op.outputs:
+            if o not in outs and g.recorded_range(o) is not None:
+                found.append(o)
+    return found
+
+
+def candidate_ranges(g: TfliteGraph, model: bytes, samples: Sequence[Sequence[np.ndarray]]
+                     ) -> tuple[dict[int, list[int]], dict[str, dict[int, tuple[float, float]]]]:
+    """The groups (representative -> member tensors, execution order) and each rule's range per group."""
+    from edgepack.optimize.ptq.tflite_graph import Runner
+
+    groups = _Groups(g, _activations(g)).members()
+    hists = {}
+    for rep, members in groups.items():
+        lo, hi = g.recorded_range(rep)
+        shape = g.shape(rep)
+        channels = shape[-1] if shape and shape[-1] > 0 else 1
+        hists[rep] = _Histogram(lo, hi, _channel_weights(g, members, channels))
+    runner = Runner(model)
+    for s in samples:
+        runner.run(s)
+        for rep, h in hists.items():
+            h.add(runner.value(rep))
+    rules: dict[str, dict[int, tuple[float, float]]] = {r: {} for r in RULES}
+    for rep, h in hists.items():
+        if not h.counts[0].sum():
+            continue
+        rules["mse"][rep] = h.best(0)
+        rules["downstream"][rep] = h.best(1)
+        rules["percentile"][rep] = h.percentile()
+    return groups, rules
+
+
+def choose_ranges(calibrated, samples: Sequence[Sequence[np.ndarray]], *, float_output: bool = False,
+                  chunks: int = CHUNKS, rules: Sequence[str] = RULES) -> tuple[bytes, dict[str, Any]]:
+    """The calibrated model with the chosen ranges recorded, and the record (see the module doc)."""
+    from edgepack.converter.requantize import with_ranges
+
+    start = time.perf_counter()
+    g = TfliteGraph.read(calibrated.model)
+    groups, by_rule = candidate_ranges(g, calibrated.model, samples)
+    order = sorted(groups, key=lambda t: g.producer.get(t, -1))
+
+    def expand(ranges: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
+        return {m: r for rep, r in ranges.items() for m in groups[rep]}
+
+    first = _requantize(calibrated, calibrated.model, float_output)
+    distance = Measure(calibrated.model, first, samples)
+
+    def measure(ranges: dict[int, tuple[float, float]]) -> float:
+        model = calibrated.model if not ranges else with_ranges(calibrated.model, expand(ranges))
+        return distance(_requantize(calibrated, model, float_output) if ranges else first)
+
+    chosen: dict[int, tuple[float, float]] = {}
+    before = best = measure(chosen)
+    trials, taken = 1, []
+    parts = [p for p in np.array_split(np.asarray(order, dtype=np.int64), max(1, min(chunks, len(order)))) if len(p)]
+    for part in parts:
+        pick, pick_rule = None, "recorded"
+        for rule in rules:
+            trial = {**chosen, **{int(t): by_rule[rule][int(t)] for t in part if int(t) in by_rule[rule]}}
+            err = measure(trial)
+            trials += 1
+            if better(err, best):
+                best, pick, pick_rule = err, trial, rule
+        if pick is not None:
+            chosen = pick
+        taken.append(pick_rule)
+    record = _record(g, groups, chosen, taken, float(before[0]), float(best[0]), trials, len(samples),
+                     time.perf_counter() - start)
+    return (with_ranges(calibrated.model, expand(chosen)) if chosen else calibrated.model), record
+
+
+def _requantize(calibrated, model: bytes, float_output: bool) -> bytes:
+    import dataclasses
+
+    return dataclasses.replace(calibrated, model=model, _tensors=[], _ops=[]).quantize(float_output=float_output)
+
+
+def _record(g: TfliteGraph, groups: dict[int, list[int]], chosen: dict, taken: list[str], before: float,
+            after: float, trials: int, samples: int, seconds: float) -> dict[str, Any]:
+    rows = []
+    for rep, (lo, hi) in chosen.items():
+        rlo, rhi = g.recorded_range(rep)
+        rows.append({"tensor": g.name(rep), "recorded": [round(rlo, 4), round(rhi, 4)],
+                     "chosen": [round(lo, 4), round(hi, 4)], "shrink": round((hi - lo) / max(rhi - rlo, 1e-30), 3)})
+    rows.sort(key=lambda r: r["shrink"])
+    return {"tensors": sum(len(groups[r]) for r in chosen), "groups": len(groups), "chunks": taken,
+            "calibration_error_db_before": round(before, 2), "calibration_error_db_after": round(after, 2),
+            "quantizations": trials, "samples": samples, "seconds": round(seconds, 1), "largest": rows[:5]}
+
+
+def spaced(samples: Callable[[], Any], count: int = SAMPLES, seed: int = 0) -> list[list[np.ndarray]]:
+    """``count`` calibration samples drawn at random (seeded) from the set, input-tensor order: not
+    every n-th, which can pick one kind of sample only when the set cycles through its sources."""
+    every = list(samples())
+    pick = np.sort(np.random.default_rng(seed).choice(len(every), size=min(count, len(every)), replace=False))
+    return [list(every[i]) for i in pick]

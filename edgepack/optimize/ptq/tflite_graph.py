@@ -1,0 +1,239 @@
+"""The calibrated TFLite model as the post-conversion ptq algorithms read it, and LiteRT runs of it.
+
+The converter keeps the calibrated float model (every activation's recorded min/max,
+:class:`edgepack.converter.requantize.Calibrated`); the algorithms here (``ranges.py``,
+``int8_bias.py``) read its ops, constants and ranges, run it and its int8 quantization on the
+calibration samples (LiteRT, every tensor kept), and hand back an edited calibrated model, so that
+every later quantization of it (the accuracy budget's candidates, lstm-float) has the edit too.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgepack._native import capture_native_output
+from edgepack.tflite_model import op_kinds
+
+
+@dataclass
+class Op:
+    kind: str
+    inputs: list[int]
+    outputs: list[int]
+    options: Any
+
+
+@dataclass
+class TfliteGraph:
+    """Ops (execution order), tensors, constants and consumers of one subgraph-0 model."""
+
+    obj: Any  # schema ModelT
+    ops: list[Op] = field(default_factory=list)
+    consumers: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))  # tensor -> op positions
+    producer: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, model: bytes) -> TfliteGraph:
+        from ai_edge_litert import schema_py_generated as schema
+
+        obj = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+        g = cls(obj)
+        sg = obj.subgraphs[0]
+        for pos, (kind, op) in enumerate(zip(op_kinds(obj), sg.operators or [])):
+            ins = [int(i) for i in (op.inputs if op.inputs is not None else ())]
+            outs = [int(i) for i in (op.outputs if op.outputs is not None else ()) if i >= 0]
+            g.ops.append(Op(kind, ins, outs, op.builtinOptions))
+            for i in ins:
+                if i >= 0:
+                    g.consumers[i].append(pos)
+            for o in outs:
+                g.producer[o] = pos
+        return g
+
+    @property
+    def tensors(self) -> list[Any]:
+        return self.obj.subgraphs[0].tensors
+
+    @property
+    def outputs(self) -> list[int]:
+        return [int(i) for i in self.obj.subgraphs[0].outputs]
+
+    def name(self, idx: int) -> str:
+        n = self.tensors[idx].name
+        return n.decode() if isinstance(n, bytes) else (n or "")
+
+    def shape(self, idx: int) -> tuple[int, ...]:
+        s = self.tensors[idx].shape
+        return tuple(int(d) for d in (s if s is not None else ()))
+
+    def constant(self, idx: int) -> np.ndarray | None:
+        """The value of a constant float32 tensor (weights, biases), else None."""
+        if idx < 0:
+            return None
+        t = self.tensors[idx]
+        buf = self.obj.buffers[t.buffer] if t.buffer < len(self.obj.buffers) else None
+        if buf is None or buf.data is None or not len(buf.data) or t.type != 0:  # 0: FLOAT32
+            return None
+        return np.frombuffer(bytes(bytearray(buf.data)), np.float32).reshape(self.shape(idx))
+
+    def recorded_range(self, idx: int) -> tuple[float, float] | None:
+        q = self.tensors[idx].quantization
+        if q is None or q.min is None or q.max is None or len(q.min) != 1:
+            return None
+        return float(q.min[0]), float(q.max[0])
+
+    def to_bytes(self) -> bytes:
+        from tensorflow.lite.tools import flatbuffer_utils
+
+        return bytes(flatbuffer_utils.convert_object_to_bytearray(self.obj))
+
+
+def quant_params(detail: dict) -> tuple[float, int] | None:
+    """(scale, zero point) of a per-tensor quantized tensor detail, None for a float one."""
+    scales = detail.get("quantization_parameters", {}).get("scales")
+    if detail["dtype"] in (np.float32, np.float16) or scales is None or len(scales) != 1:
+        return None
+    return float(scales[0]), int(detail["quantization_parameters"]["zero_points"][0])
+
+
+class Runner:
+    """A model on LiteRT, in-process: float samples (input-tensor order) in, float outputs out.
+    With ``keep`` every tensor is kept (builtin kernels) and :meth:`value` reads any of them
+    (dequantized when int8); without, the default kernels run (XNNPACK, as on a phone)."""
+
+    def __init__(self, model: bytes, *, keep: bool = True) -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        kw: dict[str, Any] = {"experimental_preserve_all_tensors": True,
+                              "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES} \
+            if keep else {"num_threads": 2}
+        with capture_native_output():
+            self.interp = Interpreter(model_content=bytes(model), **kw)
+            self.interp.allocate_tensors()
+        self.inputs = self.interp.get_input_details()
+        self.outputs = self.interp.get_output_details()
+        self.details = {d["index"]: d for d in self.interp.get_tensor_details()}
+
+    def value(self, idx: int) -> np.ndarray:
+        d = self.details[idx]
+        v = self.interp.get_tensor(idx)
+        q = quant_params(d)
+        return np.asarray(v, np.float32) if q is None else (v.astype(np.float32) - q[1]) * q[0]
+
+    def run(self, sample: Sequence[np.ndarray]) -> list[np.ndarray]:
+        for d, x in zip(self.inputs, sample):
+            q = quant_params(d)
+            x = np.asarray(x, np.float32).reshape(d["shape"])
+            if q is not None:
+                info = np.iinfo(d["dtype"])
+                x = np.clip(np.round(x / q[0]) + q[1], info.min, info.max)
+            self.interp.set_tensor(d["index"], x.astype(d["dtype"]))
+        self.interp.invoke()
+        return [self.value(d["index"]) for d in self.outputs]
+
+
+def output_error(refs: list[list[np.ndarray]], outs: Iterable[list[np.ndarray]]) -> float:
+    """How far ``outs`` are from ``refs`` (per sample, per output): the mean over outputs of the
+    noise-to-signal ratio in dB, of the whole tensor and of its worst channel (last axis) —
+    lower is better."""
+    outs = list(outs)
+    scores = []
+    for k in range(len(refs[0])):
+        r = np.stack([s[k] for s in refs]).astype(np.float64)
+        e = np.stack([s[k] for s in outs]).astype(np.float64) - r
+        c = r.shape[-1] if r.ndim > 1 else 1
+        noise, signal = (e ** 2).reshape(-1, c).sum(0), (r ** 2).reshape(-1, c).sum(0) + 1e-30
+        whole = noise.sum() / signal.sum()
+        worst = float(np.max(noise / signal)) if c > 1 else whole
+        scores.append(5 * np.log10(max(whole, 1e-30)) + 5 * np.log10(max(worst, 1e-30)))
+    return float(np.mean(scores))
+
+
+def run_all(model: bytes, samples: Sequence[Sequence[np.ndarray]]) -> Iterator[list[np.ndarray]]:
+    """The model's outputs on each sample, default kernels (what the bundle runs with on a phone)."""
+    runner = Runner(model, keep=False)
+    for s in samples:
+        yield runner.run(s)
+
+
+# producers an output is read through to find where the model's error is measured: a saturating
+# softmax/sigmoid hides a logit's error until it flips a decision, so the logits are measured
+_SQUASH = {"SOFTMAX", "LOGISTIC", "LOG_SOFTMAX"}
+_GATHER = {"CONCATENATION", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "QUANTIZE", "DEQUANTIZE"}
+
+
+def measure_points(g: TfliteGraph) -> list[str]:
+    """Names of the tensors the error is measured on: each output, or the logits behind its
+    softmax/sigmoid (through concatenations and reshapes)."""
+    found: list[str] = []
+
+    def walk(t: int, depth: int) -> bool:
+        pos = g.producer.get(t)
+        op = g.ops[pos] if pos is not None else None
+        if op is not None and op.kind in _SQUASH:
+            found.append(g.name(op.inputs[0]))
+            return True
+        if op is not None and op.kind in _GATHER and depth < 4:
+            hits = [walk(i, depth + 1) for i in op.inputs if i >= 0 and i in g.producer]
+            if any(hits):
+                for i, hit in zip((i for i in op.inputs if i >= 0 and i in g.producer), hits):
+                    if not hit:
+                        found.append(g.name(i))
+                return True
+        return False
+
+    for t in g.outputs:
+        if not walk(t, 0):
+            found.append(g.name(t))
+    return list(dict.fromkeys(found))
+
+
+def with_outputs(model: bytes, names: Sequence[str]) -> bytes | None:
+    """``model`` whose outputs are the tensors ``names``; None when it lacks one of them."""
+    g = TfliteGraph.read(model)
+    index = {g.name(i): i for i in range(len(g.tensors))}
+    if any(n not in index for n in names):
+        return None
+    picked = [index[n] for n in names]
+    if picked == g.outputs:
+        return model
+    g.obj.subgraphs[0].outputs = np.asarray(picked, np.int32)
+    g.obj.signatureDefs = []
+    return g.to_bytes()
+
+
+class Measure:
+    """The distance of a model's outputs (or logits, :func:`measure_points`) from the float
+    calibrated model's, on fixed samples (:func:`output_error`; lower is better): on all of them
+    and on each half. ``quantized``: one quantization of it, to check that its tensors keep the
+    names measured."""
+
+    def __init__(self, float_model: bytes, quantized: bytes, samples: Sequence[Sequence[np.ndarray]]) -> None:
+        names = measure_points(TfliteGraph.read(float_model))
+        self.names = names if with_outputs(quantized, names) is not None else []
+        self.samples = samples
+        self.refs = list(run_all(with_outputs(float_model, self.names) or float_model, samples))
+
+    def __call__(self, quantized: bytes) -> np.ndarray:
+        """``[all samples, first half, second half]``; infinite when the measured tensors are gone."""
+        model = with_outputs(quantized, self.names) if self.names else quantized
+        if model is None:
+            return np.full(3, np.inf)
+        outs = list(run_all(model, self.samples))
+        h = max(1, len(outs) // 2)
+        return np.array([output_error(self.refs, outs), output_error(self.refs[:h], outs[:h]),
+                         output_error(self.refs[h:] or self.refs, outs[h:] or outs)])
+
+
+MARGIN = 0.05  # dB
+
+
+def better(new: np.ndarray, old: np.ndarray) -> bool:
+    """A change is kept when it lowers the error on all samples and on each half: a change that
+    helps one half only fits those samples, not the data."""
+    return bool(new[0] < old[0] - MARGIN and np.all(new[1:] < old[1:]))
