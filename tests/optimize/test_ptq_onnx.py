@@ -144,7 +144,7 @@ def test_no_ptq_names_the_algorithms(tmp_path, bad):
 def test_default_algorithms_and_the_flags_that_change_them():
     from edgepack.request import QuantizeOptions
 
-    assert QuantizeOptions().ptq_algorithms == ["fuse", "equalize", "lstm-float"]
+    assert QuantizeOptions().ptq_algorithms == ["fuse", "equalize", "split", "lstm-float"]
     assert QuantizeOptions(ptq=("all",), no_ptq=("fuse",)).ptq_algorithms == ["equalize", "split", "learned-rounding",
                                                                            "bias-correction", "lstm-float"]
     assert QuantizeOptions(no_ptq=("all",)).ptq_algorithms == []
