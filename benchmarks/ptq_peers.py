@@ -31,9 +31,9 @@ of memory at N GB" and the run goes on):
 - Keras nets: TF's own converter with its default full-integer PTQ (the same 200 samples), and the
   ONNX peers on their tf2onnx export (tf2onnx lives in the peers venv too).
 
-edgepack rows: ``--no-ptq all`` (before), fusion alone, the default (fusion and equalization), the default
-with each algorithm that is off by default (bias correction, learned rounding, split, downstream-error
-ranges, int8-measured bias correction), and **the default at
+edgepack rows: ``--no-ptq all`` (before), fusion alone, fusion and equalization, the default (fusion,
+equalization, channel-group splitting), the default with each algorithm that is off by default (bias
+correction, learned rounding, downstream-error ranges, int8-measured bias correction), and **the default at
 NNCF's float precision** (``peers/float_match.py``: the same model quantized again with every elementwise
 arithmetic/activation op float, the ops NNCF's default leaves float) for the "same number of float ops"
 comparison.
@@ -75,15 +75,15 @@ MODELS = {
 ZOO = [ROOT / "build" / "zoo" / "models", Path("/work/main/build/zoo/models")]
 # edgepack variants: label -> (--ptq, --no-ptq)
 VARIANTS = {"edgepack before (--no-ptq all)": ([], ["all"]),
-            "edgepack fuse": ([], ["equalize"]),
-            "edgepack default (fuse+equalize)": ([], []),
-            "edgepack default +split": (["split"], []),
+            "edgepack fuse": ([], ["equalize", "split"]),
+            "edgepack fuse+equalize (--no-ptq split)": ([], ["split"]),
+            "edgepack default (fuse+equalize+split)": ([], []),
             "edgepack default +bias-correction": (["bias-correction"], []),
             "edgepack default +learned-rounding": (["learned-rounding"], []),
             "edgepack default +ranges": (["ranges"], []),
             "edgepack default +int8-bias-correction": (["int8-bias-correction"], []),
             "edgepack default +ranges+int8-bias-correction": (["ranges", "int8-bias-correction"], [])}
-DEFAULT = "edgepack default (fuse+equalize)"
+DEFAULT = "edgepack default (fuse+equalize+split)"
 FLOAT_MATCH = "edgepack default at NNCF's precision (elementwise ops float)"
 
 

@@ -25,8 +25,8 @@ def test_split_gives_small_depthwise_channels_their_own_int8_scale(tmp_path):
     np.save(tmp_path / "calib.npy", x[:100])
     sess = ort.InferenceSession(str(model))
     ref = np.concatenate([sess.run(None, {"image": s[None]})[0] for s in x[100:]])
-    split_bundle, m = _convert(tmp_path, model, "split", ptq=["split"])
-    plain_bundle, m_plain = _convert(tmp_path, model, "plain")  # the default algorithms, without split
+    split_bundle, m = _convert(tmp_path, model, "split")  # on by default
+    plain_bundle, m_plain = _convert(tmp_path, model, "plain", no_ptq=["split"])
     split, plain = _sqnr(ref, _run_int8(split_bundle, x[100:])), _sqnr(ref, _run_int8(plain_bundle, x[100:]))
     rec = m.extras["ptq"]["split"]
     assert rec["chains"] == 1 and rec["split"] == 1 and rec["float_max_rel_difference"] < 1e-4
