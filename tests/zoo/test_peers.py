@@ -64,3 +64,30 @@ def test_calibration_feeds_round_trip(tmp_path):
              for _ in range(5)]
     back = child.feeds(child.save_feeds(feeds, tmp_path / "c.npz"))
     assert len(back) == 5 and all(np.array_equal(a[k], b[k]) for a, b in zip(feeds, back) for k in a)
+
+
+def test_float_match_requantizes_elementwise_ops_float(tmp_path):
+    """The "at NNCF's precision" row: the default int8 bundle quantized again with its elementwise ops float,
+    still readable through its (re-indexed) manifest."""
+    import keras
+
+    from benchmarks.peers import float_match
+    from benchmarks.ptq_peers import tflite_float_ops
+    from benchmarks.zoo.measure import run_bundle
+    from edgepack import api
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,), name="x"), keras.layers.Dense(8), keras.layers.Activation("sigmoid"),
+                              keras.layers.Dense(3, name="y")])
+    model.save(tmp_path / "m.keras")
+    calib = np.random.default_rng(0).normal(size=(100, 6)).astype(np.float32)
+    np.save(tmp_path / "c.npy", calib)
+    with float_match.catch_calibrated() as caught:
+        api.convert(model=tmp_path / "m.keras", output=tmp_path / "int8", calibration=tmp_path / "c.npy", force=True)
+    assert len(caught) == 1 and tflite_float_ops(tmp_path / "int8" / "model.tflite")[0] == 0
+    assert float_match.elementwise_float(caught[0], tmp_path / "int8", tmp_path / "match") == 1  # the LOGISTIC
+    assert tflite_float_ops(tmp_path / "match" / "model.tflite")[0] >= 1
+    feeds = [{"x": calib[i:i + 1]} for i in range(4)]
+    ref = model.predict(calib[:4], verbose=0)
+    out = run_bundle(tmp_path / "match", feeds)[0].reshape(ref.shape)
+    assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
