@@ -80,12 +80,13 @@ def centred(s: NodeSink, x: str, tag: str) -> tuple[str, str]:
     return s.op("Sub", [quantized(s, x, safe, zp, tag), zp], f"{tag}_centred"), scale
 
 
-def integer_product(s: NodeSink, x: str, w_int: np.ndarray, w_scale: np.ndarray, tag: str) -> str:
-    """``x`` rounded at run time times the integer weights, summed exactly (float integers below 2**24),
-    then scaled once by ``x_scale * w_scale``: an 8-bit GEMM with a float output, as onnxruntime's."""
+def integer_product(s: NodeSink, x: str, w_int: np.ndarray, w_scale: np.ndarray, tag: str, weights: str) -> str:
+    """``x`` rounded at run time times the integer weights (one constant per ``weights`` name, shared by
+    every step), summed exactly (float integers below 2**24), then scaled once by ``x_scale * w_scale``:
+    an 8-bit GEMM with a float output, as onnxruntime's."""
     q, scale = centred(s, x, tag)
-    acc = s.op("MatMul", [q, s.const(f"{tag}_w", w_int.astype(np.float32))], f"{tag}_acc")
-    multiplier = s.op("Mul", [scale, s.const(f"{tag}_ws", np.asarray(w_scale, np.float32))], f"{tag}_multiplier")
+    acc = s.op("MatMul", [q, s.const(weights, w_int.astype(np.float32))], f"{tag}_acc")
+    multiplier = s.op("Mul", [scale, s.const(f"{weights}_scale", np.asarray(w_scale, np.float32))], f"{tag}_multiplier")
     return s.op("Mul", [acc, multiplier], f"{tag}_product")
 
 

@@ -77,7 +77,7 @@ def _unrolled(s: NodeSink, node, ins: list[str], steps: int) -> None:
     finals: list[tuple[str, str]] = []
     for d in range(dirs):
         b = s.const(f"B{d}", (bias[d, :4 * hidden] + bias[d, 4 * hidden:]).astype(np.float32))
-        xw = integer_product(s, ins[0], w[d], w_scale[d], f"x{d}")  # X is rounded once for the whole call
+        xw = integer_product(s, ins[0], w[d], w_scale[d], f"x{d}", f"W{d}")  # X rounded once for the whole call
         h, c = (s.op("Gather", [v, s.const(f"d{d}", np.array(d, np.int64))], f"{k}0_{d}", axis=0) if v else None
                 for k, v in (("h", ins[5]), ("c", ins[6])))
         for t in (range(steps - 1, -1, -1) if reverse or d == 1 else range(steps)):
@@ -100,7 +100,7 @@ def _cell(s: NodeSink, xw: str, h: str | None, c: str | None, weights: tuple, t:
     tag = f"d{d}t{t}"
     gates = s.op("Gather", [xw, s.const(f"t{t}", np.array(t, np.int64))], f"x_{tag}", axis=0)
     if h is not None:
-        gates = s.op("Add", [gates, integer_product(s, h, r, r_scale, f"h_{tag}")], f"xh_{tag}")
+        gates = s.op("Add", [gates, integer_product(s, h, r, r_scale, f"h_{tag}", f"R{d}")], f"xh_{tag}")
     gates = s.op("Add", [gates, b], f"gates_{tag}")
     split = {"num_outputs": 4} if s.opset >= 18 else {}
     names = [f"{s.prefix}{k}_{tag}" for k in ("i", "o", "f", "g")]
