@@ -334,6 +334,8 @@ def main() -> None:
         return
     all_cases = node_cases()
     names = [c.name for c in all_cases if args.match in c.name and (not args.cases or c.name in args.cases)]
+    if args.cases:  # in the order given: a prefix of a split run is then the sample its list begins with
+        names = sorted(names, key=args.cases.index)
     names = names[::args.stride]
     chunks = [names[i:i + args.chunk] for i in range(0, len(names), args.chunk)]
     start = time.perf_counter()
