@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
-from benchmarks.ptq_peers import MODELS, data, ort_static, zoo_path
+from benchmarks.peers import ort_child
+from benchmarks.ptq_peers import MODELS, zoo_inputs
 
 METRICS = ROOT / "examples" / "task_metrics.py"
 TASK = {"ddddocr_common_det": (1.0, "yolox_f1"), "layout_cdla": (1.0, "picodet_f1"),
@@ -87,7 +88,7 @@ def edgepack_int8(path: Path, calib: Path, shapes: dict, quantize: str, out: Pat
 def ort_minmax(path: Path, calib: list[dict]) -> float:
     with tempfile.TemporaryDirectory(prefix="ort_speed_") as tmp:
         start = time.perf_counter()
-        ort_static(path, calib, "MinMax", Path(tmp))
+        ort_child.quantize(path, calib, "MinMax", Path(tmp) / "minmax.onnx")
         return round(time.perf_counter() - start, 2)
 
 
@@ -110,12 +111,11 @@ def cold_import() -> float:
 
 
 def measure(name: str, work: Path, variants: list[str], budget: bool, min_sqnr: float) -> dict | None:
-    kind, rel, shapes, _, quantize = MODELS[name]
-    path = zoo_path(rel)
-    if path is None:
-        print(f"{name}: not in the zoo cache ({rel}); run benchmarks/model_zoo.py once", file=sys.stderr)
+    _, _, shapes, _, quantize = MODELS[name]
+    found = zoo_inputs(name)
+    if found is None:
         return None
-    calib, held = data(kind, path)
+    path, calib, held = found
     npz, held_npz = work / f"{name}_calib.npz", work / f"{name}_held.npz"
     np.savez(npz, **{k: np.concatenate([f[k] for f in calib]) for k in calib[0]})
     np.savez(held_npz, **{k: np.concatenate([f[k] for f in held]) for k in held[0]})

@@ -212,13 +212,22 @@ class Case:
     keras: KerasNet | None = None
 
 
-def zoo_case(name: str, work: Path) -> Case | None:
-    kind, rel, shapes, metric, quantize = MODELS[name]
+def zoo_inputs(name: str) -> tuple[Path, list[dict], list[dict]] | None:
+    """A zoo model's path, 200 calibration and 32 held-out feeds; None (said on stderr) when not cached."""
+    kind, rel = MODELS[name][:2]
     path = zoo_path(rel)
     if path is None:
         print(f"{name}: not in the zoo cache ({rel}); run benchmarks/model_zoo.py once", file=sys.stderr)
         return None
-    calib, held = data(kind, path)
+    return (path, *data(kind, path))
+
+
+def zoo_case(name: str, work: Path) -> Case | None:
+    _, _, shapes, metric, quantize = MODELS[name]
+    found = zoo_inputs(name)
+    if found is None:
+        return None
+    path, calib, held = found
     calib_npz = child.save_feeds(calib, work / f"{name}_calib.npz")
     return Case(name, metric, path, calib_npz, calib_npz, held, run_onnx(path, held), path, shapes, quantize)
 

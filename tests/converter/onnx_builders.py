@@ -171,3 +171,21 @@ def split_gates(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
         [_init("w", rng.normal(0, 1.0, (8, 6)))])
     return _save(graph, path)
+
+
+def ort_per_sample(path: Path, x: np.ndarray) -> np.ndarray:
+    """onnxruntime on a model with one input "x", one sample per call (the batch axis is 1)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def bundle_nchw(bundle: Path, x: np.ndarray) -> np.ndarray:
+    """A bundle's first output on LiteRT for NCHW inputs "x" (transposed to the bundle's NHWC)."""
+    from edgepack.packaging.manifest import read_manifest
+    from edgepack.runtimes.isolated import IsolatedRunner
+
+    m = read_manifest(bundle)
+    with IsolatedRunner("litert", bundle / "model.tflite", m.inputs, m.outputs) as run:
+        return run({"x": np.transpose(x, (0, 2, 3, 1))})[0]

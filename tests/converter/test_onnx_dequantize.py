@@ -9,6 +9,8 @@ import pytest
 
 from edgepack import api
 from edgepack.validation.metrics import sqnr_db
+from tests.converter.onnx_builders import bundle_nchw as _bundle
+from tests.converter.onnx_builders import ort_per_sample as _ort
 
 
 def _float_model(path):
@@ -62,22 +64,6 @@ def quantized(tmp_path_factory):
     quantize_dynamic(str(float_path), str(d / "dynamic.onnx"), weight_type=QuantType.QUInt8,
                      op_types_to_quantize=["Conv", "MatMul"])
     return d
-
-
-def _ort(path, x):
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
-
-
-def _bundle(bundle, x):
-    from edgepack.packaging.manifest import read_manifest
-    from edgepack.runtimes.isolated import IsolatedRunner
-
-    m = read_manifest(bundle)
-    with IsolatedRunner("litert", bundle / "model.tflite", m.inputs, m.outputs) as run:
-        return run({"x": np.transpose(x, (0, 2, 3, 1))})[0]
 
 
 def test_qdq_model_keeps_its_ranges_and_reads_like_onnxruntime(quantized, tmp_path):

@@ -9,6 +9,8 @@ import pytest
 
 from edgepack import api
 from edgepack.validation.metrics import sqnr_db
+from tests.converter.onnx_builders import bundle_nchw as _bundle
+from tests.converter.onnx_builders import ort_per_sample as _ort
 
 
 def _integer_conv(prefix: str, x: str, w: np.ndarray, w_zp: int, w_scale: float, bias: np.ndarray, pads: int):
@@ -65,22 +67,6 @@ def dynamic_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("dynamic") / "dynamic.onnx"
     onnx.save(model, str(path))
     return path
-
-
-def _ort(path, x):
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
-
-
-def _bundle(bundle, x):
-    from edgepack.packaging.manifest import read_manifest
-    from edgepack.runtimes.isolated import IsolatedRunner
-
-    m = read_manifest(bundle)
-    with IsolatedRunner("litert", bundle / "model.tflite", m.inputs, m.outputs) as run:
-        return run({"x": np.transpose(x, (0, 2, 3, 1))})[0]
 
 
 def test_float32_keeps_the_run_time_rounding_and_reads_like_onnxruntime(dynamic_model, tmp_path):

@@ -132,3 +132,19 @@ def depthwise_imbalance(path: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def biased_depthwise_keras():
+    """A Keras depthwise conv whose every weight sits 0.45 of an int8 step above the grid (each channel's
+    largest weight is 127 steps, so the grid is 1/127), and 132 inputs near 4: a biased rounding error."""
+    import keras
+
+    inp = keras.Input((10, 10, 8), name="image")
+    out = keras.layers.DepthwiseConv2D(3, name="depthwise")(inp)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(5)
+    steps = rng.integers(20, 100, (3, 3, 8, 1)).astype(np.float64)
+    steps[0, 0] = 127
+    w = (np.where(steps == 127, 127, steps + 0.45) / 127).astype(np.float32)
+    model.get_layer("depthwise").set_weights([w, np.zeros(8, np.float32)])
+    return model, (4 + rng.normal(0, 1, (132, 10, 10, 8))).astype(np.float32)

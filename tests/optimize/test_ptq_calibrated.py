@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.optimize.ptq_builders import biased_depthwise_keras
 from tests.optimize.test_ptq_keras import _compare_keras
 
 
@@ -38,17 +39,7 @@ def test_ranges_clip_an_outlier_channel_the_next_layer_ignores(tmp_path):
 def test_int8_bias_correction_of_a_biased_depthwise_rounding(tmp_path):
     """Every depthwise weight 0.45 of an int8 step above the grid: the int8 layer's output on inputs
     near 4 is low by the same amount on every pixel; measured on the int8 model, it goes to the bias."""
-    import keras
-
-    inp = keras.Input((10, 10, 8), name="image")
-    out = keras.layers.DepthwiseConv2D(3, name="depthwise")(inp)
-    model = keras.Model(inp, out)
-    rng = np.random.default_rng(5)
-    steps = rng.integers(20, 100, (3, 3, 8, 1)).astype(np.float64)
-    steps[0, 0] = 127  # each channel's largest weight: the int8 grid is 1/127
-    w = (np.where(steps == 127, 127, steps + 0.45) / 127).astype(np.float32)
-    model.get_layer("depthwise").set_weights([w, np.zeros(8, np.float32)])
-    x = (4 + rng.normal(0, 1, (132, 10, 10, 8))).astype(np.float32)
+    model, x = biased_depthwise_keras()
     corrected, plain, m = _compare_keras(tmp_path, model, x, "int8-bias-correction")
     rec = m.extras["ptq"]["int8-bias-correction"]
     assert rec["layers"] == 1 and rec["samples"] == 24 and rec["chunks"] == ["full"], rec

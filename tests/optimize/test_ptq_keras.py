@@ -7,6 +7,7 @@ import numpy as np
 
 from edgepack import api
 from edgepack.packaging.manifest import read_manifest
+from tests.optimize.ptq_builders import biased_depthwise_keras
 from tests.optimize.test_ptq_onnx import _sqnr
 
 ALGORITHMS = ("fuse", "equalize", "learned-rounding", "bias-correction", "ranges", "int8-bias-correction")
@@ -69,17 +70,7 @@ def test_keras_equalization_of_a_100x_channel_imbalance(tmp_path):
 
 
 def test_keras_bias_correction_of_a_biased_depthwise_rounding(tmp_path):
-    import keras
-
-    inp = keras.Input((10, 10, 8), name="image")
-    out = keras.layers.DepthwiseConv2D(3, name="depthwise")(inp)
-    model = keras.Model(inp, out)
-    rng = np.random.default_rng(5)
-    steps = rng.integers(20, 100, (3, 3, 8, 1)).astype(np.float64)
-    steps[0, 0] = 127  # each channel's largest weight: the int8 grid is 1/127
-    w = (np.where(steps == 127, 127, steps + 0.45) / 127).astype(np.float32)
-    model.get_layer("depthwise").set_weights([w, np.zeros(8, np.float32)])
-    x = (4 + rng.normal(0, 1, (132, 10, 10, 8))).astype(np.float32)
+    model, x = biased_depthwise_keras()
     corrected, plain, m = _compare(tmp_path, model, x, "bias-correction")
     rec = m.extras["ptq"]["bias-correction"]
     assert rec["layers"] == 1 and rec["largest"][0]["layer"] == "depthwise" and rec["max_abs_shift"] > 0.05
