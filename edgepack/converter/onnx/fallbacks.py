@@ -57,7 +57,10 @@ FALLBACKS: tuple[OptionSet, ...] = (
     # onnx2tf can unroll recurrent layers over the (static) sequence length, leaving no WHILE: zoo
     # ddddocr_common (CNN + bidirectional LSTM, input 1x1x64x256) crashed in int8 in both edgepack
     # and onnx2tf -oiqt, and calibrates with this set (top-1 agreement per time step 97.7%).
-    # Tried only after such a crash: unrolling grows the graph with the sequence length.
+    # Float modes try it only after such a crash (unrolling grows the graph with the sequence length);
+    # calibrated modes try it first (``candidates``): every ONNX LSTM this project met (the tiny
+    # bidirectional one of the tests, ddddocr's recognizer) crashed TensorFlow's calibration as a WHILE
+    # loop, and translating the loop first cost the recognizer 87 s before the crash.
     OptionSet("rnn_unroll", {"enable_rnn_unroll": True}, frozenset({"lstm", "gru", "rnn"}), after_crash=True),
     # onnx2tf reads every 3-D to 5-D input as channels-first and transposes it to channels-last; for
     # a tensor that is not an image (a [2, 2, 2] pair concatenated on axis 1, a [3, 5, 4] mask and'ed
@@ -93,12 +96,14 @@ def kept_inputs(options: Mapping[str, Any]) -> set[str]:
     return kept
 
 
-def candidates(forced: Mapping[str, Any] | None, op_types: set[str]) -> list[OptionSet]:
+def candidates(forced: Mapping[str, Any] | None, op_types: set[str], *, calibrated: bool = False) -> list[OptionSet]:
     """The option sets to try, in order: the forced set alone, or the default then the fallbacks
-    that apply to a graph with ``op_types``."""
+    that apply to a graph with ``op_types``. ``calibrated`` (an int8/int16x8 conversion): the sets
+    meant for a calibration crash come first, before the default."""
     if forced:
         return [OptionSet("forced", dict(forced))]
-    return [OptionSet("default"), *(c for c in _applicable(op_types) if not c.after_crash)]
+    first = [c for c in _applicable(op_types) if c.after_crash] if calibrated else []
+    return [*first, OptionSet("default"), *(c for c in _applicable(op_types) if not c.after_crash)]
 
 
 def after_crash(op_types: set[str], tried: set[str]) -> list[OptionSet]:

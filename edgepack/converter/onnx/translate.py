@@ -196,7 +196,7 @@ def _try_option_sets(loaded: LoadedModel, work: Path, onnx_path: Path, names: di
     """The onnx2tf option sets in order (or the forced one) until one translates, matches onnxruntime
     and converts: ``(result, the set, its options, the sets that failed)``."""
     failures: list[tuple[str, ConversionError]] = []
-    queue = fallbacks.candidates(onnx2tf_options, set(names.values()))
+    queue = fallbacks.candidates(onnx2tf_options, set(names.values()), calibrated=mode.needs_calibration)
     crash: NativeCrash | None = None
     while queue:
         cand = queue.pop(0)
