@@ -220,27 +220,22 @@ def reflect_pads(proto) -> int:
                 or (len(node.input) > 3 and node.input[3]):
             continue
         pads = [int(p) for p in np.ravel(consts[node.input[1]])]
-        rank = len(shape)
-        if len(pads) != 2 * rank or any(p < 0 for p in pads) \
-                or any(pads[a] >= shape[a] or pads[a + rank] >= shape[a] for a in range(rank) if pads[a] or pads[a + rank]):
+        plan = _reflect_plan(shape, pads)
+        if plan is None:
             continue
         at = list(graph.node).index(node)
         graph.node.remove(node)
         current, new = node.input[0], []
-        for axis in range(rank):
-            before, after = pads[axis], pads[axis + rank]
-            if not before and not after:
-                continue
+        for k, (axis, before, after) in enumerate(plan):
             base = _unique(graph, f"{node.output[0]}_reflect{axis}")
             parts = []
             if before:  # x[before], ..., x[1]
-                parts.append(_reversed_slice(graph, new, current, base + "_l", before, 0, axis))
+                parts.append(_reversed_slice(graph, new, current, base + "_l", before, 0, axis, shape[axis]))
             parts.append(current)
             if after:  # x[n-2], ..., x[n-1-after]
                 parts.append(_reversed_slice(graph, new, current, base + "_r", shape[axis] - 2,
-                                             shape[axis] - 2 - after, axis))
-            last = axis == max(a for a in range(rank) if pads[a] or pads[a + rank])
-            out = node.output[0] if last else base
+                                             shape[axis] - 2 - after, axis, shape[axis]))
+            out = node.output[0] if k == len(plan) - 1 else base
             new.append(helper.make_node("Concat", parts, [out], axis=axis, name=base + "_cat"))
             current = out
         for k, n in enumerate(new):
@@ -251,10 +246,39 @@ def reflect_pads(proto) -> int:
     return done
 
 
-def _reversed_slice(graph, new: list, x: str, name: str, start: int, end: int, axis: int) -> str:
+def _reflect_plan(shape: list[int], pads: list[int]) -> list[tuple[int, int, int]] | None:
+    """(axis, before, after) per padded axis, or None where the reversed slices cannot be written so
+    that onnx2tf translates them faithfully (see :func:`_reversed_slice`): a pad of n - 1 before."""
+    rank = len(shape)
+    if len(pads) != 2 * rank or any(p < 0 for p in pads):
+        return None
+    plan = [(a, pads[a], pads[a + rank]) for a in range(rank) if pads[a] or pads[a + rank]]
+    if any(before >= n or after >= n or before == n - 1 > 1 for n, (_, before, after) in
+           ((shape[a], p) for p in plan for a in [p[0]])):
+        return None
+    return plan
+
+
+def _reversed_slice(graph, new: list, x: str, name: str, start: int, stop: int, axis: int, length: int) -> str:
+    """``x[start:stop:-1]`` along ``axis`` (``stop`` exclusive, -1: down to index 0) as ONNX Slices that
+    onnx2tf translates to the same elements. onnx2tf turns every end <= 0 into TensorFlow's end_mask
+    (for a negative step: down to index 0 inclusive), so an end of 0 would take one element too many
+    and an end of -1 would mean the last index in ONNX but index 0 in TensorFlow. Down to index 1: a
+    reversed Slice down to index 0 (end -length - 1, "before the first" to both) and a forward Slice
+    dropping that last element. One element: a forward Slice. (A Slice whose output shape equals its
+    input's becomes an identity in onnx2tf: the callers never reverse a whole axis, :func:`_reflect_plan`.)"""
+    if start - stop == 1:
+        return _slice(graph, new, x, name, start, start + 1, axis, 1)
+    if stop >= 1:
+        return _slice(graph, new, x, name, start, stop, axis, -1)
+    down_to_0 = _slice(graph, new, x, name + ("_0" if stop == 0 else ""), start, -length - 1, axis, -1)
+    return down_to_0 if stop == -1 else _slice(graph, new, down_to_0, name, 0, start, axis, 1)
+
+
+def _slice(graph, new: list, x: str, name: str, start: int, end: int, axis: int, step: int) -> str:
     from onnx import helper, numpy_helper
 
-    for suffix, value in (("_s", start), ("_e", end), ("_a", axis), ("_st", -1)):
+    for suffix, value in (("_s", start), ("_e", end), ("_a", axis), ("_st", step)):
         graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), name + suffix))
     new.append(helper.make_node("Slice", [x, name + "_s", name + "_e", name + "_a", name + "_st"], [name], name=name))
     return name
