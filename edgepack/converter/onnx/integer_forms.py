@@ -66,8 +66,8 @@ def _squared(node, producer: dict, consts: dict) -> str | None:
     return None
 
 
-def _channel_half(node, consts: dict, channels: int) -> tuple[int, int] | None:
-    """(start, end) of a Slice taking a range of axis 1 with step 1, else None."""
+def _slice_of(node, consts: dict) -> tuple[int, int, int, int] | None:
+    """(start, end, axis, step) of a Slice with constant parameters on one axis, else None."""
     if node is None or node.op_type != "Slice" or len(node.input) < 4:
         return None
     try:
@@ -76,31 +76,51 @@ def _channel_half(node, consts: dict, channels: int) -> tuple[int, int] | None:
         step = int(np.ravel(consts[node.input[4]])[0]) if len(node.input) > 4 and node.input[4] else 1
     except (KeyError, IndexError):
         return None
-    if axis != 1 or step != 1:
+    if any(np.size(consts[t]) != 1 for t in node.input[1:4]):
         return None
+    return start, end, axis, step
+
+
+def _half_chain(tensor: str, producer: dict, consts: dict):
+    """(conv, channel Slice, other Slices outermost last) when ``tensor`` is a constant-weight Conv's
+    output sliced once along its channels (axis 1, step 1) and possibly along other axes (the graph
+    stage splits a Slice of several axes into one per axis: silero's sequence model drops the first
+    STFT frame), else None."""
+    channel, others, node = None, [], producer.get(tensor)
+    while node is not None and node.op_type == "Slice":
+        params = _slice_of(node, consts)
+        if params is None or params[2] < 0 or (params[2] == 1 and (channel is not None or params[3] != 1)):
+            return None
+        if params[2] == 1:
+            channel = params
+        else:
+            others.insert(0, params)
+        node = producer.get(node.input[0])
+    if channel is None or node is None or node.op_type != "Conv" or node.input[1] not in consts \
+            or len(node.input) > 2 or _attr(node, "group", 1) != 1:
+        return None
+    channels = consts[node.input[1]].shape[0]
+    start, end = channel[0], channel[1]
     start, end = (start + channels if start < 0 else start), min(end + channels if end < 0 else end, channels)
-    return start, end
+    return node, (start, end), others
 
 
 def _magnitude_match(sqrt, producer: dict, consts: dict):
-    """(conv, real range, imaginary range) when ``sqrt`` is the magnitude of a constant-weight Conv's halves."""
+    """(conv, real range, imaginary range, other-axis slices) when ``sqrt`` is the magnitude of a
+    constant-weight Conv's halves (sliced alike along the other axes)."""
     add = producer.get(sqrt.input[0])
     if add is None or add.op_type != "Add":
         return None
     parts = [_squared(producer.get(t), producer, consts) for t in add.input]
-    slices = [producer.get(t) for t in parts if t is not None]
-    if len(slices) != 2 or any(s is None or s.op_type != "Slice" for s in slices) \
-            or slices[0].input[0] != slices[1].input[0]:
+    if any(t is None for t in parts):
         return None
-    conv = producer.get(slices[0].input[0])
-    if conv is None or conv.op_type != "Conv" or conv.input[1] not in consts or len(conv.input) > 2 \
-            or _attr(conv, "group", 1) != 1:
+    chains = [_half_chain(t, producer, consts) for t in parts]
+    if any(c is None for c in chains) or chains[0][0] is not chains[1][0] or chains[0][2] != chains[1][2]:
         return None
-    channels = consts[conv.input[1]].shape[0]
-    halves = [_channel_half(s, consts, channels) for s in slices]
-    if any(h is None for h in halves) or halves[0][1] - halves[0][0] != halves[1][1] - halves[1][0]:
+    (r0, r1), (i0, i1) = chains[0][1], chains[1][1]
+    if r1 - r0 != i1 - i0 or r1 <= r0:
         return None
-    return conv, halves[0], halves[1]
+    return chains[0][0], (r0, r1), (i0, i1), chains[0][2]
 
 
 def stft_magnitudes(proto, rotations: int = ROTATIONS) -> int:
@@ -115,7 +135,7 @@ def stft_magnitudes(proto, rotations: int = ROTATIONS) -> int:
         found = _magnitude_match(sqrt, producer, consts)
         if found is None:
             continue
-        conv, (r0, r1), (i0, i1) = found
+        conv, (r0, r1), (i0, i1), others = found
         w = consts[conv.input[1]].astype(np.float64)
         gain = 2.0 / (1.0 + np.cos(np.pi / (2 * rotations)))  # centres the max-over-rotations error
         angles = np.arange(rotations) * np.pi / rotations
@@ -123,10 +143,13 @@ def stft_magnitudes(proto, rotations: int = ROTATIONS) -> int:
         base = _unique(graph, sqrt.output[0] + "_rot")
         graph.initializer.append(numpy_helper.from_array(wk.astype(np.float32), base + "_w"))
         attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-        new = [helper.make_node("Conv", [conv.input[0], base + "_w"], [base], name=base, **attrs),
-               helper.make_node("Abs", [base], [base + "_abs"], name=base + "_abs"),
-               helper.make_node("Split", [base + "_abs"], [f"{base}_{k}" for k in range(rotations)], axis=1,
-                                name=base + "_split")]
+        new = [helper.make_node("Conv", [conv.input[0], base + "_w"], [base + "_conv"], name=base, **attrs)]
+        rotated = base + "_conv"
+        for k, params in enumerate(others):  # the halves' slices along other axes, after the rotations
+            rotated = _slice(graph, new, rotated, f"{base}_s{k}", *params)
+        new += [helper.make_node("Abs", [rotated], [base + "_abs"], name=base + "_abs"),
+                helper.make_node("Split", [base + "_abs"], [f"{base}_{k}" for k in range(rotations)], axis=1,
+                                 name=base + "_split")]
         if _opset(proto) >= 18:  # equal parts: opset 18 asks for their number
             new[-1].attribute.append(helper.make_attribute("num_outputs", rotations))
         new += _max_tree([f"{base}_{k}" for k in range(rotations)], sqrt.output[0], base)
