@@ -136,6 +136,7 @@ def stft_magnitudes(proto, rotations: int = ROTATIONS) -> int:
         if found is None:
             continue
         conv, (r0, r1), (i0, i1), others = found
+        shapes = _static_shapes(proto) if others else {}
         w = consts[conv.input[1]].astype(np.float64)
         gain = 2.0 / (1.0 + np.cos(np.pi / (2 * rotations)))  # centres the max-over-rotations error
         angles = np.arange(rotations) * np.pi / rotations
@@ -143,9 +144,16 @@ def stft_magnitudes(proto, rotations: int = ROTATIONS) -> int:
         base = _unique(graph, sqrt.output[0] + "_rot")
         graph.initializer.append(numpy_helper.from_array(wk.astype(np.float32), base + "_w"))
         attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-        new = [helper.make_node("Conv", [conv.input[0], base + "_w"], [base + "_conv"], name=base, **attrs)]
+        new, source = [], conv.input[0]
+        for params in others:  # only the frames the halves keep are computed (activation memory)
+            window = _input_window(conv, params, shapes.get(conv.input[0]))
+            if window is not None:
+                source, others = _sliced_input(graph, new, source, base, window, producer, consts), \
+                    [o for o in others if o != params]
+                break
+        new.append(helper.make_node("Conv", [source, base + "_w"], [base + "_conv"], name=base, **attrs))
         rotated = base + "_conv"
-        for k, params in enumerate(others):  # the halves' slices along other axes, after the rotations
+        for k, params in enumerate(others):  # the halves' other slices, after the rotations
             rotated = _slice(graph, new, rotated, f"{base}_s{k}", *params)
         new += [helper.make_node("Abs", [rotated], [base + "_abs"], name=base + "_abs"),
                 helper.make_node("Split", [base + "_abs"], [f"{base}_{k}" for k in range(rotations)], axis=1,
@@ -161,6 +169,41 @@ def stft_magnitudes(proto, rotations: int = ROTATIONS) -> int:
     if done:
         _drop_unused(graph)
     return done
+
+
+def _input_window(conv, frames: tuple[int, int, int, int], shape: list[int] | None) -> tuple | None:
+    """The Slice of the Conv's input that yields exactly output ``frames`` (start, end, axis, step 1)
+    along a spatial axis of an unpadded, undilated Conv (float-exact), else None."""
+    start, end, axis, step = frames
+    kernel = list(_attr(conv, "kernel_shape", []) or [])
+    if shape is None or step != 1 or axis < 2 or axis - 2 >= len(kernel) or _attr(conv, "auto_pad", b"NOTSET") != b"NOTSET" \
+            or any(_attr(conv, "pads", [0]) or [0]) or any(d != 1 for d in _attr(conv, "dilations", []) or []):
+        return None
+    stride = (list(_attr(conv, "strides", []) or []) or [1] * len(kernel))[axis - 2]
+    k, n = kernel[axis - 2], shape[axis]
+    frames_out = (n - k) // stride + 1
+    start, end = (start + frames_out if start < 0 else start), (end + frames_out if end < 0 else end)
+    start, end = max(0, min(start, frames_out)), max(0, min(end, frames_out))
+    if end <= start:
+        return None
+    return start * stride, (end - 1) * stride + k, axis, 1
+
+
+def _sliced_input(graph, new: list, x: str, base: str, window: tuple, producer: dict, consts: dict) -> str:
+    """``x`` sliced to ``window``; above an Unsqueeze that makes ``x`` when there is one (a Slice between
+    an Unsqueeze and a Conv loses onnx2tf's channel layout: it reads the frames as channels)."""
+    from onnx import helper
+
+    start, end, axis, step = window
+    unsqueeze = producer.get(x)
+    added = consts.get(unsqueeze.input[1]) if unsqueeze is not None and unsqueeze.op_type == "Unsqueeze" \
+        and len(unsqueeze.input) > 1 else None
+    if added is None or np.any(np.asarray(added) < 0) or axis in np.ravel(added):
+        return _slice(graph, new, x, base + "_in", start, end, axis, step)
+    inner = axis - int(np.sum(np.ravel(added) < axis))
+    sliced = _slice(graph, new, unsqueeze.input[0], base + "_in", start, end, inner, step)
+    new.append(helper.make_node("Unsqueeze", [sliced, unsqueeze.input[1]], [base + "_in3"], name=base + "_in3"))
+    return base + "_in3"
 
 
 def _opset(proto) -> int:
@@ -334,7 +377,26 @@ def apply(proto, mode: str, *, magnitude: bool = True, integer_only: bool = Fals
     if mode not in ("int8", "int8-float-io", "uint8", "int16x8"):
         return {}
     wanted = magnitude and (mode == "int16x8" or integer_only)
+    before = {o for n in proto.graph.node for o in n.output}
     done = {"stft_magnitudes": stft_magnitudes(proto) if wanted else 0}
+    if done["stft_magnitudes"]:
+        _shapes_recorded(proto, {o for n in proto.graph.node for o in n.output} - before)
     if mode == "int16x8":
         done.update(constant_gathers=constant_gathers(proto), reflect_pads=reflect_pads(proto))
     return {k: v for k, v in done.items() if v}
+
+
+def _shapes_recorded(proto, made: set[str]) -> None:
+    """Shapes of the tensors the rewrites ``made``, in the graph's value_info: onnx2tf chooses an op's
+    layout from the shapes the graph records (an Unsqueeze whose input's shape is unknown is not
+    transposed to channels-last, and the Conv after it reads the samples as channels). Only the
+    magnitude form's: the shapes of the other forms' tensors change onnx2tf's choices around
+    silero's LSTM state (a Squeeze of the wrong axis)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 — inference may fail on custom domains: the shapes as they were
+        return
+    recorded = {v.name for v in proto.graph.value_info}
+    proto.graph.value_info.extend(v for v in inferred.graph.value_info if v.name in made - recorded)
