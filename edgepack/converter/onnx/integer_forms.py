@@ -314,12 +314,13 @@ def reflect_pads(proto) -> int:
 
 def _reflect_plan(shape: list[int], pads: list[int]) -> list[tuple[int, int, int]] | None:
     """(axis, before, after) per padded axis, or None where the reversed slices cannot be written so
-    that onnx2tf translates them faithfully (see :func:`_reversed_slice`): a pad of n - 1 before."""
+    that onnx2tf translates them faithfully (see :func:`_reversed_slice`): a pad of n - 1 before
+    (or nothing to pad)."""
     rank = len(shape)
     if len(pads) != 2 * rank or any(p < 0 for p in pads):
         return None
     plan = [(a, pads[a], pads[a + rank]) for a in range(rank) if pads[a] or pads[a + rank]]
-    if any(before >= n or after >= n or before == n - 1 > 1 for n, (_, before, after) in
+    if not plan or any(before >= n or after >= n or before == n - 1 > 1 for n, (_, before, after) in
            ((shape[a], p) for p in plan for a in [p[0]])):
         return None
     return plan
