@@ -82,10 +82,9 @@ def _slice_of(node, consts: dict) -> tuple[int, int, int, int] | None:
 
 
 def _half_chain(tensor: str, producer: dict, consts: dict):
-    """(conv, channel Slice, other Slices outermost last) when ``tensor`` is a constant-weight Conv's
-    output sliced once along its channels (axis 1, step 1) and possibly along other axes (the graph
-    stage splits a Slice of several axes into one per axis: silero's sequence model drops the first
-    STFT frame), else None."""
+    """(conv, channel range, the other Slices' parameters from the conv outwards) when ``tensor`` is a
+    constant-weight Conv's output sliced once along its channels (axis 1, step 1) and maybe along other
+    axes (the graph stage splits Slices per axis; silero's sequence model drops the first frame)."""
     channel, others, node = None, [], producer.get(tensor)
     while node is not None and node.op_type == "Slice":
         params = _slice_of(node, consts)
@@ -327,13 +326,10 @@ def _reflect_plan(shape: list[int], pads: list[int]) -> list[tuple[int, int, int
 
 
 def _reversed_slice(graph, new: list, x: str, name: str, start: int, stop: int, axis: int, length: int) -> str:
-    """``x[start:stop:-1]`` along ``axis`` (``stop`` exclusive, -1: down to index 0) as ONNX Slices that
-    onnx2tf translates to the same elements. onnx2tf turns every end <= 0 into TensorFlow's end_mask
-    (for a negative step: down to index 0 inclusive), so an end of 0 would take one element too many
-    and an end of -1 would mean the last index in ONNX but index 0 in TensorFlow. Down to index 1: a
-    reversed Slice down to index 0 (end -length - 1, "before the first" to both) and a forward Slice
-    dropping that last element. One element: a forward Slice. (A Slice whose output shape equals its
-    input's becomes an identity in onnx2tf: the callers never reverse a whole axis, :func:`_reflect_plan`.)"""
+    """``x[start:stop:-1]`` (``stop`` exclusive; -1: down to index 0) as Slices onnx2tf translates
+    faithfully: it reads every end <= 0 as TensorFlow's end_mask (a negative step: down to index 0
+    inclusive). Down to index 1: down to index 0 (end -length - 1, "before the first" to both), then a
+    forward Slice drops x[0]. (onnx2tf makes a shape-preserving Slice an identity: never a whole axis.)"""
     if start - stop == 1:
         return _slice(graph, new, x, name, start, start + 1, axis, 1)
     if stop >= 1:
@@ -388,11 +384,9 @@ def apply(proto, mode: str, *, magnitude: bool = True, integer_only: bool = Fals
 
 
 def _shapes_recorded(proto, made: set[str]) -> None:
-    """Shapes of the tensors the rewrites ``made``, in the graph's value_info: onnx2tf chooses an op's
-    layout from the shapes the graph records (an Unsqueeze whose input's shape is unknown is not
-    transposed to channels-last, and the Conv after it reads the samples as channels). Only the
-    magnitude form's: the shapes of the other forms' tensors change onnx2tf's choices around
-    silero's LSTM state (a Squeeze of the wrong axis)."""
+    """The shapes of the tensors ``made``, in value_info: without one, onnx2tf does not transpose an
+    Unsqueeze's output to channels-last and the Conv after it reads the samples as channels. (Only
+    the magnitude form's: the other forms' shapes change onnx2tf's layout around silero's LSTM state.)"""
     import onnx
 
     try:
