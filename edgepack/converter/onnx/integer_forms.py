@@ -129,7 +129,7 @@ def stft_magnitudes(proto, rotations: int = ROTATIONS) -> int:
     graph = proto.graph
     consts = _consts(graph)
     producer = {o: n for n in graph.node for o in n.output}
-    done = 0
+    done, windows = 0, set()
     for sqrt in [n for n in graph.node if n.op_type == "Sqrt"]:
         found = _magnitude_match(sqrt, producer, consts)
         if found is None:
@@ -150,6 +150,7 @@ def stft_magnitudes(proto, rotations: int = ROTATIONS) -> int:
                 source, others = _sliced_input(graph, new, source, base, window, producer, consts), \
                     [o for o in others if o != params]
                 break
+        windows |= {o for n in new for o in n.output}
         new.append(helper.make_node("Conv", [source, base + "_w"], [base + "_conv"], name=base, **attrs))
         rotated = base + "_conv"
         for k, params in enumerate(others):  # the halves' other slices, after the rotations
@@ -167,6 +168,7 @@ def stft_magnitudes(proto, rotations: int = ROTATIONS) -> int:
         done += 1
     if done:
         _drop_unused(graph)
+        _shapes_recorded(proto, windows)
     return done
 
 
@@ -374,21 +376,21 @@ def apply(proto, mode: str, *, magnitude: bool = True, integer_only: bool = Fals
     if mode not in ("int8", "int8-float-io", "uint8", "int16x8"):
         return {}
     wanted = magnitude and (mode == "int16x8" or integer_only)
-    before = {o for n in proto.graph.node for o in n.output}
     done = {"stft_magnitudes": stft_magnitudes(proto) if wanted else 0}
-    if done["stft_magnitudes"]:
-        _shapes_recorded(proto, {o for n in proto.graph.node for o in n.output} - before)
     if mode == "int16x8":
         done.update(constant_gathers=constant_gathers(proto), reflect_pads=reflect_pads(proto))
     return {k: v for k, v in done.items() if v}
 
 
 def _shapes_recorded(proto, made: set[str]) -> None:
-    """The shapes of the tensors ``made``, in value_info: without one, onnx2tf does not transpose an
-    Unsqueeze's output to channels-last and the Conv after it reads the samples as channels. (Only
-    the magnitude form's: the other forms' shapes change onnx2tf's layout around silero's LSTM state.)"""
+    """The shapes of the tensors ``made`` (the rotations' input window), in value_info: without one,
+    onnx2tf does not transpose an Unsqueeze's output to channels-last and the Conv after it reads the
+    samples as channels. (Only these: the shapes of the rotations' outputs, or of the Gather forms,
+    change onnx2tf's layout choices around silero's LSTM state: a Squeeze of the wrong axis.)"""
     import onnx
 
+    if not made:
+        return
     try:
         inferred = onnx.shape_inference.infer_shapes(proto)
     except Exception:  # noqa: BLE001 — inference may fail on custom domains: the shapes as they were
