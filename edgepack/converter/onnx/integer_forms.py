@@ -66,8 +66,8 @@ def _squared(node, producer: dict, consts: dict) -> str | None:
     return None
 
 
-def _channel_half(node, consts: dict, channels: int) -> tuple[int, int] | None:
-    """(start, end) of a Slice taking a range of axis 1 with step 1, else None."""
+def _slice_of(node, consts: dict) -> tuple[int, int, int, int] | None:
+    """(start, end, axis, step) of a Slice with constant parameters on one axis, else None."""
     if node is None or node.op_type != "Slice" or len(node.input) < 4:
         return None
     try:
@@ -76,31 +76,50 @@ def _channel_half(node, consts: dict, channels: int) -> tuple[int, int] | None:
         step = int(np.ravel(consts[node.input[4]])[0]) if len(node.input) > 4 and node.input[4] else 1
     except (KeyError, IndexError):
         return None
-    if axis != 1 or step != 1:
+    if any(np.size(consts[t]) != 1 for t in node.input[1:4]):
         return None
+    return start, end, axis, step
+
+
+def _half_chain(tensor: str, producer: dict, consts: dict):
+    """(conv, channel range, the other Slices' parameters from the conv outwards) when ``tensor`` is a
+    constant-weight Conv's output sliced once along its channels (axis 1, step 1) and maybe along other
+    axes (the graph stage splits Slices per axis; silero's sequence model drops the first frame)."""
+    channel, others, node = None, [], producer.get(tensor)
+    while node is not None and node.op_type == "Slice":
+        params = _slice_of(node, consts)
+        if params is None or params[2] < 0 or (params[2] == 1 and (channel is not None or params[3] != 1)):
+            return None
+        if params[2] == 1:
+            channel = params
+        else:
+            others.insert(0, params)
+        node = producer.get(node.input[0])
+    if channel is None or node is None or node.op_type != "Conv" or node.input[1] not in consts \
+            or len(node.input) > 2 or _attr(node, "group", 1) != 1:
+        return None
+    channels = consts[node.input[1]].shape[0]
+    start, end = channel[0], channel[1]
     start, end = (start + channels if start < 0 else start), min(end + channels if end < 0 else end, channels)
-    return start, end
+    return node, (start, end), others
 
 
 def _magnitude_match(sqrt, producer: dict, consts: dict):
-    """(conv, real range, imaginary range) when ``sqrt`` is the magnitude of a constant-weight Conv's halves."""
+    """(conv, real range, imaginary range, other-axis slices) when ``sqrt`` is the magnitude of a
+    constant-weight Conv's halves (sliced alike along the other axes)."""
     add = producer.get(sqrt.input[0])
     if add is None or add.op_type != "Add":
         return None
     parts = [_squared(producer.get(t), producer, consts) for t in add.input]
-    slices = [producer.get(t) for t in parts if t is not None]
-    if len(slices) != 2 or any(s is None or s.op_type != "Slice" for s in slices) \
-            or slices[0].input[0] != slices[1].input[0]:
+    if any(t is None for t in parts):
         return None
-    conv = producer.get(slices[0].input[0])
-    if conv is None or conv.op_type != "Conv" or conv.input[1] not in consts or len(conv.input) > 2 \
-            or _attr(conv, "group", 1) != 1:
+    chains = [_half_chain(t, producer, consts) for t in parts]
+    if any(c is None for c in chains) or chains[0][0] is not chains[1][0] or chains[0][2] != chains[1][2]:
         return None
-    channels = consts[conv.input[1]].shape[0]
-    halves = [_channel_half(s, consts, channels) for s in slices]
-    if any(h is None for h in halves) or halves[0][1] - halves[0][0] != halves[1][1] - halves[1][0]:
+    (r0, r1), (i0, i1) = chains[0][1], chains[1][1]
+    if r1 - r0 != i1 - i0 or r1 <= r0:
         return None
-    return conv, halves[0], halves[1]
+    return chains[0][0], (r0, r1), (i0, i1), chains[0][2]
 
 
 def stft_magnitudes(proto, rotations: int = ROTATIONS) -> int:
@@ -110,12 +129,13 @@ def stft_magnitudes(proto, rotations: int = ROTATIONS) -> int:
     graph = proto.graph
     consts = _consts(graph)
     producer = {o: n for n in graph.node for o in n.output}
-    done = 0
+    done, windows = 0, set()
     for sqrt in [n for n in graph.node if n.op_type == "Sqrt"]:
         found = _magnitude_match(sqrt, producer, consts)
         if found is None:
             continue
-        conv, (r0, r1), (i0, i1) = found
+        conv, (r0, r1), (i0, i1), others = found
+        shapes = _static_shapes(proto) if others else {}
         w = consts[conv.input[1]].astype(np.float64)
         gain = 2.0 / (1.0 + np.cos(np.pi / (2 * rotations)))  # centres the max-over-rotations error
         angles = np.arange(rotations) * np.pi / rotations
@@ -123,10 +143,21 @@ def stft_magnitudes(proto, rotations: int = ROTATIONS) -> int:
         base = _unique(graph, sqrt.output[0] + "_rot")
         graph.initializer.append(numpy_helper.from_array(wk.astype(np.float32), base + "_w"))
         attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-        new = [helper.make_node("Conv", [conv.input[0], base + "_w"], [base], name=base, **attrs),
-               helper.make_node("Abs", [base], [base + "_abs"], name=base + "_abs"),
-               helper.make_node("Split", [base + "_abs"], [f"{base}_{k}" for k in range(rotations)], axis=1,
-                                name=base + "_split")]
+        new, source = [], conv.input[0]
+        for params in others:  # only the frames the halves keep are computed (activation memory)
+            window = _input_window(conv, params, shapes.get(conv.input[0]))
+            if window is not None:
+                source, others = _sliced_input(graph, new, source, base, window, producer, consts), \
+                    [o for o in others if o != params]
+                break
+        windows |= {o for n in new for o in n.output}
+        new.append(helper.make_node("Conv", [source, base + "_w"], [base + "_conv"], name=base, **attrs))
+        rotated = base + "_conv"
+        for k, params in enumerate(others):  # the halves' other slices, after the rotations
+            rotated = _slice(graph, new, rotated, f"{base}_s{k}", *params)
+        new += [helper.make_node("Abs", [rotated], [base + "_abs"], name=base + "_abs"),
+                helper.make_node("Split", [base + "_abs"], [f"{base}_{k}" for k in range(rotations)], axis=1,
+                                 name=base + "_split")]
         if _opset(proto) >= 18:  # equal parts: opset 18 asks for their number
             new[-1].attribute.append(helper.make_attribute("num_outputs", rotations))
         new += _max_tree([f"{base}_{k}" for k in range(rotations)], sqrt.output[0], base)
@@ -137,7 +168,43 @@ def stft_magnitudes(proto, rotations: int = ROTATIONS) -> int:
         done += 1
     if done:
         _drop_unused(graph)
+        _shapes_recorded(proto, windows)
     return done
+
+
+def _input_window(conv, frames: tuple[int, int, int, int], shape: list[int] | None) -> tuple | None:
+    """The Slice of the Conv's input that yields exactly output ``frames`` (start, end, axis, step 1)
+    along a spatial axis of an unpadded, undilated Conv (float-exact), else None."""
+    start, end, axis, step = frames
+    kernel = list(_attr(conv, "kernel_shape", []) or [])
+    if shape is None or step != 1 or axis < 2 or axis - 2 >= len(kernel) or _attr(conv, "auto_pad", b"NOTSET") != b"NOTSET" \
+            or any(_attr(conv, "pads", [0]) or [0]) or any(d != 1 for d in _attr(conv, "dilations", []) or []):
+        return None
+    stride = (list(_attr(conv, "strides", []) or []) or [1] * len(kernel))[axis - 2]
+    k, n = kernel[axis - 2], shape[axis]
+    frames_out = (n - k) // stride + 1
+    start, end = (start + frames_out if start < 0 else start), (end + frames_out if end < 0 else end)
+    start, end = max(0, min(start, frames_out)), max(0, min(end, frames_out))
+    if end <= start:
+        return None
+    return start * stride, (end - 1) * stride + k, axis, 1
+
+
+def _sliced_input(graph, new: list, x: str, base: str, window: tuple, producer: dict, consts: dict) -> str:
+    """``x`` sliced to ``window``; above an Unsqueeze that makes ``x`` when there is one (a Slice between
+    an Unsqueeze and a Conv loses onnx2tf's channel layout: it reads the frames as channels)."""
+    from onnx import helper
+
+    start, end, axis, step = window
+    unsqueeze = producer.get(x)
+    added = consts.get(unsqueeze.input[1]) if unsqueeze is not None and unsqueeze.op_type == "Unsqueeze" \
+        and len(unsqueeze.input) > 1 else None
+    if added is None or np.any(np.asarray(added) < 0) or axis in np.ravel(added):
+        return _slice(graph, new, x, base + "_in", start, end, axis, step)
+    inner = axis - int(np.sum(np.ravel(added) < axis))
+    sliced = _slice(graph, new, unsqueeze.input[0], base + "_in", start, end, inner, step)
+    new.append(helper.make_node("Unsqueeze", [sliced, unsqueeze.input[1]], [base + "_in3"], name=base + "_in3"))
+    return base + "_in3"
 
 
 def _opset(proto) -> int:
@@ -220,27 +287,22 @@ def reflect_pads(proto) -> int:
                 or (len(node.input) > 3 and node.input[3]):
             continue
         pads = [int(p) for p in np.ravel(consts[node.input[1]])]
-        rank = len(shape)
-        if len(pads) != 2 * rank or any(p < 0 for p in pads) \
-                or any(pads[a] >= shape[a] or pads[a + rank] >= shape[a] for a in range(rank) if pads[a] or pads[a + rank]):
+        plan = _reflect_plan(shape, pads)
+        if plan is None:
             continue
         at = list(graph.node).index(node)
         graph.node.remove(node)
         current, new = node.input[0], []
-        for axis in range(rank):
-            before, after = pads[axis], pads[axis + rank]
-            if not before and not after:
-                continue
+        for k, (axis, before, after) in enumerate(plan):
             base = _unique(graph, f"{node.output[0]}_reflect{axis}")
             parts = []
             if before:  # x[before], ..., x[1]
-                parts.append(_reversed_slice(graph, new, current, base + "_l", before, 0, axis))
+                parts.append(_reversed_slice(graph, new, current, base + "_l", before, 0, axis, shape[axis]))
             parts.append(current)
             if after:  # x[n-2], ..., x[n-1-after]
                 parts.append(_reversed_slice(graph, new, current, base + "_r", shape[axis] - 2,
-                                             shape[axis] - 2 - after, axis))
-            last = axis == max(a for a in range(rank) if pads[a] or pads[a + rank])
-            out = node.output[0] if last else base
+                                             shape[axis] - 2 - after, axis, shape[axis]))
+            out = node.output[0] if k == len(plan) - 1 else base
             new.append(helper.make_node("Concat", parts, [out], axis=axis, name=base + "_cat"))
             current = out
         for k, n in enumerate(new):
@@ -251,10 +313,37 @@ def reflect_pads(proto) -> int:
     return done
 
 
-def _reversed_slice(graph, new: list, x: str, name: str, start: int, end: int, axis: int) -> str:
+def _reflect_plan(shape: list[int], pads: list[int]) -> list[tuple[int, int, int]] | None:
+    """(axis, before, after) per padded axis, or None where the reversed slices cannot be written so
+    that onnx2tf translates them faithfully (see :func:`_reversed_slice`): a pad of n - 1 before
+    (or nothing to pad)."""
+    rank = len(shape)
+    if len(pads) != 2 * rank or any(p < 0 for p in pads):
+        return None
+    plan = [(a, pads[a], pads[a + rank]) for a in range(rank) if pads[a] or pads[a + rank]]
+    if not plan or any(before >= n or after >= n or before == n - 1 > 1 for n, (_, before, after) in
+           ((shape[a], p) for p in plan for a in [p[0]])):
+        return None
+    return plan
+
+
+def _reversed_slice(graph, new: list, x: str, name: str, start: int, stop: int, axis: int, length: int) -> str:
+    """``x[start:stop:-1]`` (``stop`` exclusive; -1: down to index 0) as Slices onnx2tf translates
+    faithfully: it reads every end <= 0 as TensorFlow's end_mask (a negative step: down to index 0
+    inclusive). Down to index 1: down to index 0 (end -length - 1, "before the first" to both), then a
+    forward Slice drops x[0]. (onnx2tf makes a shape-preserving Slice an identity: never a whole axis.)"""
+    if start - stop == 1:
+        return _slice(graph, new, x, name, start, start + 1, axis, 1)
+    if stop >= 1:
+        return _slice(graph, new, x, name, start, stop, axis, -1)
+    down_to_0 = _slice(graph, new, x, name + ("_0" if stop == 0 else ""), start, -length - 1, axis, -1)
+    return down_to_0 if stop == -1 else _slice(graph, new, down_to_0, name, 0, start, axis, 1)
+
+
+def _slice(graph, new: list, x: str, name: str, start: int, end: int, axis: int, step: int) -> str:
     from onnx import helper, numpy_helper
 
-    for suffix, value in (("_s", start), ("_e", end), ("_a", axis), ("_st", -1)):
+    for suffix, value in (("_s", start), ("_e", end), ("_a", axis), ("_st", step)):
         graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), name + suffix))
     new.append(helper.make_node("Slice", [x, name + "_s", name + "_e", name + "_a", name + "_st"], [name], name=name))
     return name
@@ -291,3 +380,20 @@ def apply(proto, mode: str, *, magnitude: bool = True, integer_only: bool = Fals
     if mode == "int16x8":
         done.update(constant_gathers=constant_gathers(proto), reflect_pads=reflect_pads(proto))
     return {k: v for k, v in done.items() if v}
+
+
+def _shapes_recorded(proto, made: set[str]) -> None:
+    """The shapes of the tensors ``made`` (the rotations' input window), in value_info: without one,
+    onnx2tf does not transpose an Unsqueeze's output to channels-last and the Conv after it reads the
+    samples as channels. (Only these: the shapes of the rotations' outputs, or of the Gather forms,
+    change onnx2tf's layout choices around silero's LSTM state: a Squeeze of the wrong axis.)"""
+    import onnx
+
+    if not made:
+        return
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 — inference may fail on custom domains: the shapes as they were
+        return
+    recorded = {v.name for v in proto.graph.value_info}
+    proto.graph.value_info.extend(v for v in inferred.graph.value_info if v.name in made - recorded)
