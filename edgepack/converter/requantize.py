@@ -61,6 +61,8 @@ class Calibrated:
     calibration: dict = field(default_factory=dict, compare=False, repr=False)
     # node names every quantization keeps float (the lstm-float stage: recurrent cells), budget candidates too
     keep_float: tuple[str, ...] = ()
+    # an already-quantized source's weight grids (weight_grids.SourceGrids): every quantization keeps them
+    weight_grids: Any = field(default=None, compare=False, repr=False)
     _tensors: list = field(default_factory=list, compare=False, repr=False)
     _ops: list = field(default_factory=list, compare=False, repr=False)
 
@@ -97,7 +99,7 @@ class Calibrated:
         from tensorflow.lite.python.convert import mlir_quantize
 
         if int16:
-            return requantize_copies(self._int16x8(self.model, allow_float=allow_float))[0]
+            return self._on_source_grids(requantize_copies(self._int16x8(self.model, allow_float=allow_float))[0])
         data = self.model if not ranges else with_ranges(self.model, ranges)
         in_t = tf.float32 if self.input_type == tf.float32 else tf.int8
         out_t = tf.float32 if float_output or self.output_type == tf.float32 else tf.int8
@@ -120,7 +122,10 @@ class Calibrated:
                 raise ConversionError(f"re-quantizing the calibrated model failed: {first}",
                                       hint="run with -v for the converter log") from err
         del cap
-        return requantize_copies(strip_fake_quant(out) if deny else out)[0]
+        return self._on_source_grids(requantize_copies(strip_fake_quant(out) if deny else out)[0])
+
+    def _on_source_grids(self, model: bytes) -> bytes:
+        return self.weight_grids.apply(model)[0] if self.weight_grids else model
 
     def _int16x8(self, data: bytes, *, allow_float: bool) -> bytes:
         """int16 activations, float32 I/O. TF 2.19's MLIR quantizer fails on int16 (mixed element

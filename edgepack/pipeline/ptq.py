@@ -135,6 +135,8 @@ def stage_lstm_float(st: PipelineState) -> dict | None:
         st.calibrated = dataclasses.replace(st.calibrated, keep_float=tuple(nodes + mismatched))
         model = st.calibrated.quantize() if mismatched else model
         st.tflite, hybrid = hybrid_projections(model, nodes)
+        if st.calibrated.weight_grids:  # the hybrid weights on an already-quantized source's grid too
+            st.tflite = st.calibrated.weight_grids.apply(st.tflite)[0]
         record = {"float_ops": len(nodes), "scale_mismatches": len(mismatched), "hybrid_weights": hybrid}
         log.info("lstm-float: %d recurrent-cell ops and %d mis-scaled copies kept float", len(nodes), len(mismatched))
     st.ptq = {**(st.ptq or {}), LSTM_FLOAT: record}

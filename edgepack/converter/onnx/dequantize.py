@@ -36,6 +36,14 @@ class DequantizeRecord:
     rounding_emulated: int = 0  # DynamicQuantizeLinear kept as float rounding ops (:mod:`.dynamic_rounding`)
     activation_rounding: str = "removed"  # or "emulated": the run-time 8-bit rounding of dynamic models
     ranges: dict[str, list[float]] = field(default_factory=dict)  # activation -> [min, max] from the QDQ pairs
+    grids: list = field(default_factory=list)  # weight_grids.SourceGrid of every weight folded to float
+
+    def add_grid(self, name: str, q, zero_point, scale, *, out_axis: int, quant_axis: int | None = None) -> None:
+        from edgepack.converter.weight_grids import source_grid
+
+        grid = source_grid(name, q, zero_point, scale, out_axis=out_axis, quant_axis=quant_axis)
+        if grid is not None:
+            self.grids.append(grid)
 
     @property
     def changed(self) -> bool:
@@ -172,9 +180,25 @@ def fold_weight_dequantize(g: _Graph, record: DequantizeRecord) -> None:
         zp = g.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         value = _dequantized(g.consts[node.input[0]], g.consts[node.input[1]], zp, _attr(node, "axis", 1))
         g.add_const(f"{node.output[0]}/float", value)
+        out_axis = _output_channel_axis(g, node.output[0], value.ndim)
+        if out_axis is not None:
+            record.add_grid(node.output[0], g.consts[node.input[0]], zp, g.consts[node.input[1]], out_axis=out_axis,
+                            quant_axis=_attr(node, "axis", 1))
         _rename_input(g, node.output[0], f"{node.output[0]}/float")
         g.graph.node.remove(node)
         record.weights += 1
+
+
+def _output_channel_axis(g: _Graph, name: str, ndim: int) -> int | None:
+    """The output-channel axis of a weight every reader takes as its weight (Conv, ConvTranspose,
+    MatMul, Gemm), else None."""
+    axes = set()
+    for n in g.users.get(name, []):
+        if len(n.input) < 2 or n.input[1] != name or name in n.input[:1]:
+            return None
+        axes.add({"Conv": 0, "ConvTranspose": 1, "MatMul": ndim - 1}.get(n.op_type) if n.op_type != "Gemm"
+                 else (0 if _attr(n, "transB", 0) else 1))
+    return axes.pop() if len(axes) == 1 and None not in axes else None
 
 
 _NON_NEGATIVE = {"Relu", "Sigmoid", "Softmax", "Abs", "Sqrt", "Exp", "Clip", "HardSigmoid", "Softplus"}
@@ -234,6 +258,7 @@ def rewrite_integer_ops(g: _Graph, record: DequantizeRecord) -> None:
         weight = _dequantized(g.consts[node.input[1]], w_scale, wzp, axis)
         name = node.name or node.output[0]
         w = g.add_const(f"{name}/weight_float", weight)
+        record.add_grid(w, g.consts[node.input[1]], wzp, w_scale, out_axis=axis, quant_axis=axis)
         inputs = [dql.input[0], w]
         if node.op_type == "ConvInteger":
             if bias is not None:
@@ -306,6 +331,8 @@ def rewrite_dynamic_lstm(g: _Graph, record: DequantizeRecord) -> None:
             shape = (-1, 1, 1) if scale.ndim == 1 else (scale.shape[0], 1, -1)
             value = (g.consts[ins[q]].astype(np.float32) - zp.reshape(shape)) * scale.reshape(shape)
             mats.append(g.add_const(f"{name}/{what}_float", value.transpose(0, 2, 1).astype(np.float32)))
+            for d in range(value.shape[0]):  # a grid per direction, channels along 4H
+                record.add_grid(f"{mats[-1]}[{d}]", g.consts[ins[q]][d], zp[d], scale[d], out_axis=1, quant_axis=1)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         new = helper.make_node("LSTM", [ins[0], *mats, *ins[3:8]], list(node.output), name=f"{name}/float", **attrs)
         position = list(g.graph.node).index(node)

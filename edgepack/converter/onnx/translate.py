@@ -173,7 +173,8 @@ def convert_onnx(loaded: LoadedModel, mode: QuantizeMode, calibration: Dataset |
             return _try_option_sets(
                 loaded, work, onnx_path, node_names, shapes, feeds, refs, mode, calibration, onnx2tf_options,
                 per_tensor=per_tensor, verbose=verbose, tolerance=tolerance, keep=keep_calibrated,
-                state_pairs=state_pairs, source_ranges=(graph, record.dequantized.ranges))
+                state_pairs=state_pairs, source_ranges=(graph, record.dequantized.ranges),
+                weight_grids=_grids(record.dequantized.grids, mode))
 
         result, cand, options, failures = _translate_or_expand(translate, proto, names, record)
     probe = result.detail["probe_max_rel_error"]
@@ -192,7 +193,7 @@ def _try_option_sets(loaded: LoadedModel, work: Path, onnx_path: Path, names: di
                      mode: QuantizeMode, calibration: Dataset | None, onnx2tf_options: dict[str, Any] | None, *,
                      per_tensor: bool, verbose: bool, tolerance: float | None, keep: Any,
                      state_pairs: dict[str, str] | None,
-                     source_ranges: tuple) -> tuple[OnnxConversion, Any, dict[str, Any], list]:
+                     source_ranges: tuple, weight_grids: Any = None) -> tuple[OnnxConversion, Any, dict[str, Any], list]:
     """The onnx2tf option sets in order (or the forced one) until one translates, matches onnxruntime
     and converts: ``(result, the set, its options, the sets that failed)``."""
     failures: list[tuple[str, ConversionError]] = []
@@ -206,7 +207,8 @@ def _try_option_sets(loaded: LoadedModel, work: Path, onnx_path: Path, names: di
         try:
             result = _attempt(loaded, work, onnx_path, names, shapes, feeds, refs, options, mode, calibration,
                               per_tensor=per_tensor, verbose=verbose, tolerance=tolerance, keep=keep,
-                              state_outputs=set((state_pairs or {}).values()), source_ranges=source_ranges)
+                              state_outputs=set((state_pairs or {}).values()), source_ranges=source_ranges,
+                              weight_grids=weight_grids)
         except NativeCrash as err:
             # a crash in calibration is not a translation error: only sets meant for it are tried,
             # and if none helps the user gets the crash (its hint says what to try)
@@ -268,7 +270,7 @@ def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, 
              options: dict[str, Any], mode: QuantizeMode, calibration: Dataset | None, *,
              per_tensor: bool, verbose: bool, tolerance: float | None, keep: Any = None,
              state_outputs: set[str] | frozenset[str] = frozenset(),
-             source_ranges: tuple | None = None) -> OnnxConversion:
+             source_ranges: tuple | None = None, weight_grids: Any = None) -> OnnxConversion:
     """One onnx2tf option set: translate, compare with onnxruntime, convert. With a ``tolerance`` (a
     probe input that means something) a larger mismatch is a failure (ConversionError), so that the
     next option set is tried."""
@@ -297,6 +299,8 @@ def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, 
     kept: list = []
 
     def keep_too(calibrated) -> None:
+        if weight_grids:  # every later quantization of it (lstm-float, the budget's candidates) keeps them too
+            calibrated = replace(calibrated, weight_grids=weight_grids)
         kept.append(calibrated)
         if keep is not None:
             keep(calibrated)
@@ -309,7 +313,18 @@ def _attempt(loaded: LoadedModel, work: Path, onnx_path: Path, names: dict[str, 
         again, detail["source_ranges"] = apply_source_ranges(kept[-1], source_ranges[0], source_ranges[1],
                                                              feeds, inputs, mode)
         tflite = again or tflite
+    if weight_grids:
+        tflite, detail["source_weight_grids"] = weight_grids.apply(tflite)
     return OnnxConversion(tflite, inputs, outputs, detail)
+
+
+def _grids(grids: list, mode: QuantizeMode) -> Any:
+    """The source's weight grids (:mod:`edgepack.converter.weight_grids`) when ``mode`` has int8 weights."""
+    if not grids or mode in (QuantizeMode.NONE, QuantizeMode.FLOAT16):
+        return None
+    from edgepack.converter.weight_grids import SourceGrids
+
+    return SourceGrids(list(grids))
 
 
 def _keep_state_layout(options: dict[str, Any], state_pairs: dict[str, str] | None) -> dict[str, Any]:
