@@ -11,7 +11,8 @@ bound is. Fragility: how many of the float model's probabilities lie within 0.05
     python benchmarks/vad_int8.py --models silero_vad --modes mcu16 --out /tmp/vad.md
 
 Modes (flags after ``edgepack convert MODEL -o B --input-shape ... --calibration calib.npz``):
-``phone`` ``--quantize int8-float-io --min-sqnr 20``; ``phone25`` the same at 25 dB; ``phone-plain`` ``--quantize int8-float-io``;
+``phone`` ``--quantize int8-float-io --min-sqnr 20``; ``phone25`` the same at 25 dB;
+``phone-plain`` ``--quantize int8-float-io``;
 ``mcu`` ``--quantize int8 --target cortex-m4``; ``mcu16`` ``--quantize int16x8 --target cortex-m4``.
 """
 
