@@ -11,7 +11,7 @@ bound is. Fragility: how many of the float model's probabilities lie within 0.05
     python benchmarks/vad_int8.py --models silero_vad --modes mcu16 --out /tmp/vad.md
 
 Modes (flags after ``edgepack convert MODEL -o B --input-shape ... --calibration calib.npz``):
-``phone`` ``--quantize int8-float-io --min-sqnr 20``; ``phone25`` the same at 25 dB;
+``phone`` ``--quantize int8-float-io --min-sqnr 20``; ``phone25``, ``phone30`` the same at 25 and 30 dB;
 ``phone-plain`` ``--quantize int8-float-io``;
 ``mcu`` ``--quantize int8 --target cortex-m4``; ``mcu16`` ``--quantize int16x8 --target cortex-m4``.
 """
@@ -33,6 +33,7 @@ from benchmarks.zoo import corpus, speech
 
 MODES = {"phone": ["--quantize", "int8-float-io", "--min-sqnr", "20"],
          "phone25": ["--quantize", "int8-float-io", "--min-sqnr", "25"],
+         "phone30": ["--quantize", "int8-float-io", "--min-sqnr", "30"],
          "phone-plain": ["--quantize", "int8-float-io"],
          "mcu": ["--quantize", "int8", "--target", "cortex-m4"],
          "mcu16": ["--quantize", "int16x8", "--target", "cortex-m4"]}

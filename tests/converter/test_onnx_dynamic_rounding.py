@@ -141,3 +141,19 @@ def test_dynamic_lstm_rounds_its_input_and_hidden_state_like_onnxruntime(tmp_pat
         sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         found[emulate] = sqnr_db(want, np.stack([sess.run(None, {"x": x})[0] for x in xs]))
     assert found[True] >= 100 and found[False] < 60, found
+
+
+def test_a_budget_the_sources_rounding_bounds_names_it(dynamic_model, tmp_path):
+    """int8-float-io removes the source's run-time rounding; a budget even every op float misses against
+    the original is bounded by that rounding, and the advice says so (not QAT, not more calibration)."""
+    from edgepack.errors import BudgetNotMet
+
+    rng = np.random.default_rng(11)
+    np.save(tmp_path / "cal.npy", rng.normal(0.5, 1.0, (48, 3, 10, 10)).astype(np.float32))
+    with pytest.raises(BudgetNotMet) as info:
+        api.convert(model=dynamic_model, output=tmp_path / "b", quantize="int8-float-io",
+                    calibration=tmp_path / "cal.npy", min_sqnr=70)
+    text = str(info.value)
+    assert "the source's own run-time rounding bounds it: even every op float" in text, text
+    assert "--quantize dynamic" in text and "--qat" not in text and "\n" not in text
+    assert not (tmp_path / "b").exists()

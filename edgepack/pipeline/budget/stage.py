@@ -141,6 +141,12 @@ def _advice(st, result: SearchResult) -> str:
         return (f"every op float reaches {every.score.brief(budget)}: the figures meet the budget, the bounds of "
                 f"their {budget.confidence:g} intervals on {len(every.score.sample_error)} samples do not; "
                 "give more --eval-data (or more --calibration data for the held-out part)")
+    if every is not None and _source_rounding_removed(st):
+        return (f"the source's own run-time rounding bounds it: even every op float ({every.score.brief(budget)}) is "
+                "this dynamically quantized model without the 8-bit rounding onnxruntime applies to its activations "
+                "as it runs, which the calibrated modes replace; no QAT or calibration lifts that; convert with "
+                "--quantize dynamic (the scheme it was quantized with) or --quantize none (its rounding kept as "
+                "float ops)")
     if every is not None and st.calibrated is not None and st.calibrated.input_type != _float32():
         figure = "" if every is result.chosen else f" ({every.name}: {every.score.brief(budget)})"
         return (f"the int8 input bounds it: even every op float misses the budget{figure}, and no QAT or "
@@ -150,6 +156,12 @@ def _advice(st, result: SearchResult) -> str:
     if integer_only(st.target):
         advice += " (this integer-only target allows no float fallback)"
     return advice
+
+
+def _source_rounding_removed(st) -> bool:
+    """The source is a dynamically quantized ONNX model whose run-time activation rounding the graph stage
+    removed (calibrated modes): the budget's reference still has it."""
+    return ((st.graph or {}).get("dequantized") or {}).get("activation_rounding") == "removed"
 
 
 def sample_shortfall(budget, ev) -> str | None:
