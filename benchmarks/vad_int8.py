@@ -2,12 +2,12 @@
 
 Calibration: 20 s of espeak-ng speech and silence (seed 1) cut into silero's windows, each with the
 state onnxruntime carries into it (states reached by streaming real audio, not zeros). Evaluation:
-another 60 s utterance (seed 0, the model zoo's stream: 1,875 windows), bundle and onnxruntime each
+another 120 s utterance (seed 0, the model zoo's stream made longer: 3,750 windows), bundle and onnxruntime each
 carrying its own state (``edgepack validate --stream``: LiteRT, and TFLite Micro for microcontroller
 bundles). Decisions at 0.5 with their 95 % Wilson interval; a goal of >= 99 % is met when the lower
 bound is. Fragility: how many of the float model's probabilities lie within 0.05 of the threshold.
 
-    python benchmarks/vad_int8.py                                   # 6 variants x 3 modes (~40 min)
+    python benchmarks/vad_int8.py                                   # 6 variants x 3 modes (~60 min)
     python benchmarks/vad_int8.py --models silero_vad --modes mcu16 --out /tmp/vad.md
 
 Modes (flags after ``edgepack convert MODEL -o B --input-shape ... --calibration calib.npz``):
@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     vads = [m for m in corpus.MODELS if m.kind in ("vad", "vad_seq")]
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(m.name for m in vads))
-    ap.add_argument("--modes", default="phone,mcu,mcu16")
-    ap.add_argument("--seconds", type=float, default=60.0, help="evaluation stream length (60 s: 1,875 windows)")
+    ap.add_argument("--modes", default="phone25,mcu,mcu16")
+    ap.add_argument("--seconds", type=float, default=120.0, help="evaluation stream length (120 s: 3,750 windows)")
     ap.add_argument("--out", type=Path, default=corpus.CACHE / "vad-int8.md")
     args = ap.parse_args(argv)
     rows = []
