@@ -189,3 +189,39 @@ def bundle_nchw(bundle: Path, x: np.ndarray) -> np.ndarray:
     m = read_manifest(bundle)
     with IsolatedRunner("litert", bundle / "model.tflite", m.inputs, m.outputs) as run:
         return run({"x": np.transpose(x, (0, 2, 3, 1))})[0]
+
+
+def small_cnn(path: Path, weights: dict[str, np.ndarray], name: str = "small_cnn") -> Path:
+    """x [1, 3, 12, 12] -> Conv(w1, b1) -> Relu -> Conv(w2, b2) -> Relu -> GlobalAveragePool -> Flatten ->
+    MatMul(wf): what onnxruntime's quantizers quantize (weights given in ONNX layouts)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"]), helper.make_node("Flatten", ["p"], ["fl"]),
+             helper.make_node("MatMul", ["fl", "wf"], ["y"])]
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, weights["wf"].shape[1]])],
+        [numpy_helper.from_array(np.asarray(weights[k], np.float32), k) for k in ("w1", "b1", "w2", "b2", "wf")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def calibration_reader(calib: np.ndarray, name: str = "x"):
+    """onnxruntime's CalibrationDataReader over ``calib``, one sample per batch."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{name: calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    return Reader()

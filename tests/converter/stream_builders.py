@@ -11,7 +11,7 @@ import numpy as np
 OPSET = 16
 
 
-def _save(graph, path: Path, opset: int = OPSET) -> Path:
+def save_graph(graph, path: Path, opset: int = OPSET) -> Path:
     import onnx
     from onnx import helper
 
@@ -21,6 +21,9 @@ def _save(graph, path: Path, opset: int = OPSET) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+_save = save_graph
 
 
 def _f(name: str, arr) -> object:
@@ -130,3 +133,13 @@ def stream_frames(model: Path, frames: int, seed: int = 0, features: int = 8) ->
         states.append(state)
         state = sess.run(["stateN"], {"x": x[None], "state": state})[0]
     return {"x": xs, "state": np.stack(states)}
+
+
+def tone_windows(count: int, samples: int, seed: int, *, decades: float, low_hz: float) -> np.ndarray:
+    """``count`` windows of a tone (low_hz..6 kHz at 16 kHz) plus noise, each from loud to ``decades`` x 20 dB
+    quieter: the range a VAD hears. (count, samples) float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / 16000
+    return np.stack([10 ** rng.uniform(-decades, 0) * (np.sin(2 * np.pi * rng.uniform(low_hz, 6000) * t)
+                                                       + 0.3 * rng.normal(0, 1, samples))
+                     for _ in range(count)]).astype(np.float32)

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgepack import api
 from edgepack.converter.onnx import integer_forms
 from edgepack.packaging.manifest import read_manifest
+from tests.converter.stream_builders import tone_windows
 
 N, HOP, F, SAMPLES = 32, 16, 17, 320  # window, hop, frequency bins (N / 2 + 1), samples per input
 
@@ -53,11 +54,7 @@ def _spectrogram_model(path, *, head: bool = True):
 
 def _audio(n: int, seed: int) -> np.ndarray:
     """Tones and noise from loud to 60 dB quieter: the range a VAD hears."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(SAMPLES) / 16000
-    x = [10 ** rng.uniform(-3, 0) * (np.sin(2 * np.pi * rng.uniform(200, 6000) * t) + 0.3 * rng.normal(0, 1, SAMPLES))
-         for _ in range(n)]
-    return np.stack(x)[:, None, :].astype(np.float32)
+    return tone_windows(n, SAMPLES, seed, decades=3, low_hz=200)[:, None, :]
 
 
 def _run(proto_or_path, x: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgepack import api
 from edgepack.converter.onnx import integer_forms
 from edgepack.packaging.manifest import read_manifest
+from tests.converter.stream_builders import save_graph, tone_windows
 
 N, HOP, F, WINDOWS, SAMPLES, PAD = 32, 16, 17, 4, 96, 16  # STFT window, hop, bins; windows per call
 
@@ -50,18 +51,11 @@ def _sequence_front(path):
     graph = helper.make_graph(nodes, "sequence_front",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [WINDOWS, SAMPLES])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [WINDOWS, 8, frames - 1])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path, opset=13)
 
 
 def _audio(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(SAMPLES) / 16000
-    return np.stack([[10 ** rng.uniform(-2, 0) * (np.sin(2 * np.pi * rng.uniform(300, 6000) * t)
-                                                   + 0.3 * rng.normal(0, 1, SAMPLES)) for _ in range(WINDOWS)]
-                     for _ in range(n)]).astype(np.float32)
+    return tone_windows(n * WINDOWS, SAMPLES, seed, decades=2, low_hz=300).reshape(n, WINDOWS, SAMPLES)
 
 
 def _litert(bundle, x: np.ndarray) -> np.ndarray:

@@ -10,38 +10,20 @@ import pytest
 from edgepack import api
 from edgepack.validation.metrics import sqnr_db
 from tests.converter.onnx_builders import bundle_nchw as _bundle
+from tests.converter.onnx_builders import calibration_reader, small_cnn
 from tests.converter.onnx_builders import ort_per_sample as _ort
 
 
 def _float_model(path):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     rng = np.random.default_rng(0)
-
-    def f(n, a):
-        return numpy_helper.from_array(np.asarray(a, np.float32), n)
-
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c2"], ["r2"]),
-             helper.make_node("GlobalAveragePool", ["r2"], ["p"]), helper.make_node("Flatten", ["p"], ["fl"]),
-             helper.make_node("MatMul", ["fl", "wf"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
-        [f("w1", rng.normal(0, .4, (8, 3, 3, 3))), f("b1", rng.normal(0, .1, 8)), f("w2", rng.normal(0, .3, (8, 8, 3, 3))),
-         f("b2", rng.normal(0, .1, 8)), f("wf", rng.normal(0, .5, (8, 5)))])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return small_cnn(path, {"w1": rng.normal(0, .4, (8, 3, 3, 3)), "b1": rng.normal(0, .1, 8),
+                            "w2": rng.normal(0, .3, (8, 8, 3, 3)), "b2": rng.normal(0, .1, 8),
+                            "wf": rng.normal(0, .5, (8, 5))})
 
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     d = tmp_path_factory.mktemp("quantized")
     float_path = _float_model(d / "float.onnx")
@@ -50,16 +32,10 @@ def quantized(tmp_path_factory):
     np.save(d / "calib.npy", calib)
     np.save(d / "held.npy", held)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{"x": calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(float_path), str(d / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(str(float_path), str(d / "qdq.onnx"), calibration_reader(calib), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-    quantize_static(str(float_path), str(d / "qoperator.onnx"), Reader(), quant_format=QuantFormat.QOperator,
+    quantize_static(str(float_path), str(d / "qoperator.onnx"), calibration_reader(calib),
+                    quant_format=QuantFormat.QOperator,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     quantize_dynamic(str(float_path), str(d / "dynamic.onnx"), weight_type=QuantType.QUInt8,
                      op_types_to_quantize=["Conv", "MatMul"])

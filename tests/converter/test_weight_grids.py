@@ -11,38 +11,21 @@ import pytest
 
 from edgepack import api
 from edgepack.validation.metrics import sqnr_db
+from tests.converter.onnx_builders import calibration_reader, small_cnn
 
 
 def _float_model(path, rng):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    def f(n, a):
-        return numpy_helper.from_array(np.asarray(a, np.float32), n)
-
     def spread(shape, sd):  # channels 1x..4x apart: TensorFlow's per-channel grids are not the source's
         return rng.normal(0, sd, shape) * np.linspace(0.25, 1, shape[0]).reshape(-1, *[1] * (len(shape) - 1))
 
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c2"], ["r2"]),
-             helper.make_node("GlobalAveragePool", ["r2"], ["p"]), helper.make_node("Flatten", ["p"], ["fl"]),
-             helper.make_node("MatMul", ["fl", "wf"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "grids", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 40])],
-        [f("w1", spread((16, 3, 3, 3), .4)), f("b1", rng.normal(0, .1, 16)), f("w2", spread((32, 16, 3, 3), .2)),
-         f("b2", rng.normal(0, .1, 32)), f("wf", spread((40, 32), .5).T)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return small_cnn(path, {"w1": spread((16, 3, 3, 3), .4), "b1": rng.normal(0, .1, 16),
+                            "w2": spread((32, 16, 3, 3), .2), "b2": rng.normal(0, .1, 32),
+                            "wf": spread((40, 32), .5).T}, name="grids")
 
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     d = tmp_path_factory.mktemp("grids")
     rng = np.random.default_rng(0)
@@ -51,16 +34,9 @@ def sources(tmp_path_factory):
     np.save(d / "calib.npy", calib)
     np.save(d / "held.npy", held)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{"x": calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.it, None)
-
     quantize_dynamic(str(float_path), str(d / "dynamic.onnx"), weight_type=QuantType.QUInt8,
                      op_types_to_quantize=["Conv", "MatMul"])
-    quantize_static(str(float_path), str(d / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(str(float_path), str(d / "qdq.onnx"), calibration_reader(calib), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8)
     return d
 
