@@ -143,3 +143,24 @@ def tone_windows(count: int, samples: int, seed: int, *, decades: float, low_hz:
     return np.stack([10 ** rng.uniform(-decades, 0) * (np.sin(2 * np.pi * rng.uniform(low_hz, 6000) * t)
                                                        + 0.3 * rng.normal(0, 1, samples))
                      for _ in range(count)]).astype(np.float32)
+
+
+def run_first_io(bundle: Path, xs, feed) -> tuple[np.ndarray, object]:
+    """A bundle's first output on LiteRT for each of ``xs``: ``feed(x, input_info)`` makes the input tensor;
+    the output dequantized and given back in the source layout. Returns (outputs, the interpreter)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgepack.packaging.manifest import read_manifest
+    from edgepack.runtimes.litert import dequantize
+
+    m = read_manifest(bundle)
+    interp = Interpreter(model_path=str(bundle / "model.tflite"))
+    interp.allocate_tensors()
+    i, o = m.inputs[0], m.outputs[0]
+    outs = []
+    for x in xs:
+        interp.set_tensor(i.index, feed(x, i))
+        interp.invoke()
+        y = dequantize(interp.get_tensor(o.index), o)
+        outs.append(y.transpose(np.argsort(o.perm)) if o.perm else y)
+    return np.stack(outs), interp

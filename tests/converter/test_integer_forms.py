@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgepack import api
 from edgepack.converter.onnx import integer_forms
 from edgepack.packaging.manifest import read_manifest
-from tests.converter.stream_builders import tone_windows
+from tests.converter.stream_builders import run_first_io, tone_windows
 
 N, HOP, F, SAMPLES = 32, 16, 17, 320  # window, hop, frequency bins (N / 2 + 1), samples per input
 
@@ -95,22 +95,11 @@ def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
 
 
 def _int8(bundle, x: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    from ai_edge_litert.interpreter import Interpreter
+    from edgepack.runtimes.litert import quantize
 
-    from edgepack.runtimes.litert import dequantize, quantize
-
-    m = read_manifest(bundle)
-    interp = Interpreter(model_path=str(bundle / "model.tflite"))
-    interp.allocate_tensors()
-    i, o = m.inputs[0], m.outputs[0]
-    outs = []
-    for s in x:
-        interp.set_tensor(i.index, quantize(s[None].transpose(i.perm or range(3)), i).reshape(i.shape))
-        interp.invoke()
-        y = dequantize(interp.get_tensor(o.index), o)
-        outs.append(y.transpose(np.argsort(o.perm)) if o.perm else y)
+    outs, interp = run_first_io(bundle, x, lambda s, i: quantize(s[None].transpose(i.perm or range(3)), i).reshape(i.shape))
     kinds = [op["op_name"] for op in interp._get_ops_details()]
-    return np.concatenate(outs).reshape(len(x), -1), kinds
+    return outs.reshape(len(x), -1), kinds
 
 
 def test_full_int8_spectrogram_reads_better_with_the_magnitude_form(tmp_path):

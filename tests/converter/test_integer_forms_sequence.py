@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgepack import api
 from edgepack.converter.onnx import integer_forms
 from edgepack.packaging.manifest import read_manifest
-from tests.converter.stream_builders import save_graph, tone_windows
+from tests.converter.stream_builders import run_first_io, save_graph, tone_windows
 
 N, HOP, F, WINDOWS, SAMPLES, PAD = 32, 16, 17, 4, 96, 16  # STFT window, hop, bins; windows per call
 
@@ -59,19 +59,7 @@ def _audio(n: int, seed: int) -> np.ndarray:
 
 
 def _litert(bundle, x: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
-
-    m = read_manifest(bundle)
-    interp = Interpreter(model_path=str(bundle / "model.tflite"))
-    interp.allocate_tensors()
-    i, o = m.inputs[0], m.outputs[0]
-    outs = []
-    for s in x:
-        interp.set_tensor(i.index, s.reshape(i.shape))
-        interp.invoke()
-        y = interp.get_tensor(o.index)
-        outs.append(y.transpose(np.argsort(o.perm)) if o.perm else y)
-    return np.stack(outs)
+    return run_first_io(bundle, x, lambda s, i: s.reshape(i.shape))[0]
 
 
 def test_reflect_pad_on_both_sides_is_float_exact_for_every_pad_it_takes():
