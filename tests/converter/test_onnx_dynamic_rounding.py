@@ -157,3 +157,42 @@ def test_a_budget_the_sources_rounding_bounds_names_it(dynamic_model, tmp_path):
     assert "the source's own run-time rounding bounds it: even every op float" in text, text
     assert "--quantize dynamic" in text and "--qat" not in text and "\n" not in text
     assert not (tmp_path / "b").exists()
+
+
+def _if_reading_a_deep_outer_value():
+    """cond two ops from the input, the value an If branch reads four ops away: ordering by explicit
+    inputs alone puts the If before that value's producer (silero_vad_half's decoder If)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = helper.make_tensor_value_info("o", TensorProto.FLOAT, [1, 4])
+    then = helper.make_graph([helper.make_node("Identity", ["r"], ["o"])], "then", [], [out])
+    other = helper.make_graph([helper.make_node("Neg", ["r"], ["o"])], "else", [], [out])
+    nodes = [helper.make_node("Exp", ["x"], ["e"]), helper.make_node("Neg", ["e"], ["n"]),
+             helper.make_node("Relu", ["n"], ["u"]), helper.make_node("Abs", ["u"], ["r"]),
+             helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    graph = helper.make_graph(nodes, "outer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(np.float32(0), "zero")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_toposort_waits_for_the_outer_values_an_if_branch_reads():
+    import onnx
+
+    from edgepack.converter.onnx.dynamic_rounding import toposort
+
+    model = _if_reading_a_deep_outer_value()
+    toposort(model.graph)
+    order = [n.op_type for n in model.graph.node]
+    assert order.index("If") > order.index("Abs"), order
+    onnx.checker.check_model(model)
+
+
+def test_a_float_graph_without_dynamic_quantization_keeps_its_order():
+    from edgepack.converter.onnx.dequantize import dequantize
+
+    model = _if_reading_a_deep_outer_value()
+    before = [n.name + n.op_type for n in model.graph.node]
+    record = dequantize(model, emulate_rounding=True)
+    assert [n.name + n.op_type for n in model.graph.node] == before and not record.changed

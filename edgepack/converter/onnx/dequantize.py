@@ -370,11 +370,12 @@ def _emulation_steps(proto) -> list:
         emulate_dynamic_lstm(g, record, steps_of)
 
     def tidy(g: _Graph, record: DequantizeRecord) -> None:
+        if not (record.rounding_emulated or record.lstms):
+            return  # nothing was rewritten: the graph keeps its order (a float model with Ifs, silero_vad_half)
         toposort(g.graph)
-        if record.rounding_emulated or record.lstms:  # uint8 / int32 tensors are float now
-            keep = [vi for vi in g.graph.value_info if vi.type.tensor_type.elem_type not in _INTEGER_TYPES]
-            del g.graph.value_info[:]
-            g.graph.value_info.extend(keep)
+        keep = [vi for vi in g.graph.value_info if vi.type.tensor_type.elem_type not in _INTEGER_TYPES]
+        del g.graph.value_info[:]  # uint8 / int32 tensors are float now
+        g.graph.value_info.extend(keep)
 
     return [emulate_dynamic_quantize, emulate_integer_ops, lstms, tidy]
 

@@ -161,11 +161,13 @@ def _int32_casts_after(g, name: str) -> list[Any]:
 
 
 def toposort(graph) -> None:
-    """The top graph's nodes in an order where every input is produced first (rewrites append)."""
+    """The top graph's nodes in an order where every input is produced first (rewrites append); an
+    ``If``/``Loop`` waits for the outer values its branches read too, not only for its condition."""
     known = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {""}
     pending, ordered = list(graph.node), []
+    needs = {id(n): [*n.input, *_outer_names(n)] for n in pending}
     while pending:
-        ready = [n for n in pending if all(i in known for i in n.input)]
+        ready = [n for n in pending if all(i in known for i in needs[id(n)])]
         if not ready:  # a cycle or an input from outside: keep the rest as they were
             ordered.extend(pending)
             break
@@ -175,3 +177,18 @@ def toposort(graph) -> None:
         known.update(o for n in ready for o in n.output)
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+def _outer_names(node) -> set[str]:
+    """Names a node's subgraphs (If branches, Loop bodies, nested too) read from the enclosing scope."""
+    from onnx import AttributeProto
+
+    graphs = [a.g for a in node.attribute if a.type == AttributeProto.GRAPH]
+    graphs += [g for a in node.attribute if a.type == AttributeProto.GRAPHS for g in a.graphs]
+    outer: set[str] = set()
+    for g in graphs:
+        local = {t.name for t in g.initializer} | {i.name for i in g.input} | {""}
+        local |= {o for n in g.node for o in n.output}
+        for n in g.node:
+            outer |= {i for i in n.input if i not in local} | (_outer_names(n) - local)
+    return outer
