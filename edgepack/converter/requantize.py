@@ -87,6 +87,12 @@ class Calibrated:
             self._ops.extend(model_ops(self.model))
         return list(self._ops)
 
+    def with_model(self, model: bytes) -> Calibrated:
+        """The same calibration settings over another calibrated flatbuffer (its tensors read afresh)."""
+        import dataclasses
+
+        return dataclasses.replace(self, model=model, _tensors=[], _ops=[])
+
     # -- quantizing ---------------------------------------------------------------------------------
     def quantize(self, *, denylist: Iterable[str] = (), ranges: Mapping[str, tuple[float, float]] | None = None,
                  float_output: bool = False, int16: bool = False, allow_float: bool = False) -> bytes:

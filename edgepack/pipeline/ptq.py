@@ -101,7 +101,7 @@ def stage_calibrated(st: PipelineState) -> dict | None:
     for name in wanted:
         model, record[name] = run[name](st.calibrated, samples)
         if model is not st.calibrated.model:
-            st.calibrated = dataclasses.replace(st.calibrated, model=model, _tensors=[], _ops=[])
+            st.calibrated = st.calibrated.with_model(model)
             st.tflite = st.calibrated.quantize()
     st.ptq = {**(st.ptq or {}), **record}
     return {name: _summary(r) for name, r in record.items()}
@@ -129,15 +129,14 @@ def stage_lstm_float(st: PipelineState) -> dict | None:
                                              f"{len(nodes)} recurrent-cell ops stay int8"}
     else:
         model = st.calibrated.quantize(denylist=nodes)
-        # byte-copying ops the quantizer gave a scale not their input's: float too (they read wrong otherwise)
+        # byte-copying ops given a scale not their input's: quantize() requantizes them (copy_scales); counted
         mismatched = scale_mismatches(model)
         # kept on the calibrated model: the accuracy budget's candidates keep them float as well
-        st.calibrated = dataclasses.replace(st.calibrated, keep_float=tuple(nodes + mismatched))
-        model = st.calibrated.quantize() if mismatched else model
+        st.calibrated = dataclasses.replace(st.calibrated, keep_float=tuple(nodes))
         st.tflite, hybrid = hybrid_projections(model, nodes)
         if st.calibrated.weight_grids:  # the hybrid weights on an already-quantized source's grid too
             st.tflite = st.calibrated.weight_grids.apply(st.tflite)[0]
         record = {"float_ops": len(nodes), "scale_mismatches": len(mismatched), "hybrid_weights": hybrid}
-        log.info("lstm-float: %d recurrent-cell ops and %d mis-scaled copies kept float", len(nodes), len(mismatched))
+        log.info("lstm-float: %d recurrent-cell ops kept float", len(nodes))
     st.ptq = {**(st.ptq or {}), LSTM_FLOAT: record}
     return dict(record)

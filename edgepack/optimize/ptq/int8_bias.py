@@ -19,7 +19,6 @@ it corrects the wrong amount.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -161,7 +160,7 @@ def _measured_shifts(g: TfliteGraph, quantized: bytes, part: list[int], expected
 
 
 def _quantize(calibrated, model: bytes, float_output: bool) -> bytes:
-    return dataclasses.replace(calibrated, model=model, _tensors=[], _ops=[]).quantize(float_output=float_output)
+    return calibrated.with_model(model).quantize(float_output=float_output)
 
 
 def _with_biases(g: TfliteGraph, shifts: dict[int, np.ndarray]) -> bytes:

@@ -226,9 +226,7 @@ def choose_ranges(calibrated, samples: Sequence[Sequence[np.ndarray]], *, float_
 
 
 def _requantize(calibrated, model: bytes, float_output: bool) -> bytes:
-    import dataclasses
-
-    return dataclasses.replace(calibrated, model=model, _tensors=[], _ops=[]).quantize(float_output=float_output)
+    return calibrated.with_model(model).quantize(float_output=float_output)
 
 
 def _record(g: TfliteGraph, groups: dict[int, list[int]], chosen: dict, taken: list[str], before: float,
