@@ -19,24 +19,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
+from benchmarks.vad_int8 import stream_states
 from benchmarks.zoo import corpus
-
-
-def stream(model: Path, windows: np.ndarray, optimize: bool) -> np.ndarray:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    state, probs = np.zeros((2, 1, 128), np.float32), []
-    for w in windows:
-        feed = {"input": w.reshape(1, -1), "state": state, **({"sr": np.array(16000, np.int64)} if "sr" in names else {})}
-        p, state = sess.run(["output", "stateN"], feed)
-        probs.append(float(np.ravel(p)[0]))
-    return np.asarray(probs, np.float64)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         windows = np.load(data, allow_pickle=False)["input"]
         path = corpus.model_path(model)
-        a, b = stream(path, windows, True), stream(path, windows, False)
+        a, b = (stream_states(model, path, windows, optimize=o)[1] for o in (True, False))
         per = np.array([sqnr_db(np.array([x]), np.array([y])) for x, y in zip(a, b)])
         print(f"{model.name}: {len(per)} frames, worst {per.min():.1f} dB, {int((per < 60).sum())} frames < 60 dB, "
               f"decisions differing {int(((a > 0.5) != (b > 0.5)).sum())}")

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
+from benchmarks.model_zoo import shape_args
 from benchmarks.zoo import corpus, speech
 
 MODES = {"phone": ["--quantize", "int8-float-io", "--min-sqnr", "20"],
@@ -41,15 +42,19 @@ SEQ = 8  # windows per call of silero_vad_16k_sequence
 BAND = 0.05
 
 
-def _session(path: Path):
+def _session(path: Path, optimize: bool = True):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    if not optimize:  # benchmarks/vad_floor.py: the same model without onnxruntime's graph optimizations
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def stream_states(model: corpus.ZooModel, path: Path, windows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def stream_states(model: corpus.ZooModel, path: Path, windows: np.ndarray,
+                  optimize: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Feeds (each with the state onnxruntime carries into it) and the float speech probabilities."""
-    sess = _session(path)
+    sess = _session(path, optimize)
     names = [i.name for i in sess.get_inputs()]
     if model.kind == "vad_seq":
         calls = windows[:len(windows) // SEQ * SEQ].reshape(-1, SEQ, windows.shape[-1])
@@ -89,11 +94,6 @@ def data(model: corpus.ZooModel, path: Path, work: Path, seconds: float) -> tupl
     return work / "calib.npz", work / "stream.npz", probs
 
 
-def shape_flags(model: corpus.ZooModel) -> list[str]:
-    return [a for name, s in model.shapes.items() for a in ("--input-shape", f"{name}:{'x'.join(map(str, s))}")] \
-        + [a for name, v in model.values.items() for a in ("--input-value", f"{name}={v}")]
-
-
 def run_mode(model: corpus.ZooModel, path: Path, work: Path, mode: str, calib: Path, stream: Path,
              probs: np.ndarray) -> list[dict]:
     from click.testing import CliRunner
@@ -102,7 +102,8 @@ def run_mode(model: corpus.ZooModel, path: Path, work: Path, mode: str, calib: P
     from edgepack.cli import main
 
     bundle = work / f"bundle_{mode}"
-    flags = [*shape_flags(model), "--calibration", str(calib), "--calibration-samples", str(len(np.load(calib)["input"])),
+    flags = [*shape_args(model, "--input-shape"), "--calibration", str(calib),
+             "--calibration-samples", str(len(np.load(calib)["input"])),
              *MODES[mode]]
     start = time.perf_counter()
     res = CliRunner().invoke(main, ["convert", str(path), "-o", str(bundle), "--force", *flags])

@@ -2,8 +2,9 @@
 int8 with float I/O, and the accuracy budgets, with two calibration sets.
 
 Every route is ``edgepack convert MODEL -o B <zoo shape flags> <route flags> --calibration C`` then
-``edgepack validate B --data STREAM --reference MODEL --stream`` over the zoo's 10 s stream (the
-VAD rows' ``stream.npz``) and over a 40 s stream of another utterance. Calibration sets: **synth**,
+``edgepack validate B --data STREAM --reference MODEL --stream`` over the zoo's stream (the
+VAD rows' ``stream.npz``, 60 s; the row key ``stream10`` is older than that) and over a
+40 s stream of another utterance. Calibration sets: **synth**,
 the zoo's ``calib.npz``; **espeak**, 20 s of espeak-ng speech (seed 1, not the validated utterance)
 with the states onnxruntime carries into each window. Run by ``model_zoo.py --vad-routes``; its
 rows are kept in build/zoo/results.json and rendered into the model-zoo page.
@@ -112,9 +113,10 @@ def render_routes(model: str, rows: list[dict]) -> str:
              "`edgepack convert MODEL -o B <zoo flags> FLAGS --calibration C`, then `edgepack validate B --data STREAM "
              "--reference MODEL --stream`; decisions at 0.5 against onnxruntime, each side carrying its own state "
              f"(95 % Wilson interval). Calibration: **synth** = the zoo's calib.npz; **espeak** = {ESPEAK_SECONDS:.0f} s "
-             f"of espeak-ng speech (seed 1) with onnxruntime's states. Streams: the 10 s one above; {LONG_SECONDS:.0f} s "
+             f"of espeak-ng speech (seed 1) with onnxruntime's states. Streams: the zoo's one above (60 s); "
+             f"{LONG_SECONDS:.0f} s "
              "of another utterance (seed 2). Written by `benchmarks/zoo/vad_routes.py`.", "",
-             "| FLAGS | calib | float ops | bytes | 10 s | 40 s |", "|---|---|---|---|---|---|"]
+             "| FLAGS | calib | float ops | bytes | zoo stream | 40 s |", "|---|---|---|---|---|---|"]
     for r in rows:
         if r["rc"] != 0:
             why = r["reason"][:140].replace("|", "/")

@@ -164,3 +164,12 @@ def run_first_io(bundle: Path, xs, feed) -> tuple[np.ndarray, object]:
         y = dequantize(interp.get_tensor(o.index), o)
         outs.append(y.transpose(np.argsort(o.perm)) if o.perm else y)
     return np.stack(outs), interp
+
+
+def stft_basis(n: int, bins: int) -> np.ndarray:
+    """A Hann-windowed STFT as conv weights [2 * bins, 1, n]: the real parts, then the imaginary ones (silero's
+    STFT conv)."""
+    k, f = np.arange(n), np.arange(bins)[:, None]
+    window = np.hanning(n)
+    re, im = np.cos(2 * np.pi * f * k / n) * window, -np.sin(2 * np.pi * f * k / n) * window
+    return np.concatenate([re, im])[:, None, :].astype(np.float32)

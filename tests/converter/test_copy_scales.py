@@ -12,14 +12,10 @@ from edgepack.converter import copy_scales, requantize
 from edgepack.converter.copy_scales import requantize_copies, scale_mismatches
 from edgepack.packaging.manifest import read_manifest
 from edgepack.tflite_model import op_kinds
+from edgepack.validation.metrics import sqnr_db as _sqnr
 from tests.optimize.test_ptq_lstm import FEATURES, STEPS, _bilstm
 
 HELD = 48
-
-
-def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
-    ref = ref.astype(np.float64)
-    return float(10 * np.log10(np.sum(ref ** 2) / np.sum((ref - out) ** 2)))
 
 
 def _run(model: bytes, manifest, held: np.ndarray, runtime: str) -> np.ndarray:

@@ -12,22 +12,16 @@ from onnx import TensorProto, helper, numpy_helper
 from edgepack import api
 from edgepack.converter.onnx import integer_forms
 from edgepack.packaging.manifest import read_manifest
-from tests.converter.stream_builders import run_first_io, tone_windows
+from edgepack.validation.metrics import sqnr_db as _sqnr
+from tests.converter.stream_builders import run_first_io, stft_basis, tone_windows
 
 N, HOP, F, SAMPLES = 32, 16, 17, 320  # window, hop, frequency bins (N / 2 + 1), samples per input
-
-
-def _stft_basis() -> np.ndarray:
-    n, f = np.arange(N), np.arange(F)[:, None]
-    window = np.hanning(N)
-    re, im = np.cos(2 * np.pi * f * n / N) * window, -np.sin(2 * np.pi * f * n / N) * window
-    return np.concatenate([re, im])[:, None, :].astype(np.float32)  # [2F, 1, N]
 
 
 def _spectrogram_model(path, *, head: bool = True):
     """x [1, 1, SAMPLES] -> STFT conv -> magnitude -> (1x1 conv + ReLU head) -> y."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(_stft_basis(), "basis"),
+    inits = [numpy_helper.from_array(stft_basis(N, F), "basis"),
              numpy_helper.from_array(rng.normal(0, 0.3, (8, F, 1)).astype(np.float32), "head_w"),
              numpy_helper.from_array(np.float32(2.0), "two")]
     for name, value in (("re_s", 0), ("re_e", F), ("im_s", F), ("im_e", 2 * F), ("axis", 1)):
@@ -87,11 +81,6 @@ def test_magnitude_form_only_where_the_magnitude_cannot_stay_float(tmp_path):
     for (mode, integer_only), want in wants.items():
         assert integer_forms.apply(onnx.load(str(path)), mode, integer_only=integer_only) == want, mode
     assert integer_forms.apply(onnx.load(str(path)), "int16x8", magnitude=False) == {}  # --no-ptq stft-magnitude
-
-
-def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
-    ref = ref.astype(np.float64)
-    return float(10 * np.log10(np.sum(ref ** 2) / np.sum((ref - out) ** 2)))
 
 
 def _int8(bundle, x: np.ndarray) -> tuple[np.ndarray, list[str]]:

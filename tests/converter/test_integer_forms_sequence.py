@@ -12,23 +12,17 @@ from onnx import TensorProto, helper, numpy_helper
 from edgepack import api
 from edgepack.converter.onnx import integer_forms
 from edgepack.packaging.manifest import read_manifest
-from tests.converter.stream_builders import run_first_io, save_graph, tone_windows
+from edgepack.validation.metrics import sqnr_db
+from tests.converter.stream_builders import run_first_io, save_graph, stft_basis, tone_windows
 
 N, HOP, F, WINDOWS, SAMPLES, PAD = 32, 16, 17, 4, 96, 16  # STFT window, hop, bins; windows per call
-
-
-def _stft_basis() -> np.ndarray:
-    n, f = np.arange(N), np.arange(F)[:, None]
-    window = np.hanning(N)
-    re, im = np.cos(2 * np.pi * f * n / N) * window, -np.sin(2 * np.pi * f * n / N) * window
-    return np.concatenate([re, im])[:, None, :].astype(np.float32)  # [2F, 1, N]
 
 
 def _sequence_front(path):
     """x [WINDOWS, SAMPLES] -> reflect pad both sides -> Unsqueeze -> STFT conv -> halves[:, :, 1:]
     -> magnitude -> 1x1 conv -> y [WINDOWS, 8, frames - 1] (silero_vad_16k_sequence's front)."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(_stft_basis(), "basis"),
+    inits = [numpy_helper.from_array(stft_basis(N, F), "basis"),
              numpy_helper.from_array(rng.normal(0, 0.3, (8, F, 1)).astype(np.float32), "head_w"),
              numpy_helper.from_array(np.float32(2.0), "two"),
              numpy_helper.from_array(np.array([0, PAD, 0, PAD], np.int64), "pads")]
@@ -110,6 +104,6 @@ def test_sequence_front_converts_int16x8_for_cortex_m4_and_runs_on_tflm(tmp_path
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     want = np.stack([sess.run(None, {"x": s})[0] for s in x]).astype(np.float64)
     got = _litert(tmp_path / "i16", x).reshape(want.shape)
-    sqnr = 10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2))
+    sqnr = sqnr_db(want, got)
     print("int16x8 SQNR vs float", sqnr)
     assert sqnr > 30, sqnr  # the magnitude form (~1 %) and int16 activations: a faithful translation

@@ -11,6 +11,7 @@ import pytest
 
 from edgepack import api
 from edgepack.validation.metrics import sqnr_db
+from tests.converter.onnx_builders import bundle_nchw as _bundle
 from tests.converter.onnx_builders import calibration_reader, small_cnn
 
 
@@ -88,15 +89,6 @@ def _twin(path, held):
     dequantize(proto)
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     return np.concatenate([sess.run(None, {"x": held[i:i + 1]})[0] for i in range(len(held))])
-
-
-def _bundle(bundle, x):
-    from edgepack.packaging.manifest import read_manifest
-    from edgepack.runtimes.isolated import IsolatedRunner
-
-    m = read_manifest(bundle)
-    with IsolatedRunner("litert", bundle / "model.tflite", m.inputs, m.outputs) as run:
-        return run({"x": np.transpose(x, (0, 2, 3, 1))})[0]
 
 
 def _convert(src, out, mode, sources):
