@@ -84,6 +84,7 @@ VARIANTS = {"edgepack before (--no-ptq all)": ([], ["all"]),
             "edgepack default +int8-bias-correction": (["int8-bias-correction"], []),
             "edgepack default +ranges+int8-bias-correction": (["ranges", "int8-bias-correction"], [])}
 DEFAULT = "edgepack default (fuse+equalize+split)"
+RATES = ("top1", "ctc_string_accuracy")  # task metrics that are a share of samples (a Wilson interval each)
 FLOAT_MATCH = "edgepack default at NNCF's precision (elementwise ops float)"
 
 
@@ -91,10 +92,10 @@ def zoo_path(rel: str) -> Path | None:
     return next((base / rel for base in ZOO if (base / rel).is_file()), None)
 
 
-def data(kind: str, path: Path) -> tuple[list[dict], list[dict]]:
+def data(kind: str, path: Path, held: int = 32) -> tuple[list[dict], list[dict]]:
     from benchmarks.zoo.inputs import make_feeds
 
-    return make_feeds(kind, path, "calib", 200), make_feeds(kind, path, "held", 32)
+    return make_feeds(kind, path, "calib", 200), make_feeds(kind, path, "held", held)
 
 
 # -- scores ------------------------------------------------------------------------------------------
@@ -212,19 +213,19 @@ class Case:
     keras: KerasNet | None = None
 
 
-def zoo_inputs(name: str) -> tuple[Path, list[dict], list[dict]] | None:
-    """A zoo model's path, 200 calibration and 32 held-out feeds; None (said on stderr) when not cached."""
+def zoo_inputs(name: str, held: int = 32) -> tuple[Path, list[dict], list[dict]] | None:
+    """A zoo model's path, 200 calibration and ``held`` held-out feeds; None (said on stderr) when not cached."""
     kind, rel = MODELS[name][:2]
     path = zoo_path(rel)
     if path is None:
         print(f"{name}: not in the zoo cache ({rel}); run benchmarks/model_zoo.py once", file=sys.stderr)
         return None
-    return (path, *data(kind, path))
+    return (path, *data(kind, path, held))
 
 
-def zoo_case(name: str, work: Path) -> Case | None:
+def zoo_case(name: str, work: Path, held: int = 32) -> Case | None:
     _, _, shapes, metric, quantize = MODELS[name]
-    found = zoo_inputs(name)
+    found = zoo_inputs(name, held)
     if found is None:
         return None
     path, calib, held = found
@@ -257,7 +258,12 @@ class Rows(list):
     def add(self, quantizer: str, secs: float, outs: list[np.ndarray], float_ops: tuple[int, int], **extra) -> None:
         c = self.case
         r = {"model": c.name, "quantizer": quantizer, "seconds": round(secs, 1), **scores(c.metric, c.refs, outs),
-             "float_ops": float_ops[0], "ops": float_ops[1], **extra}
+             "n": len(c.held), "float_ops": float_ops[0], "ops": float_ops[1], **extra}
+        if c.metric in RATES:  # a share of samples: its Wilson interval
+            from edgepack.validation.intervals import wilson_interval
+
+            iv = wilson_interval(round(r["task"] * len(c.held)), len(c.held))
+            r["task_interval"] = [round(iv.low, 3), round(iv.high, 3)]
         self.append(r)
         print(json.dumps(r), flush=True)
 
@@ -324,7 +330,7 @@ def measure_edgepack(case: Case, rows: Rows, work: Path, variants: list[str]) ->
 
 def measure_model(name: str, work: Path, args: argparse.Namespace, variants: list[str]) -> list[dict]:
     case = (keras_case(name, work, args.keras_dir, args.peers_venv) if name in keras_nets.NETS
-            else zoo_case(name, work))
+            else zoo_case(name, work, args.held))
     if case is None:
         return []
     rows = Rows(case)
@@ -340,7 +346,9 @@ def table(rows: list[dict]) -> str:
         if "absent" in r:
             lines.append(f"| {r['model']} | {r['quantizer']} | {r['absent']} | | | | |")
             continue
-        lines.append(f"| {r['model']} | {r['quantizer']} | {r['whole']:.1f} | {r['worst']:.1f} | {r['task']:.3f} | "
+        iv = r.get("task_interval")
+        task = f"{r['task']:.3f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}], n={r['n']}" if iv else "")
+        lines.append(f"| {r['model']} | {r['quantizer']} | {r['whole']:.1f} | {r['worst']:.1f} | {task} | "
                      f"{r['float_ops']} of {r['ops']} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -362,6 +370,8 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=10, help="samples per histogram pass when strided (divides 200)")
     ap.add_argument("--keras-dir", type=Path, default=ROOT / "build" / "ptq_peers_keras",
                     help="the trained Keras nets and their ONNX exports, kept between runs")
+    ap.add_argument("--held", type=int, default=32,
+                    help="held-out inputs per zoo model (32: the issue's; more narrows the task metric's interval)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v in names]

@@ -99,12 +99,28 @@ def stage_calibrated(st: PipelineState) -> dict | None:
     samples = ranges.spaced(st.calibrated.samples)
     record = {}
     for name in wanted:
+        # ops the lstm-float stage keeps float (it ran first) are float in every quantization: the
+        # algorithms judge the model as it will be and leave the cells' own ranges and biases alone
         model, record[name] = run[name](st.calibrated, samples)
         if model is not st.calibrated.model:
             st.calibrated = st.calibrated.with_model(model)
-            st.tflite = st.calibrated.quantize()
+            st.tflite = _final(st.calibrated)[0]
     st.ptq = {**(st.ptq or {}), **record}
     return {name: _summary(r) for name, r in record.items()}
+
+
+def _final(calibrated) -> tuple[bytes, int]:
+    """The bundle's model from ``calibrated``: quantized, and where the lstm-float stage kept cells float,
+    their input and recurrent projections hybrid (int8 weights, float activations); and how many weight
+    tensors were made hybrid."""
+    from edgepack.converter.recurrent import hybrid_projections
+
+    model, hybrid = calibrated.quantize(), 0
+    if calibrated.keep_float:  # set by the lstm-float stage only
+        model, hybrid = hybrid_projections(model, list(calibrated.keep_float))
+        if calibrated.weight_grids:  # the hybrid weights on an already-quantized source's grid too
+            model = calibrated.weight_grids.apply(model)[0]
+    return model, hybrid
 
 
 def stage_lstm_float(st: PipelineState) -> dict | None:
@@ -119,7 +135,7 @@ def stage_lstm_float(st: PipelineState) -> dict | None:
             or req.quantize.mode not in (QuantizeMode.INT8, QuantizeMode.INT8_FLOAT_IO)):
         return None
     from edgepack.converter.copy_scales import scale_mismatches
-    from edgepack.converter.recurrent import cell_nodes, hybrid_projections
+    from edgepack.converter.recurrent import cell_nodes
 
     nodes = cell_nodes(st.calibrated.ops())
     if not nodes:
@@ -128,15 +144,13 @@ def stage_lstm_float(st: PipelineState) -> dict | None:
         record: dict[str, Any] = {"skipped": f"target {st.target.name} runs integer ops only: "
                                              f"{len(nodes)} recurrent-cell ops stay int8"}
     else:
-        model = st.calibrated.quantize(denylist=nodes)
-        # byte-copying ops given a scale not their input's: quantize() requantizes them (copy_scales); counted
-        mismatched = scale_mismatches(model)
-        # kept on the calibrated model: the accuracy budget's candidates keep them float as well
+        # kept on the calibrated model: the ranges / int8-bias stages and the accuracy budget's candidates
+        # keep them float as well
         st.calibrated = dataclasses.replace(st.calibrated, keep_float=tuple(nodes))
-        st.tflite, hybrid = hybrid_projections(model, nodes)
-        if st.calibrated.weight_grids:  # the hybrid weights on an already-quantized source's grid too
-            st.tflite = st.calibrated.weight_grids.apply(st.tflite)[0]
-        record = {"float_ops": len(nodes), "scale_mismatches": len(mismatched), "hybrid_weights": hybrid}
+        record = {"float_ops": len(nodes)}
+        st.tflite, hybrid = _final(st.calibrated)
+        # byte-copying ops given a scale not their input's: quantize() requantizes them (copy_scales); counted
+        record.update(scale_mismatches=len(scale_mismatches(st.tflite)), hybrid_weights=hybrid)
         log.info("lstm-float: %d recurrent-cell ops kept float", len(nodes))
     st.ptq = {**(st.ptq or {}), LSTM_FLOAT: record}
     return dict(record)

@@ -33,8 +33,8 @@ STAGES: tuple[tuple[str, Stage], ...] = (
     ("ptq", ptq.stage_ptq),
     ("camera_check", phone.stage_camera_check),
     ("convert", stages.stage_convert),
+    ("lstm_float", ptq.stage_lstm_float),  # first: ranges and int8 biases are then judged with the cells float
     ("ptq_calibrated", ptq.stage_calibrated),
-    ("lstm_float", ptq.stage_lstm_float),
     ("camera_io", phone.stage_camera_io),
     ("read_back", stages.stage_read_back),
     ("budget", budget.stage_budget),

@@ -107,3 +107,26 @@ def test_integer_only_targets_keep_the_cells_int8_and_say_so(tmp_path):
     gates = [dtypes[int(op["outputs"][0])] for op in interp._get_ops_details() if op["op_name"] in ("LOGISTIC", "TANH")]
     assert len(gates) >= 64 and all(d == np.int8 for d in gates)
     assert "runs integer ops only" in read_manifest(tmp_path / "mcu").extras["ptq"]["lstm-float"]["skipped"]
+
+
+def test_ranges_and_int8_biases_leave_the_float_cells_alone(tmp_path):
+    """lstm-float runs first: ``ranges`` and ``int8-bias-correction`` are judged on the model with its
+    cells float and choose nothing inside them (on ddddocr's recognizer ``ranges`` used to spend its
+    choices on 751 cell tensors the bundle then kept float: the same figures with and without it); the
+    bundle keeps the cells float and the projections hybrid after the edits."""
+    model = _bilstm(tmp_path / "bilstm.onnx")
+    x = np.random.default_rng(1).normal(0, 1, (100, STEPS, FEATURES)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", x)
+    records = {}
+    for label, off in (("cells float", []), ("cells int8", ["lstm-float"])):
+        api.convert(model=model, output=tmp_path / label, quantize="int8-float-io", calibration=tmp_path / "calib.npy",
+                    ptq=["ranges", "int8-bias-correction"], no_ptq=off)
+        records[label] = read_manifest(tmp_path / label).extras["ptq"]
+    floats, ints = records["cells float"], records["cells int8"]
+    assert floats["lstm-float"]["float_ops"] >= 200 and floats["lstm-float"]["hybrid_weights"] == 4
+    # the cells' gate/state tensors are no candidates (a few dozen activations are left: the sequence in and out)
+    assert floats["ranges"]["groups"] < ints["ranges"]["groups"] / 4, (floats["ranges"], ints["ranges"])
+    assert floats["ranges"]["calibration_error_db_after"] <= floats["ranges"]["calibration_error_db_before"]
+    assert floats["int8-bias-correction"]["samples"] == 24  # ran on the cells-float model (nothing biased to fix)
+    size = (tmp_path / "cells float" / "model.tflite").stat().st_size
+    assert size < 1.1 * (tmp_path / "cells int8" / "model.tflite").stat().st_size  # the projections' weights int8

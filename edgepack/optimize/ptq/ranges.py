@@ -145,25 +145,29 @@ class _Histogram:
         return float(min(lo, 0.0)), float(max(hi, 0.0))
 
 
-def _activations(g: TfliteGraph) -> list[int]:
-    """Tensors whose recorded range is used: op outputs, not the model's inputs/outputs, not fixed-range."""
+def _activations(g: TfliteGraph, keep_float: Sequence[str] = ()) -> list[int]:
+    """Tensors whose recorded range is used: op outputs, not the model's inputs/outputs, not fixed-range,
+    not between two ops every quantization keeps float (``keep_float``: node names, the lstm-float cells)."""
     outs = set(g.outputs)
+    floats = {pos for pos, op in enumerate(g.ops) if op.outputs and g.name(op.outputs[0]) in set(keep_float)}
     found = []
-    for op in g.ops:
+    for pos, op in enumerate(g.ops):
         if op.kind in _FIXED:
             continue
         for o in op.outputs:
-            if o not in outs and g.recorded_range(o) is not None:
+            inside = pos in floats and all(c in floats for c in g.consumers.get(o, []))
+            if o not in outs and not inside and g.recorded_range(o) is not None:
                 found.append(o)
     return found
 
 
-def candidate_ranges(g: TfliteGraph, model: bytes, samples: Sequence[Sequence[np.ndarray]]
+def candidate_ranges(g: TfliteGraph, model: bytes, samples: Sequence[Sequence[np.ndarray]],
+                     keep_float: Sequence[str] = ()
                      ) -> tuple[dict[int, list[int]], dict[str, dict[int, tuple[float, float]]]]:
     """The groups (representative -> member tensors, execution order) and each rule's range per group."""
     from edgepack.optimize.ptq.tflite_graph import Runner
 
-    groups = _Groups(g, _activations(g)).members()
+    groups = _Groups(g, _activations(g, keep_float)).members()
     hists = {}
     for rep, members in groups.items():
         lo, hi = g.recorded_range(rep)
@@ -192,7 +196,7 @@ def choose_ranges(calibrated, samples: Sequence[Sequence[np.ndarray]], *, float_
 
     start = time.perf_counter()
     g = TfliteGraph.read(calibrated.model)
-    groups, by_rule = candidate_ranges(g, calibrated.model, samples)
+    groups, by_rule = candidate_ranges(g, calibrated.model, samples, calibrated.keep_float)
     order = sorted(groups, key=lambda t: g.producer.get(t, -1))
 
     def expand(ranges: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
