@@ -73,6 +73,7 @@ MODELS = {
                        "int8-float-io"),
 }
 ZOO = [ROOT / "build" / "zoo" / "models", Path("/work/main/build/zoo/models")]
+INT16 = "edgepack int16x8 (int16 activations, int8 weights)"  # --quantize int16x8: no float op, twice the bits
 # edgepack variants: label -> (--ptq, --no-ptq)
 VARIANTS = {"edgepack before (--no-ptq all)": ([], ["all"]),
             "edgepack fuse": ([], ["equalize", "split"]),
@@ -82,7 +83,8 @@ VARIANTS = {"edgepack before (--no-ptq all)": ([], ["all"]),
             "edgepack default +learned-rounding": (["learned-rounding"], []),
             "edgepack default +ranges": (["ranges"], []),
             "edgepack default +int8-bias-correction": (["int8-bias-correction"], []),
-            "edgepack default +ranges+int8-bias-correction": (["ranges", "int8-bias-correction"], [])}
+            "edgepack default +ranges+int8-bias-correction": (["ranges", "int8-bias-correction"], []),
+            INT16: ([], [])}
 DEFAULT = "edgepack default (fuse+equalize+split)"
 RATES = ("top1", "ctc_string_accuracy")  # task metrics that are a share of samples (a Wilson interval each)
 FLOAT_MATCH = "edgepack default at NNCF's precision (elementwise ops float)"
@@ -189,11 +191,12 @@ def nncf_peer(case: Case, work: Path, venv: Path, limit_gb: float) -> tuple[Path
     return (out if res.ok else None), res
 
 
-def edgepack_convert(case: Case, flags: tuple[list, list], out: Path) -> dict:
+def edgepack_convert(case: Case, flags: tuple[list, list], out: Path, quantize: str | None = None) -> dict:
     from edgepack import api
 
-    res = api.convert(model=case.source, output=out, calibration=case.calib_npz, quantize=case.quantize, force=True,
-                      calibration_samples=200, input_shapes=case.shapes or None, ptq=flags[0], no_ptq=flags[1])
+    res = api.convert(model=case.source, output=out, calibration=case.calib_npz, quantize=quantize or case.quantize,
+                      force=True, calibration_samples=200, input_shapes=case.shapes or None, ptq=flags[0],
+                      no_ptq=flags[1])
     return res.manifest.extras.get("ptq", {})
 
 
@@ -311,7 +314,7 @@ def measure_edgepack(case: Case, rows: Rows, work: Path, variants: list[str]) ->
         match = label == DEFAULT and FLOAT_MATCH in variants
         start = time.perf_counter()
         with float_match.catch_calibrated() as caught:
-            ptq = edgepack_convert(case, VARIANTS[label], out)
+            ptq = edgepack_convert(case, VARIANTS[label], out, "int16x8" if label == INT16 else None)
         secs = time.perf_counter() - start
         rows.add(label, secs, outputs(out), tflite_float_ops(out / "model.tflite"),
                  ptq={k: {m: v for m, v in rec.items() if isinstance(v, (int, float, str))} for k, rec in ptq.items()})

@@ -95,13 +95,14 @@ def stage_calibrated(st: PipelineState) -> dict | None:
         return {a: "skipped" for a in wanted}
     from edgepack.optimize.ptq import int8_bias, ranges
 
-    run = {"ranges": ranges.choose_ranges, "int8-bias-correction": int8_bias.correct_biases}
-    samples = ranges.spaced(st.calibrated.samples)
+    samples, confirm = ranges.spaced_apart(st.calibrated.samples)
+    run = {"ranges": lambda cal: ranges.choose_ranges(cal, samples, confirm=confirm),
+           "int8-bias-correction": lambda cal: int8_bias.correct_biases(cal, samples)}
     record = {}
     for name in wanted:
         # ops the lstm-float stage keeps float (it ran first) are float in every quantization: the
         # algorithms judge the model as it will be and leave the cells' own ranges and biases alone
-        model, record[name] = run[name](st.calibrated, samples)
+        model, record[name] = run[name](st.calibrated)
         if model is not st.calibrated.model:
             st.calibrated = st.calibrated.with_model(model)
             st.tflite = _final(st.calibrated)[0]

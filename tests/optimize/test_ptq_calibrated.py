@@ -34,6 +34,21 @@ def test_ranges_clip_an_outlier_channel_the_next_layer_ignores(tmp_path):
     assert rec["tensors"] >= 1 and rec["largest"][0]["shrink"] < 0.2, rec
     assert rec["calibration_error_db_after"] < rec["calibration_error_db_before"] - 6
     assert chosen > recorded + 10, (chosen, recorded)
+    # the pick held on 24 calibration samples it was not chosen on
+    assert rec["confirm_samples"] == 24 and rec["not_confirmed"] == 0
+    assert rec["confirm_error_db"] < rec["calibration_error_db_before"] - 6
+
+
+def test_ranges_are_confirmed_on_samples_they_were_not_chosen_on():
+    from edgepack.optimize.ptq.ranges import spaced, spaced_apart
+
+    data = [[np.full((2,), i, np.float32)] for i in range(100)]
+    chosen, confirm = spaced_apart(lambda: data)
+    picked = {int(s[0][0]) for s in chosen}
+    assert len(chosen) == len(confirm) == 24 and not picked & {int(s[0][0]) for s in confirm}
+    assert [int(s[0][0]) for s in spaced(lambda: data)] == sorted(picked)  # the choice is the one it always was
+    few = spaced_apart(lambda: data[:30])
+    assert len(few[0]) == 24 and len(few[1]) == 6
 
 
 def test_int8_bias_correction_of_a_biased_depthwise_rounding(tmp_path):
