@@ -73,7 +73,7 @@ MODELS = {
                        "int8-float-io"),
 }
 ZOO = [ROOT / "build" / "zoo" / "models", Path("/work/main/build/zoo/models")]
-INT16 = "edgepack int16x8 (int16 activations, int8 weights)"  # --quantize int16x8: no float op, twice the bits
+INT16 = "edgepack int16x8 (int16 activations + int8 weights)"  # --quantize int16x8: no float op, twice the bits
 # edgepack variants: label -> (--ptq, --no-ptq)
 VARIANTS = {"edgepack before (--no-ptq all)": ([], ["all"]),
             "edgepack fuse": ([], ["equalize", "split"]),
@@ -317,7 +317,8 @@ def measure_edgepack(case: Case, rows: Rows, work: Path, variants: list[str]) ->
             ptq = edgepack_convert(case, VARIANTS[label], out, "int16x8" if label == INT16 else None)
         secs = time.perf_counter() - start
         rows.add(label, secs, outputs(out), tflite_float_ops(out / "model.tflite"),
-                 ptq={k: {m: v for m, v in rec.items() if isinstance(v, (int, float, str))} for k, rec in ptq.items()})
+                 ptq={k: {m: v for m, v in rec.items() if isinstance(v, (int, float, str)) or m == "chunks"}
+                      for k, rec in ptq.items()})
         if match and caught:
             start = time.perf_counter()
             bundle = work / f"{case.name}_float_match"
