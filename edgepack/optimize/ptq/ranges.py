@@ -148,8 +148,10 @@ class _Histogram:
 
 
 def _activations(g: TfliteGraph, keep_float: Sequence[str] = ()) -> list[int]:
-    """Tensors whose recorded range is used: op outputs, not the model's inputs/outputs, not fixed-range,
-    not between two ops every quantization keeps float (``keep_float``: node names, the lstm-float cells)."""
+    """Tensors whose recorded range is used: op outputs (the model's outputs too: their int8 grid is
+    rounding the app reads; on ddddocr's recognizer its logits' range was worth 0.6 dB whole, 0.9 dB
+    worst slice held out), not fixed-range, not between two ops every quantization keeps float
+    (``keep_float``: node names, the lstm-float cells)."""
     outs = set(g.outputs)
     floats = {pos for pos, op in enumerate(g.ops) if op.outputs and g.name(op.outputs[0]) in set(keep_float)}
     found = []
@@ -157,8 +159,8 @@ def _activations(g: TfliteGraph, keep_float: Sequence[str] = ()) -> list[int]:
         if op.kind in _FIXED:
             continue
         for o in op.outputs:
-            inside = pos in floats and all(c in floats for c in g.consumers.get(o, []))
-            if o not in outs and not inside and g.recorded_range(o) is not None:
+            inside = pos in floats and o not in outs and all(c in floats for c in g.consumers.get(o, []))
+            if not inside and g.recorded_range(o) is not None:
                 found.append(o)
     return found
 
