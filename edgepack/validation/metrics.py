@@ -46,16 +46,6 @@ def _db(signal: float, noise: float) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The 95 % Wilson score interval of a rate of ``k`` in ``n`` (0..1; (0, 1) when n is 0)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB: 10·log10(Σref² / Σ(ref−out)²); inf when equal."""
     return _compare(ref, out).sqnr_db

@@ -26,7 +26,8 @@ from edgepack.packaging.bundle import verify_artifacts, write_file_atomic
 from edgepack.packaging.manifest import Manifest, TensorInfo, read_manifest
 from edgepack.runtimes.isolated import IsolatedRunner
 from edgepack.validation.frames import FrameSequence, npz_sequences, wav_sequences
-from edgepack.validation.metrics import sqnr_db, wilson_interval
+from edgepack.validation.intervals import wilson_interval
+from edgepack.validation.metrics import sqnr_db
 from edgepack.validation.reference import as_converted, reference_outputs
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ class _Tally:
         decisions = {}
         for name, k in self.agree.items():
             total = self.decided[name]
-            lo, hi = wilson_interval(k, total)
+            iv = wilson_interval(k, total)
+            lo, hi = iv.low, iv.high
             decisions[name] = {"agreement": round(k / total, 6) if total else None, "agreeing": k, "decisions": total,
                                "frames": n, "interval95": [round(lo, 6), round(hi, 6)]}
         return outputs, decisions
