@@ -87,11 +87,13 @@ class Calibrated:
             self._ops.extend(model_ops(self.model))
         return list(self._ops)
 
-    def with_model(self, model: bytes) -> Calibrated:
-        """The same calibration settings over another calibrated flatbuffer (its tensors read afresh)."""
+    def with_model(self, model: bytes, *, same_graph: bool = False) -> Calibrated:
+        """The same calibration settings over another calibrated flatbuffer (its tensors read afresh);
+        ``same_graph``: ``model`` has this one's ops and tensors, only recorded ranges or constants
+        edited, so the op list is not read again (a trial of ``ranges`` re-read it each time)."""
         import dataclasses
 
-        return dataclasses.replace(self, model=model, _tensors=[], _ops=[])
+        return dataclasses.replace(self, model=model, _tensors=[], _ops=list(self._ops) if same_graph else [])
 
     # -- quantizing ---------------------------------------------------------------------------------
     def quantize(self, *, denylist: Iterable[str] = (), ranges: Mapping[str, tuple[float, float]] | None = None,
