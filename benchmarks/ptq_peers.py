@@ -85,6 +85,7 @@ VARIANTS = {"edgepack before (--no-ptq all)": ([], ["all"]),
             "edgepack default +int8-bias-correction": (["int8-bias-correction"], []),
             "edgepack default +ranges+int8-bias-correction": (["ranges", "int8-bias-correction"], []),
             INT16: ([], [])}
+QUANTIZE = {INT16: "int16x8"}  # variants converted in another mode than the model's own
 DEFAULT = "edgepack default (fuse+equalize+split)"
 RATES = ("top1", "ctc_string_accuracy")  # task metrics that are a share of samples (a Wilson interval each)
 FLOAT_MATCH = "edgepack default at NNCF's precision (elementwise ops float)"
@@ -314,7 +315,7 @@ def measure_edgepack(case: Case, rows: Rows, work: Path, variants: list[str]) ->
         match = label == DEFAULT and FLOAT_MATCH in variants
         start = time.perf_counter()
         with float_match.catch_calibrated() as caught:
-            ptq = edgepack_convert(case, VARIANTS[label], out, "int16x8" if label == INT16 else None)
+            ptq = edgepack_convert(case, VARIANTS[label], out, QUANTIZE.get(label))
         secs = time.perf_counter() - start
         rows.add(label, secs, outputs(out), tflite_float_ops(out / "model.tflite"),
                  ptq={k: {m: v for m, v in rec.items() if isinstance(v, (int, float, str)) or m == "chunks"}

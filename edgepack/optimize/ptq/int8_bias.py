@@ -37,9 +37,9 @@ _KINDS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 def _layers(g: TfliteGraph, keep_float: Sequence[str] = ()) -> list[int]:
     """Positions of the conv/dense ops with a float filter and a float bias, but those every
     quantization keeps float (``keep_float``: node names, the lstm-float cells' projections)."""
-    found, floats = [], set(keep_float)
+    found, floats = [], g.positions(keep_float)
     for pos, op in enumerate(g.ops):
-        if op.kind in _KINDS and op.outputs and g.name(op.outputs[0]) not in floats \
+        if op.kind in _KINDS and pos not in floats \
                 and len(op.inputs) > 2 and op.inputs[2] >= 0 and len(g.consumers[op.inputs[2]]) == 1 \
                 and g.constant(op.inputs[1]) is not None and g.constant(op.inputs[2]) is not None:
             found.append(pos)

@@ -153,7 +153,7 @@ def _activations(g: TfliteGraph, keep_float: Sequence[str] = ()) -> list[int]:
     worst slice held out), not fixed-range, not between two ops every quantization keeps float
     (``keep_float``: node names, the lstm-float cells)."""
     outs = set(g.outputs)
-    floats = {pos for pos, op in enumerate(g.ops) if op.outputs and g.name(op.outputs[0]) in set(keep_float)}
+    floats = g.positions(keep_float)
     found = []
     for pos, op in enumerate(g.ops):
         if op.kind in _FIXED:

@@ -67,6 +67,12 @@ class TfliteGraph:
         n = self.tensors[idx].name
         return n.decode() if isinstance(n, bytes) else (n or "")
 
+    def positions(self, nodes: Iterable[str]) -> set[int]:
+        """The positions of the ops named ``nodes`` (a node's name is its first output tensor's, as the
+        quantizer's denylist takes it)."""
+        wanted = set(nodes)
+        return {pos for pos, op in enumerate(self.ops) if op.outputs and self.name(op.outputs[0]) in wanted}
+
     def shape(self, idx: int) -> tuple[int, ...]:
         s = self.tensors[idx].shape
         return tuple(int(d) for d in (s if s is not None else ()))
