@@ -31,9 +31,10 @@ of memory at N GB" and the run goes on):
 - Keras nets: TF's own converter with its default full-integer PTQ (the same 200 samples), and the
   ONNX peers on their tf2onnx export (tf2onnx lives in the peers venv too).
 
-edgepack rows: ``--no-ptq all`` (before), fusion alone, fusion and equalization, the default (fusion,
-equalization, channel-group splitting), the default with each algorithm that is off by default (bias
-correction, learned rounding, downstream-error ranges, int8-measured bias correction), and **the default at
+edgepack rows: ``--no-ptq all`` (before), fusion alone, fusion and equalization, those and channel-group
+splitting, the default (the three and activation ranges chosen by the int8 model's output error), the
+default with each algorithm that is off by default (bias correction, learned rounding, int8-measured bias
+correction), and **the default at
 NNCF's float precision** (``peers/float_match.py``: the same model quantized again with every elementwise
 arithmetic/activation op float, the ops NNCF's default leaves float) for the "same number of float ops"
 comparison.
@@ -76,17 +77,16 @@ ZOO = [ROOT / "build" / "zoo" / "models", Path("/work/main/build/zoo/models")]
 INT16 = "edgepack int16x8 (int16 activations + int8 weights)"  # --quantize int16x8: no float op, twice the bits
 # edgepack variants: label -> (--ptq, --no-ptq)
 VARIANTS = {"edgepack before (--no-ptq all)": ([], ["all"]),
-            "edgepack fuse": ([], ["equalize", "split"]),
-            "edgepack fuse+equalize (--no-ptq split)": ([], ["split"]),
-            "edgepack default (fuse+equalize+split)": ([], []),
+            "edgepack fuse": ([], ["equalize", "split", "ranges"]),
+            "edgepack fuse+equalize (--no-ptq split --no-ptq ranges)": ([], ["split", "ranges"]),
+            "edgepack fuse+equalize+split (--no-ptq ranges)": ([], ["ranges"]),
+            "edgepack default (fuse+equalize+split+ranges)": ([], []),
             "edgepack default +bias-correction": (["bias-correction"], []),
             "edgepack default +learned-rounding": (["learned-rounding"], []),
-            "edgepack default +ranges": (["ranges"], []),
             "edgepack default +int8-bias-correction": (["int8-bias-correction"], []),
-            "edgepack default +ranges+int8-bias-correction": (["ranges", "int8-bias-correction"], []),
             INT16: ([], [])}
 QUANTIZE = {INT16: "int16x8"}  # variants converted in another mode than the model's own
-DEFAULT = "edgepack default (fuse+equalize+split)"
+DEFAULT = "edgepack default (fuse+equalize+split+ranges)"
 RATES = ("top1", "ctc_string_accuracy")  # task metrics that are a share of samples (a Wilson interval each)
 FLOAT_MATCH = "edgepack default at NNCF's precision (elementwise ops float)"
 

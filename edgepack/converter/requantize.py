@@ -165,11 +165,46 @@ def model_ops(model: bytes) -> list[tuple[str, str, list[int], list[int]]]:
 
 
 def with_ranges(model: bytes, ranges: Mapping[str | int, tuple[float, float]]) -> bytes:
-    """The calibrated model with the recorded min/max of the named (or indexed) tensors replaced."""
+    """The calibrated model with the recorded min/max of the named (or indexed) tensors replaced.
+    The floats are written over the old ones in a copy of the flatbuffer (one min and one max each:
+    the same size), not by unpacking and packing the whole model (0.25 s a call on common_det, 13
+    calls in one ``ranges`` choice)."""
+    import struct
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = bytearray(model)
+    sg = schema.Model.GetRootAsModel(buf, 0).Subgraphs(0)
+    found: set = set()
+    spots: set[int] = set()  # byte positions written
+    for i in range(sg.TensorsLength()):
+        t = sg.Tensors(i)
+        key = i if i in ranges else None
+        if key is None:
+            name = (t.Name() or b"").decode()
+            key = name if name in ranges else None
+        q = t.Quantization() if key is not None else None
+        if q is None or q.MinLength() != 1 or q.MaxLength() != 1:
+            continue
+        lo, hi = ranges[key]
+        at_min = q._tab.Vector(q._tab.Offset(4))
+        at_max = q._tab.Vector(q._tab.Offset(6))
+        if at_min in spots or at_max in spots:  # vectors shared between tensors: edit each tensor's own
+            return _with_ranges_unpacked(model, ranges)
+        spots.update((at_min, at_max))
+        struct.pack_into("<f", buf, at_min, min(float(lo), 0.0))
+        struct.pack_into("<f", buf, at_max, max(float(hi), 0.0))
+        found.add(key)
+    missing = set(ranges) - found
+    if missing:
+        raise ConversionError(f"no calibrated range for tensor(s) {sorted(missing, key=str)[:5]}")
+    return bytes(buf)
+
+
+def _with_ranges_unpacked(model: bytes, ranges: Mapping[str | int, tuple[float, float]]) -> bytes:
     from tensorflow.lite.tools import flatbuffer_utils
 
     obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
-    found = set()
     for i, t in enumerate(obj.subgraphs[0].tensors):
         name = t.name.decode() if isinstance(t.name, bytes) else t.name
         key = i if i in ranges else name
@@ -177,10 +212,6 @@ def with_ranges(model: bytes, ranges: Mapping[str | int, tuple[float, float]]) -
             lo, hi = ranges[key]
             t.quantization.min = np.asarray([min(float(lo), 0.0)], np.float32)
             t.quantization.max = np.asarray([max(float(hi), 0.0)], np.float32)
-            found.add(key)
-    missing = set(ranges) - found
-    if missing:
-        raise ConversionError(f"no calibrated range for tensor(s) {sorted(missing)[:5]}")
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
 
 

@@ -96,9 +96,15 @@ def stage_calibrated(st: PipelineState) -> dict | None:
     from edgepack.optimize.ptq import int8_bias, ranges
 
     samples, confirm = ranges.spaced_apart(st.calibrated.samples)
+    record: dict[str, Any] = {}
+    if "ranges" in wanted and len(confirm) < ranges.MIN_CONFIRM:
+        # a pick that only the samples it was chosen on can judge is a bet on the next inputs
+        wanted.remove("ranges")
+        record["ranges"] = {"skipped": f"{len(samples) + len(confirm)} calibration samples: choosing ranges takes "
+                                       f"{len(samples) + ranges.MIN_CONFIRM} or more ({len(samples)} to choose on, "
+                                       f"at least {ranges.MIN_CONFIRM} others to confirm the pick)"}
     run = {"ranges": lambda cal: ranges.choose_ranges(cal, samples, confirm=confirm),
            "int8-bias-correction": lambda cal: int8_bias.correct_biases(cal, samples)}
-    record = {}
     for name in wanted:
         # ops the lstm-float stage keeps float (it ran first) are float in every quantization: the
         # algorithms judge the model as it will be and leave the cells' own ranges and biases alone

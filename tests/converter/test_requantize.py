@@ -41,6 +41,25 @@ def test_ranges_replace_the_recorded_min_max(calibrated):
     assert after.scale == pytest.approx(before.scale / 4, rel=0.02)
 
 
+def test_ranges_written_in_place_equal_the_unpacked_edit(calibrated):
+    from edgepack.converter.requantize import _with_ranges_unpacked, with_ranges
+    from edgepack.errors import ConversionError
+
+    cal, _ = calibrated
+    picked = cal.tensors()[1:4]
+    ranges = {t.index: (t.min / 2, t.max / 3) for t in picked[:2]} | {picked[2].name: (-1.5, 2.5)}
+    fast = with_ranges(cal.model, ranges)
+    assert len(fast) == len(cal.model) and fast != cal.model
+    # byte for byte only the edited floats differ; read back, the same ranges as the unpacked edit
+    assert sum(a != b for a, b in zip(fast, cal.model)) <= 4 * 2 * len(ranges)
+    got = {t.index: (t.min, t.max) for t in cal.with_model(fast).tensors()}
+    want = {t.index: (t.min, t.max) for t in cal.with_model(_with_ranges_unpacked(cal.model, ranges)).tensors()}
+    assert got == want
+    assert got[picked[2].index] == (-1.5, 2.5) and got[picked[0].index][1] == pytest.approx(picked[0].max / 3)
+    with pytest.raises(ConversionError, match="no calibrated range"):
+        with_ranges(cal.model, {"no such tensor": (0.0, 1.0)})
+
+
 def test_denylisted_node_stays_float_and_float_output(calibrated):
     from edgepack.tflite_model import read_tflite
 

@@ -40,6 +40,30 @@ def test_ranges_clip_an_outlier_channel_the_next_layer_ignores(tmp_path):
     assert rec["confirm_error_db"] < rec["calibration_error_db_before"] - 6
 
 
+def test_ranges_are_on_by_default_and_left_alone_without_samples_to_confirm_on(tmp_path):
+    """On by default; with 30 calibration samples (24 to choose on, 6 to confirm) the recorded
+    ranges stay and the manifest says why; with 60 the choice runs (one chunk, every rule tried)."""
+    import keras
+
+    from edgepack import api
+    from edgepack.packaging.manifest import read_manifest
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3), name="image")
+    out = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    path = tmp_path / "m.keras"
+    keras.Model(inp, out).save(path)
+    x = np.random.default_rng(0).normal(0, 1, (60, 6, 6, 3)).astype(np.float32)
+    for n in (30, 60):
+        np.save(tmp_path / f"c{n}.npy", x[:n])
+        api.convert(model=path, output=tmp_path / f"o{n}", quantize="int8", calibration=tmp_path / f"c{n}.npy")
+    few = read_manifest(tmp_path / "o30").extras["ptq"]["ranges"]
+    assert few == {"skipped": "30 calibration samples: choosing ranges takes 32 or more (24 to choose on, at "
+                              "least 8 others to confirm the pick)"}
+    ran = read_manifest(tmp_path / "o60").extras["ptq"]["ranges"]
+    assert ran["quantizations"] == 4 and len(ran["chunks"]) == 1 and ran["confirm_samples"] == 24, ran
+
+
 def test_ranges_are_confirmed_on_samples_they_were_not_chosen_on():
     from edgepack.optimize.ptq.ranges import spaced, spaced_apart
 

@@ -145,7 +145,7 @@ def test_no_ptq_names_the_algorithms(tmp_path, bad):
 def test_default_algorithms_and_the_flags_that_change_them():
     from edgepack.request import QuantizeOptions
 
-    assert QuantizeOptions().ptq_algorithms == ["fuse", "equalize", "split", "lstm-float", "stft-magnitude"]
+    assert QuantizeOptions().ptq_algorithms == ["fuse", "equalize", "split", "ranges", "lstm-float", "stft-magnitude"]
     assert QuantizeOptions(ptq=("all",), no_ptq=("fuse",)).ptq_algorithms == [
         "equalize", "split", "learned-rounding", "bias-correction", "ranges", "int8-bias-correction", "lstm-float",
         "stft-magnitude"]
