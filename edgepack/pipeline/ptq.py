@@ -103,12 +103,29 @@ def stage_calibrated(st: PipelineState) -> dict | None:
         record["ranges"] = {"skipped": f"{len(samples) + len(confirm)} calibration samples: choosing ranges takes "
                                        f"{len(samples) + ranges.MIN_CONFIRM} or more ({len(samples)} to choose on, "
                                        f"at least {ranges.MIN_CONFIRM} others to confirm the pick)"}
+    if "ranges" in wanted and st.calibrated.calibration.get("method") != "one pass":
+        # several subgraphs, LSTM kernels or custom ops: TensorFlow's calibrator ran, in its child; the
+        # histograms and trials run the model in this process, which such graphs have crashed
+        wanted.remove("ranges")
+        record["ranges"] = {"skipped": "the graph needed TensorFlow's calibrator (several subgraphs, LSTM kernels "
+                                       "or custom ops): its recorded ranges stay"}
     run = {"ranges": lambda cal: ranges.choose_ranges(cal, samples, confirm=confirm),
            "int8-bias-correction": lambda cal: int8_bias.correct_biases(cal, samples)}
     for name in wanted:
         # ops the lstm-float stage keeps float (it ran first) are float in every quantization: the
         # algorithms judge the model as it will be and leave the cells' own ranges and biases alone
-        model, record[name] = run[name](st.calibrated)
+        try:
+            model, record[name] = run[name](st.calibrated)
+        except Exception as err:  # noqa: BLE001 - a default-on refinement must not cost the conversion
+            from edgepack.errors import EdgepackError
+
+            if isinstance(err, EdgepackError) or name in req.quantize.ptq or "all" in req.quantize.ptq:
+                raise
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            log.warning("%s (on by default) failed, the recorded ranges stay: %s", name, first)
+            log.debug("%s failed", name, exc_info=True)  # the traceback goes to the log file
+            record[name] = {"skipped": f"failed: {type(err).__name__}: {first}"}
+            continue
         if model is not st.calibrated.model:
             st.calibrated = st.calibrated.with_model(model)
             st.tflite = _final(st.calibrated)[0]

@@ -64,6 +64,55 @@ def test_ranges_are_on_by_default_and_left_alone_without_samples_to_confirm_on(t
     assert ran["quantizations"] == 4 and len(ran["chunks"]) == 1 and ran["confirm_samples"] == 24, ran
 
 
+def test_ranges_leave_graphs_tensorflow_calibrated_alone(tmp_path, monkeypatch):
+    """Graphs the one-pass calibration cannot run (several subgraphs, LSTM kernels, custom ops: routed
+    to TensorFlow's calibrator in its child) keep their recorded ranges: the choice runs the model in
+    this process. Routed here by the one-pass check itself saying no."""
+    import keras
+
+    from edgepack import api
+    from edgepack.converter import minmax
+    from edgepack.packaging.manifest import read_manifest
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3), name="image")
+    path = tmp_path / "m.keras"
+    keras.Model(inp, keras.layers.Conv2D(4, 3, activation="relu")(inp)).save(path)
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).normal(0, 1, (60, 6, 6, 3)).astype(np.float32))
+    monkeypatch.setattr(minmax, "calibration_tensors", lambda model: None)
+    api.convert(model=path, output=tmp_path / "o", quantize="int8", calibration=tmp_path / "c.npy")
+    m = read_manifest(tmp_path / "o")
+    assert "TensorFlow's calibrator" in m.extras["ptq"]["ranges"]["skipped"]
+
+
+def test_a_failing_default_ranges_choice_costs_the_conversion_nothing(tmp_path, monkeypatch):
+    """On by default, ``ranges`` is a refinement: if it breaks (a bug of ours, a runtime's error), the
+    bundle is written with the recorded ranges and the manifest says what failed; asked for with
+    ``--ptq ranges``, the failure is the conversion's."""
+    import keras
+    import pytest
+
+    from edgepack import api
+    from edgepack.optimize.ptq import ranges
+    from edgepack.packaging.manifest import read_manifest
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3), name="image")
+    path = tmp_path / "m.keras"
+    keras.Model(inp, keras.layers.Conv2D(4, 3, activation="relu")(inp)).save(path)
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).normal(0, 1, (60, 6, 6, 3)).astype(np.float32))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tensor 7 is gone\nmore")
+
+    monkeypatch.setattr(ranges, "choose_ranges", broken)
+    api.convert(model=path, output=tmp_path / "o", quantize="int8", calibration=tmp_path / "c.npy")
+    assert read_manifest(tmp_path / "o").extras["ptq"]["ranges"] == {"skipped": "failed: RuntimeError: tensor 7 is gone"}
+    with pytest.raises(Exception, match="tensor 7 is gone"):
+        api.convert(model=path, output=tmp_path / "o2", quantize="int8", calibration=tmp_path / "c.npy", ptq=["ranges"])
+    assert not (tmp_path / "o2").exists()
+
+
 def test_ranges_are_confirmed_on_samples_they_were_not_chosen_on():
     from edgepack.optimize.ptq.ranges import spaced, spaced_apart
 
