@@ -122,7 +122,7 @@ def stage_calibrated(st: PipelineState) -> dict | None:
             if isinstance(err, EdgepackError) or name in req.quantize.ptq or "all" in req.quantize.ptq:
                 raise
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            log.warning("%s (on by default) failed, the recorded ranges stay: %s", name, first)
+            log.warning("%s (on by default) failed, the bundle is made without it: %s", name, first)
             log.debug("%s failed", name, exc_info=True)  # the traceback goes to the log file
             record[name] = {"skipped": f"failed: {type(err).__name__}: {first}"}
             continue
