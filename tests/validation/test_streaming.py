@@ -28,6 +28,13 @@ def streamed(tmp_path_factory):
     return d, model
 
 
+def test_ranges_are_not_chosen_by_default_for_a_model_with_state(streamed):
+    from edgepack.packaging.manifest import read_manifest
+
+    d, _ = streamed
+    assert "recurrent state" in read_manifest(d / "mcu").extras["ptq"]["ranges"]["skipped"]
+
+
 def test_stream_float_bundle_matches_every_frame(streamed):
     d, model = streamed
     res = CliRunner().invoke(main, ["validate", str(d / "float"), "--data", str(d / "frames.npz"), "--reference",
