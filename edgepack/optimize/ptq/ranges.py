@@ -170,9 +170,11 @@ def _activations(g: TfliteGraph, keep_float: Sequence[str] = ()) -> list[int]:
 
 
 def candidate_ranges(g: TfliteGraph, model: bytes, samples: Sequence[Sequence[np.ndarray]],
-                     keep_float: Sequence[str] = ()
-                     ) -> tuple[dict[int, list[int]], dict[str, dict[int, tuple[float, float]]]]:
-    """The groups (representative -> member tensors, execution order) and each rule's range per group."""
+                     keep_float: Sequence[str] = (), values: Sequence[str] = ()
+                     ) -> tuple[dict[int, list[int]], dict[str, dict[int, tuple[float, float]]], list[list[np.ndarray]]]:
+    """The groups (representative -> member tensors, execution order), each rule's range per group, and per
+    sample the float values of the tensors named ``values`` (the same run: the float references the
+    choice is measured against, bit for bit what a run of them alone gives on the zoo's four models)."""
     from edgepack.converter.minmax import with_outputs
     from edgepack.optimize.ptq.tflite_graph import Runner
 
@@ -185,11 +187,15 @@ def candidate_ranges(g: TfliteGraph, model: bytes, samples: Sequence[Sequence[np
         hists[rep] = _Histogram(lo, hi, _channel_weights(g, members, channels))
     # each tensor an output of the graph (a buffer of its own): LiteRT's default kernels (XNNPACK) run, as in
     # the one-pass calibration, instead of the builtin ones every-tensor-kept needs (3x the time on common_det)
-    runner = Runner(with_outputs(model, sorted(hists)), keep=False)
+    index = {g.name(i): i for i in range(len(g.tensors))}
+    wanted = [index[n] for n in values]
+    runner = Runner(with_outputs(model, sorted(set(hists) | set(wanted))), keep=False)
+    kept = []
     for s in samples:
         runner.run(s)
         for rep, h in hists.items():
             h.add(runner.value(rep))
+        kept.append([runner.value(i).copy() for i in wanted])
     rules: dict[str, dict[int, tuple[float, float]]] = {r: {} for r in RULES}
     for rep, h in hists.items():
         if not h.counts[0].sum():
@@ -197,7 +203,7 @@ def candidate_ranges(g: TfliteGraph, model: bytes, samples: Sequence[Sequence[np
         rules["mse"][rep] = h.best(0)
         rules["downstream"][rep] = h.best(1)
         rules["percentile"][rep] = h.percentile()
-    return groups, rules
+    return groups, rules, kept
 
 
 def choose_ranges(calibrated, samples: Sequence[Sequence[np.ndarray]], *, float_output: bool = False,
@@ -211,16 +217,18 @@ def choose_ranges(calibrated, samples: Sequence[Sequence[np.ndarray]], *, float_
 
     start = time.perf_counter()
     g = TfliteGraph.read(calibrated.model)
-    groups, by_rule = candidate_ranges(g, calibrated.model, samples, calibrated.keep_float)
+    calibrated.ops()  # read once: every trial has this graph (with_model(same_graph=True) keeps the list)
+    first = _requantize(calibrated, calibrated.model, float_output)
+    names = Measure.points(g, first)
+    groups, by_rule, refs = candidate_ranges(g, calibrated.model, samples, calibrated.keep_float,
+                                             names or [g.name(i) for i in g.outputs])
     order = sorted(groups, key=lambda t: g.producer.get(t, -1))
 
     def expand(ranges: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
         return {m: r for rep, r in ranges.items() for m in groups[rep]}
 
-    calibrated.ops()  # read once: every trial has this graph (with_model(same_graph=True) keeps the list)
-    first = _requantize(calibrated, calibrated.model, float_output)
-    distance = Measure(calibrated.model, first, samples)
-    check = Measure(calibrated.model, first, confirm) if len(confirm) else None
+    distance = Measure(calibrated.model, first, samples, names=names, refs=refs)
+    check = Measure(calibrated.model, first, confirm, names=names) if len(confirm) else None
 
     def quantized(ranges: dict[int, tuple[float, float]]) -> bytes:
         return _requantize(calibrated, with_ranges(calibrated.model, expand(ranges)), float_output) if ranges else first

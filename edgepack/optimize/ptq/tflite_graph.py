@@ -224,11 +224,20 @@ class Measure:
     and on each half. ``quantized``: one quantization of it, to check that its tensors keep the
     names measured."""
 
-    def __init__(self, float_model: bytes, quantized: bytes, samples: Sequence[Sequence[np.ndarray]]) -> None:
-        names = measure_points(TfliteGraph.read(float_model))
-        self.names = names if with_outputs(quantized, names) is not None else []
+    def __init__(self, float_model: bytes, quantized: bytes, samples: Sequence[Sequence[np.ndarray]], *,
+                 names: list[str] | None = None, refs: list[list[np.ndarray]] | None = None) -> None:
+        """``names``: :meth:`points` already read; ``refs``: the float values of those tensors (or of the
+        float model's outputs when there are none) on ``samples``, already computed."""
+        self.names = self.points(TfliteGraph.read(float_model), quantized) if names is None else names
         self.samples = samples
-        self.refs = list(run_all(with_outputs(float_model, self.names) or float_model, samples))
+        self.refs = refs if refs is not None else list(run_all(with_outputs(float_model, self.names) or float_model,
+                                                                samples))
+
+    @staticmethod
+    def points(float_graph: TfliteGraph, quantized: bytes) -> list[str]:
+        """The tensors measured (:func:`measure_points`), or none (the outputs) when ``quantized`` lacks one."""
+        names = measure_points(float_graph)
+        return names if with_outputs(quantized, names) is not None else []
 
     def __call__(self, quantized: bytes) -> np.ndarray:
         """``[all samples, first half, second half]``; infinite when the measured tensors are gone."""
