@@ -17,41 +17,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepack.tflite_model import op_kinds
-
 # int8 kernels that copy bytes: TFLite's kernels read the output with the input's scale and zero point
 COPIES = frozenset({"REVERSE_V2", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "PACK", "UNPACK"})
 _INTEGER_TYPES = (9, 7)  # schema TensorType INT8, INT16
 
 
-def _grid(tensor) -> tuple[float, int] | None:
-    q = tensor.quantization
-    if q is None or q.scale is None or len(q.scale) != 1 or q.zeroPoint is None or len(q.zeroPoint) != 1:
-        return None
-    return float(q.scale[0]), int(q.zeroPoint[0])
-
-
-def _mismatched_outputs(kind: str, op, tensors) -> list[int]:
-    """Positions of ``op``'s outputs whose grid differs from its first input's (integer tensors, same type)."""
-    if kind not in COPIES or op.inputs is None or not len(op.inputs) or op.outputs is None:
-        return []
-    src = tensors[int(op.inputs[0])]
-    if src.type not in _INTEGER_TYPES or _grid(src) is None:
-        return []
-    return [k for k, o in enumerate(op.outputs) if o >= 0 and tensors[int(o)].type == src.type
-            and _grid(tensors[int(o)]) is not None and _grid(tensors[int(o)]) != _grid(src)]
-
-
-def _any_mismatch(model: bytes) -> bool:
-    """Whether :func:`_mismatched_outputs` finds an op, read from the flatbuffer without unpacking it."""
+def _mismatches(model: bytes) -> dict[int, list[int]]:
+    """The first subgraph's integer ops that copy bytes with an output whose grid (scale, zero point) is
+    not their first input's (same integer type): op position -> those outputs' positions. Read from the
+    flatbuffer in place (unpacking a model costs 0.1-0.5 s, and most quantizations have none)."""
     from ai_edge_litert import schema_py_generated as schema
 
     m = schema.Model.GetRootAsModel(model, 0)
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     codes = [m.OperatorCodes(c) for c in range(m.OperatorCodesLength())]
     copies = {c for c, oc in enumerate(codes) if names.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())) in COPIES}
+    found: dict[int, list[int]] = {}
     if not copies:
-        return False
+        return found
     sg = m.Subgraphs(0)
 
     def grid(i: int):
@@ -68,11 +51,11 @@ def _any_mismatch(model: bytes) -> bool:
         src = grid(op.Inputs(0))
         if src is None or src[0] not in _INTEGER_TYPES:
             continue
-        for j in range(op.OutputsLength()):
-            o = op.Outputs(j)
-            if o >= 0 and (g := grid(o)) is not None and g[0] == src[0] and g != src:
-                return True
-    return False
+        outs = [j for j in range(op.OutputsLength()) if op.Outputs(j) >= 0 and (g := grid(op.Outputs(j))) is not None
+                and g[0] == src[0] and g != src]
+        if outs:
+            found[k] = outs
+    return found
 
 
 def scale_mismatches(model: bytes) -> list[str]:
@@ -80,10 +63,8 @@ def scale_mismatches(model: bytes) -> list[str]:
     but whose output's scale or zero point is not their input's."""
     from ai_edge_litert import schema_py_generated as schema
 
-    obj = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
-    sg = obj.subgraphs[0]
-    return [(sg.tensors[int(op.outputs[0])].name or b"").decode()
-            for kind, op in zip(op_kinds(obj), sg.operators or []) if _mismatched_outputs(kind, op, sg.tensors)]
+    sg = schema.Model.GetRootAsModel(model, 0).Subgraphs(0)
+    return [(sg.Tensors(sg.Operators(k).Outputs(0)).Name() or b"").decode() for k in _mismatches(model)]
 
 
 def requantize_copies(model: bytes) -> tuple[bytes, list[str]]:
@@ -93,18 +74,16 @@ def requantize_copies(model: bytes) -> tuple[bytes, list[str]]:
     from ai_edge_litert import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    if not _any_mismatch(model):  # read in place: most models have none, and unpacking costs 0.1-0.5 s
+    found = _mismatches(model)
+    if not found:
         return model, []
     obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     sg = obj.subgraphs[0]
-    kinds = op_kinds(obj)
-    if not any(_mismatched_outputs(k, op, sg.tensors) for k, op in zip(kinds, sg.operators or [])):
-        return model, []
     quantize = _opcode(obj, schema.BuiltinOperator.QUANTIZE)
     operators, fixed = [], []
-    for kind, op in zip(kinds, sg.operators):
+    for pos, op in enumerate(sg.operators):
         operators.append(op)
-        positions = _mismatched_outputs(kind, op, sg.tensors)
+        positions = found.get(pos, [])
         if not positions:
             continue
         fixed.append((sg.tensors[int(op.outputs[0])].name or b"").decode())

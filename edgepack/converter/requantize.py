@@ -211,16 +211,21 @@ def with_ranges(model: bytes, ranges: Mapping[str | int, tuple[float, float]]) -
         struct.pack_into("<f", buf, at_min, min(float(lo), 0.0))
         struct.pack_into("<f", buf, at_max, max(float(hi), 0.0))
         found.add(key)
+    _all_found(ranges, found)
+    return bytes(buf)
+
+
+def _all_found(ranges: Mapping, found: set) -> None:
     missing = set(ranges) - found
     if missing:
         raise ConversionError(f"no calibrated range for tensor(s) {sorted(missing, key=str)[:5]}")
-    return bytes(buf)
 
 
 def _with_ranges_unpacked(model: bytes, ranges: Mapping[str | int, tuple[float, float]]) -> bytes:
     from tensorflow.lite.tools import flatbuffer_utils
 
     obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    found = set()
     for i, t in enumerate(obj.subgraphs[0].tensors):
         name = t.name.decode() if isinstance(t.name, bytes) else t.name
         key = i if i in ranges else name
@@ -228,6 +233,8 @@ def _with_ranges_unpacked(model: bytes, ranges: Mapping[str | int, tuple[float, 
             lo, hi = ranges[key]
             t.quantization.min = np.asarray([min(float(lo), 0.0)], np.float32)
             t.quantization.max = np.asarray([max(float(hi), 0.0)], np.float32)
+            found.add(key)
+    _all_found(ranges, found)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
 
 

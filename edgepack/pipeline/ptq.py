@@ -97,24 +97,10 @@ def stage_calibrated(st: PipelineState) -> dict | None:
 
     samples, confirm = ranges.spaced_apart(st.calibrated.samples)
     record: dict[str, Any] = {}
-    if "ranges" in wanted and len(confirm) < ranges.MIN_CONFIRM:
-        # a pick that only the samples it was chosen on can judge is a bet on the next inputs
+    skip = _ranges_skipped(st, len(samples), len(confirm)) if "ranges" in wanted else None
+    if skip:
         wanted.remove("ranges")
-        record["ranges"] = {"skipped": f"{len(samples) + len(confirm)} calibration samples: choosing ranges takes "
-                                       f"{len(samples) + ranges.MIN_CONFIRM} or more ({len(samples)} to choose on, "
-                                       f"at least {ranges.MIN_CONFIRM} others to confirm the pick)"}
-    if "ranges" in wanted and st.calibrated.calibration.get("method") != "one pass":
-        # several subgraphs, LSTM kernels or custom ops: TensorFlow's calibrator ran, in its child; the
-        # histograms and trials run the model in this process, which such graphs have crashed
-        wanted.remove("ranges")
-        record["ranges"] = {"skipped": "the graph needed TensorFlow's calibrator (several subgraphs, LSTM kernels "
-                                       "or custom ops): its recorded ranges stay"}
-    if "ranges" in wanted and (st.graph or {}).get("state_pairs") and "ranges" not in req.quantize.ptq:
-        # a streaming model: each call's state output is the next call's input, and a range clipped for single
-        # calibration calls is not judged on the stream (silero VAD's streamed decisions: 98.1 % -> 96.5 %)
-        wanted.remove("ranges")
-        record["ranges"] = {"skipped": "the model carries recurrent state between calls: ranges chosen on single "
-                                       "calls are not judged on the stream (--ptq ranges to choose them anyway)"}
+        record["ranges"] = {"skipped": skip}
     run = {"ranges": lambda cal: ranges.choose_ranges(cal, samples, confirm=confirm),
            "int8-bias-correction": lambda cal: int8_bias.correct_biases(cal, samples)}
     for name in wanted:
@@ -137,6 +123,26 @@ def stage_calibrated(st: PipelineState) -> dict | None:
             st.tflite = _final(st.calibrated)[0]
     st.ptq = {**(st.ptq or {}), **record}
     return {name: _summary(r) for name, r in record.items()}
+
+
+def _ranges_skipped(st: PipelineState, chosen_on: int, confirm_on: int) -> str | None:
+    """Why ``ranges`` keeps the recorded ranges of this conversion, or None when it runs."""
+    from edgepack.optimize.ptq.ranges import MIN_CONFIRM
+
+    if confirm_on < MIN_CONFIRM:  # a pick only the samples it was chosen on can judge is a bet on the next inputs
+        return (f"{chosen_on + confirm_on} calibration samples: choosing ranges takes {chosen_on + MIN_CONFIRM} or "
+                f"more ({chosen_on} to choose on, at least {MIN_CONFIRM} others to confirm the pick)")
+    if st.calibrated.calibration.get("method") != "one pass":
+        # several subgraphs, LSTM kernels or custom ops: TensorFlow's calibrator ran, in its child; the
+        # histograms and trials run the model in this process, which such graphs have crashed
+        return ("the graph needed TensorFlow's calibrator (several subgraphs, LSTM kernels or custom ops): its "
+                "recorded ranges stay")
+    if (st.graph or {}).get("state_pairs") and "ranges" not in st.request.quantize.ptq:
+        # a streaming model: each call's state output is the next call's input, and a range clipped for single
+        # calibration calls is not judged on the stream (silero VAD's streamed decisions: 98.1 % -> 96.5 %)
+        return ("the model carries recurrent state between calls: ranges chosen on single calls are not judged "
+                "on the stream (--ptq ranges to choose them anyway)")
+    return None
 
 
 def _final(calibrated) -> tuple[bytes, int]:
