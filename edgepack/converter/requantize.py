@@ -314,24 +314,26 @@ def strip_fake_quant(model: bytes) -> bytes:
     int8 op, and the model's own input/output conversions, are kept."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
-    kinds = op_kinds(obj)
-    sg = obj.subgraphs[0]
-    producer = {int(o): i for i, op in enumerate(sg.operators) for o in op.outputs}
-    float32 = 0  # schema TensorType.FLOAT32
+    from edgepack.tflite_model import read_tflite
+
+    info = read_tflite(model, verify=False)  # the quantizer's output, read in place: most have no such chain
+    kinds = list(info.ops)
+    producer = {int(o): i for i, (_, outs) in enumerate(info.op_io) for o in outs}
     remap: dict[int, int] = {}
-    for i, op in enumerate(sg.operators):
+    for i, (ins, outs) in enumerate(info.op_io):
         if kinds[i] != "DEQUANTIZE":
             continue
-        t = int(op.inputs[0])
+        t = int(ins[0])
         while t in producer and kinds[producer[t]] == "QUANTIZE":
-            src = int(sg.operators[producer[t]].inputs[0])
-            if sg.tensors[src].type == float32:
-                remap[int(op.outputs[0])] = src
+            src = int(info.op_io[producer[t]][0][0])
+            if info.tensor(src).dtype == "float32":
+                remap[int(outs[0])] = src
                 break
             t = src
     if not remap:
         return model
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    sg = obj.subgraphs[0]
     for op in sg.operators:
         op.inputs = np.asarray([remap.get(int(i), int(i)) for i in op.inputs], np.int32)
     sg.outputs = np.asarray([remap.get(int(i), int(i)) for i in sg.outputs], np.int32)

@@ -72,6 +72,20 @@ def test_denylisted_node_stays_float_and_float_output(calibrated):
     assert out.tensor(out.outputs[0]).dtype == "float32" and out.tensor(out.inputs[0]).dtype == "int8"
 
 
+def test_reading_in_place_gives_what_the_verified_read_gives(calibrated):
+    """The budget reads its candidates in place (``verify=False``): the same summary as the checked
+    object-tree read, on the calibrated float model, full int8, a float op with float outputs, int16x8."""
+    from edgepack.tflite_model import read_tflite
+
+    cal, plain = calibrated
+    node = next(node for kind, node, _, _ in cal.ops() if kind == "FULLY_CONNECTED")
+    for model in (cal.model, plain, cal.quantize(denylist=[node], float_output=True), cal.quantize(int16=True)):
+        fast, checked = read_tflite(model, verify=False), read_tflite(model)
+        assert fast == checked
+        assert fast.op_io and fast.signature_inputs
+        assert any(t.scales for t in fast.tensors) == (model is not cal.model)  # the calibrated one: min/max only
+
+
 def test_int16x8_calibrates_again_in_the_child(calibrated):
     from edgepack.tflite_model import read_tflite
 

@@ -340,3 +340,34 @@ def test_ops_kept_float_by_every_quantization_are_not_searched_again(work):
     names = [c.name.split(":")[0] for c in search.tried]
     assert names[0] == "full int8" and names[-1] == "int8 again" and names.count("int8 again") == 1
     assert all(n.startswith("every op float") for n in names[1:-1])
+
+
+def test_float_fallback_op_by_op_stops_when_its_pace_cannot_reach_the_budget(work, caplog):
+    """60 dB is out of reach (the int8 input alone caps the model near 40 dB): once a round's gain,
+    repeated every round left, falls short of the gap, the op-by-op rounds stop (on ddddocr's
+    detector at 30 dB: 5 rounds of 21 probes each spent for 2 dB, before the top-down pass met it)."""
+    import logging
+
+    from edgepack.calibration import Dataset
+    from edgepack.converter.tflite import convert_to_tflite
+    from edgepack.formats.detect import load_model
+    from edgepack.pipeline import budget as B
+    from edgepack.pipeline.budget.greedy import MAX_ROUNDS
+    from edgepack.request import BudgetOptions, QuantizeMode
+
+    loaded = load_model(work / "outlier.h5")
+    x = np.load(work / "x16.npy")
+    kept = []
+    base = convert_to_tflite(loaded, QuantizeMode.INT8, Dataset({"x": x[:200]}), keep_calibrated=kept.append)
+    ev = B.EvalSet({"x": x[200:]}, [loaded.run({"x": x[200:]})[0]], list(loaded.output_names), [None], [None])
+    search = B.Search(kept[0], base, ev, BudgetOptions(min_sqnr=60), allow_float=True, allow_int16=False,
+                      latency=False)
+    full = search._make("int8", "full int8", model=base)
+    with caplog.at_level(logging.INFO, logger="edgepack.pipeline.budget.greedy"):
+        kept_float = search._fallback(full)
+    stop = [r.getMessage() for r in caplog.records if "stopped after round" in r.getMessage()]
+    assert len(stop) == 1, [r.getMessage() for r in caplog.records]
+    rounds = int(stop[0].split("stopped after round ")[1].split(":")[0])
+    taken = [c for c in search.tried if c.name.startswith("+ float")]
+    assert 1 <= rounds < MAX_ROUNDS and len(taken) == rounds
+    assert kept_float is not None and not kept_float.met and "outlier" in " ".join(kept_float.denylist)

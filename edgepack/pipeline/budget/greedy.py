@@ -43,8 +43,15 @@ class GreedyFallback:
         state = _Fallbacks(start)
         for round_ in range(MAX_ROUNDS):
             base_rank = score(state.current.model, rank_ev).margin(self.budget)
+            before = state.current.score.margin(self.budget)
             ranked = self._probe_all(options, state, start, rank_ev, base_rank, first=round_ == 0)
             if not self._accept_best(ranked, state, start, rank_ev, base_rank) or state.current.met:
+                break
+            gain, gap, left = state.current.score.margin(self.budget) - before, \
+                -state.current.score.margin(self.budget), MAX_ROUNDS - round_ - 1
+            if gain * left < gap:  # even this round's gain every round left would not reach the budget
+                log.info("budget: float fallback op by op stopped after round %d: it gained %.2f, %.2f short with "
+                         "%d round(s) left: the error is spread (the top-down pass follows)", round_ + 1, gain, gap, left)
                 break
         if not state.current.met:
             state.current.why = state.why

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from edgepack._native import capture_native_output
-from edgepack.converter.requantize import model_ops
 from edgepack.formats.base import signature_name
 from edgepack.pipeline.budget.evalset import EvalSet
 from edgepack.request import BudgetOptions
@@ -183,7 +182,7 @@ class Runner:
     def __init__(self, model: bytes, ev: EvalSet) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        info = read_tflite(model)
+        info = read_tflite(model, verify=False)  # a candidate quantized in this process
         with capture_native_output():
             self.interp = Interpreter(model_content=bytes(model), num_threads=2)
         self.in_idx = {name: info.signature_inputs.get(signature_name(name), info.inputs[i])
@@ -319,9 +318,13 @@ class Candidate:
 
 def _op_outputs(model: bytes) -> list[tuple[str, str, str]]:
     """``(op type, node name, output dtype)`` per op of a candidate."""
-    info = read_tflite(model)
-    return [(kind, info.tensor(outs[0]).name, info.tensor(outs[0]).dtype) for kind, _, _, outs in model_ops(model)
-            if outs]
+    info = read_tflite(model, verify=False)  # a candidate quantized in this process
+    found = []
+    for kind, (_, outs) in zip(info.ops, info.op_io):
+        outs = [o for o in outs if o >= 0]
+        if outs:
+            found.append((kind, info.tensor(outs[0]).name, info.tensor(outs[0]).dtype))
+    return found
 
 
 

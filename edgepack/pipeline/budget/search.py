@@ -141,7 +141,7 @@ class Search(GreedyFallback, TopDown):
     def _unsupported(self, model: bytes) -> list[str]:
         if self.target_ops is None:
             return []
-        return sorted(set(read_tflite(model).ops) - set(self.target_ops))
+        return sorted(set(read_tflite(model, verify=False).ops) - set(self.target_ops))
 
     def _ranges(self, base: Candidate) -> Candidate:
         from edgepack.optimize.quantdebug import range_choices, run_all_tensors
@@ -186,7 +186,7 @@ class Search(GreedyFallback, TopDown):
         samples = [[ev.sample(i)[k] for k in order] for i in range(len(ev))]
         fl = run_all_tensors(self.cal.model, [[_to_float(a) for a in s] for s in samples], names)
         qv = run_all_tensors(cand.model, [[_to_float(a) for a in s] for s in samples], names)
-        info = read_tflite(cand.model)
+        info = read_tflite(cand.model, verify=False)
         scales = {t.name: t.scale for t in info.tensors if t.scale}
         return local_errors(fl, qv, scales)
 
