@@ -371,3 +371,49 @@ def test_float_fallback_op_by_op_stops_when_its_pace_cannot_reach_the_budget(wor
     taken = [c for c in search.tried if c.name.startswith("+ float")]
     assert 1 <= rounds < MAX_ROUNDS and len(taken) == rounds
     assert kept_float is not None and not kept_float.met and "outlier" in " ".join(kept_float.denylist)
+
+
+def test_top_down_gives_back_the_cheapest_stretches_first(tmp_path):
+    """Nine dense layers that each add a little error: every stretch is measured given back to int8
+    alone, then they are given back cheapest first (the run bisected, then one by one): the budget
+    holds with part of the graph in int8, and the stretch that cost least alone is among them."""
+    import math
+    import re
+
+    import tf_keras as keras
+
+    from edgepack.calibration import Dataset
+    from edgepack.converter.tflite import convert_to_tflite
+    from edgepack.formats.detect import load_model
+    from edgepack.pipeline import budget as B
+    from edgepack.pipeline.budget.topdown import STRETCHES
+    from edgepack.request import BudgetOptions, QuantizeMode
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16,), name="x")
+    h = inp
+    for i in range(8):
+        h = keras.layers.Dense(16, activation="tanh", name=f"d{i}")(h)
+    keras.Model(inp, keras.layers.Dense(4, name="head")(h)).save(tmp_path / "deep.h5")
+    x = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+    loaded = load_model(tmp_path / "deep.h5")
+    kept = []
+    base = convert_to_tflite(loaded, QuantizeMode.INT8, Dataset({"x": x[:200]}), keep_calibrated=kept.append)
+    ev = B.EvalSet({"x": x[200:]}, [loaded.run({"x": x[200:]})[0]], list(loaded.output_names), [None], [None])
+    search = B.Search(kept[0], base, ev, BudgetOptions(min_sqnr=30), allow_float=True, allow_int16=False,
+                      latency=False)
+    full = search._make("int8", "full int8", model=base)
+    assert not full.met
+    down = search._top_down(full)
+    ops = [n for k, n, _, _ in kept[0].ops() if k not in ("QUANTIZE", "DEQUANTIZE")]
+    assert down.met and min(down.score.sqnr.values()) >= 30 and 0 < len(down.denylist) < len(ops)
+    size = math.ceil(len(ops) / STRETCHES)
+    first = next(i for i, c in enumerate(search.tried) if c.name.startswith("int8 again"))
+    alone = search.tried[first:first + math.ceil(len(ops) / size)]  # each stretch alone, from every op float
+    assert all(re.match(r"int8 again: ops \d+\.\.\d+ \(", c.name) and len(c.denylist) >= len(ops) - size
+               for c in alone)
+    met = [c for c in alone if c.met]
+    assert len(met) >= 2 and any(c.name.startswith("int8 again: the ") for c in search.tried)
+    cheapest = max(met, key=lambda c: c.score.margin(search.budget))
+    given_back = set(ops) - set(cheapest.denylist)
+    assert given_back and not given_back & set(down.denylist)

@@ -1,4 +1,5 @@
-"""Top-down float fallback: every op float, then stretches of the graph given back to int8."""
+"""Top-down float fallback: every op float, then stretches of the graph given back to int8, the
+cheapest first."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ import math
 from edgepack.errors import EdgepackError
 from edgepack.pipeline.budget.scoring import Candidate, _float32
 
+STRETCHES = 16  # the graph cut into this many stretches, each measured given back to int8 alone
 TOP_DOWN_TRIALS = 40  # candidates spent giving stretches of an all-float candidate back to int8
-TOP_DOWN_LEVELS = 5  # stretch sizes tried: 1/2, 1/4 ... 1/32 of the graph
 
 
 class TopDown:
     def _top_down(self, start: Candidate) -> Candidate | None:
         """When adding float ops greedily did not reach the budget, the error is spread over the
         graph: start from every op float (inputs stay int8; the outputs float when their slices need
-        different scales) and give contiguous stretches back to int8, halves first, then quarters...,
-        keeping each that still meets the budget. None when even all-float misses it."""
+        different scales), measure what giving each of ``STRETCHES`` stretches back to int8 alone
+        costs, then give them back the cheapest (per op) first: the longest run of them that still
+        meets the budget (bisected), each remaining one that still fits, then halves of the stretches
+        left float. None when even all-float misses the budget."""
         keep = set(self.cal.keep_float)  # float in every candidate already (the lstm-float stage's)
         ops = [node for kind, node, _, _ in self.cal.ops() if kind not in ("QUANTIZE", "DEQUANTIZE") and node not in keep]
         int8_out = self.cal.output_type != _float32()
@@ -36,27 +39,62 @@ class TopDown:
         if not current.met:
             self.notes.append(f"even every op in float misses the budget ({current.score.brief(self.budget)})")
             return current
-        deny, trials, sizes = list(ops), 0, []
-        for level in range(1, TOP_DOWN_LEVELS + 1):
-            size = max(1, math.ceil(len(ops) / 2 ** level))
-            if size in sizes:  # a small graph: the same stretches again would give the same answers
-                break
-            sizes.append(size)
-            for a in range(0, len(ops), size):
-                chunk = [n for n in ops[a:a + size] if n in deny]
-                if not chunk or trials >= TOP_DOWN_TRIALS:
-                    continue
-                trial = [n for n in deny if n not in chunk]
-                trials += 1
-                try:
-                    c = self._make("fallback", f"int8 again: ops {a}..{min(a + size, len(ops)) - 1} "
-                                               f"({len(trial)} float)", denylist=tuple(trial), **kw)
-                except EdgepackError:
-                    continue
-                if c.met:
-                    deny, current = trial, c
+        position = {n: i for i, n in enumerate(ops)}
+        state = {"deny": list(ops), "current": current, "trials": 0}
+
+        def give_back(nodes: list[str], label: str) -> Candidate | None:
+            """The current candidate with ``nodes`` int8 again; taken when it meets the budget."""
+            trial = [n for n in state["deny"] if n not in set(nodes)]
+            if len(trial) == len(state["deny"]) or state["trials"] >= TOP_DOWN_TRIALS:
+                return None
+            state["trials"] += 1
+            try:
+                c = self._make("fallback", f"int8 again: {label} ({len(trial)} float)", denylist=tuple(trial), **kw)
+            except EdgepackError:
+                return None
+            if c.met:
+                state["deny"], state["current"] = trial, c
+            return c
+
+        def span(nodes: list[str]) -> str:
+            return f"ops {position[nodes[0]]}..{position[nodes[-1]]}"
+
+        # 1. each stretch alone: the margin it costs, per op
+        size = max(1, math.ceil(len(ops) / STRETCHES))
+        stretches = [ops[a:a + size] for a in range(0, len(ops), size)]
+        top = current.score.margin(self.budget)
+        alone = []
+        for chunk in stretches:
+            c = give_back(chunk, span(chunk))
+            if c is not None and c.met:
+                alone.append(((top - c.score.margin(self.budget)) / len(chunk), position[chunk[0]], chunk, c))
+                state["deny"], state["current"] = list(ops), current  # measured alone: not kept yet
+        alone.sort(key=lambda a: a[:2])
+        cheapest = [chunk for _, _, chunk, _ in alone]
+        # 2. the longest run of the cheapest that still meets the budget (the first alone does), then each other
+        lo, hi = min(1, len(cheapest)), len(cheapest)
+        if cheapest:
+            state["deny"], state["current"] = [n for n in ops if n not in set(cheapest[0])], alone[0][3]
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            nodes = [n for chunk in cheapest[:mid] for n in chunk]
+            saved = list(state["deny"]), state["current"]
+            state["deny"], state["current"] = list(ops), current
+            c = give_back(nodes, f"the {mid} cheapest stretches")
+            if c is not None and c.met:
+                lo = mid
+            else:
+                state["deny"], state["current"] = saved
+                hi = mid - 1
+        for chunk in cheapest[lo:]:  # the next one broke the run, maybe not alone
+            give_back(chunk, span(chunk))
+        # 3. halves of the stretches still float
+        for chunk in stretches:
+            if len(chunk) > 1 and set(chunk) <= set(state["deny"]):
+                for half in (chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]):
+                    give_back(half, span(half))
         reason = ("the error is spread over the graph (no small set of float ops reached the budget): "
                   "this stretch stayed float because giving it back to int8 broke the budget")
-        current.why = {n: reason for n in deny}
-        return current
-
+        chosen = state["current"]
+        chosen.why = {n: reason for n in state["deny"]}
+        return chosen
