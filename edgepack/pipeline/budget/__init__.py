@@ -14,12 +14,14 @@ counts. Candidates, in cost order — the search stops at the first that meets t
    scale) and by the whole-model gain of keeping each one in float, measured on the evaluation
    samples with the largest error — added greedily by gain per cost (a stretch of ops is bisected
    down to the part that carries its gain), each step checked on the whole evaluation set and
-   undone when it did not help, then fallbacks no longer needed dropped again.
+   undone when it did not help, then fallbacks no longer needed dropped again; the rounds stop
+   early when a round's gain, repeated every round left, would not reach the budget.
    An int8 output whose slices need different scales can be made float (with its producer op);
    that changes what the device app reads and is recorded and printed. When no small set of
    float ops gets there (the error is spread over the graph), the search starts from the other end:
-   every op float, then contiguous stretches given back to int8 (halves, quarters ... 1/32) while
-   the budget still holds;
+   every op float, each of 16 contiguous stretches measured given back to int8 alone, then given
+   back cheapest first (the longest run that still meets the budget, each other that fits, then
+   halves of the stretches left float);
 4. ``int16x8``: int16 activations, with float fallback where the target allows float;
 5. otherwise a :class:`BudgetNotMet` with the best candidate's figures and the sensitivity table.
 
