@@ -44,7 +44,8 @@ class TopDown:
 
         def give_back(nodes: list[str], label: str) -> Candidate | None:
             """The current candidate with ``nodes`` int8 again; taken when it meets the budget."""
-            trial = [n for n in state["deny"] if n not in set(nodes)]
+            back = set(nodes)
+            trial = [n for n in state["deny"] if n not in back]
             if len(trial) == len(state["deny"]) or state["trials"] >= TOP_DOWN_TRIALS:
                 return None
             state["trials"] += 1
@@ -74,7 +75,8 @@ class TopDown:
         # 2. the longest run of the cheapest that still meets the budget (the first alone does), then each other
         lo, hi = min(1, len(cheapest)), len(cheapest)
         if cheapest:
-            state["deny"], state["current"] = [n for n in ops if n not in set(cheapest[0])], alone[0][3]
+            first = set(cheapest[0])
+            state["deny"], state["current"] = [n for n in ops if n not in first], alone[0][3]
         while lo < hi:
             mid = (lo + hi + 1) // 2
             nodes = [n for chunk in cheapest[:mid] for n in chunk]
