@@ -73,6 +73,29 @@ def _budget(bundle: Path) -> dict:
     return json.loads((bundle / "manifest.json").read_text())["budget"]
 
 
+def _calibrated(path: Path, x: np.ndarray):
+    """The int8 conversion of ``path`` on x[:200] (its calibrated model kept) and x[200:] as evaluation set."""
+    from edgepack.calibration import Dataset
+    from edgepack.converter.tflite import convert_to_tflite
+    from edgepack.formats.detect import load_model
+    from edgepack.pipeline import budget as B
+    from edgepack.request import QuantizeMode
+
+    loaded = load_model(path)
+    kept = []
+    base = convert_to_tflite(loaded, QuantizeMode.INT8, Dataset({"x": x[:200]}), keep_calibrated=kept.append)
+    ev = B.EvalSet({"x": x[200:]}, [loaded.run({"x": x[200:]})[0]], list(loaded.output_names), [None], [None])
+    return kept[0], base, ev
+
+
+def _search(cal, base: bytes, ev, min_sqnr: float):
+    from edgepack.pipeline import budget as B
+    from edgepack.request import BudgetOptions
+
+    return B.Search(cal, base, ev, BudgetOptions(min_sqnr=min_sqnr), allow_float=True, allow_int16=False,
+                    latency=False)
+
+
 def test_finds_the_one_sensitive_layer_and_keeps_only_it_float(work):
     out = work / "outlier_bundle"
     res = _convert([str(work / "outlier.h5"), "-o", str(out), "--calibration", str(work / "x16.npy"),
@@ -290,24 +313,13 @@ def test_time_major_output_is_judged_per_sample_in_convert_and_validate(tmp_path
 def test_top_down_gives_stretches_back_to_int8_while_the_budget_holds(work):
     """Everything float meets 35 dB (the int8 input caps it near 40); giving stretches back to int8
     while the budget holds leaves fewer float ops, each with its reason."""
-    from edgepack.calibration import Dataset
-    from edgepack.converter.tflite import convert_to_tflite
-    from edgepack.formats.detect import load_model
-    from edgepack.pipeline import budget as B
-    from edgepack.request import BudgetOptions, QuantizeMode
-
-    loaded = load_model(work / "outlier.h5")
-    x = np.load(work / "x16.npy")
-    kept = []
-    base = convert_to_tflite(loaded, QuantizeMode.INT8, Dataset({"x": x[:200]}), keep_calibrated=kept.append)
-    ev = B.EvalSet({"x": x[200:]}, [loaded.run({"x": x[200:]})[0]], list(loaded.output_names), [None], [None])
-    search = B.Search(kept[0], base, ev, BudgetOptions(min_sqnr=35), allow_float=True, allow_int16=False,
-                      latency=False)
+    cal, base, ev = _calibrated(work / "outlier.h5", np.load(work / "x16.npy"))
+    search = _search(cal, base, ev, 35)
     full = search._make("int8", "full int8", model=base)
     assert not full.met
     down = search._top_down(full)
     assert down.met and min(down.score.sqnr.values()) >= 35
-    ops = [n for k, n, _, _ in kept[0].ops() if k not in ("QUANTIZE", "DEQUANTIZE")]
+    ops = [n for k, n, _, _ in cal.ops() if k not in ("QUANTIZE", "DEQUANTIZE")]
     assert 0 < len(down.denylist) < len(ops) and set(down.why) == set(down.denylist)
     assert search.tried[1].name.startswith("every op float") and any("int8 again" in c.name for c in search.tried)
 
@@ -318,21 +330,11 @@ def test_ops_kept_float_by_every_quantization_are_not_searched_again(work):
     same model again, scored again: most of the OCR recognizer's search)."""
     import dataclasses
 
-    from edgepack.calibration import Dataset
-    from edgepack.converter.tflite import convert_to_tflite
-    from edgepack.formats.detect import load_model
-    from edgepack.pipeline import budget as B
-    from edgepack.request import BudgetOptions, QuantizeMode
-
-    loaded = load_model(work / "outlier.h5")
-    x = np.load(work / "x16.npy")
-    kept = []
-    base = convert_to_tflite(loaded, QuantizeMode.INT8, Dataset({"x": x[:200]}), keep_calibrated=kept.append)
-    ops = [n for k, n, _, _ in kept[0].ops() if k not in ("QUANTIZE", "DEQUANTIZE")]
+    plain, base, ev = _calibrated(work / "outlier.h5", np.load(work / "x16.npy"))
+    ops = [n for k, n, _, _ in plain.ops() if k not in ("QUANTIZE", "DEQUANTIZE")]
     outlier = next(n for n in ops if "outlier" in n)
-    cal = dataclasses.replace(kept[0], keep_float=tuple(n for n in ops if n != outlier))
-    ev = B.EvalSet({"x": x[200:]}, [loaded.run({"x": x[200:]})[0]], list(loaded.output_names), [None], [None])
-    search = B.Search(cal, base, ev, BudgetOptions(min_sqnr=35), allow_float=True, allow_int16=False, latency=False)
+    cal = dataclasses.replace(plain, keep_float=tuple(n for n in ops if n != outlier))
+    search = _search(cal, base, ev, 35)
     down = search._top_down(search._make("int8", "full int8", model=base))
     assert down.met and down.denylist == (outlier,)
     # full int8, every op float (int8 outputs, then float ones), and the one stretch left to give back (the
@@ -348,20 +350,10 @@ def test_float_fallback_op_by_op_stops_when_its_pace_cannot_reach_the_budget(wor
     detector at 30 dB: 5 rounds of 21 probes each spent for 2 dB, before the top-down pass met it)."""
     import logging
 
-    from edgepack.calibration import Dataset
-    from edgepack.converter.tflite import convert_to_tflite
-    from edgepack.formats.detect import load_model
-    from edgepack.pipeline import budget as B
     from edgepack.pipeline.budget.greedy import MAX_ROUNDS
-    from edgepack.request import BudgetOptions, QuantizeMode
 
-    loaded = load_model(work / "outlier.h5")
-    x = np.load(work / "x16.npy")
-    kept = []
-    base = convert_to_tflite(loaded, QuantizeMode.INT8, Dataset({"x": x[:200]}), keep_calibrated=kept.append)
-    ev = B.EvalSet({"x": x[200:]}, [loaded.run({"x": x[200:]})[0]], list(loaded.output_names), [None], [None])
-    search = B.Search(kept[0], base, ev, BudgetOptions(min_sqnr=60), allow_float=True, allow_int16=False,
-                      latency=False)
+    cal, base, ev = _calibrated(work / "outlier.h5", np.load(work / "x16.npy"))
+    search = _search(cal, base, ev, 60)
     full = search._make("int8", "full int8", model=base)
     with caplog.at_level(logging.INFO, logger="edgepack.pipeline.budget.greedy"):
         kept_float = search._fallback(full)
@@ -382,12 +374,7 @@ def test_top_down_gives_back_the_cheapest_stretches_first(tmp_path):
 
     import tf_keras as keras
 
-    from edgepack.calibration import Dataset
-    from edgepack.converter.tflite import convert_to_tflite
-    from edgepack.formats.detect import load_model
-    from edgepack.pipeline import budget as B
     from edgepack.pipeline.budget.topdown import STRETCHES
-    from edgepack.request import BudgetOptions, QuantizeMode
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((16,), name="x")
@@ -396,16 +383,12 @@ def test_top_down_gives_back_the_cheapest_stretches_first(tmp_path):
         h = keras.layers.Dense(16, activation="tanh", name=f"d{i}")(h)
     keras.Model(inp, keras.layers.Dense(4, name="head")(h)).save(tmp_path / "deep.h5")
     x = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
-    loaded = load_model(tmp_path / "deep.h5")
-    kept = []
-    base = convert_to_tflite(loaded, QuantizeMode.INT8, Dataset({"x": x[:200]}), keep_calibrated=kept.append)
-    ev = B.EvalSet({"x": x[200:]}, [loaded.run({"x": x[200:]})[0]], list(loaded.output_names), [None], [None])
-    search = B.Search(kept[0], base, ev, BudgetOptions(min_sqnr=30), allow_float=True, allow_int16=False,
-                      latency=False)
+    cal, base, ev = _calibrated(tmp_path / "deep.h5", x)
+    search = _search(cal, base, ev, 30)
     full = search._make("int8", "full int8", model=base)
     assert not full.met
     down = search._top_down(full)
-    ops = [n for k, n, _, _ in kept[0].ops() if k not in ("QUANTIZE", "DEQUANTIZE")]
+    ops = [n for k, n, _, _ in cal.ops() if k not in ("QUANTIZE", "DEQUANTIZE")]
     assert down.met and min(down.score.sqnr.values()) >= 30 and 0 < len(down.denylist) < len(ops)
     size = math.ceil(len(ops) / STRETCHES)
     first = next(i for i, c in enumerate(search.tried) if c.name.startswith("int8 again"))
