@@ -4,12 +4,44 @@ cheapest first."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from edgepack.errors import EdgepackError
 from edgepack.pipeline.budget.scoring import Candidate, _float32
 
 STRETCHES = 16  # the graph cut into this many stretches, each measured given back to int8 alone
 TOP_DOWN_TRIALS = 40  # candidates spent giving stretches of an all-float candidate back to int8
+
+
+class _GiveBack:
+    """The top-down state: the ops still float, the candidate they make, the candidates spent."""
+
+    def __init__(self, search, ops: list[str], all_float: Candidate, kw: dict[str, Any]) -> None:
+        self.search, self.ops, self.all_float, self.kw = search, ops, all_float, kw
+        self.position = {n: i for i, n in enumerate(ops)}
+        self.deny, self.current, self.trials = list(ops), all_float, 0
+
+    def span(self, nodes: list[str]) -> str:
+        return f"ops {self.position[nodes[0]]}..{self.position[nodes[-1]]}"
+
+    def reset(self, deny: list[str] | None = None, current: Candidate | None = None) -> None:
+        self.deny, self.current = list(deny if deny is not None else self.ops), current or self.all_float
+
+    def __call__(self, nodes: list[str], label: str) -> Candidate | None:
+        """The current candidate with ``nodes`` int8 again; taken when it meets the budget."""
+        back = set(nodes)
+        trial = [n for n in self.deny if n not in back]
+        if len(trial) == len(self.deny) or self.trials >= TOP_DOWN_TRIALS:
+            return None
+        self.trials += 1
+        try:
+            c = self.search._make("fallback", f"int8 again: {label} ({len(trial)} float)", denylist=tuple(trial),
+                                  **self.kw)
+        except EdgepackError:
+            return None
+        if c.met:
+            self.deny, self.current = trial, c
+        return c
 
 
 class TopDown:
@@ -39,64 +71,46 @@ class TopDown:
         if not current.met:
             self.notes.append(f"even every op in float misses the budget ({current.score.brief(self.budget)})")
             return current
-        position = {n: i for i, n in enumerate(ops)}
-        state = {"deny": list(ops), "current": current, "trials": 0}
-
-        def give_back(nodes: list[str], label: str) -> Candidate | None:
-            """The current candidate with ``nodes`` int8 again; taken when it meets the budget."""
-            back = set(nodes)
-            trial = [n for n in state["deny"] if n not in back]
-            if len(trial) == len(state["deny"]) or state["trials"] >= TOP_DOWN_TRIALS:
-                return None
-            state["trials"] += 1
-            try:
-                c = self._make("fallback", f"int8 again: {label} ({len(trial)} float)", denylist=tuple(trial), **kw)
-            except EdgepackError:
-                return None
-            if c.met:
-                state["deny"], state["current"] = trial, c
-            return c
-
-        def span(nodes: list[str]) -> str:
-            return f"ops {position[nodes[0]]}..{position[nodes[-1]]}"
-
-        # 1. each stretch alone: the margin it costs, per op
+        give = _GiveBack(self, ops, current, kw)
         size = max(1, math.ceil(len(ops) / STRETCHES))
         stretches = [ops[a:a + size] for a in range(0, len(ops), size)]
-        top = current.score.margin(self.budget)
-        alone = []
-        for chunk in stretches:
-            c = give_back(chunk, span(chunk))
-            if c is not None and c.met:
-                alone.append(((top - c.score.margin(self.budget)) / len(chunk), position[chunk[0]], chunk, c))
-                state["deny"], state["current"] = list(ops), current  # measured alone: not kept yet
-        alone.sort(key=lambda a: a[:2])
-        cheapest = [chunk for _, _, chunk, _ in alone]
-        # 2. the longest run of the cheapest that still meets the budget (the first alone does), then each other
-        lo, hi = min(1, len(cheapest)), len(cheapest)
-        if cheapest:
-            first = set(cheapest[0])
-            state["deny"], state["current"] = [n for n in ops if n not in first], alone[0][3]
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            nodes = [n for chunk in cheapest[:mid] for n in chunk]
-            saved = list(state["deny"]), state["current"]
-            state["deny"], state["current"] = list(ops), current
-            c = give_back(nodes, f"the {mid} cheapest stretches")
-            if c is not None and c.met:
-                lo = mid
-            else:
-                state["deny"], state["current"] = saved
-                hi = mid - 1
-        for chunk in cheapest[lo:]:  # the next one broke the run, maybe not alone
-            give_back(chunk, span(chunk))
-        # 3. halves of the stretches still float
-        for chunk in stretches:
-            if len(chunk) > 1 and set(chunk) <= set(state["deny"]):
+        _cheapest_first(give, stretches)
+        for chunk in stretches:  # then halves of the stretches still float
+            if len(chunk) > 1 and set(chunk) <= set(give.deny):
                 for half in (chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]):
-                    give_back(half, span(half))
+                    give(half, give.span(half))
         reason = ("the error is spread over the graph (no small set of float ops reached the budget): "
                   "this stretch stayed float because giving it back to int8 broke the budget")
-        chosen = state["current"]
-        chosen.why = {n: reason for n in state["deny"]}
-        return chosen
+        give.current.why = {n: reason for n in give.deny}
+        return give.current
+
+
+def _cheapest_first(give: _GiveBack, stretches: list[list[str]]) -> None:
+    """Each stretch given back alone (the margin it costs per op), then the cheapest first: the longest
+    run that still meets the budget (bisected; the first alone does), then each other one that fits."""
+    top = give.all_float.score.margin(give.search.budget)
+    alone = []
+    for chunk in stretches:
+        c = give(chunk, give.span(chunk))
+        if c is not None and c.met:
+            alone.append(((top - c.score.margin(give.search.budget)) / len(chunk), give.position[chunk[0]], chunk, c))
+            give.reset()  # measured alone: not kept yet
+    alone.sort(key=lambda a: a[:2])
+    cheapest = [chunk for _, _, chunk, _ in alone]
+    if not cheapest:
+        return
+    first = set(cheapest[0])
+    give.reset([n for n in give.ops if n not in first], alone[0][3])
+    lo, hi = 1, len(cheapest)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        saved = give.deny, give.current
+        give.reset()
+        c = give([n for chunk in cheapest[:mid] for n in chunk], f"the {mid} cheapest stretches")
+        if c is not None and c.met:
+            lo = mid
+        else:
+            give.reset(*saved)
+            hi = mid - 1
+    for chunk in cheapest[lo:]:  # the next one broke the run, maybe not alone
+        give(chunk, give.span(chunk))
