@@ -121,7 +121,9 @@ def stage_calibrated(st: PipelineState) -> dict | None:
         if model is not st.calibrated.model:
             st.calibrated = st.calibrated.with_model(model)
             st.tflite = _final(st.calibrated)[0]
-    st.ptq = {**(st.ptq or {}), **record}
+    # the manifest's extras hold what changed; how long it took is the stage's (``stages``): two runs of the same
+    # conversion give the same extras (a reproducible bundle)
+    st.ptq = {**(st.ptq or {}), **{n: {k: v for k, v in r.items() if k != "seconds"} for n, r in record.items()}}
     return {name: _summary(r) for name, r in record.items()}
 
 

@@ -62,6 +62,9 @@ def test_ranges_are_on_by_default_and_left_alone_without_samples_to_confirm_on(t
                               "least 8 others to confirm the pick)"}
     ran = read_manifest(tmp_path / "o60").extras["ptq"]["ranges"]
     assert ran["quantizations"] == 4 and len(ran["chunks"]) == 1 and ran["confirm_samples"] == 24, ran
+    # what changed, not how long it took (the stage's timing): the same conversion twice gives the same extras
+    stage = next(s for s in read_manifest(tmp_path / "o60").stages if s.name == "ptq_calibrated")
+    assert "seconds" not in ran and stage.seconds > 0
 
 
 def test_ranges_leave_graphs_tensorflow_calibrated_alone(tmp_path, monkeypatch):
