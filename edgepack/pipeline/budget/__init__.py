@@ -19,7 +19,7 @@ counts. Candidates, in cost order — the search stops at the first that meets t
    An int8 output whose slices need different scales can be made float (with its producer op);
    that changes what the device app reads and is recorded and printed. When no small set of
    float ops gets there (the error is spread over the graph), the search starts from the other end:
-   every op float, each of 16 contiguous stretches measured given back to int8 alone, then given
+   every op float, each of up to 16 contiguous stretches measured given back to int8 alone, then given
    back cheapest first (the longest run that still meets the budget, each other that fits, then
    halves of the stretches left float);
 4. ``int16x8``: int16 activations, with float fallback where the target allows float;

@@ -9,7 +9,7 @@ from typing import Any
 from edgepack.errors import EdgepackError
 from edgepack.pipeline.budget.scoring import Candidate, _float32
 
-STRETCHES = 16  # the graph cut into this many stretches, each measured given back to int8 alone
+STRETCHES = 16  # the graph cut into stretches of ceil(ops / STRETCHES) ops, each measured given back to int8 alone
 TOP_DOWN_TRIALS = 40  # candidates spent giving stretches of an all-float candidate back to int8
 
 
