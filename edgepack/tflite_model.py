@@ -154,6 +154,12 @@ def _code_names(codes) -> list[str]:
     return names
 
 
+def code_names_in_place(m) -> list[str]:
+    """The operator code names of a flatbuffer read in place (a schema ``Model``), by code index."""
+    return _code_names((c.BuiltinCode(), c.DeprecatedBuiltinCode(), c.CustomCode())
+                       for c in (m.OperatorCodes(i) for i in range(m.OperatorCodesLength())))
+
+
 def _summarize_in_place(buf: bytes) -> TfliteModel:
     """:func:`_summarize`'s plain data, read from the flatbuffer in place (trusted bytes only)."""
     from ai_edge_litert import schema_py_generated as schema
@@ -178,8 +184,7 @@ def _summarize_in_place(buf: bytes) -> TfliteModel:
             scales=tuple(float(s) for s in q.ScaleAsNumpy()) if q is not None and q.ScaleLength() else (),
             zero_points=ints(q.ZeroPointLength(), q.ZeroPointAsNumpy) if q is not None else (),
             constant=bool(b) and b < nb and filled[b]))
-    codes = _code_names((c.BuiltinCode(), c.DeprecatedBuiltinCode(), c.CustomCode())
-                        for c in (m.OperatorCodes(i) for i in range(m.OperatorCodesLength())))
+    codes = code_names_in_place(m)
     ops, op_io = [], []
     for i in range(sg.OperatorsLength()):
         op = sg.Operators(i)

@@ -28,10 +28,10 @@ def _mismatches(model: bytes) -> dict[int, list[int]]:
     flatbuffer in place (unpacking a model costs 0.1-0.5 s, and most quantizations have none)."""
     from ai_edge_litert import schema_py_generated as schema
 
+    from edgepack.tflite_model import code_names_in_place
+
     m = schema.Model.GetRootAsModel(model, 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    codes = [m.OperatorCodes(c) for c in range(m.OperatorCodesLength())]
-    copies = {c for c, oc in enumerate(codes) if names.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())) in COPIES}
+    copies = {c for c, name in enumerate(code_names_in_place(m)) if name in COPIES}
     found: dict[int, list[int]] = {}
     if not copies:
         return found

@@ -169,14 +169,13 @@ class Calibrated:
 def model_ops(model: bytes) -> list[tuple[str, str, list[int], list[int]]]:
     """A ``.tflite``'s ops: ``(op type, node name, input tensor indices, output tensor indices)`` in
     execution order; the node name is the first output tensor's name."""
-    obj = _unpack(model)
-    sg = obj.subgraphs[0]
+    from edgepack.tflite_model import read_tflite
+
+    info = read_tflite(model, verify=False)  # a model converted in this process
     out = []
-    for kind, op in zip(op_kinds(obj), sg.operators or []):
-        outs = [int(i) for i in (op.outputs if op.outputs is not None else ()) if i >= 0]
-        ins = [int(i) for i in (op.inputs if op.inputs is not None else ()) if i >= 0]
-        node = (sg.tensors[outs[0]].name or b"").decode() if outs else ""
-        out.append((kind, node, ins, outs))
+    for kind, (ins, outs) in zip(info.ops, info.op_io):
+        outs = [i for i in outs if i >= 0]
+        out.append((kind, info.tensor(outs[0]).name if outs else "", [i for i in ins if i >= 0], outs))
     return out
 
 
