@@ -40,6 +40,38 @@ def test_ranges_clip_an_outlier_channel_the_next_layer_ignores(tmp_path):
     assert rec["confirm_error_db"] < rec["calibration_error_db_before"] - 6
 
 
+def test_ranges_choose_one_range_for_a_concatenation_on_all_of_its_inputs_values(tmp_path):
+    """TFLite's int8 CONCATENATION puts its inputs on the output's scale. Branch "small" (values < 3) comes first,
+    branch "big" (values to ~25, one outlier ~400) second: the range is chosen once for the three tensors, over the
+    values of both branches (it was chosen on the first input's values alone), and the int8 model gives them one
+    scale."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4), name="image")
+    small = keras.layers.Conv2D(4, 1, activation="relu", name="small")(inp)
+    big = keras.layers.Conv2D(4, 1, activation="relu", name="big")(inp)
+    model = keras.Model(inp, keras.layers.Concatenate(name="joined")([small, big]))
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.3, (1, 1, 4, 4)).astype(np.float32)
+    model.get_layer("small").set_weights([w, np.zeros(4, np.float32)])
+    model.get_layer("big").set_weights([np.abs(w) * 10, np.zeros(4, np.float32)])
+    x = np.abs(rng.normal(0, 1, (132, 8, 8, 4))).astype(np.float32)
+    x[5, 0, 0] = 40.0  # one calibration pixel sets the recorded range
+    chosen, recorded, m = _compare_keras(tmp_path, model, x, "ranges")
+    rec = m.extras["ptq"]["ranges"]
+    assert rec["groups"] == 1, rec  # the two branches and the concatenation (the model's output)
+    assert rec["tensors"] == 3 and rec["largest"][0]["recorded"][1] > 50, rec
+    assert rec["largest"][0]["chosen"][1] > 10, rec  # the big branch's values are in the histogram
+    assert chosen >= recorded - 0.05, (chosen, recorded)
+    interp = Interpreter(model_path=str(tmp_path / "with" / "model.tflite"))
+    scales = {d["quantization"][0] for d in interp.get_tensor_details()
+              if d["dtype"] == np.int8 and d["quantization"][0] > 0 and len(d["shape"]) == 4
+              and "image" not in d["name"]}
+    assert len(scales) == 1, scales
+
+
 def test_ranges_are_on_by_default_and_left_alone_without_samples_to_confirm_on(tmp_path):
     """On by default; with 30 calibration samples (24 to choose on, 6 to confirm) the recorded
     ranges stay and the manifest says why; with 60 the choice runs (one chunk, every rule tried)."""

