@@ -95,10 +95,12 @@ def zoo_path(rel: str) -> Path | None:
     return next((base / rel for base in ZOO if (base / rel).is_file()), None)
 
 
-def data(kind: str, path: Path, held: int = 32) -> tuple[list[dict], list[dict]]:
+def data(kind: str, path: Path, held: int = 32, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """200 calibration feeds drawn with ``seed`` and ``held`` held-out feeds (always seed 0: every calibration
+    draw is judged on the same inputs, photographs disjoint from the calibration split's)."""
     from benchmarks.zoo.inputs import make_feeds
 
-    return make_feeds(kind, path, "calib", 200), make_feeds(kind, path, "held", held)
+    return make_feeds(kind, path, "calib", 200, seed), make_feeds(kind, path, "held", held)
 
 
 # -- scores ------------------------------------------------------------------------------------------
@@ -215,26 +217,31 @@ class Case:
     shapes: dict = field(default_factory=dict)
     quantize: str = "int8"
     keras: KerasNet | None = None
+    seed: int = 0  # the calibration draw (--calib-seeds)
 
 
-def zoo_inputs(name: str, held: int = 32) -> tuple[Path, list[dict], list[dict]] | None:
-    """A zoo model's path, 200 calibration and ``held`` held-out feeds; None (said on stderr) when not cached."""
+def zoo_inputs(name: str, held: int = 32, seed: int = 0) -> tuple[Path, list[dict], list[dict]] | None:
+    """A zoo model's path, 200 calibration (drawn with ``seed``) and ``held`` held-out feeds; None (said on
+    stderr) when not cached."""
     kind, rel = MODELS[name][:2]
     path = zoo_path(rel)
     if path is None:
         print(f"{name}: not in the zoo cache ({rel}); run benchmarks/model_zoo.py once", file=sys.stderr)
         return None
-    return (path, *data(kind, path, held))
+    return (path, *data(kind, path, held, seed))
 
 
-def zoo_case(name: str, work: Path, held: int = 32) -> Case | None:
+def zoo_case(name: str, work: Path, held: int = 32, seed: int = 0, refs: list[np.ndarray] | None = None
+             ) -> Case | None:
+    """``refs``: the float model's outputs on the held-out feeds when already computed (another seed's case)."""
     _, _, shapes, metric, quantize = MODELS[name]
-    found = zoo_inputs(name, held)
+    found = zoo_inputs(name, held, seed)
     if found is None:
         return None
     path, calib, held = found
     calib_npz = child.save_feeds(calib, work / f"{name}_calib.npz")
-    return Case(name, metric, path, calib_npz, calib_npz, held, run_onnx(path, held), path, shapes, quantize)
+    return Case(name, metric, path, calib_npz, calib_npz, held, refs if refs is not None else run_onnx(path, held),
+                path, shapes, quantize, seed=seed)
 
 
 def keras_case(name: str, work: Path, keras_dir: Path, venv: Path) -> Case:
@@ -262,7 +269,7 @@ class Rows(list):
     def add(self, quantizer: str, secs: float, outs: list[np.ndarray], float_ops: tuple[int, int], **extra) -> None:
         c = self.case
         r = {"model": c.name, "quantizer": quantizer, "seconds": round(secs, 1), **scores(c.metric, c.refs, outs),
-             "n": len(c.held), "float_ops": float_ops[0], "ops": float_ops[1], **extra}
+             "n": len(c.held), "float_ops": float_ops[0], "ops": float_ops[1], "calib_seed": c.seed, **extra}
         if c.metric in RATES:  # a share of samples: its Wilson interval
             from edgepack.validation.intervals import wilson_interval
 
@@ -334,15 +341,44 @@ def measure_edgepack(case: Case, rows: Rows, work: Path, variants: list[str]) ->
 
 
 def measure_model(name: str, work: Path, args: argparse.Namespace, variants: list[str]) -> list[dict]:
-    case = (keras_case(name, work, args.keras_dir, args.peers_venv) if name in keras_nets.NETS
-            else zoo_case(name, work, args.held))
-    if case is None:
-        return []
-    rows = Rows(case)
-    measure_peers(case, rows, work, [p for p in args.peers.split(",") if p], args.peers_venv, args.peer_memory_gb,
-                  args.stride_histograms.split(","), args.stride)
-    measure_edgepack(case, rows, work, variants)
-    return list(rows)
+    """Every quantizer on one model, once per calibration draw (``--calib-seeds``; the Keras nets have one)."""
+    out: list[dict] = []
+    refs = None
+    for seed in [0] if name in keras_nets.NETS else args.calib_seeds:
+        case = (keras_case(name, work, args.keras_dir, args.peers_venv) if name in keras_nets.NETS
+                else zoo_case(name, work, args.held, seed, refs))
+        if case is None:
+            return out
+        refs, rows = case.refs, Rows(case)
+        measure_peers(case, rows, work, [p for p in args.peers.split(",") if p], args.peers_venv,
+                      args.peer_memory_gb, args.stride_histograms.split(","), args.stride)
+        measure_edgepack(case, rows, work, variants)
+        out += rows
+    return out
+
+
+def over_seeds(rows: list[dict]) -> str:
+    """Per model and quantizer, over the calibration draws: the mean and the lowest of each figure, and in how
+    many draws each peer's figure is above edgepack default's (whole, worst slice, task)."""
+    from collections import defaultdict
+
+    runs: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+    for r in rows:
+        if "absent" not in r:
+            runs[(r["model"], r["quantizer"].split(" [")[0])][r["calib_seed"]] = r
+    lines = ["| model | quantizer | draws | whole dB mean (lowest) | worst-slice dB mean (lowest) | task mean (lowest) "
+             "| draws above edgepack default (whole / worst / task) |", "|---|---|---|---|---|---|---|"]
+    for (model, quantizer), by_seed in runs.items():
+        ours = runs.get((model, DEFAULT), {})
+        cells = []
+        for key in ("whole", "worst", "task"):
+            v = [r[key] for r in by_seed.values()]
+            cells.append(f"{np.mean(v):.{3 if key == 'task' else 2}f} ({min(v):.{3 if key == 'task' else 2}f})")
+        above = ("" if quantizer == DEFAULT else " / ".join(
+            str(sum(1 for s, r in by_seed.items() if s in ours and r[key] > ours[s][key]))
+            for key in ("whole", "worst", "task")) + f" of {sum(1 for s in by_seed if s in ours)}")
+        lines.append(f"| {model} | {quantizer} | {len(by_seed)} | {' | '.join(cells)} | {above} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -377,6 +413,9 @@ def main() -> None:
                     help="the trained Keras nets and their ONNX exports, kept between runs")
     ap.add_argument("--held", type=int, default=32,
                     help="held-out inputs per zoo model (32: the issue's; more narrows the task metric's interval)")
+    ap.add_argument("--calib-seeds", default="0", type=lambda v: [int(s) for s in v.split(",")],
+                    help="comma-separated seeds: the zoo models are calibrated once per draw of 200 inputs (same "
+                         "held-out inputs), and a table gives each quantizer's mean and lowest figures over them")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v in names]
@@ -391,6 +430,9 @@ def main() -> None:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(rows, indent=1))
     print(table(rows))
+    if len(args.calib_seeds) > 1:
+        print()
+        print(over_seeds(rows))
 
 
 if __name__ == "__main__":

@@ -91,3 +91,18 @@ def test_float_match_requantizes_elementwise_ops_float(tmp_path):
     ref = model.predict(calib[:4], verbose=0)
     out = run_bundle(tmp_path / "match", feeds)[0].reshape(ref.shape)
     assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_over_seeds_gives_each_quantizers_mean_lowest_and_draws_above_edgepack():
+    from benchmarks.ptq_peers import DEFAULT, over_seeds
+
+    def row(q, seed, whole, worst, task):
+        return {"model": "det", "quantizer": q, "calib_seed": seed, "whole": whole, "worst": worst, "task": task}
+
+    rows = [row(DEFAULT, 0, 21.0, 20.5, 0.99), row("onnxruntime Percentile [strided by 10]", 0, 22.0, 20.0, 0.99),
+            row(DEFAULT, 1, 23.0, 21.5, 0.98), row("onnxruntime Percentile", 1, 20.0, 19.0, 0.985),
+            {"model": "det", "quantizer": "NNCF", "absent": "not installed"}]
+    lines = over_seeds(rows).splitlines()
+    assert len(lines) == 4  # header, rule, one row per quantizer (the strided note does not split a peer)
+    assert lines[2] == f"| det | {DEFAULT} | 2 | 22.00 (21.00) | 21.00 (20.50) | 0.985 (0.980) |  |"
+    assert lines[3] == "| det | onnxruntime Percentile | 2 | 21.00 (20.00) | 19.50 (19.00) | 0.988 (0.985) | 1 / 0 / 1 of 2 |"
