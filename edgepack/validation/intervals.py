@@ -210,24 +210,51 @@ def task_drop_interval(task: Callable[[list, list, Any], float], outputs: Sequen
     """The drop of a task metric (reference's score − bundle's, a fraction), paired bootstrap over
     samples: both scored on the same resamples (``reference_values``: the reference's scores on
     :func:`resample_indices`, when already computed)."""
-    n = len(references[0])
-
-    def take(arrays: Sequence[np.ndarray], idx: np.ndarray) -> list[np.ndarray]:
-        return [a[idx] for a in arrays]
-
-    resamples = resample_indices(n)
     if reference_values is None:
         reference_values = task_reference_values(task, references, labels)
-    ours = np.array([task(take(outputs, i), take(references, i), None if labels is None else labels[i])
-                     for i in resamples], np.float64)
-    return percentile_interval(reference_values - ours, value, n, confidence)
+    ours = _resampled_task(task, outputs, references, labels)
+    return percentile_interval(reference_values - ours, value, len(references[0]), confidence)
 
 
 def task_reference_values(task: Callable[[list, list, Any], float], references: Sequence[np.ndarray],
                           labels: np.ndarray | None) -> np.ndarray:
     """The reference's own task score on each of :func:`resample_indices`' resamples."""
-    values = []
-    for i in resample_indices(len(references[0])):
-        refs = [a[i] for a in references]
-        values.append(task(refs, refs, None if labels is None else labels[i]))
-    return np.array(values, np.float64)
+    return _resampled_task(task, references, references, labels)
+
+
+def _resampled_task(task: Callable[[list, list, Any], float], outputs: Sequence[np.ndarray],
+                    references: Sequence[np.ndarray], labels: np.ndarray | None) -> np.ndarray:
+    """The task score of ``outputs`` on each of :func:`resample_indices`' resamples: from per-sample
+    scores when the metric is their mean (:func:`per_sample_scores`: n calls, not one per resample),
+    else by scoring each resample."""
+    n = len(references[0])
+    resamples = resample_indices(n)
+    scores = per_sample_scores(task, outputs, references, labels, resamples[0])
+    if scores is not None:
+        return scores[np.stack(resamples)].mean(axis=1)
+    return np.array([task([a[i] for a in outputs], [a[i] for a in references], None if labels is None else labels[i])
+                     for i in resamples], np.float64)
+
+
+def per_sample_scores(task: Callable[[list, list, Any], float], outputs: Sequence[np.ndarray],
+                      references: Sequence[np.ndarray], labels: np.ndarray | None,
+                      check: np.ndarray) -> np.ndarray | None:
+    """Each sample's score, when the metric of any set of samples is the mean of them (exact strings, top-1,
+    a per-sample error), else None (a pooled F1, a median...): checked on every sample, each half, and
+    ``check`` (a resample, repeats included), to 1e-6 (float32 sums). A metric that fails on one sample is scored per
+    resample (None)."""
+    n = len(references[0])
+    if n < 4:
+        return None
+
+    def score(idx: np.ndarray) -> float:
+        return float(task([a[idx] for a in outputs], [a[idx] for a in references],
+                          None if labels is None else labels[idx]))
+
+    try:
+        scores = np.array([score(np.array([i])) for i in range(n)], np.float64)
+        sets = (np.arange(n), np.arange(n // 2), np.arange(n // 2, n), np.asarray(check))
+        mean_of_each = all(math.isclose(scores[idx].mean(), score(idx), rel_tol=0, abs_tol=1e-6) for idx in sets)
+    except Exception:  # noqa: BLE001 - the user's metric on one sample: scored per resample instead, where it
+        return None  # raises (if it does) as it always has
+    return scores if mean_of_each and np.all(np.isfinite(scores)) else None

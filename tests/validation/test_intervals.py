@@ -82,3 +82,36 @@ def test_agreement_interval_counts_samples_not_positions():
     assert one_decision.method == "wilson" and one_decision.n == 40
     steps = agreement_interval(np.full(40, 0.95))  # 20 steps a sample, 19 agree: 40 samples, not 800
     assert steps.method == "bootstrap" and steps.n == 40 and steps.value == pytest.approx(0.95)
+
+
+def test_task_drop_bootstrap_reads_per_sample_scores_of_a_mean_metric_and_resamples_a_pooled_one():
+    """A metric that is the mean of per-sample scores is called once per sample, not once per resample,
+    and gives the interval the resample-by-resample bootstrap gives; a pooled one (an F1 over every
+    sample's detections) is scored per resample, as before."""
+    from edgepack.validation import intervals as iv
+
+    rng = np.random.default_rng(5)
+    refs = [rng.integers(0, 10, (60, 4))]
+    outs = [np.where(rng.random((60, 4)) < 0.1, 0, refs[0])]
+    calls = {"exact": 0, "pooled": 0}
+
+    def exact(o, r, labels):
+        calls["exact"] += 1
+        return float(np.mean(np.all(o[0] == r[0], axis=1)))
+
+    def pooled(o, r, labels):  # a share of matching positions over the whole set: the mean of the
+        calls["pooled"] += 1  # per-sample shares only when every sample has as many positions
+        hits, total = np.sum((o[0] == r[0]) & (r[0] > 2)), np.sum(r[0] > 2)
+        return float(hits / max(total, 1))
+
+    fast = iv.task_drop_interval(exact, outs, refs, None, 0.0)
+    assert calls["exact"] <= 2 * (60 + 4)  # the reference's and the outputs' per-sample scores and checks
+    by_resample = np.array([exact([o[i] for o in outs], [r[i] for r in refs], None)
+                            for i in iv.resample_indices(60)])
+    expected = iv.percentile_interval(1.0 - by_resample, 0.0, 60)
+    assert (fast.low, fast.high) == pytest.approx((expected.low, expected.high), abs=1e-9)
+    assert fast.high > fast.low > 0
+
+    iv.task_drop_interval(pooled, outs, refs, None, 0.0)
+    assert calls["pooled"] > iv.BOOTSTRAP_RESAMPLES  # not a mean of per-sample scores: every resample scored
+    assert iv.per_sample_scores(pooled, outs, refs, None, iv.resample_indices(60)[0]) is None
