@@ -183,16 +183,16 @@ def _union(g: TfliteGraph, members: list[int]) -> tuple[float, float]:
 
 def _sources(g: TfliteGraph, members: list[int]) -> list[int]:
     """The tensors whose values make up a group's, each value once: members a same-scale op did not make
-    (a reshape's output holds its input's values), and the inputs a concatenation takes from outside the
-    group (a fixed-range sigmoid the quantizer re-scales onto the group's range)."""
+    from another member (a reshape's output holds its input's values), and the inputs a concatenation takes
+    from outside the group (a fixed-range sigmoid the quantizer re-scales onto the group's range)."""
     group, found = set(members), []
     for t in members:
         pos = g.producer.get(t)
         op = g.ops[pos] if pos is not None else None
-        if op is None or (op.kind not in _SAME_SCALE and op.kind not in _JOIN):
-            found.append(t)
-        elif op.kind in _JOIN:
+        if op is not None and op.kind in _JOIN:
             found += [i for i in op.inputs if i >= 0 and i not in group and g.constant(i) is None]
+        elif op is None or op.kind not in _SAME_SCALE or not op.inputs or op.inputs[0] not in group:
+            found.append(t)
     return list(dict.fromkeys(found)) or [min(members, key=lambda m: g.producer.get(m, -1))]
 
 
