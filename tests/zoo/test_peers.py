@@ -105,4 +105,5 @@ def test_over_seeds_gives_each_quantizers_mean_lowest_and_draws_above_edgepack()
     lines = over_seeds(rows).splitlines()
     assert len(lines) == 4  # header, rule, one row per quantizer (the strided note does not split a peer)
     assert lines[2] == f"| det | {DEFAULT} | 2 | 22.00 (21.00) | 21.00 (20.50) | 0.985 (0.980) |  |"
-    assert lines[3] == "| det | onnxruntime Percentile | 2 | 21.00 (20.00) | 19.50 (19.00) | 0.988 (0.985) | 1 / 0 / 1 of 2 |"
+    assert lines[3] == ("| det | onnxruntime Percentile | 2 | 21.00 (20.00) | 19.50 (19.00) | 0.988 (0.985) "
+                        "| 1 / 0 / 1 of 2 |")
