@@ -400,3 +400,43 @@ def test_top_down_gives_back_the_cheapest_stretches_first(tmp_path):
     cheapest = max(met, key=lambda c: c.score.margin(search.budget))
     given_back = set(ops) - set(cheapest.denylist)
     assert given_back and not given_back & set(down.denylist)
+
+
+def test_single_op_probes_stop_when_none_moves_a_decision_count(work, caplog):
+    """A metric that counts decisions (here: outputs bit-identical to the source's, never true in int8) is not
+    moved by keeping one op float: after PROBE_PATIENCE single ops in a row leave it exactly where it was, the
+    round probes no more single ops (the OCR recognizer's strings budget spent 15 probes, every gain 0.00), but
+    still probes the stretches of ops."""
+    import dataclasses
+    import logging
+
+    from edgepack.pipeline import budget as B
+    from edgepack.pipeline.budget.greedy import PROBE_PATIENCE
+    from edgepack.request import BudgetOptions
+
+    def identical(outputs, references, labels):
+        return float(np.mean([np.array_equal(o, r) for o, r in zip(outputs[0], references[0])]))
+
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16,), name="x")
+    h = inp
+    for i in range(8):
+        h = keras.layers.Dense(16, activation="tanh", name=f"d{i}")(h)
+    keras.Model(inp, keras.layers.Dense(4, name="head")(h)).save(work / "deep_exact.h5")
+    (work / "exact.py").write_text("def identical(o, r, labels):\n    return 0.0\n")
+    cal, base, ev = _calibrated(work / "deep_exact.h5", np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32))
+    ev = dataclasses.replace(ev, task=identical)
+    search = B.Search(cal, base, ev, BudgetOptions(max_drop=2.0, metric=f"{work / 'exact.py'}:identical"),
+                      allow_float=True, allow_int16=False, latency=False)
+    full = search._make("int8", "full int8", model=base)
+    assert not full.met and full.score.drop_pp == pytest.approx(100.0)
+    with caplog.at_level(logging.INFO, logger="edgepack.pipeline.budget.greedy"):
+        search._fallback(full)
+    probes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("budget: probe ")]
+    single = [p for p in probes if not p.startswith("budget: probe ops ") and "float output" not in p]
+    assert len(single) == PROBE_PATIENCE and all(p.endswith("gain 0.00 on the ranking samples") for p in single)
+    assert any(p.startswith("budget: probe ops ") for p in probes)  # the stretches are still probed
+    assert len(search._options(full)) > PROBE_PATIENCE + 1  # there were more single ops to probe
+    assert any("left the budget's figure unchanged" in r.getMessage() for r in caplog.records)

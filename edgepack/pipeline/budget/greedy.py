@@ -17,6 +17,10 @@ SEGMENTS = 8  # contiguous groups of ops probed as one
 DROP_TRIALS = 16  # candidates spent dropping fallbacks no longer needed
 NARROW_KEEP = 0.75  # a half of a group replaces the group when it keeps this share of the gain
 PROBE_OPS = 12  # ops whose whole-model effect is measured (the largest local errors, plus output producers)
+# single ops probed in a row that leave the budget's figure exactly where it was before the rest are skipped:
+# a figure that counts decisions (strings, top-1) on the ranking samples is not moved by one op (the OCR
+# recognizer's strings budget: 15 probes, every gain 0.00); stretches of ops are still probed
+PROBE_PATIENCE = 4
 
 
 @dataclass
@@ -85,10 +89,13 @@ class GreedyFallback:
                    first: bool) -> list[tuple[float, float, tuple]]:
         """Every option not yet taken, on top of the current fallbacks, on the ranking samples:
         ``(gain per cost, gain, option)``, best first. Records each op's gain for the sensitivity table."""
-        ranked = []
+        ranked, unmoved = [], 0
         for opt in options:
             label, nodes, f_out, cost = opt
             if set(nodes) <= set(state.deny) and (state.fout or not f_out):
+                continue
+            single = len(nodes) == 1 and not f_out
+            if single and unmoved >= PROBE_PATIENCE:
                 continue
             try:
                 c = self._make("fallback", f"probe {label}", ev=rank_ev, ranges=start.ranges,
@@ -98,6 +105,10 @@ class GreedyFallback:
                 continue
             gain = c.score.margin(self.budget) - base_rank
             log.info("budget: probe %s: gain %.2f on the ranking samples", label[-60:], gain)
+            unmoved = unmoved + 1 if single and gain == 0 else 0 if single else unmoved
+            if single and unmoved == PROBE_PATIENCE:
+                log.info("budget: %d single ops in a row left the budget's figure unchanged: the other single ops "
+                         "are not probed this round (stretches are)", PROBE_PATIENCE)
             for n in nodes:
                 self.gains[n] = round(max(self.gains.get(n, -math.inf), gain), 4) if first else \
                     self.gains.get(n, round(gain, 4))
