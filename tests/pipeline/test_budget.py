@@ -88,6 +88,19 @@ def _calibrated(path: Path, x: np.ndarray):
     return kept[0], base, ev
 
 
+def _deep_tanh_net(path: Path) -> tuple[Path, np.ndarray]:
+    """Nine dense layers that each add a little int8 error (tf_keras .h5), and 300 inputs for it."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16,), name="x")
+    h = inp
+    for i in range(8):
+        h = keras.layers.Dense(16, activation="tanh", name=f"d{i}")(h)
+    keras.Model(inp, keras.layers.Dense(4, name="head")(h)).save(path)
+    return path, np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+
+
 def _search(cal, base: bytes, ev, min_sqnr: float):
     from edgepack.pipeline import budget as B
     from edgepack.request import BudgetOptions
@@ -372,18 +385,9 @@ def test_top_down_gives_back_the_cheapest_stretches_first(tmp_path):
     import math
     import re
 
-    import tf_keras as keras
-
     from edgepack.pipeline.budget.topdown import STRETCHES
 
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((16,), name="x")
-    h = inp
-    for i in range(8):
-        h = keras.layers.Dense(16, activation="tanh", name=f"d{i}")(h)
-    keras.Model(inp, keras.layers.Dense(4, name="head")(h)).save(tmp_path / "deep.h5")
-    x = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
-    cal, base, ev = _calibrated(tmp_path / "deep.h5", x)
+    cal, base, ev = _calibrated(*_deep_tanh_net(tmp_path / "deep.h5"))
     search = _search(cal, base, ev, 30)
     full = search._make("int8", "full int8", model=base)
     assert not full.met
@@ -417,16 +421,8 @@ def test_single_op_probes_stop_when_none_moves_a_decision_count(work, caplog):
     def identical(outputs, references, labels):
         return float(np.mean([np.array_equal(o, r) for o, r in zip(outputs[0], references[0])]))
 
-    import tf_keras as keras
-
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((16,), name="x")
-    h = inp
-    for i in range(8):
-        h = keras.layers.Dense(16, activation="tanh", name=f"d{i}")(h)
-    keras.Model(inp, keras.layers.Dense(4, name="head")(h)).save(work / "deep_exact.h5")
     (work / "exact.py").write_text("def identical(o, r, labels):\n    return 0.0\n")
-    cal, base, ev = _calibrated(work / "deep_exact.h5", np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32))
+    cal, base, ev = _calibrated(*_deep_tanh_net(work / "deep_exact.h5"))
     ev = dataclasses.replace(ev, task=identical)
     search = B.Search(cal, base, ev, BudgetOptions(max_drop=2.0, metric=f"{work / 'exact.py'}:identical"),
                       allow_float=True, allow_int16=False, latency=False)
