@@ -171,7 +171,11 @@ def model_ops(model: bytes) -> list[tuple[str, str, list[int], list[int]]]:
     execution order; the node name is the first output tensor's name."""
     from edgepack.tflite_model import read_tflite
 
-    info = read_tflite(model, verify=False)  # a model converted in this process
+    return ops_of(read_tflite(model, verify=False))  # a model converted in this process
+
+
+def ops_of(info) -> list[tuple[str, str, list[int], list[int]]]:
+    """:func:`model_ops` of a model already read (:func:`edgepack.tflite_model.read_tflite`)."""
     out = []
     for kind, (ins, outs) in zip(info.ops, info.op_io):
         outs = [i for i in outs if i >= 0]

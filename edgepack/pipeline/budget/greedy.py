@@ -105,7 +105,8 @@ class GreedyFallback:
                 continue
             gain = c.score.margin(self.budget) - base_rank
             log.info("budget: probe %s: gain %.2f on the ranking samples", label[-60:], gain)
-            unmoved = unmoved + 1 if single and gain == 0 else 0 if single else unmoved
+            if single:
+                unmoved = unmoved + 1 if gain == 0 else 0
             if single and unmoved == PROBE_PATIENCE:
                 log.info("budget: %d single ops in a row left the budget's figure unchanged: the other single ops "
                          "are not probed this round (stretches are)", PROBE_PATIENCE)

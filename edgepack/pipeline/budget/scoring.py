@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgepack._native import capture_native_output
-from edgepack.converter.requantize import model_ops
+from edgepack.converter.requantize import ops_of
 from edgepack.formats.base import signature_name
 from edgepack.pipeline.budget.evalset import EvalSet
 from edgepack.request import BudgetOptions
@@ -320,7 +320,7 @@ class Candidate:
 def _op_outputs(model: bytes) -> list[tuple[str, str, str]]:
     """``(op type, node name, output dtype)`` per op of a candidate."""
     info = read_tflite(model, verify=False)  # a candidate quantized in this process
-    return [(kind, node, info.tensor(outs[0]).dtype) for kind, node, _, outs in model_ops(model) if outs]
+    return [(kind, node, info.tensor(outs[0]).dtype) for kind, node, _, outs in ops_of(info) if outs]
 
 
 
