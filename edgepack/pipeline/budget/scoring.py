@@ -286,6 +286,7 @@ class Candidate:
     range_methods: dict[str, str] = field(default_factory=dict)
     float_output: bool = False
     int16: bool = False
+    spliced: bool = False  # built by splicing (edgepack.converter.splice), not by the quantizer
     met: bool = False
     seconds: float = 0.0
     why: dict[str, str] = field(default_factory=dict)  # node -> why it is not int8
@@ -311,7 +312,7 @@ class Candidate:
         rec = {"step": self.step, "name": self.name, "met": self.met, "margin": _round(self.score.margin(budget)),
                "metric": self.score.to_dict(budget, task=False), "float_ops": len(not_int8["float"]),
                "int16_ops": len(not_int8["int16"]), "ops": total, "bytes": len(self.model),
-               "seconds": round(self.seconds, 3)}
+               "seconds": round(self.seconds, 3), "built": "splice" if self.spliced else "quantizer"}
         if latency:
             rec["litert_p50_ms"] = litert_p50_ms(self.model, runs=20, warmup=3)
         return rec

@@ -41,7 +41,7 @@ class SearchResult:
 class Search(GreedyFallback, TopDown):
     def __init__(self, calibrated: Calibrated, baseline: bytes, ev: EvalSet, budget: BudgetOptions, *,
                  allow_float: bool, allow_int16: bool, target_ops: Sequence[str] | None = None,
-                 progress: Callable[[str], None] | None = None, latency: bool = True) -> None:
+                 progress: Callable[[str], None] | None = None, latency: bool = True, splice: bool = True) -> None:
         self.cal, self.baseline, self.ev, self.budget = calibrated, baseline, ev, budget
         self.allow_float, self.allow_int16, self.target_ops = allow_float, allow_int16, target_ops
         self.progress = progress or (lambda s: None)
@@ -53,26 +53,41 @@ class Search(GreedyFallback, TopDown):
         self._ranking: EvalSet | None = None
         self.all_float: Candidate | None = None  # the top-down pass's every-op-float candidate
         self._models: dict[tuple, bytes] = {}  # quantized candidates by their settings: a probe confirmed is not redone
+        self._spliced_keys: set[tuple] = set()  # settings whose cached model is a splice
+        self._splicers: dict[tuple, Any] = {}  # by (ranges, float output): the splicer over that base quantization
+        self.splice = splice
 
     # -- helpers -------------------------------------------------------------------------------------
     def _make(self, step: str, name: str, *, model: bytes | None = None, ev: EvalSet | None = None,
-              **kw: Any) -> Candidate:
+              exact: bool = False, **kw: Any) -> Candidate:
+        """A candidate scored on ``ev`` (the evaluation set when None): ``model``, or the calibrated model
+        quantized with ``kw``'s settings -- spliced (:mod:`edgepack.converter.splice`) when only ops are
+        added to the denylist, by the quantizer when ``exact`` or a splice cannot be made."""
         start = time.perf_counter()
         allow_float = kw.pop("allow_float", False)
+        spliced = False
         if model is None:
             ranges = kw.get("ranges") or {}
             # ops every quantization keeps float (the lstm-float stage's) are float with or without the denylist
             key = (tuple(sorted(set(kw.get("denylist", ())) | set(self.cal.keep_float))), tuple(sorted(ranges.items())),
                    kw.get("float_output", False), kw.get("int16", False), allow_float)
-            model = self._models.get(key)
+            model = self._models.get(key) if not exact else None
             if model is None:
-                model = self._models[key] = self.cal.quantize(
-                    denylist=kw.get("denylist", ()), ranges=ranges or None, float_output=kw.get("float_output", False),
-                    int16=kw.get("int16", False), allow_float=allow_float)
+                model = self._spliced(kw) if not exact else None
+                spliced = model is not None
+                if model is None:
+                    model = self.cal.quantize(
+                        denylist=kw.get("denylist", ()), ranges=ranges or None,
+                        float_output=kw.get("float_output", False), int16=kw.get("int16", False),
+                        allow_float=allow_float)
+                self._models[key] = model
                 if len(self._models) > CACHED_MODELS:  # the oldest goes: a round's probes are what gets confirmed
                     self._models.pop(next(iter(self._models)))
+            else:
+                spliced = key in self._spliced_keys
+            (self._spliced_keys.add if spliced else self._spliced_keys.discard)(key)
         sc = score(model, ev or self.ev)
-        cand = Candidate(step, name, model, sc, **kw)
+        cand = Candidate(step, name, model, sc, spliced=spliced, **kw)
         cand.met = ev is None and sc.meets(self.budget)  # the bounds of the intervals, not only the figures
         cand.seconds = time.perf_counter() - start
         if ev is None:
@@ -82,6 +97,38 @@ class Search(GreedyFallback, TopDown):
             self.progress(f"{step}: {sc.brief()}")
         return cand
 
+    def _spliced(self, kw: dict[str, Any]) -> bytes | None:
+        """The candidate spliced from its base quantization (same ranges and outputs, no op added to the
+        denylist; quantized once and kept), or None: not a denylist candidate, or not spliceable."""
+        from edgepack.converter.splice import Splicer
+
+        deny = set(kw.get("denylist", ())) - set(self.cal.keep_float)
+        if not self.splice or not deny or kw.get("int16", False):
+            return None
+        ranges = kw.get("ranges") or {}
+        bkey = (tuple(sorted(ranges.items())), kw.get("float_output", False))
+        if bkey not in self._splicers:
+            base = self.cal.quantize(ranges=ranges or None, float_output=bkey[1])
+            self._splicers[bkey] = Splicer(self.cal.model, base)
+        return self._splicers[bkey].build(deny)
+
+    def _exact(self, chosen: Candidate) -> Candidate:
+        """A spliced choice quantized again by the quantizer: that model when it meets the budget too (the
+        bundle then holds what ``mlir_quantize`` makes), else the splice (what was measured to meet)."""
+        kw = dict(denylist=chosen.denylist, ranges=chosen.ranges, range_methods=chosen.range_methods,
+                  float_output=chosen.float_output)
+        try:
+            again = self._make(chosen.step, f"{chosen.name}, quantized again", exact=True, **kw)
+        except EdgepackError as err:
+            self.notes.append(f"the spliced choice could not be quantized again ({err.message}): the splice is kept")
+            return chosen
+        if again.met:
+            again.why = chosen.why
+            return again
+        self.notes.append("the spliced choice quantized again by the quantizer misses the budget "
+                          f"({again.score.brief(self.budget)}): the splice, which meets it, is kept")
+        return chosen
+
     def best(self) -> Candidate:
         return max(self.tried, key=lambda c: c.score.margin(self.budget))
 
@@ -89,6 +136,8 @@ class Search(GreedyFallback, TopDown):
     def run(self) -> SearchResult:
         start = time.perf_counter()
         chosen = self._search()
+        if chosen is not None and chosen.spliced:
+            chosen = self._exact(chosen)
         met = chosen is not None
         if chosen is None:
             chosen = self.best()

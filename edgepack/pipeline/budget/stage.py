@@ -92,7 +92,7 @@ def budget_record(st, ev, result: SearchResult) -> dict[str, Any]:
                 "interval for top-1 accuracy, paired bootstrap for a task metric))",
         "chosen": {"step": chosen.step, "name": chosen.name, "metric": chosen.score.to_dict(budget),
                    "float_ops": not_int8["float"], "int16_ops": not_int8["int16"],
-                   "float_output": chosen.float_output,
+                   "float_output": chosen.float_output, "built": "splice" if chosen.spliced else "quantizer",
                    "why": chosen.why, "range_methods": chosen.range_methods,
                    "ranges": {k: [round(v[0], 6), round(v[1], 6)] for k, v in chosen.ranges.items()}},
         "candidates": result.trace,
