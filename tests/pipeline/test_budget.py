@@ -121,6 +121,9 @@ def test_finds_the_one_sensitive_layer_and_keeps_only_it_float(work):
     chosen = b["chosen"]
     assert chosen["step"] == "fallback"
     assert len(chosen["float_ops"]) == 1 and "outlier" in chosen["float_ops"][0]
+    # candidates spliced, the choice quantized again by the quantizer (and meeting the budget so)
+    assert any(c["built"] == "splice" for c in b["candidates"]) and chosen["built"] == "quantizer"
+    assert chosen["name"].endswith("quantized again") and b["candidates"][-1]["built"] == "quantizer"
     assert min(chosen["metric"]["sqnr_db"].values()) >= 25
     assert b["eval_data"]["source"] == "held-out calibration samples" and b["eval_data"]["samples"] == 100
     # every candidate is recorded with its cost
