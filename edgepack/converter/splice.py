@@ -52,8 +52,10 @@ def _write(obj) -> bytes:
 class Splicer:
     """Candidates over one base quantization (:meth:`build`); ``ok`` is False when none can be spliced."""
 
-    def __init__(self, calibrated: bytes, base: bytes) -> None:
-        self.cal = _read(calibrated)
+    def __init__(self, calibrated: bytes, base: bytes, *, unpacked: Any = None) -> None:
+        """``unpacked``: the calibrated model already read (``flatbuffer_utils``' object tree), shared by the
+        splicers over several bases; it is not changed."""
+        self.cal = unpacked if unpacked is not None else _read(calibrated)
         self.base = base
         self.cal_kinds = op_kinds(self.cal)
         self.match: dict[int, int] = {}  # base op index -> calibrated op index

@@ -439,3 +439,17 @@ def test_single_op_probes_stop_when_none_moves_a_decision_count(work, caplog):
     assert any(p.startswith("budget: probe ops ") for p in probes)  # the stretches are still probed
     assert len(search._options(full)) > PROBE_PATIENCE + 1  # there were more single ops to probe
     assert any("left the budget's figure unchanged" in r.getMessage() for r in caplog.records)
+
+
+def test_a_splice_that_does_not_run_is_quantized_instead(work, monkeypatch):
+    """Candidates are spliced (converter/splice.py); one LiteRT refuses is made by the quantizer, and the
+    search finds what it finds with splices: the one outlier layer float."""
+    from edgepack.converter import splice
+
+    cal, base, ev = _calibrated(work / "outlier.h5", np.load(work / "x16.npy"))
+    found = _search(cal, base, ev, 25.0).run()
+    assert found.met and any(c["built"] == "splice" for c in found.trace)
+    monkeypatch.setattr(splice.Splicer, "build", lambda self, nodes: b"TFL3 is not a model")
+    again = _search(cal, base, ev, 25.0).run()
+    assert again.met and {c["built"] for c in again.trace} == {"quantizer"}
+    assert again.chosen.denylist == found.chosen.denylist and any("outlier" in n for n in found.chosen.denylist)

@@ -86,7 +86,15 @@ class Search(GreedyFallback, TopDown):
             else:
                 spliced = key in self._spliced_keys
             (self._spliced_keys.add if spliced else self._spliced_keys.discard)(key)
-        sc = score(model, ev or self.ev)
+        try:
+            sc = score(model, ev or self.ev)
+        except Exception as err:  # a splice LiteRT refuses: the quantizer's model for the same settings
+            if not spliced:
+                raise
+            log.info("budget: a spliced candidate failed to run (%s); quantized instead", err)
+            self._models.pop(key, None)
+            self._spliced_keys.discard(key)
+            return self._make(step, name, model=None, ev=ev, exact=True, allow_float=allow_float, **kw)
         cand = Candidate(step, name, model, sc, spliced=spliced, **kw)
         cand.met = ev is None and sc.meets(self.budget)  # the bounds of the intervals, not only the figures
         cand.seconds = time.perf_counter() - start
@@ -109,7 +117,8 @@ class Search(GreedyFallback, TopDown):
         bkey = (tuple(sorted(ranges.items())), kw.get("float_output", False))
         if bkey not in self._splicers:
             base = self.cal.quantize(ranges=ranges or None, float_output=bkey[1])
-            self._splicers[bkey] = Splicer(self.cal.model, base)
+            first = next(iter(self._splicers.values()), None)
+            self._splicers[bkey] = Splicer(self.cal.model, base, unpacked=first.cal if first is not None else None)
         return self._splicers[bkey].build(deny)
 
     def _exact(self, chosen: Candidate) -> Candidate:
