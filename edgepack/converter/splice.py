@@ -120,6 +120,7 @@ class _Splice:
         self.constants: dict[int, int] = {}  # calibrated constant -> its copy
         self.codes: dict[tuple, int] = {}
         self.ops: list[Any] = []
+        self.outputs = {int(t) for t in self.sg.outputs}
 
     def run(self) -> bytes:
         for i, op in enumerate(self.sg.operators or []):
@@ -158,7 +159,10 @@ class _Splice:
             t = self.sg.tensors[b]
             if t.type == _float32():
                 raise _NotSpliceable(f"tensor {b} is float in the base and int8 in the calibrated op's other outputs")
-            t.name = _suffixed(t.name, "/int8")
+            if b in self.outputs:  # the model's output keeps its name; the float value is renamed, as the quantizer does
+                self.sg.tensors[f].name = _suffixed(self.sg.tensors[f].name, "1")
+            else:
+                t.name = _suffixed(t.name, "/int8")
             self.ops.append(self._qdq("QUANTIZE", f, b))
 
     def _input(self, t: int) -> int:

@@ -72,6 +72,7 @@ def test_a_spliced_candidate_is_what_the_quantizer_makes_for_the_same_denylist(n
         a, b = read_tflite(quantized), read_tflite(spliced)
         # the same ops, float and int8, and no tensor or weight left behind (the names a little longer)
         assert a.op_counts == b.op_counts, deny
+        assert [a.tensor(i).name for i in a.outputs] == [b.tensor(i).name for i in b.outputs], deny  # what apps look up
         assert sorted(t.dtype for t in a.tensors) == sorted(t.dtype for t in b.tensors), deny
         assert 0 <= len(spliced) - len(quantized) < 1024, (deny, len(quantized), len(spliced))
     # every op float: the float model's outputs (the input's int8 rounding aside)
