@@ -19,7 +19,10 @@ outputs (no labels needed; 1.0 = the same result as the float model):
   the source model's.
 
 The signature edgepack calls: ``FUNCTION(outputs, references, labels) -> float``; ``outputs`` and
-``references`` are lists of arrays (one per model output, source layout, batch first).
+``references`` are lists of arrays (one per model output, source layout, batch first). A metric pooled
+over samples (the F1s here) may say how it pools: ``FUNCTION.counts(outputs, references, labels)`` gives
+per-sample counts ``(samples, k)`` and ``FUNCTION.from_counts(sums)`` the metric from their sums; the
+bootstrap interval then resamples the counts (checked against the metric) instead of calling it 1,000 times.
 """
 
 from __future__ import annotations
@@ -29,8 +32,13 @@ import numpy as np
 IOU_MATCH = 0.5
 
 
-def yolox_f1(outputs, references, labels=None, *, size=(416, 416), strides=(8, 16, 32),
-             score_thr=0.1, nms_thr=0.45) -> float:
+def yolox_f1(outputs, references, labels=None, **options) -> float:
+    return f1_from_counts(yolox_counts(outputs, references, labels, **options).sum(axis=0))
+
+
+def yolox_counts(outputs, references, labels=None, *, size=(416, 416), strides=(8, 16, 32),
+                 score_thr=0.1, nms_thr=0.45) -> np.ndarray:
+    """:func:`yolox_f1`'s per-image (true positives, false positives, misses)."""
     def detect(raw: np.ndarray) -> list[np.ndarray]:
         grids, steps = [], []
         for s in strides:
@@ -50,11 +58,16 @@ def yolox_f1(outputs, references, labels=None, *, size=(416, 416), strides=(8, 1
             out.append(_nms(boxes[keep], score[keep], np.zeros(int(keep.sum()), int), nms_thr, cls[keep]))
         return out
 
-    return _f1([detect(o) for o in (outputs[0], references[0])], same_class=False)
+    return _match_counts([detect(o) for o in (outputs[0], references[0])], same_class=False)
 
 
-def picodet_f1(outputs, references, labels=None, *, size=(800, 608), strides=(8, 16, 32, 64),
-               score_thr=0.5, nms_thr=0.5, reg_max=7) -> float:
+def picodet_f1(outputs, references, labels=None, **options) -> float:
+    return f1_from_counts(picodet_counts(outputs, references, labels, **options).sum(axis=0))
+
+
+def picodet_counts(outputs, references, labels=None, *, size=(800, 608), strides=(8, 16, 32, 64),
+                   score_thr=0.5, nms_thr=0.5, reg_max=7) -> np.ndarray:
+    """:func:`picodet_f1`'s per-image (true positives, false positives, misses)."""
     def detect(outs: list[np.ndarray]) -> list[np.ndarray]:
         bins = 4 * (reg_max + 1)
         scores = sorted((o for o in outs if o.shape[-1] != bins), key=lambda o: -o.shape[1])
@@ -81,7 +94,7 @@ def picodet_f1(outputs, references, labels=None, *, size=(800, 608), strides=(8,
             result.append(_nms(np.concatenate(boxes), np.concatenate(score), c, nms_thr, c))
         return result
 
-    return _f1([detect(list(o)) for o in (outputs, references)], same_class=True)
+    return _match_counts([detect(list(o)) for o in (outputs, references)], same_class=True)
 
 
 def ctc_string_accuracy(outputs, references, labels=None, *, blank=0) -> float:
@@ -123,13 +136,15 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, thr: float, 
     return np.concatenate([boxes[kept], scores[kept, None], cls[kept, None]], 1) if kept else np.zeros((0, 6))
 
 
-def _f1(pair: list[list[np.ndarray]], *, same_class: bool) -> float:
-    """F1 of the candidate's detections against the reference's, pooled over images: each reference
-    box matches at most one candidate box (best score first) of IoU >= 0.5 (and the same class)."""
-    tp = fp = fn = 0
+def _match_counts(pair: list[list[np.ndarray]], *, same_class: bool) -> np.ndarray:
+    """Per image, (true positives, false positives, misses) of the candidate's detections against the
+    reference's: each reference box matches at most one candidate box (best score first) of IoU >= 0.5
+    (and the same class)."""
+    rows = []
     for got, ref in zip(*pair):
         used = np.zeros(len(ref), bool)
         iou = _iou(got[:, :4], ref[:, :4]) if len(got) and len(ref) else np.zeros((len(got), len(ref)))
+        tp = fp = 0
         for i in range(len(got)):
             ok = (iou[i] >= IOU_MATCH) & ~used
             if same_class:
@@ -139,5 +154,17 @@ def _f1(pair: list[list[np.ndarray]], *, same_class: bool) -> float:
                 tp += 1
             else:
                 fp += 1
-        fn += int((~used).sum())
+        rows.append((tp, fp, int((~used).sum())))
+    return np.array(rows, np.int64).reshape(-1, 3)
+
+
+def f1_from_counts(counts) -> float:
+    """F1 pooled over images from the sums of their (true positives, false positives, misses)."""
+    tp, fp, fn = (float(c) for c in counts)
     return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+# how the F1s pool their images: edgepack's bootstrap then resamples the counts instead of calling the
+# metric once per resample (edgepack/validation/intervals.py::per_sample_counts)
+yolox_f1.counts, yolox_f1.from_counts = yolox_counts, f1_from_counts
+picodet_f1.counts, picodet_f1.from_counts = picodet_counts, f1_from_counts

@@ -226,12 +226,17 @@ def _resampled_task(task: Callable[[list, list, Any], float], outputs: Sequence[
                     references: Sequence[np.ndarray], labels: np.ndarray | None) -> np.ndarray:
     """The task score of ``outputs`` on each of :func:`resample_indices`' resamples: from per-sample
     scores when the metric is their mean (:func:`per_sample_scores`: n calls, not one per resample),
+    from per-sample counts when the metric says how it pools them (:func:`per_sample_counts`: one call),
     else by scoring each resample."""
     n = len(references[0])
     resamples = resample_indices(n)
     scores = per_sample_scores(task, outputs, references, labels, resamples[0])
     if scores is not None:
         return scores[np.stack(resamples)].mean(axis=1)
+    counts = per_sample_counts(task, outputs, references, labels, resamples[0])
+    if counts is not None:
+        combine = task.from_counts
+        return np.array([float(combine(counts[idx].sum(axis=0))) for idx in resamples], np.float64)
     return np.array([task([a[i] for a in outputs], [a[i] for a in references], None if labels is None else labels[i])
                      for i in resamples], np.float64)
 
@@ -258,3 +263,32 @@ def per_sample_scores(task: Callable[[list, list, Any], float], outputs: Sequenc
     except Exception:  # noqa: BLE001 - the user's metric on one sample: scored per resample instead, where it
         return None  # raises (if it does) as it always has
     return scores if mean_of_each and np.all(np.isfinite(scores)) else None
+
+
+def per_sample_counts(task: Callable[[list, list, Any], float], outputs: Sequence[np.ndarray],
+                      references: Sequence[np.ndarray], labels: np.ndarray | None,
+                      check: np.ndarray) -> np.ndarray | None:
+    """A pooled metric's per-sample counts, ``(samples, k)``, when it says how it pools them: the metric
+    function carries ``counts(outputs, references, labels) -> (samples, k)`` and ``from_counts(sums) ->
+    float`` (a box F1: each image's true/false positives and misses, F1 from their sums; see
+    ``examples/task_metrics.py``); checked like :func:`per_sample_scores` (the metric on every sample, each
+    half and ``check`` equals ``from_counts`` of the counts' sums, to 1e-6), else None."""
+    counts_of, combine = getattr(task, "counts", None), getattr(task, "from_counts", None)
+    n = len(references[0])
+    if not callable(counts_of) or not callable(combine) or n < 4:
+        return None
+
+    def score(idx: np.ndarray) -> float:
+        return float(task([a[idx] for a in outputs], [a[idx] for a in references],
+                          None if labels is None else labels[idx]))
+
+    try:
+        counts = np.asarray(counts_of(list(outputs), list(references), labels), np.float64)
+        if counts.ndim != 2 or len(counts) != n or not np.all(np.isfinite(counts)):
+            return None
+        sets = (np.arange(n), np.arange(n // 2), np.arange(n // 2, n), np.asarray(check))
+        agree = all(math.isclose(float(combine(counts[idx].sum(axis=0))), score(idx), rel_tol=0, abs_tol=1e-6)
+                    for idx in sets)
+    except Exception:  # noqa: BLE001 - counts that do not work: scored per resample, as the metric always was
+        return None
+    return counts if agree else None

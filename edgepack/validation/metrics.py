@@ -261,3 +261,15 @@ class TaskMetric:
         if not math.isfinite(value):
             raise EdgepackError(f"--metric {self.spec} returned {value}", hint="return a finite score, 1.0 = perfect")
         return value
+
+    # how a pooled metric pools its samples, when the function says so (``FUNCTION.counts`` and
+    # ``FUNCTION.from_counts``): the bootstrap then resamples per-sample counts (validation/intervals.py)
+    @property
+    def counts(self):
+        fn = getattr(self.fn, "counts", None)
+        return (lambda outputs, references, labels: fn(list(outputs), list(references), labels)) if callable(fn) else None
+
+    @property
+    def from_counts(self):
+        fn = getattr(self.fn, "from_counts", None)
+        return fn if callable(fn) else None

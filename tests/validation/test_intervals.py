@@ -115,3 +115,85 @@ def test_task_drop_bootstrap_reads_per_sample_scores_of_a_mean_metric_and_resamp
     iv.task_drop_interval(pooled, outs, refs, None, 0.0)
     assert calls["pooled"] > iv.BOOTSTRAP_RESAMPLES  # not a mean of per-sample scores: every resample scored
     assert iv.per_sample_scores(pooled, outs, refs, None, iv.resample_indices(60)[0]) is None
+
+
+def test_a_pooled_metric_that_gives_its_counts_is_resampled_from_them():
+    """A pooled F1 that says how it pools (``counts`` per sample, ``from_counts`` of their sums) is called a
+    handful of times instead of once per resample, with the interval the per-resample bootstrap gives;
+    counts that do not give the metric back are not used."""
+    from edgepack.validation import intervals as iv
+
+    rng = np.random.default_rng(7)
+    refs = [rng.integers(0, 4, (50, 6))]
+    outs = [np.where(rng.random((50, 6)) < 0.15, 0, refs[0])]
+    calls = {"f1": 0}
+
+    def counts(o, r, labels):  # per sample: hits, extra boxes, missed boxes
+        hit = (o[0] == r[0]) & (r[0] > 0)
+        return np.stack([hit.sum(1), ((o[0] > 0) & ~hit).sum(1), ((r[0] > 0) & ~hit).sum(1)], 1)
+
+    def from_counts(c):
+        tp, fp, fn = c
+        return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+    def f1(o, r, labels):
+        calls["f1"] += 1
+        return float(from_counts(counts(o, r, labels).sum(0)))
+
+    slow = iv.task_drop_interval(f1, outs, refs, None, 0.0)
+    assert calls["f1"] > iv.BOOTSTRAP_RESAMPLES  # no counts: every resample of the candidate scored
+    f1.counts, f1.from_counts = counts, from_counts
+    calls["f1"] = 0
+    fast = iv.task_drop_interval(f1, outs, refs, None, 0.0)
+    assert calls["f1"] <= 2 * (50 + 4 + 4)  # the per-sample score check, then the counts' check
+    assert (fast.low, fast.high) == pytest.approx((slow.low, slow.high), abs=1e-12) and fast.high > fast.low
+    f1.from_counts = lambda c: from_counts(c) * 0.9  # counts that do not give the metric back
+    assert iv.per_sample_counts(f1, outs, refs, None, iv.resample_indices(50)[0]) is None
+
+
+def test_the_example_f1s_give_their_counts():
+    """examples/task_metrics.py's box F1s carry counts that give the F1 back (so their budgets bootstrap fast)."""
+    import importlib.util
+
+    from edgepack.validation import intervals as iv
+
+    spec = importlib.util.spec_from_file_location("tm", "examples/task_metrics.py")
+    tm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tm)
+    rng = np.random.default_rng(3)
+    ref = np.zeros((8, 3549, 6), np.float32)  # YOLOX 416x416: a few confident boxes per image
+    for i in range(8):
+        cells = rng.choice(3549, 3, replace=False)
+        ref[i, cells, :4] = rng.random((3, 4))
+        ref[i, cells, 4:] = 0.9
+    out = ref.copy()
+    out[::3, :, 4] *= rng.random((3, 3549)) > 0.3  # some images lose boxes
+    counts = iv.per_sample_counts(tm.yolox_f1, [out], [ref], None, iv.resample_indices(8)[0])
+    assert counts is not None and counts.shape == (8, 3) and counts[:, 2].sum() > 0
+    assert tm.f1_from_counts(counts.sum(0)) == pytest.approx(tm.yolox_f1([out], [ref]))
+
+
+def test_a_metric_file_given_with_metric_passes_its_counts_through(tmp_path):
+    """``--metric FILE.py:FUNCTION``'s wrapper hands the function's ``counts``/``from_counts`` to the bootstrap."""
+    from edgepack.validation import intervals as iv
+    from edgepack.validation.metrics import TaskMetric
+
+    (tmp_path / "m.py").write_text(
+        "import numpy as np\n"
+        "def counts(o, r, labels):\n"
+        "    hit = (o[0] == r[0]).sum(1)\n"
+        "    return np.stack([hit, o[0].shape[1] - hit], 1)\n"
+        "def share(c):\n"
+        "    return float(c[0] / (c[0] + c[1]))\n"
+        "def pooled(o, r, labels):\n"
+        "    return share(counts(o, r, labels).sum(0))\n"
+        "pooled.counts, pooled.from_counts = counts, share\n"
+        "def plain(o, r, labels):\n"
+        "    return pooled(o, r, labels)\n")
+    rng = np.random.default_rng(2)
+    refs = [rng.integers(0, 3, (20, 5))]
+    outs = [np.where(rng.random((20, 5)) < 0.2, 9, refs[0])]
+    check = iv.resample_indices(20)[0]
+    with_counts = TaskMetric(f"{tmp_path / 'm.py'}:pooled")
+    assert iv.per_sample_counts(with_counts, outs, refs, None, check) is not None
+    assert TaskMetric(f"{tmp_path / 'm.py'}:plain").counts is None
