@@ -181,12 +181,16 @@ def _calibrated(model: bytes, samples: Callable, mode: QuantizeMode, verbose: bo
     graph allows; else TensorFlow's calibrator, then the range check (a second pass, only when some
     ranges look too wide)."""
     from edgepack.converter import isolate
-    from edgepack.converter.minmax import calibration_tensors, with_calibration
+    from edgepack.converter.minmax import calibration_tensors, derived_tensors, with_calibration, with_derived
 
     tensors = calibration_tensors(model)
     if tensors is not None:
-        ranges = isolate.observe(model, samples(), tensors, verbose=verbose, stage=f"{mode} calibration")
-        return with_calibration(model, ranges), {}, {"method": "one pass", "tensors": len(ranges)}
+        derived = derived_tensors(model, tensors)  # ranges that follow from others': not read in the pass
+        ranges = isolate.observe(model, samples(), [t for t in tensors if t not in derived], verbose=verbose,
+                                 stage=f"{mode} calibration")
+        ranges = with_derived(ranges, derived)
+        return with_calibration(model, ranges), {}, {"method": "one pass", "tensors": len(ranges),
+                                                     "derived": len(derived)}
     out = isolate.calibrate(model, samples(), verbose=verbose, stage=f"{mode} calibration")
     fixed, repaired = _repair(bytes(out), samples, verbose)
     return fixed, repaired, {"method": "tensorflow calibrator, then the range check", "repaired": len(repaired)}

@@ -207,6 +207,52 @@ def test_one_pass_ranges_match_the_calibrator_after_its_repair(tmp_path):
         assert ours[i] == pytest.approx(theirs[i], rel=1e-4, abs=1e-5), i
 
 
+def test_ranges_that_follow_from_other_ranges_are_derived_not_read(tmp_path):
+    """Sigmoid and tanh outputs, concatenations and the reshape family take their range from their inputs'
+    (not read in the pass): the same ranges a pass reading every tensor gives (to float32 rounding of the
+    sigmoid), and a conversion with them the same int8 model."""
+    import tf_keras as keras
+
+    from edgepack.converter import isolate
+    from edgepack.converter.minmax import calibration_tensors, derived_tensors, with_derived
+    from edgepack.converter.tflite import convert_to_tflite
+    from edgepack.formats.detect import load_model
+    from edgepack.request import QuantizeMode
+    from edgepack.tflite_model import read_tflite
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3), name="image")
+    a = keras.layers.Conv2D(4, 3, padding="same")(inp)
+    b = keras.layers.Conv2D(4, 3, padding="same")(inp)
+    gated = keras.layers.Multiply()([a, keras.layers.Activation("sigmoid")(a)])
+    joined = keras.layers.Concatenate()([gated, keras.layers.Activation("tanh")(b)])
+    flat = keras.layers.Permute((3, 1, 2))(keras.layers.Reshape((36, 8))(joined)[:, None])
+    head = keras.layers.Concatenate()([keras.layers.Flatten()(flat), keras.layers.Reshape((144,))(a)])
+    keras.Model(inp, keras.layers.Dense(3)(head)).save(tmp_path / "m.h5")
+    float_model = convert_to_tflite(load_model(tmp_path / "m.h5"), QuantizeMode.NONE, None)
+    data = np.random.default_rng(1).normal(size=(16, 6, 6, 3)).astype(np.float32) * 2
+
+    def samples():
+        return ([d[None]] for d in data)
+
+    tensors = calibration_tensors(float_model)
+    derived = derived_tensors(float_model, tensors)
+    kinds = {read_tflite(float_model).ops[i] for i, (_, outs) in enumerate(read_tflite(float_model).op_io)
+             if outs and int(outs[0]) in derived}
+    assert {"LOGISTIC", "TANH", "CONCATENATION"} <= kinds and kinds & {"RESHAPE", "TRANSPOSE"}, kinds
+    every = isolate.observe(float_model, samples(), tensors)
+    ours = with_derived(isolate.observe(float_model, samples(), [t for t in tensors if t not in derived]), derived)
+    assert sorted(ours) == sorted(every)
+    exact = 0
+    for t in tensors:
+        assert ours[t] == pytest.approx(every[t], rel=1e-6, abs=1e-7), t
+        kind, src = derived.get(t, ("", []))
+        if kind in ("CONCATENATION", "RESHAPE", "TRANSPOSE") and not set(src) & set(derived):
+            assert ours[t] == every[t], t  # the same values read: the same floats
+            exact += 1
+    assert exact >= 1
+
+
 def _recorded(model: bytes) -> dict[int, tuple[float, float]]:
     from edgepack.converter.requantize import _unpack
 
