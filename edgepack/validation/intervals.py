@@ -235,8 +235,12 @@ def _resampled_task(task: Callable[[list, list, Any], float], outputs: Sequence[
         return scores[np.stack(resamples)].mean(axis=1)
     counts = per_sample_counts(task, outputs, references, labels, resamples[0])
     if counts is not None:
-        combine = task.from_counts
-        return np.array([float(combine(counts[idx].sum(axis=0))) for idx in resamples], np.float64)
+        try:
+            values = np.array([float(task.from_counts(counts[idx].sum(axis=0))) for idx in resamples], np.float64)
+        except Exception:  # noqa: BLE001 - from_counts failing on a resample: every resample scored instead
+            values = None
+        if values is not None and np.all(np.isfinite(values)):
+            return values
     return np.array([task([a[i] for a in outputs], [a[i] for a in references], None if labels is None else labels[i])
                      for i in resamples], np.float64)
 

@@ -118,8 +118,17 @@ class Search(GreedyFallback, TopDown):
         if bkey not in self._splicers:
             base = self.cal.quantize(ranges=ranges or None, float_output=bkey[1])
             first = next(iter(self._splicers.values()), None)
-            self._splicers[bkey] = Splicer(self.cal.model, base, unpacked=first.cal if first is not None else None)
-        return self._splicers[bkey].build(deny)
+            try:
+                self._splicers[bkey] = Splicer(self.cal.model, base, unpacked=first.cal if first is not None else None)
+            except Exception as err:  # a graph the splicer cannot read: every candidate from the quantizer
+                log.info("budget: candidates are not spliced (%s)", err)
+                self.splice = False
+                return None
+        try:
+            return self._splicers[bkey].build(deny)
+        except Exception as err:  # a bug of the splice must not fail the search: the quantizer makes this one
+            log.info("budget: splicing a candidate failed (%s); quantized instead", err)
+            return None
 
     def _exact(self, chosen: Candidate) -> Candidate:
         """A spliced choice quantized again by the quantizer: that model when it meets the budget too (the
