@@ -453,3 +453,27 @@ def test_a_splice_that_does_not_run_is_quantized_instead(work, monkeypatch):
     again = _search(cal, base, ev, 25.0).run()
     assert again.met and {c["built"] for c in again.trace} == {"quantizer"}
     assert again.chosen.denylist == found.chosen.denylist and any("outlier" in n for n in found.chosen.denylist)
+
+
+@pytest.mark.parametrize("axis", [None, 1, 2, 3, 0, 7])
+def test_figures_from_per_sample_sums_are_the_running_ones(axis):
+    """The budget's figures come from one pass of per-sample, per-slice sums: the worst slice, its index,
+    the whole tensor and the ranking error equal the running (validate's) computation on any axis."""
+    from edgepack.pipeline import budget as B
+    from edgepack.pipeline.budget.scoring import score_outputs
+    from edgepack.validation.metrics import RunningSliceSqnr
+
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=(12, 5, 3, 6)).astype(np.float32)
+    ref[:, :, 1] = 0.0  # a slice without signal along axis 2
+    out = (ref + rng.normal(scale=0.05, size=ref.shape) * np.arange(1, 7)).astype(np.float32)
+    ev = B.EvalSet({"x": np.zeros((12, 1), np.float32)}, [ref], ["y"], [None], [axis])
+    sc = score_outputs([out], ev)
+    s, w = RunningSliceSqnr(axis), RunningSliceSqnr(None)
+    s.update(ref, out)
+    w.update(ref, out)
+    assert sc.sqnr["y"] == pytest.approx(s.worst[0], abs=1e-9) and sc.worst_slice["y"] == s.worst[1]
+    assert sc.sqnr_whole["y"] == pytest.approx(w.worst[0], abs=1e-9)
+    r = ref.reshape(12, -1).astype(np.float64)
+    d = r - out.reshape(12, -1)
+    assert sc.sample_error == pytest.approx(np.sum(d * d, axis=1) / (np.sum(r * r) / 12), rel=1e-9)
