@@ -320,37 +320,55 @@ def strip_fake_quant(model: bytes) -> bytes:
     from edgepack.tflite_model import read_tflite
 
     info = read_tflite(model, verify=False)  # the quantizer's output, read in place: most have no such chain
-    kinds = list(info.ops)
-    producer = {int(o): i for i, (_, outs) in enumerate(info.op_io) for o in outs}
-    remap: dict[int, int] = {}
-    for i, (ins, outs) in enumerate(info.op_io):
-        if kinds[i] != "DEQUANTIZE":
-            continue
-        t = int(ins[0])
-        while t in producer and kinds[producer[t]] == "QUANTIZE":
-            src = int(info.op_io[producer[t]][0][0])
-            if info.tensor(src).dtype == "float32":
-                remap[int(outs[0])] = src
-                break
-            t = src
-    if not remap:
+    if not _float_round_trips(list(info.ops), [([int(i) for i in ins], [int(o) for o in outs])
+                                                for ins, outs in info.op_io],
+                              lambda t: info.tensor(t).dtype == "float32"):
         return model
     obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    strip_float_round_trips(obj)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+def _float_round_trips(kinds: list[str], io: list[tuple[list[int], list[int]]], is_float) -> dict[int, int]:
+    """``{dequantized tensor: float source}`` of the quantize -> (requantize ->) dequantize chains from float."""
+    producer = {o: i for i, (_, outs) in enumerate(io) for o in outs}
+    remap: dict[int, int] = {}
+    for i, (ins, outs) in enumerate(io):
+        if kinds[i] != "DEQUANTIZE":
+            continue
+        t = ins[0]
+        while t in producer and kinds[producer[t]] == "QUANTIZE":
+            src = io[producer[t]][0][0]
+            if is_float(src):
+                remap[outs[0]] = src
+                break
+            t = src
+    return remap
+
+
+def strip_float_round_trips(obj) -> None:
+    """In an unpacked model (``flatbuffer_utils``' object tree): readers of ``dequantize(quantize(... float
+    x))`` read ``x``, and quantize/dequantize ops no one reads any more go (the model's own inputs and
+    outputs keep theirs)."""
     sg = obj.subgraphs[0]
-    for op in sg.operators:
-        op.inputs = np.asarray([remap.get(int(i), int(i)) for i in op.inputs], np.int32)
-    sg.outputs = np.asarray([remap.get(int(i), int(i)) for i in sg.outputs], np.int32)
-    for sig in obj.signatureDefs or []:
-        for tm in sig.outputs or []:
-            tm.tensorIndex = remap.get(int(tm.tensorIndex), int(tm.tensorIndex))
+    kinds = op_kinds(obj)
+    remap = _float_round_trips(kinds, [([int(i) for i in op.inputs], [int(o) for o in op.outputs])
+                                       for op in sg.operators],
+                               lambda t: sg.tensors[t].type == 0)  # schema TensorType.FLOAT32
+    if remap:
+        for op in sg.operators:
+            op.inputs = np.asarray([remap.get(int(i), int(i)) for i in op.inputs], np.int32)
+        sg.outputs = np.asarray([remap.get(int(i), int(i)) for i in sg.outputs], np.int32)
+        for sig in obj.signatureDefs or []:
+            for tm in sig.outputs or []:
+                tm.tensorIndex = remap.get(int(tm.tensorIndex), int(tm.tensorIndex))
     while True:  # drop the quantize/dequantize ops nobody reads any more
         used = {int(i) for op in sg.operators for i in op.inputs} | {int(i) for i in sg.outputs}
         keep = [(op, k) for op, k in zip(sg.operators, kinds)
                 if k not in ("QUANTIZE", "DEQUANTIZE") or any(int(o) in used for o in op.outputs)]
         if len(keep) == len(sg.operators):
-            break
+            return
         sg.operators, kinds = [op for op, _ in keep], [k for _, k in keep]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
 
 
 def _unpack(model: bytes):

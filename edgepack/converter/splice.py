@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from edgepack.converter.requantize import strip_float_round_trips
 from edgepack.tflite_model import op_kinds
 
 _QDQ = ("QUANTIZE", "DEQUANTIZE")
@@ -135,7 +136,7 @@ class _Splice:
                         self.float_of[int(c)] = b
             self.ops.append(op)
         self.sg.operators = self.ops
-        _strip_float_round_trips(self.obj)
+        strip_float_round_trips(self.obj)
         _drop_unused(self.obj)
         return _write(self.obj)
 
@@ -238,39 +239,6 @@ class _Splice:
         op.opcodeIndex = self.codes[key]
         op.inputs, op.outputs = np.asarray([src], np.int32), np.asarray([dst], np.int32)
         return op
-
-
-def _strip_float_round_trips(obj) -> None:
-    """Readers of ``dequantize(quantize(... float x))`` read ``x``; quantize/dequantize ops no one
-    reads any more go (the model's inputs and outputs keep theirs)."""
-    sg = obj.subgraphs[0]
-    kinds = op_kinds(obj)
-    producer = {int(o): i for i, op in enumerate(sg.operators) for o in op.outputs}
-    remap: dict[int, int] = {}
-    for i, op in enumerate(sg.operators):
-        if kinds[i] != "DEQUANTIZE":
-            continue
-        t = int(op.inputs[0])
-        while t in producer and kinds[producer[t]] == "QUANTIZE":
-            src = int(sg.operators[producer[t]].inputs[0])
-            if sg.tensors[src].type == _float32():
-                remap[int(op.outputs[0])] = src
-                break
-            t = src
-    if remap:
-        for op in sg.operators:
-            op.inputs = np.asarray([remap.get(int(i), int(i)) for i in op.inputs], np.int32)
-        sg.outputs = np.asarray([remap.get(int(i), int(i)) for i in sg.outputs], np.int32)
-        for sig in obj.signatureDefs or []:
-            for tm in sig.outputs or []:
-                tm.tensorIndex = remap.get(int(tm.tensorIndex), int(tm.tensorIndex))
-    while True:
-        used = {int(i) for op in sg.operators for i in op.inputs} | {int(i) for i in sg.outputs}
-        keep = [(op, k) for op, k in zip(sg.operators, kinds)
-                if k not in _QDQ or any(int(o) in used for o in op.outputs)]
-        if len(keep) == len(sg.operators):
-            return
-        sg.operators, kinds = [op for op, _ in keep], [k for _, k in keep]
 
 
 def _drop_unused(obj) -> None:
