@@ -159,6 +159,10 @@ class RunningSliceSqnr:
         else:
             other = tuple(a for a in range(r.ndim) if a != self.axis)
             rr, nn = np.sum(r * r, axis=other), np.sum(d * d, axis=other)
+        self.add_sums(rr, nn)
+
+    def add_sums(self, rr: np.ndarray, nn: np.ndarray) -> None:
+        """Add per-slice sums of squares (signal, noise) already taken, e.g. from per-sample sums."""
         self.rr = rr if self.rr is None else self.rr + rr
         self.noise = nn if self.noise is None else self.noise + nn
 

@@ -23,7 +23,7 @@ from edgepack.validation.intervals import (
     per_sample_slice_sums,
     worst_slice_sqnr_interval,
 )
-from edgepack.validation.metrics import RunningSliceSqnr, _db
+from edgepack.validation.metrics import RunningSliceSqnr
 
 STRUCTURAL = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE", "CONCATENATION",
               "GATHER", "STRIDED_SLICE", "SLICE", "PACK", "UNPACK", "SPLIT", "SPLIT_V", "PAD", "PADV2"}
@@ -240,15 +240,16 @@ def score_outputs(outs: list[np.ndarray], ev: EvalSet) -> Score:
     err = np.zeros(len(ev))
     for i, (name, ref, out, axis) in enumerate(zip(ev.output_names, ev.refs, outs, ev.axes)):
         out = out.reshape(ref.shape) if out.size == ref.size else out
-        if axis is not None and not 0 < axis < ref.ndim:  # slices across samples, or a whole-tensor axis
-            s = RunningSliceSqnr(axis)
-            s.update(ref, out)
-            sqnr[name], worst[name] = s.worst
         # one pass over the values: the per-sample, per-slice sums of squares give every figure below
         signal, noise = evidence.slice_sums[name] = per_sample_slice_sums(ref, out, axis)
-        if axis is None or 0 < axis < ref.ndim:
-            sqnr[name], worst[name] = _worst_slice(signal.sum(axis=0), noise.sum(axis=0), axis)
-        whole[name] = _worst_slice(signal.sum(keepdims=True), noise.sum(keepdims=True), None)[0]
+        s, w = RunningSliceSqnr(axis), RunningSliceSqnr(None)
+        if axis == 0:  # slices across the samples: not a sum of per-sample ones
+            s.update(ref, out)
+        else:
+            s.add_sums(signal.sum(axis=0), noise.sum(axis=0))
+        w.add_sums(signal.sum(keepdims=True).reshape(1), noise.sum(keepdims=True).reshape(1))
+        sqnr[name], worst[name] = s.worst
+        whole[name] = w.worst[0]
         if ev.has_decision(i):
             same = (ref.argmax(axis=-1) == out.argmax(axis=-1)).reshape(len(ev), -1)
             agree[name] = float(np.mean(same))
@@ -269,16 +270,6 @@ def score_outputs(outs: list[np.ndarray], ev: EvalSet) -> Score:
         acc, acc_ref = float(np.mean(right)), float(np.mean(ref_right))
         evidence.correct = (ref_right, right)
     return Score(sqnr, whole, worst, agree, acc, acc_ref, err, evidence=evidence)
-
-
-def _worst_slice(signal: np.ndarray, noise: np.ndarray, axis: int | None) -> tuple[float, int | None]:
-    """``(dB, index)`` of the worst slice from its sums of squares, as
-    :class:`~edgepack.validation.metrics.RunningSliceSqnr` gives it (slices without signal left out)."""
-    values = [(_db(float(rr), float(nn)), k) for k, (rr, nn) in enumerate(zip(signal, noise)) if rr != 0.0]
-    if not values:
-        return math.inf, None
-    v, k = min(values)
-    return v, (k if axis is not None else None)
 
 
 # -- candidates ----------------------------------------------------------------------------------------
