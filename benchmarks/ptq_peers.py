@@ -110,16 +110,44 @@ def data(kind: str, path: Path, held: int = 32, seed: int = 0) -> tuple[list[dic
 
 
 # -- scores ------------------------------------------------------------------------------------------
-def task_score(metric: str, refs: list[np.ndarray], outs: list[np.ndarray]) -> float:
+def _top1(outs: list[np.ndarray], refs: list[np.ndarray], labels=None) -> float:
+    n = len(refs[0])
+    return float(np.mean(refs[0].reshape(n, -1).argmax(-1) == outs[0].reshape(n, -1).argmax(-1)))
+
+
+def task_fn(metric: str):
+    """The task metric as ``f(outputs, references, labels)``: top-1 agreement, or an example metric (with its
+    per-image counts where it gives them: the paired bootstrap resamples those)."""
     if metric == "top1":
-        n = len(refs[0])
-        return float(np.mean(refs[0].reshape(n, -1).argmax(-1) == outs[0].reshape(n, -1).argmax(-1)))
+        return _top1
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("task_metrics", ROOT / "examples" / "task_metrics.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return float(getattr(mod, metric)(outs, refs, None))
+    return getattr(mod, metric)
+
+
+def task_score(metric: str, refs: list[np.ndarray], outs: list[np.ndarray]) -> float:
+    return float(task_fn(metric)(outs, refs, None))
+
+
+def paired(metric: str, refs: list[np.ndarray], ours: list[np.ndarray], peer: list[np.ndarray]) -> dict[str, list]:
+    """edgepack default minus a peer, paired bootstrap over the same held-out inputs (95 %): whole and
+    worst-slice SQNR (dB, worst output) and the task metric, each ``[value, low, high]``. A difference whose
+    interval holds 0 is not shown either way on these inputs."""
+    from edgepack.validation.intervals import per_sample_slice_sums, sqnr_difference_interval, task_difference_interval
+    from edgepack.validation.metrics import feature_axis
+
+    out: dict[str, list] = {}
+    for key, axis_of in (("whole", lambda r: None), ("worst", lambda r: feature_axis(r.shape))):
+        parts = [[per_sample_slice_sums(r, o, axis_of(r)) for r, o in zip(refs, q)] for q in (ours, peer)]
+        signal = np.hstack([s for s, _ in parts[0]])
+        iv = sqnr_difference_interval(signal, np.hstack([n for _, n in parts[0]]), np.hstack([n for _, n in parts[1]]))
+        out[key] = [round(iv.value, 2), round(iv.low, 2), round(iv.high, 2)]
+    iv = task_difference_interval(task_fn(metric), ours, peer, refs)
+    out["task"] = [round(iv.value, 4), round(iv.low, 4), round(iv.high, 4)]
+    return out
 
 
 def scores(metric: str, refs: list[np.ndarray], outs: list[np.ndarray]) -> dict[str, float]:
@@ -271,6 +299,7 @@ class Rows(list):
     def __init__(self, case: Case) -> None:
         super().__init__()
         self.case = case
+        self.outs: dict[str, list[np.ndarray]] = {}  # by quantizer: its held-out outputs, for the paired figures
 
     def add(self, quantizer: str, secs: float, outs: list[np.ndarray], float_ops: tuple[int, int], **extra) -> None:
         c = self.case
@@ -282,7 +311,19 @@ class Rows(list):
             iv = wilson_interval(round(r["task"] * len(c.held)), len(c.held))
             r["task_interval"] = [round(iv.low, 3), round(iv.high, 3)]
         self.append(r)
+        self.outs[quantizer] = outs
         print(json.dumps(r), flush=True)
+
+    def pair(self) -> None:
+        """Each other row against edgepack's default, paired on the same held-out inputs (``default_minus``)."""
+        ours = self.outs.get(DEFAULT)
+        if ours is None:
+            return
+        for r in self:
+            if "absent" not in r and r["quantizer"] != DEFAULT:
+                r["default_minus"] = paired(self.case.metric, self.case.refs, ours, self.outs[r["quantizer"]])
+                print(json.dumps({"model": r["model"], "default_minus": r["quantizer"], **r["default_minus"]}),
+                      flush=True)
 
     def absent(self, quantizer: str, why: str) -> None:
         self.append({"model": self.case.name, "quantizer": quantizer, "absent": why})
@@ -359,6 +400,7 @@ def measure_model(name: str, work: Path, args: argparse.Namespace, variants: lis
         measure_peers(case, rows, work, [p for p in args.peers.split(",") if p], args.peers_venv,
                       args.peer_memory_gb, args.stride_histograms.split(","), args.stride)
         measure_edgepack(case, rows, work, variants)
+        rows.pair()
         out += rows
     return out
 
@@ -400,6 +442,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired_table(rows: list[dict]) -> str:
+    """edgepack default minus each other row, paired on the same held-out inputs: value [95 % interval]."""
+    def cell(v: list, digits: int) -> str:
+        return f"{v[0]:+.{digits}f} [{v[1]:+.{digits}f}, {v[2]:+.{digits}f}]"
+
+    lines = ["| model | draw | edgepack default minus | whole dB | worst-slice dB | task |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "default_minus" in r:
+            d = r["default_minus"]
+            lines.append(f"| {r['model']} | {r['calib_seed']} | {r['quantizer']} | {cell(d['whole'], 2)} | "
+                         f"{cell(d['worst'], 2)} | {cell(d['task'], 3)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join([*MODELS, *keras_nets.NETS]),
@@ -436,6 +492,9 @@ def main() -> None:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(rows, indent=1))
     print(table(rows))
+    if any("default_minus" in r for r in rows):
+        print()
+        print(paired_table(rows))
     if len(args.calib_seeds) > 1:
         print()
         print(over_seeds(rows))

@@ -31,7 +31,7 @@ class Interval:
     high: float
     n: int
     confidence: float
-    method: str  # wilson | newcombe-paired | bootstrap
+    method: str  # wilson | newcombe-paired | bootstrap | bootstrap-paired (a difference of two quantizations)
 
     def format(self, digits: int = 3, scale: float = 1.0) -> str:
         """``0.930 [0.897, 0.954], n=300`` (``scale=100``: in points)."""
@@ -138,18 +138,52 @@ def per_sample_slice_sums(ref: np.ndarray, out: np.ndarray, axis: int | None) ->
 def worst_slice_sqnr_interval(signal: np.ndarray, noise: np.ndarray, confidence: float = CONFIDENCE,
                               resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Interval:
     """The worst slice's SQNR (dB) with a bootstrap interval over samples, from per-sample sums."""
-    def worst(rr: np.ndarray, nn: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            db = np.where(nn == 0, np.inf, 10.0 * np.log10(rr / np.where(nn == 0, 1.0, nn)))
-        db = np.where(rr == 0, np.nan, db)  # no signal: the slice is left out
-        db = np.where(np.all(np.isnan(db), axis=-1, keepdims=True), np.inf, db)
-        return np.nanmin(db, axis=-1)
-
     n = signal.shape[0]
-    value = float(worst(signal.sum(axis=0), noise.sum(axis=0)))
+    value = float(_worst_db(signal.sum(axis=0), noise.sum(axis=0)))
     counts = resample_counts(n, resamples, seed).astype(np.float64)
-    low, high = _percentiles(worst(counts @ signal, counts @ noise), confidence)
+    low, high = _percentiles(_worst_db(counts @ signal, counts @ noise), confidence)
     return Interval(value, low, high, n, confidence, "bootstrap")
+
+
+def _worst_db(rr: np.ndarray, nn: np.ndarray) -> np.ndarray:
+    """The lowest SQNR (dB) over the last axis's slices from their signal and noise sums (inf: exact)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        db = np.where(nn == 0, np.inf, 10.0 * np.log10(rr / np.where(nn == 0, 1.0, nn)))
+    db = np.where(rr == 0, np.nan, db)  # no signal: the slice is left out
+    db = np.where(np.all(np.isnan(db), axis=-1, keepdims=True), np.inf, db)
+    return np.nanmin(db, axis=-1)
+
+
+def sqnr_difference_interval(signal: np.ndarray, noise_a: np.ndarray, noise_b: np.ndarray,
+                             confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
+                             seed: int = BOOTSTRAP_SEED) -> Interval:
+    """How far quantization A's worst-slice SQNR is above B's (dB; negative: below), paired bootstrap: both
+    from per-sample sums ``(n, slices)`` of the same reference (``signal``) on the same resamples, so that
+    what the two share (hard samples, the reference's own spread) cancels. Whole-tensor figures: one column
+    per output (:func:`per_sample_slice_sums` with ``axis=None``). Where both are exact the difference is 0."""
+    n = signal.shape[0]
+
+    def diff(s: np.ndarray, na: np.ndarray, nb: np.ndarray) -> np.ndarray:
+        a, b = _worst_db(s, na), _worst_db(s, nb)
+        with np.errstate(invalid="ignore"):
+            return np.where(np.isinf(a) & np.isinf(b) & (np.sign(a) == np.sign(b)), 0.0, a - b)
+
+    value = float(diff(signal.sum(axis=0), noise_a.sum(axis=0), noise_b.sum(axis=0)))
+    counts = resample_counts(n, resamples, seed).astype(np.float64)
+    low, high = _percentiles(diff(counts @ signal, counts @ noise_a, counts @ noise_b), confidence)
+    return Interval(value, low, high, n, confidence, "bootstrap-paired")
+
+
+def task_difference_interval(task: Callable[[list, list, Any], float], outputs_a: Sequence[np.ndarray],
+                             outputs_b: Sequence[np.ndarray], references: Sequence[np.ndarray],
+                             labels: np.ndarray | None = None, confidence: float = CONFIDENCE) -> Interval:
+    """A task metric of quantization A minus B's (both scored against ``references``), paired bootstrap
+    over samples: the same resamples for both (per-sample scores or counts where the metric gives them)."""
+    value = float(task(list(outputs_a), list(references), labels)) - float(task(list(outputs_b), list(references), labels))
+    a = _resampled_task(task, outputs_a, references, labels)
+    b = _resampled_task(task, outputs_b, references, labels)
+    low, high = _percentiles(a - b, confidence)
+    return Interval(value, low, high, len(references[0]), confidence, "bootstrap-paired")
 
 
 def samples_to_show_agreement(target: float, confidence: float = CONFIDENCE) -> int | None:

@@ -14,6 +14,8 @@ from edgepack.validation.intervals import (
     per_sample_slice_sums,
     samples_to_show_agreement,
     samples_to_show_drop,
+    sqnr_difference_interval,
+    task_difference_interval,
     wilson_interval,
     worst_slice_sqnr_interval,
     z_value,
@@ -197,3 +199,50 @@ def test_a_metric_file_given_with_metric_passes_its_counts_through(tmp_path):
     with_counts = TaskMetric(f"{tmp_path / 'm.py'}:pooled")
     assert iv.per_sample_counts(with_counts, outs, refs, None, check) is not None
     assert TaskMetric(f"{tmp_path / 'm.py'}:plain").counts is None
+
+
+def test_sqnr_difference_is_paired_and_signed():
+    rng = np.random.default_rng(3)
+    n = 200
+    ref = rng.normal(size=(n, 16, 8))
+    hard = np.where(rng.random(n) < 0.1, 10.0, 1.0)[:, None, None]  # hard samples: large error in both
+    shared = rng.normal(size=ref.shape) * hard
+    a = ref + 0.01 * shared + 0.001 * rng.normal(size=ref.shape)
+    b = ref + 0.02 * shared + 0.002 * rng.normal(size=ref.shape)
+    sa, na = per_sample_slice_sums(ref, a, 2)
+    _, nb = per_sample_slice_sums(ref, b, 2)
+    d = sqnr_difference_interval(sa, na, nb)
+    assert d.method == "bootstrap-paired" and d.n == n
+    assert d.value == pytest.approx(6.02, abs=0.1)  # twice the error: 6 dB
+    assert 5.5 < d.low <= d.value <= d.high < 6.5
+    # paired: far narrower than the two figures' own intervals, which carry the hard samples' spread
+    ia, ib = worst_slice_sqnr_interval(sa, na), worst_slice_sqnr_interval(sa, nb)
+    assert d.high - d.low < 0.5 * min(ia.high - ia.low, ib.high - ib.low)
+    back = sqnr_difference_interval(sa, nb, na)
+    assert (back.value, back.low, back.high) == pytest.approx((-d.value, -d.high, -d.low))
+    same = sqnr_difference_interval(sa, na, na)
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+    exact = sqnr_difference_interval(sa, np.zeros_like(na), np.zeros_like(na))
+    assert (exact.value, exact.low, exact.high) == (0.0, 0.0, 0.0)
+
+
+def test_task_difference_of_two_quantizations_is_paired():
+    rng = np.random.default_rng(4)
+    n = 400
+    ref = rng.normal(size=(n, 10))
+    top = ref.argmax(1)
+
+    def flipped(idx):
+        out = ref.copy()
+        out[idx, (top[idx] + 1) % 10] = ref[idx].max() + 1.0
+        return out
+
+    a, b = flipped(np.arange(20)), flipped(np.arange(40))  # b's disagreements hold a's and 20 more
+
+    def top1(outs, refs, labels):
+        return float(np.mean(outs[0].argmax(-1) == refs[0].argmax(-1)))
+
+    d = task_difference_interval(top1, [a], [b], [ref])
+    assert d.value == pytest.approx(0.05) and d.method == "bootstrap-paired"
+    assert 0.02 < d.low < 0.05 < d.high < 0.08  # shown above 0: every discordant sample goes A's way
+    assert task_difference_interval(top1, [a], [a], [ref]).high == 0.0

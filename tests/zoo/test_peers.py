@@ -107,3 +107,23 @@ def test_over_seeds_gives_each_quantizers_mean_lowest_and_draws_above_edgepack()
     assert lines[2] == f"| det | {DEFAULT} | 2 | 22.00 (21.00) | 21.00 (20.50) | 0.985 (0.980) |  |"
     assert lines[3] == ("| det | onnxruntime Percentile | 2 | 21.00 (20.00) | 19.50 (19.00) | 0.988 (0.985) "
                         "| 1 / 0 / 1 of 2 |")
+
+
+def test_paired_figures_of_edgepack_against_a_peer_and_their_table():
+    from benchmarks.ptq_peers import DEFAULT, paired, paired_table
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(300, 12)).astype(np.float32)
+    noise = rng.normal(size=ref.shape).astype(np.float32)
+    ours, peer = ref + 0.01 * noise, ref + 0.04 * noise
+    top = ref.argmax(1)
+    peer[np.arange(15), (top[:15] + 1) % 12] += 10.0  # the peer flips 15 of 300 top-1 answers
+    d = paired("top1", [ref], [ours], [peer])
+    assert 5.0 < d["worst"][1] <= d["worst"][0] <= d["worst"][2]  # noise 4x: ~12 dB, minus the flipped samples
+    assert d["whole"][1] <= d["whole"][0] <= d["whole"][2]
+    assert d["task"][0] >= 0.05 and d["task"][1] > 0  # 15 flips and the near-ties its noise moves: shown above 0
+    rows = [{"model": "m", "quantizer": "onnxruntime MinMax", "calib_seed": 0, "default_minus": d},
+            {"model": "m", "quantizer": DEFAULT, "calib_seed": 0}]
+    lines = paired_table(rows).splitlines()
+    assert len(lines) == 3 and lines[2].startswith("| m | 0 | onnxruntime MinMax | +")
+    assert f"{d['task'][0]:+.3f} [+0." in lines[2]
