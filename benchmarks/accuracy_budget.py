@@ -18,6 +18,7 @@ here whose output concatenates box coordinates (0..640) and class scores (0..1).
 
     python benchmarks/accuracy_budget.py                       # every model, every budget
     python benchmarks/accuracy_budget.py --models keras_det --min-sqnr 30
+    python benchmarks/accuracy_budget.py --models ddddocr_common_det --budgets sqnr --fallback int16
 """
 
 from __future__ import annotations
@@ -178,6 +179,8 @@ def main() -> None:
                     help="sqnr: --min-sqnr; task: the model's task-metric budget (where it has one)")
     ap.add_argument("--calib", type=int, default=200)
     ap.add_argument("--held", type=int, default=32)
+    ap.add_argument("--fallback", choices=["float", "int16"], default="float",
+                    help="the budget's --fallback: float ops, or int16 activations with float only where int16 misses")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args()
     from edgepack._native import quiet_tensorflow
@@ -199,11 +202,12 @@ def main() -> None:
                 if data is None:
                     continue
             budgets = []
+            extra = {"fallback": args.fallback} if args.fallback != "float" else {}
             if "sqnr" in args.budgets:
-                budgets.append((f"SQNR>={args.min_sqnr:g}dB", {"min_sqnr": args.min_sqnr}))
+                budgets.append((f"SQNR>={args.min_sqnr:g}dB", {"min_sqnr": args.min_sqnr, **extra}))
             if "task" in args.budgets and name in TASK:
                 drop, fn = TASK[name]
-                budgets.append((f"{fn}-{drop:g}pp", {"max_drop": drop, "metric": f"{METRICS}:{fn}"}))
+                budgets.append((f"{fn}-{drop:g}pp", {"max_drop": drop, "metric": f"{METRICS}:{fn}", **extra}))
             rows.extend(run(name, *data, work, budgets))
             print(f"done {name}", file=sys.stderr)
     finally:

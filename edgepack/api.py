@@ -34,7 +34,9 @@ budget: the search keeps the cheapest candidate that meets it (better ranges, fl
 the worst layers, int16x8) and records it in the manifest's ``budget``; ``sqnr_axis``
 (``["NAME:AXIS"]``) sets an output's slice axis; ``keep_best`` writes the best candidate when
 none meets it; ``metric`` (``"FILE.py:FUNCTION"``) makes ``max_drop`` bound the user's task metric
-(no labels needed); met: the bound of the ``confidence`` (0.95) interval meets the budget.
+(no labels needed); met: the bound of the ``confidence`` (0.95) interval meets the budget;
+``fallback="int16"`` (a target that allows int16x8) gives the ops int8 cannot carry int16 activations, and
+float only to the stretches int16 cannot carry either (``"float"``, the default: float).
 
 ``metadata=False`` leaves model.tflite without LiteRT metadata; ``model_name``, ``description``,
 ``model_version``, ``author`` and ``license`` fill it (defaults from the source model).
@@ -99,7 +101,8 @@ def convert(*, model: str | Path | None = None, output: str | Path | None = None
             keep_best: bool | None = None, metric: str | None = None, metadata: bool | None = None,
             model_name: str | None = None, description: str | None = None, model_version: str | None = None,
             author: str | None = None, license: str | None = None, confidence: float | None = None,
-            ptq: Sequence[str] | None = None, no_ptq: Sequence[str] | None = None) -> ConvertResult:
+            ptq: Sequence[str] | None = None, no_ptq: Sequence[str] | None = None,
+            fallback: str | None = None) -> ConvertResult:
     """Convert ``model`` into a bundle at ``output``; see ``edgepack convert --help`` and, for what each
     keyword means, this module's docstring ("convert's keywords"). Every option left at ``None`` takes the
     ``recipe`` file's value, else the default of :mod:`edgepack.request`; given options override the recipe."""

@@ -158,7 +158,7 @@ HELP_SECTIONS: dict[str, dict[str, tuple[str, ...]]] = {
             "--cluster", "--cluster-layers", "--low-rank", "--qat", "--train-data", "--epochs", "--learning-rate",
             "--distill", "--distribute"),
         "Accuracy budget": ("--max-drop", "--metric", "--min-sqnr", "--min-agreement", "--eval-data", "--sqnr-axis",
-                            "--keep-best", "--confidence"),
+                            "--keep-best", "--confidence", "--fallback"),
         "Target": ("--target",),
         "App metadata (LiteRT metadata in model.tflite)": ("--metadata", "--model-name", "--description",
                                                            "--model-version", "--author", "--license"),
@@ -431,6 +431,11 @@ def main() -> None:
 @click.option("--confidence", type=FiniteFloat(min=0.5, max=0.999), metavar="LEVEL",
               help="Budgets are met when the bound of this two-sided interval meets them (lower bound of agreement "
                    "and SQNR, upper bound of a drop).  [default: 0.95]")
+@click.option("--fallback", type=click.Choice(["float", "int16"]),
+              help="Accuracy budget: what the ops int8 cannot carry become. float (default): float ops, the fastest "
+                   "on LiteRT's CPU. int16: int16 activations (int16x8), float only for the stretches int16 cannot "
+                   "carry: far fewer float ops, for runtimes with fast int16 kernels (LiteRT's CPU runs them on "
+                   "reference kernels, ~100x slower than int8). Needs a target that allows int16x8.")
 @data_options
 @optimize_options
 @common_options

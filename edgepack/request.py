@@ -314,6 +314,9 @@ def parse_sqnr_axis(text: str) -> tuple[str, int]:
     return name, value
 
 
+FALLBACKS = ("float", "int16")  # --fallback: what the budget's search gives the ops int8 cannot carry
+
+
 @dataclass(frozen=True)
 class BudgetOptions:
     """The accuracy budget: convert searches for the cheapest quantized model that meets it.
@@ -337,6 +340,9 @@ class BudgetOptions:
     metric: str | None = None  # --metric FILE.py:FUNCTION, the task metric --max-drop bounds
     holdout: int = 100  # held-out calibration samples when no data is given (more when the budget needs more)
     confidence: float = 0.95  # "met": the bound of this two-sided interval meets the budget
+    # what ops int8 cannot carry become: "float" (the fastest on LiteRT's CPU), or "int16" (int16x8 first, then
+    # float only for the stretches int16 cannot carry: far fewer float ops, int16 kernels are slow on a phone's CPU)
+    fallback: str = "float"
 
     def __post_init__(self) -> None:
         for option, value in (("--max-drop", self.max_drop), ("--min-sqnr", self.min_sqnr),
@@ -355,6 +361,8 @@ class BudgetOptions:
         if isinstance(self.confidence, bool) or not isinstance(self.confidence, int | float) \
                 or not 0.5 <= self.confidence < 1:
             raise OptionError("--confidence", self.confidence, hint="give a level in [0.5, 1), e.g. 0.95")
+        if self.fallback not in FALLBACKS:
+            raise OptionError("--fallback", self.fallback, FALLBACKS)
         if self.metric is not None:
             parse_metric(self.metric)
             if self.max_drop is None:
@@ -370,6 +378,8 @@ class BudgetOptions:
         if not self.active:
             if self.keep_best:
                 raise UsageError("--keep-best needs a budget", hint="give --max-drop, --min-sqnr or --min-agreement")
+            if self.fallback != "float":
+                raise UsageError("--fallback needs a budget", hint="give --max-drop, --min-sqnr or --min-agreement")
             if self.sqnr_axes:
                 raise UsageError("--sqnr-axis needs a budget", hint="give --min-sqnr or --min-agreement")
             if self.data is not None or self.inputs:
@@ -515,7 +525,7 @@ _FLAT: dict[str, tuple[str, str]] = {
     "max_drop": ("budget", "max_drop"), "min_sqnr": ("budget", "min_sqnr"), "min_agreement": ("budget", "min_agreement"),
     "metric": ("budget", "metric"),
     "eval_data": ("budget", "data"), "sqnr_axis": ("budget", "sqnr_axes"), "keep_best": ("budget", "keep_best"),
-    "confidence": ("budget", "confidence"),
+    "confidence": ("budget", "confidence"), "fallback": ("budget", "fallback"),
     "output": ("output", "path"), "force": ("output", "force"), "labels": ("output", "labels"),
     "target": ("target", ""), "seed": ("seed", ""), "recipe": ("recipe", ""), "verbose": ("verbose", ""),
     "prune_groups": ("optimize", "prune_groups"),

@@ -51,6 +51,7 @@ CONVERT_OPTIONS = [
     ("--quiet", "quiet", ["-q"], 1),
     ("--json", "as_json", ["--json"], True),
     ("--confidence", "confidence", ["--confidence", "0.9"], 0.9),
+    ("--fallback", "fallback", ["--fallback", "int16"], "int16"),
 ]
 
 

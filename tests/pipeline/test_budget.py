@@ -477,3 +477,28 @@ def test_figures_from_per_sample_sums_are_the_running_ones(axis):
     r = ref.reshape(12, -1).astype(np.float64)
     d = r - out.reshape(12, -1)
     assert sc.sample_error == pytest.approx(np.sum(d * d, axis=1) / (np.sum(r * r) / 12), rel=1e-9)
+
+
+def test_fallback_int16_keeps_float_only_what_int16_cannot_carry(work):
+    """--fallback int16: int16x8 first; its int8 weights still ruin the outlier layer, so the top-down pass over
+    the int16x8 quantization (spliced) keeps a few ops float and gives the rest back to int16: met, far fewer
+    float ops than ops, every other op int16. A target without int16x8 refuses the option in one line."""
+    out = work / "outlier_int16"
+    res = _convert([str(work / "outlier.h5"), "-o", str(out), "--calibration", str(work / "x16.npy"),
+                    "--min-sqnr", "25", "--fallback", "int16"])
+    assert res.exit_code == 0, res.output
+    b = _budget(out)
+    steps = [c["step"] for c in b["candidates"]]
+    assert b["budget_met"] is True and "int16x8" in steps and not b["candidates"][steps.index("int16x8")]["met"]
+    assert steps.count("fallback") >= 2 and not any(s == "fallback" for s in steps[:steps.index("int16x8")])
+    chosen = b["chosen"]
+    assert chosen["step"] == "fallback" and chosen["built"] == "splice" and chosen["name"].startswith("int16 again")
+    assert any("outlier" in n for n in chosen["float_ops"]) and len(chosen["int16_ops"]) >= 2
+    assert len(chosen["float_ops"]) < len(chosen["float_ops"]) + len(chosen["int16_ops"]) - 1
+    assert min(chosen["metric"]["sqnr_db"].values()) >= 25
+    ok = CliRunner().invoke(main, ["validate", str(out), "--data", str(work / "x16.npy")])
+    assert ok.exit_code == 0, ok.output
+    refused = _convert([str(work / "outlier.h5"), "-o", str(work / "phone_int16"), "--calibration",
+                        str(work / "x16.npy"), "--min-sqnr", "25", "--fallback", "int16", "--target", "android-arm64"])
+    assert refused.exit_code == 2 and "--fallback" in refused.output and "int16x8" in refused.output
+    assert "Traceback" not in refused.output and not (work / "phone_int16").exists()

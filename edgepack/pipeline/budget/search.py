@@ -56,6 +56,7 @@ class Search(GreedyFallback, TopDown):
         self._spliced_keys: set[tuple] = set()  # settings whose cached model is a splice
         self._splicers: dict[tuple, Any] = {}  # by (ranges, float output): the splicer over that base quantization
         self.splice = splice
+        self._int16: bytes | None = None  # the int16x8 quantization, made once (the base of int16 splices)
 
     # -- helpers -------------------------------------------------------------------------------------
     def _make(self, step: str, name: str, *, model: bytes | None = None, ev: EvalSet | None = None,
@@ -75,6 +76,9 @@ class Search(GreedyFallback, TopDown):
             if model is None:
                 model = self._spliced(kw) if not exact else None
                 spliced = model is not None
+                if model is None and kw.get("int16") and kw.get("denylist"):
+                    # the int16x8 quantizer takes no denylist: int16 with float ops exists only as a splice
+                    raise EdgepackError("int16 activations with float ops could not be spliced")
                 if model is None:
                     model = self.cal.quantize(
                         denylist=kw.get("denylist", ()), ranges=ranges or None,
@@ -91,6 +95,9 @@ class Search(GreedyFallback, TopDown):
         except Exception as err:  # a splice LiteRT refuses: the quantizer's model for the same settings
             if not spliced:
                 raise
+            if kw.get("int16"):
+                self._models.pop(key, None)
+                raise EdgepackError(f"an int16 splice failed to run: {err}") from err
             log.info("budget: a spliced candidate failed to run (%s); quantized instead", err)
             self._models.pop(key, None)
             self._spliced_keys.discard(key)
@@ -111,12 +118,14 @@ class Search(GreedyFallback, TopDown):
         from edgepack.converter.splice import Splicer
 
         deny = set(kw.get("denylist", ())) - set(self.cal.keep_float)
-        if not self.splice or not deny or kw.get("int16", False):
+        if not self.splice or not deny:
             return None
         ranges = kw.get("ranges") or {}
-        bkey = (tuple(sorted(ranges.items())), kw.get("float_output", False))
+        int16 = bool(kw.get("int16", False))  # over the int16x8 quantization (its own ranges, float I/O)
+        bkey = ("int16",) if int16 else (tuple(sorted(ranges.items())), kw.get("float_output", False))
         if bkey not in self._splicers:
-            base = self.cal.quantize(ranges=ranges or None, float_output=bkey[1])
+            base = (self._int16_base() if int16 else
+                    self.cal.quantize(ranges=ranges or None, float_output=bkey[1]))
             first = next(iter(self._splicers.values()), None)
             try:
                 self._splicers[bkey] = Splicer(self.cal.model, base, unpacked=first.cal if first is not None else None)
@@ -130,9 +139,20 @@ class Search(GreedyFallback, TopDown):
             log.info("budget: splicing a candidate failed (%s); quantized instead", err)
             return None
 
+    def _int16_base(self) -> bytes:
+        """The int16x8 quantization (float where int16 has no kernel, when float is allowed; its own
+        calibration pass): made once, the full-int16 candidate's model."""
+        if self._int16 is None:
+            self._int16 = self.cal.quantize(int16=True, allow_float=self.allow_float)
+        return self._int16
+
     def _exact(self, chosen: Candidate) -> Candidate:
         """A spliced choice quantized again by the quantizer: that model when it meets the budget too (the
         bundle then holds what ``mlir_quantize`` makes), else the splice (what was measured to meet)."""
+        if chosen.int16:  # no quantizer makes int16 with float ops: the splice is the model
+            self.notes.append("int16 activations with float ops: the bundle holds the splice that was measured "
+                              "(the int16x8 quantizer takes no list of float ops)")
+            return chosen
         kw = dict(denylist=chosen.denylist, ranges=chosen.ranges, range_methods=chosen.range_methods,
                   float_output=chosen.float_output)
         try:
@@ -176,6 +196,16 @@ class Search(GreedyFallback, TopDown):
         if ranged.met:
             return ranged
         start = ranged if ranged.score.margin(self.budget) > base.score.margin(self.budget) else base
+        if self.budget.fallback == "int16" and self.allow_int16:
+            # --fallback int16: int16x8, then float only for the stretches int16 cannot carry
+            c16 = self._full_int16()
+            if c16 is not None and c16.met:
+                return c16
+            if c16 is not None and self.allow_float and self.splice:
+                down = self._top_down(c16, int16=True)
+                if down is not None and down.met:
+                    return down
+            return None
         # 3. per-layer sensitivity, float fallback; then from the other end: everything float, and
         # stretches of the graph given back to int8 while the budget holds
         if self.allow_float:
@@ -187,23 +217,28 @@ class Search(GreedyFallback, TopDown):
                 return down
         # 4. int16x8
         if self.allow_int16:
-            try:
-                c16 = self._make("int16x8", "int16 activations" + (", float where int16 has no kernel"
-                                                                   if self.allow_float else ""),
-                                 int16=True, allow_float=self.allow_float)
-            except EdgepackError as err:
-                self.notes.append(f"int16x8 failed: {err.message}")
-            else:
-                c16.why = {"*": "int16x8: no int8 candidate met the budget, so every activation is int16"}
-                bad = self._unsupported(c16.model)
-                if bad:
-                    c16.met = False
-                    self.notes.append(f"int16x8 uses ops the target does not register: {', '.join(bad)}")
-                if c16.met:
-                    return c16
+            c16 = self._full_int16()
+            if c16 is not None and c16.met:
+                return c16
         else:
             self.notes.append("the target does not allow int16x8")
         return None
+
+    def _full_int16(self) -> Candidate | None:
+        try:
+            c16 = self._make("int16x8", "int16 activations" + (", float where int16 has no kernel"
+                                                               if self.allow_float else ""),
+                             int16=True, allow_float=self.allow_float)
+        except EdgepackError as err:
+            self.notes.append(f"int16x8 failed: {err.message}")
+            return None
+        self._int16 = c16.model
+        c16.why = {"*": "int16x8: no int8 candidate met the budget, so every activation is int16"}
+        bad = self._unsupported(c16.model)
+        if bad:
+            c16.met = False
+            self.notes.append(f"int16x8 uses ops the target does not register: {', '.join(bad)}")
+        return c16
 
     def _unsupported(self, model: bytes) -> list[str]:
         if self.target_ops is None:

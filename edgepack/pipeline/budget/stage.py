@@ -46,6 +46,11 @@ def stage_budget(st) -> dict | None:
         from edgepack.errors import ConversionError
 
         raise ConversionError("the converter kept no calibrated model to search from")
+    if budget.fallback == "int16" and "int16x8" not in st.target.quantize_modes:
+        from edgepack.errors import OptionError
+
+        raise OptionError("--fallback", "int16", hint=f"target {st.target.name} does not allow int16x8 (its "
+                                                      "quantize_modes): use --target generic, or --fallback float")
     ev = eval_set(st)
     too_small = sample_shortfall(budget, ev)
     if too_small:

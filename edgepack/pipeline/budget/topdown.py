@@ -18,6 +18,7 @@ class _GiveBack:
 
     def __init__(self, search, ops: list[str], all_float: Candidate, kw: dict[str, Any]) -> None:
         self.search, self.ops, self.all_float, self.kw = search, ops, all_float, kw
+        self.back = "int16" if kw.get("int16") else "int8"  # what a stretch given back becomes
         self.position = {n: i for i, n in enumerate(ops)}
         self.deny, self.current, self.trials = list(ops), all_float, 0
 
@@ -35,8 +36,8 @@ class _GiveBack:
             return None
         self.trials += 1
         try:
-            c = self.search._make("fallback", f"int8 again: {label} ({len(trial)} float)", denylist=tuple(trial),
-                                  **self.kw)
+            c = self.search._make("fallback", f"{self.back} again: {label} ({len(trial)} float)",
+                                  denylist=tuple(trial), **self.kw)
         except EdgepackError:
             return None
         if c.met:
@@ -45,20 +46,22 @@ class _GiveBack:
 
 
 class TopDown:
-    def _top_down(self, start: Candidate) -> Candidate | None:
+    def _top_down(self, start: Candidate, int16: bool = False) -> Candidate | None:
         """When adding float ops greedily did not reach the budget, the error is spread over the
         graph: start from every op float (inputs stay int8; the outputs float when their slices need
         different scales), measure what giving each of ``STRETCHES`` stretches back to int8 alone
         costs, then give them back the cheapest (per op) first: the longest run of them that still
         meets the budget (bisected), each remaining one that still fits, then halves of the stretches
-        left float. None when even all-float misses the budget."""
+        left float. None when even all-float misses the budget. ``int16``: over the int16x8 quantization
+        (``start``; float I/O), the stretches given back to int16 (spliced: ``--fallback int16``)."""
         keep = set(self.cal.keep_float)  # float in every candidate already (the lstm-float stage's)
         ops = [node for kind, node, _, _ in self.cal.ops() if kind not in ("QUANTIZE", "DEQUANTIZE") and node not in keep]
-        int8_out = self.cal.output_type != _float32()
+        int8_out = self.cal.output_type != _float32() and not int16
         current = None
         # int8 outputs first (what the app reads stays the same), float outputs when int8 ones cannot meet it
         for fout in dict.fromkeys([int8_out and self._output_needs_float(start), int8_out]):
-            kw = dict(ranges=start.ranges, range_methods=start.range_methods, float_output=fout)
+            kw = (dict(int16=True, allow_float=self.allow_float) if int16 else
+                  dict(ranges=start.ranges, range_methods=start.range_methods, float_output=fout))
             try:
                 current = self._make("fallback", "every op float" + (", float outputs" if fout else ""),
                                      denylist=tuple(ops), **kw)
