@@ -502,3 +502,26 @@ def test_fallback_int16_keeps_float_only_what_int16_cannot_carry(work):
                         str(work / "x16.npy"), "--min-sqnr", "25", "--fallback", "int16", "--target", "android-arm64"])
     assert refused.exit_code == 2 and "--fallback" in refused.output and "int16x8" in refused.output
     assert "Traceback" not in refused.output and not (work / "phone_int16").exists()
+
+
+def test_fallback_int16_gives_the_always_float_ops_to_int16_too(work):
+    """The ops every int8 quantization keeps float (lstm-float's cells) are int16 in the int16x8 quantization: the
+    int16 top-down pass makes them float in its every-op-float candidate and gives them back to int16 like any
+    other op, so only the outlier layer stays float."""
+    import dataclasses
+
+    from edgepack.pipeline import budget as B
+    from edgepack.request import BudgetOptions
+
+    plain, base, ev = _calibrated(work / "outlier.h5", np.load(work / "x16.npy"))
+    ops = [n for k, n, _, _ in plain.ops() if k not in ("QUANTIZE", "DEQUANTIZE")]
+    outlier = next(n for n in ops if "outlier" in n)
+    cal = dataclasses.replace(plain, keep_float=tuple(n for n in ops if n != outlier))
+    search = B.Search(cal, base, ev, BudgetOptions(min_sqnr=25, fallback="int16"), allow_float=True,
+                      allow_int16=True, latency=False)
+    found = search.run()
+    assert found.met and found.chosen.int16 and found.chosen.spliced and found.chosen.denylist == (outlier,)
+    every = next(c for c in search.tried if c.name.startswith("every op float"))
+    assert set(every.denylist) == set(ops)  # the always-float ops too
+    record = found.chosen.record(search.budget, latency=False)
+    assert record["int16_ops"] == len(ops) - 1 and record["float_ops"] == 1

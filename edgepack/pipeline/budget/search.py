@@ -70,7 +70,8 @@ class Search(GreedyFallback, TopDown):
         if model is None:
             ranges = kw.get("ranges") or {}
             # ops every quantization keeps float (the lstm-float stage's) are float with or without the denylist
-            key = (tuple(sorted(set(kw.get("denylist", ())) | set(self.cal.keep_float))), tuple(sorted(ranges.items())),
+            keep = () if kw.get("int16") else self.cal.keep_float  # int16x8 has them int16 unless denylisted
+            key = (tuple(sorted(set(kw.get("denylist", ())) | set(keep))), tuple(sorted(ranges.items())),
                    kw.get("float_output", False), kw.get("int16", False), allow_float)
             model = self._models.get(key) if not exact else None
             if model is None:
@@ -117,11 +118,12 @@ class Search(GreedyFallback, TopDown):
         denylist; quantized once and kept), or None: not a denylist candidate, or not spliceable."""
         from edgepack.converter.splice import Splicer
 
-        deny = set(kw.get("denylist", ())) - set(self.cal.keep_float)
+        int16 = bool(kw.get("int16", False))  # over the int16x8 quantization (its own ranges, float I/O)
+        # the int8 base has the always-float ops (lstm-float's cells) float already; the int16x8 one has them int16
+        deny = set(kw.get("denylist", ())) - (set() if int16 else set(self.cal.keep_float))
         if not self.splice or not deny:
             return None
         ranges = kw.get("ranges") or {}
-        int16 = bool(kw.get("int16", False))  # over the int16x8 quantization (its own ranges, float I/O)
         bkey = ("int16",) if int16 else (tuple(sorted(ranges.items())), kw.get("float_output", False))
         if bkey not in self._splicers:
             base = (self._int16_base() if int16 else

@@ -54,7 +54,8 @@ class TopDown:
         meets the budget (bisected), each remaining one that still fits, then halves of the stretches
         left float. None when even all-float misses the budget. ``int16``: over the int16x8 quantization
         (``start``; float I/O), the stretches given back to int16 (spliced: ``--fallback int16``)."""
-        keep = set(self.cal.keep_float)  # float in every candidate already (the lstm-float stage's)
+        # float in every int8 candidate already (the lstm-float stage's cells); int16 in the int16x8 quantization
+        keep = set() if int16 else set(self.cal.keep_float)
         ops = [node for kind, node, _, _ in self.cal.ops() if kind not in ("QUANTIZE", "DEQUANTIZE") and node not in keep]
         int8_out = self.cal.output_type != _float32() and not int16
         current = None
