@@ -435,7 +435,7 @@ def main() -> None:
               help="Accuracy budget: what the ops int8 cannot carry become. float (default): float ops, the fastest "
                    "on LiteRT's CPU. int16: int16 activations (int16x8), float only for the stretches int16 cannot "
                    "carry: far fewer float ops, for runtimes with fast int16 kernels (LiteRT's CPU runs them on "
-                   "reference kernels, ~100x slower than int8). Needs a target that allows int16x8.")
+                   "reference kernels: 9-71x slower than int8 on the zoo's models). Needs a target that allows int16x8.")
 @data_options
 @optimize_options
 @common_options
