@@ -66,7 +66,7 @@ def _constant(tensor, buffers) -> bool:
 # (a concatenation: the union), or mapped by a monotonic function whose int8 output grid is fixed anyway
 # (sigmoid 1/256, tanh 1/128: the recorded range is not used by the quantizer)
 _SAME_VALUES = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS"}
-_MONOTONIC = {"LOGISTIC": lambda x: 1.0 / (1.0 + np.exp(-x)), "TANH": np.tanh}
+_MONOTONIC = {"LOGISTIC": lambda x: 0.5 * (1.0 + np.tanh(0.5 * x)), "TANH": np.tanh}  # sigmoid; no exp overflow
 
 
 def derived_tensors(model: bytes, tensors: list[int]) -> dict[int, tuple[str, list[int]]]:
