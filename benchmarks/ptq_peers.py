@@ -381,7 +381,7 @@ def measure_edgepack(case: Case, rows: Rows, work: Path, variants: list[str]) ->
             start = time.perf_counter()
             bundle = work / f"{case.name}_float_match"
             try:
-                denied = float_match.elementwise_float(caught[-1], out, bundle)
+                denied = float_match.elementwise_float(caught[-1].calibrated, out, bundle)
                 outs = outputs(bundle)
             except Exception as err:  # noqa: BLE001 - a failed row is a row, not the end of the run
                 rows.absent(FLOAT_MATCH, f"failed: {type(err).__name__}: {err}"[:200])

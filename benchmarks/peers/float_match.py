@@ -8,8 +8,9 @@ the converter keeps (:class:`edgepack.converter.requantize.Calibrated`, as the a
 does) with every elementwise arithmetic / activation op of the ``.tflite`` denylisted (float). The float
 ops are then counted as for every other row; the table shows both counts side by side.
 
-The calibrated model is caught from the pipeline's ``_keeper`` (the hook through which the convert stage
-hands it to the budget search); nothing in edgepack changes.
+The pipeline state is caught through the pipeline's ``_keeper`` (the hook through which the convert stage
+hands the calibrated model to the budget search); its final ``calibrated`` is read after the conversion;
+nothing in edgepack changes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ ELEMENTWISE = {"ADD", "SUB", "MUL", "DIV", "HARD_SWISH", "LOGISTIC", "TANH", "RE
 
 @contextlib.contextmanager
 def catch_calibrated():
-    """Within: every conversion's calibrated model is appended to the yielded list."""
+    """Within: every conversion's pipeline state is appended to the yielded list; after the conversion its
+    ``.calibrated`` is the final calibrated model (the ptq stages after conversion — the activation ranges
+    chosen, lstm-float's cells — replace the one the converter kept: quantizing that one again lost the
+    ranges, and this row read below edgepack's own full int8)."""
     from edgepack.pipeline import stages
 
     caught: list = []
@@ -38,7 +42,7 @@ def catch_calibrated():
         keep = original(st)
 
         def both(calibrated) -> None:
-            caught.append(calibrated)
+            caught.append(st)
             keep(calibrated)
 
         return both

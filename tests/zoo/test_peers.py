@@ -85,7 +85,13 @@ def test_float_match_requantizes_elementwise_ops_float(tmp_path):
     with float_match.catch_calibrated() as caught:
         api.convert(model=tmp_path / "m.keras", output=tmp_path / "int8", calibration=tmp_path / "c.npy", force=True)
     assert len(caught) == 1 and tflite_float_ops(tmp_path / "int8" / "model.tflite")[0] == 0
-    assert float_match.elementwise_float(caught[0], tmp_path / "int8", tmp_path / "match") == 1  # the LOGISTIC
+    # the final calibrated model (after the ptq stages): quantized again, the bundle's scales
+    from edgepack.tflite_model import read_tflite
+
+    again, bundle = (read_tflite(m) for m in (caught[0].calibrated.quantize(),
+                                              (tmp_path / "int8" / "model.tflite").read_bytes()))
+    assert sorted(t.scale for t in again.tensors if t.scale) == sorted(t.scale for t in bundle.tensors if t.scale)
+    assert float_match.elementwise_float(caught[0].calibrated, tmp_path / "int8", tmp_path / "match") == 1  # LOGISTIC
     assert tflite_float_ops(tmp_path / "match" / "model.tflite")[0] >= 1
     feeds = [{"x": calib[i:i + 1]} for i in range(4)]
     ref = model.predict(calib[:4], verbose=0)
