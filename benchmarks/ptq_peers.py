@@ -225,8 +225,14 @@ def ort_peer(case: Case, method: str, work: Path, limit_gb: float, stride: int,
 
 
 def nncf_peer(case: Case, work: Path, venv: Path, limit_gb: float) -> tuple[Path | None, ChildResult]:
+    """NNCF on the graph onnxruntime's quantizer gets (``quant_pre_process``: BatchNorms folded into their convs);
+    on the raw graph NNCF keeps layout_cdla's 94 BatchNormalization ops (615 ops, 465 of them float) and its
+    output read -0.5 dB, box F1 0.010 (2026-12-06)."""
+    from benchmarks.peers.ort_child import prepared
+
     out = work / f"{case.name}_nncf.onnx"
-    res = child.run([str(venv_python(venv)), str(ROOT / "benchmarks" / "peers" / "nncf_child.py"), str(case.onnx),
+    res = child.run([str(venv_python(venv)), str(ROOT / "benchmarks" / "peers" / "nncf_child.py"),
+                     str(prepared(case.onnx, work)),
                      str(case.calib_feeds_npz), str(out)], limit_gb, log=work / f"{case.name}_nncf.log")
     return (out if res.ok else None), res
 
