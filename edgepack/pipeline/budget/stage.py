@@ -46,7 +46,8 @@ def stage_budget(st) -> dict | None:
         from edgepack.errors import ConversionError
 
         raise ConversionError("the converter kept no calibrated model to search from")
-    if budget.fallback == "int16" and "int16x8" not in st.target.quantize_modes:
+    allow_int16 = "int16x8" in st.target.quantize_modes
+    if budget.fallback == "int16" and not allow_int16:
         from edgepack.errors import OptionError
 
         raise OptionError("--fallback", "int16", hint=f"target {st.target.name} does not allow int16x8 (its "
@@ -56,7 +57,7 @@ def stage_budget(st) -> dict | None:
     if too_small:
         log.warning("%s", too_small)
     search = Search(st.calibrated, st.tflite, ev, budget, allow_float=not integer_only(st.target),
-                    allow_int16="int16x8" in st.target.quantize_modes,
+                    allow_int16=allow_int16,
                     target_ops=st.target.ops if integer_only(st.target) else None)
     result = search.run()
     if too_small:
