@@ -15,6 +15,8 @@ CONVERT = [
     (["--learning-rate", "nan"], "--learning-rate"),
     (["--prune", "channels:1.5"], "--prune"),
     (["--input-shape", "image:1xAx3"], "--input-shape"),
+    (["--fallback", "int8"], "--fallback"),
+    (["--fallback", "int16"], "--fallback"),  # without a budget: nothing to fall back from
 ]
 
 
