@@ -94,6 +94,15 @@ class Calibrated:
             self._ops.extend(model_ops(self.model))
         return list(self._ops)
 
+    def for_int16(self) -> Calibrated:
+        """This calibrated model as int16x8 quantizes it (:meth:`quantize` with ``int16``): each HARD_SWISH
+        and RELU_0_TO_1 written as ops with int16 kernels (:mod:`~edgepack.converter.unfuse`), so that its
+        ops and node names are the int16x8 model's (what a splice over that quantization aligns with)."""
+        from edgepack.converter.unfuse import unfuse_for_int16
+
+        model, count = unfuse_for_int16(self.model)
+        return self.with_model(model) if count else self
+
     def with_model(self, model: bytes, *, same_graph: bool = False) -> Calibrated:
         """The same calibration settings over another calibrated flatbuffer (its tensors read afresh);
         ``same_graph``: ``model`` has this one's ops and tensors, only recorded ranges or constants
@@ -156,9 +165,11 @@ class Calibrated:
         types on binary ops with constants), so this is the old quantizer, as the converter does it
         for int16x8: one more calibration pass, in the child process."""
         from edgepack.converter import isolate
+        from edgepack.converter.unfuse import unfuse_for_int16
 
         if self.samples is None:
             raise ConversionError("int16x8 needs the calibration samples again; none were kept")
+        data = unfuse_for_int16(data)[0]  # no int16 HARD_SWISH / RELU_0_TO_1 kernels (no-op when done already)
         q = {"input": int(np.dtype(np.float32).num), "output": int(np.dtype(np.float32).num),
              "allow_float": allow_float, "activations": int(np.dtype(np.int16).num),
              "bias": int(np.dtype(np.int64).num), "disable_per_channel": self.disable_per_channel,

@@ -134,6 +134,8 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
         per_channel_off = bool(conv._experimental_disable_per_channel)
         dense_off = bool(conv._experimental_disable_per_channel_quantization_for_dense_layers)
         if not conv.experimental_new_quantizer or activations_type == tf.int16:  # the old quantizer, in the child
+            if activations_type == tf.int16:  # TFLite has no int16 HARD_SWISH / RELU_0_TO_1: other ops instead
+                result = _unfused_for_int16(result)
             q = {"input": _dtype_num(input_type), "output": _dtype_num(output_type), "allow_float": allow_float,
                  "activations": _dtype_num(activations_type), "bias": _dtype_num(bias_type),
                  "disable_per_channel": per_channel_off, "disable_per_channel_dense": dense_off}
@@ -159,6 +161,15 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
             debug_options_str=debug_options.SerializeToString())))[0]
 
     return quantize
+
+
+def _unfused_for_int16(model) -> bytes:
+    from edgepack.converter.unfuse import unfuse_for_int16
+
+    out, counts = unfuse_for_int16(bytes(model))
+    if counts:
+        log.info("int16x8: written as ops with int16 kernels (TFLite has none for these): %s", counts)
+    return out
 
 
 def _crash_hint(model, mode: QuantizeMode, run: Callable):

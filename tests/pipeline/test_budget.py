@@ -13,9 +13,10 @@ from click.testing import CliRunner
 from edgepack.cli import main
 
 
-def _outlier_model(folder: Path) -> Path:
+def _outlier_model(folder: Path, hard_swish: bool = False) -> Path:
     """x -> d1 (unit 0 always dead) -> "outlier" (its weights from that dead unit are 200, so one
-    per-channel int8 scale per output covers 200 and the real weights round to zero) -> head.
+    per-channel int8 scale per output covers 200 and the real weights round to zero) -> ReLU (``hard_swish``:
+    a hard-swish of built-in layers, which the converter fuses into HARD_SWISH) -> head.
     Float: exact; full int8: ruined; the outlier layer kept float: fine."""
     import tf_keras as keras
 
@@ -23,7 +24,13 @@ def _outlier_model(folder: Path) -> Path:
     inp = keras.Input((16,), name="x")
     h = keras.layers.Dense(16, activation="relu", name="d1")(inp)
     o = keras.layers.Dense(8, name="outlier")(h)
-    out = keras.layers.Dense(4, name="head")(keras.layers.ReLU()(o))
+    if hard_swish:  # on a sum (after a dense layer, TF's converter folds the + 3 into a copy of the layer)
+        o = keras.layers.Add()([o, keras.layers.Dense(8, name="side")(h)])
+        a = keras.layers.ReLU(max_value=6.0)(keras.layers.Rescaling(1.0, offset=3.0)(o))
+        act = keras.layers.Rescaling(1.0 / 6.0)(keras.layers.Multiply()([o, a]))
+    else:
+        act = keras.layers.ReLU()(o)
+    out = keras.layers.Dense(4, name="head")(act)
     m = keras.Model(inp, out)
     w1, b1 = m.get_layer("d1").get_weights()
     w1[:, 0], b1[0] = 0.0, -1.0
@@ -31,7 +38,7 @@ def _outlier_model(folder: Path) -> Path:
     w, b = m.get_layer("outlier").get_weights()
     w[0, :] = 200.0
     m.get_layer("outlier").set_weights([w, b])
-    path = folder / "outlier.h5"
+    path = folder / ("outlier_hard_swish.h5" if hard_swish else "outlier.h5")
     m.save(path)
     return path
 
@@ -525,3 +532,26 @@ def test_fallback_int16_gives_the_always_float_ops_to_int16_too(work):
     assert set(every.denylist) == set(ops)  # the always-float ops too
     record = found.chosen.record(search.budget, latency=False)
     assert record["int16_ops"] == len(ops) - 1 and record["float_ops"] == 1
+
+
+def test_fallback_int16_writes_hard_swish_as_int16_ops(work):
+    """TFLite has no int16 HARD_SWISH kernel: int16x8 would leave each hard-swish float (layout_cdla: 170 of 518
+    ops). The int16 path writes it as ADD(+3, RELU6) / MUL / MUL, int16 like the rest, so the only float op the
+    search keeps is the outlier layer, and the candidates splice over that written-out graph."""
+    from edgepack.pipeline import budget as B
+    from edgepack.request import BudgetOptions
+    from edgepack.tflite_model import read_tflite
+
+    path = _outlier_model(work, hard_swish=True)
+    cal, base, ev = _calibrated(path, np.load(work / "x16.npy"))
+    assert "HARD_SWISH" in read_tflite(cal.model).op_counts
+    search = B.Search(cal, base, ev, BudgetOptions(min_sqnr=25, fallback="int16"), allow_float=True,
+                      allow_int16=True, latency=False)
+    found = search.run()
+    assert found.met and found.chosen.int16 and found.chosen.spliced
+    assert [n for n in found.chosen.denylist if "outlier" not in n] == []
+    counts = read_tflite(found.chosen.model).op_counts
+    assert "HARD_SWISH" not in counts and counts["MUL"] >= 2
+    record = found.chosen.record(search.budget, latency=False)
+    assert record["float_ops"] == 1 and record["int16_ops"] >= 6
+    assert min(found.chosen.score.sqnr.values()) >= 25

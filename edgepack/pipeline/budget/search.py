@@ -57,6 +57,15 @@ class Search(GreedyFallback, TopDown):
         self._splicers: dict[tuple, Any] = {}  # by (ranges, float output): the splicer over that base quantization
         self.splice = splice
         self._int16: bytes | None = None  # the int16x8 quantization, made once (the base of int16 splices)
+        self._cal16: Calibrated | None = None
+
+    @property
+    def cal16(self) -> Calibrated:
+        """The calibrated model as int16x8 quantizes it (its HARD_SWISH ops written as int16-capable ops):
+        the ops and node names of every int16 candidate."""
+        if self._cal16 is None:
+            self._cal16 = self.cal.for_int16()
+        return self._cal16
 
     # -- helpers -------------------------------------------------------------------------------------
     def _make(self, step: str, name: str, *, model: bytes | None = None, ev: EvalSet | None = None,
@@ -81,7 +90,7 @@ class Search(GreedyFallback, TopDown):
                     # the int16x8 quantizer takes no denylist: int16 with float ops exists only as a splice
                     raise EdgepackError("int16 activations with float ops could not be spliced")
                 if model is None:
-                    model = self.cal.quantize(
+                    model = (self.cal16 if kw.get("int16") else self.cal).quantize(
                         denylist=kw.get("denylist", ()), ranges=ranges or None,
                         float_output=kw.get("float_output", False), int16=kw.get("int16", False),
                         allow_float=allow_float)
@@ -128,9 +137,10 @@ class Search(GreedyFallback, TopDown):
         if bkey not in self._splicers:
             base = (self._int16_base() if int16 else
                     self.cal.quantize(ranges=ranges or None, float_output=bkey[1]))
-            first = next(iter(self._splicers.values()), None)
+            first = next((s for k, s in self._splicers.items() if k != ("int16",)), None) if not int16 else None
             try:
-                self._splicers[bkey] = Splicer(self.cal.model, base, unpacked=first.cal if first is not None else None)
+                self._splicers[bkey] = Splicer((self.cal16 if int16 else self.cal).model, base,
+                                               unpacked=first.cal if first is not None else None)
             except Exception as err:  # a graph the splicer cannot read: every candidate from the quantizer
                 log.info("budget: candidates are not spliced (%s)", err)
                 self.splice = False
@@ -145,7 +155,7 @@ class Search(GreedyFallback, TopDown):
         """The int16x8 quantization (float where int16 has no kernel, when float is allowed; its own
         calibration pass): made once, the full-int16 candidate's model."""
         if self._int16 is None:
-            self._int16 = self.cal.quantize(int16=True, allow_float=self.allow_float)
+            self._int16 = self.cal16.quantize(int16=True, allow_float=self.allow_float)
         return self._int16
 
     def _exact(self, chosen: Candidate) -> Candidate:
@@ -341,7 +351,7 @@ class Search(GreedyFallback, TopDown):
         if chosen.float_output:
             kept |= set(self._output_producers())
         rows = []
-        for i, (kind, node, _, _) in enumerate(self.cal.ops()):
+        for i, (kind, node, _, _) in enumerate((self.cal16 if chosen.int16 else self.cal).ops()):
             rows.append({"index": i, "op": kind, "node": node,
                          "scaled_rmse": _round(self.local[node]) if node in self.local else None,
                          "gain": _round(self.gains[node]) if node in self.gains else None,

@@ -56,7 +56,8 @@ class TopDown:
         (``start``; float I/O), the stretches given back to int16 (spliced: ``--fallback int16``)."""
         # float in every int8 candidate already (the lstm-float stage's cells); int16 in the int16x8 quantization
         keep = set() if int16 else set(self.cal.keep_float)
-        ops = [node for kind, node, _, _ in self.cal.ops() if kind not in ("QUANTIZE", "DEQUANTIZE") and node not in keep]
+        ops = [node for kind, node, _, _ in (self.cal16 if int16 else self.cal).ops()
+               if kind not in ("QUANTIZE", "DEQUANTIZE") and node not in keep]
         int8_out = self.cal.output_type != _float32() and not int16
         current = None
         # int8 outputs first (what the app reads stays the same), float outputs when int8 ones cannot meet it
