@@ -38,8 +38,9 @@ from benchmarks.zoo.report import render, summary
 
 log = logging.getLogger("model_zoo")
 
-MODES = {"float32": "none", "int8": "int8-float-io"}
-O2T_FILES = {"float32": "{stem}_float32.tflite", "int8": "{stem}_integer_quant.tflite"}  # named after the .onnx
+MODES = {"float32": "none", "int8": "int8-float-io", "int16x8": "int16x8"}
+O2T_FILES = {"float32": "{stem}_float32.tflite", "int8": "{stem}_integer_quant.tflite",  # named after the .onnx
+             "int16x8": "{stem}_integer_quant_with_int16_act.tflite"}
 SAMPLES = {"calib": 32, "held": 16}
 VAD_SAMPLES = {"calib": 64, "held": 64}
 RESULTS = corpus.CACHE / "results.json"
@@ -89,7 +90,7 @@ def edgepack_row(case: Case, mode: str) -> dict:
     bundle, edgepack = case.work / f"edgepack_{mode}", str(measure.BIN / "edgepack")
     cmd = [edgepack, "convert", str(case.path), "-o", str(bundle), "--quantize", MODES[mode], "--force",
            *shape_args(case.model, "--input-shape")]
-    if mode == "int8":
+    if mode in ("int8", "int16x8"):
         cmd += ["--calibration", str(case.work / "calib.npz")]
     r = measure.run(cmd, case.work, case.timeout, case.work / f"edgepack_{mode}.log")
     row = {"converted": r.ok, "rc": r.rc, "reason": "" if r.ok else r.reason, "traceback": r.traceback,
@@ -143,7 +144,8 @@ def onnx2tf_rows(case: Case, modes: list[str]) -> dict[str, dict]:
 
     out = case.work / "onnx2tf"
     write_sample_images(case.work)  # its cwd copy of the sample file keeps onnx2tf offline (unused with -cind)
-    int8 = ["-oiqt", *measure.write_onnx2tf_data(case.calib, case.work)] if "int8" in modes else []
+    int8 = (["-oiqt", *measure.write_onnx2tf_data(case.calib, case.work)]
+            if {"int8", "int16x8"} & set(modes) else [])
     # onnx2tf overwrites its -i file with the onnxsim-simplified model: give it a copy, never the cache
     # (or the installed onnx package's files), so edgepack converts the original
     source = case.work / "onnx2tf_input" / case.path.name
@@ -196,7 +198,7 @@ def _brief(r: dict | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", help="comma-separated subset (default: all): " + ",".join(m.name for m in corpus.MODELS))
-    ap.add_argument("--modes", default="float32,int8", help="comma-separated: float32,int8")
+    ap.add_argument("--modes", default="float32,int8", help="comma-separated: float32,int8,int16x8")
     ap.add_argument("--no-onnx2tf", action="store_true", help="skip the onnx2tf command-line columns")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "model-zoo.md")
     ap.add_argument("--json", action="store_true", help="also write the raw results to build/zoo/results.json")

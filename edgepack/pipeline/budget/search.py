@@ -61,7 +61,7 @@ class Search(GreedyFallback, TopDown):
 
     @property
     def cal16(self) -> Calibrated:
-        """The calibrated model as int16x8 quantizes it (its HARD_SWISH ops written as int16-capable ops):
+        """The calibrated model as int16x8 quantizes it (HARD_SWISH, RELU_0_TO_1 written as ops with int16 kernels):
         the ops and node names of every int16 candidate."""
         if self._cal16 is None:
             self._cal16 = self.cal.for_int16()
