@@ -173,12 +173,37 @@ def split_gates(path: Path) -> Path:
     return _save(graph, path)
 
 
-def ort_per_sample(path: Path, x: np.ndarray) -> np.ndarray:
-    """onnxruntime on a model with one input "x", one sample per call (the batch axis is 1)."""
+def ort_per_sample(path: Path, x: np.ndarray, *, as_written: bool = False) -> np.ndarray:
+    """onnxruntime on a model with one input "x", one sample per call (the batch axis is 1). ``as_written``:
+    no graph optimization, so a QDQ model's DequantizeLinear -> op -> QuantizeLinear run as written (float
+    ops on the dequantized values) instead of fused into QLinear kernels, whose int8 arithmetic differs between
+    CPUs (on an AVX2 CPU without VNNI onnxruntime's u8s8 kernels read a QDQ CNN 2.7 dB below its own
+    unfused run)."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    if as_written:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def ort_integer_gemm_is_exact() -> bool:
+    """Whether onnxruntime's uint8 x int8 integer GEMM (MatMulInteger, DynamicQuantizeLSTM's gates) computes
+    exact int32 sums on this CPU. Its AVX2 kernel (no VNNI) adds pairs of u8*s8 products in int16 with
+    saturation (vpmaddubsw): 64 x 255 x 127 reads 1,048,544 (32,767 x 32) there instead of 2,072,640."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    b = helper.make_tensor("b", TensorProto.INT8, [64, 1], np.full((64, 1), 127, np.int8).tobytes(), raw=True)
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1])], [b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return int(sess.run(None, {"a": np.full((1, 64), 255, np.uint8)})[0][0, 0]) == 64 * 255 * 127
 
 
 def bundle_nchw(bundle: Path, x: np.ndarray) -> np.ndarray:

@@ -51,7 +51,9 @@ def test_qdq_model_keeps_its_ranges_and_reads_like_onnxruntime(quantized, tmp_pa
     assert kept["kept"] >= 3 and kept["kept"] <= kept["recorded"]  # the manifest says how many
     held = np.load(quantized / "held.npy")
     reference = _ort(quantized / "float.onnx", held)
-    ours, theirs = sqnr_db(reference, _bundle(tmp_path / "b", held)), sqnr_db(reference, _ort(quantized / "qdq.onnx", held))
+    # onnxruntime's QDQ graph run as written: its fused int8 kernels' arithmetic differs between CPUs
+    ours = sqnr_db(reference, _bundle(tmp_path / "b", held))
+    theirs = sqnr_db(reference, _ort(quantized / "qdq.onnx", held, as_written=True))
     assert abs(ours - theirs) <= 1.0, (ours, theirs)
     assert sqnr_db(_ort(quantized / "qdq.onnx", held), _bundle(tmp_path / "b", held)) > 35
 

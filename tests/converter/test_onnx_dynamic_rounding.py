@@ -10,6 +10,7 @@ import pytest
 from edgepack import api
 from edgepack.validation.metrics import sqnr_db
 from tests.converter.onnx_builders import bundle_nchw as _bundle
+from tests.converter.onnx_builders import ort_integer_gemm_is_exact
 from tests.converter.onnx_builders import ort_per_sample as _ort
 
 
@@ -129,6 +130,9 @@ def test_dynamic_lstm_rounds_its_input_and_hidden_state_like_onnxruntime(tmp_pat
 
     from edgepack.converter.onnx.dequantize import dequantize
 
+    if not ort_integer_gemm_is_exact():
+        pytest.skip("onnxruntime's u8s8 GEMM saturates on this CPU (AVX2 without VNNI): its DynamicQuantizeLSTM is "
+                    "not the integer arithmetic the emulation reproduces (both read ~12 dB against it here)")
     path = _dynamic_lstm_model(tmp_path / "lstm.onnx")
     xs = np.random.default_rng(5).normal(0, 1.5, (16, 5, 1, 6)).astype(np.float32)
     original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
