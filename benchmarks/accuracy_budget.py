@@ -19,6 +19,7 @@ here whose output concatenates box coordinates (0..640) and class scores (0..1).
     python benchmarks/accuracy_budget.py                       # every model, every budget
     python benchmarks/accuracy_budget.py --models keras_det --min-sqnr 30
     python benchmarks/accuracy_budget.py --models ddddocr_common_det --budgets sqnr --fallback int16
+    python benchmarks/accuracy_budget.py --models layout_cdla --budgets task --fallback int16 --ptq learned-rounding
 """
 
 from __future__ import annotations
@@ -100,12 +101,12 @@ def zoo_data(name: str, work: Path, n_calib: int, n_held: int) -> tuple[Path, Pa
 
 
 def run(name: str, model: Path, calib: Path, held: Path, shapes: list[str], work: Path,
-        budgets: list[tuple[str, dict]]) -> list[dict]:
+        budgets: list[tuple[str, dict]], ptq: list[str] | None = None) -> list[dict]:
     from edgepack import api
     from edgepack.errors import EdgepackError
 
     common = dict(model=model, calibration=calib, quantize=QUANTIZE.get(name, "int8"), force=True,
-                  input_shapes=shapes or None, calibration_samples=200)
+                  input_shapes=shapes or None, calibration_samples=200, ptq=ptq or None)
     start = time.perf_counter()
     api.convert(output=work / f"{name}_int8", **common)
     plain = time.perf_counter() - start
@@ -181,6 +182,8 @@ def main() -> None:
     ap.add_argument("--held", type=int, default=32)
     ap.add_argument("--fallback", choices=["float", "int16"], default="float",
                     help="the budget's --fallback: float ops, or int16 activations with float only where int16 misses")
+    ap.add_argument("--ptq", action="append", default=[], metavar="ALGORITHM",
+                    help="a PTQ algorithm to add to the defaults, for the plain and the budgeted conversions (repeatable)")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args()
     from edgepack._native import quiet_tensorflow
@@ -208,7 +211,7 @@ def main() -> None:
             if "task" in args.budgets and name in TASK:
                 drop, fn = TASK[name]
                 budgets.append((f"{fn}-{drop:g}pp", {"max_drop": drop, "metric": f"{METRICS}:{fn}", **extra}))
-            rows.extend(run(name, *data, work, budgets))
+            rows.extend(run(name, *data, work, budgets, args.ptq))
             print(f"done {name}", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
