@@ -79,7 +79,7 @@ def requantize_copies(model: bytes) -> tuple[bytes, list[str]]:
         return model, []
     obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     sg = obj.subgraphs[0]
-    quantize = _opcode(obj, schema.BuiltinOperator.QUANTIZE)
+    quantize = opcode_index(obj, schema.BuiltinOperator.QUANTIZE)
     operators, fixed = [], []
     for pos, op in enumerate(sg.operators):
         operators.append(op)
@@ -102,7 +102,8 @@ def requantize_copies(model: bytes) -> tuple[bytes, list[str]]:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj)), fixed
 
 
-def _opcode(obj, builtin: int) -> int:
+def opcode_index(obj, builtin: int) -> int:
+    """The index of ``builtin``'s operator code in ``obj`` (flatbuffer_utils' model tree), added when missing."""
     from ai_edge_litert import schema_py_generated as schema
 
     for i, code in enumerate(obj.operatorCodes):

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgepack.converter.copy_scales import opcode_index
+
 _NO_INT16 = ("HARD_SWISH", "RELU_0_TO_1")  # fused ops without an int16 kernel that are written out here
 
 
@@ -38,9 +40,8 @@ def unfuse_for_int16(model: bytes) -> tuple[bytes, dict[str, int]]:
     from tensorflow.lite.tools import flatbuffer_utils
 
     obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
-    codes = _Codes(obj, schema)
-    rewrite = {codes.find(schema.BuiltinOperator.HARD_SWISH): ("HARD_SWISH", _hard_swish_ops),
-               codes.find(schema.BuiltinOperator.RELU_0_TO_1): ("RELU_0_TO_1", _relu_0_to_1_ops)}
+    rewrite = {_find_code(obj, schema.BuiltinOperator.HARD_SWISH): ("HARD_SWISH", _hard_swish_ops),
+               _find_code(obj, schema.BuiltinOperator.RELU_0_TO_1): ("RELU_0_TO_1", _relu_0_to_1_ops)}
     rewrite.pop(None, None)
     counts: dict[str, int] = {}
     for sg in obj.subgraphs:
@@ -48,7 +49,7 @@ def unfuse_for_int16(model: bytes) -> tuple[bytes, dict[str, int]]:
         for op in sg.operators or []:
             if op.opcodeIndex in rewrite and len(op.inputs) == 1 and len(op.outputs) == 1:
                 kind, write = rewrite[op.opcodeIndex]
-                ops.extend(write(obj, sg, op, codes, schema))
+                ops.extend(write(obj, sg, op, schema))
                 counts[kind] = counts.get(kind, 0) + 1
             else:
                 ops.append(op)
@@ -68,31 +69,18 @@ def _drop_unused_codes(obj) -> None:
             op.opcodeIndex = new[int(op.opcodeIndex)]
 
 
-class _Codes:
-    def __init__(self, obj, schema) -> None:
-        self.obj, self.schema = obj, schema
-
-    def find(self, code: int) -> int | None:
-        for i, oc in enumerate(self.obj.operatorCodes or []):
-            if max(oc.builtinCode, oc.deprecatedBuiltinCode) == code:
-                return i
-        return None
-
-    def get(self, code: int) -> int:
-        found = self.find(code)
-        if found is not None:
-            return found
-        oc = self.schema.OperatorCodeT()
-        oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, min(code, 127), 1
-        self.obj.operatorCodes.append(oc)
-        return len(self.obj.operatorCodes) - 1
+def _find_code(obj, code: int) -> int | None:
+    for i, oc in enumerate(obj.operatorCodes or []):
+        if max(oc.builtinCode, oc.deprecatedBuiltinCode) == code:
+            return i
+    return None
 
 
 def _name(t) -> str:
     return t.name.decode() if isinstance(t.name, bytes) else (t.name or "op")
 
 
-def _hard_swish_ops(obj, sg, op, codes: _Codes, schema) -> list:
+def _hard_swish_ops(obj, sg, op, schema) -> list:
     x, y = int(op.inputs[0]), int(op.outputs[0])
     yt = sg.tensors[y]
     name = _name(yt)
@@ -107,14 +95,13 @@ def _hard_swish_ops(obj, sg, op, codes: _Codes, schema) -> list:
     add_opts.potScaleInt16 = False  # the general int16 rescaling: the quantizer's scales are not powers of two
     mul_opts = schema.MulOptionsT()
     mul_opts.fusedActivationFunction = schema.ActivationFunctionType.NONE
-    return [
-        _op(schema, codes.get(schema.BuiltinOperator.ADD), [x, three], a, schema.BuiltinOptions.AddOptions, add_opts),
-        _op(schema, codes.get(schema.BuiltinOperator.MUL), [x, a], b, schema.BuiltinOptions.MulOptions, mul_opts),
-        _op(schema, codes.get(schema.BuiltinOperator.MUL), [b, sixth], y, schema.BuiltinOptions.MulOptions, mul_opts),
-    ]
+    add, mul = opcode_index(obj, schema.BuiltinOperator.ADD), opcode_index(obj, schema.BuiltinOperator.MUL)
+    return [_op(schema, add, [x, three], a, schema.BuiltinOptions.AddOptions, add_opts),
+            _op(schema, mul, [x, a], b, schema.BuiltinOptions.MulOptions, mul_opts),
+            _op(schema, mul, [b, sixth], y, schema.BuiltinOptions.MulOptions, mul_opts)]
 
 
-def _relu_0_to_1_ops(obj, sg, op, codes: _Codes, schema) -> list:
+def _relu_0_to_1_ops(obj, sg, op, schema) -> list:
     """RELU_0_TO_1(x) = MINIMUM(RELU(x), 1)."""
     x, y = int(op.inputs[0]), int(op.outputs[0])
     yt = sg.tensors[y]
@@ -122,8 +109,8 @@ def _relu_0_to_1_ops(obj, sg, op, codes: _Codes, schema) -> list:
     y_range = _range(yt)
     r = _tensor(sg, yt, f"{name}/relu", y_range)
     one = _const(obj, sg, f"{name}/one", 1.0)
-    return [_op(schema, codes.get(schema.BuiltinOperator.RELU), [x], r, 0, None),
-            _op(schema, codes.get(schema.BuiltinOperator.MINIMUM), [r, one], y, 0, None)]
+    return [_op(schema, opcode_index(obj, schema.BuiltinOperator.RELU), [x], r, 0, None),
+            _op(schema, opcode_index(obj, schema.BuiltinOperator.MINIMUM), [r, one], y, 0, None)]
 
 
 def _op(schema, code: int, ins: list[int], out: int, kind: int, options):
