@@ -241,6 +241,24 @@ def test_onnx_translation_past_its_time_limit_is_one_line(tmp_path, bundle_copy,
     assert leftovers(tmp_path, private_tmpdir) == []
 
 
+def test_translation_past_its_limit_is_ended_by_the_clock_when_the_alarm_is_lost(tmp_path, monkeypatch):
+    """The alarm may never reach Python (swallowed by a bare ``except:``, or due in native code when the
+    timer is cleared; seen once under load): the translation that ran past the limit is refused all the same."""
+    import contextlib
+
+    from edgepack import api
+    from edgepack.converter.onnx import onnx2tf_run
+    from edgepack.errors import ConversionError
+
+    model = _add_bias(tmp_path / "m" / "model.onnx", length=432)
+    _sparse_weights(model.parent, 432)
+    monkeypatch.setenv("EDGEPACK_ONNX2TF_TIMEOUT", "0.05")
+    monkeypatch.setattr(onnx2tf_run, "_deadline", lambda seconds, expired: contextlib.nullcontext())
+    with pytest.raises(ConversionError, match="did not finish translating the model within 0.05 s"):
+        api.convert(model=model, output=tmp_path / "out", quantize="none")
+    assert not (tmp_path / "out").exists()
+
+
 # -- user data (items 14, 15) -----------------------------------------------------------------------
 def _png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG whose header claims ``width`` x ``height`` RGB pixels, with a few bytes of image data."""
