@@ -323,13 +323,15 @@ class Rows(list):
         self.outs[quantizer] = outs
         print(json.dumps(r), flush=True)
 
-    def pair(self) -> None:
-        """Each other row against edgepack's default, paired on the same held-out inputs (``default_minus``)."""
-        ours = self.outs.get(DEFAULT)
+    def pair(self, pivot: str = DEFAULT) -> None:
+        """Each other row against ``pivot`` (edgepack's default unless ``--pivot``), paired on the same held-out
+        inputs (``default_minus``, with ``pivot`` named in the row)."""
+        ours = self.outs.get(pivot)
         if ours is None:
             return
         for r in self:
-            if "absent" not in r and r["quantizer"] != DEFAULT:
+            if "absent" not in r and r["quantizer"] != pivot:
+                r["pivot"] = pivot
                 r["default_minus"] = paired(self.case.metric, self.case.refs, ours, self.outs[r["quantizer"]])
                 print(json.dumps({"model": r["model"], "default_minus": r["quantizer"], **r["default_minus"]}),
                       flush=True)
@@ -409,12 +411,12 @@ def measure_model(name: str, work: Path, args: argparse.Namespace, variants: lis
         measure_peers(case, rows, work, [p for p in args.peers.split(",") if p], args.peers_venv,
                       args.peer_memory_gb, args.stride_histograms.split(","), args.stride)
         measure_edgepack(case, rows, work, variants)
-        rows.pair()
+        rows.pair(args.pivot)
         out += rows
     return out
 
 
-def over_seeds(rows: list[dict]) -> str:
+def over_seeds(rows: list[dict], pivot: str = DEFAULT) -> str:
     """Per model and quantizer, over the calibration draws: the mean and the lowest of each figure, and in how
     many draws each peer's figure is above edgepack default's (whole, worst slice, task)."""
     from collections import defaultdict
@@ -424,14 +426,14 @@ def over_seeds(rows: list[dict]) -> str:
         if "absent" not in r:
             runs[(r["model"], r["quantizer"].split(" [")[0])][r["calib_seed"]] = r
     lines = ["| model | quantizer | draws | whole dB mean (lowest) | worst-slice dB mean (lowest) | task mean (lowest) "
-             "| draws above edgepack default (whole / worst / task) |", "|---|---|---|---|---|---|---|"]
+             f"| draws above {pivot} (whole / worst / task) |", "|---|---|---|---|---|---|---|"]
     for (model, quantizer), by_seed in runs.items():
-        ours = runs.get((model, DEFAULT), {})
+        ours = runs.get((model, pivot), {})
         cells = []
         for key in ("whole", "worst", "task"):
             v = [r[key] for r in by_seed.values()]
             cells.append(f"{np.mean(v):.{3 if key == 'task' else 2}f} ({min(v):.{3 if key == 'task' else 2}f})")
-        above = ("" if quantizer == DEFAULT else " / ".join(
+        above = ("" if quantizer == pivot else " / ".join(
             str(sum(1 for s, r in by_seed.items() if s in ours and r[key] > ours[s][key]))
             for key in ("whole", "worst", "task")) + f" of {sum(1 for s in by_seed if s in ours)}")
         lines.append(f"| {model} | {quantizer} | {len(by_seed)} | {' | '.join(cells)} | {above} |")
@@ -451,12 +453,12 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def paired_table(rows: list[dict]) -> str:
-    """edgepack default minus each other row, paired on the same held-out inputs: value [95 % interval]."""
+def paired_table(rows: list[dict], pivot: str = DEFAULT) -> str:
+    """``pivot`` (edgepack default) minus each other row, paired on the same held-out inputs: value [95 % interval]."""
     def cell(v: list, digits: int) -> str:
         return f"{v[0]:+.{digits}f} [{v[1]:+.{digits}f}, {v[2]:+.{digits}f}]"
 
-    lines = ["| model | draw | edgepack default minus | whole dB | worst-slice dB | task |", "|---|---|---|---|---|---|"]
+    lines = [f"| model | draw | {pivot} minus | whole dB | worst-slice dB | task |", "|---|---|---|---|---|---|"]
     for r in rows:
         if "default_minus" in r:
             d = r["default_minus"]
@@ -487,9 +489,13 @@ def main() -> None:
     ap.add_argument("--calib-seeds", default="0", type=lambda v: [int(s) for s in v.split(",")],
                     help="comma-separated seeds: the zoo models are calibrated once per draw of 200 inputs (same "
                          "held-out inputs), and a table gives each quantizer's mean and lowest figures over them")
+    ap.add_argument("--pivot", default=DEFAULT, choices=[*VARIANTS],
+                    help="the edgepack row the paired table and the draws table compare every other row with")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v in names]
+    if args.pivot not in variants:
+        ap.error(f"--pivot {args.pivot!r} is not among --variants")
     if "NNCF" in args.peers and not venv_python(args.peers_venv).exists():
         print(f"NNCF: absent (no peers venv at {args.peers_venv}; python benchmarks/peers/venv.py builds it)",
               file=sys.stderr)
@@ -503,10 +509,10 @@ def main() -> None:
     print(table(rows))
     if any("default_minus" in r for r in rows):
         print()
-        print(paired_table(rows))
+        print(paired_table(rows, args.pivot))
     if len(args.calib_seeds) > 1:
         print()
-        print(over_seeds(rows))
+        print(over_seeds(rows, args.pivot))
 
 
 if __name__ == "__main__":
