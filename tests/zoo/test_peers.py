@@ -115,6 +115,29 @@ def test_over_seeds_gives_each_quantizers_mean_lowest_and_draws_above_edgepack()
                         "| 1 / 0 / 1 of 2 |")
 
 
+
+def test_over_seeds_and_paired_table_compare_with_the_pivot_row():
+    """``--pivot``: another edgepack row (learned rounding) is the one every row is counted and paired against."""
+    from benchmarks.ptq_peers import DEFAULT, over_seeds, paired_table
+
+    lr = "edgepack default +learned-rounding"
+
+    def row(q, seed, whole, worst, task):
+        return {"model": "det", "quantizer": q, "calib_seed": seed, "whole": whole, "worst": worst, "task": task}
+
+    rows = [row(DEFAULT, 0, 21.0, 20.5, 0.99), row(lr, 0, 24.0, 21.0, 0.98), row("onnxruntime Percentile", 0,
+                                                                                  22.0, 20.9, 0.99)]
+    lines = over_seeds(rows, lr).splitlines()
+    assert f"draws above {lr} (whole / worst / task)" in lines[0]
+    assert lines[2].endswith("| 0 / 0 / 1 of 1 |") and lines[3].endswith("|  |")  # the default: above on task
+    assert lines[4].endswith("| 0 / 0 / 1 of 1 |")
+    paired = [{**rows[2], "default_minus": {"whole": [2.0, 1.5, 2.5], "worst": [0.1, -0.2, 0.4],
+                                            "task": [-0.01, -0.02, 0.0]}}]
+    table = paired_table(paired, lr).splitlines()
+    assert table[0].startswith(f"| model | draw | {lr} minus |")
+    assert table[2] == ("| det | 0 | onnxruntime Percentile | +2.00 [+1.50, +2.50] | +0.10 [-0.20, +0.40] | "
+                        "-0.010 [-0.020, +0.000] |")
+
 def test_paired_figures_of_edgepack_against_a_peer_and_their_table():
     from benchmarks.ptq_peers import DEFAULT, paired, paired_table
 
