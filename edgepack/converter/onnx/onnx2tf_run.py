@@ -133,6 +133,7 @@ def run_onnx2tf(onnx_path: Path, workdir: Path, names: dict[str, str], verbose: 
         with capture_all_output(not verbose) as cap:
             import onnx2tf
 
+            start = time.monotonic()  # the limit is on the translation, as the alarm's: the import is not in it
             try:
                 with offline_onnx2tf(workdir), _deadline(seconds, expired):
                     model = onnx2tf.convert(
