@@ -12,8 +12,8 @@ on the held-out inputs:
 - **float ops**: ops that run in float. TFLite: ops (QUANTIZE/DEQUANTIZE aside) whose output is
   float32. QDQ ONNX: ops (Q/DQ aside) none of whose inputs comes from a DequantizeLinear;
 - **paired** (a second table): edgepack default (or ``--pivot``'s row) minus each other row, whole /
-  worst-slice SQNR and task metric, with a paired bootstrap interval over the same held-out inputs (``validation/intervals.py``): an
-  interval that holds 0 shows neither above nor below;
+  worst-slice SQNR and task metric, with a paired bootstrap interval over the same held-out inputs
+  (``validation/intervals.py``): an interval that holds 0 shows neither above nor below;
 - **s**: wall seconds of the quantizer (edgepack: the whole ``convert``, translation included;
   the peers: their child process, ``quant_pre_process`` + ``quantize_static`` or ``nncf.quantize``, imports
   included).
