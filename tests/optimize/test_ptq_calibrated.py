@@ -38,6 +38,7 @@ def test_ranges_clip_an_outlier_channel_the_next_layer_ignores(tmp_path):
     # the pick held on 24 calibration samples it was not chosen on
     assert rec["confirm_samples"] == 24 and rec["not_confirmed"] == 0
     assert rec["confirm_error_db"] < rec["calibration_error_db_before"] - 6
+    assert rec["worst_channel_error_db_after"] < rec["worst_channel_error_db_before"] - 6, rec
 
 
 def test_ranges_choose_one_range_for_a_concatenation_on_all_of_its_inputs_values(tmp_path):
@@ -158,6 +159,41 @@ def test_ranges_are_confirmed_on_samples_they_were_not_chosen_on():
     assert [int(s[0][0]) for s in spaced(lambda: data)] == sorted(picked)  # the choice is the one it always was
     few = spaced_apart(lambda: data[:30])
     assert len(few[0]) == 24 and len(few[1]) == 6
+
+
+def test_a_range_rule_that_helps_the_mean_and_hurts_one_outputs_worst_channel_is_not_kept():
+    """The choice averages whole-tensor and worst-channel error (and over the measured outputs): a rule that
+    makes output 0 far better and output 1's channel 2 worse lowers that mean. With the worst channel in the
+    distance (on all samples and on each half, as ``choose_ranges`` measures), the change is refused; without
+    it, it would be kept; a change that raises the worst channel on one half only is not refused for it."""
+    from edgepack.optimize.ptq.tflite_graph import better, output_error, worst_channel_error
+
+    rng = np.random.default_rng(0)
+    refs = [[rng.normal(0, 1, (10, 3)), rng.normal(0, 1, (10, 3))] for _ in range(8)]
+    old = [[r + rng.normal(0, 0.1, r.shape) for r in s] for s in refs]
+
+    def changed(hurt_samples: range) -> list[list[np.ndarray]]:
+        out = []
+        for i, s in enumerate(refs):
+            hurt = s[1] + rng.normal(0, 0.1, s[1].shape)
+            if i in hurt_samples:
+                hurt[:, 2] += rng.normal(0, 0.4, 10)
+            out.append([s[0] + rng.normal(0, 0.001, s[0].shape), hurt])
+        return out
+
+    def distance(outs, worst):
+        halves = ((refs, outs), (refs[:4], outs[:4]), (refs[4:], outs[4:]))
+        found = [output_error(r, o) for r, o in halves]
+        return np.array(found + [worst_channel_error(r, o) for r, o in halves] if worst else found)
+
+    new = changed(range(8))
+    assert output_error(refs, new) < output_error(refs, old) - 10  # the mean says: far better
+    assert worst_channel_error(refs, new) > worst_channel_error(refs, old) + 6  # output 1's channel 2: worse
+    assert better(distance(new, False), distance(old, False))
+    assert not better(distance(new, True), distance(old, True))
+    one_half = changed(range(4))  # worse on the first half only: not shown on the data
+    assert worst_channel_error(refs[4:], one_half[4:]) < worst_channel_error(refs[4:], old[4:])
+    assert better(distance(one_half, True), distance(old, True))
 
 
 def test_int8_bias_correction_of_a_biased_depthwise_rounding(tmp_path):

@@ -160,6 +160,21 @@ def output_error(refs: list[list[np.ndarray]], outs: Iterable[list[np.ndarray]])
     return float(np.mean(scores))
 
 
+def worst_channel_error(refs: list[list[np.ndarray]], outs: Iterable[list[np.ndarray]]) -> float:
+    """The worst channel (last axis) of the worst output: its noise-to-signal ratio in dB, over all samples
+    (lower is better). :func:`output_error` averages over outputs, so a change that helps most of them can
+    hide what it does to one."""
+    outs = list(outs)
+    worst = -np.inf
+    for k in range(len(refs[0])):
+        r = np.stack([s[k] for s in refs]).astype(np.float64)
+        e = np.stack([s[k] for s in outs]).astype(np.float64) - r
+        c = r.shape[-1] if r.ndim > 1 else 1
+        noise, signal = (e ** 2).reshape(-1, c).sum(0), (r ** 2).reshape(-1, c).sum(0) + 1e-30
+        worst = max(worst, 10 * np.log10(max(float(np.max(noise / signal)), 1e-30)))
+    return float(worst)
+
+
 def run_all(model: bytes, samples: Sequence[Sequence[np.ndarray]]) -> Iterator[list[np.ndarray]]:
     """The model's outputs on each sample, default kernels (what the bundle runs with on a phone)."""
     runner = Runner(model, keep=False)
@@ -225,11 +240,19 @@ class Measure:
     names measured."""
 
     def __init__(self, float_model: bytes, quantized: bytes, samples: Sequence[Sequence[np.ndarray]], *,
-                 names: list[str] | None = None, refs: list[list[np.ndarray]] | None = None) -> None:
-        """``names``: :meth:`points` already read; ``refs``: the float values of those tensors (or of the
-        float model's outputs when there are none) on ``samples``, already computed."""
-        self.names = self.points(TfliteGraph.read(float_model), quantized) if names is None else names
+                 names: list[str] | None = None, refs: list[list[np.ndarray]] | None = None,
+                 worst_channel: bool = False, guard: Sequence[str] = ()) -> None:
+        """``names``: :meth:`points` already read; ``refs``: the float values of the measured tensors (or of
+        the float model's outputs when there are none) on ``samples``, already computed (for ``names`` and
+        then the ``guard`` tensors not among them); ``worst_channel``: the distance also holds
+        :func:`worst_channel_error` of the ``guard`` tensors (the measured ones when none are named), on all
+        samples and on each half (:func:`better` keeps no change that raises it on all three)."""
+        base = self.points(TfliteGraph.read(float_model), quantized) if names is None else list(names)
+        self.measured = len(base)
+        self.names = base + [n for n in guard if n not in base] if base and worst_channel else base
+        self.guarded = [self.names.index(n) for n in guard] if base and worst_channel and guard else None
         self.samples = samples
+        self.worst_channel = worst_channel
         self.refs = refs if refs is not None else list(run_all(with_outputs(float_model, self.names) or float_model,
                                                                 samples))
 
@@ -240,20 +263,33 @@ class Measure:
         return names if with_outputs(quantized, names) is not None else []
 
     def __call__(self, quantized: bytes) -> np.ndarray:
-        """``[all samples, first half, second half]``; infinite when the measured tensors are gone."""
+        """``[all samples, first half, second half]`` (and the worst channel's error on all, with
+        ``worst_channel``); infinite when the measured tensors are gone."""
         model = with_outputs(quantized, self.names) if self.names else quantized
         if model is None:
-            return np.full(3, np.inf)
+            return np.full(6 if self.worst_channel else 3, np.inf)
         outs = list(run_all(model, self.samples))
         h = max(1, len(outs) // 2)
-        return np.array([output_error(self.refs, outs), output_error(self.refs[:h], outs[:h]),
-                         output_error(self.refs[h:] or self.refs, outs[h:] or outs)])
+        halves = ((self.refs, outs), (self.refs[:h], outs[:h]), (self.refs[h:] or self.refs, outs[h:] or outs))
+        n = self.measured or None
+        found = [output_error([s[:n] for s in r], [s[:n] for s in o]) for r, o in halves]
+        if not self.worst_channel:
+            return np.array(found)
+        pick = self.guarded
+
+        def guarded(arrays: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+            return arrays if pick is None else [[s[i] for i in pick] for s in arrays]
+
+        return np.array(found + [worst_channel_error(guarded(r), guarded(o)) for r, o in halves])
 
 
 MARGIN = 0.05  # dB
 
 
 def better(new: np.ndarray, old: np.ndarray) -> bool:
-    """A change is kept when it lowers the error on all samples and on each half: a change that
-    helps one half only fits those samples, not the data."""
-    return bool(new[0] < old[0] - MARGIN and np.all(new[1:] < old[1:]))
+    """A change is kept when it lowers the error on all samples and on each half (and, measured with
+    ``worst_channel``, the worst channel's): a change that helps one half only fits those samples, not the
+    data."""
+    if not (new[0] < old[0] - MARGIN and np.all(new[1:3] < old[1:3])):
+        return False
+    return len(new) <= 3 or not np.all(new[3:] > old[3:])
