@@ -46,6 +46,12 @@ comparison.
     nice -n 10 python benchmarks/ptq_peers.py --json build/ptq_peers.json
     nice -n 10 python benchmarks/ptq_peers.py --models keras_digits_cnn --peers MinMax,TF
     nice -n 5 python benchmarks/ptq_peers.py --models ddddocr_common --held 300 --calib-seeds 0,1,2,3,4
+    python benchmarks/ptq_peers.py --models ddddocr_common_det --held 300 --peers Percentile
+        --stride-histograms ddddocr_common_det --calib-seeds 0,1,2,3,4 --peer-cache build/ptq_peers_cache
+
+``--peer-cache DIR`` keeps each peer's row and held-out outputs (keyed by model, quantizer, draw, held-out count,
+stride and the onnxruntime/onnx versions) and reuses them: a rerun of edgepack's rows against onnxruntime's
+over five draws need not recalibrate the peers.
 
 ``--calib-seeds``: the zoo models calibrated once per draw of 200 inputs (the generator's seeds, the same
 held-out inputs), and a second table of each quantizer's mean and lowest figures over the draws and the draws
@@ -341,8 +347,38 @@ class Rows(list):
         print(f"{self.case.name}: {quantizer}: {why}", file=sys.stderr, flush=True)
 
 
+# -- peer rows kept between runs (--peer-cache) -------------------------------------------------------
+def peer_key(case: Case, label: str, strided: bool, stride: int) -> str:
+    """What a peer's row depends on: the model, the quantizer, the calibration draw, the held-out count, the
+    stride of a strided histogram method, and the versions of onnxruntime and onnx."""
+    import onnx
+    import onnxruntime
+
+    parts = [case.name, label.replace(" ", "_"), f"seed{case.seed}", f"held{len(case.held)}",
+             f"stride{stride}" if strided else "atonce", f"ort{onnxruntime.__version__}", f"onnx{onnx.__version__}"]
+    return "__".join(parts)
+
+
+def cached_peer(cache: Path | None, key: str) -> tuple[dict, list[np.ndarray]] | None:
+    """A peer's stored row (its fields and held-out outputs), or None."""
+    meta, arrays = (cache / f"{key}.json", cache / f"{key}.npz") if cache else (None, None)
+    if meta is None or not meta.exists() or not arrays.exists():
+        return None
+    with np.load(arrays, allow_pickle=False) as z:
+        outs = [z[f"out{i}"] for i in range(len(z.files))]
+    return json.loads(meta.read_text()), outs
+
+
+def store_peer(cache: Path | None, key: str, row: dict, outs: list[np.ndarray]) -> None:
+    if cache is None:
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(cache / f"{key}.npz", **{f"out{i}": o for i, o in enumerate(outs)})
+    (cache / f"{key}.json").write_text(json.dumps(row))
+
+
 def measure_peers(case: Case, rows: Rows, work: Path, peers: list[str], venv: Path, limit_gb: float,
-                  strided: list[str], stride: int) -> None:
+                  strided: list[str], stride: int, cache: Path | None = None) -> None:
     if case.keras is not None and "TF" in peers:
         out = work / f"{case.name}_tf.tflite"
         secs = keras_nets.tf_default_ptq(case.keras, out)
@@ -351,6 +387,13 @@ def measure_peers(case: Case, rows: Rows, work: Path, peers: list[str], venv: Pa
         label = "NNCF" if method == "NNCF" else f"onnxruntime {method}"
         if case.onnx is None:
             rows.absent(label, "no ONNX export (tf2onnx is in the peers venv: python benchmarks/peers/venv.py)")
+            continue
+        key = peer_key(case, label, case.name in strided, stride)
+        found = cached_peer(cache, key)
+        if found is not None:
+            row, outs = found
+            rows.add(row["label"], row["seconds"], outs, tuple(row["float_ops"]), peak_gb=row["peak_gb"],
+                     cached=str(cache))
             continue
         if method == "NNCF":
             if not venv_python(venv).exists():
@@ -362,8 +405,11 @@ def measure_peers(case: Case, rows: Rows, work: Path, peers: list[str], venv: Pa
         if q is None:  # a peer that fails on this model is a row, not the end of the run
             rows.absent(label, f"{res.message}; {note}" if note else res.message)
             continue
-        rows.add(label + (f" [{note}]" if note else ""), res.seconds, run_onnx(q, case.held), qdq_float_ops(q),
-                 peak_gb=round(res.peak_gb, 1))
+        row = {"label": label + (f" [{note}]" if note else ""), "seconds": res.seconds,
+               "float_ops": list(qdq_float_ops(q)), "peak_gb": round(res.peak_gb, 1)}
+        outs = run_onnx(q, case.held)
+        store_peer(cache, key, row, outs)
+        rows.add(row["label"], row["seconds"], outs, tuple(row["float_ops"]), peak_gb=row["peak_gb"])
 
 
 def measure_edgepack(case: Case, rows: Rows, work: Path, variants: list[str]) -> None:
@@ -409,7 +455,7 @@ def measure_model(name: str, work: Path, args: argparse.Namespace, variants: lis
             return out
         refs, rows = case.refs, Rows(case)
         measure_peers(case, rows, work, [p for p in args.peers.split(",") if p], args.peers_venv,
-                      args.peer_memory_gb, args.stride_histograms.split(","), args.stride)
+                      args.peer_memory_gb, args.stride_histograms.split(","), args.stride, args.peer_cache)
         measure_edgepack(case, rows, work, variants)
         rows.pair(args.pivot)
         out += rows
@@ -491,6 +537,10 @@ def main() -> None:
                          "held-out inputs), and a table gives each quantizer's mean and lowest figures over them")
     ap.add_argument("--pivot", default=DEFAULT, choices=[*VARIANTS],
                     help="the edgepack row the paired table and the draws table compare every other row with")
+    ap.add_argument("--peer-cache", type=Path, metavar="DIR",
+                    help="keep each peer's held-out outputs here and reuse them in later runs with the same model, "
+                         "calibration draw, held-out count, stride and onnxruntime/onnx versions (common_det's "
+                         "Percentile: ~11 min a draw); edgepack's rows are always measured")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v in names]

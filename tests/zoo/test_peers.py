@@ -138,6 +138,31 @@ def test_over_seeds_and_paired_table_compare_with_the_pivot_row():
     assert table[2] == ("| det | 0 | onnxruntime Percentile | +2.00 [+1.50, +2.50] | +0.10 [-0.20, +0.40] | "
                         "-0.010 [-0.020, +0.000] |")
 
+def test_a_peers_row_is_kept_and_read_back_for_the_same_draw_only(tmp_path):
+    """``--peer-cache``: a peer's row and held-out outputs come back as stored for the same model, draw,
+    held-out count and stride; another draw, count or stride is another key (not found)."""
+    from benchmarks.ptq_peers import Case, cached_peer, peer_key, store_peer
+
+    def case(seed, held):
+        return Case("det", "yolox_f1", tmp_path / "m.onnx", tmp_path / "c.npz", tmp_path / "c.npz",
+                    [{"images": None}] * held, [], None, seed=seed)
+
+    outs = [np.arange(12, dtype=np.float32).reshape(3, 4), np.ones((3, 2), np.float32)]
+    row = {"label": "onnxruntime Percentile [strided by 10]", "seconds": 681.2, "float_ops": [6, 277], "peak_gb": 3.1}
+    key = peer_key(case(3, 300), "onnxruntime Percentile", True, 10)
+    assert cached_peer(tmp_path / "cache", key) is None
+    store_peer(tmp_path / "cache", key, row, outs)
+    got_row, got = cached_peer(tmp_path / "cache", key)
+    assert got_row == row and len(got) == 2 and all(np.array_equal(a, b) for a, b in zip(got, outs))
+    others = {peer_key(case(4, 300), "onnxruntime Percentile", True, 10),
+              peer_key(case(3, 32), "onnxruntime Percentile", True, 10),
+              peer_key(case(3, 300), "onnxruntime Percentile", False, 10),
+              peer_key(case(3, 300), "onnxruntime MinMax", True, 10)}
+    assert key not in others and len(others) == 4
+    assert all(cached_peer(tmp_path / "cache", k) is None for k in others)
+    assert cached_peer(None, key) is None
+
+
 def test_paired_figures_of_edgepack_against_a_peer_and_their_table():
     from benchmarks.ptq_peers import DEFAULT, paired, paired_table
 
