@@ -263,8 +263,8 @@ class Measure:
         return names if with_outputs(quantized, names) is not None else []
 
     def __call__(self, quantized: bytes) -> np.ndarray:
-        """``[all samples, first half, second half]`` (and the worst channel's error on all, with
-        ``worst_channel``); infinite when the measured tensors are gone."""
+        """``[all samples, first half, second half]`` (then, with ``worst_channel``, the worst channel's
+        error on the same three); infinite when the measured tensors are gone."""
         model = with_outputs(quantized, self.names) if self.names else quantized
         if model is None:
             return np.full(6 if self.worst_channel else 3, np.inf)
@@ -287,9 +287,9 @@ MARGIN = 0.05  # dB
 
 
 def better(new: np.ndarray, old: np.ndarray) -> bool:
-    """A change is kept when it lowers the error on all samples and on each half (and, measured with
-    ``worst_channel``, the worst channel's): a change that helps one half only fits those samples, not the
-    data."""
+    """A change is kept when it lowers the error on all samples and on each half: a change that helps one
+    half only fits those samples, not the data. Measured with ``worst_channel``, it must also not raise the
+    worst channel's error on all samples and on each half at once."""
     if not (new[0] < old[0] - MARGIN and np.all(new[1:3] < old[1:3])):
         return False
     return len(new) <= 3 or not np.all(new[3:] > old[3:])
