@@ -150,14 +150,19 @@ def output_error(refs: list[list[np.ndarray]], outs: Iterable[list[np.ndarray]])
     outs = list(outs)
     scores = []
     for k in range(len(refs[0])):
-        r = np.stack([s[k] for s in refs]).astype(np.float64)
-        e = np.stack([s[k] for s in outs]).astype(np.float64) - r
-        c = r.shape[-1] if r.ndim > 1 else 1
-        noise, signal = (e ** 2).reshape(-1, c).sum(0), (r ** 2).reshape(-1, c).sum(0) + 1e-30
+        noise, signal = _channel_sums(refs, outs, k)
         whole = noise.sum() / signal.sum()
-        worst = float(np.max(noise / signal)) if c > 1 else whole
+        worst = float(np.max(noise / signal)) if len(noise) > 1 else whole
         scores.append(5 * np.log10(max(whole, 1e-30)) + 5 * np.log10(max(worst, 1e-30)))
     return float(np.mean(scores))
+
+
+def _channel_sums(refs: list[list[np.ndarray]], outs: list[list[np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Output ``k``'s squared error and squared signal per channel (last axis), summed over samples."""
+    r = np.stack([s[k] for s in refs]).astype(np.float64)
+    e = np.stack([s[k] for s in outs]).astype(np.float64) - r
+    c = r.shape[-1] if r.ndim > 1 else 1
+    return (e ** 2).reshape(-1, c).sum(0), (r ** 2).reshape(-1, c).sum(0) + 1e-30
 
 
 def worst_channel_error(refs: list[list[np.ndarray]], outs: Iterable[list[np.ndarray]]) -> float:
@@ -165,14 +170,8 @@ def worst_channel_error(refs: list[list[np.ndarray]], outs: Iterable[list[np.nda
     (lower is better). :func:`output_error` averages over outputs, so a change that helps most of them can
     hide what it does to one."""
     outs = list(outs)
-    worst = -np.inf
-    for k in range(len(refs[0])):
-        r = np.stack([s[k] for s in refs]).astype(np.float64)
-        e = np.stack([s[k] for s in outs]).astype(np.float64) - r
-        c = r.shape[-1] if r.ndim > 1 else 1
-        noise, signal = (e ** 2).reshape(-1, c).sum(0), (r ** 2).reshape(-1, c).sum(0) + 1e-30
-        worst = max(worst, 10 * np.log10(max(float(np.max(noise / signal)), 1e-30)))
-    return float(worst)
+    ratios = [np.max(np.divide(*_channel_sums(refs, outs, k))) for k in range(len(refs[0]))]
+    return float(10 * np.log10(max(float(max(ratios)), 1e-30)))
 
 
 def run_all(model: bytes, samples: Sequence[Sequence[np.ndarray]]) -> Iterator[list[np.ndarray]]:
