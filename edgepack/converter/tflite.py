@@ -77,15 +77,45 @@ def _make_converter(loaded: LoadedModel, workdir: Path, batch: int | None = None
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], loaded.model)
 
 
-def representative_dataset(loaded: LoadedModel, data: Dataset) -> Callable[[], Iterator[dict]]:
-    dtypes = {spec.name: spec.dtype for spec in loaded.inputs}
-    whole = {spec.name: spec.shape for spec in loaded.inputs if spec.sample_axis is None}
+def representative_dataset(loaded: LoadedModel, data: Dataset) -> Representative:
+    return Representative(loaded, data)
 
-    def gen():
-        for sample in data.samples(dtypes):  # an input without a sample axis takes one sample as the tensor
-            yield {signature_name(k): v.reshape(whole[k]) if k in whole else v for k, v in sample.items()}
 
-    return gen
+class Representative:
+    """The representative dataset TensorFlow's converter takes (called: one ``{signature name: array}`` per
+    sample, read lazily); :meth:`take` gives the samples at some positions, reading those alone."""
+
+    def __init__(self, loaded: LoadedModel, data: Dataset) -> None:
+        self.loaded, self.data = loaded, data
+        self.dtypes = {spec.name: spec.dtype for spec in loaded.inputs}
+        self.whole = {spec.name: spec.shape for spec in loaded.inputs if spec.sample_axis is None}
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __call__(self) -> Iterator[dict]:
+        for sample in self.data.samples(self.dtypes):  # an input without a sample axis takes one sample as the tensor
+            yield {signature_name(k): v.reshape(self.whole[k]) if k in self.whole else v for k, v in sample.items()}
+
+    def take(self, positions) -> Representative:
+        return Representative(self.loaded, self.data.take(positions))
+
+
+class _Ordered:
+    """The calibration samples as arrays in the model's input-tensor order (called: all, lazily); :meth:`take`
+    reads only the samples at ``positions`` (ascending)."""
+
+    def __init__(self, rep: Callable, order: list[str]) -> None:
+        self.rep, self.order = rep, order
+
+    def __len__(self) -> int:
+        return len(self.rep)
+
+    def __call__(self) -> Iterator[list]:
+        return ([s[n] for n in self.order] if self.order else list(s.values()) for s in self.rep())
+
+    def take(self, positions) -> list[list]:
+        return list(_Ordered(self.rep.take(positions), self.order)()) if len(positions) else []
 
 
 def _configure(conv, mode: QuantizeMode, rep: Callable | None, per_tensor: bool, verbose: bool = False,
@@ -127,9 +157,8 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
         from edgepack.converter.copy_scales import requantize_copies
 
         order = _input_order(result)
-
-        def samples():
-            return ([s[n] for n in order] if order else list(s.values()) for s in rep())
+        samples = _Ordered(rep, order) if hasattr(rep, "take") else lambda: (
+            [s[n] for n in order] if order else list(s.values()) for s in rep())
 
         per_channel_off = bool(conv._experimental_disable_per_channel)
         dense_off = bool(conv._experimental_disable_per_channel_quantization_for_dense_layers)
@@ -148,11 +177,16 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
         if keep is not None:
             from edgepack.converter.requantize import Calibrated
 
-            keep(Calibrated(bytes(out), input_type=input_type, output_type=output_type,
-                            disable_per_channel=per_channel_off, disable_per_channel_dense=dense_off,
-                            enable_variable_quantization=enable_variable_quantization,
-                            debug_options=debug_options.SerializeToString(), samples=samples, repaired=repaired,
-                            calibration=how))
+            cal = Calibrated(bytes(out), input_type=input_type, output_type=output_type,
+                             disable_per_channel=per_channel_off, disable_per_channel_dense=dense_off,
+                             enable_variable_quantization=enable_variable_quantization,
+                             debug_options=debug_options.SerializeToString(), samples=samples, repaired=repaired,
+                             calibration=how)
+            keep(cal)
+            if {input_type, output_type} <= {tf.int8, tf.float32}:
+                # the same quantizer call, through the kept model: its result is remembered, and the ranges
+                # stage's first trial (this quantization) is not computed again
+                return cal.quantize()
         # byte-copying ops the quantizer gave another grid than their input's: a requantize after them
         return requantize_copies(bytes(mlir_quantize(
             out, per_channel_off, input_data_type=input_type, output_data_type=output_type,
