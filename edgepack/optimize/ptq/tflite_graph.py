@@ -112,12 +112,12 @@ class Runner:
     With ``keep`` every tensor is kept (builtin kernels) and :meth:`value` reads any of them
     (dequantized when int8); without, the default kernels run (XNNPACK, as on a phone)."""
 
-    def __init__(self, model: bytes, *, keep: bool = True) -> None:
+    def __init__(self, model: bytes, *, keep: bool = True, threads: int = 2) -> None:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         kw: dict[str, Any] = {"experimental_preserve_all_tensors": True,
                               "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES} \
-            if keep else {"num_threads": 2}
+            if keep else {"num_threads": threads}
         with capture_native_output():
             self.interp = Interpreter(model_content=bytes(model), **kw)
             self.interp.allocate_tensors()
