@@ -286,7 +286,7 @@ def choose_ranges(calibrated, samples: Sequence[Sequence[np.ndarray]], *, float_
         for rule in rules:
             trial = {**chosen, **{int(t): by_rule[rule][int(t)] for t in part if int(t) in by_rule[rule]}}
             model = quantized(trial)
-            err = distance(model)
+            err = distance(model, beat=pick_err)  # a rule worse on the first half is not run on the second
             trials += 1
             log.debug("ranges: %s on %d group(s): error %s (best so far %s)", rule, len(part), np.round(err, 2),
                       np.round(pick_err, 2))

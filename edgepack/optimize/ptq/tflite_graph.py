@@ -261,14 +261,24 @@ class Measure:
         names = measure_points(float_graph)
         return names if with_outputs(quantized, names) is not None else []
 
-    def __call__(self, quantized: bytes) -> np.ndarray:
+    def __call__(self, quantized: bytes, beat: np.ndarray | None = None) -> np.ndarray:
         """``[all samples, first half, second half]`` (then, with ``worst_channel``, the worst channel's
-        error on the same three); infinite when the measured tensors are gone."""
+        error on the same three); infinite when the measured tensors are gone. ``beat``: a distance to compare
+        with (:func:`better`): when the first half is not below its first half, the second half is not run
+        and the figures not measured are infinite — ``better`` refuses it all the same."""
+        size = 6 if self.worst_channel else 3
         model = with_outputs(quantized, self.names) if self.names else quantized
         if model is None:
-            return np.full(6 if self.worst_channel else 3, np.inf)
-        outs = list(run_all(model, self.samples))
-        h = max(1, len(outs) // 2)
+            return np.full(size, np.inf)
+        h = max(1, len(self.samples) // 2)
+        runs = run_all(model, self.samples)
+        outs = [next(runs) for _ in range(min(h, len(self.samples)))]
+        if beat is not None and len(self.samples) > h:
+            n = self.measured or None
+            first = output_error([s[:n] for s in self.refs[:h]], [s[:n] for s in outs])
+            if not first < beat[1]:
+                return np.array([np.inf, first] + [np.inf] * (size - 2))
+        outs += list(runs)
         halves = ((self.refs, outs), (self.refs[:h], outs[:h]), (self.refs[h:] or self.refs, outs[h:] or outs))
         n = self.measured or None
         found = [output_error([s[:n] for s in r], [s[:n] for s in o]) for r, o in halves]
