@@ -243,6 +243,9 @@ def test_ranges_that_follow_from_other_ranges_are_derived_not_read(tmp_path):
     every = isolate.observe(float_model, samples(), tensors)
     ours = with_derived(isolate.observe(float_model, samples(), [t for t in tensors if t not in derived]), derived)
     assert sorted(ours) == sorted(every)
+    # the samples dealt to two children in turn: the same min/max, bit for bit, as one child seeing them all
+    assert isolate.observe(float_model, samples(), tensors, workers=2) == isolate.observe(float_model, samples(),
+                                                                                          tensors, workers=1) == every
     exact = 0
     for t in tensors:
         assert ours[t] == pytest.approx(every[t], rel=1e-6, abs=1e-7), t

@@ -160,6 +160,56 @@ def test_ranges_are_confirmed_on_samples_they_were_not_chosen_on():
     few = spaced_apart(lambda: data[:30])
     assert len(few[0]) == 24 and len(few[1]) == 6
 
+    class Taking:  # the converter's samples: a length, and take() reads those positions alone
+        def __init__(self):
+            self.read = []
+
+        def __len__(self):
+            return len(data)
+
+        def __call__(self):
+            raise AssertionError("the whole set was read")
+
+        def take(self, positions):
+            self.read += [int(p) for p in positions]
+            return [data[int(p)] for p in positions]
+
+    taking = Taking()
+    got = spaced_apart(taking)
+    assert [[int(s[0][0]) for s in part] for part in got] == [[int(s[0][0]) for s in part] for part in (chosen, confirm)]
+    assert sorted(taking.read) == sorted(picked | {int(s[0][0]) for s in confirm})  # 48 samples of 100 read
+
+
+def test_a_measure_stops_at_the_first_half_when_it_cannot_beat_and_judges_the_same(monkeypatch):
+    import tensorflow as tf
+
+    from edgepack.optimize.ptq import tflite_graph
+    from edgepack.optimize.ptq.tflite_graph import Measure, better
+
+    inp = tf.keras.Input((8,))
+    model = tf.keras.Model(inp, tf.keras.layers.Dense(4)(tf.keras.layers.Dense(8, activation="relu")(inp)))
+    float_model = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    rng = np.random.default_rng(0)
+    samples = [[rng.normal(size=(1, 8)).astype(np.float32)] for _ in range(12)]
+    exact = Measure(float_model, float_model, samples)
+    runs = []
+    real = tflite_graph.run_all
+
+    def counted(m, ss):
+        for out in real(m, ss):
+            runs.append(1)
+            yield out
+
+    monkeypatch.setattr(tflite_graph, "run_all", counted)
+    full = exact(float_model)
+    assert len(runs) == 12 and full[0] < -100  # the float model against itself
+    runs.clear()
+    worse = exact(float_model, beat=full - 1.0)  # cannot be below a distance 1 dB under its own
+    assert len(runs) == 6 and np.isinf(worse[0]) and worse[1] == full[1] and not better(worse, full - 1.0)
+    runs.clear()
+    again = exact(float_model, beat=full + 1.0)  # can: measured on all samples, the same figures
+    assert len(runs) == 12 and np.array_equal(again, full) and better(again, full + 1.0)
+
 
 def test_a_range_rule_that_helps_the_mean_and_hurts_one_outputs_worst_channel_is_not_kept():
     """The choice averages whole-tensor and worst-channel error (and over the measured outputs): a rule that
