@@ -282,3 +282,24 @@ def test_ops_with_several_outputs_are_kept_float_by_type(tmp_path):
     inside = {t.dtype for i, t in enumerate(info.tensors) if not t.constant and i not in info.inputs}
     assert inside == {"float32"}, info.op_counts  # the model's int8 input is dequantized once, at the start
     assert "SPLIT" in info.op_counts and "QUANTIZE" not in info.op_counts
+
+
+def test_a_failing_observe_child_of_two_is_one_error_and_no_hang(tmp_path):
+    """The one pass deals the samples to two children; one of them failing (a sample its model cannot take)
+    ends in one ConversionError naming the stage, while the other child finishes and nothing waits forever."""
+    from edgepack.converter import isolate
+    from edgepack.converter.minmax import calibration_tensors
+    from edgepack.converter.tflite import convert_to_tflite
+    from edgepack.errors import ConversionError
+    from edgepack.formats.detect import load_model
+    from edgepack.request import QuantizeMode
+
+    model, _ = _gated_model(tmp_path)
+    float_model = convert_to_tflite(load_model(model), QuantizeMode.NONE, None)
+    data = np.load(tmp_path / "calib.npy")
+    bad = data[:1].astype(np.float64)  # a type the model's input does not take
+    samples = [[d[None]] for d in data[:5]] + [[bad]] + [[d[None]] for d in data[5:40]]
+    with pytest.raises(ConversionError) as info:
+        isolate.observe(float_model, iter(samples), calibration_tensors(float_model), workers=2, stage="range check")
+    assert info.value.message.startswith("TensorFlow Lite range check failed: ") and "\n" not in info.value.message
+    assert "FLOAT64" in info.value.message, info.value.message  # the child's own reason
