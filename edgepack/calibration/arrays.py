@@ -59,6 +59,8 @@ class OffsetArray:
     def take(self, idx: np.ndarray) -> np.ndarray:
         """Rows ``idx`` (sorted or not), reading each run of consecutive rows in one call."""
         out = np.empty((len(idx), *self.shape[1:]), self.dtype)
+        if not out.size:
+            return out
         flat = out.reshape(len(idx), -1).view(np.uint8).reshape(len(idx), self.row_bytes)
         with open(self.path, "rb", buffering=0) as f:
             fd = f.fileno()
@@ -68,13 +70,24 @@ class OffsetArray:
                 while end < len(idx) and idx[end] == idx[end - 1] + 1:
                     end += 1
                 want = (end - start) * self.row_bytes
-                data = os.pread(fd, want, self.offset + int(idx[start]) * self.row_bytes)
-                if len(data) != want:
+                got = _read_into(fd, flat[start:end].reshape(-1), self.offset + int(idx[start]) * self.row_bytes)
+                if got != want:
                     raise CalibrationError(f"{self.path}: file is truncated (row {int(idx[start])} is cut off)",
                                            hint="re-write the file")
-                flat[start:end] = np.frombuffer(data, np.uint8).reshape(end - start, self.row_bytes)
                 start = end
         return out
+
+
+def _read_into(fd: int, out: np.ndarray, offset: int) -> int:
+    """Read ``out.nbytes`` bytes at ``offset`` straight into ``out`` (no bytes object in between); the count read
+    (short only at the end of the file)."""
+    view, done = memoryview(out), 0  # a flat uint8 view of the rows
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            break
+        done += n
+    return done
 
 
 def _npy_header(f, path: Path, what: str) -> tuple[tuple[int, ...], np.dtype, bool]:
