@@ -69,14 +69,15 @@ def observe(model: bytes, samples: Iterable[Sequence[np.ndarray]], tensors: Sequ
     ``workers`` children (default :func:`observe_workers`) take the samples in turn, the cores shared
     among them: the min/max of a tensor does not depend on which child saw which sample, and each child's
     reading of its outputs then overlaps the other's model run (common_det's 200 samples: 46 ms a sample
-    with one child on 2 threads, 41 with two on one each)."""
+    with one child on 2 threads, 41 with two on one each). A second child holds a second copy of the model and
+    of every read tensor's buffer: one child only where that would pass :data:`CHILD_MEMORY`."""
     from edgepack.converter.minmax import with_outputs
 
     tensors = [int(t) for t in tensors]
-    n = observe_workers() if workers is None else max(1, workers)
+    observed = with_outputs(model, tensors)
+    n = observe_workers(observed, tensors) if workers is None else max(1, workers)
     threads = max(1, (os.cpu_count() or 1) // n)
-    outs = _run_children(with_outputs(model, tensors), samples, {"observe": tensors, "threads": threads}, verbose,
-                         stage, n)
+    outs = _run_children(observed, samples, {"observe": tensors, "threads": threads}, verbose, stage, n)
     seen: dict[int, tuple[float, float]] = {}
     for out in outs:
         for k, (lo, hi) in json.loads(out).items():
@@ -85,9 +86,21 @@ def observe(model: bytes, samples: Iterable[Sequence[np.ndarray]], tensors: Sequ
     return seen
 
 
-def observe_workers() -> int:
-    """Children for :func:`observe`: two where there are two cores or more, else one."""
-    return 2 if (os.cpu_count() or 1) >= 2 else 1
+CHILD_MEMORY = 1 << 30  # bytes a second observing child may add (the model and every read tensor's buffer)
+
+
+def observe_workers(model: bytes, tensors: Sequence[int]) -> int:
+    """Children for :func:`observe`: two where there are two cores or more and a second copy of the model with
+    its read tensors' buffers (float32, a dynamic dimension counted as 1) stays under :data:`CHILD_MEMORY`,
+    else one."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    if (os.cpu_count() or 1) < 2:
+        return 1
+    sg = schema.Model.GetRootAsModel(model, 0).Subgraphs(0)
+    buffers = sum(4 * int(np.prod(np.abs(sg.Tensors(t).ShapeAsNumpy()) if sg.Tensors(t).ShapeLength() else 1))
+                  for t in tensors)
+    return 2 if len(model) + buffers < CHILD_MEMORY else 1
 
 
 def _run_child(model: bytes, samples: Iterable[Sequence[np.ndarray]], args: dict, verbose: bool, stage: str) -> bytes:

@@ -303,3 +303,21 @@ def test_a_failing_observe_child_of_two_is_one_error_and_no_hang(tmp_path):
         isolate.observe(float_model, iter(samples), calibration_tensors(float_model), workers=2, stage="range check")
     assert info.value.message.startswith("TensorFlow Lite range check failed: ") and "\n" not in info.value.message
     assert "FLOAT64" in info.value.message, info.value.message  # the child's own reason
+
+
+def test_a_second_observing_child_only_where_its_memory_is_small(tmp_path, monkeypatch):
+    import os
+
+    from edgepack.converter import isolate
+    from edgepack.converter.minmax import calibration_tensors, with_outputs
+    from edgepack.converter.tflite import convert_to_tflite
+    from edgepack.formats.detect import load_model
+    from edgepack.request import QuantizeMode
+
+    model, _ = _gated_model(tmp_path)
+    float_model = convert_to_tflite(load_model(model), QuantizeMode.NONE, None)
+    tensors = calibration_tensors(float_model)
+    observed = with_outputs(float_model, tensors)
+    assert isolate.observe_workers(observed, tensors) == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    monkeypatch.setattr(isolate, "CHILD_MEMORY", len(observed))  # the model alone fills it: one child
+    assert isolate.observe_workers(observed, tensors) == 1
