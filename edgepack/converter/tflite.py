@@ -77,10 +77,6 @@ def _make_converter(loaded: LoadedModel, workdir: Path, batch: int | None = None
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], loaded.model)
 
 
-def representative_dataset(loaded: LoadedModel, data: Dataset) -> Representative:
-    return Representative(loaded, data)
-
-
 class Representative:
     """The representative dataset TensorFlow's converter takes (called: one ``{signature name: array}`` per
     sample, read lazily); :meth:`take` gives the samples at some positions, reading those alone."""
@@ -105,7 +101,7 @@ class _Ordered:
     """The calibration samples as arrays in the model's input-tensor order (called: all, lazily); :meth:`take`
     reads only the samples at ``positions`` (ascending)."""
 
-    def __init__(self, rep: Callable, order: list[str]) -> None:
+    def __init__(self, rep: Representative, order: list[str]) -> None:
         self.rep, self.order = rep, order
 
     def __len__(self) -> int:
@@ -118,7 +114,7 @@ class _Ordered:
         return list(_Ordered(self.rep.take(positions), self.order)()) if len(positions) else []
 
 
-def _configure(conv, mode: QuantizeMode, rep: Callable | None, per_tensor: bool, verbose: bool = False,
+def _configure(conv, mode: QuantizeMode, rep: Representative | None, per_tensor: bool, verbose: bool = False,
                keep: Callable | None = None) -> None:
     import tensorflow as tf
 
@@ -143,7 +139,7 @@ def _configure(conv, mode: QuantizeMode, rep: Callable | None, per_tensor: bool,
         conv._quantize = _isolated_quantize(conv, rep, mode, verbose, keep)
 
 
-def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, keep: Callable | None) -> Callable:
+def _isolated_quantize(conv, rep: Representative, mode: QuantizeMode, verbose: bool, keep: Callable | None) -> Callable:
     """TFLiteConverter._quantize (TF 2.19) with the calibration run in a child process: the same
     calibrate-then-quantize steps, the same arguments. ``keep`` receives the calibrated model
     (:class:`~edgepack.converter.requantize.Calibrated`) so it can be quantized again, differently."""
@@ -157,8 +153,7 @@ def _isolated_quantize(conv, rep: Callable, mode: QuantizeMode, verbose: bool, k
         from edgepack.converter.copy_scales import requantize_copies
 
         order = _input_order(result)
-        samples = _Ordered(rep, order) if hasattr(rep, "take") else lambda: (
-            [s[n] for n in order] if order else list(s.values()) for s in rep())
+        samples = _Ordered(rep, order)
 
         per_channel_off = bool(conv._experimental_disable_per_channel)
         dense_off = bool(conv._experimental_disable_per_channel_quantization_for_dense_layers)
@@ -298,7 +293,7 @@ def convert_to_tflite(loaded: LoadedModel, mode: QuantizeMode, calibration: Data
             capture_native_output(not verbose) as cap:
         try:
             conv = _make_converter(loaded, Path(tmp), batch)
-            rep = representative_dataset(loaded, calibration) if calibration is not None else None
+            rep = Representative(loaded, calibration) if calibration is not None else None
             _configure(conv, mode, rep, per_tensor, verbose, keep_calibrated)
             return bytes(conv.convert())
         except (KeyboardInterrupt, ConversionError):

@@ -270,18 +270,19 @@ class Measure:
         model = with_outputs(quantized, self.names) if self.names else quantized
         if model is None:
             return np.full(size, np.inf)
-        h = max(1, len(self.samples) // 2)
+        h, n = max(1, len(self.samples) // 2), self.measured or None
+
+        def error(refs: list[list[np.ndarray]], outs: list[list[np.ndarray]]) -> float:
+            return output_error([s[:n] for s in refs], [s[:n] for s in outs])
+
         runs = run_all(model, self.samples)
         outs = [next(runs) for _ in range(min(h, len(self.samples)))]
-        if beat is not None and len(self.samples) > h:
-            n = self.measured or None
-            first = output_error([s[:n] for s in self.refs[:h]], [s[:n] for s in outs])
-            if not first < beat[1]:
-                return np.array([np.inf, first] + [np.inf] * (size - 2))
+        first = error(self.refs[:h], outs)
+        if beat is not None and len(self.samples) > h and not first < beat[1]:
+            return np.array([np.inf, first] + [np.inf] * (size - 2))
         outs += list(runs)
         halves = ((self.refs, outs), (self.refs[:h], outs[:h]), (self.refs[h:] or self.refs, outs[h:] or outs))
-        n = self.measured or None
-        found = [output_error([s[:n] for s in r], [s[:n] for s in o]) for r, o in halves]
+        found = [error(self.refs, outs), first, error(*halves[2])]
         if not self.worst_channel:
             return np.array(found)
         pick = self.guarded
