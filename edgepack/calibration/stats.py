@@ -42,10 +42,9 @@ class RunningStats:
         x = np.asarray(batch).reshape(len(batch), -1)
         if x.size == 0:
             return
-        # float64 accumulators, but no float64 copy of the batch: memory stays at the batch's own size
         n_b = x.size
         mean_b = float(x.mean(dtype=np.float64))
-        m2_b = float(np.square(x - x.dtype.type(mean_b) if x.dtype.kind == "f" else x - mean_b).sum(dtype=np.float64))
+        m2_b = _squared_deviations(x, mean_b)
         delta = mean_b - self.mean
         total = self.count + n_b
         self.mean += delta * n_b / total
@@ -68,6 +67,23 @@ class RunningStats:
                 "std": _r(std), "percentiles": {f"p{p}": _r(float(v)) for p, v in zip(PERCENTILES, pct)}}
 
 
+_ROWS_BYTES = 1 << 22  # rows squared at a time in m2: a 4 MB scratch, not two copies of the batch
+
+
+def _squared_deviations(x: np.ndarray, mean: float) -> float:
+    """The sum of ``(x - mean)²`` over a 2-D batch, accumulated in float64, in row chunks of about 4 MB squared in
+    place: no float64 copy and no batch-sized temporaries (two of them cost 2.6 s against 0.3 s on 200 of
+    layout_cdla's 800x608 inputs, the allocations' page faults included)."""
+    rows = max(1, _ROWS_BYTES // max(x.shape[1] * x.itemsize, 1))
+    center = x.dtype.type(mean) if x.dtype.kind == "f" else mean
+    total = 0.0
+    for start in range(0, len(x), rows):
+        d = x[start:start + rows] - center
+        np.square(d, out=d)
+        total += float(d.sum(dtype=np.float64))
+    return total
+
+
 def _r(x: float) -> float:
     return float(f"{x:.6g}")
 
@@ -80,14 +96,20 @@ class ScanResult:
 
 def scan(data: Dataset, *, seed: int = 0, progress: Callable[[int], None] | None = None) -> ScanResult:
     """One pass over ``data``: reads (and so checks) every sample, hashes them and gathers statistics."""
+    from concurrent.futures import ThreadPoolExecutor
+
     stats = {name: RunningStats(len(data), seed) for name in data.names}
     hashers = new_hashers(data.names)
-    for chunk in data.batches(_BATCH):
-        update_hashers(hashers, chunk)
-        for name, batch in chunk.items():
-            stats[name].update(batch)
-        if progress:
-            progress(len(next(iter(chunk.values()))))
+    # each batch hashed on a second thread while its statistics are counted (hashlib and NumPy's loops release
+    # the GIL): on 200 of layout_cdla's inputs the hash alone took 0.7 s
+    with ThreadPoolExecutor(1) as pool:
+        for chunk in data.batches(_BATCH):
+            hashed = pool.submit(update_hashers, hashers, chunk)
+            for name, batch in chunk.items():
+                stats[name].update(batch)
+            hashed.result()
+            if progress:
+                progress(len(next(iter(chunk.values()))))
     return ScanResult({k: s.result() for k, s in stats.items()}, combine_hashers(hashers))
 
 

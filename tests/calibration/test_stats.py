@@ -22,6 +22,39 @@ def test_streamed_statistics_match_numpy():
     assert result.sha256 == Dataset({"in": x}).sha256()
 
 
+def test_the_squared_deviations_are_summed_in_row_chunks_the_same(monkeypatch):
+    """m2 is accumulated a few rows at a time (a small scratch, not batch-sized copies): with chunks of one row,
+    of three and of the whole batch, the same std, for float and for uint8 data."""
+    from edgepack.calibration import stats
+
+    rng = np.random.default_rng(2)
+    for x in (rng.normal(5.0, 0.5, size=(64, 7, 9)).astype(np.float32), rng.integers(0, 256, (40, 30), np.uint8)):
+        got = []
+        for rows_bytes in (1, 3 * x[0].nbytes, 1 << 30):
+            monkeypatch.setattr(stats, "_ROWS_BYTES", rows_bytes)
+            rs = RunningStats(len(x))
+            rs.update(x)
+            got.append(rs.result()["std"])
+        assert got[0] == got[1] == got[2] and np.isclose(got[0], x.std(dtype=np.float64), rtol=1e-5)
+
+
+def test_finite_values_whose_sum_overflows_are_not_called_infinite():
+    """The NaN/Inf check sums each sample first: a sum that overflows (finite values near float32's maximum) is
+    checked value by value, not reported as Inf; a real Inf or NaN still is, with its sample."""
+    import pytest
+
+    from edgepack.calibration.source import check_finite
+    from edgepack.errors import CalibrationError
+
+    big = np.full((3, 4), 3e38, np.float32)
+    check_finite(big, np.arange(3), "x.npy", lambda i: f"sample {i}")  # no error
+    for bad, kind in ((np.inf, "Inf"), (np.nan, "NaN")):
+        with_bad = big.copy()
+        with_bad[2, 1] = bad
+        with pytest.raises(CalibrationError, match=f"sample 2 contains {kind}"):
+            check_finite(with_bad, np.arange(3), "x.npy", lambda i: f"sample {i}")
+
+
 def test_percentile_sample_stays_bounded():
     rs = RunningStats(expected_samples=100_000)
     for _ in range(100):

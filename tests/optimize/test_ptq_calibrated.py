@@ -193,14 +193,13 @@ def test_a_measure_stops_at_the_first_half_when_it_cannot_beat_and_judges_the_sa
     samples = [[rng.normal(size=(1, 8)).astype(np.float32)] for _ in range(12)]
     exact = Measure(float_model, float_model, samples)
     runs = []
-    real = tflite_graph.run_all
+    real = tflite_graph.Runner.run
 
-    def counted(m, ss):
-        for out in real(m, ss):
-            runs.append(1)
-            yield out
+    def counted(self, sample):
+        runs.append(1)
+        return real(self, sample)
 
-    monkeypatch.setattr(tflite_graph, "run_all", counted)
+    monkeypatch.setattr(tflite_graph.Runner, "run", counted)
     full = exact(float_model)
     assert len(runs) == 12 and full[0] < -100  # the float model against itself
     runs.clear()
@@ -255,3 +254,25 @@ def test_int8_bias_correction_of_a_biased_depthwise_rounding(tmp_path):
     assert rec["layers"] == 1 and rec["samples"] == 24 and rec["chunks"] == ["full"], rec
     assert rec["largest"][0]["max_abs_shift"] > 0.05
     assert corrected > plain + 3, (corrected, plain)
+
+
+def test_runners_deal_the_samples_and_give_the_outputs_in_order():
+    """Several one-thread interpreters run the samples at once: the outputs are a single interpreter's, sample
+    by sample, in the samples' order (an odd count, more interpreters than some calls have samples)."""
+    import tensorflow as tf
+
+    from edgepack.optimize.ptq.tflite_graph import Runner, Runners
+
+    inp = tf.keras.Input((6,))
+    model = tf.keras.Model(inp, tf.keras.layers.Dense(3)(tf.keras.layers.Dense(8, activation="relu")(inp)))
+    tfl = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    rng = np.random.default_rng(1)
+    samples = [[rng.normal(size=(1, 6)).astype(np.float32)] for _ in range(7)]
+    one = Runner(tfl, keep=False, threads=1)
+    want = [one.run(s)[0] for s in samples]
+    for count in (1, 2, 3):
+        runs = Runners(tfl, count)
+        got = [o[0] for o in runs.run(samples)]
+        assert len(got) == 7 and all(np.array_equal(a, b) for a, b in zip(got, want))
+        single = runs.run(samples[3:4])
+        assert len(single) == 1 and np.array_equal(single[0][0], want[3])

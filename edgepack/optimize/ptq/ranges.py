@@ -122,6 +122,7 @@ class _Histogram:
         self.lo, self.hi = min(lo, 0.0), max(hi, 0.0)
         self.edges = np.linspace(self.lo, self.hi, BINS + 1)
         self.weights = weights
+        self.uniform = bool(np.all(weights == 1.0))
         self.counts = np.zeros((2, BINS))  # row 0 uniform, row 1 downstream
         self.zeros = np.zeros(2)
 
@@ -130,14 +131,20 @@ class _Histogram:
         v = v.reshape(-1, c) if v.size % c == 0 and v.shape[-1] == c else v.reshape(-1, 1)
         if len(v) > 4096:  # enough positions for the shape of the distribution (fewer, strided wider: common_det
             v = v[:: len(v) // 4096]  # read 19.7 / 19.4 dB held out with 32,768 values a sample against 21.1 / 20.6)
-        w = np.broadcast_to(self.weights if v.shape[1] == c else 1.0, v.shape).reshape(-1)
-        flat = v.reshape(-1).astype(np.float64)
+        flat = v.astype(np.float64).reshape(-1)
         zero = flat == 0
-        self.zeros += (zero.sum(), w[zero].sum())
-        span = max(self.hi - self.lo, 1e-30)
-        b = np.clip(((flat - self.lo) / span * BINS).astype(np.int64), 0, BINS - 1)
-        self.counts[0] += np.bincount(b, minlength=BINS)
-        self.counts[1] += np.bincount(b, weights=w, minlength=BINS)
+        zeros = int(np.count_nonzero(zero))
+        # a group whose channels weigh the same (no weighted consumer): its downstream row is the uniform one
+        w = None if v.shape[1] != c or self.uniform else np.broadcast_to(self.weights, v.shape).reshape(-1)
+        self.zeros += (zeros, float(zeros) if w is None else w[zero].sum())
+        flat -= self.lo  # in place, the same arithmetic as ((flat - lo) / span * BINS)
+        flat /= max(self.hi - self.lo, 1e-30)
+        flat *= BINS
+        b = flat.astype(np.int64)
+        np.clip(b, 0, BINS - 1, out=b)
+        counts = np.bincount(b, minlength=BINS)
+        self.counts[0] += counts
+        self.counts[1] += counts if w is None else np.bincount(b, weights=w, minlength=BINS)
 
     def best(self, row: int) -> tuple[float, float]:
         """The (lo, hi) of the grid with the least expected int8 error for histogram ``row``."""
