@@ -202,12 +202,17 @@ def test_a_measure_stops_at_the_first_half_when_it_cannot_beat_and_judges_the_sa
     monkeypatch.setattr(tflite_graph.Runner, "run", counted)
     full = exact(float_model)
     assert len(runs) == 12 and full[0] < -100  # the float model against itself
+    assert exact.timing.parallel is not None or tflite_graph.cores() < 2  # one interpreter or several: timed, then kept
     runs.clear()
     worse = exact(float_model, beat=full - 1.0)  # cannot be below a distance 1 dB under its own
     assert len(runs) == 6 and np.isinf(worse[0]) and worse[1] == full[1] and not better(worse, full - 1.0)
     runs.clear()
     again = exact(float_model, beat=full + 1.0)  # can: measured on all samples, the same figures
     assert len(runs) == 12 and np.array_equal(again, full) and better(again, full + 1.0)
+    monkeypatch.setattr(tflite_graph, "QUICK", 0.0)  # timed both ways (one interpreter, then one per core): the same
+    probed = Measure(float_model, float_model, samples)
+    assert np.array_equal(probed(float_model), full) and np.array_equal(probed(float_model), full)
+    assert isinstance(probed.timing.parallel, bool) or tflite_graph.cores() < 2
 
 
 def test_a_range_rule_that_helps_the_mean_and_hurts_one_outputs_worst_channel_is_not_kept():
@@ -270,8 +275,8 @@ def test_runners_deal_the_samples_and_give_the_outputs_in_order():
     samples = [[rng.normal(size=(1, 6)).astype(np.float32)] for _ in range(7)]
     one = Runner(tfl, keep=False, threads=1)
     want = [one.run(s)[0] for s in samples]
-    for count in (1, 2, 3):
-        runs = Runners(tfl, count)
+    for parallel in (False, True):
+        runs = Runners(tfl, parallel)
         got = [o[0] for o in runs.run(samples)]
         assert len(got) == 7 and all(np.array_equal(a, b) for a, b in zip(got, want))
         single = runs.run(samples[3:4])

@@ -10,6 +10,7 @@ every later quantization of it (the accuracy budget's candidates, lstm-float) ha
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -185,13 +186,18 @@ def cores() -> int:
 
 
 class Runners:
-    """A model on several interpreters of one thread each (default kernels, as :class:`Runner` without
-    ``keep``), the samples dealt among them and run at once (LiteRT releases the GIL while it runs):
-    XNNPACK's threads split each op and gain little on small ones — 12 of layout_cdla's inputs on its int8
-    model took 2.37 s on one interpreter of two threads, 1.39 s on two of one. One per core, at most four."""
+    """A model on LiteRT with its default kernels (as :class:`Runner` without ``keep``), either one interpreter on
+    every core or, ``parallel``, one interpreter of one thread per core (at most four) with the samples dealt
+    among them and run at once (LiteRT releases the GIL while it runs). Which is faster depends on the graph:
+    an op XNNPACK does not take runs on one thread between its partitions — 12 of layout_cdla's inputs on its
+    int8 model (170 int8 HARD_SWISH) took 2.37 s on one interpreter of two threads, 1.39 s on two of one; the
+    recognizer's 0.097 s against 0.098 s, and a second interpreter costs 0.12 s to build. The outputs are the
+    same either way (each sample runs whole on one interpreter)."""
 
-    def __init__(self, model: bytes, count: int | None = None) -> None:
-        self.runners = [Runner(model, keep=False, threads=1) for _ in range(count or min(4, cores()))]
+    def __init__(self, model: bytes, parallel: bool = False) -> None:
+        n = cores()
+        self.runners = [Runner(model, keep=False, threads=1) for _ in range(min(4, n))] if parallel and n > 1 \
+            else [Runner(model, keep=False, threads=n)]
 
     def run(self, samples: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
         """The model's outputs on each sample, in the samples' order."""
@@ -206,9 +212,9 @@ class Runners:
         return outs
 
 
-def run_all(model: bytes, samples: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
+def run_all(model: bytes, samples: Sequence[Sequence[np.ndarray]], parallel: bool = False) -> list[list[np.ndarray]]:
     """The model's outputs on each sample, default kernels (what the bundle runs with on a phone)."""
-    return Runners(model).run(samples)
+    return Runners(model, parallel).run(samples)
 
 
 # producers an output is read through to find where the model's error is measured: a saturating
@@ -262,6 +268,18 @@ def with_outputs(model: bytes, names: Sequence[str]) -> bytes | None:
     return g.to_bytes()
 
 
+QUICK = 1.0  # seconds: a measure's half that runs faster than this on one interpreter is not tried in parallel
+
+
+@dataclass
+class RunTiming:
+    """Whether :class:`Runners` ``parallel`` runs a graph faster (None: not timed yet), and the seconds a sample
+    took on one interpreter."""
+
+    parallel: bool | None = None
+    single: float | None = None
+
+
 class Measure:
     """The distance of a model's outputs (or logits, :func:`measure_points`) from the float
     calibrated model's, on fixed samples (:func:`output_error`; lower is better): on all of them
@@ -270,8 +288,9 @@ class Measure:
 
     def __init__(self, float_model: bytes, quantized: bytes, samples: Sequence[Sequence[np.ndarray]], *,
                  names: list[str] | None = None, refs: list[list[np.ndarray]] | None = None,
-                 worst_channel: bool = False, guard: Sequence[str] = ()) -> None:
-        """``names``: :meth:`points` already read; ``refs``: the float values of the measured tensors (or of
+                 worst_channel: bool = False, guard: Sequence[str] = (), timing: RunTiming | None = None) -> None:
+        """``timing``: shared with another measure of the same graph (which :class:`Runners` is faster is timed once);
+        ``names``: :meth:`points` already read; ``refs``: the float values of the measured tensors (or of
         the float model's outputs when there are none) on ``samples``, already computed (for ``names`` and
         then the ``guard`` tensors not among them); ``worst_channel``: the distance also holds
         :func:`worst_channel_error` of the ``guard`` tensors (the measured ones when none are named), on all
@@ -282,8 +301,29 @@ class Measure:
         self.guarded = [self.names.index(n) for n in guard] if base and worst_channel and guard else None
         self.samples = samples
         self.worst_channel = worst_channel
+        self.timing = timing if timing is not None else RunTiming()
         self.refs = refs if refs is not None else run_all(with_outputs(float_model, self.names) or float_model,
                                                           samples)
+
+    def _run(self, model: bytes, samples: Sequence[Sequence[np.ndarray]], h: int) -> list[list[np.ndarray]]:
+        """The model's outputs on ``samples``; until it is known whether :class:`Runners` ``parallel`` is faster on
+        this graph, a first half runs on one interpreter and a second half on parallel ones, each timed (building
+        the interpreters included)."""
+        t = self.timing
+        if not len(samples):
+            return []
+        if t.parallel is not None or cores() < 2:
+            return run_all(model, samples, bool(t.parallel))
+        parallel = t.single is not None  # a first half was timed: this is a second
+        start = time.perf_counter()
+        outs = run_all(model, samples, parallel)
+        seconds = (time.perf_counter() - start) / len(samples)
+        if parallel:
+            t.parallel = seconds < t.single
+        elif len(samples) == h:  # a half that ran in a moment has nothing to gain (the recognizer's 12 int8
+            t.single = seconds  # runs: 0.4 s, a second interpreter 0.2 s to build)
+            t.parallel = False if seconds * len(samples) < QUICK else None
+        return outs
 
     @staticmethod
     def points(float_graph: TfliteGraph, quantized: bytes) -> list[str]:
@@ -305,12 +345,11 @@ class Measure:
         def error(refs: list[list[np.ndarray]], outs: list[list[np.ndarray]]) -> float:
             return output_error([s[:n] for s in refs], [s[:n] for s in outs])
 
-        runs = Runners(model)
-        outs = runs.run(self.samples[:h])
+        outs = self._run(model, self.samples[:h], h)
         first = error(self.refs[:h], outs)
         if beat is not None and len(self.samples) > h and not first < beat[1]:
             return np.array([np.inf, first] + [np.inf] * (size - 2))
-        outs += runs.run(self.samples[h:])
+        outs += self._run(model, self.samples[h:], h)
         halves = ((self.refs, outs), (self.refs[:h], outs[:h]), (self.refs[h:] or self.refs, outs[h:] or outs))
         found = [error(self.refs, outs), first, error(*halves[2])]
         if not self.worst_channel:
