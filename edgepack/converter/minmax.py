@@ -123,12 +123,22 @@ def with_calibration(model: bytes, ranges: Mapping[int, tuple[float, float]]) ->
 
 def with_outputs(model: bytes, tensors: list[int]) -> bytes:
     """``model`` with ``tensors`` (graph inputs aside) added to its outputs: each keeps a buffer of its own
-    and is written out whichever kernels (XNNPACK's fused ones too) compute it."""
+    and is written out whichever kernels (XNNPACK's fused ones too) compute it. Written in place
+    (:func:`edgepack.tflite_model.with_graph_outputs`), unpacked and packed only where that cannot be."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgepack.tflite_model import with_graph_outputs
+
+    sg = schema.Model.GetRootAsModel(model, 0).Subgraphs(0)
+    inputs = {int(sg.Inputs(j)) for j in range(sg.InputsLength())}
+    outs = [int(sg.Outputs(j)) for j in range(sg.OutputsLength())]
+    wanted = list(dict.fromkeys([*outs, *(int(t) for t in tensors if int(t) not in inputs)]))
+    return with_graph_outputs(model, wanted) or _with_outputs_unpacked(model, wanted)
+
+
+def _with_outputs_unpacked(model: bytes, wanted: list[int]) -> bytes:
     from tensorflow.lite.tools import flatbuffer_utils
 
     obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
-    sg = obj.subgraphs[0]
-    inputs = {int(i) for i in sg.inputs}
-    outs = [int(i) for i in sg.outputs]
-    sg.outputs = np.asarray(list(dict.fromkeys([*outs, *(t for t in tensors if t not in inputs)])), np.int32)
+    obj.subgraphs[0].outputs = np.asarray(wanted, np.int32)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
