@@ -274,7 +274,7 @@ def _with_outputs_unpacked(model: bytes, picked: list[int]) -> bytes:
     return g.to_bytes()
 
 
-QUICK = 1.0  # seconds: a measure's half that runs faster than this on one interpreter is not tried in parallel
+QUICK = 0.05  # seconds: a measure's half that runs faster than this on one interpreter is not tried in parallel
 
 
 @dataclass
@@ -326,8 +326,8 @@ class Measure:
         seconds = (time.perf_counter() - start) / len(samples)
         if parallel:
             t.parallel = seconds < t.single
-        elif len(samples) == h:  # a half that ran in a moment has nothing to gain (the recognizer's 12 int8
-            t.single = seconds  # runs: 0.4 s, a second interpreter 0.2 s to build)
+        elif len(samples) == h:  # a half that ran in a moment has nothing to gain (a test's tiny nets)
+            t.single = seconds
             t.parallel = False if seconds * len(samples) < QUICK else None
         return outs
 
