@@ -187,16 +187,16 @@ def cores() -> int:
 
 class Runners:
     """A model on LiteRT with its default kernels (as :class:`Runner` without ``keep``), either one interpreter on
-    every core or, ``parallel``, one interpreter of one thread per core (at most four) with the samples dealt
-    among them and run at once (LiteRT releases the GIL while it runs). Which is faster depends on the graph:
-    an op XNNPACK does not take runs on one thread between its partitions — 12 of layout_cdla's inputs on its
-    int8 model (170 int8 HARD_SWISH) took 2.37 s on one interpreter of two threads, 1.39 s on two of one; the
-    recognizer's 0.097 s against 0.098 s, and a second interpreter costs 0.12 s to build. The outputs are the
-    same either way (each sample runs whole on one interpreter)."""
+    every core or, ``parallel``, one interpreter of one thread per core with the samples dealt among them and run
+    at once (LiteRT releases the GIL while it runs); four cores at most. Which is faster depends on the graph: an
+    op XNNPACK does not take runs on one thread between its partitions — 12 of layout_cdla's inputs on its int8
+    model (170 int8 HARD_SWISH) took 2.37 s on one interpreter of two threads, 1.39 s on two of one; the
+    recognizer's 0.097 s against 0.098 s, and a second interpreter costs 0.12 s to build. The outputs are the same
+    either way (each sample runs whole on one interpreter)."""
 
     def __init__(self, model: bytes, parallel: bool = False) -> None:
-        n = cores()
-        self.runners = [Runner(model, keep=False, threads=1) for _ in range(min(4, n))] if parallel and n > 1 \
+        n = min(4, cores())
+        self.runners = [Runner(model, keep=False, threads=1) for _ in range(n)] if parallel and n > 1 \
             else [Runner(model, keep=False, threads=n)]
 
     def run(self, samples: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
