@@ -248,13 +248,13 @@ def _summarize(model, size: int) -> TfliteModel:
                        op_io=op_io)
 
 
-def with_graph_outputs(model: bytes, outputs: Sequence[int], *, drop_signatures: bool = False) -> bytes | None:
+def with_graph_outputs(model: bytes, outputs: Sequence[int], *, drop_signatures: bool = False) -> bytes:
     """``model`` (a converter-made flatbuffer, nothing appended after it) whose first subgraph has the tensors
     ``outputs`` (indices) as its outputs, written without unpacking the model: a new int32 vector appended at
     the end and the subgraph's ``outputs`` field pointed at it (a flatbuffer's offsets point forward, so the end is
     reachable from any table). ``drop_signatures``: the signature defs, which name the old outputs, pointed at an
-    empty vector. Unpacking and packing layout_cdla's model took 0.13 s a call, ``ranges`` makes eight or more.
-    None when the subgraph has no ``outputs`` field to point."""
+    empty vector. Unpacking and packing layout_cdla's model took 0.13 s a call, ``ranges`` makes eight or more;
+    it is done only for a subgraph with no ``outputs`` field to point."""
     import struct
 
     from ai_edge_litert import schema_py_generated as schema
@@ -263,7 +263,7 @@ def with_graph_outputs(model: bytes, outputs: Sequence[int], *, drop_signatures:
     sg = root.Subgraphs(0)
     field = sg._tab.Offset(8)  # SubGraph.outputs: vtable slot 2
     if not field:
-        return None
+        return _outputs_unpacked(model, outputs, drop_signatures)
     buf = bytearray(model)
     buf += bytes(-len(buf) % 4)
     vector = len(buf)
@@ -275,6 +275,21 @@ def with_graph_outputs(model: bytes, outputs: Sequence[int], *, drop_signatures:
         buf += bytes(4)
         _point(buf, root._tab.Pos + signatures, empty)
     return bytes(buf)
+
+
+def _outputs_unpacked(model: bytes, outputs: Sequence[int], drop_signatures: bool) -> bytes:
+    """:func:`with_graph_outputs` by unpacking the model and packing it again."""
+    import flatbuffers
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+
+    obj = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    obj.subgraphs[0].outputs = np.asarray(list(outputs), np.int32)
+    if drop_signatures:
+        obj.signatureDefs = []
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def _point(buf: bytearray, field_at: int, target: int) -> None:

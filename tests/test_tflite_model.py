@@ -19,15 +19,15 @@ def test_graph_outputs_set_in_place_run_as_the_unpacked_model_does():
     for, in that order, with the values an unpacked-and-packed copy gives; the signatures dropped on request."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgepack.optimize.ptq.tflite_graph import TfliteGraph, _with_outputs_unpacked
-    from edgepack.tflite_model import with_graph_outputs
+    from edgepack.optimize.ptq.tflite_graph import TfliteGraph
+    from edgepack.tflite_model import _outputs_unpacked, with_graph_outputs
 
     model = _model()
     g = TfliteGraph.read(model)
     hidden = next(o for op in g.ops for o in op.outputs if o not in g.outputs)
     wanted = [*g.outputs, hidden][::-1]
     fast = with_graph_outputs(model, wanted, drop_signatures=True)
-    slow = _with_outputs_unpacked(model, wanted)
+    slow = _outputs_unpacked(model, wanted, True)
     assert len(fast) < len(model) + 64 and fast[:len(model)] != model  # appended, one field re-pointed
     x = np.random.default_rng(0).normal(size=(1, 5)).astype(np.float32)
     got = []

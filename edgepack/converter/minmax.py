@@ -124,7 +124,7 @@ def with_calibration(model: bytes, ranges: Mapping[int, tuple[float, float]]) ->
 def with_outputs(model: bytes, tensors: list[int]) -> bytes:
     """``model`` with ``tensors`` (graph inputs aside) added to its outputs: each keeps a buffer of its own
     and is written out whichever kernels (XNNPACK's fused ones too) compute it. Written in place
-    (:func:`edgepack.tflite_model.with_graph_outputs`), unpacked and packed only where that cannot be."""
+    (:func:`edgepack.tflite_model.with_graph_outputs`)."""
     from ai_edge_litert import schema_py_generated as schema
 
     from edgepack.tflite_model import with_graph_outputs
@@ -133,12 +133,4 @@ def with_outputs(model: bytes, tensors: list[int]) -> bytes:
     inputs = {int(sg.Inputs(j)) for j in range(sg.InputsLength())}
     outs = [int(sg.Outputs(j)) for j in range(sg.OutputsLength())]
     wanted = list(dict.fromkeys([*outs, *(int(t) for t in tensors if int(t) not in inputs)]))
-    return with_graph_outputs(model, wanted) or _with_outputs_unpacked(model, wanted)
-
-
-def _with_outputs_unpacked(model: bytes, wanted: list[int]) -> bytes:
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
-    obj.subgraphs[0].outputs = np.asarray(wanted, np.int32)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+    return with_graph_outputs(model, wanted)

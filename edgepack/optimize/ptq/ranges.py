@@ -35,7 +35,6 @@ budget's candidates) uses them.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.optimize.ptq.tflite_graph import Measure, RunTiming, TfliteGraph, better, with_outputs
+from edgepack.optimize.ptq.tflite_graph import Measure, RunTiming, TfliteGraph, better, cores, with_outputs
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +232,7 @@ def candidate_ranges(g: TfliteGraph, model: bytes, samples: Sequence[Sequence[np
     wanted = [index[n] for n in values]
     read = {t for ts in sources.values() for t in ts}
     # the model on all cores but one, the counting on that one
-    runner = Runner(with_outputs(model, sorted(read | set(wanted))), keep=False, threads=max(1, (os.cpu_count() or 2) - 1))
+    runner = Runner(with_outputs(model, sorted(read | set(wanted))), keep=False, threads=max(1, cores() - 1))
 
     def run(s: Sequence[np.ndarray]) -> tuple[dict[int, np.ndarray], list[np.ndarray]]:
         runner.run(s)

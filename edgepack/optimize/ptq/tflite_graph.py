@@ -264,14 +264,7 @@ def with_outputs(model: bytes, names: Sequence[str]) -> bytes | None:
     picked = [index[n] for n in names]
     if picked == [int(sg.Outputs(j)) for j in range(sg.OutputsLength())]:
         return model
-    return with_graph_outputs(model, picked, drop_signatures=True) or _with_outputs_unpacked(model, picked)
-
-
-def _with_outputs_unpacked(model: bytes, picked: list[int]) -> bytes:
-    g = TfliteGraph.read(model)
-    g.obj.subgraphs[0].outputs = np.asarray(picked, np.int32)
-    g.obj.signatureDefs = []
-    return g.to_bytes()
+    return with_graph_outputs(model, picked, drop_signatures=True)
 
 
 QUICK = 0.05  # seconds: a measure's half that runs faster than this on one interpreter is not tried in parallel
