@@ -37,7 +37,7 @@ from edgepack.tflite_model import op_kinds
 # the last few quantizations, by calibrated bytes and quantizer arguments: ``ranges`` quantizes its pick
 # as a trial and the bundle's model is the same quantization (on ddddocr's recognizer 3.6 s each)
 _QUANTIZED: OrderedDict[tuple, bytes] = OrderedDict()
-_QUANTIZED_KEPT = 4
+_QUANTIZED_KEPT = 6
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,9 @@ def test_ranges_are_on_by_default_and_left_alone_without_samples_to_confirm_on(t
     assert few == {"skipped": "30 calibration samples: choosing ranges takes 32 or more (24 to choose on, at "
                               "least 8 others to confirm the pick)"}
     ran = read_manifest(tmp_path / "o60").extras["ptq"]["ranges"]
-    assert ran["quantizations"] == 4 and len(ran["chunks"]) == 1 and ran["confirm_samples"] == 24, ran
+    # the recorded ranges, each rule's, then every range scaled by each factor of ranges.SCALES
+    assert ran["quantizations"] == 6 and len(ran["chunks"]) == 1 and ran["confirm_samples"] == 24, ran
+    assert ran["scale"] in (1.0, 0.9975, 1.0025), ran
     # what changed, not how long it took (the stage's timing): the same conversion twice gives the same extras
     stage = next(s for s in read_manifest(tmp_path / "o60").stages if s.name == "ptq_calibrated")
     assert "seconds" not in ran and stage.seconds > 0
@@ -281,3 +283,41 @@ def test_runners_deal_the_samples_and_give_the_outputs_in_order():
         assert len(got) == 7 and all(np.array_equal(a, b) for a, b in zip(got, want))
         single = runs.run(samples[3:4])
         assert len(single) == 1 and np.array_equal(single[0][0], want[3])
+
+
+def test_every_range_scaled_by_the_factor_that_beats_the_pick_and_holds_on_the_confirming_samples():
+    """``ranges``' last step: each group's range (the rule's pick, else the recorded one) times each factor; a
+    factor is kept when it lowers the error on the choice samples (all, each half) and on the confirming ones."""
+    from edgepack.optimize.ptq import ranges
+
+    class Graph:  # the recorded ranges of two groups of tensors
+        def recorded_range(self, t):
+            return {1: (-1.0, 2.0), 2: (-2.0, 1.0), 3: (0.0, 4.0)}[t]
+
+    groups = {1: [1, 2], 3: [3]}
+    chosen = {3: (0.0, 3.0)}  # a rule's pick for group 3; group 1 keeps its recorded range, the union [-2, 2]
+    choice = {0.9: [-21.0, -21.0, -21.0], 0.95: [-23.0, -23.0, -22.9], 1.1: [-19.0, -19.0, -19.0]}
+    confirm = {0.95: [-22.0, -22.0, -22.0]}
+    seen = []
+
+    def quantized(trial):
+        seen.append(trial)
+        return next(f for f in choice if np.isclose(trial[3][1], 3.0 * f))
+
+    def distance(f, beat=None):
+        return np.asarray(choice[f])
+
+    def check(f):
+        return np.asarray(confirm.get(f, [-19.0, -19.0, -19.0]))
+
+    best, checked = np.full(3, -20.0), np.full(3, -20.0)
+    got = ranges._scaled(Graph(), groups, chosen, quantized, distance, check, best, checked, (0.9, 0.95, 1.1))
+    trial, err, err_confirm, factor = got
+    assert factor == 0.95 and trial == {1: (-2.0 * 0.95, 2.0 * 0.95), 3: (0.0, 3.0 * 0.95)}
+    assert list(err) == choice[0.95] and list(err_confirm) == confirm[0.95]
+    assert len(seen) == 3  # every factor quantized once
+    # the best on the choice samples that does not hold on the confirming ones: nothing is kept
+    confirm.clear()
+    assert ranges._scaled(Graph(), groups, chosen, quantized, distance, check, best, checked, (0.9, 0.95)) is None
+    # none better than the pick: nothing is kept, nothing confirmed
+    assert ranges._scaled(Graph(), groups, chosen, quantized, distance, check, best, checked, (1.1,)) is None
