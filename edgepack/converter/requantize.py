@@ -36,6 +36,7 @@ from edgepack.tflite_model import op_kinds
 
 # the last few quantizations, by calibrated bytes and quantizer arguments: ``ranges`` quantizes its pick
 # as a trial and the bundle's model is the same quantization (on ddddocr's recognizer 3.6 s each)
+# six: the recorded ranges, ranges' three rules and its two scales (optimize/ptq/ranges.py), whichever is kept
 _QUANTIZED: OrderedDict[tuple, bytes] = OrderedDict()
 _QUANTIZED_KEPT = 6
 
