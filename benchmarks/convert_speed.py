@@ -13,6 +13,8 @@ one run, so both sides see the same machine load:
 - **calibration variants** (``--variants``): ``tf`` = TensorFlow's calibrator followed by the range
   check (edgepack before the one-pass calibration), ``tf-nocheck`` = TensorFlow's calibrator alone
   (the conversion "without the check" the issue compares with; its too-wide ranges are not repaired);
+- **upstream** (``--upstream``): the plain upstream tools a user would otherwise chain, onnx2tf's tf_keras
+  model then TensorFlow's int8 converter with the same 200 inputs (``upstream_int8``): what edgepack wraps;
 - **budget** (``--budget``, the models of ``accuracy_budget.py``'s TASK table): the budgeted
   conversion's search seconds (manifest ``budget.search_seconds``) over one plain conversion, for
   ``--min-sqnr`` and for the task-metric budget, judged on the 32 held-out inputs.
@@ -85,6 +87,86 @@ def edgepack_int8(path: Path, calib: Path, shapes: dict, quantize: str, out: Pat
     return row
 
 
+def _prepared(path: Path, shapes: dict, tmp: Path) -> Path:
+    """edgepack's graph preparation (static shapes, constants folded, onnx-simplifier), saved for onnx2tf."""
+    import hashlib
+
+    import onnx
+
+    from edgepack.converter.onnx.ready import prepare
+    from edgepack.formats.onnx import load_onnx
+
+    loaded = load_onnx(path, hashlib.sha256(path.read_bytes()).hexdigest())
+    proto = prepare(loaded.model, {k: tuple(v) for k, v in shapes.items()})[0]
+    out = tmp / "prepared.onnx"
+    onnx.save(proto, str(out))
+    return out
+
+
+def upstream_int8(name: str) -> dict:
+    """The plain upstream tools a user would chain, in a child process (TensorFlow's calibrator can take the
+    process down): onnx2tf's tf_keras model, then TensorFlow's converter with the same 200 inputs as its
+    representative dataset (int8 builtins; ``int8-float-io``: float I/O and float builtins allowed, where the
+    recognizer's LSTM lands). No float check, no range repair; onnx2tf with its defaults (onnxsim on). Where
+    onnx2tf fails on the model as published, the same tools on edgepack's prepared graph (the row says so)."""
+    proc = subprocess.run([sys.executable, __file__, "--upstream-child", name], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    row: dict = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            row.update(json.loads(line))
+    if proc.returncode != 0 and "seconds" not in row:
+        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+        stage = "TensorFlow's converter" if "onnx2tf" in row else "onnx2tf"
+        row["failed"] = f"{stage}: {how}"
+    return row
+
+
+def _upstream_child(name: str) -> None:
+    import onnx2tf
+    import tensorflow as tf
+
+    from edgepack._native import capture_all_output
+    from edgepack.converter.onnx.onnx2tf_run import offline_onnx2tf
+
+    _, _, shapes, _, quantize = MODELS[name]
+    path, calib, _ = zoo_inputs(name)
+    overwrite = [f"{k}:{','.join(map(str, v))}" for k, v in shapes.items()] or None
+    with tempfile.TemporaryDirectory(prefix="upstream_speed_") as tmp:
+        start = time.perf_counter()
+        try:
+            with capture_all_output(True), offline_onnx2tf(Path(tmp)):  # its sample images: no download
+                model = onnx2tf.convert(input_onnx_file_path=str(path), output_folder_path=tmp,
+                                        disable_model_save=True, non_verbose=True, verbosity="error",
+                                        overwrite_input_shape=overwrite)
+        except (SystemExit, Exception) as err:  # onnx2tf raises anything or exits
+            print(json.dumps({"plain": f"onnx2tf: {type(err).__name__}: {str(err)[:160]}"}), flush=True)
+            start = time.perf_counter()
+            prepared = _prepared(path, shapes, Path(tmp))
+            with capture_all_output(True), offline_onnx2tf(Path(tmp)):
+                model = onnx2tf.convert(input_onnx_file_path=str(prepared), output_folder_path=tmp,
+                                        disable_model_save=True, non_verbose=True, verbosity="error")
+        print(json.dumps({"onnx2tf": round(time.perf_counter() - start, 2)}), flush=True)
+
+        def samples():
+            for feed in calib:
+                yield [np.transpose(a, (0, 2, 3, 1)) if a.ndim == 4 else a for a in feed.values()]
+
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = samples
+        if quantize == "int8":
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            conv.inference_input_type = conv.inference_output_type = tf.int8
+        else:
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        with capture_all_output(True):
+            data = conv.convert()
+        secs = round(time.perf_counter() - start, 2)
+    tf.lite.Interpreter(model_content=data).allocate_tensors()  # a model that loads, not only bytes
+    print(json.dumps({"seconds": secs}), flush=True)
+
+
 def ort_minmax(path: Path, calib: list[dict]) -> float:
     with tempfile.TemporaryDirectory(prefix="ort_speed_") as tmp:
         start = time.perf_counter()
@@ -110,7 +192,8 @@ def cold_import() -> float:
     return round(time.perf_counter() - start, 2)
 
 
-def measure(name: str, work: Path, variants: list[str], budget: bool, min_sqnr: float) -> dict | None:
+def measure(name: str, work: Path, variants: list[str], budget: bool, min_sqnr: float, upstream: bool = False
+            ) -> dict | None:
     _, _, shapes, _, quantize = MODELS[name]
     found = zoo_inputs(name)
     if found is None:
@@ -123,6 +206,8 @@ def measure(name: str, work: Path, variants: list[str], budget: bool, min_sqnr: 
     row: dict = {"model": name, "quantize": quantize, "load_1min": round(load, 2)}
     row["ort_before"] = ort_minmax(path, calib)
     row["edgepack"] = edgepack_int8(path, npz, shapes, quantize, work / f"{name}_int8")
+    if upstream:
+        row["upstream"] = upstream_int8(name)
     for v in variants:
         row[v] = edgepack_int8(path, npz, shapes, quantize, work / f"{name}_{v}", v)
     row["ort_after"] = ort_minmax(path, calib)
@@ -140,6 +225,9 @@ def measure(name: str, work: Path, variants: list[str], budget: bool, min_sqnr: 
 def table(rows: list[dict], variants: list[str]) -> str:
     head = ["model", "load", "edgepack s (calibration s)", "ORT s", "edgepack / ORT"]
     head += [f"{v} s (calibration s)" for v in variants]
+    upstream = any("upstream" in r for r in rows)
+    if upstream:
+        head += ["onnx2tf + TF converter s", "upstream / ORT", "edgepack / upstream"]
     if "tf-nocheck" in variants:
         head += ["one pass / TF without check", "TF+check / TF without check"]
     head += ["budget search / one conversion"]
@@ -150,6 +238,15 @@ def table(rows: list[dict], variants: list[str]) -> str:
         cells = [r["model"], f"{r['load_1min']:.1f}-{r['load_1min_end']:.1f}", _secs(ep),
                  f"{ort:.1f} ({r['ort_before']:.1f}, {r['ort_after']:.1f})", f"{ep['seconds'] / ort:.2f}x"]
         cells += [_secs(r[v]) for v in variants]
+        if upstream:
+            up = r.get("upstream") or {}
+            if "seconds" in up:
+                where = "; on edgepack's prepared graph: plain onnx2tf fails" if up.get("plain") else ""
+                cells += [f"{up['seconds']:.1f} (onnx2tf {up['onnx2tf']:.1f}{where})", f"{up['seconds'] / ort:.2f}x",
+                          f"{ep['seconds'] / up['seconds']:.2f}x"]
+            else:
+                where = " (on edgepack's prepared graph: plain onnx2tf fails)" if up.get("plain") else ""
+                cells += [up.get("failed", "-") + where, "-", "-"]
         if "tf-nocheck" in variants:
             base = r["tf-nocheck"]["seconds"]
             cells += [f"{ep['seconds'] / base:.2f}x", f"{r['tf']['seconds'] / base:.2f}x" if "tf" in r else "-"]
@@ -171,15 +268,20 @@ def main() -> None:
     ap.add_argument("--variants", default="tf,tf-nocheck", help="tf, tf-nocheck (comma-separated; empty: none)")
     ap.add_argument("--budget", action="store_true", help="also the accuracy budget's search (TASK models)")
     ap.add_argument("--min-sqnr", type=float, default=30.0)
+    ap.add_argument("--upstream", action="store_true",
+                    help="also time the plain upstream tools: onnx2tf, then TensorFlow's int8 converter")
+    ap.add_argument("--upstream-child", help=argparse.SUPPRESS)
     ap.add_argument("--cold", action="store_true", help="also time a fresh interpreter's TensorFlow import")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     warm_up()
+    if args.upstream_child:
+        return _upstream_child(args.upstream_child)
     rows = []
     with tempfile.TemporaryDirectory(prefix="convert_speed_") as tmp:
         for name in args.models.split(","):
-            row = measure(name, Path(tmp), variants, args.budget, args.min_sqnr)
+            row = measure(name, Path(tmp), variants, args.budget, args.min_sqnr, args.upstream)
             if row is not None:
                 rows.append(row)
             if args.json:
