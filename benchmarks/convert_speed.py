@@ -115,7 +115,7 @@ def upstream_int8(name: str) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
             row.update(json.loads(line))
-    if proc.returncode != 0 and "seconds" not in row:
+    if proc.returncode != 0 and "seconds" not in row and "failed" not in row:
         how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
         stage = "TensorFlow's converter" if "onnx2tf" in row else "onnx2tf"
         row["failed"] = f"{stage}: {how}"
@@ -160,11 +160,20 @@ def _upstream_child(name: str) -> None:
             conv.inference_input_type = conv.inference_output_type = tf.int8
         else:
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-        with capture_all_output(True):
-            data = conv.convert()
+        try:
+            with capture_all_output(True):
+                data = conv.convert()
+        except Exception as err:  # the converter's refusal is the row's figure
+            print(json.dumps({"failed": f"TensorFlow's converter: {type(err).__name__}: {_first_line(err)}"}))
+            raise SystemExit(1) from None
         secs = round(time.perf_counter() - start, 2)
     tf.lite.Interpreter(model_content=data).allocate_tensors()  # a model that loads, not only bytes
     print(json.dumps({"seconds": secs}), flush=True)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if "error" in ln.lower()] or [str(err).strip()]
+    return lines[0][:200]
 
 
 def ort_minmax(path: Path, calib: list[dict]) -> float:
