@@ -9,10 +9,17 @@ bound is. Fragility: how many of the float model's probabilities lie within 0.05
 
     python benchmarks/vad_int8.py                                   # 6 variants x 3 modes (~60 min)
     python benchmarks/vad_int8.py --models silero_vad --modes mcu16 --out /tmp/vad.md
+    python benchmarks/vad_int8.py --models silero_vad --modes int8,phone-plain --peers MinMax,Percentile,Entropy
+
+``--peers``: onnxruntime ``quantize_static`` (QDQ, int8 weights per channel, int8 activations per tensor:
+TFLite's scheme; ``benchmarks/peers/ort_child.py``) on the same calibration windows and states, streamed over the
+same windows carrying its own state. It quantizes the graph edgepack translates (edgepack's preparation: ``sr``
+frozen, the sample-rate ``If`` inlined, static shapes): onnxruntime's quantizer does not reach into an ``If``'s
+branches, where the published silero graphs keep the whole network.
 
 Modes (flags after ``edgepack convert MODEL -o B --input-shape ... --calibration calib.npz``):
 ``phone`` ``--quantize int8-float-io --min-sqnr 20``; ``phone25``, ``phone30`` the same at 25 and 30 dB;
-``phone-plain`` ``--quantize int8-float-io``;
+``phone-plain`` ``--quantize int8-float-io``; ``int8`` ``--quantize int8`` (phones, full int8, no budget);
 ``mcu`` ``--quantize int8 --target cortex-m4``; ``mcu16`` ``--quantize int16x8 --target cortex-m4``.
 """
 
@@ -36,6 +43,7 @@ MODES = {"phone": ["--quantize", "int8-float-io", "--min-sqnr", "20"],
          "phone25": ["--quantize", "int8-float-io", "--min-sqnr", "25"],
          "phone30": ["--quantize", "int8-float-io", "--min-sqnr", "30"],
          "phone-plain": ["--quantize", "int8-float-io"],
+         "int8": ["--quantize", "int8"],
          "mcu": ["--quantize", "int8", "--target", "cortex-m4"],
          "mcu16": ["--quantize", "int16x8", "--target", "cortex-m4"]}
 SEQ = 8  # windows per call of silero_vad_16k_sequence
@@ -98,6 +106,7 @@ def run_mode(model: corpus.ZooModel, path: Path, work: Path, mode: str, calib: P
              probs: np.ndarray) -> list[dict]:
     from click.testing import CliRunner
 
+    from benchmarks.ptq_peers import tflite_float_ops
     from edgepack import api
     from edgepack.cli import main
 
@@ -112,7 +121,6 @@ def run_mode(model: corpus.ZooModel, path: Path, work: Path, mode: str, calib: P
     if res.exit_code != 0:
         return [{**base, "error": (res.output.strip().splitlines() or ["?"])[-1][:200]}]
     manifest = json.loads((bundle / "manifest.json").read_text())
-    chosen = ((manifest.get("extras") or {}).get("budget") or {}).get("chosen") or {}
     report = api.validate_stream(bundle=bundle, data=stream, reference=path)
     near = int(np.sum(np.abs(probs - 0.5) < BAND))
     rows = []
@@ -121,11 +129,77 @@ def run_mode(model: corpus.ZooModel, path: Path, work: Path, mode: str, calib: P
             if name in report.state_pairs.values():
                 continue
             rows.append({**base, "bytes": (bundle / "model.tflite").stat().st_size,
-                         "float_ops": len(chosen.get("float_ops") or []), "runtime": runtime,
+                         "float_ops": tflite_float_ops(bundle / "model.tflite")[0], "runtime": runtime,
                          "frames": d["decisions"], "agreeing": d["agreeing"], "agreement": d["agreement"],
                          "interval95": d["interval95"], "near_threshold": near,
                          "graph": (manifest.get("extras") or {}).get("graph", {}).get("integer_forms")})
     return rows
+
+
+def _ort_graph(model: corpus.ZooModel, path: Path, work: Path) -> Path:
+    """The graph edgepack translates (see the module's ``--peers``), for onnxruntime to quantize."""
+    import hashlib
+
+    import onnx
+
+    from edgepack.converter.onnx.ready import prepare
+    from edgepack.formats.onnx import load_onnx, with_input_values
+
+    loaded = load_onnx(path, hashlib.sha256(path.read_bytes()).hexdigest())
+    if model.values:
+        loaded = with_input_values(loaded, model.values)
+    out = work / f"{model.name}_prepared.onnx"
+    onnx.save(prepare(loaded.model, {k: tuple(v) for k, v in model.shapes.items()})[0], str(out))
+    return out
+
+
+def run_peer(model: corpus.ZooModel, path: Path, work: Path, method: str, calib: Path, stream: Path,
+             probs: np.ndarray) -> list[dict]:
+    """onnxruntime ``quantize_static`` (``method``) calibrated on ``calib``, streamed over ``stream``."""
+    import onnxruntime as ort
+
+    from benchmarks.peers import ort_child
+    from benchmarks.ptq_peers import qdq_float_ops
+
+    base = {"model": model.name, "mode": f"onnxruntime {method}", "flags": "quantize_static QDQ per-channel"}
+    graph = _ort_graph(model, path, work)
+    with np.load(calib, allow_pickle=False) as z:
+        if model.kind == "vad_seq":  # 8 windows a call, h and c stored without their leading axis of 1
+            feeds = [{"input": x, "h": h[None], "c": c[None]} for x, h, c in zip(z["input"], z["h"], z["c"])]
+        else:
+            feeds = [{"input": w[None], "state": st} for w, st in zip(z["input"], z["state"])]
+    out = work / f"{model.name}_ort_{method}.onnx"
+    start = time.perf_counter()
+    try:
+        ort_child.quantize(graph, feeds, method, out)
+    except Exception as err:  # the peer's refusal is its row
+        return [{**base, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}]
+    seconds = time.perf_counter() - start
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    mine: list[float] = []
+    if model.kind == "vad_seq":
+        h = c = np.zeros((1, 1, 128), np.float32)
+        for x in np.load(stream, allow_pickle=False)["input"]:
+            p, h, c = sess.run(None, {"input": x, "h": h, "c": c})[:3]
+            mine.extend(np.ravel(p).tolist())
+    else:
+        state = np.zeros((2, 1, 128), np.float32)
+        for w in np.load(stream, allow_pickle=False)["input"]:
+            p, state = sess.run(None, {"input": w[None], "state": state})[:2]
+            mine.append(float(np.ravel(p)[0]))
+    return [_decision_row(base, np.asarray(mine), probs, out.stat().st_size, qdq_float_ops(out)[0], "onnxruntime",
+                          seconds)]
+
+
+def _decision_row(base: dict, mine: np.ndarray, probs: np.ndarray, size: int, float_ops: int, runtime: str,
+                  seconds: float) -> dict:
+    from edgepack.validation.intervals import wilson_interval
+
+    agreeing = int(np.sum((mine > 0.5) == (probs > 0.5)))
+    iv = wilson_interval(agreeing, len(probs))
+    return {**base, "bytes": size, "float_ops": float_ops, "runtime": runtime, "frames": len(probs),
+            "agreeing": agreeing, "agreement": agreeing / len(probs), "interval95": [iv.low, iv.high],
+            "near_threshold": int(np.sum(np.abs(probs - 0.5) < BAND)), "convert_s": round(seconds, 1)}
 
 
 def render(rows: list[dict], command: str) -> str:
@@ -148,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(m.name for m in vads))
     ap.add_argument("--modes", default="phone25,mcu,mcu16")
+    ap.add_argument("--peers", default="", help="onnxruntime quantize_static methods: MinMax,Percentile,Entropy")
     ap.add_argument("--seconds", type=float, default=120.0, help="evaluation stream length (120 s: 3,750 windows)")
     ap.add_argument("--out", type=Path, default=corpus.CACHE / "vad-int8.md")
     args = ap.parse_args(argv)
@@ -156,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         path = corpus.model_path(model)
         work = corpus.CACHE / "runs" / "vad_int8" / model.name
         calib, stream, probs = data(model, path, work, args.seconds)
-        for mode in args.modes.split(","):
-            for row in run_mode(model, path, work, mode, calib, stream, probs):
+        runs = [(m, run_mode) for m in args.modes.split(",") if m] + [(p, run_peer) for p in args.peers.split(",") if p]
+        for mode, run in runs:
+            for row in run(model, path, work, mode, calib, stream, probs):
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 CELL_OPS = frozenset({"ADD", "SUB", "MUL", "LOGISTIC", "TANH", "SPLIT", "SPLIT_V"})
+# ops that only move values: between a state input and a cell, or a cell and a state output
+MOVES = frozenset({"GATHER", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "CONCATENATION", "SLICE", "STRIDED_SLICE",
+                   "SPLIT", "SPLIT_V", "PACK", "UNPACK", "TRANSPOSE"})
 
 
 def cell_nodes(ops: Sequence[tuple[str, str, list[int], list[int]]], *, projections: bool = True) -> list[str]:
@@ -99,3 +102,43 @@ def hybrid_projections(model: bytes, nodes: Sequence[str]) -> tuple[bytes, int]:
         w.quantization.quantizedDimension = 0
         done.add(int(op.inputs[1]))
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj)), len(done)
+
+
+def state_path_nodes(ops: Sequence[tuple[str, str, list[int], list[int]]], inputs: Sequence[int],
+                     outputs: Sequence[int], cell: Sequence[str]) -> list[str]:
+    """The node names of the ops that only move values (:data:`MOVES`) from the graph's inputs to the
+    ``cell`` ops and from the cell ops to the graph's outputs: a streaming model's state ``[h; c]``
+    sliced into the cell and concatenated out of it. With float I/O (``int8-float-io``) these stay
+    float too, so the state is never put on one int8 grid (silero VAD's ``h`` in (-1, 1) and ``c`` in
+    about (-136, 136) shared a step of 1.07): onnxruntime feeds its LSTM op the float state it is given."""
+    cells = set(cell)
+    producer = {t: i for i, (_, _, _, outs) in enumerate(ops) for t in outs}
+    readers: dict[int, list[int]] = {}
+    for j, (_, _, op_in, _) in enumerate(ops):
+        for t in op_in:
+            readers.setdefault(t, []).append(j)
+
+    def moves_from(start: set[int]) -> list[int]:
+        """Moves whose activation inputs all come from ``start`` or from earlier such moves."""
+        have, found = set(start), []
+        for i, (kind, _, op_in, op_out) in enumerate(ops):
+            acts = [t for t in op_in if t in producer or t in start]
+            if kind in MOVES and acts and all(t in have for t in acts):
+                found.append(i)
+                have.update(op_out)
+        return found
+
+    def leading(found: list[int], goal) -> set[int]:
+        """Those of ``found`` from which ``goal`` is reached through others of them."""
+        kept: set[int] = set()
+        for i in reversed(found):
+            nxt = {j for t in ops[i][3] for j in readers.get(t, [])}
+            if goal(i, nxt) or nxt & kept:
+                kept.add(i)
+        return kept
+
+    reaches = leading(moves_from(set(inputs)), lambda i, nxt: any(ops[j][1] in cells for j in nxt))
+    made = {t for _, node, _, op_out in ops if node in cells for t in op_out}
+    outs_ = set(outputs)
+    useful = leading(moves_from(made), lambda i, nxt: bool(set(ops[i][3]) & outs_))
+    return [ops[i][1] for i in sorted(reaches | useful)]

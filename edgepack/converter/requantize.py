@@ -153,6 +153,10 @@ class Calibrated:
                                       hint="run with -v for the converter log") from err
         del cap
         out = requantize_copies(strip_fake_quant(out) if deny else out)[0]
+        if deny:  # a float op's output read by a concatenation and by others: the others on its own grid
+            from edgepack.converter.own_grids import own_grids
+
+            out = own_grids(out, {**{t.name: (t.min, t.max) for t in self.tensors()}, **(ranges or {})})[0]
         _QUANTIZED[key] = out
         while len(_QUANTIZED) > _QUANTIZED_KEPT:
             _QUANTIZED.popitem(last=False)

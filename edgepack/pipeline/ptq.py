@@ -139,11 +139,13 @@ def _ranges_skipped(st: PipelineState, chosen_on: int, confirm_on: int) -> str |
         # histograms and trials run the model in this process, which such graphs have crashed
         return ("the graph needed TensorFlow's calibrator (several subgraphs, LSTM kernels or custom ops): its "
                 "recorded ranges stay")
-    if (st.graph or {}).get("state_pairs") and "ranges" not in st.request.quantize.ptq:
-        # a streaming model: each call's state output is the next call's input, and a range clipped for single
-        # calibration calls is not judged on the stream (silero VAD's streamed decisions: 98.1 % -> 96.5 %)
-        return ("the model carries recurrent state between calls: ranges chosen on single calls are not judged "
-                "on the stream (--ptq ranges to choose them anyway)")
+    state_float = bool(((st.ptq or {}).get(LSTM_FLOAT) or {}).get("state_path_ops"))
+    if (st.graph or {}).get("state_pairs") and "ranges" not in st.request.quantize.ptq and not state_float:
+        # a streaming model whose state is int8: each call's state output is the next call's input, and a range
+        # clipped for single calibration calls is not judged on the stream (silero VAD's streamed decisions:
+        # 98.1 % -> 96.5 %). With the state float (lstm-float, float I/O) ranges run: 95.7 % -> 97.3 %.
+        return ("the model carries int8 recurrent state between calls: ranges chosen on single calls are not "
+                "judged on the stream (--ptq ranges to choose them anyway)")
     return None
 
 
@@ -175,20 +177,34 @@ def stage_lstm_float(st: PipelineState) -> dict | None:
     from edgepack.converter.copy_scales import scale_mismatches
     from edgepack.converter.recurrent import cell_nodes
 
-    nodes = cell_nodes(st.calibrated.ops())
+    ops = st.calibrated.ops()
+    nodes = cell_nodes(ops)
     if not nodes:
         return None
+    state_path: list[str] = []
+    if req.quantize.mode == QuantizeMode.INT8_FLOAT_IO:  # float I/O: the state stays float from input to output
+        from edgepack.converter.recurrent import state_path_nodes
+        from edgepack.tflite_model import read_tflite
+
+        info = read_tflite(st.calibrated.model, verify=False)
+        state_path = state_path_nodes(ops, info.inputs, info.outputs, nodes)
     if integer_only(st.target):
         record: dict[str, Any] = {"skipped": f"target {st.target.name} runs integer ops only: "
                                              f"{len(nodes)} recurrent-cell ops stay int8"}
     else:
         # kept on the calibrated model: the ranges / int8-bias stages and the accuracy budget's candidates
         # keep them float as well
-        st.calibrated = dataclasses.replace(st.calibrated, keep_float=tuple(nodes))
-        record = {"float_ops": len(nodes)}
+        st.calibrated = dataclasses.replace(st.calibrated, keep_float=tuple(nodes + state_path))
+        record = {"float_ops": len(nodes) + len(state_path)}
+        if state_path:
+            record["state_path_ops"] = len(state_path)
         st.tflite, hybrid = _final(st.calibrated)
         # byte-copying ops given a scale not their input's: quantize() requantizes them (copy_scales); counted
         record.update(scale_mismatches=len(scale_mismatches(st.tflite)), hybrid_weights=hybrid)
+        from edgepack.converter import own_grids
+
+        if own_grids.count(st.tflite):  # a concatenated float output's other readers on its own grid
+            record["own_grid_tensors"] = own_grids.count(st.tflite)
         log.info("lstm-float: %d recurrent-cell ops kept float", len(nodes))
     st.ptq = {**(st.ptq or {}), LSTM_FLOAT: record}
     return dict(record)

@@ -5,6 +5,7 @@ onnxruntime with and without it."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edgepack import api
 from edgepack.converter.recurrent import cell_nodes
@@ -130,3 +131,59 @@ def test_ranges_and_int8_biases_leave_the_float_cells_alone(tmp_path):
     assert floats["int8-bias-correction"]["samples"] == 24  # ran on the cells-float model (nothing biased to fix)
     size = (tmp_path / "cells float" / "model.tflite").stat().st_size
     assert size < 1.1 * (tmp_path / "cells int8" / "model.tflite").stat().st_size  # the projections' weights int8
+
+
+@pytest.fixture(scope="module")
+def state_lstm(tmp_path_factory):
+    from tests.converter.stream_builders import lstm_state, stream_frames
+
+    d = tmp_path_factory.mktemp("state_lstm")
+    model = lstm_state(d / "lstm.onnx")
+    np.savez(d / "calib.npz", **stream_frames(model, 120, seed=1))
+    np.savez(d / "frames.npz", x=np.stack([stream_frames(model, 30, seed=s)["x"] for s in (7, 8)]))
+    return d, model
+
+
+def _stream_state_sqnr(d, model, bundle) -> float:
+    report = api.validate_stream(bundle=bundle, data=d / "frames.npz", reference=model)
+    return report.outputs["litert"]["stateN"]["median_sqnr_db"]
+
+
+def test_float_io_keeps_the_carried_state_float_from_input_to_output(state_lstm):
+    """int8-float-io: the state's slices into the cell and the concatenation out of it stay float (onnxruntime
+    feeds its LSTM the float state); full int8 has the state on one int8 grid at its I/O and keeps it there."""
+    from edgepack.packaging.manifest import read_manifest
+    from edgepack.tflite_model import read_tflite
+
+    d, model = state_lstm
+    for mode in ("int8-float-io", "int8"):
+        api.convert(model=model, output=d / mode, quantize=mode, calibration=d / "calib.npz", calibration_samples=120)
+    record = read_manifest(d / "int8-float-io").extras["ptq"]["lstm-float"]
+    assert record["state_path_ops"] >= 3  # the two Gathers of h and c, the Concat of stateN
+    assert "state_path_ops" not in read_manifest(d / "int8").extras["ptq"]["lstm-float"]
+    info = read_tflite(d / "int8-float-io" / "model.tflite")
+    state_in = next(i for i in info.inputs if info.tensor(i).name.endswith("state:0"))
+    readers = [k for k, (ins, _) in zip(info.ops, info.op_io) if state_in in ins]
+    assert readers and "QUANTIZE" not in readers  # read float: never put on an int8 grid
+    state_out = next(o for o in info.outputs if info.tensor(o).dtype == "float32" and info.tensor(o).shape[0] == 2)
+    producer = next(k for k, (_, outs) in zip(info.ops, info.op_io) if state_out in outs)
+    assert producer != "DEQUANTIZE"
+    # the carried state, streamed: float I/O's against the full int8 one's (h and c on one grid)
+    assert _stream_state_sqnr(d, model, d / "int8-float-io") > _stream_state_sqnr(d, model, d / "int8") + 10
+    # and ranges are chosen: the state no longer rides an int8 grid from call to call
+    assert "skipped" not in read_manifest(d / "int8-float-io").extras["ptq"]["ranges"]
+    assert "int8 recurrent state" in read_manifest(d / "int8").extras["ptq"]["ranges"]["skipped"]
+
+
+def test_state_path_nodes_follow_only_moves_between_the_io_and_the_cell():
+    from edgepack.converter.recurrent import state_path_nodes
+
+    # state(0) -> GATHER -> h(1) -> MUL (cell) -> h1(3) -> RESHAPE -> r(4) -> CONCATENATION with the conv's y(12)
+    # -> out(5); x(10) -> GATHER (constant index) -> g(11) -> CONV_2D -> y(12): no cell after it; r(4) -> RELU
+    ops = [("GATHER", "g_state", [0, 90], [1]), ("GATHER", "g_x", [10, 91], [11]), ("CONV_2D", "conv", [11, 92], [12]),
+           ("MUL", "cell", [1, 12], [3]), ("RESHAPE", "reshape", [3, 93], [4]), ("RELU", "relu", [4], [6]),
+           ("CONCATENATION", "concat", [4, 12], [5])]
+    assert state_path_nodes(ops, [0, 10], [5, 6], ["cell"]) == ["g_state"]  # not a move of the state alone
+    # the concatenation of the cell's outputs only: it and the reshape before it carry the state out
+    ops[-1] = ("CONCATENATION", "concat", [4, 3], [5])
+    assert state_path_nodes(ops, [0, 10], [5, 6], ["cell"]) == ["g_state", "reshape", "concat"]
