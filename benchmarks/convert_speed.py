@@ -87,22 +87,6 @@ def edgepack_int8(path: Path, calib: Path, shapes: dict, quantize: str, out: Pat
     return row
 
 
-def _prepared(path: Path, shapes: dict, tmp: Path) -> Path:
-    """edgepack's graph preparation (static shapes, constants folded, onnx-simplifier), saved for onnx2tf."""
-    import hashlib
-
-    import onnx
-
-    from edgepack.converter.onnx.ready import prepare
-    from edgepack.formats.onnx import load_onnx
-
-    loaded = load_onnx(path, hashlib.sha256(path.read_bytes()).hexdigest())
-    proto = prepare(loaded.model, {k: tuple(v) for k, v in shapes.items()})[0]
-    out = tmp / "prepared.onnx"
-    onnx.save(proto, str(out))
-    return out
-
-
 def upstream_int8(name: str) -> dict:
     """The plain upstream tools a user would chain, in a child process (TensorFlow's calibrator can take the
     process down): onnx2tf's tf_keras model, then TensorFlow's converter with the same 200 inputs as its
@@ -142,7 +126,7 @@ def _upstream_child(name: str) -> None:
         except (SystemExit, Exception) as err:  # onnx2tf raises anything or exits
             print(json.dumps({"plain": f"onnx2tf: {type(err).__name__}: {str(err)[:160]}"}), flush=True)
             start = time.perf_counter()
-            prepared = _prepared(path, shapes, Path(tmp))
+            prepared = ort_child.edgepack_graph(path, shapes, Path(tmp) / "prepared.onnx")
             with capture_all_output(True), offline_onnx2tf(Path(tmp)):
                 model = onnx2tf.convert(input_onnx_file_path=str(prepared), output_folder_path=tmp,
                                         disable_model_save=True, non_verbose=True, verbosity="error")

@@ -136,23 +136,6 @@ def run_mode(model: corpus.ZooModel, path: Path, work: Path, mode: str, calib: P
     return rows
 
 
-def _ort_graph(model: corpus.ZooModel, path: Path, work: Path) -> Path:
-    """The graph edgepack translates (see the module's ``--peers``), for onnxruntime to quantize."""
-    import hashlib
-
-    import onnx
-
-    from edgepack.converter.onnx.ready import prepare
-    from edgepack.formats.onnx import load_onnx, with_input_values
-
-    loaded = load_onnx(path, hashlib.sha256(path.read_bytes()).hexdigest())
-    if model.values:
-        loaded = with_input_values(loaded, model.values)
-    out = work / f"{model.name}_prepared.onnx"
-    onnx.save(prepare(loaded.model, {k: tuple(v) for k, v in model.shapes.items()})[0], str(out))
-    return out
-
-
 def run_peer(model: corpus.ZooModel, path: Path, work: Path, method: str, calib: Path, stream: Path,
              probs: np.ndarray) -> list[dict]:
     """onnxruntime ``quantize_static`` (``method``) calibrated on ``calib``, streamed over ``stream``."""
@@ -162,7 +145,7 @@ def run_peer(model: corpus.ZooModel, path: Path, work: Path, method: str, calib:
     from benchmarks.ptq_peers import qdq_float_ops
 
     base = {"model": model.name, "mode": f"onnxruntime {method}", "flags": "quantize_static QDQ per-channel"}
-    graph = _ort_graph(model, path, work)
+    graph = ort_child.edgepack_graph(path, model.shapes, work / f"{model.name}_prepared.onnx", model.values)
     with np.load(calib, allow_pickle=False) as z:
         if model.kind == "vad_seq":  # 8 windows a call, h and c stored without their leading axis of 1
             feeds = [{"input": x, "h": h[None], "c": c[None]} for x, h, c in zip(z["input"], z["h"], z["c"])]

@@ -35,6 +35,23 @@ def prepared(model: Path, work: Path) -> Path:
     return pre
 
 
+def edgepack_graph(model: Path, shapes: dict, out: Path, values: dict | None = None) -> Path:
+    """The graph edgepack translates (its preparation: static ``shapes``, inputs frozen to ``values``, decidable
+    Ifs inlined, constants folded, onnx-simplifier), saved at ``out``: what a peer gets where it cannot take the
+    published graph (onnxruntime's quantizer does not enter an If's branches; onnx2tf fails on some models)."""
+    import hashlib
+
+    import onnx
+
+    from edgepack.converter.onnx.ready import prepare
+    from edgepack.formats.onnx import load_onnx, with_input_values
+
+    loaded = load_onnx(model, hashlib.sha256(model.read_bytes()).hexdigest())
+    if values:
+        loaded = with_input_values(loaded, values)
+    onnx.save(prepare(loaded.model, {k: tuple(v) for k, v in shapes.items()})[0], str(out))
+    return out
+
 def quantize(model: Path, calib: list[dict], method: str, out: Path, stride: int = 0) -> None:
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 

@@ -91,7 +91,7 @@ def requantize_copies(model: bytes) -> tuple[bytes, list[str]]:
         outs = np.asarray(op.outputs, np.int32).copy()
         for k in positions:
             target = int(outs[k])
-            outs[k] = _copy_tensor(obj, sg, sg.tensors[target], src.quantization)
+            outs[k] = copy_tensor(sg, sg.tensors[target], src.quantization.scale, src.quantization.zeroPoint)
             requant = schema.OperatorT()
             requant.opcodeIndex = quantize
             requant.inputs = np.asarray([outs[k]], np.int32)
@@ -115,18 +115,19 @@ def opcode_index(obj, builtin: int) -> int:
     return len(obj.operatorCodes) - 1
 
 
-def _copy_tensor(obj, sg, like, quantization) -> int:
-    """A new activation tensor shaped like ``like`` with ``quantization``'s grid; its index."""
+def copy_tensor(sg, like, scale, zero_point, suffix: bytes = b"/input_grid") -> int:
+    """A new activation tensor shaped like ``like`` on the grid (``scale``, ``zero_point``), named like it plus
+    ``suffix``; its index."""
     from ai_edge_litert import schema_py_generated as schema
 
     t = schema.TensorT()
     t.shape = None if like.shape is None else np.asarray(like.shape, np.int32).copy()
     t.shapeSignature = None if like.shapeSignature is None else np.asarray(like.shapeSignature, np.int32).copy()
     t.type = like.type
-    t.name = (like.name or b"") + b"/input_grid"
+    t.name = (like.name or b"") + suffix
     q = schema.QuantizationParametersT()
-    q.scale = np.asarray(quantization.scale, np.float32).copy()
-    q.zeroPoint = np.asarray(quantization.zeroPoint, np.int64).copy()
+    q.scale = np.asarray(scale, np.float32).copy()
+    q.zeroPoint = np.asarray(zero_point, np.int64).copy()
     q.quantizedDimension = 0
     t.quantization = q
     t.buffer = 0  # the empty buffer: an activation

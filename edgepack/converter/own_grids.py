@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from edgepack.converter.copy_scales import COPIES, opcode_index
+from edgepack.converter.copy_scales import COPIES, copy_tensor, opcode_index
 
 # int8 kernels that read any input grid (they requantize in Prepare from the tensors' scales)
 REQUANTIZING = frozenset({"RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "LEAKY_RELU", "ADD", "SUB", "MUL",
@@ -52,17 +52,16 @@ def own_grids(model: bytes, ranges: Mapping[str, tuple[float, float]]) -> tuple[
     readers moved."""
     from tensorflow.lite.tools import flatbuffer_utils
 
+    from edgepack.tflite_model import op_kinds
+
     obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     sg = obj.subgraphs[0]
-    names = [_code_name(c) for c in obj.operatorCodes]
-    kind = lambda op: names[op.opcodeIndex]  # noqa: E731
+    kinds = dict(zip(map(id, sg.operators), op_kinds(obj)))
+    kind = lambda op: kinds[id(op)]  # noqa: E731
     readers: dict[int, list] = {}
-    producer: dict[int, object] = {}
     for op in sg.operators:
         for t in op.inputs:
             readers.setdefault(int(t), []).append(op)
-        for t in op.outputs:
-            producer[int(t)] = op
     after: dict[int, list] = {}  # id(op) -> new ops to run right after it
     moved = 0
     for q in list(sg.operators):
@@ -106,27 +105,12 @@ def _repeat(obj, sg, chain: list, scale: float, zero: int, after: dict) -> int:
     quantize = opcode_index(obj, schema.BuiltinOperator.QUANTIZE)
     src = int(chain[0].inputs[0])
     for op in chain[:1] + [op for op in chain[1:] if op.opcodeIndex != quantize]:  # requantizes: not repeated
-        like = sg.tensors[int(op.outputs[0])]
-        t = schema.TensorT()
-        t.shape = None if like.shape is None else np.asarray(like.shape, np.int32).copy()
-        t.shapeSignature = None if like.shapeSignature is None else np.asarray(like.shapeSignature, np.int32).copy()
-        t.type, t.name, t.buffer = like.type, (like.name or b"") + SUFFIX, 0
-        t.quantization = schema.QuantizationParametersT()
-        t.quantization.scale = np.asarray([scale], np.float32)
-        t.quantization.zeroPoint = np.asarray([zero], np.int64)
-        sg.tensors.append(t)
         new = schema.OperatorT()
         new.opcodeIndex = quantize if op is chain[0] else op.opcodeIndex
         new.builtinOptionsType, new.builtinOptions = op.builtinOptionsType, op.builtinOptions
         new.inputs = np.asarray([src, *[int(i) for i in op.inputs[1:]]], np.int32)
-        new.outputs = np.asarray([len(sg.tensors) - 1], np.int32)
+        src = copy_tensor(sg, sg.tensors[int(op.outputs[0])], [scale], [zero], SUFFIX)
+        new.outputs = np.asarray([src], np.int32)
         after.setdefault(id(op), []).append(new)
-        src = len(sg.tensors) - 1
     return src
 
-
-def _code_name(code) -> str:
-    from ai_edge_litert import schema_py_generated as schema
-
-    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-    return next((k for k, v in vars(schema.BuiltinOperator).items() if v == builtin), str(builtin))
